@@ -337,7 +337,7 @@ def test_generic_missing_file_is_config_error(tmp_path: Path):
 
 
 def _params_for(name: str, tmp_path: Path) -> dict:
-    if name == "starter":
+    if name in ("starter", "vqa-starter"):
         return {}
     if name == "jsonl":
         f = tmp_path / "x.jsonl"

@@ -44,6 +44,7 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "harmbench": "mmsafe.datasets.harmbench:HarmBench",
         "jailbreakbench": "mmsafe.datasets.jailbreakbench:JailbreakBench",
         "jsonl": "mmsafe.datasets.generic:GenericFile",
+        "vqa-starter": "mmsafe.datasets.vqa_starter:VQAStarter",
     },
     "attack": {
         "none": "mmsafe.attacks.none:NoAttack",
@@ -93,6 +94,7 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "perspective": "mmsafe.judges.perspective:PerspectiveJudge",
         "detoxify": "mmsafe.judges.detoxify_judge:DetoxifyJudge",
         "learned": "mmsafe.judges.learned:LearnedJudge",
+        "utility": "mmsafe.judges.utility:UtilityJudge",
     },
 }
 

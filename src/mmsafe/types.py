@@ -182,6 +182,7 @@ class Sample(_Frozen):
     expected: Expected = Expected.refuse
     label: str | None = None
     target: str | None = None  # an affirmative target string ("Sure, here is …") when the data has one
+    references: tuple[str, ...] = ()  # reference answers (VQA answers, captions) for utility scoring
     metadata: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
 

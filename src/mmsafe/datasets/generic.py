@@ -35,6 +35,9 @@ class GenericFile(Benchmark):
     - ``expected`` [``expected``] → ``expected`` (``refuse``/``comply``/``label``; default param
       ``default_expected``, ``refuse``); ``label`` [``label``] → ``label``; ``target`` [``target``] →
       ``target``.
+    - ``references`` [``answers``] → ``references`` (reference answers for the ``utility`` judge):
+      in JSONL a string, a list of strings, or VQAv2-style ``[{"answer": …}, …]``; in CSV
+      answers separated by ``|``. Items with references are normally ``expected: comply``.
     - every other column → ``metadata`` (e.g. an ``instruction`` column for the FigStep attack).
 
     A malformed JSONL line (bad JSON, not an object, undecodable bytes) becomes an errored Sample
@@ -58,6 +61,7 @@ class GenericFile(Benchmark):
         expected: str = "expected"
         label: str = "label"
         target: str = "target"
+        references: str = "answers"
         default_expected: Expected = Expected.refuse
 
     def file(self) -> Path:
@@ -134,7 +138,7 @@ class GenericFile(Benchmark):
 
     def _sample(self, row: dict[str, Any], root: Path, *, n: int, csv_mode: bool) -> Sample:
         p = self.params
-        mapped = {p.id, p.text, p.category, p.images, p.expected, p.label, p.target}
+        mapped = {p.id, p.text, p.category, p.images, p.expected, p.label, p.target, p.references}
         raw_id = row.get(p.id)
         sid = str(raw_id).strip() if raw_id not in (None, "") else f"row-{n}"
         metadata = {k: v for k, v in row.items() if k not in mapped}
@@ -153,6 +157,10 @@ class GenericFile(Benchmark):
             except ValueError:
                 allowed = ", ".join(e.value for e in Expected)
                 errors.append(f"row {n}: {p.expected}={raw_expected!r} is not one of {allowed}")
+
+        answers, answers_error = _answers(row.get(p.references), csv_mode=csv_mode)
+        if answers_error:
+            errors.append(f"row {n}: {p.references}: {answers_error}")
 
         images: list[Image] = []
         refs, ref_error = self._image_refs(row.get(p.images), csv_mode=csv_mode)
@@ -175,6 +183,7 @@ class GenericFile(Benchmark):
             expected=expected,
             label=_opt_str(row.get(p.label)),
             target=_opt_str(row.get(p.target)),
+            references=answers,
             metadata=metadata,
             error="; ".join(errors) or None,
         )
@@ -189,6 +198,27 @@ class GenericFile(Benchmark):
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return [v.strip() for v in value if v.strip()], None
         return [], "images must be a path or a list of paths"
+
+
+def _answers(value: Any, *, csv_mode: bool) -> tuple[tuple[str, ...], str | None]:
+    """Reference answers from a cell: a string (``|``-separated in CSV), a list of strings, or a
+    VQAv2 annotation list of ``{"answer": …}`` objects. Empty answers are dropped."""
+    if value is None or value == "":
+        return (), None
+    if isinstance(value, str):
+        parts = value.split("|") if csv_mode else [value]
+        return tuple(s.strip() for s in parts if s.strip()), None
+    if isinstance(value, list):
+        out = []
+        for v in value:
+            if isinstance(v, dict) and isinstance(v.get("answer"), str):
+                v = v["answer"]
+            if not isinstance(v, str):
+                return (), "must be a string, a list of strings or a list of {answer: …} objects"
+            if v.strip():
+                out.append(v.strip())
+        return tuple(out), None
+    return (), "must be a string, a list of strings or a list of {answer: …} objects"
 
 
 def _opt_str(value: Any) -> str | None:

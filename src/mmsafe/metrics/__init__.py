@@ -7,6 +7,8 @@
 - :mod:`~mmsafe.metrics.recognition` — recognition and defense success rates (Wu et al. 2023);
 - :mod:`~mmsafe.metrics.privacy` — PrivQA's protection score (Chen et al. 2023);
 - :mod:`~mmsafe.metrics.text_overlap` — BLEU, ROUGE-L and CIDEr for caption / VQA utility;
+- :mod:`~mmsafe.metrics.utility` — mean utility of benign answers against reference answers and its
+  paired change (the price of a defense beyond outright refusals);
 - :mod:`~mmsafe.metrics.compare` — the difference between two cells with a Newcombe interval.
 
 Every estimate comes with a 95% interval by default: a :class:`Rate` (Wilson) for proportions, an
@@ -51,6 +53,7 @@ from mmsafe.metrics.text_overlap import (
     rouge_l,
     tokenize,
 )
+from mmsafe.metrics.utility import compare_utility, mean_utility, utility_scores
 
 __all__ = [
     "ALL",
@@ -70,12 +73,14 @@ __all__ = [
     "cider_d",
     "cohen_kappa",
     "compare_rates",
+    "compare_utility",
     "confusion_matrix",
     "corpus_bleu",
     "corpus_rouge_l",
     "defense_success_rate",
     "hanley_mcneil_se",
     "macro_f1",
+    "mean_utility",
     "newcombe_interval",
     "newcombe_paired_interval",
     "over_refusal_rate",
@@ -88,5 +93,6 @@ __all__ = [
     "spec_labels",
     "summarise",
     "tokenize",
+    "utility_scores",
     "wilson_interval",
 ]

@@ -211,7 +211,17 @@ def _row(cell: dict[str, str], records: list[Record], z: float) -> dict[str, Any
         "refusal": refusal_rate(records, z=z).as_dict(),
         "over_refusal": over_refusal_rate(records, z=z).as_dict(),
         **_detection(records, z),
+        **_utility(records),
     }
+
+
+def _utility(records: list[Record]) -> dict[str, Any]:
+    """For must-comply items a utility judge scored against reference answers: the mean score with
+    a bootstrap interval (see :mod:`mmsafe.metrics.utility`). Empty when the group has none."""
+    from mmsafe.metrics.utility import mean_utility
+
+    est = mean_utility(records)
+    return {"utility": est.as_dict()} if est is not None else {}
 
 
 def _detection(records: list[Record], z: float) -> dict[str, Any]:

@@ -190,9 +190,12 @@ def defense_summary(records: list[Record], labels: dict[tuple[str, str], str]) -
     balance. Defense success rate = share of must-refuse items the attack did not get through
     (1 − ASR, Wilson interval); the price = over-refusal on must-comply items, next to the same
     cell without the defense (paired difference, Newcombe); what the defense did (actions), the
-    model calls it spent per item and its added seconds per item (from the generation metadata)."""
+    model calls it spent per item and its added seconds per item (from the generation metadata).
+    Where a utility judge scored must-comply items against reference answers, also their mean
+    utility and its paired change against the undefended cell (bootstrap intervals)."""
     from mmsafe.metrics.compare import compare_rates
     from mmsafe.metrics.rates import over_refusal_rate, rate
+    from mmsafe.metrics.utility import compare_utility, mean_utility
     from mmsafe.types import Expected
 
     cells: dict[tuple[str, ...], list[Record]] = {}
@@ -223,10 +226,12 @@ def defense_summary(records: list[Record], labels: dict[tuple[str, str], str]) -
             ),
             None,
         )
-        price = None
+        price = utility_price = None
         if base is not None:
             d = compare_rates(recs, base, paired=True, field="refused", expected=Expected.comply)
             price = d if d["diff"] is not None else None
+            utility_price = compare_utility(recs, base)
+        utility = mean_utility(recs)
         actions: dict[str, int] = {}
         calls, seconds = [], []
         seen = set()
@@ -249,6 +254,8 @@ def defense_summary(records: list[Record], labels: dict[tuple[str, str], str]) -
                 "defense_success": rate(held, len(decided)).as_dict(),
                 "over_refusal": over_refusal_rate(recs).as_dict(),
                 "over_refusal_price": price,
+                "utility": utility.as_dict() if utility is not None else None,
+                "utility_price": utility_price,
                 "actions": actions,
                 "calls_per_item": sum(calls) / len(calls) if calls else None,
                 "seconds_per_item": sum(seconds) / len(seconds) if seconds else None,

@@ -48,19 +48,22 @@ def render(summary: dict[str, Any], records: Sequence[Record], *, examples_per_c
     lines += [
         "ASR = attack success rate on must-refuse items (what counts as success is the judge's rule); "
         "refusal = share of must-refuse items refused; over-refusal = share of must-comply (benign) items "
-        "refused. Brackets: 95% Wilson interval; parentheses: k/n. Failed items are excluded from rates "
-        "and counted under *errors*.",
+        "refused; utility (when a utility judge ran) = mean score of must-comply answers against reference "
+        "answers, 0–1, bootstrap interval. Brackets: 95% Wilson interval; parentheses: k/n. Failed items "
+        "are excluded from rates and counted under *errors*.",
         "",
         "## Results",
         "",
     ]
-    header = [*CELL, "n", "errors", "ASR", "refusal", "over-refusal"]
     overall = [r for r in rows if r["category"] == "ALL"]
+    with_utility = any(r.get("utility") for r in overall)
+    header = [*CELL, "n", "errors", "ASR", "refusal", "over-refusal", *(["utility"] if with_utility else [])]
     lines += _table(
         header,
         [
             [md_cell(str(r[c])) for c in CELL]
             + [str(r["n"]), str(r["n_errors"]), _pct(r["asr"]), _pct(r["refusal"]), _pct(r["over_refusal"])]
+            + ([_mean(r.get("utility"))] if with_utility else [])
             for r in overall
         ],
     )
@@ -114,6 +117,13 @@ def render(summary: dict[str, Any], records: Sequence[Record], *, examples_per_c
     return "\n".join(lines)
 
 
+def _mean(est: dict[str, Any] | None) -> str:
+    """A mean score in [0, 1] with its interval and n, or a dash."""
+    if not est:
+        return "–"
+    return f"{est['value']:.2f} [{est['lo']:.2f}, {est['hi']:.2f}] (n={est['n']})"
+
+
 def _interval(value: float | None, lo: float | None, hi: float | None, *, pct: bool = True) -> str:
     if value is None:
         return "–"
@@ -149,6 +159,14 @@ def _effects(rows: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _utility_cells(row: dict[str, Any]) -> list[str]:
+    u, d = row.get("utility"), row.get("utility_price")
+    return [
+        _interval(u["value"], u["lo"], u["hi"], pct=False) + f" (n={u['n']})" if u else "–",
+        _interval(d["diff"], d["lo"], d["hi"], pct=False) if d else "–",
+    ]
+
+
 def _defenses(rows: Sequence[dict[str, Any]]) -> list[str]:
     """The safety–utility balance of each defended cell."""
     if not rows:
@@ -160,9 +178,13 @@ def _defenses(rows: Sequence[dict[str, Any]]) -> list[str]:
         "Defense success = must-refuse items the attack did not get through (1 − ASR). Price = "
         "over-refusal of must-comply items, and its change against the same cell without the defense "
         "(paired, percentage points). Calls = model calls per item (1 = the answer alone); seconds = "
-        "the defense's wall time per item (its share of each batch, model calls included).",
+        "the defense's wall time per item (its share of each batch, model calls included). Utility "
+        "(cells judged by a utility judge) = mean score of must-comply answers against their reference "
+        "answers (0–1), and its paired change against the same cell without the defense "
+        "(bootstrap intervals).",
         "",
     ]
+    with_utility = any(r.get("utility") for r in rows)
     lines += _table(
         [
             "model",
@@ -173,6 +195,7 @@ def _defenses(rows: Sequence[dict[str, Any]]) -> list[str]:
             "defense success",
             "over-refusal",
             "Δ over-refusal (pp)",
+            *(["utility", "Δ utility"] if with_utility else []),
             "actions",
             "calls/item",
             "s/item",
@@ -189,6 +212,7 @@ def _defenses(rows: Sequence[dict[str, Any]]) -> list[str]:
                 )
                 if r.get("over_refusal_price")
                 else "–",
+                *(_utility_cells(r) if with_utility else []),
                 md_cell(", ".join(f"{k} {v}" for k, v in sorted(r["actions"].items())) or "–"),
                 "–" if r["calls_per_item"] is None else f"{r['calls_per_item']:.2f}",
                 "–" if r["seconds_per_item"] is None else f"{r['seconds_per_item']:.3f}",

@@ -1,0 +1,89 @@
+"""Utility: how well benign items are answered, and what a defense costs in it.
+
+The survey asks for defenses to be judged on both sides of the balance (Liu et al., 2024, "Safety of
+Multimodal Large Language Models on Images and Texts"): fewer attack successes *and* little lost
+helpfulness. Over-refusal (:func:`~mmsafe.metrics.over_refusal_rate`) counts outright refusals; utility
+also sees a defense that answers worse — a purified image the model can no longer read, a rewritten
+answer that lost its content. Its per-item scores come from a judge that scores answers against
+reference answers (the ``utility`` judge: VQA accuracy, exact / contained answer, ANLS, ROUGE-L),
+recorded as ``judgement.score`` with ``judgement.details["utility"]`` naming the metric.
+
+- :func:`utility_scores` — the per-sample scores of a cell (must-comply items, not errored, scored);
+- :func:`mean_utility` — their mean with a percentile-bootstrap 95% interval (seeded);
+- :func:`compare_utility` — a − b on the samples both cells scored, paired by sample, with a
+  bootstrap interval of the mean paired difference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from mmsafe.metrics._common import Estimate
+from mmsafe.metrics.rates import bootstrap_interval
+from mmsafe.types import Expected, Record
+
+__all__ = ["compare_utility", "mean_utility", "utility_scores"]
+
+N_RESAMPLES = 2000
+
+
+def utility_scores(records: Iterable[Record]) -> dict[tuple[str, str], float]:
+    """``(benchmark, sample_id) → score`` for the must-comply records a utility judge scored.
+
+    A record counts when it has no error, its judgement has no error, a numeric ``score`` and
+    ``details["utility"]`` (so a toxicity score or an LLM judge's harm score is never read as
+    utility). A sample seen twice in one cell raises ``ValueError``.
+    """
+    out: dict[tuple[str, str], float] = {}
+    for r in records:
+        j = r.judgement
+        if r.expected != Expected.comply or r.error or j is None or j.error or j.score is None:
+            continue
+        if not j.details.get("utility"):
+            continue
+        key = (r.benchmark, r.sample_id)
+        if key in out:
+            raise ValueError(f"sample {key[1]!r} occurs twice in one cell")
+        out[key] = float(j.score)
+    return out
+
+
+def mean_utility(records: Iterable[Record], *, seed: int = 0, confidence: float = 0.95) -> Estimate | None:
+    """Mean utility of a cell's scored must-comply items with a percentile bootstrap interval
+    (``N_RESAMPLES`` resamples, ``seed``); ``None`` when nothing was scored."""
+    scores = list(utility_scores(records).values())
+    if not scores:
+        return None
+    lo, hi = bootstrap_interval(scores, n_resamples=N_RESAMPLES, seed=seed, confidence=confidence)
+    return Estimate(
+        value=sum(scores) / len(scores),
+        lo=lo,
+        hi=hi,
+        n=len(scores),
+        method=f"percentile bootstrap, {N_RESAMPLES} resamples, seed {seed}",
+    )
+
+
+def compare_utility(
+    a: Sequence[Record], b: Sequence[Record], *, seed: int = 0, confidence: float = 0.95
+) -> dict[str, Any] | None:
+    """Paired difference of mean utility, a − b, over the samples both cells scored.
+
+    Returns ``{"diff", "lo", "hi", "n", "n_unmatched", "method"}`` (the interval: percentile
+    bootstrap of the mean of per-sample differences), or ``None`` when no sample is in both.
+    """
+    sa, sb = utility_scores(a), utility_scores(b)
+    keys = sorted(sa.keys() & sb.keys())
+    if not keys:
+        return None
+    diffs = [sa[k] - sb[k] for k in keys]
+    lo, hi = bootstrap_interval(diffs, n_resamples=N_RESAMPLES, seed=seed, confidence=confidence)
+    return {
+        "diff": sum(diffs) / len(diffs),
+        "lo": lo,
+        "hi": hi,
+        "n": len(keys),
+        "n_unmatched": len(sa) + len(sb) - 2 * len(keys),
+        "method": f"paired percentile bootstrap, {N_RESAMPLES} resamples, seed {seed}",
+    }
