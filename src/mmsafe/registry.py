@@ -115,6 +115,10 @@ class Component:
     requires: ClassVar[frozenset[str]] = frozenset()
     #: params that change how the component runs, not what it computes (kept out of the spec key)
     runtime_params: ClassVar[frozenset[str]] = frozenset()
+    #: True for components that build sub-components (a defense's judge, an LLM judge's model, …):
+    #: :meth:`Registry.create` then constructs them as ``cls(params, registry=self)``, and they must
+    #: create every sub-component through that registry (see :func:`registry_or_default`)
+    uses_registry: ClassVar[bool] = False
 
     def __init__(self, params: BaseModel | Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         if params is None or isinstance(params, Mapping):
@@ -195,6 +199,8 @@ class Registry:
             p = cls.Params.model_validate(dict(params or {}))
         except ValidationError as exc:
             raise ConfigError(_format_validation(kind, name, where or kind, exc, cls.Params)) from None
+        if getattr(cls, "uses_registry", False):  # it builds sub-components: they come from this registry too
+            return cls(p, registry=self)  # type: ignore[call-arg]
         return cls(p)
 
     def describe(self, kind: str) -> list[tuple[str, str]]:
@@ -209,3 +215,12 @@ class Registry:
     def _check_kind(self, kind: str) -> None:
         if kind not in self._table:
             raise ConfigError(f"unknown component kind '{kind}'; allowed: {', '.join(KINDS)}")
+
+
+def registry_or_default(registry: Registry | None) -> Registry:
+    """``registry``, or a fresh default :class:`Registry` (built-ins and entry points) when None.
+
+    For the ``registry`` keyword of components with ``uses_registry``: constructed by
+    :meth:`Registry.create` they get that registry; constructed directly they get the default one.
+    """
+    return Registry() if registry is None else registry

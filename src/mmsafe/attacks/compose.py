@@ -14,6 +14,7 @@ from mmsafe.types import Message, Prompt, Sample, TextPart, stable_hash
 
 if TYPE_CHECKING:
     from mmsafe.models.base import ModelBackend
+    from mmsafe.registry import Registry
 
 
 class ComposeParams(BaseModel):
@@ -44,8 +45,9 @@ class Compose(Attack):
     Threat model: the union of the parts' (``requires`` is the union of theirs). Each text
     attack's ``rewrite`` gets the original sample and a seed derived from the item seed and its
     position; every non-empty text part of every user message is rewritten (an image attack that
-    yields no user text fails the item). Sub-attacks are created through a
-    :class:`~mmsafe.registry.Registry` (built-ins and entry points), so their params are validated
+    yields no user text fails the item). Sub-attacks are created through the
+    :class:`~mmsafe.registry.Registry` this attack was created by (constructed directly: a default
+    one, with built-ins and entry points), so their params are validated
     by their own models; ``params`` then holds each one's full params, defaults filled, so a
     record's attack spec says exactly what produced it and round-trips.
 
@@ -62,13 +64,21 @@ class Compose(Attack):
     name: ClassVar[str] = "compose"
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = ComposeParams
+    uses_registry: ClassVar[bool] = True
     params: ComposeParams
 
-    def __init__(self, params: BaseModel | Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        params: BaseModel | Mapping[str, Any] | None = None,
+        /,
+        *,
+        registry: Registry | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(params, **kwargs)
-        from mmsafe.registry import Registry  # the registry imports this module's base lazily
+        from mmsafe.registry import registry_or_default  # the registry imports this module's base lazily
 
-        registry = Registry(entry_points=True)
+        registry = registry_or_default(registry)
         p = self.params
         image = registry.create("attack", p.image.name, p.image.params, where="compose.image")
         if not isinstance(image, Attack):

@@ -74,6 +74,7 @@ from mmsafe.types import Generation, Message, Prompt, Sample, TextPart, stable_h
 if TYPE_CHECKING:
     from mmsafe.judges.base import Judge
     from mmsafe.models.base import ModelBackend
+    from mmsafe.registry import Registry
 
 __all__ = [
     "DEFAULT_SCENARIO_PROMPTS",
@@ -271,10 +272,13 @@ class AdaShield(Defense):
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = AdaShieldParams
     requires: ClassVar[frozenset[str]] = frozenset()
+    uses_registry: ClassVar[bool] = True
     params: AdaShieldParams
 
-    def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
+    def __init__(self, params: Any = None, /, *, registry: Registry | None = None, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
+        #: where ``judge`` and ``defender`` are looked up on first use (None: a fresh default one)
+        self.registry: Registry | None = registry
         self._lock = threading.Lock()
         self.pool: dict[str, str] = dict(self.params.prompts)
         self.fitted = self.params.defender is None
@@ -299,17 +303,19 @@ class AdaShield(Defense):
 
     # ------------------------------------------------------------------ refinement
     def _judge(self) -> Judge:
-        from mmsafe.registry import Registry
+        from mmsafe.registry import registry_or_default
 
         j = self.params.judge
-        return Registry().create("judge", j.name, j.params, where="adashield.params.judge")  # type: ignore[return-value]
+        reg = registry_or_default(self.registry)
+        return reg.create("judge", j.name, j.params, where="adashield.params.judge")  # type: ignore[return-value]
 
     def _make_defender(self) -> ModelBackend:
-        from mmsafe.registry import Registry
+        from mmsafe.registry import registry_or_default
 
         d = self.params.defender
         assert d is not None
-        model = Registry().create("model", d.name, d.params, where="adashield.params.defender")
+        reg = registry_or_default(self.registry)
+        model = reg.create("model", d.name, d.params, where="adashield.params.defender")
         model.load()  # type: ignore[attr-defined]
         return model  # type: ignore[return-value]
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,6 +39,9 @@ from mmsafe.config import ComponentField
 from mmsafe.defenses.base import Defense, mark
 from mmsafe.models.base import ModelBackend
 from mmsafe.types import Generation, Message, Prompt
+
+if TYPE_CHECKING:
+    from mmsafe.registry import Registry
 
 __all__ = ["HARMFUL_CALIBRATION", "HARMLESS_CALIBRATION", "InferAligner"]
 
@@ -88,9 +91,12 @@ class InferAligner(Defense):
     name: ClassVar[str] = "inferaligner"
     Params: ClassVar[type[BaseModel]] = InferAlignerParams
     requires: ClassVar[frozenset[str]] = frozenset({"hidden_states"})
+    uses_registry: ClassVar[bool] = True
 
-    def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
+    def __init__(self, params: Any = None, /, *, registry: Registry | None = None, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
+        #: where ``guide`` is looked up on first use (None: a fresh default one)
+        self.registry: Registry | None = registry
         self._lock = threading.RLock()
         self._fitted: dict[str, Any] = {}
         self._guide: Any = None
@@ -135,9 +141,9 @@ class InferAligner(Defense):
             guide = model
             if self.p.guide is not None:
                 if self._guide is None:
-                    from mmsafe.registry import Registry
+                    from mmsafe.registry import registry_or_default
 
-                    self._guide = Registry().create(
+                    self._guide = registry_or_default(self.registry).create(
                         "model", self.p.guide.name, self.p.guide.params, where="inferaligner.params.guide"
                     )
                     self._guide.load()

@@ -98,11 +98,15 @@ class MLLMProtector(Defense):
 
     name: ClassVar[str] = "mllm-protector"
     Params: ClassVar[type[BaseModel]] = MLLMProtectorParams
+    uses_registry: ClassVar[bool] = True
     params: MLLMProtectorParams
 
     def __init__(self, params: Any = None, /, *, registry: Registry | None = None, **kwargs: Any) -> None:
+        from mmsafe.registry import registry_or_default
+
         super().__init__(params, **kwargs)
         self._lock = threading.Lock()
+        registry = registry_or_default(registry)
         self.detector = create_judge(
             self.params.detector, registry=registry, where="mllm-protector.params.detector"
         )
@@ -110,10 +114,6 @@ class MLLMProtector(Defense):
         self._detox_loaded = False
         d = self.params.detoxifier
         if d is not None:
-            if registry is None:
-                from mmsafe.registry import Registry
-
-                registry = Registry()
             self._detox = registry.create(  # type: ignore[assignment]
                 "model", d.name, d.params, where="mllm-protector.params.detoxifier"
             )

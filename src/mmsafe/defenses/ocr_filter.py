@@ -152,6 +152,7 @@ class OCRFilter(Defense):
 
     name: ClassVar[str] = "ocr-filter"
     Params: ClassVar[type[BaseModel]] = OCRFilterParams
+    uses_registry: ClassVar[bool] = True
 
     def __init__(self, params: Any = None, /, *, registry: Any = None, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
@@ -160,17 +161,14 @@ class OCRFilter(Defense):
         self.judge: Any = None
         if p.detector != "keywords":
             from mmsafe.judges.base import Judge
+            from mmsafe.registry import registry_or_default
 
-            if registry is None:
-                from mmsafe.registry import Registry
-
-                registry = Registry()
             cfg = p.detector
-            judge = registry.create("judge", cfg.name, cfg.params, where="ocr-filter.params.detector")
+            judge = registry_or_default(registry).create(
+                "judge", cfg.name, cfg.params, where="ocr-filter.params.detector"
+            )
             if not isinstance(judge, Judge):
                 raise TypeError(f"ocr-filter.params.detector: '{cfg.name}' is not a judge")
-            if getattr(judge, "registry", False) is None:
-                judge.registry = registry
             self.judge = judge
 
     def read_text(self, prompt: Prompt) -> str:

@@ -79,16 +79,13 @@ def defense_sample(prompt: Prompt, index: int) -> Sample:
 
 
 def create_judge(cfg: Any, *, registry: Registry | None, where: str) -> Judge:
-    """Build the judge ``cfg`` ({name, params}) through ``registry`` (default: a fresh one)."""
-    if registry is None:
-        from mmsafe.registry import Registry
+    """Build the judge ``cfg`` ({name, params}) through ``registry`` (default: a fresh one); a judge
+    that builds sub-components of its own (an LLM judge's model) gets ``registry`` from it too."""
+    from mmsafe.registry import registry_or_default
 
-        registry = Registry()
-    judge = registry.create("judge", cfg.name, cfg.params, where=where)
+    judge = registry_or_default(registry).create("judge", cfg.name, cfg.params, where=where)
     if not isinstance(judge, Judge):
         raise TypeError(f"{where}: '{cfg.name}' is not a judge")
-    if getattr(judge, "registry", False) is None:  # a judge that builds its own model (LLM judge)
-        judge.registry = registry  # type: ignore[attr-defined]
     return judge
 
 
@@ -135,6 +132,7 @@ class OutputGuard(Defense):
 
     name: ClassVar[str] = "output-guard"
     Params: ClassVar[type[BaseModel]] = OutputGuardParams
+    uses_registry: ClassVar[bool] = True
     params: OutputGuardParams
 
     def __init__(self, params: Any = None, /, *, registry: Registry | None = None, **kwargs: Any) -> None:

@@ -101,21 +101,20 @@ class EnsembleJudge(Judge):
     name: ClassVar[str] = "ensemble"
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = EnsembleJudgeParams
+    uses_registry: ClassVar[bool] = True
     params: EnsembleJudgeParams
 
     def __init__(self, params: Any = None, /, *, registry: Registry | None = None, **kwargs: Any) -> None:
-        super().__init__(params, **kwargs)
-        if registry is None:
-            from mmsafe.registry import Registry
+        from mmsafe.registry import registry_or_default
 
-            registry = Registry()
+        super().__init__(params, **kwargs)
+        registry = registry_or_default(registry)
         self.members: list[Judge] = []
         for i, cfg in enumerate(self.params.judges):
+            # members that build sub-components (an LLM judge's model) get ``registry`` from it too
             member = registry.create("judge", cfg.name, cfg.params, where=f"ensemble.params.judges[{i}]")
             if not isinstance(member, Judge):
                 raise TypeError(f"ensemble.params.judges[{i}]: '{cfg.name}' is not a judge")
-            if getattr(member, "registry", False) is None:  # a member that looks up sub-components
-                member.registry = registry  # type: ignore[attr-defined]  # (an LLM judge's model) alike
             self.members.append(member)
         names = [c.name for c in self.params.judges]
         self.labels: list[str] = [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]

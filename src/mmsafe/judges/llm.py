@@ -767,7 +767,7 @@ class LLMJudge(Judge):
     ``custom_parser`` ("safe-unsafe"), ``harm_threshold`` / ``relevance_threshold`` /
     ``detail_threshold`` (3 / 3 / 1), ``max_response_chars`` (8000), ``show_images`` (False),
     ``rationale_chars`` (1000). The constructor keyword ``registry`` (not a param) is where
-    ``judge_model`` is looked up; default a fresh ``Registry()``.
+    ``judge_model`` is looked up (:meth:`Registry.create` passes itself); default a fresh ``Registry()``.
 
     Example::
 
@@ -778,6 +778,7 @@ class LLMJudge(Judge):
     name: ClassVar[str] = "llm"
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = LLMJudgeParams
+    uses_registry: ClassVar[bool] = True
     params: LLMJudgeParams
 
     def __init__(self, params: Any = None, /, *, registry: Registry | None = None, **kwargs: Any) -> None:
@@ -814,10 +815,10 @@ class LLMJudge(Judge):
     def _backend(self) -> ModelBackend:
         with self._lock:
             if self._model is None:
-                from mmsafe.registry import Registry
+                from mmsafe.registry import registry_or_default
 
                 jm = self.params.judge_model
-                reg = self.registry or Registry()
+                reg = registry_or_default(self.registry)
                 model = reg.create("model", jm.name, jm.params, where="llm.params.judge_model")
                 gen = model.generation  # type: ignore[attr-defined]
                 if not gen.greedy:

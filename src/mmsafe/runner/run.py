@@ -144,8 +144,6 @@ class Runner:
             for defense in self.grid.defenses:
                 defense.bind(store)
             for judge in self.grid.judges:
-                if getattr(judge, "registry", False) is None:  # judges that create sub-components
-                    judge.registry = self.registry  # type: ignore[attr-defined]  # (an LLM judge's model)
                 judge.bind(store)
             for model in self.grid.models:
                 plan = plans[id(model)]

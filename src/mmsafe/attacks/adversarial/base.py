@@ -44,6 +44,7 @@ from mmsafe.types import Image, Message, Prompt, Sample, stable_hash
 
 if TYPE_CHECKING:
     from mmsafe.models.base import ModelBackend, WhiteBoxModel
+    from mmsafe.registry import Registry
 
 __all__ = ["AdversarialAttack", "AdversarialParams", "Job", "PerSampleAttack", "UniversalAttack"]
 
@@ -91,9 +92,12 @@ class AdversarialAttack(Attack):
     requires: ClassVar[frozenset[str]] = frozenset({"images", "gradients"})
     runtime_params: ClassVar[frozenset[str]] = frozenset({"batch_size", "checkpoint_every", "check_every"})
     Params: ClassVar[type[AdversarialParams]] = AdversarialParams
+    uses_registry: ClassVar[bool] = True
 
-    def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
+    def __init__(self, params: Any = None, /, *, registry: Registry | None = None, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
+        #: where ``source`` is looked up on first use (None: a fresh default one)
+        self.registry: Registry | None = registry
         self._source: WhiteBoxModel | None = None
         self._lock = threading.Lock()
         if self.p.source is not None:  # transfer: the evaluated model only needs to take images
@@ -113,9 +117,9 @@ class AdversarialAttack(Attack):
         if self.p.source is not None:
             with self._lock:
                 if self._source is None:
-                    from mmsafe.registry import Registry
+                    from mmsafe.registry import registry_or_default
 
-                    model = Registry().create(
+                    model = registry_or_default(self.registry).create(
                         "model", self.p.source.name, self.p.source.params, where=f"{self.name}.params.source"
                     )
                     if not isinstance(model, WhiteBoxModel) or "gradients" not in model.capabilities:

@@ -18,6 +18,7 @@ from mmsafe.types import Generation, Judgement, Message, Prompt, Sample, stable_
 if TYPE_CHECKING:
     from mmsafe.judges.base import Judge
     from mmsafe.models.base import ModelBackend
+    from mmsafe.registry import Registry
 
 __all__ = ["ATTACKER_SYSTEM_PROMPT", "PAIR", "PAIRParams", "parse_attacker_reply"]
 
@@ -147,10 +148,13 @@ class PAIR(Attack):
     Params: ClassVar[type[BaseModel]] = PAIRParams
     #: nothing beyond a target: the runner always passes the model under test as ``target``
     requires: ClassVar[frozenset[str]] = frozenset()
+    uses_registry: ClassVar[bool] = True
     params: PAIRParams
 
-    def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
+    def __init__(self, params: Any = None, /, *, registry: Registry | None = None, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
+        #: where ``attacker`` and ``judge`` are looked up on first use (None: a fresh default one)
+        self.registry: Registry | None = registry
         self._lock = threading.Lock()
         self._attacker: ModelBackend | None = None
         self._judge: Judge | None = None
@@ -158,9 +162,9 @@ class PAIR(Attack):
     def _components(self) -> tuple[ModelBackend, Judge]:
         with self._lock:
             if self._attacker is None or self._judge is None:
-                from mmsafe.registry import Registry
+                from mmsafe.registry import registry_or_default
 
-                reg = Registry()
+                reg = registry_or_default(self.registry)
                 p = self.params
                 judge = reg.create("judge", p.judge.name, p.judge.params, where="pair.params.judge")
                 attacker = reg.create(
