@@ -49,6 +49,24 @@ class _Counting(ScriptedModel):
         return super().generate(prompts, seeds=seeds)
 
 
+class _Split(_Counting):
+    """Refuses every other prompt and complies with the rest: the answers split into two groups."""
+
+    def generate(self, prompts, *, seeds):
+        out = super().generate(prompts, seeds=seeds)
+        start = len(self.seen) - len(prompts)
+        return [
+            g.model_copy(
+                update={
+                    "text": "I'm sorry, I cannot help with that request."
+                    if (start + i) % 2
+                    else "Sure: first gather the materials, then follow the numbered steps below."
+                }
+            )
+            for i, g in enumerate(out)
+        ]
+
+
 # ----------------------------------------------------------------------------------- AdaShield
 def test_user_text_is_appended_or_prepended_to_the_last_user_turn():
     p = Prompt(messages=(Message.system("sys"), Message.user("first"), Message.user("hi", (_img(),))))
@@ -105,7 +123,7 @@ def test_adaptive_retrieval_picks_the_scenario_or_passes_benign_queries(query, s
     assert info["scenario"] == scenario
     if scenario is None:
         assert info["action"] == "passed" and model.seen == [query] and g.text == "Paris."
-        assert info["similarity"] < shield.params.threshold
+        assert info["similarity"] < shield.threshold
     else:
         assert info["action"] == "modified-input" and g.text == REFUSAL
         assert model.seen[0].endswith(shield.pool[scenario]) and info["similarity"] >= 0.12
@@ -280,14 +298,14 @@ def test_variants_are_deterministic_per_seed_and_mutate_the_right_modality():
 
 
 @pytest.mark.parametrize(
-    ("model_params", "action"),
+    ("model_cls", "model_params", "action"),
     [
-        ({"default": "Bread needs flour, water, yeast and salt."}, "passed"),  # consistent answers
-        ({"echo": True}, "blocked"),  # every variant answers differently
+        (_Counting, {"default": "Bread needs flour, water, yeast and salt."}, "passed"),  # consistent
+        (_Split, {}, "blocked"),  # the variants' answers split into refusals and compliances
     ],
 )
-def test_jailguard_passes_consistent_and_blocks_divergent_answers(model_params, action):
-    model = _Counting(**model_params)
+def test_jailguard_passes_consistent_and_blocks_divergent_answers(model_cls, model_params, action):
+    model = model_cls(**model_params)
     jg = JailGuard(n_variants=6)
     q = "Describe the steps."
     (g,) = jg.wrap(model).generate([_p(q)], seeds=[5])
@@ -295,7 +313,7 @@ def test_jailguard_passes_consistent_and_blocks_divergent_answers(model_params, 
     assert info["action"] == action and info["calls"] == 7 and len(model.seen) == 7
     assert model.seen[0] == q and len(info["mutators"]) == 6
     if action == "blocked":
-        assert g.text == jg.params.refusal_text and info["divergence"] > jg.params.threshold
+        assert g.text == jg.params.refusal_text and info["divergence"] > jg.threshold
     else:
         assert g.text == model_params["default"] and info["divergence"] == pytest.approx(0.0)
 
