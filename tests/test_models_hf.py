@@ -152,6 +152,35 @@ def test_sampling_is_seeded_per_item(cache_root: Path) -> None:
     assert [g.text for g in a] != [g.text for g in c]
 
 
+def test_stop_strings_cut_the_answer(cache_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import transformers
+
+    base = {
+        "path": str(ensure_tiny_llava(cache_root)),
+        "device": "cpu",
+        "generation": {"max_new_tokens": MAX_NEW},
+    }
+    prompt = _prompts()[0]
+    (free,) = HFModel(base).generate([prompt], seeds=[0])
+    assert len(free.text) > 2 and free.usage.completion_tokens == MAX_NEW
+    stop = free.text[1:3]  # a string the greedy answer is known to contain
+
+    built: list[object] = []
+    real = transformers.StopStringCriteria
+
+    def counting(*args: object, **kwargs: object) -> object:
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(transformers, "StopStringCriteria", counting)
+    model = HFModel({**base, "stop_strings": (stop,)})
+    answers = [model.generate([prompt], seeds=[0])[0] for _ in range(2)]
+    for cut in answers:
+        assert cut.text == free.text[: free.text.find(stop)] and cut.finish_reason == "stop"
+        assert cut.usage.completion_tokens < MAX_NEW  # decoding stopped there, not only the text
+    assert len(built) == 1  # one criterion for the loaded model, reused by the second call
+
+
 def test_random_weights_flag_and_marker(tiny: TinyLlava, cache_root: Path) -> None:
     assert TinyLlava.random_weights is True
     assert tiny.random_weights is True

@@ -23,6 +23,7 @@ from mmsafe.errors import require
 from mmsafe.models._hf_util import MODEL_NOTE_FILE
 from mmsafe.models.base import GenerationParams, ModelBackend
 from mmsafe.models.gemma import (
+    DIALOGUE_STOP,
     GEMMA3_270M_VERSION,
     GEMMA_EOS_IDS,
     _build_lock,
@@ -177,15 +178,15 @@ class GemmaLlava(HFModel):
     any model's safety. Built once (after the Gemma conversion) into
     ``<cache_dir>/models/gemma-llava-v1-seed<seed>`` and loaded through
     :class:`~mmsafe.models.hf.HFModel` (LLaVA family). Prompts use a plain ``User:/Assistant:``
-    template (the base model continues it coherently); HFModel has no stop strings, so an answer can
-    run on into a ``User:`` turn the model invents: keep ``max_new_tokens`` small.
+    template (the base model continues it coherently); answers are cut at the next ``\\nUser:`` (a
+    turn the base model would otherwise invent), as in ``gemma-ocr``.
 
     Params: ``batch_size`` (8), ``generation`` (max_new_tokens 64, greedy), ``seed`` (0),
     ``dtype`` (float32 | bfloat16), ``cache_dir``, ``system_prompt``, ``cpu_threads``.
     """
 
     name: ClassVar[str] = "gemma-llava"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: answers cut at the next "\nUser:"
     Params: ClassVar[type[BaseModel]] = GemmaLlavaParams
     random_weights: bool = False
     #: where the converted weights live changes nothing they compute
@@ -207,4 +208,5 @@ class GemmaLlava(HFModel):
             generation=p.generation,
             system_prompt=p.system_prompt,
             cpu_threads=p.cpu_threads,
+            stop_strings=DIALOGUE_STOP,
         )

@@ -7,19 +7,20 @@ torch and transformers are imported inside the methods that need them, so import
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mmsafe.errors import ConfigError, require
 from mmsafe.models._hf_util import (
+    BatchedHFGeneration,
     choose_model_class,
     generate_seeded,
     has_random_weights_marker,
+    layer_outputs,
     read_architecture,
     read_model_note,
     split_at_eos,
@@ -27,7 +28,7 @@ from mmsafe.models._hf_util import (
 )
 from mmsafe.models.base import GenerationParams, WhiteBoxModel
 from mmsafe.models.families import family_for, pil_from_pixels
-from mmsafe.types import Generation, Image, Prompt, Usage
+from mmsafe.types import Image, Prompt
 
 __all__ = ["HFModel", "HFParams"]
 
@@ -59,6 +60,9 @@ class HFParams(BaseModel):
     batch_size: int = Field(8, ge=1, le=4096)
     generation: GenerationParams = Field(default_factory=GenerationParams)
     system_prompt: str | None = Field(None, description="system turn added to prompts that have none")
+    stop_strings: tuple[str, ...] = Field(
+        (), description="the answer ends before the first of these strings (generation stops there too)"
+    )
     trust_remote_code: bool = False
     cpu_threads: int | None = Field(
         None,
@@ -73,7 +77,7 @@ class HFParams(BaseModel):
         return self
 
 
-class HFModel(WhiteBoxModel):
+class HFModel(BatchedHFGeneration, WhiteBoxModel):
     """Local Hugging Face vision-language model: LLaVA-1.5/NeXT, Qwen2-VL/2.5-VL, Idefics3/SmolVLM,
     PaliGemma, BLIP-2/InstructBLIP, or any other AutoModelForImageTextToText with a chat template.
 
@@ -97,6 +101,8 @@ class HFModel(WhiteBoxModel):
     batch neighbours. A prompt whose image cannot be decoded, or whose inputs the processor rejects,
     fails alone: its slot holds the exception and the rest of the batch still runs. ``latency_s`` is
     the wall time of the batch the item ran in (``metadata["batch_size"]`` says how many shared it).
+    ``stop_strings`` end the answer (and stop decoding) at the first match; ``finish_reason`` is then
+    ``stop``. The loop is shared with ``hf-text`` (:class:`~mmsafe.models._hf_util.BatchedHFGeneration`).
 
     Decoding starts from the checkpoint's ``generation_config`` and overrides ``max_new_tokens``,
     ``do_sample``, ``temperature`` and ``top_p``; ``top_k`` is switched off because
@@ -105,7 +111,7 @@ class HFModel(WhiteBoxModel):
     Params: ``path``, ``revision``, ``model_class`` (auto | llava | image-text-to-text), ``dtype``
     (auto | float32 | bfloat16 | float16), ``device`` (auto | cpu | cuda | cuda:N), ``device_map``,
     ``max_memory`` (per-device limits, with ``device_map``), ``batch_size`` (8), ``generation``
-    (max_new_tokens, temperature, top_p), ``system_prompt``, ``trust_remote_code`` (False),
+    (max_new_tokens, temperature, top_p), ``system_prompt``, ``stop_strings``, ``trust_remote_code`` (False),
     ``cpu_threads`` (torch's intra-op threads on CPU). A folder holding ``mmsafe_random_weights.json``
     is flagged as random weights.
     """
@@ -113,6 +119,7 @@ class HFModel(WhiteBoxModel):
     name: ClassVar[str] = "hf"
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = HFParams
+    _log: ClassVar[logging.Logger] = log
     #: memory limits change where weights sit, not what is computed: kept out of the spec key
     runtime_params: ClassVar[frozenset[str]] = WhiteBoxModel.runtime_params | {"max_memory"}
     #: before the family is known (a hub id not yet loaded): what most families offer
@@ -128,6 +135,7 @@ class HFModel(WhiteBoxModel):
         self._device: Any = None
         self._eos_ids: frozenset[int] = frozenset()
         self._settings: HFParams | None = None
+        self._stop_criteria: Any = None  # built once per loaded model (see _stopping_criteria)
         if isinstance(self.params, HFParams):  # a stat, no I/O beyond it: reports know before load()
             self.random_weights = has_random_weights_marker(self.params.path)
             arch = read_architecture(self.params.path)
@@ -140,10 +148,6 @@ class HFModel(WhiteBoxModel):
         """The checkpoint settings to load; subclasses that make their own checkpoint override this."""
         assert isinstance(self.params, HFParams)
         return self.params
-
-    @property
-    def loaded(self) -> bool:
-        return self._model is not None
 
     @property
     def family(self) -> str | None:
@@ -237,7 +241,7 @@ class HFModel(WhiteBoxModel):
 
     def close(self) -> None:
         on_cuda = self._device is not None and getattr(self._device, "type", "") == "cuda"
-        self._model = self._processor = self._family = None
+        self._model = self._processor = self._family = self._stop_criteria = None
         if on_cuda:
             import torch
 
@@ -245,32 +249,9 @@ class HFModel(WhiteBoxModel):
 
     # --------------------------------------------------------------- generation
 
-    def _ensure_loaded(self) -> None:
-        if self._model is None:
-            self.load()
+    # hooks of the shared loop (BatchedHFGeneration): an item is (rendered text, its PIL images)
 
-    def generate(self, prompts: Sequence[Prompt], *, seeds: Sequence[int]) -> list[Generation | Exception]:
-        if len(prompts) != len(seeds):
-            raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
-        self._ensure_loaded()
-        results: list[Generation | Exception | None] = [None] * len(prompts)
-        rendered: dict[int, tuple[str, list[Any]]] = {}
-        for i, prompt in enumerate(prompts):
-            try:
-                rendered[i] = self._render(prompt)
-            except Exception as exc:  # this item only: bad image bytes, a template that rejects a role…
-                results[i] = exc
-        groups: dict[Any, list[int]] = {}
-        for i in sorted(rendered):  # prompts the family cannot mix in one batch go to separate groups
-            groups.setdefault(self._family.batch_key(rendered[i][1]), []).append(i)
-        size = self.batch_size if self.generation.greedy else 1
-        for members in groups.values():
-            for start in range(0, len(members), size):
-                self._run_group(members[start : start + size], rendered, seeds, results)
-        assert all(r is not None for r in results)
-        return results  # type: ignore[return-value]
-
-    def _render(self, prompt: Prompt) -> tuple[str, list[Any]]:
+    def _prepare(self, prompt: Prompt) -> tuple[str, list[Any]]:
         assert self._settings is not None
         conversation, images = to_conversation(prompt, system_prompt=self._settings.system_prompt)
         return self._family.render(conversation, images), images
@@ -284,75 +265,24 @@ class HFModel(WhiteBoxModel):
                 enc[key] = value.to(self._model.dtype)
         return enc
 
-    def _encode(self, items: list[tuple[str, list[Any]]]) -> Any:
+    def _encode_batch(self, items: list[tuple[str, list[Any]]]) -> Any:
         return self._to_device(self._family.encode([t for t, _ in items], [imgs for _, imgs in items]))
 
-    def _generation_config(self) -> Any:
-        gen = self.generation
-        cfg = copy.deepcopy(self._model.generation_config)
-        cfg.max_new_tokens = gen.max_new_tokens
-        cfg.do_sample = not gen.greedy
-        cfg.temperature = gen.temperature if not gen.greedy else None
-        cfg.top_p = gen.top_p if not gen.greedy else None
-        cfg.top_k = 0 if not gen.greedy else None
-        cfg.pad_token_id = self._processor.tokenizer.pad_token_id
-        return cfg
+    def _batch_key(self, item: tuple[str, list[Any]]) -> Hashable:
+        return self._family.batch_key(item[1])  # prompts the family cannot mix go to separate groups
 
-    def _run_group(
-        self,
-        group: list[int],
-        rendered: dict[int, tuple[str, list[Any]]],
-        seeds: Sequence[int],
-        results: list[Generation | Exception | None],
-    ) -> None:
-        t0 = time.perf_counter()
-        try:
-            enc = self._encode([rendered[i] for i in group])
-            out = generate_seeded(
-                self._model,
-                enc,
-                greedy=self.generation.greedy,
-                seed=seeds[group[0]],  # sampled items run one per group
-                device=self._device,
-                generation_config=self._generation_config(),
-            )
-        except Exception as exc:
-            if len(group) == 1:
-                results[group[0]] = exc
-                return
-            # Something in the batch is bad (e.g. an image-token count mismatch): isolate it.
-            log.warning(
-                "batch of %d failed (%s: %s); retrying one by one", len(group), type(exc).__name__, exc
-            )
-            for i in group:
-                self._run_group([i], rendered, seeds, results)
-            return
-        latency = time.perf_counter() - t0
-        prompt_len = enc["input_ids"].shape[1]
-        prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
+    def _text_tokenizer(self) -> Any:
+        return self._processor.tokenizer
+
+    def _answer_tokens(self, out: Any, enc: Any) -> Any:
         # decoder-only models return prompt + answer; encoder-decoder ones (T5-based BLIP-2) only the answer
-        new_tokens = (out if self._family.encoder_decoder else out[:, prompt_len:]).tolist()
-        tokenizer = self._processor.tokenizer
-        for row, i in enumerate(group):
-            tokens, stopped = split_at_eos(new_tokens[row], self._eos_ids)
-            results[i] = Generation(
-                text=tokenizer.decode(tokens, skip_special_tokens=True),
-                finish_reason="stop" if stopped else "length",
-                usage=Usage(
-                    prompt_tokens=int(prompt_tokens[row]), completion_tokens=len(tokens) + int(stopped)
-                ),
-                latency_s=latency,
-                metadata={"batch_size": len(group)},
-            )
+        return out if self._family.encoder_decoder else super()._answer_tokens(out, enc)
 
     def greedy_answers(self, prompts: Sequence[Prompt], *, max_new_tokens: int) -> list[str]:
         """Greedy answers with a short token budget, batched, no cache: the success test that
         optimisation attacks run every few steps (errors raise; nothing is isolated)."""
         self._ensure_loaded()
-        rendered = {i: self._render(p) for i, p in enumerate(prompts)}
-        groups: dict[Any, list[int]] = {}
-        for i in rendered:
-            groups.setdefault(self._family.batch_key(rendered[i][1]), []).append(i)
+        rendered = {i: self._prepare(p) for i, p in enumerate(prompts)}
         cfg = self._generation_config()
         cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, cfg.top_k = (
             max_new_tokens,
@@ -363,14 +293,14 @@ class HFModel(WhiteBoxModel):
         )
         answers: dict[int, str] = {}
         tokenizer = self._processor.tokenizer
-        for members in groups.values():
+        for members in self._groups(rendered).values():
             for start in range(0, len(members), self.batch_size):
                 group = members[start : start + self.batch_size]
-                enc = self._encode([rendered[i] for i in group])
+                enc = self._encode_batch([rendered[i] for i in group])
                 out = generate_seeded(
                     self._model, enc, greedy=True, seed=0, device=self._device, generation_config=cfg
                 )
-                new = (out if self._family.encoder_decoder else out[:, enc["input_ids"].shape[1] :]).tolist()
+                new = self._answer_tokens(out, enc).tolist()
                 for row, i in enumerate(group):
                     tokens, _ = split_at_eos(new[row], self._eos_ids)
                     answers[i] = tokenizer.decode(tokens, skip_special_tokens=True)
@@ -502,25 +432,13 @@ class HFModel(WhiteBoxModel):
         positions are included (the sequence is the processor's, image tokens expanded)."""
         import torch
 
-        blocks = self.decoder_layers()
-        wanted = {int(k): blocks[int(k)] for k in layers}  # IndexError for a layer that does not exist
-        captured: dict[int, Any] = {}
-        handles = []
-        for k, block in wanted.items():
-
-            def hook(_mod: Any, _inp: Any, output: Any, k: int = k) -> None:
-                captured[k] = (output[0] if isinstance(output, tuple) else output)[0]
-
-            handles.append(block.register_forward_hook(hook))
-        try:
+        def forward() -> None:
             enc = self._whitebox_encoding(prompt, pixels)
             grad = pixels is not None and any(getattr(p, "requires_grad", False) for p in pixels)
             with torch.set_grad_enabled(grad):
                 self._model(**enc, use_cache=False)
-        finally:
-            for h in handles:
-                h.remove()
-        return {k: captured[k] for k in wanted}
+
+        return layer_outputs(self.decoder_layers(), layers, forward)
 
     def decoder_layers(self) -> Sequence[Any]:
         self._ensure_loaded()

@@ -12,7 +12,6 @@ torch, transformers and pytesseract are imported inside the methods that need th
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Sequence
@@ -21,9 +20,9 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmsafe.errors import ConfigError, MissingDependency, require
-from mmsafe.models._hf_util import generate_seeded, split_at_eos, to_conversation
+from mmsafe.models._hf_util import BatchedHFGeneration, cut_at_stop, layer_outputs, to_conversation
 from mmsafe.models.base import GenerationParams, WhiteBoxModel
-from mmsafe.types import Generation, Image, Prompt, Usage
+from mmsafe.types import Image, Prompt
 
 __all__ = ["IMAGE_TEXT_FORMAT", "HFTextModel", "HFTextParams", "format_image_text"]
 
@@ -79,7 +78,7 @@ class HFTextParams(BaseModel):
     )
 
 
-class HFTextModel(WhiteBoxModel):
+class HFTextModel(BatchedHFGeneration, WhiteBoxModel):
     """Local Hugging Face causal LM (text only), with an optional OCR front end for images.
 
     Any ``AutoModelForCausalLM`` checkpoint with a chat template (or a ``chat_template`` param):
@@ -107,7 +106,8 @@ class HFTextModel(WhiteBoxModel):
     is retried one item at a time. ``stop_strings`` end the answer (and stop decoding) at the first
     match; ``finish_reason`` is then ``stop``. Decoding starts from the checkpoint's
     ``generation_config`` and overrides ``max_new_tokens``, ``do_sample``, ``temperature`` and
-    ``top_p``; ``top_k`` is switched off.
+    ``top_p``; ``top_k`` is switched off. The loop is shared with ``hf``
+    (:class:`~mmsafe.models._hf_util.BatchedHFGeneration`).
 
     Params: ``path``, ``revision``, ``dtype``, ``device``, ``batch_size`` (8), ``generation``,
     ``system_prompt``, ``chat_template``, ``stop_strings``, ``image_input`` (reject | ocr),
@@ -117,6 +117,7 @@ class HFTextModel(WhiteBoxModel):
     name: ClassVar[str] = "hf-text"
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = HFTextParams
+    _log: ClassVar[logging.Logger] = log
     capabilities: ClassVar[frozenset[str]] = frozenset({"system_prompt", "batched", "hidden_states"})
 
     def __init__(self, params: BaseModel | dict[str, Any] | None = None, /, **kwargs: Any) -> None:
@@ -137,10 +138,6 @@ class HFTextModel(WhiteBoxModel):
         """The checkpoint settings to load; presets that make their own checkpoint override this."""
         assert isinstance(self.params, HFTextParams)
         return self.params
-
-    @property
-    def loaded(self) -> bool:
-        return self._model is not None
 
     def load(self) -> None:
         if self._model is not None:
@@ -209,10 +206,6 @@ class HFTextModel(WhiteBoxModel):
 
             torch.cuda.empty_cache()
 
-    def _ensure_loaded(self) -> None:
-        if self._model is None:
-            self.load()
-
     # --------------------------------------------------------------- rendering
 
     def _read_image(self, image: Image, pil: Any) -> str:
@@ -260,107 +253,27 @@ class HFTextModel(WhiteBoxModel):
         return list(self._tokenizer(text, add_special_tokens=add_special)["input_ids"])
 
     # --------------------------------------------------------------- generation
+    # hooks of the shared loop (BatchedHFGeneration): an item is (prompt token ids, OCR text of each image)
 
-    def generate(self, prompts: Sequence[Prompt], *, seeds: Sequence[int]) -> list[Generation | Exception]:
-        if len(prompts) != len(seeds):
-            raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
-        self._ensure_loaded()
-        results: list[Generation | Exception | None] = [None] * len(prompts)
-        rendered: dict[int, tuple[list[int], list[str]]] = {}
-        for i, prompt in enumerate(prompts):
-            try:  # this item only: bad image bytes, OCR failure, images with image_input=reject…
-                text, image_texts = self.render(prompt)
-                rendered[i] = (self._token_ids(text), image_texts)
-            except Exception as exc:
-                results[i] = exc
-        order = sorted(rendered)
-        size = self.batch_size if self.generation.greedy else 1
-        for start in range(0, len(order), size):
-            self._run_group(order[start : start + size], rendered, seeds, results)
-        assert all(r is not None for r in results)
-        return results  # type: ignore[return-value]
-
-    def _generation_config(self) -> Any:
-        gen = self.generation
-        cfg = copy.deepcopy(self._model.generation_config)
-        cfg.max_new_tokens = gen.max_new_tokens
-        cfg.do_sample = not gen.greedy
-        cfg.temperature = gen.temperature if not gen.greedy else None
-        cfg.top_p = gen.top_p if not gen.greedy else None
-        cfg.top_k = 0 if not gen.greedy else None
-        cfg.pad_token_id = self._tokenizer.pad_token_id
-        return cfg
-
-    def _stopping_criteria(self) -> Any:
-        """One ``StopStringCriteria`` for this loaded model, reused by every ``generate`` call.
-
-        Passing ``stop_strings`` to ``generate`` makes transformers rebuild the criterion — a scan
-        of the whole vocabulary (262k tokens for Gemma 3) — on every call: 3.5 s per batch on 2 CPU
-        cores, more than the generation itself for short answers. The criterion keeps no state
-        between calls, so one instance serves them all.
-        """
-        if self._stop_criteria is None:
-            import transformers
-
-            assert self._settings is not None
-            self._stop_criteria = transformers.StoppingCriteriaList(
-                [transformers.StopStringCriteria(self._tokenizer, list(self._settings.stop_strings))]
-            )
-        return self._stop_criteria
+    def _prepare(self, prompt: Prompt) -> tuple[list[int], list[str]]:
+        text, image_texts = self.render(prompt)
+        return self._token_ids(text), image_texts
 
     def _pad(self, rows: list[list[int]]) -> Any:
         enc = self._tokenizer.pad({"input_ids": rows}, padding=True, return_tensors="pt")
         return enc.to(self._device)
 
-    def _run_group(
-        self,
-        group: list[int],
-        rendered: dict[int, tuple[list[int], list[str]]],
-        seeds: Sequence[int],
-        results: list[Generation | Exception | None],
-    ) -> None:
-        assert self._settings is not None
-        t0 = time.perf_counter()
-        try:
-            enc = self._pad([rendered[i][0] for i in group])
-            kwargs: dict[str, Any] = {"generation_config": self._generation_config()}
-            if self._settings.stop_strings:
-                kwargs["stopping_criteria"] = self._stopping_criteria()
-            out = generate_seeded(
-                self._model,
-                enc,
-                greedy=self.generation.greedy,
-                seed=seeds[group[0]],  # sampled items run one per group
-                device=self._device,
-                **kwargs,
-            )
-        except Exception as exc:
-            if len(group) == 1:
-                results[group[0]] = exc
-                return
-            log.warning(
-                "batch of %d failed (%s: %s); retrying one by one", len(group), type(exc).__name__, exc
-            )
-            for i in group:
-                self._run_group([i], rendered, seeds, results)
-            return
-        latency = time.perf_counter() - t0
-        prompt_len = enc["input_ids"].shape[1]
-        new_tokens = out[:, prompt_len:].tolist()
-        for row, i in enumerate(group):
-            tokens, stopped = split_at_eos(new_tokens[row], self._eos_ids)
-            text = self._tokenizer.decode(tokens, skip_special_tokens=True)
-            text, cut = _cut_at_stop(text, self._settings.stop_strings)
-            metadata: dict[str, Any] = {"batch_size": len(group)}
-            if rendered[i][1]:
-                metadata["image_text"] = rendered[i][1]
-            results[i] = Generation(
-                text=text,
-                finish_reason="stop" if stopped or cut else "length",
-                usage=Usage(prompt_tokens=len(rendered[i][0]), completion_tokens=len(tokens) + int(stopped)),
-                latency_s=latency,
-                metadata=metadata,
-            )
+    def _encode_batch(self, items: list[tuple[list[int], list[str]]]) -> Any:
+        return self._pad([ids for ids, _ in items])
+
+    def _text_tokenizer(self) -> Any:
+        return self._tokenizer
+
+    def _prompt_token_counts(self, enc: Any, items: list[tuple[list[int], list[str]]]) -> list[int]:
+        return [len(ids) for ids, _ in items]
+
+    def _item_metadata(self, item: tuple[list[int], list[str]]) -> dict[str, Any]:
+        return {"image_text": item[1]} if item[1] else {}
 
     # ---------------------------------------------------------------- white box
 
@@ -374,25 +287,14 @@ class HFTextModel(WhiteBoxModel):
 
         if pixels is not None:
             raise ValueError(f"{self.name} reads images through OCR: pixels cannot be swapped in")
-        blocks = self.decoder_layers()
-        wanted = {int(k): blocks[int(k)] for k in layers}  # IndexError for a layer that does not exist
-        captured: dict[int, Any] = {}
-        handles = []
-        for k, block in wanted.items():
 
-            def hook(_mod: Any, _inp: Any, output: Any, k: int = k) -> None:
-                captured[k] = (output[0] if isinstance(output, tuple) else output)[0]
-
-            handles.append(block.register_forward_hook(hook))
-        try:
+        def forward() -> None:
             text, _ = self.render(prompt)
             enc = self._pad([self._token_ids(text)])
             with torch.no_grad():
                 self._model(**enc, use_cache=False)
-        finally:
-            for h in handles:
-                h.remove()
-        return {k: captured[k] for k in wanted}
+
+        return layer_outputs(self.decoder_layers(), layers, forward)
 
     def decoder_layers(self) -> Sequence[Any]:
         """The transformer blocks of the language model (``model.model.layers`` for Llama-like LMs)."""
@@ -401,7 +303,5 @@ class HFTextModel(WhiteBoxModel):
         return decoder.layers
 
 
-def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """``text`` up to the earliest stop string, and whether one was found."""
-    cuts = [pos for pos in (text.find(s) for s in stops if s) if pos >= 0]
-    return (text[: min(cuts)], True) if cuts else (text, False)
+#: the old home of :func:`~mmsafe.models._hf_util.cut_at_stop` (shared with ``hf`` now)
+_cut_at_stop = cut_at_stop
