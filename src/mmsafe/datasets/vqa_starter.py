@@ -129,9 +129,9 @@ class VQAStarter(Benchmark):
 
     Written for mmsafe (no paper; licence Apache-2.0, as the package); images are drawn at load time
     from ``mmsafe/data/vqa_starter.yaml``, so it runs with no download. It answers the survey's call
-    to weigh a defense's safety against its cost in helpfulness (Liu et al., 2024, "Safety of
-    Multimodal Large Language Models on Images and Texts", §5): every item is ``expected: comply``
-    and carries ``references``, so the ``refusal`` judge gives over-refusal and the ``utility`` judge
+    to weigh a defense's safety against its cost in helpfulness (Liu et al., "Safety of Multimodal
+    Large Language Models on Images and Texts", IJCAI 2024): every item is ``expected: comply`` and
+    carries ``references``, so the ``refusal`` judge gives over-refusal and the ``utility`` judge
     (VQA accuracy, exact / contained answer, ANLS, ROUGE-L) gives answer quality, per defense. Items
     follow the short-answer VQA format (VQAv2, Goyal et al., CVPR 2017; text reading as in TextVQA /
     ST-VQA). The 10 ``text_reading`` items put benign text with trigger words ("POISON CONTROL",
