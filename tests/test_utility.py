@@ -236,3 +236,5 @@ def test_ocr_filter_price_in_utility_and_over_refusal(tmp_path):
     assert d_u["utility_price"]["diff"] == 0
     report = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "Δ utility" in report and "0.10 [" in report
+    per_category = report[report.index("## Per category") :]
+    assert "| text\\_reading |" in per_category and "(n=10)" in per_category  # utility per category too

@@ -95,11 +95,13 @@ def render(summary: dict[str, Any], records: Sequence[Record], *, examples_per_c
     for cell, cat_rows in by_cell.items():
         lines.append("### " + " · ".join(md_cell(str(x)) for x in cell))
         lines.append("")
+        cat_utility = any(r.get("utility") for r in cat_rows)
         lines += _table(
-            ["category", "n", "errors", "ASR", "refusal", "over-refusal"],
+            ["category", "n", "errors", "ASR", "refusal", "over-refusal", *(["utility"] if cat_utility else [])],
             [
                 [md_cell(r["category"]), str(r["n"]), str(r["n_errors"])]
                 + [_pct(r["asr"]), _pct(r["refusal"]), _pct(r["over_refusal"])]
+                + ([_mean(r.get("utility"))] if cat_utility else [])
                 for r in cat_rows
             ],
         )
