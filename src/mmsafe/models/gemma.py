@@ -170,9 +170,9 @@ def build_gemma3_270m(dest: Path, *, dtype: GemmaDType = "bfloat16", workdir: Pa
     work = Path(tempfile.mkdtemp(prefix="gemma-gguf-")) if own_work else Path(workdir)  # type: ignore[arg-type]
     try:
         gguf = Path(pkg.assemble(work / pkg.MODEL_NAME))
-        tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        t_tok = time.perf_counter()
-        with _parse_gguf_once():
+        with _parse_gguf_once():  # tokenizer, config and weights share one parse of the file
+            tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            t_tok = time.perf_counter()
             loaded = transformers.AutoModelForCausalLM.from_pretrained(
                 gguf.parent, gguf_file=gguf.name, dtype=torch.float32
             )
@@ -223,10 +223,11 @@ def build_gemma3_270m(dest: Path, *, dtype: GemmaDType = "bfloat16", workdir: Pa
 
 @contextlib.contextmanager
 def _parse_gguf_once() -> Iterator[None]:
-    """Let transformers parse the GGUF header once instead of twice (config, then weights).
+    """Let transformers parse the GGUF header once instead of three times (tokenizer, config, weights).
 
     ``gguf.GGUFReader`` walks all 262k vocabulary strings in Python (10–15 s on 2 cores, each
-    time); transformers builds one reader for the config and another for the weights. For the
+    time); transformers builds one reader for the tokenizer, one for the config and one for the
+    weights. For the
     duration of the block, readers are memoised per path. The patch is undone on exit; the
     conversion runs in one thread, and nothing else reads GGUF files meanwhile.
     """
