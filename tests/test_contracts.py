@@ -25,6 +25,7 @@ REQUIRED = {
     ("judge", "learned"): {"weights": "judge.json"},
     ("defense", "output-guard"): {"judge": "refusal"},
     ("defense", "mllm-protector"): {"detector": "refusal"},
+    ("defense", "stack"): {"defenses": ["system-prompt", "purify"]},
 }
 
 

@@ -26,6 +26,17 @@ DEFENSE_PARAMS = {
     "output-guard": {"judge": {"name": "target-string", "params": {"preset": "instructions"}}},
     "mllm-protector": {"detector": {"name": "target-string", "params": {"preset": "instructions"}}},
     "jailguard": {"n_variants": 2},  # the mechanism, at a quarter of the default cost
+    # an input filter, a defense prompt and an output guard in one cell
+    "stack": {
+        "defenses": [
+            "ocr-filter",
+            "system-prompt",
+            {
+                "name": "output-guard",
+                "params": {"judge": {"name": "target-string", "params": {"preset": "instructions"}}},
+            },
+        ]
+    },
 }
 
 

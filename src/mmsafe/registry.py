@@ -85,6 +85,7 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "ecso": "mmsafe.defenses.ecso:ECSO",
         "adashield": "mmsafe.defenses.adashield:AdaShield",
         "jailguard": "mmsafe.defenses.jailguard:JailGuard",
+        "stack": "mmsafe.defenses.stack:StackDefense",
     },
     "judge": {
         "refusal": "mmsafe.judges.refusal:RefusalJudge",
