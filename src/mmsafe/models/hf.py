@@ -52,7 +52,10 @@ class HFParams(BaseModel):
     device: str = Field(
         "auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto: cuda if available"
     )
-    device_map: str | None = Field(None, description="accelerate device map ('auto', ...); overrides device")
+    device_map: str | dict[str, str | int] | None = Field(
+        None,
+        description="accelerate device map: 'auto', 'cpu', … or {module: device} (e.g. {'': 'cpu'}); overrides device",
+    )
     max_memory: dict[str, str | int] | None = Field(
         None,
         description="with device_map: per-device memory limits for accelerate, e.g. {'0': '20GiB', 'cpu': '60GiB'}",
@@ -109,7 +112,9 @@ class HFModel(BatchedHFGeneration, WhiteBoxModel):
     :class:`GenerationParams` has none.
 
     Params: ``path``, ``revision``, ``model_class`` (auto | llava | image-text-to-text), ``dtype``
-    (auto | float32 | bfloat16 | float16), ``device`` (auto | cpu | cuda | cuda:N), ``device_map``,
+    (auto | float32 | bfloat16 | float16; auto is float32 on a CPU, also under a ``device_map`` on a
+    machine without GPU), ``device`` (auto | cpu | cuda | cuda:N), ``device_map`` (accelerate: ``"auto"``,
+    ``"cpu"``, or ``{module: device}`` such as ``{"": "cpu"}``),
     ``max_memory`` (per-device limits, with ``device_map``), ``batch_size`` (8), ``generation``
     (max_new_tokens, temperature, top_p), ``system_prompt``, ``stop_strings``, ``trust_remote_code`` (False),
     ``cpu_threads`` (torch's intra-op threads on CPU). A folder holding ``mmsafe_random_weights.json``
@@ -185,7 +190,10 @@ class HFModel(BatchedHFGeneration, WhiteBoxModel):
         if s.cpu_threads is not None and (self._device is None or self._device.type == "cpu"):
             torch.set_num_threads(s.cpu_threads)
         if s.dtype == "auto":
-            on_cpu = s.device_map is None and self._device.type == "cpu"
+            if s.device_map is None:
+                on_cpu = self._device.type == "cpu"
+            else:  # a device map can only place weights on the CPU when there is no accelerator
+                on_cpu = not torch.cuda.is_available() and not _mps_available(torch)
             dtype: Any = torch.float32 if on_cpu else "auto"
         else:
             dtype = getattr(torch, s.dtype)
@@ -275,8 +283,9 @@ class HFModel(BatchedHFGeneration, WhiteBoxModel):
         return self._processor.tokenizer
 
     def _answer_tokens(self, out: Any, enc: Any) -> Any:
-        # decoder-only models return prompt + answer; encoder-decoder ones (T5-based BLIP-2) only the answer
-        return out if self._family.encoder_decoder else super()._answer_tokens(out, enc)
+        # decoder-only models return prompt + answer; encoder-decoder ones (T5-based BLIP-2) the
+        # decoder's start token + answer
+        return out[:, 1:] if self._family.encoder_decoder else super()._answer_tokens(out, enc)
 
     def greedy_answers(self, prompts: Sequence[Prompt], *, max_new_tokens: int) -> list[str]:
         """Greedy answers with a short token budget, batched, no cache: the success test that
@@ -443,6 +452,11 @@ class HFModel(BatchedHFGeneration, WhiteBoxModel):
     def decoder_layers(self) -> Sequence[Any]:
         self._ensure_loaded()
         return self._family.decoder_layers()
+
+
+def _mps_available(torch: Any) -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
 
 
 def _device_key(key: str | int) -> str | int:

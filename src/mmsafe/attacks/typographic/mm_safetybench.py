@@ -278,9 +278,14 @@ class MMSafetyBenchSDTypo(MMSafetyBenchTypo):
       ``<scenario>/<question_id>.<ext>``, then ``<sample id with "/" → "_">.<ext>`` (ext: jpg, jpeg,
       png, webp). A missing file raises ``FileNotFoundError`` naming the paths tried: that item fails,
       the others run.
-    - ``"diffusers"``: ``diffusers.StableDiffusionPipeline.from_pretrained(model_path)`` (local
-      path; imported lazily; :class:`MissingDependency` names the ``diffusion`` extra), prompt
-      ``sd_prompt`` with ``{key_phrase}``, ``steps`` steps, seeded by the item seed.
+    - ``"diffusers"``: ``diffusers.AutoPipelineForText2Image.from_pretrained(model_path)`` (a local
+      ``save_pretrained`` folder: a Stable Diffusion 1.x/2.x folder loads as
+      ``StableDiffusionPipeline``, an SDXL one as ``StableDiffusionXLPipeline``; imported lazily;
+      :class:`MissingDependency` names the ``diffusion`` extra), prompt ``sd_prompt`` with
+      ``{key_phrase}``, ``steps`` steps, ``image_size``² (divisible by 8), seeded by the item seed
+      (same seed, same device: same image). ``attack_metadata`` records the pipeline class, and
+      ``nsfw_content_detected`` when the pipeline has a safety checker (it returns a black image
+      for what it flags; upstream's SDXL has none).
 
     Params: those of :class:`MMSafetyBenchTypo` plus ``generator``, ``image_size`` (1024),
     ``image_dir``, ``model_path``, ``sd_prompt`` ("A photo of {key_phrase}"), ``steps`` (30),
@@ -300,6 +305,10 @@ class MMSafetyBenchSDTypo(MMSafetyBenchTypo):
         if p.generator == "diffusers" and not p.model_path:
             raise ConfigError(
                 "mmsb-sd-typo: generator 'diffusers' needs params.model_path (a local model folder)"
+            )
+        if p.generator == "diffusers" and p.image_size % 8:
+            raise ConfigError(
+                f"mmsb-sd-typo: generator 'diffusers' needs image_size divisible by 8, got {p.image_size}"
             )
 
     # -- generators --------------------------------------------------------------------------------
@@ -339,18 +348,20 @@ class MMSafetyBenchSDTypo(MMSafetyBenchTypo):
     @functools.cached_property
     def _pipeline(self) -> Any:
         try:
-            import diffusers  # noqa: F401
+            import diffusers
             import torch  # noqa: F401
         except ImportError as exc:
             raise MissingDependency(
                 "mmsb-sd-typo generator 'diffusers' needs diffusers and torch: pip install 'mmsafe[diffusion]'"
             ) from exc
-        from diffusers import StableDiffusionPipeline
 
         path = Path(self.params.model_path or "").expanduser()
         if not path.exists():
             raise ConfigError(f"mmsb-sd-typo: model_path {str(path)!r} does not exist")
-        pipe = StableDiffusionPipeline.from_pretrained(str(path), local_files_only=True)
+        # the text-to-image pipeline named by the folder's model_index.json: StableDiffusionPipeline
+        # for SD 1.x/2.x, StableDiffusionXLPipeline for SDXL (upstream's generator), …
+        pipe = diffusers.AutoPipelineForText2Image.from_pretrained(str(path), local_files_only=True)
+        pipe.set_progress_bar_config(disable=True)  # one bar per item would flood the run's log
         return pipe.to(self.params.device)
 
     def _diffusers(self, phrase: str, seed: int) -> tuple[PILImage, dict[str, Any]]:
@@ -358,11 +369,29 @@ class MMSafetyBenchSDTypo(MMSafetyBenchTypo):
 
         p = self.params
         prompt = p.sd_prompt.format(key_phrase=phrase)
+        pipe = self._pipeline
         gen = torch.Generator(device=p.device).manual_seed(seed)
-        out = self._pipeline(
+        out = pipe(
             prompt, num_inference_steps=p.steps, height=p.image_size, width=p.image_size, generator=gen
         )
-        return out.images[0].convert("RGB"), {"sd_prompt": prompt, "model_path": p.model_path}
+        notes: dict[str, Any] = {
+            "sd_prompt": prompt,
+            "model_path": p.model_path,
+            "pipeline": type(pipe).__name__,
+            "steps": p.steps,
+        }
+        nsfw = getattr(out, "nsfw_content_detected", None)
+        if nsfw is not None:  # a pipeline with a safety checker blacks out what it flags: say so
+            notes["nsfw_content_detected"] = bool(nsfw[0])
+            if nsfw[0]:
+                logger.warning(
+                    "mmsb-sd-typo: the pipeline's safety checker blacked out the image for %r", phrase
+                )
+        return out.images[0].convert("RGB"), notes
+
+    def close(self) -> None:
+        """Drop the diffusion pipeline (it is reloaded on next use)."""
+        self.__dict__.pop("_pipeline", None)
 
     def generate_image(self, sample: Sample, phrase: str, *, seed: int) -> tuple[PILImage, dict[str, Any]]:
         """The upper image and notes on how it was made (see the class docstring)."""

@@ -8,9 +8,12 @@ prompt: the processor prepends the Q-Former's ``num_query_tokens`` image tokens 
 model needs ``pixel_values``. Mixed prompts batch freely (one image each). InstructBLIP's Q-Former
 also reads the prompt (``qformer_input_ids``), which the processor adds. Pixel space: the image
 resized to the square the processor uses (224 px), no crop. Random-init gradients through the
-Q-Former are tiny (~1e-7) but not zero. White-box needs a decoder-only language model (OPT, Vicuna);
-T5-based checkpoints have a generation and ``target_loss`` (via ``labels``) path, untested
-here (no tiny T5 build); their layers are T5 blocks, which :meth:`decoder_layers` does not find.
+Q-Former are tiny (~1e-7) but not zero. T5-based checkpoints (BLIP-2 FlanT5, InstructBLIP FlanT5:
+encoder-decoder language models) generate (the answer is the decoder's output after its start
+token) and have ``target_loss`` / ``teacher_forced`` (via ``labels``, one example per forward pass,
+gradients to the pixels; no ``embed_delta``), tested on a tiny random build; they lack the
+``hidden_states`` capability: :meth:`decoder_layers` looks for decoder-only layers, and steering a
+T5's blocks is not implemented.
 """
 
 from __future__ import annotations
@@ -40,6 +43,18 @@ class Blip2(Family):
             # transformers 5.23 reloads it as a string but calls ``.content`` on it
             processor.image_token = AddedToken(processor.image_token, normalized=False, special=True)
         return processor
+
+    def instance_capabilities(self) -> frozenset[str]:
+        caps = self.capabilities()
+        return caps - {"hidden_states"} if self.encoder_decoder else caps
+
+    def decoder_layers(self) -> Sequence[Any]:
+        if self.encoder_decoder:
+            raise NotImplementedError(
+                f"{type(self.model).__name__} has an encoder-decoder (T5) language model: "
+                "hidden states / decoder layers are only supported for decoder-only ones (OPT, Vicuna)"
+            )
+        return super().decoder_layers()
 
     @property
     def instruct(self) -> bool:
