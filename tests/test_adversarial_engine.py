@@ -189,3 +189,17 @@ def test_ssim_agrees_with_scikit_image() -> None:
         use_sample_covariance=False,
     )
     assert float(quality.ssim(clean, noisy)[0]) == pytest.approx(want, abs=1e-3)
+
+
+def test_keep_best_returns_the_lowest_loss_seen() -> None:
+    """A step far too large makes PGD oscillate: the result is still the best iterate, not the last
+    (the loop's frozen-image mask once shadowed ``keep``, turning "best" into "last" after step 1)."""
+    clean, goal = _setup()
+    loss = _quadratic(goal)
+    res = PGD(norm="none", steps=12, step_size=96 / 255, early_stop=False).run(clean, loss)
+    for i in range(2):
+        seen = min(row[i] for row in res.losses)
+        assert res.final_loss[i] == pytest.approx(min(seen, float(loss(res.adversarial)[i])))
+        assert float(loss(res.adversarial)[i]) <= seen + 1e-5
+    last = PGD(norm="none", steps=12, step_size=96 / 255, early_stop=False).run(clean, loss, keep="last")
+    assert float(loss(last.adversarial).sum()) > float(loss(res.adversarial).sum())

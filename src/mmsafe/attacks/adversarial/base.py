@@ -144,6 +144,14 @@ class AdversarialAttack(Attack):
     def model_key(self, model: ModelBackend) -> str:
         return model.spec.key
 
+    def cache_key(self, model: ModelBackend, *extra: Any) -> str:
+        """Key of this attack's saved work on ``model`` (engine checkpoints, universal images): the
+        attack's spec, the crafting model and :data:`~engine.ENGINE_VERSION`, so an engine fix
+        never reuses images optimised by the old engine."""
+        from mmsafe.attacks.adversarial.engine import ENGINE_VERSION
+
+        return stable_hash([ENGINE_VERSION, self.spec.key, self.model_key(model), *extra])
+
     # ------------------------------------------------------------ the images
 
     def start_image(self, sample: Sample, seed: int) -> Image:
@@ -301,9 +309,7 @@ class PerSampleAttack(AdversarialAttack):
                 try:
                     clean = torch.stack([j.clean for j in batch])
                     success_fn = self.success_fn(model, batch)
-                    key = stable_hash(
-                        [self.spec.key, self.model_key(model), [(j.sample.id, j.seed) for j in batch]]
-                    )
+                    key = self.cache_key(model, [(j.sample.id, j.seed) for j in batch])
                     result = self.run_engine(
                         model,
                         clean,
@@ -346,7 +352,7 @@ class UniversalAttack(AdversarialAttack):
     def universal_image(self, model: WhiteBoxModel) -> tuple[Image, dict[str, Any]]:
         import json
 
-        key = stable_hash([self.spec.key, self.model_key(model)])[:32]
+        key = self.cache_key(model)[:32]
         with self._lock:
             if key in self._fitted:
                 return self._fitted[key]

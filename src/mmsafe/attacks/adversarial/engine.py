@@ -25,6 +25,13 @@ that is saved attacks exactly as the tensor did; ``early_stop`` asks ``success_f
 ``check_every`` steps and freezes each image once it succeeds; ``checkpoint`` saves the state
 every ``checkpoint_every`` steps (``.npz``, no pickle) and a rerun resumes from it. The result
 holds the best iterate per image (a succeeded one, else the lowest loss seen).
+
+Methods (``method``): ``pgd`` (the default: the fixed step ``step_size`` and its ``schedule``) or
+``apgd`` — Auto-PGD (Croce & Hein, ICML 2020), for ``linf`` and ``l2`` only: the step size starts
+at 2ε and is halved per image at the paper's checkpoints when progress stalls, with the paper's
+momentum α = 0.75 on the step (see :mod:`mmsafe.attacks.adversarial.apgd`; ``step_size``,
+``schedule`` and ``momentum`` do not apply). Quantisation, early stop, checkpoints (the APGD state
+included) and best-iterate selection work the same for both.
 """
 
 from __future__ import annotations
@@ -37,9 +44,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["PGD", "PGDConfig", "PGDResult", "parse_eps"]
+__all__ = ["ENGINE_VERSION", "PGD", "PGDConfig", "PGDResult", "parse_eps"]
+
+#: bumped when a fix changes what the engine produces (2: ``keep="best"`` really keeps the best
+#: iterate; before, a loop variable shadowed it and the last iterate was kept)
+ENGINE_VERSION = 2
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +79,9 @@ class PGDConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    method: Literal["pgd", "apgd"] = Field(
+        "pgd", description="pgd (fixed step_size/schedule) or apgd (Auto-PGD step-size rule; linf/l2 only)"
+    )
     norm: Norm = Field("linf", description="threat model: linf, l2, none, patch, moving-patch")
     eps: float = Field(8 / 255, description="radius of the ball, e.g. 8/255 (string or number)")
     steps: int = Field(100, ge=1, le=100_000)
@@ -86,6 +100,22 @@ class PGDConfig(BaseModel):
     @classmethod
     def _eps(cls, value: Any) -> float:
         return parse_eps(value)
+
+    @model_validator(mode="after")
+    def _method(self) -> PGDConfig:
+        if self.method == "apgd":
+            if self.norm not in ("linf", "l2"):
+                raise ValueError(
+                    f"method 'apgd' needs norm 'linf' or 'l2', not '{self.norm}': its step size starts "
+                    "at 2*eps, and patch / unconstrained attacks have no eps ball (use method 'pgd')"
+                )
+            if self.momentum > 0:
+                raise ValueError(
+                    "method 'apgd' has its own momentum (alpha = 0.75 on the step): set momentum to 0"
+                )
+            if self.schedule != "constant":
+                raise ValueError("method 'apgd' adapts its step size itself: leave schedule at 'constant'")
+        return self
 
 
 @dataclass
@@ -173,6 +203,20 @@ class PGD:
             step = g.sign()
         return x - alpha * step, velocity
 
+    def _apgd_step(self, clean: Any, x: Any, prev: Any, grad: Any, eta: Any, first: bool) -> Any:
+        """Croce & Hein's update (descent): ``z = P(x − η·d)``, then ``P(x + α(z − x) + (1 − α)(x − prev))``
+        (the first step is ``z`` itself); ``d`` = sign (L∞) or unit-L2 gradient, η per image."""
+        from mmsafe.attacks.adversarial.apgd import ALPHA
+
+        if self.config.norm == "l2":
+            d = grad / grad.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, 1, 1, 1)
+        else:
+            d = grad.sign()
+        z = self.project(clean, x - eta.to(x).view(-1, 1, 1, 1) * d)
+        if first:
+            return z
+        return self.project(clean, x + ALPHA * (z - x) + (1 - ALPHA) * (x - prev))
+
     # --------------------------------------------------------------------- run
 
     def run(
@@ -200,7 +244,10 @@ class PGD:
         import numpy as np
         import torch
 
+        from mmsafe.attacks.adversarial.apgd import APGDState, checkpoints
+
         c = self.config
+        apgd = c.method == "apgd"
         with_step = "step" in inspect.signature(loss_fn).parameters
 
         def evaluate(x: Any, t: int) -> Any:
@@ -241,10 +288,14 @@ class PGD:
         history: list[list[float]] = []
         start = 0
         box = self._patch_box(clean.shape, None) if patch_mode else None
+        state = APGDState.start(var, c.eps) if apgd else None
+        schedule = checkpoints(c.steps) if apgd else []
         ckpt = Path(checkpoint) if checkpoint is not None else None
         if ckpt is not None and ckpt.exists():
             with np.load(ckpt, allow_pickle=False) as z:
-                if tuple(z["var"].shape) == tuple(var.shape):
+                if APGDState.in_archive(z) != apgd:
+                    log.warning("ignoring checkpoint %s: it was not saved by method '%s'", ckpt, c.method)
+                elif tuple(z["var"].shape) == tuple(var.shape):
                     var = torch.from_numpy(z["var"]).to(var)
                     velocity = torch.from_numpy(z["velocity"]).to(var)
                     best = torch.from_numpy(z["best"]).to(var)
@@ -254,6 +305,8 @@ class PGD:
                     start = int(z["step"])
                     if patch_mode:
                         box = tuple(int(v) for v in z["box"])  # type: ignore[assignment]
+                    if apgd:
+                        state = APGDState.from_arrays(z, var)
                     log.info("resuming the attack from step %d (%s)", start, ckpt)
                 else:
                     log.warning(
@@ -288,12 +341,29 @@ class PGD:
                 if bool(improved.any()):
                     best[improved.to(best.device)] = var[improved.to(var.device)]
                     best_loss = torch.where(improved, lvals, best_loss)
-                new, velocity = self._gradient_step(var, grad.float(), self.step_size(t), velocity)
-                new = new.clamp(0, 1) if patch_mode else self.project(clean, new)
+                if state is not None:
+                    # APGD: per-image step size; at a checkpoint a stalled image halves it and
+                    # restarts from its best point (with the gradient stored there)
+                    grad = grad.float()
+                    better, halve = state.observe(t, lvals, schedule)
+                    if bool(better.any()):
+                        m = better.to(var.device)
+                        state.x_best[m] = var[m]
+                        state.g_best[m] = grad[m]
+                    halve &= ~done
+                    if bool(halve.any()):
+                        m = halve.to(var.device).view(-1, 1, 1, 1)
+                        var = torch.where(m, state.x_best, var)
+                        grad = torch.where(m, state.g_best, grad)
+                    new = self._apgd_step(clean, var, state.prev, grad, state.eta, first=t == 0)
+                    state.prev = var.clone()
+                else:
+                    new, velocity = self._gradient_step(var, grad.float(), self.step_size(t), velocity)
+                    new = new.clamp(0, 1) if patch_mode else self.project(clean, new)
                 if c.quantize:
                     new = self._quantize(clean, new) if not patch_mode else torch.round(new * 255) / 255
-                keep = done.to(var.device).view(-1, 1, 1, 1)
-                var = torch.where(keep, var, new)
+                frozen = done.to(var.device).view(-1, 1, 1, 1)
+                var = torch.where(frozen, var, new)
             if on_step is not None:
                 on_step(t, compose(var, box), losses.detach())
             step_no = t + 1
@@ -309,7 +379,8 @@ class PGD:
                     best[newly.to(best.device)] = var[newly.to(var.device)]
                     done |= newly
             if ckpt is not None and (step_no % c.checkpoint_every == 0) and step_no < c.steps:
-                self._save(ckpt, var, velocity, best, best_loss, done, history, step_no, box)
+                extra = state.arrays() if state is not None else None
+                self._save(ckpt, var, velocity, best, best_loss, done, history, step_no, box, extra)
         steps_run = len(history)
         # a final evaluation: the last iterate may be better than any seen before its update
         with torch.no_grad():
@@ -333,6 +404,7 @@ class PGD:
             seconds=time.perf_counter() - t0,
             resumed_from=start,
             patch_boxes=boxes,  # type: ignore[arg-type]
+            extra={"apgd_eta": [float(v) for v in state.eta]} if state is not None else {},
         )
 
     @staticmethod
@@ -346,6 +418,7 @@ class PGD:
         history: list[list[float]],
         step: int,
         box: Any,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         import numpy as np
 
@@ -361,5 +434,6 @@ class PGD:
             history=np.asarray(history, dtype=np.float64).reshape(len(history), -1),
             step=np.asarray(step),
             box=np.asarray(box if box is not None else (0, 0, 0, 0)),
+            **(extra or {}),
         )
         tmp.replace(path)

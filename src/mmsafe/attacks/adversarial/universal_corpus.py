@@ -152,7 +152,6 @@ class UniversalCorpus(UniversalAttack):
         return out
 
     def fit(self, model: Any, seed: int) -> tuple[Image, dict[str, Any]]:
-        from mmsafe.types import stable_hash
 
         image = self.start()
         clean = model.to_pixels(image).unsqueeze(0)
@@ -163,7 +162,7 @@ class UniversalCorpus(UniversalAttack):
             n = len(objective.encodings)
             return objective([[x[0]]] * n).mean().reshape(1)
 
-        key = "universal-ckpt-" + stable_hash([self.spec.key, self.model_key(model)])[:24]
+        key = "universal-ckpt-" + self.cache_key(model)[:24]
         result = self.run_engine(model, clean, loss, success_fn=None, seed=seed, key=key, keep="last")
         import torch
 
