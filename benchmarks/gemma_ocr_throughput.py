@@ -7,6 +7,10 @@ batch size (greedy, ``max_new_tokens`` fixed, so every row decodes the same numb
 last lines project the quickstart's wall time from these numbers. Answers must not depend on the
 batch size (left padding must not change greedy outputs); the script says so when they do.
 
+It also times the stop-string criterion (the ``\nUser:`` cut of the dialogue format) side by side:
+built once per loaded model, as mmsafe does, vs rebuilt on every ``generate`` call, which is what
+passing ``stop_strings`` to transformers' ``generate`` does (a scan of the 262k-token vocabulary).
+
     python benchmarks/gemma_ocr_throughput.py                       # N=16, bs 1/8/16/20, 64 tokens
     python benchmarks/gemma_ocr_throughput.py --n 40 --batch-sizes 1 20 40 --dtype bfloat16
 """
@@ -99,6 +103,37 @@ def main() -> None:
     ref = answers[args.batch_sizes[0]]
     same = {bs: sum(a == b for a, b in zip(ref, ans, strict=True)) for bs, ans in answers.items()}
     print(f"answers equal to batch size {args.batch_sizes[0]}: {same}")
+
+    # the stop-string criterion: once per loaded model vs rebuilt every call (transformers' stop_strings)
+    import transformers
+
+    bs = args.batch_sizes[-1]
+    model = GemmaOCR(
+        cache_dir=args.cache_dir,
+        dtype=args.dtype,
+        generation=gen,
+        cpu_threads=args.cpu_threads,
+        batch_size=bs,
+    )
+    model.load()
+    model.generate(prompts[:bs], seeds=[0] * bs)  # builds the criterion once
+    calls = max(1, -(-len(prompts) // bs))
+    t0 = time.perf_counter()
+    once = model.generate(prompts, seeds=[0] * len(prompts))
+    t_once = time.perf_counter() - t0
+    stops = list(model._settings.stop_strings)  # type: ignore[union-attr]
+    model._stopping_criteria = lambda: transformers.StoppingCriteriaList(  # type: ignore[method-assign]
+        [transformers.StopStringCriteria(model._tokenizer, stops)]
+    )
+    t0 = time.perf_counter()
+    per_call = model.generate(prompts, seeds=[0] * len(prompts))
+    t_per_call = time.perf_counter() - t0
+    model.close()
+    same_answers = [g.text for g in once] == [g.text for g in per_call]  # type: ignore[union-attr]
+    print(
+        f"\nstop strings {stops!r}, batch {bs}, {calls} generate calls: built once {t_once:.1f} s, rebuilt "
+        f"per call {t_per_call:.1f} s ({t_per_call / t_once:.2f}x; answers equal: {same_answers})"
+    )
 
     best = min(per_item, key=per_item.__getitem__)
     figstep_extra = len(FIGSTEP_PROMPT) / 4 / 200  # longer prompts: a rough allowance per item
