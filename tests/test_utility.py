@@ -165,6 +165,9 @@ def test_utility_scores_count_only_scored_benign_items():
     assert mean_utility([_rec("1", None)]) is None
     with pytest.raises(ValueError, match="twice"):
         utility_scores([_rec("1", 1.0), _rec("1", 0.0)])
+    # pooled over cells (a coarse report grouping), the same sample may count more than once
+    pooled = mean_utility([_rec("1", 1.0), _rec("1", 0.0, defense="d")])
+    assert pooled is not None and pooled.value == pytest.approx(0.5) and pooled.n == 2
 
 
 def test_compare_utility_is_paired_by_sample():

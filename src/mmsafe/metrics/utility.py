@@ -28,31 +28,38 @@ __all__ = ["compare_utility", "mean_utility", "utility_scores"]
 N_RESAMPLES = 2000
 
 
-def utility_scores(records: Iterable[Record]) -> dict[tuple[str, str], float]:
-    """``(benchmark, sample_id) → score`` for the must-comply records a utility judge scored.
+def _scored(records: Iterable[Record]) -> Iterable[tuple[Record, float]]:
+    """The must-comply records a utility judge scored, with their scores.
 
     A record counts when it has no error, its judgement has no error, a numeric ``score`` and
     ``details["utility"]`` (so a toxicity score or an LLM judge's harm score is never read as
-    utility). A sample seen twice in one cell raises ``ValueError``.
+    utility).
     """
-    out: dict[tuple[str, str], float] = {}
     for r in records:
         j = r.judgement
         if r.expected != Expected.comply or r.error or j is None or j.error or j.score is None:
             continue
-        if not j.details.get("utility"):
-            continue
+        if j.details.get("utility"):
+            yield r, float(j.score)
+
+
+def utility_scores(records: Iterable[Record]) -> dict[tuple[str, str], float]:
+    """``(benchmark, sample_id) → score`` of one cell's scored records (see :func:`_scored`), for
+    pairing two cells; a sample seen twice raises ``ValueError`` (the records are not one cell)."""
+    out: dict[tuple[str, str], float] = {}
+    for r, score in _scored(records):
         key = (r.benchmark, r.sample_id)
         if key in out:
             raise ValueError(f"sample {key[1]!r} occurs twice in one cell")
-        out[key] = float(j.score)
+        out[key] = score
     return out
 
 
 def mean_utility(records: Iterable[Record], *, seed: int = 0, confidence: float = 0.95) -> Estimate | None:
-    """Mean utility of a cell's scored must-comply items with a percentile bootstrap interval
-    (``N_RESAMPLES`` resamples, ``seed``); ``None`` when nothing was scored."""
-    scores = list(utility_scores(records).values())
+    """Mean utility of the scored must-comply records (any grouping: one cell, or several pooled)
+    with a percentile bootstrap interval (``N_RESAMPLES`` resamples, ``seed``); ``None`` when
+    nothing was scored."""
+    scores = [score for _, score in _scored(records)]
     if not scores:
         return None
     lo, hi = bootstrap_interval(scores, n_resamples=N_RESAMPLES, seed=seed, confidence=confidence)
