@@ -29,13 +29,18 @@ Parameters (defaults):
 * ``retriever`` (``tfidf``): how a query is matched to a scenario, ``tfidf`` (no dependency) or
   ``minilm`` (sentence embeddings; needs the ``judges`` extra, which fails at construction, naming
   the extra, when missing). See "Retrieval" below.
+* ``retrieval_ocr`` (``False``): also read the images' text with Tesseract and put it in front of
+  the retrieval query, so a typographic attack is matched on the request written in its image
+  (the paper retrieves with the image itself; this is a text stand-in). An image Tesseract cannot
+  read fails its item only.
 * ``threshold`` (``None`` = the retriever's default, :data:`RETRIEVER_THRESHOLDS`: ``tfidf`` 0.12,
   ``minilm`` 0.40): minimum retrieval similarity; below it no prompt is added (``passed``).
 * ``defender`` (``None``): ``{name, params}`` of a model that rewrites defense prompts.
 * ``judge`` (``refusal``): decides in the refinement loop whether the target refused.
 * ``refine_rounds`` (3): at most this many defender rewrites per scenario.
 
-Retrieval. The query is the text of the user turns (never the image). ``tfidf`` (the default,
+Retrieval. The query is the text of the user turns (with ``retrieval_ocr``, after the text read in
+the images; otherwise the image is never seen). ``tfidf`` (the default,
 dependency-free): TF-IDF cosine over lower-cased word tokens (stop words dropped, crude suffix
 stripping, IDF ``log((2 + N) / (1 + df))`` over the N scenario documents, so words shared by every
 scenario prompt weigh little); a scenario's document is its name, its prompt and its examples.
@@ -406,6 +411,9 @@ class AdaShieldParams(BaseModel):
     prompts: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_SCENARIO_PROMPTS))
     examples: dict[str, list[str]] = Field(default_factory=dict)
     retriever: Literal["tfidf", "minilm"] = "tfidf"
+    retrieval_ocr: bool = Field(
+        False, description="adaptive: add the text Tesseract reads in the images to the retrieval query"
+    )
     threshold: float | None = Field(None, ge=0.0, le=1.0)
     defender: ComponentField | None = None
     judge: ComponentField = Field(default=ComponentConfig(name="refusal"))
@@ -449,6 +457,15 @@ class AdaShield(Defense):
         self.threshold: float = RETRIEVER_THRESHOLDS[p.retriever] if p.threshold is None else p.threshold
         # adaptive + minilm: a missing package fails here, naming the extra (weights load on first use)
         self._embedder: Any = _minilm() if p.mode == "adaptive" and p.retriever == "minilm" else None
+        if p.mode == "adaptive" and p.retrieval_ocr:
+            from mmsafe.errors import MissingDependency
+            from mmsafe.ocr import tesseract_available
+
+            if not tesseract_available():
+                raise MissingDependency(
+                    "adashield retrieval_ocr needs pytesseract and the tesseract binary: pip install "
+                    "'mmsafe[ocr]' and apt-get install tesseract-ocr tesseract-ocr-eng"
+                )
         self._index = self._build_index()
         self._defender: ModelBackend | None = None
 
@@ -574,14 +591,20 @@ class AdaShield(Defense):
         p = self.params
         if not self.fitted:
             self.fit(model)
-        sent: list[Prompt] = []
-        info: list[dict[str, Any]] = []
-        for x in prompts:
+        out: list[Generation | Exception | None] = [None] * len(prompts)
+        sent: dict[int, Prompt] = {}
+        info: dict[int, dict[str, Any]] = {}
+        for i, x in enumerate(prompts):
             if p.mode == "static":
-                sent.append(with_user_text(x, p.prompt, position=p.position))
-                info.append({"mode": "static"})
+                sent[i] = with_user_text(x, p.prompt, position=p.position)
+                info[i] = {"mode": "static"}
                 continue
-            scenario, score = self.retrieve(_user_text(x))
+            try:  # this item only: an image Tesseract cannot read
+                query = self.retrieval_query(x)
+            except Exception as exc:
+                out[i] = exc
+                continue
+            scenario, score = self.retrieve(query)
             d: dict[str, Any] = {
                 "mode": "adaptive",
                 "retriever": p.retriever,
@@ -589,20 +612,33 @@ class AdaShield(Defense):
                 "similarity": round(score, 4),
             }
             if scenario is None:
-                sent.append(x)
+                sent[i] = x
             else:
-                sent.append(with_user_text(x, self.pool[scenario], position=p.position))
+                sent[i] = with_user_text(x, self.pool[scenario], position=p.position)
                 d["refined"] = self.pool[scenario] != p.prompts[scenario]
-            info.append(d)
-        out: list[Generation | Exception] = []
-        for r, d in zip(model.generate(sent, seeds=seeds), info, strict=True):
+            info[i] = d
+        idx = sorted(sent)
+        answers = model.generate([sent[i] for i in idx], seeds=[seeds[i] for i in idx]) if idx else []
+        for i, r in zip(idx, answers, strict=True):
+            d = info[i]
             if isinstance(r, Exception):
-                out.append(r)
+                out[i] = r
             elif d["mode"] == "adaptive" and d["scenario"] is None:
-                out.append(mark(r, "passed", calls=1, **d))
+                out[i] = mark(r, "passed", calls=1, **d)
             else:
-                out.append(mark(r, "modified-input", calls=1, **d))
-        return out
+                out[i] = mark(r, "modified-input", calls=1, **d)
+        return out  # type: ignore[return-value]
+
+    def retrieval_query(self, prompt: Prompt) -> str:
+        """What adaptive retrieval matches: the user turns' text, preceded (``retrieval_ocr``) by the
+        text Tesseract reads in the prompt's images — where structure-based attacks put the request."""
+        text = _user_text(prompt)
+        if not self.params.retrieval_ocr or not prompt.images:
+            return text
+        from mmsafe.ocr import normalise_ocr_text, ocr_image
+
+        read = " ".join(normalise_ocr_text(ocr_image(im.to_pil("RGB"))) for im in prompt.images)
+        return f"{read}\n{text}".strip()
 
     def close(self) -> None:
         with self._lock:
