@@ -68,9 +68,20 @@ def main() -> None:
 
     prompts = [Prompt(messages=(Message.user(t),)) for t in texts[: args.n]]
     gen = GenerationParams(max_new_tokens=args.max_new_tokens)
-    model = GemmaOCR(cache_dir=args.cache_dir, dtype=args.dtype, generation=gen, cpu_threads=args.cpu_threads)
+
+    def loaded(batch_size: int = 20) -> GemmaOCR:
+        m = GemmaOCR(
+            cache_dir=args.cache_dir,
+            dtype=args.dtype,
+            generation=gen,
+            cpu_threads=args.cpu_threads,
+            batch_size=batch_size,
+        )
+        m.load()
+        return m
+
     t0 = time.perf_counter()
-    model.load()
+    model = loaded()
     print(f"load: {time.perf_counter() - t0:.1f} s")
     model.generate(prompts[:2], seeds=[0, 0])  # warm-up (oneDNN kernels, allocator)
 
@@ -79,14 +90,7 @@ def main() -> None:
     answers: dict[int, list[str]] = {}
     per_item: dict[int, float] = {}
     for bs in args.batch_sizes:
-        model = GemmaOCR(
-            cache_dir=args.cache_dir,
-            dtype=args.dtype,
-            generation=gen,
-            cpu_threads=args.cpu_threads,
-            batch_size=bs,
-        )
-        model.load()
+        model = loaded(bs)
         t0 = time.perf_counter()
         out = model.generate(prompts, seeds=[0] * len(prompts))
         dt = time.perf_counter() - t0
@@ -108,14 +112,7 @@ def main() -> None:
     import transformers
 
     bs = args.batch_sizes[-1]
-    model = GemmaOCR(
-        cache_dir=args.cache_dir,
-        dtype=args.dtype,
-        generation=gen,
-        cpu_threads=args.cpu_threads,
-        batch_size=bs,
-    )
-    model.load()
+    model = loaded(bs)
     model.generate(prompts[:bs], seeds=[0] * bs)  # builds the criterion once
     calls = max(1, -(-len(prompts) // bs))
     t0 = time.perf_counter()
