@@ -54,7 +54,11 @@ def test_a_defense_returning_the_wrong_count_is_an_error():
         _Broken().wrap(ScriptedModel()).generate([Prompt(messages=(Message.user("x"),))], seeds=[0])
 
 
-def test_system_prompt_in_a_grid_records_what_it_did(tmp_path):
+@pytest.fixture(scope="module")
+def system_prompt_run(tmp_path_factory):
+    """Starter × {none, system-prompt} on a scripted model that refuses everything under the safety
+    prompt (harmful and benign alike): the grid both tests below read."""
+    out = tmp_path_factory.mktemp("system-prompt-run")
     cfg = load_config(
         None,
         overrides={
@@ -74,7 +78,12 @@ def test_system_prompt_in_a_grid_records_what_it_did(tmp_path):
             "judges": ["refusal"],
         },
     )
-    run(cfg, tmp_path, progress=False)
+    run(cfg, out, progress=False)
+    return out
+
+
+def test_system_prompt_in_a_grid_records_what_it_did(system_prompt_run):
+    tmp_path = system_prompt_run
     with Store(tmp_path) as s:
         recs = list(s.iter_records())
     defended = [r for r in recs if r.defense.name == "system-prompt"]
@@ -86,29 +95,9 @@ def test_system_prompt_in_a_grid_records_what_it_did(tmp_path):
     assert DEFAULT_SAFETY_PROMPT.startswith("You are a helpful assistant")
 
 
-def test_defense_balance_in_summary_and_report(tmp_path):
+def test_defense_balance_in_summary_and_report(system_prompt_run):
     """Defense success on harmful items, over-refusal price on benign ones, actions and calls."""
-    cfg = load_config(
-        None,
-        overrides={
-            "name": "bal",
-            # under the safety prompt the scripted model refuses everything (harmful and benign)
-            "models": [
-                {
-                    "name": "scripted",
-                    "params": {
-                        "rules": {"Safety comes first": "I cannot help with that."},
-                        "see_system": True,
-                    },
-                }
-            ],
-            "benchmarks": ["starter"],
-            "attacks": ["none"],
-            "defenses": ["none", "system-prompt"],
-            "judges": ["refusal"],
-        },
-    )
-    run(cfg, tmp_path, progress=False)
+    tmp_path = system_prompt_run
     summary = json.loads((tmp_path / "summary.json").read_text())
     (row,) = summary["defenses"]
     assert row["defense"] == "system-prompt"
