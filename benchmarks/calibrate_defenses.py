@@ -56,7 +56,7 @@ def _suites() -> dict[str, list[tuple[str, bool]]]:
             (s.text, s.expected == Expected.refuse) for s in reg.create("benchmark", "starter").load()
         ]
     }
-    root = Path(os.environ.get("MMSAFE_DATA_DIR", "/work/shared/data"))
+    root = Path(os.environ.get("MMSAFE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
     if (root / "xstest" / "xstest_prompts.csv").exists():
         xs = reg.create("benchmark", "xstest", {"path": str(root / "xstest")})
         out["xstest"] = [(s.text, s.expected == Expected.refuse) for s in xs.load() if not s.error]

@@ -17,6 +17,7 @@ learned, so it uses a classifier with seeded random coefficients (no training ne
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import tempfile
 import time
@@ -25,7 +26,11 @@ from pathlib import Path
 from mmsafe.judges.learned import FEATURE_DIM, LearnedClassifier, LearnedJudge
 from mmsafe.types import Expected, Generation, Message, Prompt, Sample
 
-JBB = Path(__file__).resolve().parents[2] / "shared" / "data" / "jailbreakbench" / "artifacts"
+JBB = (
+    Path(os.environ.get("MMSAFE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    / "jailbreakbench"
+    / "artifacts"
+)
 WORDS = "the a to of and in first then you can use mix heat water tool careful result step next".split()
 
 

@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
-# Installs mmsafe and everything it needs on a fresh Debian/Ubuntu machine with Python >= 3.10.
-#   bash scripts/install.sh          # the package with all runtime extras
-#   bash scripts/install.sh --dev    # plus the test tools
-# System packages (Tesseract OCR, FigStep's FreeMonoBold font) come from apt when missing.
-# torch is installed FIRST and pinned, so no dependency can pull a different (CUDA) build.
+# Installs mmsafe from the lock into the project's virtual environment (.venv, or $MMSAFE_VENV), on a fresh
+# Debian/Ubuntu machine with Python >= 3.10, also where the system Python refuses global installs (PEP 668).
+#   bash scripts/install.sh          # every runtime extra: requirements/all.txt
+#   bash scripts/install.sh --dev    # plus the test tools: requirements/dev.txt
+# Then: .venv/bin/mmsafe run   (or `source .venv/bin/activate` and plain `mmsafe`).
+#
+# Order matters: system packages (Tesseract OCR, FigStep's FreeMonoBold font, venv support) from apt when
+# missing; torch FIRST, pinned ($MMSAFE_TORCH_VERSION, default 2.13.0) and never from the lock, so the build
+# the machine needs is used (set MMSAFE_TORCH_INDEX_URL, e.g. https://download.pytorch.org/whl/cu128, to pick
+# one); then exactly the lock, every file checked against its sha256 (--require-hashes) and nothing else
+# resolved (--no-deps); then mmsafe itself, editable; then `pip check`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="all"
-[ "${1:-}" = "--dev" ] && extras="all,dev"
+lock=requirements/all.txt
+[ "${1:-}" = "--dev" ] && lock=requirements/dev.txt
+venv="${MMSAFE_VENV:-.venv}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 need=()
 command -v tesseract >/dev/null 2>&1 || need+=(tesseract-ocr tesseract-ocr-eng)
 [ -f /usr/share/fonts/truetype/freefont/FreeMonoBold.ttf ] || need+=(fonts-freefont-ttf)
+[ -x "$venv/bin/python" ] || python3 -c "import ensurepip, venv" 2>/dev/null \
+  || need+=("python3-venv" "python$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')-venv")
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && sudo="sudo"
@@ -21,7 +30,17 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+py="$venv/bin/python"
+echo "installing into $venv from $lock"
+
 TORCH_VERSION="${MMSAFE_TORCH_VERSION:-2.13.0}"
-python3 -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$TORCH_VERSION' else 1)" 2>/dev/null \
-  || python3 -m pip install -q "torch==$TORCH_VERSION"
-python3 -m pip install -q -e ".[$extras]"
+torch_index=()
+[ -n "${MMSAFE_TORCH_INDEX_URL:-}" ] && torch_index=(--index-url "$MMSAFE_TORCH_INDEX_URL")
+"$py" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$TORCH_VERSION' else 1)" 2>/dev/null \
+  || "$py" -m pip install -q "${torch_index[@]}" "torch==$TORCH_VERSION"
+"$py" -m pip install -q --require-hashes --no-deps -r "$lock"
+# setuptools comes from the lock (torch needs it), so the build needs nothing from the network
+"$py" -m pip install -q --no-deps --no-build-isolation -e .
+"$py" -m pip check
+echo "mmsafe installed: $venv/bin/mmsafe"

@@ -1,4 +1,10 @@
-"""Shared fixtures. Real public data is read from ../shared/data (never copied into the repo)."""
+"""Shared fixtures. Real public data is read from ../shared/data, or $MMSAFE_SHARED_DATA (never copied into
+the repo); a test that needs it FAILS with the reason when it is absent (the data is not optional).
+
+Tiers: plain `pytest` runs the fast tier (`-m "not slow"` in pyproject.toml); `.ci/run` runs every tier with
+MMSAFE_STRICT_SKIPS=1, which turns every skip into a failure: CI installs everything (the lock, Tesseract, the
+fonts), so a skip there means a missing declaration or a broken install, not an optional extra.
+"""
 
 from __future__ import annotations
 
@@ -11,19 +17,45 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MMSAFE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+STRICT_SKIPS = os.environ.get("MMSAFE_STRICT_SKIPS", "") not in ("", "0")
+
+
+def require_data(*parts: str) -> Path:
+    """``SHARED_DATA/parts…``; fails the calling test, naming the path, when it does not exist."""
+    p = SHARED_DATA.joinpath(*parts)
+    if not p.exists():
+        pytest.fail(
+            f"public data not found at {p}: put the shared/ folder beside the checkout or set MMSAFE_SHARED_DATA",
+            pytrace=False,
+        )
+    return p
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The folder with figstep/, xstest/, harmbench/, … ; skips the test when it is absent."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"public datasets not found at {SHARED_DATA} (set MMSAFE_SHARED_DATA)")
-    return SHARED_DATA
+    """The folder with figstep/, xstest/, harmbench/, … ; fails the test when it is absent."""
+    return require_data()
 
 
 def dataset_dir(name: str) -> Path:
-    p = SHARED_DATA / name
-    if not p.is_dir():
-        pytest.skip(f"dataset folder {p} is absent (set MMSAFE_SHARED_DATA)")
-    return p
+    return require_data(name)
+
+
+@pytest.fixture()
+def jbb_artifacts() -> Path:
+    """JailbreakBench's published attack artifacts (not its human-labelled judge set)."""
+    return require_data("jailbreakbench", "artifacts")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under MMSAFE_STRICT_SKIPS (CI), a skipped test is a failed one, with the skip's reason."""
+    outcome = yield
+    rep = outcome.get_result()
+    if STRICT_SKIPS and rep.skipped and not hasattr(rep, "wasxfail"):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        rep.outcome = "failed"
+        rep.longrepr = f"skipped under MMSAFE_STRICT_SKIPS (everything is installed in CI): {reason}"
 
 
 @pytest.fixture(scope="session", autouse=True)

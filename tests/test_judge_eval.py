@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
+from conftest import SHARED_DATA
 from mmsafe.cli.main import _safe, main
 from mmsafe.errors import ConfigError
 from mmsafe.judge_eval import (
@@ -25,10 +25,8 @@ from mmsafe.judges.base import Judge
 from mmsafe.registry import Registry
 from mmsafe.types import Judgement
 
-JBB = Path(__file__).resolve().parents[2] / "shared" / "data" / "jailbreakbench" / "artifacts"
-needs_jbb = pytest.mark.skipif(
-    not JBB.is_dir(), reason=f"JailbreakBench artifacts not found at {JBB} (shared/data is not checked out)"
-)
+JBB = SHARED_DATA / "jailbreakbench" / "artifacts"
+needs_jbb = pytest.mark.usefixtures("jbb_artifacts")  # fails, naming the path, when the data is absent
 
 
 # --------------------------------------------------------------------------------------------------

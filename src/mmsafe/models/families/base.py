@@ -202,6 +202,11 @@ def without_video_processor(base: type) -> type:
         def from_args_and_dict(cls, args: Any, processor_dict: dict[str, Any], **kwargs: Any) -> Any:
             return super().from_args_and_dict(args, processor_dict, **{"video_processor": None, **kwargs})
 
+        @classmethod
+        def from_dict(cls, processor_dict: dict[str, Any], **kwargs: Any) -> Any:
+            # transformers >= 5.25 builds loaded processors here instead of from_args_and_dict
+            return super().from_dict(processor_dict, **{"video_processor": None, **kwargs})
+
         def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
             if argument_name == "video_processor" and argument is None:
                 return None
