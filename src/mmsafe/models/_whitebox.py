@@ -163,6 +163,7 @@ class TeacherForced:
         self.batch = batch
         forward = inspect.signature(self.model._model.forward).parameters
         self._keep_kwarg = "logits_to_keep" in forward
+        self._cache_kwarg = "cache" if "cache" in forward else "past_key_values"
         if "position_ids" not in forward:
             batch.pop("position_ids", None)
         self._shared = self._shared_prefix(pad_id) if "position_ids" in forward else None
@@ -274,13 +275,15 @@ class TeacherForced:
                 prefix[key] = value.to(dtype) if value.is_floating_point() else value
         kw = {"logits_to_keep": 1} if self._keep_kwarg else {}
         out = hf(**prefix, use_cache=True, **kw)
-        cache = out.past_key_values
+        # transformers 5.25 renamed past_key_values to cache (the old name goes in 5.40); older 5.x only has it
+        cache = getattr(out, "cache", None)
+        cache = out.past_key_values if cache is None else cache
         cache.batch_repeat_interleave(len(self.encodings))
         out = hf(
             input_ids=sh["suffix_ids"],
             attention_mask=sh["mask"],
             position_ids=sh["positions"],
-            past_key_values=cache,
+            **{self._cache_kwarg: cache},
             use_cache=True,
         )
         logits = out.logits.float()
