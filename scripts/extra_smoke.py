@@ -152,8 +152,9 @@ def smoke_api(tmp: Path) -> str:
 def smoke_diffusion(tmp: Path) -> str:
     import diffusers
 
-    diffusers.AutoPipelineForText2Image
-    return f"diffusers {diffusers.__version__} imports AutoPipelineForText2Image"
+    from diffusers import AutoPipelineForText2Image
+
+    return f"diffusers {diffusers.__version__}: {AutoPipelineForText2Image.__name__} imports"
 
 
 def smoke_gemma(tmp: Path) -> str:
