@@ -151,7 +151,6 @@ def smoke_api(tmp: Path) -> str:
 
 def smoke_diffusion(tmp: Path) -> str:
     import diffusers
-
     from diffusers import AutoPipelineForText2Image
 
     return f"diffusers {diffusers.__version__}: {AutoPipelineForText2Image.__name__} imports"
