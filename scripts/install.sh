@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs mmsafe from the lock into the project's virtual environment (.venv, or $MMSAFE_VENV), on a fresh
-# Debian/Ubuntu machine with Python >= 3.10, also where the system Python refuses global installs (PEP 668).
+# Debian/Ubuntu machine with Python >= 3.11, also where the system Python refuses global installs (PEP 668).
 #   bash scripts/install.sh          # every runtime extra: requirements/all.txt
 #   bash scripts/install.sh --dev    # plus the test tools: requirements/dev.txt
 # Then: .venv/bin/mmsafe run   (or `source .venv/bin/activate` and plain `mmsafe`).

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Refreshes the lock: requirements/*.txt, every package pinned with its sha256 hashes, resolved by uv
-# (`uv pip compile`, pip-tools' format) from pyproject.toml's ranges, universally (every Python >= 3.10,
+# (`uv pip compile`, pip-tools' format) from pyproject.toml's ranges, universally (every Python >= 3.11,
 # Linux / macOS / Windows; markers say which line applies where).
 #   bash scripts/lock.sh                  # re-resolve, keeping pins that still satisfy pyproject.toml
 #   bash scripts/lock.sh --upgrade        # move every pin to the newest release the ranges allow
@@ -33,7 +33,7 @@ compile() {  # compile OUT EXTRA... : one lock file for the package with these e
   local cons=()
   [ "$out" != requirements/dev.txt ] && cons=(--constraint requirements/dev.txt)
   # uv keeps the pins already in $out that still satisfy the ranges (unless --upgrade)
-  uv pip compile -q pyproject.toml "${extras[@]}" "${cons[@]}" "${upgrade[@]}" --universal --python-version 3.10 \
+  uv pip compile -q pyproject.toml "${extras[@]}" "${cons[@]}" "${upgrade[@]}" --universal --python-version 3.11 \
     --generate-hashes "${no_emit[@]}" --custom-compile-command "bash scripts/lock.sh" -o "$out"
   { echo "# pyproject-hash: $hash"; echo "# extras: ${*:-(none)}"; grep -v '^# pyproject-hash: \|^# extras: ' "$out"; } > "$out.new"
   mv "$out.new" "$out"
