@@ -67,7 +67,7 @@ def dist_of(module: str) -> str:
 
 def extra_dists(extra: str | None) -> set[str]:
     """Distributions the package declares with this extra (None: the core), self-references expanded."""
-    return {lockcheck._canon(r.name) for r in lockcheck.requirements_of([] if extra in (None, "core") else [extra])}
+    return lockcheck.requirement_names([] if extra in (None, "core") else [extra])
 
 
 def undeclared() -> dict[str, set[str]]:

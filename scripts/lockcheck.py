@@ -88,6 +88,29 @@ def requirements_of(extras: list[str], proj: dict | None = None) -> list:
     return out
 
 
+def requirement_names(extras: list[str], proj: dict | None = None) -> set[str]:
+    """Canonical names of :func:`requirements_of` without needing ``packaging`` (for bare venvs)."""
+    proj = proj or pyproject()
+    me = _canon(proj["name"])
+    out: set[str] = set()
+    seen: set[str | None] = set()
+    todo: list[str | None] = [None, *extras]
+    while todo:
+        extra = todo.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for text in proj["dependencies"] if extra is None else proj["optional-dependencies"][extra]:
+            m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[([^\]]*)\])?", text)
+            if m is None:
+                raise ValueError(f"cannot read the requirement {text!r}")
+            if _canon(m.group(1)) == me:
+                todo.extend(x.strip() for x in (m.group(2) or "").split(",") if x.strip())
+            else:
+                out.add(_canon(m.group(1)))
+    return out
+
+
 def check_lock(path: Path, *, pyproject_path: Path = REPO / "pyproject.toml") -> list[str]:
     """What is wrong with one lock file (empty when it agrees with pyproject.toml)."""
     from packaging.markers import Marker

@@ -71,3 +71,12 @@ def test_the_lock_reader_sees_pins_with_markers(line):
     name = line.split("==")[0]
     m = lockcheck._PIN.match(line)
     assert m is not None and m.group(1) == name
+
+
+def test_every_third_party_import_in_the_code_is_declared_in_pyproject():
+    spec = importlib.util.spec_from_file_location("extra_smoke", REPO / "scripts" / "extra_smoke.py")
+    smoke = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(smoke)
+    found = smoke.third_party_imports()
+    assert {"torch", "transformers", "PIL", "pydantic", "httpx", "gguf"} <= set(found)  # the scan sees them
+    assert smoke.undeclared() == {}
