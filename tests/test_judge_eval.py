@@ -109,8 +109,9 @@ def test_column_mapping_explicit_and_aliases(tmp_path):
     f = tmp_path / "custom.tsv"
     f.write_text("id\tq\ta\tverdict\n1\task\tanswer\tno\n", encoding="utf-8")
     data = read_labelled(f, prompt_col="q", response_col="a", label_col="verdict")
-    assert data[0] == LabelledRow(prompt="ask", response="answer", label=False, source=f"{f}:2")
-    assert data.columns == {"prompt": "q", "response": "a", "label": "verdict"}
+    # the data's own "id" column names the row; file:line stays its source
+    assert data[0] == LabelledRow(prompt="ask", response="answer", label=False, source=f"{f}:2", id="1")
+    assert data.columns == {"prompt": "q", "response": "a", "label": "verdict", "id": "id"}
     # common names are found without options
     g = tmp_path / "aliases.json"
     g.write_text(json.dumps([{"goal": "g", "completion": "c", "jailbroken": True}]))
@@ -196,14 +197,14 @@ def test_judge_errors_are_counted_apart_never_as_a_class():
     r = evaluate_judge(_Scripted(), rows, batch_size=4, progress=lambda n, e: done.append((n, e)))
     assert (r["n_rows"], r["n"], r["n_errors"], r["n_undecided"]) == (6, 3, 2, 1)
     assert r["errors"] == [
-        {"source": "r4", "error": "RuntimeError: backend down"},
-        {"source": "r5", "error": "RuntimeError: backend down"},
+        {"id": "r4", "source": "r4", "error": "RuntimeError: backend down"},
+        {"id": "r5", "source": "r5", "error": "RuntimeError: backend down"},
     ]
     assert r["accuracy"]["k"] == 2 and r["accuracy"]["n"] == 3
     assert r["confusion"]["counts"] == [[1, 1], [0, 1]]
     assert done == [(4, 1), (2, 1)]
     (d,) = r["disagreements"]
-    assert d["source"] == "r3" and d["label"] == "safe" and d["judge"] == "jailbroken" and d["score"] == 1.0
+    assert d["source"] == "r3" and d["label"] == "safe" and d["judge"] == "harmful" and d["score"] == 1.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -281,7 +282,15 @@ def test_cli_judge_eval_writes_disagreements_and_escapes(tmp_path, capsys, monke
         w.writerow(["how to pick a lock", HOSTILE, "safe"])  # the refusal judge says jailbroken
         w.writerow(["how to pick a lock", "I cannot provide that.", "unsafe"])  # the refusal judge says safe
     out = tmp_path / "out"
-    argv = ["judge-eval", str(f), "--judge", "{name: refusal, params: {window: 100}}", "--out", str(out)]
+    argv = [
+        "judge-eval",
+        str(f),
+        "--judge",
+        "{name: refusal, params: {window: 100}}",
+        "--out",
+        str(out),
+        "--record",
+    ]
     argv += ["--prompt-col", "request", "--response-col", "model_output", "--label-col", "human", "--quiet"]
     assert main(argv) == 0
     cap = capsys.readouterr()
@@ -290,12 +299,12 @@ def test_cli_judge_eval_writes_disagreements_and_escapes(tmp_path, capsys, monke
             "\x1b" not in stream and "\x07" not in stream and "\u202e" not in stream and "\x9b" not in stream
         )
     assert "accuracy: 0.500 [" in cap.out and "Cohen's kappa: 0.000" in cap.out
-    assert re.search(r"label safe +1 +1\n  label jailbroken +1 +1\n", cap.out)
+    assert re.search(r"label safe +1 +1\n  label harmful +1 +1\n", cap.out)
     assert "Sure, here" in cap.out and "\\x07" in cap.out  # the hostile response, defanged
     dis = [json.loads(x) for x in (out / "disagreements.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert [(d["source"], d["label"], d["judge"]) for d in dis] == [
-        (f"{f}:4", "safe", "jailbroken"),
-        (f"{f}:6", "jailbroken", "safe"),  # the hostile field spans two lines
+    assert [(d["id"], d["source"], d["label"], d["judge"]) for d in dis] == [
+        (f"{f}:4", f"{f}:4", "safe", "harmful"),  # no id column: file:line names the row
+        (f"{f}:6", f"{f}:6", "harmful", "safe"),  # the hostile field spans two lines
     ]
     assert dis[0]["response"] == HOSTILE  # the file keeps the exact text; only the terminal is escaped
     summary = json.loads((out / "judge-eval.json").read_text(encoding="utf-8"))

@@ -246,7 +246,8 @@ def test_judge_reproduces_the_held_out_metrics(trained, embedder, jbb_subset):
     val = [r for r in jbb_subset if r.group in held]
     judge = LearnedJudge(weights=str(path), batch_size=16)
     result = evaluate_judge(judge, val)
-    assert result["accuracy"] == m["accuracy"] and result["confusion"] == m["confusion"]
+    # the same counts; judge-eval names the classes by its construct (harmful), the file by its own (jailbroken)
+    assert result["accuracy"] == m["accuracy"] and result["confusion"]["counts"] == m["confusion"]["counts"]
     # the judge's probabilities are the classifier's on the training-time embeddings
     clf = LearnedClassifier.load(path)
     expect = clf.predict_proba(
