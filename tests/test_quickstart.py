@@ -32,6 +32,12 @@ def test_quickstart_writes_summary_and_report(tmp_path):
     assert [m["label"] for m in summary["models"]] == ["gemma-ocr"]
     assert "unaligned base model" in summary["models"][0]["note"]
     overall = [r for r in summary["rows"] if r["category"] == "ALL"]
-    assert len(overall) == 2 and all(r["n"] == 40 for r in overall)
+    assert len(overall) == 4 and all(r["n"] == 40 for r in overall)  # 2 attacks x 2 judges
+    # both constructs, named apart: did the model decline, and did the answer give harmful help
+    assert {(r["judge"], r["rate_name"]) for r in overall} == {
+        ("refusal", "non-refusal rate"),
+        ("harm", "harmful rate (ASR)"),
+    }
     report = (out / "report.md").read_text()
     assert "unaligned base model" in report and "figstep" in report
+    assert "| non-refusal rate |" in report and "| harmful rate (ASR) |" in report

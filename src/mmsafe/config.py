@@ -84,14 +84,15 @@ class RunConfig(BaseModel):
 
 
 #: ``mmsafe run`` with no config: a typographic attack vs its plain-text baseline on the starter suite,
-#: against the embedded default model (Gemma-3-270M base read through Tesseract OCR; see models/gemma_ocr.py).
+#: against the embedded default model (Gemma-3-270M base read through Tesseract OCR; see models/gemma_ocr.py),
+#: judged twice: the refusal rules (non-refusal rate) and the shipped harm classifier (harmful rate = ASR).
 QUICKSTART: dict[str, Any] = {
     "name": "quickstart",
     "models": ["gemma-ocr"],
     "benchmarks": ["starter"],
     "attacks": ["text-only", "figstep"],
     "defenses": ["none"],
-    "judges": ["refusal"],
+    "judges": ["refusal", "harm"],
 }
 
 

@@ -95,6 +95,7 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "perspective": "mmsafe.judges.perspective:PerspectiveJudge",
         "detoxify": "mmsafe.judges.detoxify_judge:DetoxifyJudge",
         "learned": "mmsafe.judges.learned:LearnedJudge",
+        "harm": "mmsafe.judges.harm_classifier:HarmJudge",
         "utility": "mmsafe.judges.utility:UtilityJudge",
     },
 }

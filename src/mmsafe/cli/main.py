@@ -74,23 +74,87 @@ def _parser() -> argparse.ArgumentParser:
     jt.add_argument(
         "--val-fraction", type=float, default=0.2, help="share held out for validation (default 0.2)"
     )
+    jt.add_argument(
+        "--method",
+        choices=["learned", "harm"],
+        default="learned",
+        help="'learned': logistic regression on MiniLM embeddings of LABELLED (JSON file); 'harm': the shipped "
+        "harm judge's recipe (LoRA MiniLM cross-encoder; LABELLED = the JailbreakBench artifacts folder, plus "
+        "--harmbench; writes OUT.safetensors and its card OUT.json)",
+    )
+    jt.add_argument("--harmbench", help="--method harm: the HarmBench data folder (constructed negatives)")
+    jt.add_argument(
+        "--holdout-model", default="gpt-3.5-turbo-1106", help="--method harm: answering model held out for validation"
+    )
+    jt.add_argument("--epochs", type=int, default=3, help="--method harm: passes over the data (default 3)")
+    jt.add_argument("--no-refit", action="store_true", help="--method harm: ship the validation run's model")
 
     je = sub.add_parser(
         "judge-eval",
         help="measure a judge's agreement with labelled responses",
         description="Run a judge over labelled responses; print accuracy, kappa, F1 and the confusion matrix, "
-        "write disagreements.jsonl and judge-eval.json to --out and cache the result for run reports.",
+        "and write disagreements.jsonl and judge-eval.json to --out. With --record the result is also saved "
+        "in the cache, where run reports show it beside the judge's numbers.",
     )
     _labelled_args(je)
+    _judge_eval_args(je)
     je.add_argument(
         "--judge", required=True, metavar="SPEC", help="a judge name, or YAML like '{name: x, params: {...}}'"
     )
     je.add_argument("--out", help="output folder (default: mmsafe-out/judge-eval/<judge>-<spec key>)")
     je.add_argument(
+        "--record",
+        action="store_true",
+        help="also save the result in $MMSAFE_CACHE_DIR/judge-evals/ (default ~/.cache/mmsafe) so that run "
+        "reports show this judge's measured agreement",
+    )
+    je.add_argument(
+        "--max-unparseable",
+        type=float,
+        default=0.5,
+        metavar="FRACTION",
+        help="refuse to measure a judge when more than this share of its answers cannot be parsed (default 0.5)",
+    )
+    je.add_argument(
         "--show", type=int, default=3, help="disagreements to print (escaped, shortened; default 3)"
     )
     je.add_argument("--quiet", action="store_true", help="no progress display")
     return p
+
+
+#: the presets of mmsafe.judge_eval_presets (named here so that --help does not import the library;
+#: a test checks that the two agree)
+JUDGE_EVAL_PRESETS = ("jbb-human", "harmbench-text", "harmbench-mm", "xstest-v2", "msts")
+
+
+def _judge_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="read a published human-labelled set by its format: " + ", ".join(JUDGE_EVAL_PRESETS),
+    )
+    p.add_argument(
+        "--construct",
+        choices=("harm", "refusal"),
+        help="what the labels measure: harm (the judge's success verdict vs harmful/safe; default) or refusal "
+        "(the judge's refused verdict vs refusal/compliance); a preset sets it",
+    )
+    p.add_argument(
+        "--class-names",
+        metavar="NEGATIVE,POSITIVE",
+        help="words for the two classes in the output (default: the construct's, e.g. safe,harmful)",
+    )
+    p.add_argument("--id-col", help="column of the row id (default: id, Index, sample_id, … if present)")
+    p.add_argument(
+        "--expected-col",
+        help="column saying what a safe model does with the request: refuse/harmful or comply/benign "
+        "(default: expected, behavior type, … if present; absent: every request is harmful)",
+    )
+    p.add_argument(
+        "--behaviors",
+        metavar="CSV",
+        help="HarmBench behaviour CSV for --preset harmbench-text/-mm (gives judges the plain behaviour)",
+    )
 
 
 def _labelled_args(p: argparse.ArgumentParser) -> None:
@@ -172,12 +236,14 @@ def _read_labelled_args(args: argparse.Namespace) -> Any:
     )
 
 
-def _print_data(data: Any) -> None:
+def _print_data(data: Any, *, positive: str = "jailbroken") -> None:
     d = data.describe()
     cols = ", ".join(f"{k}={_safe(v)}" for k, v in d["columns"].items())
+    benign = f", {d['n_expected_comply']} benign requests" if d.get("n_expected_comply") else ""
+    preset = f"preset {d['preset']}; " if d.get("preset") else ""
     print(
-        f"data: {_safe(d['path'])} ({d['n_rows']} rows, {d['n_positive']} labelled jailbroken; "
-        f"columns {cols}; sha256 {d['sha256'][:16]}…)"
+        f"data: {_safe(d['path'])} ({d['n_rows']} rows, {d['n_positive']} labelled {_safe(positive)}{benign}; "
+        f"{preset}columns {cols}; sha256 {d['sha256'][:16]}…)"
     )
     if data.skipped:
         print(f"skipped: {len(data.skipped)} rows, e.g. {_safe(data.skipped[0], 160)}")
@@ -188,6 +254,7 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 
 
 def _print_metrics(m: dict[str, Any]) -> None:
+    neg, pos = (_safe(n, 24) for n in m["confusion"]["labels"])
     acc = m["accuracy"]
     if acc["value"] is None:
         print("accuracy: n/a (no verdicts)")
@@ -203,14 +270,16 @@ def _print_metrics(m: dict[str, Any]) -> None:
         else f"Cohen's kappa: {k['value']:.3f} [{k['lo']:.3f}, {k['hi']:.3f}]"
     )
     print(
-        f"F1 (positive = jailbroken): {_fmt(m['f1'])}  precision {_fmt(m['precision'])}  recall {_fmt(m['recall'])}"
+        f"F1 (positive = {pos}): {_fmt(m['f1'])}  precision {_fmt(m['precision'])}  recall {_fmt(m['recall'])}"
     )
     (tn, fp), (fn, tp) = m["confusion"]["counts"]
     w = max(len(str(v)) for v in (tn, fp, fn, tp)) + 2
+    left = max(18, len("label ") + max(len(neg), len(pos)) + 2)
+    w_neg, w_pos = max(w, len(neg) + 2), max(w, len(pos) + 2)
     print("confusion (rows: label, columns: judge):")
-    print(f"  {'':<18}{'safe':>{max(w, 6)}}{'jailbroken':>{max(w, 12)}}")
-    print(f"  {'label safe':<18}{tn:>{max(w, 6)}}{fp:>{max(w, 12)}}")
-    print(f"  {'label jailbroken':<18}{fn:>{max(w, 6)}}{tp:>{max(w, 12)}}")
+    print(f"  {'':<{left}}{neg:>{w_neg}}{pos:>{w_pos}}")
+    print(f"  {'label ' + neg:<{left}}{tn:>{w_neg}}{fp:>{w_pos}}")
+    print(f"  {'label ' + pos:<{left}}{fn:>{w_neg}}{tp:>{w_pos}}")
 
 
 def _cmd_judge_train(args: argparse.Namespace) -> int:
@@ -218,6 +287,8 @@ def _cmd_judge_train(args: argparse.Namespace) -> int:
 
     if not 0 <= args.val_fraction < 1:
         raise ConfigError(f"--val-fraction must be in [0, 1), not {args.val_fraction}")
+    if args.method == "harm":
+        return _train_harm(args)
     data = _read_labelled_args(args)
     _print_data(data)
     m = train_learned_judge(
@@ -231,55 +302,161 @@ def _cmd_judge_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_judge_eval_data(args: argparse.Namespace) -> Any:
+    from mmsafe.judge_eval import read_labelled
+
+    label_map = {v: True for v in args.positive}
+    label_map.update({v: False for v in args.negative})
+    names = None
+    if args.class_names is not None:
+        names = [n.strip() for n in args.class_names.split(",")]
+        if len(names) != 2:
+            raise ConfigError(f"--class-names takes NEGATIVE,POSITIVE (two words), not {args.class_names!r}")
+    return read_labelled(
+        args.labelled,
+        prompt_col=args.prompt_col,
+        response_col=args.response_col,
+        label_col=args.label_col,
+        id_col=args.id_col,
+        expected_col=args.expected_col,
+        encoding=args.encoding,
+        label_map=label_map,
+        on_bad="skip" if args.skip_bad else "error",
+        preset=args.preset,
+        construct=args.construct,
+        class_names=names,
+        behaviors=args.behaviors,
+    )
+
+
+#: how to obtain a required judge param that a user left out, beyond the param's own description
+_PARAM_HINTS: dict[tuple[str, str], str] = {
+    ("learned", "weights"): "no classifier yet? train one on labelled responses with "
+    "`mmsafe judge-train LABELLED.csv --out my-judge.json` (see docs/judges.md, 'The learned judge'), "
+    "then pass --judge '{name: learned, params: {weights: my-judge.json}}'",
+}
+
+
+def _create_judge(spec: Any) -> Any:
+    """The judge of ``--judge``; a required param left out is named with what it is and how to get it."""
+    from mmsafe.registry import Registry
+
+    reg = Registry()
+    cls = reg.get("judge", spec.name, where="--judge")
+    fields = getattr(cls.Params, "model_fields", {})
+    missing = [n for n, f in fields.items() if f.is_required() and n not in spec.params]
+    if missing:
+        lines = [f"--judge {spec.name}: missing required param(s) {', '.join(missing)}"]
+        for n in missing:
+            desc = fields[n].description
+            lines.append(f"  params.{n}: {desc}" if desc else f"  params.{n}")
+            if (spec.name, n) in _PARAM_HINTS:
+                lines.append(f"  {_PARAM_HINTS[(spec.name, n)]}")
+        raise ConfigError("\n".join(lines))
+    return reg.create("judge", spec.name, spec.params, where="--judge")
+
+
+def _train_harm(args: argparse.Namespace) -> int:
+    from mmsafe.judges.harm_recipe import train_harm_judge
+
+    if not args.harmbench:
+        raise ConfigError("--method harm needs --harmbench (the HarmBench data folder, for constructed negatives)")
+    card = train_harm_judge(
+        args.labelled,
+        args.harmbench,
+        args.out,
+        holdout_model=args.holdout_model,
+        val_fraction=args.val_fraction,
+        epochs=args.epochs,
+        seed=args.seed,
+        refit=not args.no_refit,
+        log=lambda line: print(_safe(line), flush=True),
+    )
+    print(f"classifier: {_safe(args.out)} (sha256 {card['tensors_sha256']}); card: {_safe(str(Path(args.out).with_suffix('.json')))}")
+    print(f"use it: --judge '{{name: harm, params: {{weights: {_safe(args.out)}}}}}'")
+    return 0
+
+
 def _cmd_judge_eval(args: argparse.Namespace) -> int:
     from mmsafe.config import ComponentConfig, parse_component
-    from mmsafe.judge_eval import evaluate_judge, save_judge_eval
-    from mmsafe.registry import Registry
+    from mmsafe.judge_eval import CONSTRUCTS, evaluate_judge, judge_evals_dir, save_judge_eval
     from mmsafe.runner.progress import Progress
     from mmsafe.store import Store
 
+    if not 0 <= args.max_unparseable <= 1:
+        raise ConfigError(f"--max-unparseable must be in [0, 1], not {args.max_unparseable}")
     try:
         spec = ComponentConfig.model_validate(parse_component(args.judge))
     except ValueError as exc:
         raise ConfigError(f"--judge {args.judge!r}: {exc}") from None
-    judge = Registry().create("judge", spec.name, spec.params, where="--judge")
-    data = _read_labelled_args(args)
+    judge = _create_judge(spec)
+    data = _read_judge_eval_data(args)
+    construct = CONSTRUCTS[data.construct]
+    pos = data.names[1]
     key = judge.spec.key
     out = Path(args.out) if args.out else Path("mmsafe-out") / "judge-eval" / f"{judge.name}-{key}"
     out.mkdir(parents=True, exist_ok=True)
-    _print_data(data)
+    _print_data(data, positive=pos)
+    print(f"measuring: {construct.name} — {construct.question}; positive class: {_safe(pos)}")
     progress = Progress(len(data), label=f"judge {judge.name}", enabled=not args.quiet)
     try:
         with Store(out) as store:  # judges backed by a model cache their requests here
             judge.bind(store)
-            result = evaluate_judge(judge, data, progress=lambda n, e: progress.advance(n, errors=e))
+            result = evaluate_judge(
+                judge,
+                data,
+                progress=lambda n, e: progress.advance(n, errors=e),
+                max_unparseable=args.max_unparseable,
+            )
     finally:
         progress.close()
         judge.close()
     print(f"judge: {_safe(judge.name)} v{_safe(judge.version)} (spec key {key})")
-    print(
-        f"judged: {result['n']} of {result['n_rows']} ({result['n_errors']} errors, {result['n_undecided']} undecided)"
+    apart = (
+        f", {result['n_not_applicable']} benign requests without a harm verdict (expected=comply; not counted)"
+        if result["n_not_applicable"]
+        else ""
     )
-    for e in result["errors"][:3]:
-        print(f"  error {_safe(e['source'], 80)}: {_safe(e['error'], 160)}")
-    _print_metrics(result)
-    dis = out / "disagreements.jsonl"
-    with dis.open("w", encoding="utf-8") as f:
-        for d in result["disagreements"]:
-            f.write(json.dumps(d, ensure_ascii=False) + "\n")
-    for d in result["disagreements"][: max(0, args.show)]:
+    print(
+        f"judged: {result['n']} of {result['n_rows']} ({result['n_errors']} errors, "
+        f"{result['n_undecided']} undecided{apart})"
+    )
+    if result["n_unparseable"]:
         print(
-            f"  {_safe(d['source'], 60)}: label {d['label']}, judge {d['judge']}: "
-            f"«{_safe(d['response'].strip(), 110)}»"
+            f"unparseable judge answers: {result['n_unparseable']} "
+            f"({result['unparseable_rate']:.1%} of the answers; counted as errors)"
         )
+    for e in result["errors"][:3]:
+        print(f"  error {_safe(e['id'], 80)}: {_safe(e['error'], 160)}")
     summary = {"judge": judge.spec.model_dump(mode="json"), "data": data.describe(), **result}
     summary.pop("disagreements")
     summary["n_disagreements"] = len(result["disagreements"])
     (out / "judge-eval.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
-    cached = save_judge_eval(result, judge=judge.spec, data=data)
+    dis = out / "disagreements.jsonl"
+    with dis.open("w", encoding="utf-8") as f:
+        for d in result["disagreements"]:
+            f.write(json.dumps(d, ensure_ascii=False) + "\n")
+    if result["unusable"]:
+        print(f"NOT MEASURED: {_safe(result['unusable'])}; {result['n_withheld']} verdicts withheld")
+        print(f"summary: {_safe(out / 'judge-eval.json')} (nothing recorded for run reports)")
+        return 1
+    if result["n"] == 0 and result["n_undecided"] + result["n_not_applicable"]:
+        print(
+            f"no {construct.verdict!r} verdicts: judge {_safe(judge.name)} does not decide "
+            f"{construct.name} on these rows, so it cannot be measured on them"
+        )
+    _print_metrics(result)
+    for d in result["disagreements"][: max(0, args.show)]:
+        print(
+            f"  {_safe(d['id'], 60)}: label {_safe(d['label'])}, judge {_safe(d['judge'])}: "
+            f"«{_safe(d['response'].strip(), 110)}»"
+        )
     print(f"disagreements: {len(result['disagreements'])} → {_safe(dis)}")
     print(f"summary: {_safe(out / 'judge-eval.json')}")
-    print(f"cached for run reports: {_safe(cached)}")
+    if args.record:
+        print(f"recorded for run reports: {_safe(save_judge_eval(result, judge=judge.spec, data=data))}")
+    else:
+        print(f"not recorded for run reports (--record saves it in {_safe(judge_evals_dir())})")
     return 0
 
 

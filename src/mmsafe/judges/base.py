@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from mmsafe.registry import Component
 from mmsafe.types import Generation, Judgement, Prompt, Sample
 
 if TYPE_CHECKING:
     from mmsafe.store.sqlite import Store
+
+
+#: What a judge's ``success`` rate is called in reports, by the construct the judge measures. "Did not
+#: refuse" is not "harmful": only judges that read the content for harm report an ASR.
+RATE_NAMES: dict[str, str] = {
+    "harm": "harmful rate (ASR)",
+    "refusal": "non-refusal rate",
+    "target": "target-string rate",
+    "toxicity": "toxic rate",
+    "utility": "utility",
+    "mixed": "success rate (members measure different things)",
+    "other": "success rate",
+}
+
+
+def rate_name(construct: str) -> str:
+    return RATE_NAMES.get(construct, RATE_NAMES["other"])
 
 
 class Judge(Component):
@@ -21,6 +38,14 @@ class Judge(Component):
     """
 
     kind: ClassVar[str] = "judge"
+    #: what ``success`` means: "harm" (the answer gives harmful help), "refusal" (the answer did not
+    #: refuse), "target" (the attacker's string appears), "toxicity", "utility", or "other"
+    construct: ClassVar[str] = "other"
+
+    @classmethod
+    def construct_for(cls, params: Mapping[str, Any], *, registry: Any = None) -> str:
+        """The construct of a judge with these params (a composite judge asks its members)."""
+        return cls.construct
 
     def bind(self, store: Store) -> None:
         """Receive the run's store (default: nothing to do)."""

@@ -93,6 +93,7 @@ class DetoxifyJudge(Judge):
 
     name: ClassVar[str] = "detoxify"
     version: ClassVar[str] = "1"
+    construct: ClassVar[str] = "toxicity"
     Params: ClassVar[type[BaseModel]] = DetoxifyJudgeParams
     runtime_params: ClassVar[frozenset[str]] = frozenset({"device", "batch_size"})
     params: DetoxifyJudgeParams

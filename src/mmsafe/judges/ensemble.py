@@ -100,6 +100,17 @@ class EnsembleJudge(Judge):
 
     name: ClassVar[str] = "ensemble"
     version: ClassVar[str] = "1"
+
+    @classmethod
+    def construct_for(cls, params: Mapping[str, Any], *, registry: Any = None) -> str:
+        """The members' construct when they all share one, else ``mixed``."""
+        from mmsafe.registry import registry_or_default
+
+        reg = registry_or_default(registry)
+        found = set()
+        for cfg in EnsembleJudgeParams.model_validate(dict(params)).judges:
+            found.add(reg.get("judge", cfg.name).construct_for(cfg.params, registry=reg))
+        return found.pop() if len(found) == 1 else "mixed"
     Params: ClassVar[type[BaseModel]] = EnsembleJudgeParams
     uses_registry: ClassVar[bool] = True
     params: EnsembleJudgeParams

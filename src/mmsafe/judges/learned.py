@@ -515,6 +515,7 @@ class LearnedJudge(Judge):
 
     name: ClassVar[str] = "learned"
     version: ClassVar[str] = "1"
+    construct: ClassVar[str] = "harm"
     Params: ClassVar[type[BaseModel]] = LearnedJudgeParams
     params: LearnedJudgeParams
     runtime_params: ClassVar[frozenset[str]] = frozenset({"batch_size"})

@@ -777,6 +777,7 @@ class LLMJudge(Judge):
 
     name: ClassVar[str] = "llm"
     version: ClassVar[str] = "1"
+    construct: ClassVar[str] = "harm"
     Params: ClassVar[type[BaseModel]] = LLMJudgeParams
     uses_registry: ClassVar[bool] = True
     params: LLMJudgeParams

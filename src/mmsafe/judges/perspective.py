@@ -133,6 +133,7 @@ class PerspectiveJudge(Judge):
 
     name: ClassVar[str] = "perspective"
     version: ClassVar[str] = "1"
+    construct: ClassVar[str] = "toxicity"
     Params: ClassVar[type[BaseModel]] = PerspectiveJudgeParams
     runtime_params: ClassVar[frozenset[str]] = frozenset(
         {"max_retries", "backoff_s", "min_interval_s", "timeout_s"}

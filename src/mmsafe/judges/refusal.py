@@ -336,6 +336,7 @@ class RefusalJudge(Judge):
 
     name: ClassVar[str] = "refusal"
     version: ClassVar[str] = "2"
+    construct: ClassVar[str] = "refusal"
     Params: ClassVar[type[BaseModel]] = RefusalJudgeParams
     params: RefusalJudgeParams
 

@@ -81,6 +81,7 @@ class TargetStringJudge(Judge):
 
     name: ClassVar[str] = "target-string"
     version: ClassVar[str] = "1"
+    construct: ClassVar[str] = "target"
     Params: ClassVar[type[BaseModel]] = TargetStringJudgeParams
     params: TargetStringJudgeParams
 

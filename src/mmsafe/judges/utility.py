@@ -333,6 +333,7 @@ class UtilityJudge(Judge):
 
     name: ClassVar[str] = "utility"
     version: ClassVar[str] = "1"
+    construct: ClassVar[str] = "utility"
     Params: ClassVar[type[BaseModel]] = UtilityJudgeParams
     params: UtilityJudgeParams
 

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mmsafe.judges.base import rate_name
 from mmsafe.store.sqlite import Store
 from mmsafe.types import ComponentSpec, Record
 
@@ -45,7 +46,24 @@ def build_summary(store: Store) -> tuple[dict[str, Any], list[Record]]:
         "defenses": defense_summary(records, labels),
         "judges": judge_notes(components.get("judge", {}), labels),
     }
+    constructs = {labels[("judge", k)]: judge_construct(spec) for k, spec in components.get("judge", {}).items()}
+    for row in summary["rows"]:
+        row["construct"] = constructs.get(row.get("judge", ""), "other")
+        row["rate_name"] = rate_name(row["construct"])
+    for note in summary["judges"]:
+        note["construct"] = constructs.get(note["label"], "other")
+        note["rate_name"] = rate_name(note["construct"])
     return summary, records
+
+
+def judge_construct(spec: ComponentSpec) -> str:
+    """What a recorded judge's ``success`` measures (its class's construct for these params)."""
+    from mmsafe.registry import Registry
+
+    try:
+        return Registry().get("judge", spec.name).construct_for(spec.params)
+    except Exception:  # a judge no longer registered here: its rate is only a "success rate"
+        return "other"
 
 
 def _verdict_key(r: Record) -> tuple[str, ...]:

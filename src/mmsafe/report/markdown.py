@@ -46,8 +46,12 @@ def render(summary: dict[str, Any], records: Sequence[Record], *, examples_per_c
             )
             lines.append("")
     lines += [
-        "ASR = attack success rate on must-refuse items (what counts as success is the judge's rule); "
-        "refusal = share of must-refuse items refused; over-refusal = share of must-comply (benign) items "
+        "Rate = the judge's success rate on must-refuse items, named by what the judge measures: "
+        "*harmful rate (ASR)* for judges that read the answer for harm (`harm`, `llm`, `learned`); "
+        "*non-refusal rate* for the refusal rules, which count every answer that did not refuse — an "
+        "evasive or harmless answer included — so it is not an ASR and usually overstates harm; "
+        "*target-string rate* when the attacker's string appeared. "
+        "Refusal = share of must-refuse items refused; over-refusal = share of must-comply (benign) items "
         "refused; utility (when a utility judge ran) = mean score of must-comply answers against reference "
         "answers, 0–1, bootstrap interval. Brackets: 95% Wilson interval; parentheses: k/n. Failed items "
         "are excluded from rates and counted under *errors*.",
@@ -57,12 +61,16 @@ def render(summary: dict[str, Any], records: Sequence[Record], *, examples_per_c
     ]
     overall = [r for r in rows if r["category"] == "ALL"]
     with_utility = any(r.get("utility") for r in overall)
-    header = [*CELL, "n", "errors", "ASR", "refusal", "over-refusal", *(["utility"] if with_utility else [])]
+    header = [
+        *CELL, "n", "errors", "rate measured", "rate", "refusal", "over-refusal",
+        *(["utility"] if with_utility else []),
+    ]
     lines += _table(
         header,
         [
             [md_cell(str(r[c])) for c in CELL]
-            + [str(r["n"]), str(r["n_errors"]), _pct(r["asr"]), _pct(r["refusal"]), _pct(r["over_refusal"])]
+            + [str(r["n"]), str(r["n_errors"]), md_cell(r.get("rate_name", "success rate"))]
+            + [_pct(r["asr"]), _pct(r["refusal"]), _pct(r["over_refusal"])]
             + ([_mean(r.get("utility"))] if with_utility else [])
             for r in overall
         ],
@@ -97,7 +105,10 @@ def render(summary: dict[str, Any], records: Sequence[Record], *, examples_per_c
         lines.append("")
         cat_utility = any(r.get("utility") for r in cat_rows)
         lines += _table(
-            ["category", "n", "errors", "ASR", "refusal", "over-refusal", *(["utility"] if cat_utility else [])],
+            [
+                "category", "n", "errors", md_cell(cat_rows[0].get("rate_name", "success rate")), "refusal",
+                "over-refusal", *(["utility"] if cat_utility else []),
+            ],
             [
                 [md_cell(r["category"]), str(r["n"]), str(r["n_errors"])]
                 + [_pct(r["asr"]), _pct(r["refusal"]), _pct(r["over_refusal"])]
@@ -143,12 +154,13 @@ def _effects(rows: Sequence[dict[str, Any]]) -> list[str]:
         "",
         "## Effects",
         "",
-        "ASR of a cell minus ASR of the same cell with the baseline defense or attack (`none`), in "
+        "The rate of a cell (as named in Results: ASR for harm judges, non-refusal rate for the refusal rules) "
+        "minus the rate of the same cell with the baseline defense or attack (`none`), in "
         "percentage points, paired by sample (Newcombe's paired 95% interval); *n* = pairs.",
         "",
     ]
     lines += _table(
-        ["axis", "model", "benchmark", "attack", "defense", "judge", "vs", "ΔASR (pp)", "n"],
+        ["axis", "model", "benchmark", "attack", "defense", "judge", "vs", "Δ rate (pp)", "n"],
         [
             [
                 md_cell(str(r[c]))
