@@ -216,7 +216,8 @@ def main(argv: list[str]) -> int:
         except Exception:
             failures.append(f"use of [{extra}]: {traceback.format_exc(limit=3)}")
     for f in failures:
-        print(f"[{extra}] FAIL {f}")
+        for k, line in enumerate(f.rstrip().splitlines()):
+            print(f"[{extra}] {'FAIL ' if k == 0 else '     '}{line}")
     print(f"[{extra}] {'ok' if not failures else f'{len(failures)} failure(s)'}")
     return 1 if failures else 0
 
