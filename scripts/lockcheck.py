@@ -67,32 +67,11 @@ def read_lock(path: Path) -> tuple[dict[str, str], list[tuple[str, str, str | No
     return header, pins
 
 
-def requirements_of(extras: list[str], proj: dict | None = None) -> list:
-    """Every requirement of the package with these extras, self-references (mmsafe[hf]) expanded."""
-    from packaging.requirements import Requirement
-
-    proj = proj or pyproject()
-    name = _canon(proj["name"])
-    out, seen, todo = [], set(), [None, *extras]
-    while todo:
-        extra = todo.pop()
-        if extra in seen:
-            continue
-        seen.add(extra)
-        for text in proj["dependencies"] if extra is None else proj["optional-dependencies"][extra]:
-            req = Requirement(text)
-            if _canon(req.name) == name:
-                todo.extend(req.extras)
-            else:
-                out.append(req)
-    return out
-
-
-def requirement_names(extras: list[str], proj: dict | None = None) -> set[str]:
-    """Canonical names of :func:`requirements_of` without needing ``packaging`` (for bare venvs)."""
-    proj = proj or pyproject()
+def _requirement_texts(extras: list[str], proj: dict) -> list[str]:
+    """The requirement strings of the package with these extras, self-references (mmsafe[hf]) expanded.
+    Reads names and extras with a regex, so it runs where ``packaging`` is not installed (bare venvs)."""
     me = _canon(proj["name"])
-    out: set[str] = set()
+    out: list[str] = []
     seen: set[str | None] = set()
     todo: list[str | None] = [None, *extras]
     while todo:
@@ -107,8 +86,21 @@ def requirement_names(extras: list[str], proj: dict | None = None) -> set[str]:
             if _canon(m.group(1)) == me:
                 todo.extend(x.strip() for x in (m.group(2) or "").split(",") if x.strip())
             else:
-                out.add(_canon(m.group(1)))
+                out.append(text)
     return out
+
+
+def requirements_of(extras: list[str], proj: dict | None = None) -> list:
+    """Every requirement (``packaging`` Requirement) of the package with these extras."""
+    from packaging.requirements import Requirement
+
+    return [Requirement(t) for t in _requirement_texts(extras, proj or pyproject())]
+
+
+def requirement_names(extras: list[str], proj: dict | None = None) -> set[str]:
+    """Canonical names of :func:`requirements_of` without needing ``packaging``."""
+    names = (re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", t) for t in _requirement_texts(extras, proj or pyproject()))
+    return {_canon(m.group(1)) for m in names if m}
 
 
 def check_lock(path: Path, *, pyproject_path: Path = REPO / "pyproject.toml") -> list[str]:
