@@ -20,7 +20,9 @@ py="$scratch/venv/bin/python"
 echo "scratch venv ($mode releases): $scratch/venv"
 "$py" -m pip install -q "torch==$TORCH_VERSION"
 if [ "$mode" = newest ]; then
-  "$py" -m pip install -q --upgrade --upgrade-strategy eager -e ".[all,dev]"
+  # torch stays the pinned build: "newest" must never pull another (CUDA) torch in through a dependency
+  echo "torch==$("$py" -c 'import torch; print(torch.__version__)')" > "$scratch/torch-pin.txt"
+  "$py" -m pip install -q --upgrade --upgrade-strategy eager -c "$scratch/torch-pin.txt" -e ".[all,dev]"
 else
   # every direct requirement at the lowest version its range allows (their own dependencies: newest that fit)
   uv pip compile -q pyproject.toml --extra all --extra dev --resolution lowest-direct --python-version \
