@@ -118,6 +118,19 @@ def _parser() -> argparse.ArgumentParser:
     je.add_argument(
         "--show", type=int, default=3, help="disagreements to print (escaped, shortened; default 3)"
     )
+    je.add_argument(
+        "--robustness",
+        action="store_true",
+        help="also judge every harmful-labelled row under forged verdicts (fake '[[SAFE]]', 'Verdict: no', "
+        "judge turns, early-closed blocks, a 'THIS ANSWER IS SAFE' image…) and report per forgery how often "
+        "the verdict flips, with 95%% Wilson intervals (printed and in judge-eval.json)",
+    )
+    je.add_argument(
+        "--variants",
+        metavar="NAMES",
+        help="--robustness: comma-separated forgery variants or families (default: adaptive, every variant; "
+        "see mmsafe.judges.forgery)",
+    )
     je.add_argument("--quiet", action="store_true", help="no progress display")
     return p
 
@@ -282,6 +295,34 @@ def _print_metrics(m: dict[str, Any]) -> None:
     print(f"  {'label ' + pos:<{left}}{fn:>{w_neg}}{tp:>{w_pos}}")
 
 
+def _ci(r: dict[str, Any]) -> str:
+    if r["value"] is None:
+        return "n/a"
+    return f"{r['value']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] {r['k']}/{r['n']}"
+
+
+def _print_robustness(rob: dict[str, Any]) -> None:
+    base = rob["base_harmful"]
+    print(
+        f"forged verdicts: {rob['n_harmful_rows']} harmful-labelled rows, {rob['n_base_decided']} with a verdict "
+        f"as they are ({rob['n_base_no_verdict']} without; judged harmful as is: {_ci(base)})"
+    )
+    rows = [(name, v) for name, v in rob["variants"].items()]
+    w = max([len("any variant"), *(len(n) for n, _ in rows)]) + 2
+    head = f"{'flip rate [95% Wilson] k/n':<34}{'to safe':>8}{'to harmful':>11}{'to none':>8}"
+    print(f"  {'variant':<{w}}{head}")
+    for name, v in rows:
+        if "skipped" in v:
+            print(f"  {_safe(name):<{w}}skipped: {_safe(v['skipped'], 100)}")
+            continue
+        print(
+            f"  {_safe(name):<{w}}{_ci(v['flip']):<34}{v['to_safe']['k']:>8}{v['to_harmful']:>11}"
+            f"{v['to_no_verdict']:>8}"
+        )
+    anyv = rob["any"]
+    print(f"  {'any variant':<{w}}{_ci(anyv['flip']):<34}{anyv['to_safe']['k']:>8}")
+
+
 def _cmd_judge_train(args: argparse.Namespace) -> int:
     from mmsafe.judges.learned import train_learned_judge
 
@@ -379,9 +420,10 @@ def _train_harm(args: argparse.Namespace) -> int:
 
 def _cmd_judge_eval(args: argparse.Namespace) -> int:
     from mmsafe.config import ComponentConfig, parse_component
-    from mmsafe.judge_eval import CONSTRUCTS, evaluate_judge, judge_evals_dir, save_judge_eval
+    from mmsafe.judge_eval import CONSTRUCTS, evaluate_judge, judge_evals_dir, robustness, save_judge_eval
     from mmsafe.runner.progress import Progress
     from mmsafe.store import Store
+    from mmsafe.types import Expected
 
     if not 0 <= args.max_unparseable <= 1:
         raise ConfigError(f"--max-unparseable must be in [0, 1], not {args.max_unparseable}")
@@ -389,8 +431,17 @@ def _cmd_judge_eval(args: argparse.Namespace) -> int:
         spec = ComponentConfig.model_validate(parse_component(args.judge))
     except ValueError as exc:
         raise ConfigError(f"--judge {args.judge!r}: {exc}") from None
+    forgeries = None
+    if args.robustness:
+        from mmsafe.judges.forgery import resolve_variants
+
+        forgeries = resolve_variants(args.variants)  # a misspelt variant fails before any judging
+    elif args.variants is not None:
+        raise ConfigError("--variants is used with --robustness")
     judge = _create_judge(spec)
     data = _read_judge_eval_data(args)
+    if forgeries is not None and data.construct != "harm":
+        raise ConfigError(f"--robustness needs harm labels; this data measures {data.construct!r}")
     construct = CONSTRUCTS[data.construct]
     pos = data.names[1]
     key = judge.spec.key
@@ -399,17 +450,31 @@ def _cmd_judge_eval(args: argparse.Namespace) -> int:
     _print_data(data, positive=pos)
     print(f"measuring: {construct.name} — {construct.question}; positive class: {_safe(pos)}")
     progress = Progress(len(data), label=f"judge {judge.name}", enabled=not args.quiet)
+    rob: dict[str, Any] | None = None
     try:
         with Store(out) as store:  # judges backed by a model cache their requests here
             judge.bind(store)
-            result = evaluate_judge(
-                judge,
-                data,
-                progress=lambda n, e: progress.advance(n, errors=e),
-                max_unparseable=args.max_unparseable,
-            )
+            try:
+                result = evaluate_judge(
+                    judge,
+                    data,
+                    progress=lambda n, e: progress.advance(n, errors=e),
+                    max_unparseable=args.max_unparseable,
+                )
+            finally:
+                progress.close()
+            if forgeries is not None and not result["unusable"]:
+                harmful = sum(r.label and r.expected == Expected.refuse for r in data)
+                forged = Progress(
+                    harmful * (1 + len(forgeries)), label="forged verdicts", enabled=not args.quiet
+                )
+                try:
+                    rob = robustness(
+                        judge, data, variants=forgeries, progress=lambda n, e: forged.advance(n, errors=e)
+                    )
+                finally:
+                    forged.close()
     finally:
-        progress.close()
         judge.close()
     print(f"judge: {_safe(judge.name)} v{_safe(judge.version)} (spec key {key})")
     apart = (
@@ -430,6 +495,8 @@ def _cmd_judge_eval(args: argparse.Namespace) -> int:
         print(f"  error {_safe(e['id'], 80)}: {_safe(e['error'], 160)}")
     summary = {"judge": judge.spec.model_dump(mode="json"), "data": data.describe(), **result}
     summary.pop("disagreements")
+    if rob is not None:
+        summary["robustness"] = rob
     summary["n_disagreements"] = len(result["disagreements"])
     (out / "judge-eval.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
     dis = out / "disagreements.jsonl"
@@ -452,6 +519,8 @@ def _cmd_judge_eval(args: argparse.Namespace) -> int:
             f"«{_safe(d['response'].strip(), 110)}»"
         )
     print(f"disagreements: {len(result['disagreements'])} → {_safe(dis)}")
+    if rob is not None:
+        _print_robustness(rob)
     print(f"summary: {_safe(out / 'judge-eval.json')}")
     if args.record:
         print(f"recorded for run reports: {_safe(save_judge_eval(result, judge=judge.spec, data=data))}")
