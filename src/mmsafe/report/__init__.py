@@ -53,7 +53,36 @@ def build_summary(store: Store) -> tuple[dict[str, Any], list[Record]]:
     for note in summary["judges"]:
         note["construct"] = constructs.get(note["label"], "other")
         note["rate_name"] = rate_name(note["construct"])
+    summary["calibrated"] = calibrated_rates(summary["rows"], summary["judges"])
     return summary, records
+
+
+def calibrated_rates(rows: list[dict[str, Any]], notes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each overall cell whose judge has a harm judge-eval on record: its rate corrected for the
+    judge's measured sensitivity and specificity (Rogan-Gladen), naming the labelled data used. The
+    evaluation with the most rows is used; refusal-construct evaluations never correct a harm rate."""
+    from mmsafe.metrics.calibration import rogan_gladen
+
+    best: dict[str, dict[str, Any]] = {}
+    for note in notes:
+        if note.get("construct") != "harm":
+            continue
+        harm_evals = [e for e in note.get("evals") or [] if e.get("construct", "harm") == "harm" and e.get("confusion")]
+        if harm_evals:
+            best[note["label"]] = max(harm_evals, key=lambda e: e.get("n") or 0)
+    out = []
+    for row in rows:
+        ev = best.get(row.get("judge", ""))
+        rate = row.get("asr") or {}
+        if ev is None or row.get("category") != "ALL" or not rate.get("n"):
+            continue
+        (tn, fp), (fn, tp) = ev["confusion"]["counts"]
+        est = rogan_gladen(rate["k"], rate["n"], tp=tp, fn=fn, tn=tn, fp=fp)
+        if est is None:
+            continue
+        cell = {c: row[c] for c in ("benchmark", "model", "attack", "defense", "judge")}
+        out.append({**cell, **est, "data_name": ev.get("data_name"), "data_n": ev.get("n")})
+    return out
 
 
 def judge_construct(spec: ComponentSpec) -> str:

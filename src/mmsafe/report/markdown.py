@@ -91,6 +91,7 @@ def render(summary: dict[str, Any], records: Sequence[Record], *, examples_per_c
                 for r in detection
             ],
         )
+    lines += _calibrated(summary.get("calibrated") or [])
     lines += _effects(summary.get("effects") or [])
     lines += _defenses(summary.get("defenses") or [])
     lines += _judges(summary.get("judges") or [], summary.get("judge_agreement") or [])
@@ -128,6 +129,36 @@ def render(summary: dict[str, Any], records: Sequence[Record], *, examples_per_c
             )
     lines.append("")
     return "\n".join(lines)
+
+
+def _calibrated(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Harmful rates corrected for the judge's own measured errors, labelled as such."""
+    if not rows:
+        return []
+    lines = [
+        "",
+        "### Corrected for the judge's measured errors",
+        "",
+        "Rogan–Gladen estimate of the true harmful rate from the observed rate and the judge's sensitivity "
+        "and specificity as `mmsafe judge-eval --record` measured them on the named labelled data (95% "
+        "bootstrap interval). It holds only if the judge errs on these answers as it did on that data.",
+        "",
+    ]
+    lines += _table(
+        [*CELL, "observed", "judge sensitivity / specificity (data, n)", "corrected"],
+        [
+            [md_cell(str(r[c])) for c in CELL]
+            + [
+                f"{100 * r['observed']:.1f}%",
+                f"{r['sensitivity']:.2f} / {r['specificity']:.2f} ({md_cell(str(r.get('data_name')))}, n={r.get('data_n')})",
+                f"{100 * r['value']:.1f}% [{100 * r['lo']:.1f}, {100 * r['hi']:.1f}]"
+                if r.get("lo") is not None
+                else f"{100 * r['value']:.1f}%",
+            ]
+            for r in rows
+        ],
+    )
+    return lines
 
 
 def _mean(est: dict[str, Any] | None) -> str:
