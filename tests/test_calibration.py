@@ -78,3 +78,17 @@ def test_the_report_corrects_a_harm_judges_rate_with_its_recorded_judge_eval(tmp
 
     text = "\n".join(_calibrated([row]))
     assert "Corrected for the judge's measured errors" in text and "0.80 / 0.90 (l.csv, n=20)" in text
+
+
+@pytest.mark.parametrize(("construct", "words"), [("harm", "harm labels"), ("refusal", "refusal labels")])
+def test_the_judges_section_says_what_each_recorded_evaluation_measured(construct, words):
+    from mmsafe.report.markdown import _judges
+
+    note = {
+        "label": "refusal",
+        "version": "2",
+        "evals": [{"accuracy": {"value": 0.9}, "kappa": {"value": 0.8}, "data_name": "x.csv", "n": 10,
+                   "construct": construct}],
+    }
+    text = "\n".join(_judges([note], []))
+    assert f"on x.csv ({words}, n=10)" in text

@@ -293,9 +293,10 @@ def _judges(notes: Sequence[dict[str, Any]], agreement: Sequence[dict[str, Any]]
             kappa = e.get("kappa") or {}
             acc_txt = f"{100 * acc['value']:.1f}%" if acc.get("value") is not None else "–"
             kappa_txt = f"{kappa['value']:.2f}" if kappa.get("value") is not None else "–"
+            construct = "refusal labels" if e.get("construct") == "refusal" else "harm labels"
             parts.append(
                 f"accuracy {acc_txt}, κ {kappa_txt} on {md_cell(str(e.get('data_name', 'labelled data')))} "
-                f"(n={e.get('n', '?')})"
+                f"({construct}, n={e.get('n', '?')})"
             )
         lines.append(f"- **{md_cell(n['label'])}** (v{md_cell(str(n['version']))}): " + "; ".join(parts))
     if agreement:
