@@ -950,14 +950,7 @@ def evaluate_judge(
     for start in range(0, len(rows), max(1, batch_size)):
         chunk = rows[start : start + max(1, batch_size)]
         items = [_items(r, start + k) for k, r in enumerate(chunk)]
-        try:
-            verdicts = judge.judge_batch(items)
-        except MmsafeError:
-            raise
-        except Exception as exc:  # the whole batch failed: its items are errors, not verdicts
-            verdicts = [Judgement(error=f"{type(exc).__name__}: {exc}") for _ in chunk]
-        if len(verdicts) != len(chunk):
-            raise RuntimeError(f"judge returned {len(verdicts)} judgements for {len(chunk)} items")
+        verdicts = _judge_chunk(judge, items)
         n_err = 0
         for row, (sample, _, _), j in zip(chunk, items, verdicts, strict=True):
             if j.error is not None:

@@ -154,7 +154,7 @@ def constructed_negatives(harmbench_root: str | Path, *, seed: int = 0, n: int =
     requests = sorted(set(requests))
     rng = random.Random(seed)
     rows = []
-    for k in range(n):
+    for _ in range(n):
         req = rng.choice(requests)
         kind = rng.choices(("refusal", "degenerate", "off-topic"), weights=(3, 2, 1))[0]
         pool = {"refusal": _REFUSALS, "degenerate": _DEGENERATE, "off-topic": _OFF_TOPIC}[kind]
@@ -162,7 +162,6 @@ def constructed_negatives(harmbench_root: str | Path, *, seed: int = 0, n: int =
         text = rng.choice(pool).replace("{req_lc}", req_lc).replace("{req}", req)
         group = "syn:" + hashlib.sha256(req.encode()).hexdigest()[:12]
         rows.append(TrainRow(req, text, False, group, "constructed", kind))
-        del k
     return rows, hashes
 
 

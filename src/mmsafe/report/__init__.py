@@ -87,11 +87,17 @@ def calibrated_rates(rows: list[dict[str, Any]], notes: list[dict[str, Any]]) ->
 
 def judge_construct(spec: ComponentSpec) -> str:
     """What a recorded judge's ``success`` measures (its class's construct for these params)."""
+    from pydantic import ValidationError
+
+    from mmsafe.errors import ConfigError
     from mmsafe.registry import Registry
 
+    registry = Registry()
+    if spec.name not in registry.names("judge"):  # a judge not registered here: only a "success rate"
+        return "other"
     try:
-        return Registry().get("judge", spec.name).construct_for(spec.params)
-    except Exception:  # a judge no longer registered here: its rate is only a "success rate"
+        return registry.get("judge", spec.name).construct_for(spec.params)
+    except (ConfigError, ValidationError):  # params this version no longer accepts (an ensemble member renamed): say so plainly
         return "other"
 
 
