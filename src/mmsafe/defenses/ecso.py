@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mmsafe.defenses.base import Defense, mark
 from mmsafe.defenses.output_guard import query_text
+from mmsafe.judges.untrusted import neutralise
 from mmsafe.types import Generation, Message, Prompt
 
 if TYPE_CHECKING:
@@ -115,10 +116,6 @@ def parse_yes_no(text: str) -> bool | None:
     return None
 
 
-def _defang(text: str) -> str:
-    return text.replace("<<<", "< < <").replace(">>>", "> > >")
-
-
 class ECSOParams(BaseModel):
     """Parameters of :class:`ECSO`."""
 
@@ -155,6 +152,7 @@ class ECSO(Defense):
     """ECSO (Gou et al., ECCV 2024): self-check the answer; if harmful, answer from a caption without the image."""
 
     name: ClassVar[str] = "ecso"
+    version: ClassVar[str] = "2"  # 2: request and answer neutralised as in the llm judge (was: markers broken up)
     Params: ClassVar[type[BaseModel]] = ECSOParams
     params: ECSOParams
 
@@ -174,8 +172,8 @@ class ECSO(Defense):
             [
                 _fill(
                     p.check_prompt,
-                    query=_defang(query_text(prompts[i])),
-                    answer=_defang(gen[i].text[: p.max_answer_chars]),  # type: ignore[union-attr]
+                    query=neutralise(query_text(prompts[i])),
+                    answer=neutralise(gen[i].text[: p.max_answer_chars]),  # type: ignore[union-attr]
                 )
                 for i in live
             ],

@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from mmsafe.config import ComponentField
 from mmsafe.defenses.base import Defense, mark
 from mmsafe.defenses.output_guard import create_judge, judge_answers, query_text, unsafe_verdict
+from mmsafe.judges.untrusted import neutralise
 from mmsafe.types import Generation, Message, Prompt
 
 if TYPE_CHECKING:
@@ -88,15 +89,11 @@ class MLLMProtectorParams(BaseModel):
         return v
 
 
-def _defang(text: str) -> str:
-    """Break up the block markers inside inserted text, so it cannot close its block early."""
-    return text.replace("<<<", "< < <").replace(">>>", "> > >")
-
-
 class MLLMProtector(Defense):
     """MLLM-Protector (Pi et al., EMNLP 2024): detect harmful answers, rewrite them with a detoxifier."""
 
     name: ClassVar[str] = "mllm-protector"
+    version: ClassVar[str] = "2"  # 2: request and answer neutralised as in the llm judge (was: markers broken up)
     Params: ClassVar[type[BaseModel]] = MLLMProtectorParams
     uses_registry: ClassVar[bool] = True
     params: MLLMProtectorParams
@@ -137,9 +134,9 @@ class MLLMProtector(Defense):
     def rewrite_request(self, prompt: Prompt, answer: str) -> Prompt:
         """The detoxifier's prompt for ``answer`` to ``prompt`` (text only)."""
         p = self.params
-        text = p.rewrite_prompt.replace("{query}", _defang(query_text(prompt)), 1)
+        text = p.rewrite_prompt.replace("{query}", neutralise(query_text(prompt)), 1)
         return Prompt(
-            messages=(Message.user(text.replace("{answer}", _defang(answer[: p.max_answer_chars]), 1)),)
+            messages=(Message.user(text.replace("{answer}", neutralise(answer[: p.max_answer_chars]), 1)),)
         )
 
     def defend(

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import threading
-from collections.abc import Callable, Coroutine, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mmsafe.config import ComponentField
-from mmsafe.errors import ConfigError
 from mmsafe.judges._text import normalise_quotes
 from mmsafe.judges.base import Judge
+from mmsafe.judges.judge_model import JudgeModel, reject_sampling
 from mmsafe.judges.untrusted import neutralise, own_answer
 from mmsafe.types import Expected, Generation, Judgement, Message, Prompt, Sample
 
 if TYPE_CHECKING:
-    from mmsafe.models.base import ModelBackend
     from mmsafe.registry import Registry
     from mmsafe.store.sqlite import Store
 
@@ -601,13 +597,6 @@ Template = Literal["mmsb", "harmbench", "llamaguard", "graded", "custom"]
 Parser = Literal["safe-unsafe", "yes-no", "llamaguard", "graded"]
 
 
-def _configured_temperature(params: Mapping[str, Any]) -> Any:
-    gen = params.get("generation")
-    if isinstance(gen, Mapping) and "temperature" in gen:
-        return gen["temperature"]
-    return params.get("temperature")
-
-
 class LLMJudgeParams(BaseModel):
     """Parameters of :class:`LLMJudge`."""
 
@@ -643,12 +632,7 @@ class LLMJudgeParams(BaseModel):
     @field_validator("judge_model")
     @classmethod
     def _greedy(cls, v: Any) -> Any:
-        t = _configured_temperature(v.params)
-        if isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0:
-            raise ValueError(
-                f"judge_model sets temperature={t:g}; a judge must decode greedily (temperature 0) so "
-                "its verdicts are reproducible and can be cached. Remove the setting or set it to 0"
-            )
+        reject_sampling(v.params)
         return v
 
     @model_validator(mode="after")
@@ -794,55 +778,21 @@ class LLMJudge(Judge):
         super().__init__(params, **kwargs)
         #: where ``judge_model`` is looked up (None: a fresh ``Registry()`` with entry points)
         self.registry: Registry | None = registry
-        self._lock = threading.Lock()
-        self._inner: ModelBackend | None = None
-        self._model: ModelBackend | None = None
-        self._store: Store | None = None
+        self.judge_model = JudgeModel(
+            self.params.judge_model,
+            registry=registry,
+            where="llm.params.judge_model",
+            needs_images=self.params.show_images,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def bind(self, store: Store) -> None:
         """Route judge-model requests through ``store``'s response cache."""
-        with self._lock:
-            self._store = store
-            if self._inner is not None:
-                self._model = self._wrap(self._inner)
+        self.judge_model.bind(store)
 
     def close(self) -> None:
         """Close the judge model (if it was loaded)."""
-        with self._lock:
-            if self._inner is not None:
-                self._inner.close()
-            self._inner = self._model = None
-
-    def _wrap(self, inner: ModelBackend) -> ModelBackend:
-        if self._store is None:
-            return inner
-        from mmsafe.runner.cache import CachedModel
-
-        return CachedModel(inner, self._store)
-
-    def _backend(self) -> ModelBackend:
-        with self._lock:
-            if self._model is None:
-                from mmsafe.registry import registry_or_default
-
-                jm = self.params.judge_model
-                reg = registry_or_default(self.registry)
-                model = reg.create("model", jm.name, jm.params, where="llm.params.judge_model")
-                gen = model.generation  # type: ignore[attr-defined]
-                if not gen.greedy:
-                    raise ConfigError(
-                        f"llm.params.judge_model: backend '{jm.name}' decodes with temperature "
-                        f"{gen.temperature:g}; a judge must decode greedily (temperature 0)"
-                    )
-                if self.params.show_images and "images" not in model.capabilities:  # type: ignore[attr-defined]
-                    raise ConfigError(
-                        f"llm.params.show_images: judge model '{jm.name}' does not accept images"
-                    )
-                model.load()  # type: ignore[attr-defined]
-                self._inner = model  # type: ignore[assignment]
-                self._model = self._wrap(model)  # type: ignore[arg-type]
-            return self._model
+        self.judge_model.close()
 
     # -- prompts -----------------------------------------------------------------------------------------
     def _fields(self, sample: Sample, response: str) -> dict[str, str]:
@@ -906,15 +856,9 @@ class LLMJudge(Judge):
                 continue
             todo.append((i, self._ask(sample, prompt, text)))
         if todo:
-            try:
-                model = self._backend()
-            except Exception as exc:
-                for i, _ in todo:
-                    out[i] = Judgement(error=f"judge model: {type(exc).__name__}: {exc}")
-            else:
-                answers = _generate(model, [a.prompt for _, a in todo])
-                for (i, ask), ans in zip(todo, answers, strict=True):
-                    out[i] = self._verdict(items[i][0], ask, ans)
+            answers = self.judge_model.generate([a.prompt for _, a in todo])
+            for (i, ask), ans in zip(todo, answers, strict=True):
+                out[i] = self._verdict(items[i][0], ask, ans)
         return [j for j in out if j is not None]
 
     def _verdict(self, sample: Sample, ask: _Ask, answer: Generation | Exception) -> Judgement:
@@ -1009,55 +953,3 @@ def _read_own(raw: str, ask: _Ask) -> tuple[ParsedAnswer, int]:
     if not own.strip() and raw.strip():
         return ParsedAnswer(error="the answer only repeats the material under review"), copied
     return _parse(ask.parser, own), copied
-
-
-# ------------------------------------------------------------------------------------------------ calls
-
-
-def _run(factory: Callable[[], Coroutine[Any, Any, list[Any]]]) -> list[Any]:
-    """Run a coroutine to completion, also from inside a running event loop (in a worker thread)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(factory())
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(lambda: asyncio.run(factory())).result()
-
-
-def _generate(model: ModelBackend, prompts: list[Prompt]) -> list[Generation | Exception]:
-    """One answer (or exception) per prompt: one batched call; async backends with their own
-    ``concurrency`` in flight; a batch that raises is retried one prompt at a time."""
-    seeds = [0] * len(prompts)  # greedy decoding: the seed changes nothing (and is not in the cache key)
-
-    async def gather() -> list[Any]:
-        sem = asyncio.Semaphore(max(1, model.concurrency))
-
-        async def one(p: Prompt) -> Any:
-            async with sem:
-                try:
-                    return await model.agenerate(p, seed=0)
-                except Exception as exc:
-                    return exc
-
-        return list(await asyncio.gather(*(one(p) for p in prompts)))
-
-    if model.is_async:
-        return _run(gather)
-    try:
-        res = list(model.generate(prompts, seeds=seeds))
-        if len(res) != len(prompts):
-            raise RuntimeError(f"judge model returned {len(res)} results for {len(prompts)} prompts")
-        return res
-    except NotImplementedError:
-        return _run(gather)
-    except Exception as exc:
-        if len(prompts) == 1:
-            return [exc]
-        out: list[Generation | Exception] = []
-        for p in prompts:
-            try:
-                (one,) = model.generate([p], seeds=[0])
-                out.append(one)
-            except Exception as e:
-                out.append(e)
-        return out
