@@ -1,6 +1,6 @@
 """Does one extra, installed alone, give mmsafe everything its code imports for that extra?
 
-    python scripts/extra_smoke.py EXTRA        # core | hf | ocr | api | diffusion | gemma | judges | detoxify
+    python scripts/extra_smoke.py EXTRA        # core | hf | ocr | api | diffusion | gemma | judges | train | detoxify
     python scripts/extra_smoke.py --declared   # every third-party import in src/ is declared in pyproject.toml
 
 Run by scripts/check-extras.sh inside a venv holding only that extra's lock (requirements/extra-EXTRA.txt,
@@ -176,6 +176,17 @@ def smoke_judges(tmp: Path) -> str:
     if vec.shape != (1, 384):
         raise RuntimeError(f"embedding shape {vec.shape}")
     return "MiniLM embedded a response (1 x 384)"
+
+
+def smoke_train(tmp: Path) -> str:
+    import peft
+    import torch
+
+    from mmsafe.training.lora import LoraSettings, inject
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    n = sum(p.numel() for p in inject(net, LoraSettings(r=2, target_modules=("0",))))
+    return f"peft {peft.__version__} injected a LoRA adapter ({n} trainable weights)"
 
 
 def smoke_detoxify(tmp: Path) -> str:

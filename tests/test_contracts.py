@@ -23,6 +23,8 @@ REQUIRED = {
     ("judge", "llm"): {"judge_model": "scripted"},
     ("judge", "reference"): {"preset": "jbb-llama3", "judge_model": "scripted"},
     ("judge", "guard"): {"judge_model": "scripted"},
+    ("trainer", "sft"): {"model": "scripted"},
+    ("trainer", "dpo"): {"model": "scripted"},
     ("judge", "ensemble"): {"judges": ["refusal"]},
     ("judge", "learned"): {"weights": "judge.json"},
     ("defense", "output-guard"): {"judge": "refusal"},

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from mmsafe.errors import ConfigError
 from mmsafe.types import ComponentSpec
 
-KINDS: tuple[str, ...] = ("model", "benchmark", "attack", "defense", "judge")
+KINDS: tuple[str, ...] = ("model", "benchmark", "attack", "defense", "judge", "trainer")
 
 BUILTINS: Mapping[str, Mapping[str, str]] = {
     "model": {
@@ -99,6 +99,10 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "reference": "mmsafe.judges.reference:ReferenceJudge",
         "guard": "mmsafe.judges.guard:GuardJudge",
         "utility": "mmsafe.judges.utility:UtilityJudge",
+    },
+    "trainer": {
+        "sft": "mmsafe.training.sft:SafetySFT",
+        "dpo": "mmsafe.training.dpo:DPO",
     },
 }
 

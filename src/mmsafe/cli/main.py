@@ -22,6 +22,7 @@ KIND_OPTIONS = (
     ("attack", "attacks"),
     ("defense", "defenses"),
     ("judge", "judges"),
+    ("trainer", "trainers"),
 )
 
 
@@ -88,6 +89,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     jt.add_argument("--epochs", type=int, default=3, help="--method harm: passes over the data (default 3)")
     jt.add_argument("--no-refit", action="store_true", help="--method harm: ship the validation run's model")
+
+    tr = sub.add_parser(
+        "train",
+        help="train a model at training time (safety SFT, DPO, …) and write a LoRA adapter with its card",
+        description="Train the base model named by --model with METHOD (see `mmsafe list trainer`) and write "
+        "OUT/adapter.safetensors + OUT/card.json. Use the result as the model's `adapter: OUT` in any run.",
+    )
+    tr.add_argument("method", help="training method: sft, dpo, … (`mmsafe list trainer`)")
+    tr.add_argument("--model", required=True, help="base model: a name or a YAML mapping {name, params}")
+    tr.add_argument("--out", required=True, help="directory to write the adapter and its card to")
+    tr.add_argument("--params", default="{}", help="the method's params as a YAML mapping, e.g. '{epochs: 2}'")
 
     je = sub.add_parser(
         "judge-eval",
@@ -567,6 +579,26 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import yaml
+
+    from mmsafe.registry import Registry
+
+    try:
+        model = yaml.safe_load(args.model)
+        params = yaml.safe_load(args.params) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--model / --params: not YAML ({exc})") from None
+    if not isinstance(params, dict):
+        raise ConfigError("--params must be a YAML mapping, e.g. '{epochs: 2}'")
+    reg = Registry()
+    trainer = reg.create("trainer", args.method, {**params, "model": model}, where="train")
+    card = trainer.run(args.out, log_fn=lambda m: print(_safe(m), file=sys.stderr))  # type: ignore[attr-defined]
+    print(json.dumps({k: card[k] for k in ("method", "data", "training", "metrics") if k in card}, indent=2))
+    print(f"adapter: {_safe(args.out)}  (use it: model params `adapter: {_safe(args.out)}`)")
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from mmsafe.registry import Registry
 
@@ -595,6 +627,7 @@ def main(argv: list[str] | None = None) -> int:
         "list": _cmd_list,
         "judge-train": _cmd_judge_train,
         "judge-eval": _cmd_judge_eval,
+        "train": _cmd_train,
     }
     try:
         return handlers[args.command](args)

@@ -192,27 +192,17 @@ def _metrics(labels: Sequence[bool], probs: Sequence[float], threshold: float) -
     }
 
 
-def train_harm_judge(
-    jbb_root: str | Path,
-    harmbench_root: str | Path,
-    out_path: str | Path,
+def held_out_split(
+    jbb: Sequence[TrainRow],
+    syn: Sequence[TrainRow],
     *,
     holdout_model: str = "gpt-3.5-turbo-1106",
     val_fraction: float = 0.2,
-    n_constructed: int = 600,
-    epochs: int = 3,
     seed: int = 0,
-    threshold: float = 0.5,
-    device: str = "cpu",
-    refit: bool = True,
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Validate the recipe on held-out behaviours and a held-out model, then (``refit``) train on all
-    rows and write ``out_path`` (+ its ``.json`` card). Returns the card."""
-    from mmsafe.judges import harm_model
-
-    jbb, jbb_hash = jbb_rows(jbb_root)
-    syn, syn_hash = constructed_negatives(harmbench_root, seed=seed, n=n_constructed)
+) -> tuple[Callable[[TrainRow], str | None], set[str], list[str]]:
+    """The recipe's split: (row → held-out cell name or None for training rows, held-out behaviours,
+    all behaviours). Whole behaviours and every answer of ``holdout_model`` are held out, never
+    random rows; ``benchmarks/judge_table.py`` measures other judges on the same cells."""
     if holdout_model not in {r.model for r in jbb}:
         raise ConfigError(f"holdout_model {holdout_model!r} answered no artifact; have {sorted({r.model for r in jbb})}")
     rng = random.Random(seed)
@@ -234,6 +224,32 @@ def train_harm_judge(
         if unseen_m:
             return "seen behaviour, unseen model"
         return None
+
+    return cell, held_groups, groups
+
+
+def train_harm_judge(
+    jbb_root: str | Path,
+    harmbench_root: str | Path,
+    out_path: str | Path,
+    *,
+    holdout_model: str = "gpt-3.5-turbo-1106",
+    val_fraction: float = 0.2,
+    n_constructed: int = 600,
+    epochs: int = 3,
+    seed: int = 0,
+    threshold: float = 0.5,
+    device: str = "cpu",
+    refit: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Validate the recipe on held-out behaviours and a held-out model, then (``refit``) train on all
+    rows and write ``out_path`` (+ its ``.json`` card). Returns the card."""
+    from mmsafe.judges import harm_model
+
+    jbb, jbb_hash = jbb_rows(jbb_root)
+    syn, syn_hash = constructed_negatives(harmbench_root, seed=seed, n=n_constructed)
+    cell, held_groups, groups = held_out_split(jbb, syn, holdout_model=holdout_model, val_fraction=val_fraction, seed=seed)
 
     rows = jbb + syn
     train_rows = [r for r in rows if cell(r) is None]

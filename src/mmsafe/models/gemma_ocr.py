@@ -7,9 +7,9 @@ converted once by :func:`mmsafe.models.gemma.ensure_gemma3_270m`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mmsafe.models.base import GenerationParams, ModelBackend
 from mmsafe.models.gemma import (
@@ -54,6 +54,19 @@ class GemmaOCRParams(BaseModel):
         None, description="cache root; default $MMSAFE_CACHE_DIR or ~/.cache/mmsafe"
     )
     cpu_threads: int | None = Field(None, ge=1, description="torch intra-op threads; None: torch's default")
+    adapter: str | None = Field(
+        None, description="LoRA adapter made by `mmsafe train` (a directory, or builtin:<name>), merged on load"
+    )
+    adapter_sha256: str | None = Field(
+        None, description="sha256 of the adapter's weights (filled from its card; a mismatch on load is an error)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pin_adapter(cls, values: Any) -> Any:
+        from mmsafe.training.lora import pin_adapter
+
+        return pin_adapter(values)
 
 
 class GemmaOCR(HFTextModel):
@@ -120,4 +133,6 @@ class GemmaOCR(HFTextModel):
             image_input="ocr",
             ocr_lang=p.ocr_lang,
             cpu_threads=p.cpu_threads,
+            adapter=p.adapter,
+            adapter_sha256=p.adapter_sha256,
         )

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mmsafe.errors import ConfigError, MissingDependency, require
 from mmsafe.models._hf_util import BatchedHFGeneration, cut_at_stop, layer_outputs, to_conversation
@@ -71,6 +71,21 @@ class HFTextParams(BaseModel):
     ocr_lang: str = Field("eng", description="Tesseract language(s), e.g. 'eng' or 'eng+deu'")
     ocr_timeout_s: float = Field(60.0, ge=0.0, description="per image; 0: no limit")
     trust_remote_code: bool = False
+    adapter: str | None = Field(
+        None,
+        description="LoRA adapter made by `mmsafe train` (a directory, or builtin:<name>); checked against "
+        "its card and this base model, merged on load",
+    )
+    adapter_sha256: str | None = Field(
+        None, description="sha256 of the adapter's weights (filled from its card; a mismatch on load is an error)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pin_adapter(cls, values: Any) -> Any:
+        from mmsafe.training.lora import pin_adapter
+
+        return pin_adapter(values)
     cpu_threads: int | None = Field(
         None,
         ge=1,
@@ -128,6 +143,8 @@ class HFTextModel(BatchedHFGeneration, WhiteBoxModel):
         self._eos_ids: frozenset[int] = frozenset()
         self._settings: HFTextParams | None = None
         self._ocr_cache: dict[str, str] = {}  # image sha256 → OCR text, for this loaded model only
+        #: the card of the adapter merged on load (``adapter`` param), else None
+        self.adapter_card: dict[str, Any] | None = None
         self._stop_criteria: Any = None  # built once per loaded model (see _stopping_criteria)
         if getattr(self.params, "image_input", "reject") == "ocr":
             self.capabilities = type(self).capabilities | {"images"}  # type: ignore[misc]
@@ -182,6 +199,10 @@ class HFTextModel(BatchedHFGeneration, WhiteBoxModel):
         model = transformers.AutoModelForCausalLM.from_pretrained(s.path, dtype=dtype, **common)
         model.to(self._device)
         model.eval()
+        if s.adapter is not None:
+            from mmsafe.training.lora import apply_adapter
+
+            self.adapter_card = apply_adapter(model, s.adapter, expected_sha256=s.adapter_sha256)
 
         eos = model.generation_config.eos_token_id
         if eos is None:
@@ -224,6 +245,12 @@ class HFTextModel(BatchedHFGeneration, WhiteBoxModel):
         Raises for this prompt only: an image that cannot be decoded, images with
         ``image_input="reject"``, a template that rejects the conversation.
         """
+        messages, image_texts = self._messages(prompt)
+        text = self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text, image_texts
+
+    def _messages(self, prompt: Prompt) -> tuple[list[dict[str, str]], list[str]]:
+        """Chat messages with string contents (each image replaced by its OCR text) and the OCR texts."""
         self._ensure_loaded()
         assert self._settings is not None
         conversation, pil_images = to_conversation(prompt, system_prompt=self._settings.system_prompt)
@@ -244,8 +271,38 @@ class HFTextModel(BatchedHFGeneration, WhiteBoxModel):
                 else:
                     pieces.append(part["text"])
             messages.append({"role": turn["role"], "content": "\n".join(pieces)})
+        return messages, image_texts
+
+    def render_answer(self, prompt: Prompt, answer: str) -> tuple[str, str]:
+        """(prompt text, the text the model should write after it) for training on ``answer``.
+
+        The prompt is rendered as :meth:`render` renders it; the continuation is what the chat
+        template puts after the generation prompt for an assistant turn holding ``answer`` (e.g.
+        ``" answer"`` plus the end-of-turn marker), and, when the backend cuts answers at
+        ``stop_strings``, the first stop string (so the model learns to end where inference cuts).
+        Images are read by OCR and placed exactly as at inference."""
+        messages, _ = self._messages(prompt)
+        assert self._settings is not None
         text = self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return text, image_texts
+        messages.append({"role": "assistant", "content": answer})
+        full = self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+        if not full.startswith(text):
+            raise ValueError("the chat template does not render the prompt as a prefix of prompt + answer")
+        tail = full[len(text) :]
+        if self._settings.stop_strings:
+            tail = tail.rstrip() + self._settings.stop_strings[0]
+        return text, tail
+
+    @property
+    def module(self) -> Any:
+        """The loaded torch model (for training: :mod:`mmsafe.training`)."""
+        self._ensure_loaded()
+        return self._model
+
+    @property
+    def tokenizer(self) -> Any:
+        self._ensure_loaded()
+        return self._tokenizer
 
     def _token_ids(self, text: str) -> list[int]:
         bos = self._tokenizer.bos_token

@@ -1,0 +1,159 @@
+"""Shared pieces of training on a local text backend (``hf-text``, ``gemma-ocr``): encode, score, step.
+
+Every example is (prompt, answer). :func:`encode` renders the prompt exactly as the backend renders it at
+inference (system prompt, chat template, OCR text of images) and appends the answer as the template
+writes an assistant turn (:meth:`~mmsafe.models.hf_text.HFTextModel.render_answer`), so a model is
+trained on the very token sequence it later continues. :func:`answer_logprobs` gives each example's
+summed log-probability of its answer tokens (SFT minimises its negative mean; DPO compares it between
+the policy and the reference). :func:`run_steps` is the one optimiser loop (AdamW, linear warm-up,
+gradient clipping, seeded shuffling) with time and peak-memory accounting.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mmsafe.types import Message, Prompt
+
+__all__ = ["Encoded", "StepStats", "answer_logprobs", "encode", "peak_rss_mb", "run_steps", "text_prompt"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of prompt + answer; the first ``n_prompt`` are the prompt's (no loss on them)."""
+
+    ids: tuple[int, ...]
+    n_prompt: int
+
+    @property
+    def n_answer(self) -> int:
+        return len(self.ids) - self.n_prompt
+
+
+def text_prompt(request: str, images: Sequence[Any] = ()) -> Prompt:
+    """A one-turn user prompt (images first, as :meth:`Message.user` orders them)."""
+    return Prompt(messages=(Message.user(request, tuple(images)),))
+
+
+def encode(backend: Any, prompt: Prompt, answer: str, *, max_tokens: int = 384) -> Encoded:
+    """``prompt`` rendered by ``backend`` followed by ``answer`` as its reply, cut to ``max_tokens``
+    (the prompt is cut from the left, so the answer and the prompt's end are kept)."""
+    text, tail = backend.render_answer(prompt, answer)
+    tok = backend.tokenizer
+    prompt_ids = backend._token_ids(text)
+    answer_ids = list(tok(tail, add_special_tokens=False)["input_ids"])
+    if not answer_ids:
+        raise ValueError("the answer has no tokens")
+    answer_ids = answer_ids[: max(1, max_tokens // 2)]
+    keep = max_tokens - len(answer_ids)
+    if len(prompt_ids) > keep:
+        prompt_ids = prompt_ids[:1] + prompt_ids[len(prompt_ids) - keep + 1 :]  # keep BOS and the prompt's end
+    return Encoded(tuple(prompt_ids) + tuple(answer_ids), len(prompt_ids))
+
+
+def answer_logprobs(module: Any, batch: Sequence[Encoded], *, pad_id: int, device: Any) -> tuple[Any, Any]:
+    """(summed log-probability of each example's answer tokens ``[B]``, answer token counts ``[B]``)."""
+    import torch
+
+    width = max(len(e.ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    for i, e in enumerate(batch):
+        n = len(e.ids)
+        ids[i, :n] = torch.tensor(e.ids)
+        mask[i, :n] = 1
+        labels[i, e.n_prompt : n] = torch.tensor(e.ids[e.n_prompt :])
+    ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+    logits = module(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+    target = labels[:, 1:]
+    valid = target != -100
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (logp * valid).sum(-1), valid.sum(-1)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, MiB (Linux/macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+@dataclass
+class StepStats:
+    """What a training run did: steps, loss curve, seconds, peak memory."""
+
+    steps: int = 0
+    examples: int = 0
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        k = max(1, len(self.losses) // 10)
+        return {
+            "steps": self.steps,
+            "examples_seen": self.examples,
+            "loss_first": round(sum(self.losses[:k]) / k, 4) if self.losses else None,
+            "loss_last": round(sum(self.losses[-k:]) / k, 4) if self.losses else None,
+            "seconds": round(self.seconds, 1),
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
+        }
+
+
+def run_steps(
+    params: Sequence[Any],
+    items: Sequence[Any],
+    loss_fn: Callable[[Sequence[Any]], Any],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    shuffle: bool = True,
+    warmup: float = 0.1,
+    max_grad_norm: float = 1.0,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> StepStats:
+    """AdamW over ``params``: ``epochs`` passes over ``items`` in batches (shuffled per epoch with
+    ``seed`` unless ``shuffle`` is False, which keeps the given order — sequential curricula),
+    learning rate warmed up linearly over the first ``warmup`` fraction of steps, then constant."""
+    import torch
+
+    stats = StepStats()
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    rng = random.Random(seed)
+    order = list(range(len(items)))
+    total = epochs * ((len(items) + batch_size - 1) // batch_size)
+    warm = max(1, int(warmup * total))
+    t0 = time.perf_counter()
+    step = 0
+    for _ in range(epochs):
+        if shuffle:
+            rng.shuffle(order)
+        for start in range(0, len(order), batch_size):
+            batch = [items[i] for i in order[start : start + batch_size]]
+            for g in opt.param_groups:
+                g["lr"] = lr * min(1.0, (step + 1) / warm)
+            loss = loss_fn(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            opt.step()
+            step += 1
+            stats.losses.append(float(loss.detach()))
+            stats.examples += len(batch)
+            if progress is not None:
+                progress(step, total, stats.losses[-1])
+    stats.steps = step
+    stats.seconds = time.perf_counter() - t0
+    stats.peak_rss_mb = peak_rss_mb()
+    return stats
