@@ -26,7 +26,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -134,12 +134,19 @@ EVAL_SETS: dict[str, Callable[[Path], Iterable[str]]] = {
     "mm-safetybench": _mm_safetybench,
     "jailbreakv-28k": _jailbreakv,
     "vlguard": _vlguard,
-    "siuo": lambda r: (rec["question"] for rec in json.loads((r / "siuo" / "data" / "siuo_gen.json").read_text())),
+    "siuo": lambda r: (
+        rec["question"]
+        for rec in json.loads((r / "siuo" / "data" / "siuo_gen.json").read_text(encoding="utf-8"))
+    ),
     "vlsafe": lambda r: (
-        rec["query"] for rec in _jsonl(r / "vlsafe" / "cirteo_Oh-Defense" / "data" / "VLSafe" / "harmlessness_examine.jsonl")
+        rec["query"]
+        for rec in _jsonl(
+            r / "vlsafe" / "cirteo_Oh-Defense" / "data" / "VLSafe" / "harmlessness_examine.jsonl"
+        )
     ),
     "vlsbench": lambda r: (
-        rec["instruction"] for rec in json.loads((r / "vlsbench" / "data" / "data.json").read_text(encoding="utf-8"))
+        rec["instruction"]
+        for rec in json.loads((r / "vlsbench" / "data" / "data.json").read_text(encoding="utf-8"))
     ),
     "privqa": _privqa,
     "tovilag": _tovilag,
@@ -147,7 +154,9 @@ EVAL_SETS: dict[str, Callable[[Path], Iterable[str]]] = {
 
 #: mmsafe's own evaluation suites (package data), compared like the public sets
 OWN_SUITES: dict[str, Callable[[], Iterable[str]]] = {
-    "mmsafe-starter": lambda: _suite(REPO / "src" / "mmsafe" / "data" / "starter.yaml", "question", "instruction"),
+    "mmsafe-starter": lambda: _suite(
+        REPO / "src" / "mmsafe" / "data" / "starter.yaml", "question", "instruction"
+    ),
     "mmsafe-vqa-starter": lambda: _suite(REPO / "src" / "mmsafe" / "data" / "vqa_starter.yaml", "question"),
 }
 
@@ -156,7 +165,9 @@ def load_eval_sets(shared: Path = DEFAULT_SHARED) -> tuple[dict[str, list[str]],
     """``({set name: its prompts}, [names of sets whose files are missing])``."""
     found: dict[str, list[str]] = {}
     missing: list[str] = []
-    readers: dict[str, Callable[[], Iterable[str]]] = {n: (lambda f=f: f(shared)) for n, f in EVAL_SETS.items()}
+    readers: dict[str, Callable[[], Iterable[str]]] = {
+        n: (lambda f=f: f(shared)) for n, f in EVAL_SETS.items()
+    }
     for name, read in {**readers, **OWN_SUITES}.items():
         try:
             found[name] = [t for t in read() if t.strip()]
@@ -166,14 +177,17 @@ def load_eval_sets(shared: Path = DEFAULT_SHARED) -> tuple[dict[str, list[str]],
 
 
 def training_texts(path: Path = TRAIN_FILE) -> list[tuple[str, str]]:
-    """``(label, text)`` for every request and title of the training file (label ``<id>`` or ``<id>:title``)."""
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    """``(label, text)`` for every request and title of the training file (label ``<id>`` or ``<id>:title``).
+
+    Read through mmsafe's own loader, so a malformed file fails here with the loader's message.
+    """
+    from mmsafe.training.examples import load_safety_items
+
     out: list[tuple[str, str]] = []
-    for kind in ("harmful", "benign"):
-        for item in data[kind]:
-            out.append((item["id"], item["request"]))
-            if item.get("title"):
-                out.append((f"{item['id']}:title", item["title"]))
+    for item in load_safety_items(path):
+        out.append((item.id, item.request))
+        if item.title:
+            out.append((f"{item.id}:title", item.title))
     return out
 
 
@@ -215,7 +229,7 @@ class OverlapReport:
     sets: tuple[SetReport, ...]
     missing: tuple[str, ...] = ()
     n_texts: int = 0
-    problems: list[str] = field(default_factory=list)
+    problems: tuple[str, ...] = ()
 
     @property
     def clean(self) -> bool:
@@ -279,7 +293,7 @@ def check(*, train_file: Path = TRAIN_FILE, shared: Path = DEFAULT_SHARED) -> Ov
     problems = [f"{s.name}: {s.exact} exact duplicate(s)" for s in reports if s.exact]
     problems += [f"{s.name}: Jaccard {s.max_jaccard} >= {FAIL}" for s in reports if s.max_jaccard >= FAIL]
     problems += [f"{name}: evaluation files not found under {shared}" for name in missing]
-    return OverlapReport(sets=reports, missing=tuple(missing), n_texts=len(train), problems=problems)
+    return OverlapReport(sets=reports, missing=tuple(missing), n_texts=len(train), problems=tuple(problems))
 
 
 def format_table(report: OverlapReport) -> str:
@@ -291,7 +305,9 @@ def format_table(report: OverlapReport) -> str:
             f"{s.name:<24}{s.n_prompts:>8}{s.exact:>7}{s.max_jaccard:>8.3f}{s.n_near:>8}{s.n_shared_ngram:>8}"
         )
     lines += [f"{name:<24}{'missing':>8}" for name in report.missing]
-    lines.append(f"{report.n_texts} training texts (requests + titles); {'clean' if report.clean else 'NOT clean'}")
+    lines.append(
+        f"{report.n_texts} training texts (requests + titles); {'clean' if report.clean else 'NOT clean'}"
+    )
     return "\n".join(lines)
 
 
@@ -299,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train-file", type=Path, default=TRAIN_FILE)
     ap.add_argument("--shared-data", type=Path, default=DEFAULT_SHARED)
-    ap.add_argument("--near", action="store_true", help="list training texts with Jaccard >= 0.6 or a shared 8-gram")
+    ap.add_argument(
+        "--near", action="store_true", help="list training texts with Jaccard >= 0.6 or a shared 8-gram"
+    )
     args = ap.parse_args(argv)
     report = check(train_file=args.train_file, shared=args.shared_data)
     print(format_table(report))

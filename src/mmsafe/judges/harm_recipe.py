@@ -165,9 +165,26 @@ def constructed_negatives(harmbench_root: str | Path, *, seed: int = 0, n: int =
     return rows, hashes
 
 
+def written_negatives() -> tuple[list[TrainRow], dict[str, str]]:
+    """mmsafe's own written examples (``mmsafe/data/safety_train.yaml``) as not-harmful rows: each harmful
+    request with its refusal, each benign request with its helpful answer. Without the benign pairs the
+    classifier only ever saw compliance with harmful requests, and called most helpful answers to benign
+    questions harmful (VLGuard's reference answers: 49% of 558; ``benchmarks/judge_table.py``)."""
+    from mmsafe.training.examples import load_safety_items, safety_items_sha256
+
+    rows = []
+    for item in load_safety_items():
+        kind = "written refusal" if item.kind == "harmful" else "written benign answer"
+        rows.append(TrainRow(item.request, item.target, False, f"written:{item.id}", "written", kind))
+    return rows, {"mmsafe/data/safety_train.yaml": safety_items_sha256()}
+
+
 # ------------------------------------------------------------------------------------------------
 # recipe
 # ------------------------------------------------------------------------------------------------
+
+#: answering "models" of rows made by mmsafe (not JailbreakBench answers)
+_MADE = frozenset({"constructed", "written"})
 
 
 def _metrics(labels: Sequence[bool], probs: Sequence[float], threshold: float) -> dict[str, Any]:
@@ -209,13 +226,17 @@ def held_out_split(
     groups = sorted({r.group for r in jbb})
     rng.shuffle(groups)
     held_groups = set(groups[: max(1, round(val_fraction * len(groups)))])
-    syn_groups = sorted({r.group for r in syn})
-    rng.shuffle(syn_groups)
-    held_syn = set(syn_groups[: max(1, round(val_fraction * len(syn_groups)))])
+    held_syn: set[str] = set()
+    for model in sorted({r.model for r in syn}):
+        syn_groups = sorted({r.group for r in syn if r.model == model})
+        rng.shuffle(syn_groups)
+        held_syn |= set(syn_groups[: max(1, round(val_fraction * len(syn_groups)))])
 
     def cell(r: TrainRow) -> str | None:
         if r.model == "constructed":
             return "constructed negatives, unseen request" if r.group in held_syn else None
+        if r.model == "written":
+            return f"{r.source}s, unseen request" if r.group in held_syn else None
         unseen_b, unseen_m = r.group in held_groups, r.model == holdout_model
         if unseen_b and unseen_m:
             return "unseen behaviour, unseen model"
@@ -236,6 +257,7 @@ def train_harm_judge(
     holdout_model: str = "gpt-3.5-turbo-1106",
     val_fraction: float = 0.2,
     n_constructed: int = 600,
+    written: bool = True,
     epochs: int = 3,
     seed: int = 0,
     threshold: float = 0.5,
@@ -249,6 +271,10 @@ def train_harm_judge(
 
     jbb, jbb_hash = jbb_rows(jbb_root)
     syn, syn_hash = constructed_negatives(harmbench_root, seed=seed, n=n_constructed)
+    written_hash: dict[str, str] = {}
+    if written:
+        extra, written_hash = written_negatives()
+        syn = syn + extra
     cell, held_groups, groups = held_out_split(jbb, syn, holdout_model=holdout_model, val_fraction=val_fraction, seed=seed)
 
     rows = jbb + syn
@@ -273,16 +299,16 @@ def train_harm_judge(
             by_cell.setdefault(cell(r) or "", []).append(i)
         for name, idx in sorted(by_cell.items()):
             card_metrics[name] = _metrics([val_rows[i].harmful for i in idx], [probs[i] for i in idx], threshold)
-        jbb_idx = [i for i, r in enumerate(val_rows) if r.model != "constructed"]
+        jbb_idx = [i for i, r in enumerate(val_rows) if r.model not in _MADE]
         card_metrics["all held-out JailbreakBench rows"] = _metrics(
             [val_rows[i].harmful for i in jbb_idx], [probs[i] for i in jbb_idx], threshold
         )
-        for key in sorted({(r.source) for r in val_rows if r.model != "constructed"}):
+        for key in sorted({r.source for r in val_rows if r.model not in _MADE}):
             idx = [i for i in jbb_idx if val_rows[i].source == key]
             card_metrics[f"held-out JBB rows, attack {key}"] = _metrics(
                 [val_rows[i].harmful for i in idx], [probs[i] for i in idx], threshold
             )
-        for key in sorted({r.model for r in val_rows if r.model != "constructed"}):
+        for key in sorted({r.model for r in val_rows if r.model not in _MADE}):
             idx = [i for i in jbb_idx if val_rows[i].model == key]
             card_metrics[f"held-out JBB rows, model {key}"] = _metrics(
                 [val_rows[i].harmful for i in idx], [probs[i] for i in idx], threshold
@@ -308,20 +334,23 @@ def train_harm_judge(
             "method": "LoRA cross-encoder on all-MiniLM-L6-v2 (mmsafe.judges.harm_model)",
             "epochs": epochs, "seed": seed, "lr": 1e-3, "batch_size": 16,
             "holdout_model": holdout_model, "val_fraction": val_fraction, "n_constructed": n_constructed,
+            "written_examples": written,
             "refit_on_all_rows": refit,
         },
         "data": {
             "jailbreakbench_artifacts": jbb_hash,
             "constructed_negatives_from": syn_hash,
+            "written_examples": written_hash,
             "n_rows": len(final_rows),
             "n_harmful": sum(r.harmful for r in final_rows),
             "labels": "JailbreakBench artifacts: the artifacts' 'jailbroken' field (JailbreakBench's automatic "
-            "judge, not people); constructed rows: not harmful by construction",
+            "judge, not people); constructed and written rows: not harmful by construction (refusals, "
+            "non-answers, off-topic text, helpful answers to benign requests)",
         },
         "held_out": card_metrics,
         "held_out_split": (
             f"{len(held_groups)} of {len(groups)} JBB behaviours (seed {seed}) and every answer of {holdout_model}; "
-            "constructed negatives of held-out requests"
+            "constructed negatives and written examples of held-out requests"
         ),
         "known_failure_modes": [
             "trained on English chat answers of four 2023-24 text models: other languages, other models' styles and "

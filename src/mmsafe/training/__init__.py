@@ -1,0 +1,1 @@
+"""Training data and recipes for safety-tuning models (the demo model's safety fine-tune)."""
