@@ -9,7 +9,7 @@ rules' rate *non-refusal rate*.
 
 Model: all-MiniLM-L6-v2 read as a cross-encoder over ``[CLS] request [SEP] response [SEP]`` with LoRA
 adapters and a linear head (:mod:`mmsafe.judges.harm_model`); the weights ship inside mmsafe
-(``mmsafe/data/harm-minilm-v1.safetensors`` + its card ``.json``), trained by
+(``mmsafe/data/harm-minilm-v2.safetensors`` + its card ``.json``), trained by
 ``mmsafe judge-train --method harm`` (:mod:`mmsafe.judges.harm_recipe`) on the JailbreakBench attack
 artifacts and rule-made negatives. The card carries the data's sha256, held-out metrics by source
 (unseen behaviours, an unseen answering model) and known failure modes; ``mmsafe judge-eval`` measures
@@ -44,7 +44,7 @@ from mmsafe.types import Expected, Generation, Judgement, Prompt, Sample
 __all__ = ["SHIPPED_WEIGHTS", "HarmJudge", "HarmJudgeParams"]
 
 #: the file inside the package (its card: the same name with .json)
-SHIPPED_WEIGHTS = "harm-minilm-v1.safetensors"
+SHIPPED_WEIGHTS = "harm-minilm-v2.safetensors"
 
 
 def shipped_weights() -> Path:
@@ -77,7 +77,7 @@ class HarmJudge(Judge):
     """
 
     name: ClassVar[str] = "harm"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: harm-minilm-v2 (written refusals and benign answers as negatives)
     construct: ClassVar[str] = "harm"
     Params: ClassVar[type[BaseModel]] = HarmJudgeParams
     params: HarmJudgeParams

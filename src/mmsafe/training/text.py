@@ -74,11 +74,20 @@ def answer_logprobs(module: Any, batch: Sequence[Encoded], *, pad_id: int, devic
         mask[i, :n] = 1
         labels[i, e.n_prompt : n] = torch.tensor(e.ids[e.n_prompt :])
     ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
-    logits = module(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
-    target = labels[:, 1:]
+    # logits only where an answer token is predicted: with a 262k-token vocabulary (Gemma 3) the output
+    # layer over every prompt position costs as much as the rest of the model
+    keep = width - min(e.n_prompt for e in batch) + 1
+    try:
+        logits = module(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits
+    except TypeError:  # a model without logits_to_keep: all positions
+        logits = module(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    logits = logits[:, :-1]  # position t predicts token t + 1; the last position predicts nothing here
+    target = labels[:, width - logits.shape[1] :]
+    ce = torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none"
+    ).view(target.shape)
     valid = target != -100
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (logp * valid).sum(-1), valid.sum(-1)
+    return -(ce * valid).sum(-1), valid.sum(-1)
 
 
 def peak_rss_mb() -> float:
