@@ -30,6 +30,7 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "hf": "mmsafe.models.hf:HFModel",
         "hf-text": "mmsafe.models.hf_text:HFTextModel",
         "gemma-ocr": "mmsafe.models.gemma_ocr:GemmaOCR",
+        "gemma-ocr-safe": "mmsafe.models.gemma_ocr:GemmaOCRSafe",
         "gemma-llava": "mmsafe.models.gemma_llava:GemmaLlava",
         "tiny-llava": "mmsafe.models.tiny:TinyLlava",
         "tiny": "mmsafe.models.tiny_families:TinyModel",

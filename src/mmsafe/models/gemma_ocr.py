@@ -21,7 +21,7 @@ from mmsafe.models.gemma import (
 )
 from mmsafe.models.hf_text import HFTextModel, HFTextParams
 
-__all__ = ["NOTE", "GemmaOCR", "GemmaOCRParams"]
+__all__ = ["NOTE", "NOTE_SAFE", "SAFE_ADAPTER", "GemmaOCR", "GemmaOCRParams", "GemmaOCRSafe", "GemmaOCRSafeParams"]
 
 PromptFormat = Literal["dialogue", "gemma"]
 
@@ -136,3 +136,52 @@ class GemmaOCR(HFTextModel):
             adapter=p.adapter,
             adapter_sha256=p.adapter_sha256,
         )
+
+
+#: The adapter :class:`GemmaOCRSafe` loads: made by ``mmsafe train sft`` (see its card).
+SAFE_ADAPTER = "builtin:gemma-safety-v1"
+
+NOTE_SAFE = (
+    "Gemma-3-270M base safety-tuned by mmsafe (LoRA safety SFT on mmsafe's own written examples, "
+    f"{SAFE_ADAPTER}), read through OCR: a small demo model that can refuse; its numbers show what mmsafe "
+    "measures, not how safe a production model is"
+)
+
+
+class GemmaOCRSafeParams(GemmaOCRParams):
+    """Settings of :class:`GemmaOCRSafe`: those of gemma-ocr, with the shipped safety adapter by default."""
+
+    adapter: str | None = Field(SAFE_ADAPTER, description="the safety adapter (default: the shipped one)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pin_adapter(cls, values: Any) -> Any:
+        from mmsafe.training.lora import pin_adapter
+
+        if isinstance(values, dict) and "adapter" not in values:
+            values = {**values, "adapter": SAFE_ADAPTER}
+        return pin_adapter(values)
+
+
+class GemmaOCRSafe(GemmaOCR):
+    """Gemma-3-270M base + mmsafe's safety adapter, behind OCR: the quickstart's demo model that can refuse.
+
+    The same pipeline as :class:`GemmaOCR` (Tesseract reads each image into the user turn; the base
+    model answers a ``User:``/``Assistant:`` dialogue) with a LoRA adapter merged on load:
+    ``mmsafe/data/adapters/gemma-safety-v1`` (safetensors + card), trained by ``mmsafe train sft`` on
+    mmsafe's own written examples — harmful requests → refusals, benign requests (including look-alikes
+    with trigger words) → answers — as TEXT only, disjoint from every evaluation set
+    (``scripts/check_training_overlap.py``). Its card records the recipe, data sha256, seed, losses,
+    time and held-out losses; ``benchmarks/training.py`` retrains it and measures refusal and
+    over-refusal on held-out sets. Because it learnt to refuse from text only, the same request arriving
+    as text in an image (FigStep) shows the survey's central risk (§1, risk 2) on a model a CPU can run.
+
+    It is a small demo model, not a production model: reports say so. Params: those of ``gemma-ocr``
+    (``adapter`` defaults to the shipped one).
+    """
+
+    name: ClassVar[str] = "gemma-ocr-safe"
+    Params: ClassVar[type[BaseModel]] = GemmaOCRSafeParams
+
+    def disclaimer(self) -> str | None:
+        return NOTE_SAFE
