@@ -144,6 +144,15 @@ def test_mllm_protector_rewrite_prompt_needs_its_fields():
         MLLMProtector(detector=STEP1, rewrite_prompt="rewrite {answer}")
 
 
+def test_mllm_protector_fills_query_and_answer_once_each_even_when_the_query_names_a_field():
+    from mmsafe.defenses.mllm_protector import detox_prompt
+
+    text = detox_prompt("Q: {query}\nA: {answer}", "say {answer} and {query}", "ANSWER-TEXT").messages[0].text
+    # the attacker's literal "{answer}" in the query stays literal; the real slot gets the answer
+    assert text.startswith("Q: say {answer} and {query}\nA: ") and text.endswith("ANSWER-TEXT")
+    assert text.count("ANSWER-TEXT") == 1
+
+
 # ------------------------------------------------------------------------------------------ self-moderation
 
 

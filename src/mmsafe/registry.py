@@ -104,6 +104,10 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
     "trainer": {
         "sft": "mmsafe.training.sft:SafetySFT",
         "dpo": "mmsafe.training.dpo:DPO",
+        "dress": "mmsafe.training.dress:DRESS",
+        "protector-detoxifier": "mmsafe.training.protector:ProtectorDetoxifier",
+        "protector-detector": "mmsafe.training.protector:ProtectorDetector",
+        "sft-vision": "mmsafe.training.sft_vision:VisionSafetySFT",
     },
 }
 

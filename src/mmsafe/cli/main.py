@@ -97,7 +97,10 @@ def _parser() -> argparse.ArgumentParser:
         "OUT/adapter.safetensors + OUT/card.json. Use the result as the model's `adapter: OUT` in any run.",
     )
     tr.add_argument("method", help="training method: sft, dpo, … (`mmsafe list trainer`)")
-    tr.add_argument("--model", required=True, help="base model: a name or a YAML mapping {name, params}")
+    tr.add_argument(
+        "--model", help="base model: a name or a YAML mapping {name, params} (methods that train no chat model, "
+        "such as protector-detector, take none)"
+    )
     tr.add_argument("--out", required=True, help="directory to write the adapter and its card to")
     tr.add_argument("--params", default="{}", help="the method's params as a YAML mapping, e.g. '{epochs: 2}'")
 
@@ -585,17 +588,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from mmsafe.registry import Registry
 
     try:
-        model = yaml.safe_load(args.model)
+        model = yaml.safe_load(args.model) if args.model is not None else None
         params = yaml.safe_load(args.params) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"--model / --params: not YAML ({exc})") from None
     if not isinstance(params, dict):
         raise ConfigError("--params must be a YAML mapping, e.g. '{epochs: 2}'")
     reg = Registry()
-    trainer = reg.create("trainer", args.method, {**params, "model": model}, where="train")
+    if model is not None:
+        params = {**params, "model": model}
+    trainer = reg.create("trainer", args.method, params, where="train")
     card = trainer.run(args.out, log_fn=lambda m: print(_safe(m), file=sys.stderr))  # type: ignore[attr-defined]
     print(json.dumps({k: card[k] for k in ("method", "data", "training", "metrics") if k in card}, indent=2))
-    print(f"adapter: {_safe(args.out)}  (use it: model params `adapter: {_safe(args.out)}`)")
+    if card.get("usage"):  # the method says how its output is used (a system prompt to keep, a judge file, …)
+        print(f"written to {_safe(args.out)}  (use it: {_safe(str(card['usage']).replace('OUT', args.out))})")
+    else:
+        print(f"adapter: {_safe(args.out)}  (use it: model params `adapter: {_safe(args.out)}`)")
     return 0
 
 

@@ -25,13 +25,15 @@ itself), ``rewrite_prompt`` (our wording below; ``{query}`` and ``{answer}`` are
 
 Where we differ from the paper: the detector and detoxifier are whatever judge and model the
 config names, prompted rather than fine-tuned (the paper's trained checkpoints can be plugged in as
-a judge and a model backend); the detoxifier sees text only — the query and the answer, not the
+a judge and a model backend, and ``mmsafe train protector-detector`` / ``protector-detoxifier``
+(:mod:`mmsafe.training.protector`) train both parts on local models); the detoxifier sees text only — the query and the answer, not the
 images (the paper's detoxifier, too, is conditioned on the query and the harmful answer); the
 rewrite prompt is ours.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -48,7 +50,7 @@ if TYPE_CHECKING:
     from mmsafe.models.base import ModelBackend
     from mmsafe.registry import Registry
 
-__all__ = ["DEFAULT_REWRITE_PROMPT", "MLLMProtector", "MLLMProtectorParams"]
+__all__ = ["DEFAULT_REWRITE_PROMPT", "MLLMProtector", "MLLMProtectorParams", "detox_prompt"]
 
 #: Our wording.
 DEFAULT_REWRITE_PROMPT = """\
@@ -63,6 +65,20 @@ REQUEST:
 
 ANSWER:
 <<<{answer}>>>"""
+
+
+_FIELD = re.compile(r"\{query\}|\{answer\}")
+
+
+def detox_prompt(template: str, query: str, answer: str, *, max_answer_chars: int = 4000) -> Prompt:
+    """The detoxifier's prompt: ``template`` with the neutralised ``query`` and the neutralised first
+    ``max_answer_chars`` of ``answer`` filled in, as one text-only user turn. The one place it is
+    built: the defense sends it, and ``protector-detoxifier`` (:mod:`mmsafe.training.protector`)
+    trains on it, so a trained detoxifier sees exactly what it is later sent."""
+    fills = {"{query}": neutralise(query), "{answer}": neutralise(answer[:max_answer_chars])}
+    # one pass, first occurrence of each: a query that itself holds "{answer}" is never filled again
+    text = _FIELD.sub(lambda m: fills.pop(m.group(0), m.group(0)), template)
+    return Prompt(messages=(Message.user(text),))
 
 
 class MLLMProtectorParams(BaseModel):
@@ -93,7 +109,7 @@ class MLLMProtector(Defense):
     """MLLM-Protector (Pi et al., EMNLP 2024): detect harmful answers, rewrite them with a detoxifier."""
 
     name: ClassVar[str] = "mllm-protector"
-    version: ClassVar[str] = "2"  # 2: request and answer neutralised as in the llm judge (was: markers broken up)
+    version: ClassVar[str] = "3"  # 3: query and answer filled in one pass; 2: neutralised as in the llm judge
     Params: ClassVar[type[BaseModel]] = MLLMProtectorParams
     uses_registry: ClassVar[bool] = True
     params: MLLMProtectorParams
@@ -134,10 +150,7 @@ class MLLMProtector(Defense):
     def rewrite_request(self, prompt: Prompt, answer: str) -> Prompt:
         """The detoxifier's prompt for ``answer`` to ``prompt`` (text only)."""
         p = self.params
-        text = p.rewrite_prompt.replace("{query}", neutralise(query_text(prompt)), 1)
-        return Prompt(
-            messages=(Message.user(text.replace("{answer}", neutralise(answer[: p.max_answer_chars]), 1)),)
-        )
+        return detox_prompt(p.rewrite_prompt, query_text(prompt), answer, max_answer_chars=p.max_answer_chars)
 
     def defend(
         self, prompts: Sequence[Prompt], seeds: Sequence[int], model: ModelBackend

@@ -15,9 +15,9 @@ import functools
 import json
 import logging
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mmsafe.errors import require
 from mmsafe.models._hf_util import MODEL_NOTE_FILE
@@ -166,6 +166,21 @@ class GemmaLlavaParams(BaseModel):
     )
     system_prompt: str | None = None
     cpu_threads: int | None = Field(None, ge=1, description="torch intra-op threads; None: torch's default")
+    adapter: str | None = Field(
+        None,
+        description="adapter made by `mmsafe train sft-vision` (a directory, or builtin:<name>): LoRA on the "
+        "language model plus the projector's weights; checked against its card and this model, merged on load",
+    )
+    adapter_sha256: str | None = Field(
+        None, description="sha256 of the adapter's weights (filled from its card; a mismatch on load is an error)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pin_adapter(cls, values: Any) -> Any:
+        from mmsafe.training.lora import pin_adapter
+
+        return pin_adapter(values)
 
 
 class GemmaLlava(HFModel):
@@ -182,7 +197,8 @@ class GemmaLlava(HFModel):
     turn the base model would otherwise invent), as in ``gemma-ocr``.
 
     Params: ``batch_size`` (8), ``generation`` (max_new_tokens 64, greedy), ``seed`` (0),
-    ``dtype`` (float32 | bfloat16), ``cache_dir``, ``system_prompt``, ``cpu_threads``.
+    ``dtype`` (float32 | bfloat16), ``cache_dir``, ``system_prompt``, ``cpu_threads``, ``adapter``
+    (e.g. one written by ``mmsafe train sft-vision``; its sha256 is pinned in ``adapter_sha256``).
     """
 
     name: ClassVar[str] = "gemma-llava"
@@ -209,4 +225,6 @@ class GemmaLlava(HFModel):
             system_prompt=p.system_prompt,
             cpu_threads=p.cpu_threads,
             stop_strings=DIALOGUE_STOP,
+            adapter=p.adapter,
+            adapter_sha256=p.adapter_sha256,
         )

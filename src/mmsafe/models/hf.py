@@ -72,6 +72,21 @@ class HFParams(BaseModel):
         ge=1,
         description="torch intra-op threads when running on CPU (process-wide); None: torch's default",
     )
+    adapter: str | None = Field(
+        None,
+        description="adapter made by `mmsafe train` (a directory, or builtin:<name>): LoRA, plus any full-weight "
+        "modules it trained (a projector); checked against its card and this base model, merged on load",
+    )
+    adapter_sha256: str | None = Field(
+        None, description="sha256 of the adapter's weights (filled from its card; a mismatch on load is an error)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pin_adapter(cls, values: Any) -> Any:
+        from mmsafe.training.lora import pin_adapter
+
+        return pin_adapter(values)
 
     @model_validator(mode="after")
     def _max_memory_needs_device_map(self) -> HFParams:
@@ -117,7 +132,10 @@ class HFModel(BatchedHFGeneration, WhiteBoxModel):
     ``"cpu"``, or ``{module: device}`` such as ``{"": "cpu"}``),
     ``max_memory`` (per-device limits, with ``device_map``), ``batch_size`` (8), ``generation``
     (max_new_tokens, temperature, top_p), ``system_prompt``, ``stop_strings``, ``trust_remote_code`` (False),
-    ``cpu_threads`` (torch's intra-op threads on CPU). A folder holding ``mmsafe_random_weights.json``
+    ``cpu_threads`` (torch's intra-op threads on CPU), ``adapter`` (an adapter directory written by
+    ``mmsafe train``, e.g. ``sft-vision``: LoRA on the language model plus the projector's full
+    weights; its sha256 is pinned into ``adapter_sha256`` when the spec is made, and checked with
+    the base model's fingerprint on load). A folder holding ``mmsafe_random_weights.json``
     is flagged as random weights.
     """
 
@@ -141,6 +159,8 @@ class HFModel(BatchedHFGeneration, WhiteBoxModel):
         self._eos_ids: frozenset[int] = frozenset()
         self._settings: HFParams | None = None
         self._stop_criteria: Any = None  # built once per loaded model (see _stopping_criteria)
+        #: the card of the adapter merged on load (``adapter`` param), else None
+        self.adapter_card: dict[str, Any] | None = None
         if isinstance(self.params, HFParams):  # a stat, no I/O beyond it: reports know before load()
             self.random_weights = has_random_weights_marker(self.params.path)
             arch = read_architecture(self.params.path)
@@ -222,6 +242,10 @@ class HFModel(BatchedHFGeneration, WhiteBoxModel):
             self._device = model.device
         model.eval()
         model.requires_grad_(False)  # attacks need input gradients only, never weight gradients
+        if s.adapter is not None:
+            from mmsafe.training.lora import apply_adapter
+
+            self.adapter_card = apply_adapter(model, s.adapter, expected_sha256=s.adapter_sha256)
 
         eos = model.generation_config.eos_token_id
         if eos is None:
@@ -254,6 +278,51 @@ class HFModel(BatchedHFGeneration, WhiteBoxModel):
             import torch
 
             torch.cuda.empty_cache()
+
+    @property
+    def module(self) -> Any:
+        """The loaded torch model (for training: :mod:`mmsafe.training`)."""
+        self._ensure_loaded()
+        return self._model
+
+    @property
+    def tokenizer(self) -> Any:
+        """The processor's tokenizer (loaded)."""
+        self._ensure_loaded()
+        return self._processor.tokenizer
+
+    def render_answer(self, prompt: Prompt, answer: str) -> tuple[str, str]:
+        """(prompt text, the text the model should write after it) for training on ``answer``.
+
+        The prompt is rendered as :meth:`generate` renders it; the continuation is what the chat
+        template writes after the generation prompt for an assistant turn holding ``answer`` (the
+        answer and its end-of-turn marker; nothing after the end-of-sequence token), or, when the
+        backend cuts answers at ``stop_strings``, the answer and the first stop string (the model
+        learns to end where inference cuts). Families without a chat template (PaliGemma, BLIP-2)
+        get the answer and the end-of-sequence token."""
+        self._ensure_loaded()
+        assert self._settings is not None
+        conversation, images = to_conversation(prompt, system_prompt=self._settings.system_prompt)
+        text = self._family.render(conversation, images)
+        eos = self._processor.tokenizer.eos_token or ""
+        if not self._family.needs_chat_template:
+            sep = "" if not text or text[-1].isspace() else " "
+            return text, sep + answer + eos
+        from transformers.processing_utils import ProcessorMixin
+
+        turn = {"role": "assistant", "content": [{"type": "text", "text": answer}]}
+        # ProcessorMixin's own method: some processors' overrides insist on a video processor
+        full = ProcessorMixin.apply_chat_template(
+            self._processor, [*conversation, turn], add_generation_prompt=False, tokenize=False
+        )
+        if not full.startswith(text):
+            raise ValueError("the chat template does not render the prompt as a prefix of prompt + answer")
+        tail = full[len(text) :]
+        if self._settings.stop_strings:
+            tail = tail.rstrip() + self._settings.stop_strings[0]
+        elif eos and eos in tail:
+            tail = tail[: tail.rindex(eos) + len(eos)]
+        return text, tail
 
     # --------------------------------------------------------------- generation
 

@@ -116,7 +116,7 @@ class DPO(Trainer):
         module = backend.module
         device = next(module.parameters()).device
         pad = backend.tokenizer.pad_token_id or 0
-        params = inject(module, p.lora)
+        params = inject(module, p.lora, seed=p.seed)
 
         def scores(batch: Sequence[tuple[Encoded, Encoded]], *, grad: bool) -> tuple[Any, ...]:
             flat = [w for w, _ in batch] + [lo for _, lo in batch]

@@ -214,7 +214,7 @@ class SafetySFT(Trainer):
             return out
 
         before = held_loss()
-        params = inject(module, p.lora)
+        params = inject(module, p.lora, seed=p.seed)
         module.train()
 
         def loss_fn(batch: Sequence[Encoded]) -> Any:

@@ -1,0 +1,473 @@
+"""MLLM-Protector's two trained parts: the detoxifier (a LoRA on a local LM) and the harm detector.
+
+Paper: R. Pi, T. Han, J. Zhang, Y. Xie, R. Pan, Q. Lian, H. Dong, J. Zhang, T. Zhang, "MLLM-Protector:
+Ensuring MLLM's Safety without Hurting Performance", EMNLP 2024, arXiv:2401.02906. The defense
+(:mod:`mmsafe.defenses.mllm_protector`, ``mllm-protector``) puts two small models behind an MLLM: a
+*harm detector* (a pretrained LM fine-tuned as a binary classifier of responses) and, for the
+answers it flags, a *detoxifier* (an LM fine-tuned to turn a harmful answer into a harmless one,
+given the query and the answer). The paper trains both on its Safe-Harm-10K data (ChatGPT-written
+queries with harmful and safe answers). This module trains both on mmsafe's data, so the defense can
+run with trained parts instead of prompted ones:
+
+- ``protector-detoxifier`` (:class:`ProtectorDetoxifier`) writes a LoRA adapter for a local text
+  backend; use it as ``detoxifier: {name: hf-text, params: {path: …, adapter: OUT}}``;
+- ``protector-detector`` (:class:`ProtectorDetector`) writes a harm classifier (the ``harm`` judge's
+  LoRA MiniLM cross-encoder, :mod:`mmsafe.judges.harm_model`); use it as
+  ``detector: {name: harm, params: {weights: OUT/detector.safetensors}}``.
+
+Threat model: none at training time. At inference the judged answer and the query are
+attacker-controlled: the detoxifier reads them neutralised inside ``<<<`` ``>>>`` blocks (the defense's
+own prompt, :func:`~mmsafe.defenses.mllm_protector.detox_prompt`), the detector executes nothing.
+
+Departures from the authors' code: LoRA on any local causal LM (hf-text / gemma-ocr) instead of their
+fine-tuned LLMs; the detector is a MiniLM cross-encoder over (query, response) with LoRA, not a
+fine-tuned LLM with a classification head; the detoxifier's input is the defense's rewrite prompt (our
+wording), not theirs; the data is mmsafe's written set or your JSONL, not Safe-Harm-10K; text only
+(the paper's detector, too, reads the response text; its detoxifier sees the query and the answer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mmsafe.config import ComponentField
+from mmsafe.errors import ConfigError
+from mmsafe.training.base import Trainer
+from mmsafe.training.lora import LoraSettings, inject
+from mmsafe.training.sft import Example, load_examples
+from mmsafe.training.text import Encoded, answer_logprobs, encode, run_steps
+
+__all__ = [
+    "DETECTOR_FILE",
+    "LabelledRow",
+    "ProtectorDetector",
+    "ProtectorDetectorParams",
+    "ProtectorDetoxifier",
+    "ProtectorDetoxifierParams",
+    "detector_rows",
+    "detox_pairs",
+    "split_by_request",
+]
+
+log = logging.getLogger(__name__)
+
+#: the detector's file inside the output directory (its card: the same name with .json)
+DETECTOR_FILE = "detector.safetensors"
+
+
+# --------------------------------------------------------------------------------------------------
+# the detoxifier
+# --------------------------------------------------------------------------------------------------
+
+
+class ProtectorDetoxifierParams(BaseModel):
+    """Parameters of :class:`ProtectorDetoxifier`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: ComponentField = Field(description="the detoxifier's base model: {name, params} of hf-text or gemma-ocr")
+    data: str = Field("builtin", description="builtin (mmsafe's written set) or a JSONL file with 'rejected'")
+    rewrite_prompt: str | None = Field(
+        None, description="the defense's rewrite_prompt, if you changed it there (None: its default)"
+    )
+    max_answer_chars: int = Field(4000, ge=100, le=200_000, description="as the defense's max_answer_chars")
+    keep_benign: bool = Field(True, description="also train harmless answers to pass through unchanged")
+    n_examples: int | None = Field(None, ge=2, description="training pairs to use (None: all)")
+    epochs: int = Field(2, ge=1, le=100)
+    lr: float = Field(2e-4, gt=0, le=1.0)
+    batch_size: int = Field(8, ge=1, le=512)
+    max_tokens: int = Field(512, ge=32, le=8192, description="prompt + answer tokens (the rewrite prompt is long)")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    held_out_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    seed: int = 0
+
+    @field_validator("rewrite_prompt")
+    @classmethod
+    def _has_fields(cls, v: str | None) -> str | None:
+        if v is not None:
+            missing = [f for f in ("{query}", "{answer}") if f not in v]
+            if missing:
+                raise ValueError(f"rewrite_prompt must contain {' and '.join(missing)}")
+        return v
+
+
+def detox_pairs(
+    examples: Sequence[Example], *, template: str, max_answer_chars: int = 4000, keep_benign: bool = True
+) -> list[tuple[str, Any, str]]:
+    """(kind, detoxifier prompt, target) per example: a harmful request's compliant answer
+    (``rejected``) → its safe answer (``answer``, the refusal); with ``keep_benign`` a benign request's
+    answer → itself. The prompt is the defense's own (:func:`detox_prompt`), so training is inference."""
+    from mmsafe.defenses.mllm_protector import detox_prompt
+
+    out = []
+    for e in examples:
+        if e.kind == "harmful" and e.rejected.strip():
+            out.append(("harmful", detox_prompt(template, e.request, e.rejected, max_answer_chars=max_answer_chars), e.answer))
+        elif e.kind == "benign" and keep_benign:
+            out.append(("benign", detox_prompt(template, e.request, e.answer, max_answer_chars=max_answer_chars), e.answer))
+    return out
+
+
+class ProtectorDetoxifier(Trainer):
+    """MLLM-Protector's detoxifier (Pi et al., EMNLP 2024): LoRA that rewrites harmful answers into safe ones.
+
+    Each training pair is the ``mllm-protector`` defense's rewrite prompt filled with (request,
+    harmful answer) — for harmful rows the data's ``rejected`` (compliant) answer — and the target is
+    the safe answer (the row's ``answer``, a refusal). With ``keep_benign`` benign rows teach the
+    detoxifier to return a harmless answer as it is (a detector false positive then costs nothing).
+    Loss: teacher-forced NLL on the target tokens (as ``sft``). Use the adapter as the defense's
+    ``detoxifier`` model spec, with the same ``rewrite_prompt`` and ``max_answer_chars`` as here.
+
+    Card metrics: the held-out target NLL per token (harmful, benign) before and after; rewrite rates
+    need generation and are measured by running the defense (see docs/training.md).
+
+    Params: ``model`` (required), ``data`` ("builtin"), ``rewrite_prompt`` (None: the defense's
+    default), ``max_answer_chars`` (4000), ``keep_benign`` (true), ``n_examples`` (None), ``epochs`` (2),
+    ``lr`` (2e-4), ``batch_size`` (8), ``max_tokens`` (512), ``lora``, ``held_out_fraction`` (0.2), ``seed`` (0).
+    """
+
+    name: ClassVar[str] = "protector-detoxifier"
+    version: ClassVar[str] = "1"
+    Params: ClassVar[type[BaseModel]] = ProtectorDetoxifierParams
+    params: ProtectorDetoxifierParams
+
+    def template(self) -> str:
+        from mmsafe.defenses.mllm_protector import DEFAULT_REWRITE_PROMPT
+
+        return self.params.rewrite_prompt or DEFAULT_REWRITE_PROMPT
+
+    def fit(self, backend: Any, *, log_fn: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
+        import torch
+
+        p = self.params
+        train, held, data_sha = load_examples(p.data, held_out_fraction=p.held_out_fraction, seed=p.seed)
+        args = {"template": self.template(), "max_answer_chars": p.max_answer_chars, "keep_benign": p.keep_benign}
+        pairs = detox_pairs(train, **args)
+        if p.n_examples is not None:
+            if p.n_examples > len(pairs):
+                raise ConfigError(f"protector-detoxifier: n_examples={p.n_examples} but the data gives {len(pairs)} pairs")
+            pairs = random.Random(p.seed).sample(pairs, p.n_examples)
+        if not any(kind == "harmful" for kind, _, _ in pairs):
+            raise ConfigError("protector-detoxifier: no harmful row with a 'rejected' (harmful) answer to learn from")
+        held_pairs = detox_pairs(held, **args)
+        items = [encode(backend, prompt, target, max_tokens=p.max_tokens) for _, prompt, target in pairs]
+        held_items = [(kind, encode(backend, prompt, target, max_tokens=p.max_tokens)) for kind, prompt, target in held_pairs]
+        module = backend.module
+        device = next(module.parameters()).device
+        pad = backend.tokenizer.pad_token_id or 0
+
+        def held_nll() -> dict[str, float]:
+            out = {}
+            with torch.no_grad():
+                for kind in ("harmful", "benign"):
+                    rows = [x for k, x in held_items if k == kind]
+                    tot, cnt = 0.0, 0
+                    for i in range(0, len(rows), 16):
+                        lp, n = answer_logprobs(module, rows[i : i + 16], pad_id=pad, device=device)
+                        tot += float(-lp.sum())
+                        cnt += int(n.sum())
+                    if cnt:
+                        out[kind] = round(tot / cnt, 4)
+            return out
+
+        before = held_nll()
+        params = inject(module, p.lora, seed=p.seed)
+        module.train()
+
+        def loss_fn(batch: Sequence[Encoded]) -> Any:
+            lp, n = answer_logprobs(module, batch, pad_id=pad, device=device)
+            return -(lp.sum() / n.sum())
+
+        def progress(step: int, total: int, loss: float) -> None:
+            if step == 1 or step % max(1, total // 10) == 0 or step == total:
+                log_fn(f"protector-detoxifier step {step}/{total} loss {loss:.3f}")
+
+        n_harm = sum(kind == "harmful" for kind, _, _ in pairs)
+        log_fn(f"protector-detoxifier: {len(items)} pairs ({n_harm} harmful → safe), {p.epochs} epochs; held out {len(held_items)}")
+        stats = run_steps(params, items, loss_fn, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, seed=p.seed, progress=progress)
+        module.eval()
+        after = held_nll()
+        fields = {
+            "data": {
+                "source": p.data,
+                "sha256": data_sha,
+                "n_train": len(items),
+                "n_harmful": n_harm,
+                "n_held_out": len(held_items),
+                "held_out_split": f"{p.held_out_fraction:g} of the requests (by request, seed {p.seed})",
+            },
+            "seed": p.seed,
+            "rewrite_prompt_sha256": hashlib.sha256(self.template().encode()).hexdigest(),
+            "usage": "mllm-protector detoxifier: {name: <base model>, params: {<base params>, adapter: OUT}}, "
+            "with the same rewrite_prompt and max_answer_chars as in training",
+            "training": stats.summary(),
+            "metrics": {"held_out_target_nll_before": before, "held_out_target_nll_after": after},
+        }
+        return p.lora, fields
+
+
+# --------------------------------------------------------------------------------------------------
+# the detector
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelledRow:
+    """One (request, response) pair and whether the response is harmful; ``group`` keeps a request's
+    rows on one side of a split (by default the request itself)."""
+
+    request: str
+    response: str
+    harmful: bool
+    group: str
+    source: str
+
+
+class ProtectorDetectorParams(BaseModel):
+    """Parameters of :class:`ProtectorDetector`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: str | None = Field(
+        "builtin", description="builtin or a JSONL of {request, answer, kind, rejected} rows (None: labelled only)"
+    )
+    labelled: str | None = Field(
+        None, description="a JSONL of {request, response, harmful: bool, group?} rows, added to data's"
+    )
+    held_out_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of requests (groups) held out")
+    epochs: int = Field(3, ge=1, le=100)
+    lr: float = Field(1e-3, gt=0, le=1.0)
+    batch_size: int = Field(16, ge=1, le=1024)
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="P(harmful) at or above which the judge says harmful")
+    refit: bool = Field(False, description="after validation, train again on every row (the card's metrics are then the validation run's)")
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _some_data(self) -> ProtectorDetectorParams:
+        if self.data is None and self.labelled is None:
+            raise ValueError("give data, labelled, or both")
+        return self
+
+
+def detector_rows(examples: Sequence[Example]) -> list[LabelledRow]:
+    """Labelled rows from training examples: a harmful request's ``rejected`` (compliant) answer is
+    harmful, its ``answer`` (refusal) is not; a benign request's answer and its ``rejected`` (an
+    over-refusal) are not harmful — a refusal is not harm."""
+    out = []
+    for e in examples:
+        group = f"request:{e.request}"
+        out.append(LabelledRow(e.request, e.answer, False, group, f"{e.kind} answer"))
+        if e.rejected.strip():
+            out.append(LabelledRow(e.request, e.rejected, e.kind == "harmful", group, f"{e.kind} rejected"))
+    return out
+
+
+def _read_labelled(path: str) -> tuple[list[LabelledRow], str]:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"labelled: {path} is not a file")
+    raw = p.read_bytes()
+    rows = []
+    for n, line in enumerate(raw.decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            harmful = obj["harmful"]
+            if not isinstance(harmful, bool):
+                raise ValueError(f"harmful must be true or false, not {harmful!r}")
+            request = str(obj["request"])
+            group = str(obj.get("group") or f"request:{request}")
+            rows.append(LabelledRow(request, str(obj["response"]), harmful, group, "labelled"))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{p}:{n}: not a labelled row ({exc}); need request, response, harmful") from None
+    return rows, hashlib.sha256(raw).hexdigest()
+
+
+def split_by_request(
+    rows: Sequence[LabelledRow], *, held_out_fraction: float, seed: int
+) -> tuple[list[LabelledRow], list[LabelledRow]]:
+    """(training rows, held-out rows): a seeded ``held_out_fraction`` of the groups (requests) is held
+    out with every row of theirs, so no request is on both sides; at least one group each side."""
+    groups = sorted({r.group for r in rows})
+    if len(groups) < 2:
+        raise ConfigError("protector-detector: the held-out split needs rows of at least 2 requests")
+    random.Random(seed).shuffle(groups)
+    k = min(len(groups) - 1, max(1, round(held_out_fraction * len(groups))))
+    held = set(groups[:k])
+    return [r for r in rows if r.group not in held], [r for r in rows if r.group in held]
+
+
+def _metrics(labels: Sequence[bool], probs: Sequence[float], threshold: float) -> dict[str, Any]:
+    from mmsafe.metrics.classification import accuracy, auroc, precision_recall_f1
+
+    pred = [p >= threshold for p in probs]
+    pos = sum(labels)
+    acc = accuracy(list(labels), pred)
+    out: dict[str, Any] = {
+        "n": len(labels),
+        "n_harmful": pos,
+        "accuracy": None if acc.value is None else round(acc.value, 4),
+        "accuracy_95ci": None if acc.value is None else [round(acc.lo, 4), round(acc.hi, 4)],
+        "majority_baseline": round(max(pos, len(labels) - pos) / len(labels), 4) if labels else None,
+    }
+    if pos and pos < len(labels):
+        s = precision_recall_f1(list(labels), pred, labels=[True, False])[True]
+        out.update(
+            precision=None if s.precision is None else round(s.precision, 4),
+            recall=None if s.recall is None else round(s.recall, 4),
+            f1=None if s.f1 is None else round(s.f1, 4),
+            auroc=round(auroc(list(labels), list(probs)).value, 4),
+        )
+    return out
+
+
+class ProtectorDetector(Trainer):
+    """MLLM-Protector's harm detector (Pi et al., EMNLP 2024): a LoRA MiniLM cross-encoder, loaded as ``harm``.
+
+    Trains :mod:`mmsafe.judges.harm_model`'s network (all-MiniLM-L6-v2 read as a cross-encoder over
+    ``[CLS] request [SEP] response [SEP]``, LoRA on the top blocks, a linear head; class-weighted BCE)
+    on labelled (request, response, harmful) rows and writes ``OUT/detector.safetensors`` + its card
+    ``OUT/detector.json``, which the ``harm`` judge loads: ``{name: harm, params: {weights:
+    OUT/detector.safetensors}}`` — the ``mllm-protector`` defense's ``detector``.
+
+    Rows: from ``data`` (training examples, :func:`detector_rows`: compliance with a harmful request is
+    harmful; refusals and helpful answers to benign requests are not) and/or ``labelled`` (a JSONL of
+    ``{request, response, harmful, group?}``). Validation: a ``held_out_fraction`` of the *requests* is
+    held out with all their rows — never random rows only, which would put the same request on both
+    sides and measure memorised requests: ``data`` rows follow the data's own split (``builtin`` keeps
+    paraphrases of a request together), ``labelled`` rows are split by ``group`` (default: the request).
+    The card records accuracy (Wilson 95% interval), precision, recall, F1 and AUROC on the held-out
+    rows, overall and by source, with the majority baseline. The file written is
+    that validated model (``refit: true`` trains once more on every row; the card then says so).
+
+    Not the ``Trainer.run`` shape: there is no backend to load and no LoRA adapter on a chat model, so
+    this class overrides :meth:`run` (same call, same card fields: method, params, data sha256, seed,
+    training, metrics) and has no ``model`` param; the network is the packaged MiniLM (``judges`` extra).
+
+    Params: ``data`` ("builtin"), ``labelled`` (None), ``held_out_fraction`` (0.2), ``epochs`` (3), ``lr``
+    (1e-3), ``batch_size`` (16), ``threshold`` (0.5), ``refit`` (false), ``device`` (cpu), ``seed`` (0).
+    """
+
+    name: ClassVar[str] = "protector-detector"
+    version: ClassVar[str] = "1"
+    Params: ClassVar[type[BaseModel]] = ProtectorDetectorParams
+    params: ProtectorDetectorParams
+    trains: ClassVar[frozenset[str]] = frozenset()
+
+    def split_rows(self) -> tuple[list[LabelledRow], list[LabelledRow], dict[str, str]]:
+        """(training rows, held-out rows, {source: sha256} of what was read). Rows from ``data`` follow
+        the data's own split by request (:func:`~mmsafe.training.sft.load_examples`: for ``builtin``,
+        paraphrase groups stay on one side); ``labelled`` rows are split by ``group``
+        (:func:`split_by_request`)."""
+        p = self.params
+        train: list[LabelledRow] = []
+        held: list[LabelledRow] = []
+        hashes: dict[str, str] = {}
+        if p.data is not None:
+            tr, he, sha = load_examples(p.data, held_out_fraction=p.held_out_fraction, seed=p.seed)
+            train += detector_rows(tr)
+            held += detector_rows(he)
+            hashes[p.data] = sha
+        if p.labelled is not None:
+            rows, sha = _read_labelled(p.labelled)
+            tr_rows, he_rows = split_by_request(rows, held_out_fraction=p.held_out_fraction, seed=p.seed)
+            train += tr_rows
+            held += he_rows
+            hashes[p.labelled] = sha
+        return train, held, hashes
+
+    def fit(self, backend: Any, *, log_fn: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
+        raise NotImplementedError("protector-detector trains no backend: call run(out_dir)")
+
+    def run(self, out_dir: str | Path, *, log_fn: Callable[[str], None] = log.info) -> dict[str, Any]:
+        """Train on the training requests, measure on the held-out ones, write the classifier; return its card."""
+        import platform
+
+        from mmsafe import __version__
+        from mmsafe.judges import harm_model
+
+        p = self.params
+        train, held, hashes = self.split_rows()
+        rows = train + held
+        if not any(r.harmful for r in train) or all(r.harmful for r in train):
+            raise ConfigError("protector-detector: the training rows need both harmful and not-harmful responses")
+        if not held:
+            raise ConfigError("protector-detector: nothing held out (more requests, or a larger held_out_fraction)")
+        log_fn(
+            f"protector-detector: {len(train)} training rows ({sum(r.harmful for r in train)} harmful), "
+            f"{len(held)} held out ({len({r.group for r in held})} of {len({r.group for r in rows})} requests)"
+        )
+        config = harm_model.HarmNetConfig()
+
+        def progress(step: int, total: int, loss: float) -> None:
+            if step == 1 or step % max(1, total // 10) == 0 or step == total:
+                log_fn(f"protector-detector step {step}/{total} loss {loss:.3f}")
+
+        def fit(part: Sequence[LabelledRow]) -> tuple[Any, Any, dict[str, Any]]:
+            return harm_model.train(
+                [r.request for r in part], [r.response for r in part], [r.harmful for r in part], config=config,
+                epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, seed=p.seed, device=p.device, progress=progress,
+            )
+
+        t0 = time.perf_counter()
+        net, tok, hist = fit(train)
+        probs = harm_model.predict(net, tok, [r.request for r in held], [r.response for r in held], config, device=p.device)
+        metrics = _metrics([r.harmful for r in held], probs, p.threshold)
+        by_source = {
+            s: _metrics([r.harmful for r in held if r.source == s], [q for q, r in zip(probs, held, strict=True) if r.source == s], p.threshold)
+            for s in sorted({r.source for r in held})
+        }
+        log_fn(f"protector-detector held out: accuracy {metrics['accuracy']} (majority {metrics['majority_baseline']})")
+        final_rows = train
+        if p.refit:
+            net, tok, hist = fit(rows)
+            final_rows = rows
+        card = {
+            "method": self.name,
+            "method_version": self.version,
+            "params": self.spec.params,
+            "mmsafe_version": __version__,
+            "platform": f"{platform.system()} {platform.machine()}, python {platform.python_version()}",
+            "threshold": p.threshold,
+            "construct": "harm: the response gives the help a harmful request asks for (a refusal is not harm)",
+            "data": {
+                "sources": hashes,
+                "n_rows": len(rows),
+                "n_harmful": sum(r.harmful for r in rows),
+                "n_train": len(final_rows),
+                "n_held_out": len(held),
+                "held_out_split": f"{p.held_out_fraction:g} of the requests, with all their rows (seed {p.seed}; "
+                "data: its own split, builtin keeps paraphrases together; labelled: by group)",
+                "refit_on_all_rows": p.refit,
+            },
+            "seed": p.seed,
+            "training": {
+                "epochs": p.epochs,
+                "steps": hist["steps"],
+                "loss_per_epoch": [round(x, 4) for x in hist["loss"]],
+                "seconds": round(time.perf_counter() - t0, 1),
+            },
+            "metrics": {"held_out": metrics, "held_out_by_source": by_source},
+            "usage": f"mllm-protector detector: {{name: harm, params: {{weights: {Path(out_dir) / DETECTOR_FILE}}}}}",
+            "known_failure_modes": [
+                "learns what the training rows call harmful: mmsafe's written compliance texts carry no operational "
+                "detail, so a real harmful answer in another style is out of distribution",
+                f"reads at most {config.max_tokens} tokens (request cut to {config.max_request_tokens})",
+                "text only: an image's content reaches it only through the request text",
+            ],
+        }
+        saved = harm_model.save_net(net, Path(out_dir) / DETECTOR_FILE, config=config, card=card)
+        log_fn(f"detector written to {Path(out_dir) / DETECTOR_FILE}")
+        return saved
