@@ -32,9 +32,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+#: sft: the recipe of the shipped adapter (its card: mmsafe/data/adapters/gemma-safety-v2/card.json), chosen
+#: on mmsafe's own held-out written split (benchmarks/safety_heldout.py), never on the sets evaluated here.
+#: Only the answers' first 8 tokens are trained: where refusing or answering shows; the rest of an answer
+#: is the base model's own continuation. dpo: the same budget of answer tokens, all preference pairs.
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
-    "sft": {"epochs": 2},
-    "dpo": {"epochs": 1, "beta": 0.1, "sft_weight": 0.5},
+    "sft": {"n_examples": 420, "safety_ratio": 0.4, "typographic": 0.2, "epochs": 3, "lr": 3.0e-4,
+            "batch_size": 8, "max_tokens": 160, "answer_tokens": 8},
+    "dpo": {"epochs": 2, "beta": 0.1, "sft_weight": 0.5, "lr": 3.0e-4, "batch_size": 8, "max_tokens": 160,
+            "answer_tokens": 8},
 }
 
 
@@ -149,6 +155,19 @@ def main() -> None:
         secs = f"{tr['seconds'] / 60:.1f} min" if tr.get("seconds") else "—"
         mem = f"{tr['peak_rss_mb'] / 1024:.1f} GiB" if tr.get("peak_rss_mb") else "—"
         print(f"| {model} | " + " | ".join(cell.get(c, "—") for c in cols) + f" | {secs} | {mem} |")
+    if "sft" in cards:  # the shipped adapter, retrained from its recipe: the same weights?
+        from mmsafe.models.gemma_ocr import SAFE_ADAPTER
+        from mmsafe.training.lora import read_card
+
+        shipped = read_card(SAFE_ADAPTER)
+        same_recipe = shipped.get("params", {}) | {"model": None} == cards["sft"].get("params", {}) | {"model": None}
+        same = shipped.get("tensors_sha256") == cards["sft"].get("tensors_sha256")
+        print(
+            f"\nshipped {SAFE_ADAPTER}: recipe {'equal to' if same_recipe else 'DIFFERENT from'} the sft row's; "
+            f"weights {'identical (sha256 ' + shipped['tensors_sha256'][:12] + '…)' if same else 'differ'}; "
+            f"held-out answer NLL after: shipped {shipped.get('metrics', {}).get('held_out_answer_nll_after')}, "
+            f"retrained {cards['sft'].get('metrics', {}).get('held_out_answer_nll_after')}"
+        )
 
 
 if __name__ == "__main__":

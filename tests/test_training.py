@@ -126,6 +126,48 @@ def test_dpo_raises_the_margin_and_refusal_on_held_out_prompts(tiny, tmp_path):
     assert h >= 0.8 and b <= 0.2
 
 
+def test_encode_keeps_the_whole_prompt_when_only_the_answers_opening_is_trained():
+    from mmsafe.training.text import encode, text_prompt
+
+    class Words:  # a backend stand-in: one token per word
+        def render_answer(self, prompt, answer):
+            return "<bos> " + prompt.messages[0].text, " " + answer
+
+        def _token_ids(self, text):
+            return list(range(len(text.split())))
+
+        class tokenizer:
+            def __call__(self, text, add_special_tokens=False):
+                return {"input_ids": [100 + i for i in range(len(text.split()))]}
+
+        tokenizer = tokenizer()
+
+    request = " ".join(f"w{i}" for i in range(40))
+    cut = encode(Words(), text_prompt(request), "a b c d e f g h i j", max_tokens=48)
+    assert cut.n_prompt == 38 and cut.n_answer == 10  # the answer may take half: the prompt loses its start
+    kept = encode(Words(), text_prompt(request), "a b c d e f g h i j", max_tokens=48, answer_tokens=4)
+    assert kept.n_prompt == 41 and kept.n_answer == 4  # the whole prompt, the answer's first 4 tokens
+
+
+def test_bucketed_batches_see_every_item_once_per_epoch_and_group_similar_lengths():
+    import torch
+
+    from mmsafe.training.text import run_steps
+
+    items = [("short", 10)] * 64 + [("long", 100)] * 64
+    w = torch.nn.Parameter(torch.zeros(1))
+    seen: list[list[tuple[str, int]]] = []
+
+    def loss_fn(batch):
+        seen.append(list(batch))
+        return (w - 1.0).pow(2).sum()
+
+    run_steps([w], items, loss_fn, epochs=2, batch_size=8, lr=0.1, seed=0, length=lambda it: it[1])
+    assert len(seen) == 32 and sum(len(b) for b in seen) == 2 * len(items)
+    mixed = sum(len({kind for kind, _ in b}) > 1 for b in seen)
+    assert mixed <= 2  # at most one mixed batch per window of 16 batches and epoch
+
+
 def test_dpo_loss_is_the_papers():
     import math
 

@@ -298,3 +298,16 @@ def test_overlap_compare_detects_duplicates(text, expect_exact, expect_min_jacca
     assert rep.exact == expect_exact
     assert rep.max_jaccard >= expect_min_jaccard
     assert rep.clean == (expect_exact == 0)
+
+
+def test_the_shipped_safety_adapter_is_intact_small_and_made_from_the_shipped_data():
+    from mmsafe.models.gemma_ocr import SAFE_ADAPTER, GemmaOCRSafeParams
+    from mmsafe.training.examples import safety_items_sha256
+    from mmsafe.training.lora import adapter_path, read_card
+
+    card = read_card(SAFE_ADAPTER)  # checks the tensor file against the card's sha256
+    assert GemmaOCRSafeParams().adapter_sha256 == card["tensors_sha256"]
+    assert sum(f.stat().st_size for f in adapter_path(SAFE_ADAPTER).iterdir()) <= 20 * 2**20
+    # trained on the written set as shipped: editing the set means retraining (benchmarks/training.py)
+    assert card["data"]["sha256"] == safety_items_sha256()
+    assert card["method"] == "sft" and card["params"]["data"] == "builtin"

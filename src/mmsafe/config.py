@@ -83,14 +83,15 @@ class RunConfig(BaseModel):
         return [as_component(x) for x in v] if isinstance(v, Sequence) else v
 
 
-#: ``mmsafe run`` with no config: a typographic attack vs its plain-text baseline on the starter suite,
-#: against the embedded default model (Gemma-3-270M base read through Tesseract OCR; see models/gemma_ocr.py),
-#: judged twice: the refusal rules (non-refusal rate) and the shipped harm classifier (harmful rate = ASR).
+#: ``mmsafe run`` with no config: two typographic attacks vs their plain-text baseline on the starter
+#: suite, against the embedded default model (Gemma-3-270M base with mmsafe's shipped safety adapter,
+#: read through Tesseract OCR; see models/gemma_ocr.py), judged twice: the refusal rules (non-refusal
+#: rate) and the shipped harm classifier (harmful rate = ASR).
 QUICKSTART: dict[str, Any] = {
     "name": "quickstart",
-    "models": ["gemma-ocr"],
+    "models": ["gemma-ocr-safe"],
     "benchmarks": ["starter"],
-    "attacks": ["text-only", "figstep"],
+    "attacks": ["text-only", "figstep", "mmsb-typo"],
     "defenses": ["none"],
     "judges": ["refusal", "harm"],
 }

@@ -14,6 +14,8 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pydantic import BaseModel, Field, model_validator
+
 from mmsafe.types import Generation, ImagePart, Message, Prompt, TextPart, Usage
 
 log = logging.getLogger(__name__)
@@ -303,3 +305,29 @@ class BatchedHFGeneration:
                 latency_s=latency,
                 metadata={"batch_size": len(group), **self._item_metadata(prepared[i])},
             )
+
+
+class AdapterFields(BaseModel):
+    """The ``adapter`` / ``adapter_sha256`` params every local backend that can load an adapter shares.
+
+    ``adapter``: a directory written by ``mmsafe train`` (or ``builtin:<name>``): LoRA weights, plus
+    the full weights of any module it trained (a projector); checked against its card and the base
+    model, merged on load. ``adapter_sha256`` is filled from the card when the spec is made, so a
+    run's config pins the exact weights; a mismatch on load is an error."""
+
+    adapter: str | None = Field(
+        None,
+        description="adapter made by `mmsafe train` (a directory, or builtin:<name>): LoRA, plus any "
+        "full-weight modules it trained; checked against its card and this base model, merged on load",
+    )
+    adapter_sha256: str | None = Field(
+        None, description="sha256 of the adapter's weights (filled from its card; a mismatch on load is an error)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pin_adapter(cls, values: Any) -> Any:
+        from mmsafe.training.lora import pin_adapter
+
+        return pin_adapter(values)
+

@@ -15,12 +15,12 @@ import functools
 import json
 import logging
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from mmsafe.errors import require
-from mmsafe.models._hf_util import MODEL_NOTE_FILE
+from mmsafe.models._hf_util import MODEL_NOTE_FILE, AdapterFields
 from mmsafe.models.base import GenerationParams, ModelBackend
 from mmsafe.models.gemma import (
     DIALOGUE_STOP,
@@ -150,7 +150,7 @@ def ensure_gemma_llava(cache_root: Path | str | None = None, *, seed: int = 0) -
         )
 
 
-class GemmaLlavaParams(BaseModel):
+class GemmaLlavaParams(AdapterFields):
     """Settings of the Gemma LLaVA composite."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -166,21 +166,6 @@ class GemmaLlavaParams(BaseModel):
     )
     system_prompt: str | None = None
     cpu_threads: int | None = Field(None, ge=1, description="torch intra-op threads; None: torch's default")
-    adapter: str | None = Field(
-        None,
-        description="adapter made by `mmsafe train sft-vision` (a directory, or builtin:<name>): LoRA on the "
-        "language model plus the projector's weights; checked against its card and this model, merged on load",
-    )
-    adapter_sha256: str | None = Field(
-        None, description="sha256 of the adapter's weights (filled from its card; a mismatch on load is an error)"
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _pin_adapter(cls, values: Any) -> Any:
-        from mmsafe.training.lora import pin_adapter
-
-        return pin_adapter(values)
 
 
 class GemmaLlava(HFModel):

@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mmsafe.models._hf_util import AdapterFields
 from mmsafe.models.base import GenerationParams, ModelBackend
 from mmsafe.models.gemma import (
     DIALOGUE_STOP,
@@ -31,7 +32,7 @@ NOTE = (
 )
 
 
-class GemmaOCRParams(BaseModel):
+class GemmaOCRParams(AdapterFields):
     """Settings of the Gemma-3-270M OCR pipeline (defaults sized for the quickstart on 2 CPU cores)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -54,19 +55,6 @@ class GemmaOCRParams(BaseModel):
         None, description="cache root; default $MMSAFE_CACHE_DIR or ~/.cache/mmsafe"
     )
     cpu_threads: int | None = Field(None, ge=1, description="torch intra-op threads; None: torch's default")
-    adapter: str | None = Field(
-        None, description="LoRA adapter made by `mmsafe train` (a directory, or builtin:<name>), merged on load"
-    )
-    adapter_sha256: str | None = Field(
-        None, description="sha256 of the adapter's weights (filled from its card; a mismatch on load is an error)"
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _pin_adapter(cls, values: Any) -> Any:
-        from mmsafe.training.lora import pin_adapter
-
-        return pin_adapter(values)
 
 
 class GemmaOCR(HFTextModel):
@@ -139,7 +127,7 @@ class GemmaOCR(HFTextModel):
 
 
 #: The adapter :class:`GemmaOCRSafe` loads: made by ``mmsafe train sft`` (see its card).
-SAFE_ADAPTER = "builtin:gemma-safety-v1"
+SAFE_ADAPTER = "builtin:gemma-safety-v2"
 
 NOTE_SAFE = (
     "Gemma-3-270M base safety-tuned by mmsafe (LoRA safety SFT on mmsafe's own written examples, "
@@ -168,13 +156,15 @@ class GemmaOCRSafe(GemmaOCR):
 
     The same pipeline as :class:`GemmaOCR` (Tesseract reads each image into the user turn; the base
     model answers a ``User:``/``Assistant:`` dialogue) with a LoRA adapter merged on load:
-    ``mmsafe/data/adapters/gemma-safety-v1`` (safetensors + card), trained by ``mmsafe train sft`` on
-    mmsafe's own written examples — harmful requests → refusals, benign requests (including look-alikes
-    with trigger words) → answers — as TEXT only, disjoint from every evaluation set
-    (``scripts/check_training_overlap.py``). Its card records the recipe, data sha256, seed, losses,
-    time and held-out losses; ``benchmarks/training.py`` retrains it and measures refusal and
-    over-refusal on held-out sets. Because it learnt to refuse from text only, the same request arriving
-    as text in an image (FigStep) shows the survey's central risk (§1, risk 2) on a model a CPU can run.
+    ``mmsafe/data/adapters/gemma-safety-v2`` (safetensors + card), trained by ``mmsafe train sft`` on
+    420 of mmsafe's own written examples — 168 harmful requests → refusals, 252 benign requests
+    (including look-alikes with trigger words) → answers, a fifth of both kinds shown as FigStep-style
+    renders read by OCR — disjoint from every evaluation set (``scripts/check_training_overlap.py``).
+    Only each answer's first 8 tokens are trained (whether and how it refuses); what follows is the base
+    model's own continuation. Its card records the recipe, data sha256, seed, losses, time and
+    held-out losses; ``benchmarks/safety_heldout.py`` measures it on the written held-out split (where
+    the recipe was chosen) and ``benchmarks/training.py`` retrains it and measures refusal and
+    over-refusal on held-out public sets.
 
     It is a small demo model, not a production model: reports say so. Params: those of ``gemma-ocr``
     (``adapter`` defaults to the shipped one).

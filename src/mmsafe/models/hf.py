@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mmsafe.errors import ConfigError, require
 from mmsafe.models._hf_util import (
+    AdapterFields,
     BatchedHFGeneration,
     choose_model_class,
     generate_seeded,
@@ -38,7 +39,7 @@ ModelClass = Literal["auto", "llava", "image-text-to-text"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
 
-class HFParams(BaseModel):
+class HFParams(AdapterFields):
     """Where the checkpoint is and how to run it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -72,21 +73,6 @@ class HFParams(BaseModel):
         ge=1,
         description="torch intra-op threads when running on CPU (process-wide); None: torch's default",
     )
-    adapter: str | None = Field(
-        None,
-        description="adapter made by `mmsafe train` (a directory, or builtin:<name>): LoRA, plus any full-weight "
-        "modules it trained (a projector); checked against its card and this base model, merged on load",
-    )
-    adapter_sha256: str | None = Field(
-        None, description="sha256 of the adapter's weights (filled from its card; a mismatch on load is an error)"
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _pin_adapter(cls, values: Any) -> Any:
-        from mmsafe.training.lora import pin_adapter
-
-        return pin_adapter(values)
 
     @model_validator(mode="after")
     def _max_memory_needs_device_map(self) -> HFParams:

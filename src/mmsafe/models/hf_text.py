@@ -17,10 +17,16 @@ import time
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from mmsafe.errors import ConfigError, MissingDependency, require
-from mmsafe.models._hf_util import BatchedHFGeneration, cut_at_stop, layer_outputs, to_conversation
+from mmsafe.models._hf_util import (
+    AdapterFields,
+    BatchedHFGeneration,
+    cut_at_stop,
+    layer_outputs,
+    to_conversation,
+)
 from mmsafe.models.base import GenerationParams, WhiteBoxModel
 from mmsafe.types import Image, Prompt
 
@@ -45,7 +51,7 @@ def format_image_text(n: int, text: str) -> str:
     return IMAGE_TEXT_FORMAT.format(n=n, text=body or NO_TEXT)
 
 
-class HFTextParams(BaseModel):
+class HFTextParams(AdapterFields):
     """Where the checkpoint is, how to run it and what to do with images."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -71,21 +77,6 @@ class HFTextParams(BaseModel):
     ocr_lang: str = Field("eng", description="Tesseract language(s), e.g. 'eng' or 'eng+deu'")
     ocr_timeout_s: float = Field(60.0, ge=0.0, description="per image; 0: no limit")
     trust_remote_code: bool = False
-    adapter: str | None = Field(
-        None,
-        description="LoRA adapter made by `mmsafe train` (a directory, or builtin:<name>); checked against "
-        "its card and this base model, merged on load",
-    )
-    adapter_sha256: str | None = Field(
-        None, description="sha256 of the adapter's weights (filled from its card; a mismatch on load is an error)"
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _pin_adapter(cls, values: Any) -> Any:
-        from mmsafe.training.lora import pin_adapter
-
-        return pin_adapter(values)
     cpu_threads: int | None = Field(
         None,
         ge=1,

@@ -28,7 +28,7 @@ preferred answer's NLL to the loss, the "RPO"-style regulariser, instead); TRL i
 
 Params: ``model`` (required), ``data`` ("builtin"), ``n_pairs`` (None: all), ``beta`` (0.1),
 ``label_smoothing`` (0.0), ``sft_weight`` (0.0), ``epochs`` (2), ``lr`` (2e-4), ``batch_size`` (4),
-``max_tokens`` (256), ``lora``, ``held_out_fraction`` (0.2), ``seed`` (0).
+``max_tokens`` (256), ``answer_tokens`` (None), ``lora``, ``held_out_fraction`` (0.2), ``seed`` (0).
 """
 
 from __future__ import annotations
@@ -63,7 +63,11 @@ class DPOParams(BaseModel):
     epochs: int = Field(2, ge=1, le=100)
     lr: float = Field(2e-4, gt=0, le=1.0)
     batch_size: int = Field(4, ge=1, le=512)
-    max_tokens: int = Field(256, ge=16, le=8192)
+    max_tokens: int = Field(256, ge=16, le=8192, description="tokens per answer, prompt + answer")
+    answer_tokens: int | None = Field(
+        None, ge=1, description="answer tokens compared (the opening, where refusing or answering shows); "
+        "None: up to half of max_tokens",
+    )
     lora: LoraSettings = Field(default_factory=LoraSettings)
     held_out_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     seed: int = 0
@@ -96,7 +100,10 @@ class DPO(Trainer):
                 continue
             prompt = text_prompt(e.request)
             out.append(
-                (encode(backend, prompt, e.answer, max_tokens=p.max_tokens), encode(backend, prompt, e.rejected, max_tokens=p.max_tokens))
+                (
+                    encode(backend, prompt, e.answer, max_tokens=p.max_tokens, answer_tokens=p.answer_tokens),
+                    encode(backend, prompt, e.rejected, max_tokens=p.max_tokens, answer_tokens=p.answer_tokens),
+                )
             )
         return out
 
@@ -166,7 +173,10 @@ class DPO(Trainer):
                 log_fn(f"dpo step {step}/{total} loss {loss:.3f}")
 
         log_fn(f"dpo: {len(pairs)} pairs, β={p.beta}, {p.epochs} epochs; held out {len(held_pairs)}")
-        stats = run_steps(params, pairs, loss_fn, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, seed=p.seed, progress=progress)
+        stats = run_steps(
+            params, pairs, loss_fn, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, seed=p.seed, progress=progress,
+            length=lambda pair: max(len(pair[0].ids), len(pair[1].ids)),
+        )
         module.eval()
         after = held_metrics()
         fields = {

@@ -16,9 +16,10 @@ mmsafe's own written set (``mmsafe/data/safety_train.yaml``: harmful requests wi
 requests — including look-alikes with trigger words — with answers; disjoint from every evaluation set,
 ``scripts/check_training_overlap.py``), split by request into training and held-out parts
 (``held_out_fraction``); or a JSONL file of ``{"request", "answer", "kind": "harmful"|"benign"}`` rows.
-``typographic`` > 0 also shows that share of the harmful training requests as an image of their
-FigStep-style title with FigStep's instruction — the multimodal safety examples of VLGuard, for an OCR
-pipeline (gemma-ocr reads them through Tesseract, as at inference).
+``typographic`` > 0 also shows that share of the training requests, harmful and benign alike, as an
+image of their FigStep-style title with FigStep's instruction — the multimodal safety examples of
+VLGuard, for an OCR pipeline (gemma-ocr reads them through Tesseract, as at inference). Rendering both
+kinds keeps "the request came as an image" from becoming a cue to refuse.
 
 Card metrics: training loss, and the held-out answer loss (mean NLL per token of the held-out refusals
 and answers) before and after; refusal rates need generation and live in ``benchmarks/training.py``.
@@ -29,7 +30,7 @@ other than typographic renders.
 
 Params: ``model`` (required; hf-text or gemma-ocr), ``data`` ("builtin"), ``n_examples`` (None: all
 training items), ``safety_ratio`` (None: the data's own share), ``order`` (mixed | sequential),
-``typographic`` (0.0), ``epochs`` (2), ``lr`` (2e-4), ``batch_size`` (8), ``max_tokens`` (256),
+``typographic`` (0.0), ``epochs`` (2), ``lr`` (2e-4), ``batch_size`` (8), ``max_tokens`` (256), ``answer_tokens`` (None),
 ``lora`` (r 8, α 16, all attention and MLP projections), ``held_out_fraction`` (0.2), ``seed`` (0).
 """
 
@@ -125,12 +126,17 @@ class SafetySFTParams(BaseModel):
         "mixed", description="mixed: shuffled together; sequential: benign examples first, then the safety ones"
     )
     typographic: float = Field(
-        0.0, ge=0.0, le=1.0, description="share of harmful training requests shown as a typographic image"
+        0.0, ge=0.0, le=1.0,
+        description="share of the training requests (harmful and benign alike) shown as a typographic image",
     )
     epochs: int = Field(2, ge=1, le=100)
     lr: float = Field(2e-4, gt=0, le=1.0)
     batch_size: int = Field(8, ge=1, le=512)
-    max_tokens: int = Field(256, ge=16, le=8192)
+    max_tokens: int = Field(256, ge=16, le=8192, description="tokens per example, prompt + answer")
+    answer_tokens: int | None = Field(
+        None, ge=1, description="answer tokens trained on (its opening: whether and how to refuse); None: up to "
+        "half of max_tokens",
+    )
     lora: LoraSettings = Field(default_factory=LoraSettings)
     held_out_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     seed: int = 0
@@ -170,7 +176,7 @@ class SafetySFT(Trainer):
     """Safety SFT (VLGuard, Zong et al. ICML 2024): LoRA on harmful→refusal + benign→answer examples."""
 
     name: ClassVar[str] = "sft"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: typographic renders for benign requests too (1: harmful only)
     Params: ClassVar[type[BaseModel]] = SafetySFTParams
     params: SafetySFTParams
 
@@ -179,9 +185,10 @@ class SafetySFT(Trainer):
         rng = random.Random(p.seed + 1)
         out = []
         for e in examples:
-            image = e.kind == "harmful" and typographic > 0 and rng.random() < typographic
+            # both kinds alike (as VLGuard): an image is never by itself a cue to refuse
+            image = typographic > 0 and rng.random() < typographic
             prompt = typographic_prompt(e) if image else text_prompt(e.request)
-            out.append(encode(backend, prompt, e.answer, max_tokens=p.max_tokens))
+            out.append(encode(backend, prompt, e.answer, max_tokens=p.max_tokens, answer_tokens=p.answer_tokens))
         return out
 
     def fit(self, backend: Any, *, log_fn: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
@@ -231,7 +238,7 @@ class SafetySFT(Trainer):
         )
         stats = run_steps(
             params, items, loss_fn, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, seed=p.seed,
-            shuffle=p.order == "mixed", progress=progress,
+            shuffle=p.order == "mixed", progress=progress, length=lambda e: len(e.ids),
         )
         module.eval()
         after = held_loss()

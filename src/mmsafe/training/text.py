@@ -44,16 +44,19 @@ def text_prompt(request: str, images: Sequence[Any] = ()) -> Prompt:
     return Prompt(messages=(Message.user(request, tuple(images)),))
 
 
-def encode(backend: Any, prompt: Prompt, answer: str, *, max_tokens: int = 384) -> Encoded:
+def encode(
+    backend: Any, prompt: Prompt, answer: str, *, max_tokens: int = 384, answer_tokens: int | None = None
+) -> Encoded:
     """``prompt`` rendered by ``backend`` followed by ``answer`` as its reply, cut to ``max_tokens``
-    (the prompt is cut from the left, so the answer and the prompt's end are kept)."""
+    in all: the answer to its first ``answer_tokens`` (None: at most half of ``max_tokens``), then the
+    prompt from the left (its BOS and its end are kept)."""
     text, tail = backend.render_answer(prompt, answer)
     tok = backend.tokenizer
     prompt_ids = backend._token_ids(text)
     answer_ids = list(tok(tail, add_special_tokens=False)["input_ids"])
     if not answer_ids:
         raise ValueError("the answer has no tokens")
-    answer_ids = answer_ids[: max(1, max_tokens // 2)]
+    answer_ids = answer_ids[: max(1, min(answer_tokens or max_tokens // 2, max_tokens // 2))]
     keep = max_tokens - len(answer_ids)
     if len(prompt_ids) > keep:
         prompt_ids = prompt_ids[:1] + prompt_ids[len(prompt_ids) - keep + 1 :]  # keep BOS and the prompt's end
@@ -131,10 +134,16 @@ def run_steps(
     warmup: float = 0.1,
     max_grad_norm: float = 1.0,
     progress: Callable[[int, int, float], None] | None = None,
+    length: Callable[[Any], int] | None = None,
 ) -> StepStats:
     """AdamW over ``params``: ``epochs`` passes over ``items`` in batches (shuffled per epoch with
     ``seed`` unless ``shuffle`` is False, which keeps the given order — sequential curricula),
-    learning rate warmed up linearly over the first ``warmup`` fraction of steps, then constant."""
+    learning rate warmed up linearly over the first ``warmup`` fraction of steps, then constant.
+
+    With ``length`` (an item's token count) and ``shuffle``, batches are bucketed: each shuffled
+    window of ``16 × batch_size`` items is sorted by length and cut into batches, and the batches are
+    shuffled, so short examples are not padded to a long one's width (FigStep renders read by OCR
+    are several times as long as a plain request)."""
     import torch
 
     stats = StepStats()
@@ -148,8 +157,16 @@ def run_steps(
     for _ in range(epochs):
         if shuffle:
             rng.shuffle(order)
-        for start in range(0, len(order), batch_size):
-            batch = [items[i] for i in order[start : start + batch_size]]
+        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        if shuffle and length is not None:
+            window = 16 * batch_size
+            batches = []
+            for w in range(0, len(order), window):
+                chunk = sorted(order[w : w + window], key=lambda i: length(items[i]))
+                batches += [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
+            rng.shuffle(batches)
+        for idx in batches:
+            batch = [items[i] for i in idx]
             for g in opt.param_groups:
                 g["lr"] = lr * min(1.0, (step + 1) / warm)
             loss = loss_fn(batch)
