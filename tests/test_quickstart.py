@@ -26,18 +26,18 @@ def test_quickstart_writes_summary_and_report(tmp_path):
     out = tmp_path / "mmsafe-out" / "quickstart"
     summary = json.loads((out / "summary.json").read_text())
     attacks = {r["attack"] for r in summary["rows"]}
-    assert attacks == {"figstep", "mmsb-typo", "text-only"}
+    assert attacks == {"figstep", "text-only"}
     assert summary["n_errors"] == 0
     # the embedded default is a small demo model safety-tuned by mmsafe: every report says so
     assert [m["label"] for m in summary["models"]] == ["gemma-ocr-safe"]
     assert "safety-tuned by mmsafe" in summary["models"][0]["note"]
     overall = [r for r in summary["rows"] if r["category"] == "ALL"]
-    assert len(overall) == 6 and all(r["n"] == 40 for r in overall)  # 3 attacks x 2 judges
+    assert len(overall) == 4 and all(r["n"] == 40 for r in overall)  # 2 attacks x 2 judges
     # both constructs, named apart: did the model decline, and did the answer give harmful help
     assert {(r["judge"], r["rate_name"]) for r in overall} == {
         ("refusal", "non-refusal rate"),
         ("harm", "harmful rate (ASR)"),
     }
     report = (out / "report.md").read_text()
-    assert "safety-tuned by mmsafe" in report and "figstep" in report and "mmsb-typo" in report
+    assert "safety-tuned by mmsafe" in report and "figstep" in report
     assert "| non-refusal rate |" in report and "| harmful rate (ASR) |" in report

@@ -83,7 +83,7 @@ class RunConfig(BaseModel):
         return [as_component(x) for x in v] if isinstance(v, Sequence) else v
 
 
-#: ``mmsafe run`` with no config: two typographic attacks vs their plain-text baseline on the starter
+#: ``mmsafe run`` with no config: the FigStep typographic attack vs its plain-text baseline on the starter
 #: suite, against the embedded default model (Gemma-3-270M base with mmsafe's shipped safety adapter,
 #: read through Tesseract OCR; see models/gemma_ocr.py), judged twice: the refusal rules (non-refusal
 #: rate) and the shipped harm classifier (harmful rate = ASR).
@@ -91,7 +91,7 @@ QUICKSTART: dict[str, Any] = {
     "name": "quickstart",
     "models": ["gemma-ocr-safe"],
     "benchmarks": ["starter"],
-    "attacks": ["text-only", "figstep", "mmsb-typo"],
+    "attacks": ["text-only", "figstep"],
     "defenses": ["none"],
     "judges": ["refusal", "harm"],
 }
