@@ -44,7 +44,7 @@ from mmsafe.errors import ConfigError
 from mmsafe.training.base import Trainer
 from mmsafe.training.lora import LoraSettings, adapters_enabled, inject
 from mmsafe.training.sft import Example, load_examples
-from mmsafe.training.text import Encoded, answer_logprobs, encode, run_steps, text_prompt
+from mmsafe.training.text import Encoded, answer_logprobs, encode, run_steps, step_logger, text_prompt
 
 __all__ = ["DPO", "DPOParams", "dpo_loss"]
 
@@ -168,9 +168,7 @@ class DPO(Trainer):
                 total = total + p.sft_weight * (-(pw / nw).mean())
             return total
 
-        def progress(step: int, total: int, loss: float) -> None:
-            if step == 1 or step % max(1, total // 10) == 0 or step == total:
-                log_fn(f"dpo step {step}/{total} loss {loss:.3f}")
+        progress = step_logger("dpo", log_fn)
 
         log_fn(f"dpo: {len(pairs)} pairs, β={p.beta}, {p.epochs} epochs; held out {len(held_pairs)}")
         stats = run_steps(

@@ -94,7 +94,7 @@ from mmsafe.errors import ConfigError
 from mmsafe.training.base import Trainer
 from mmsafe.training.lora import LoraSettings, inject
 from mmsafe.training.sft import Example, load_examples
-from mmsafe.training.text import Encoded, answer_logprobs, encode, run_steps
+from mmsafe.training.text import Encoded, encode, nll_loss, run_steps, step_logger
 from mmsafe.types import Expected, Generation, Judgement, Message, Prompt, Sample, TextPart
 
 if TYPE_CHECKING:
@@ -409,9 +409,7 @@ class DRESS(Trainer):
                 max_answer_chars=p.max_answer_chars, refine=refine, seed=p.seed,
             )
 
-        def loss_fn(batch: Sequence[Encoded]) -> Any:
-            lp, n = answer_logprobs(module, batch, pad_id=pad, device=device)
-            return -(lp.sum() / n.sum())
+        loss_fn = nll_loss(module, pad_id=pad, device=device)
 
         rounds: list[dict[str, Any]] = []
         pool: list[Encoded] = []
@@ -434,14 +432,10 @@ class DRESS(Trainer):
                     f"({dict(Counter(t for t, _, _ in rows))}), training on {len(pool)}"
                 )
 
-                def progress(step: int, total: int, loss: float, r: int = r) -> None:
-                    if step == 1 or step % max(1, total // 5) == 0 or step == total:
-                        log_fn(f"dress round {r} step {step}/{total} loss {loss:.3f}")
-
                 module.train()
                 stats = run_steps(
                     params, pool, loss_fn, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, seed=p.seed + r,
-                    progress=progress,
+                    progress=step_logger(f"dress round {r}", log_fn, every=5),
                 )
                 module.eval()
                 losses += stats.losses

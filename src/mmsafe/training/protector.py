@@ -45,7 +45,7 @@ from mmsafe.errors import ConfigError
 from mmsafe.training.base import Trainer
 from mmsafe.training.lora import LoraSettings, inject
 from mmsafe.training.sft import Example, load_examples
-from mmsafe.training.text import Encoded, answer_logprobs, encode, run_steps
+from mmsafe.training.text import answer_nll, encode, nll_loss, run_steps, step_logger
 
 __all__ = [
     "DETECTOR_FILE",
@@ -147,7 +147,6 @@ class ProtectorDetoxifier(Trainer):
         return self.params.rewrite_prompt or DEFAULT_REWRITE_PROMPT
 
     def fit(self, backend: Any, *, log_fn: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
-        import torch
 
         p = self.params
         train, held, data_sha = load_examples(p.data, held_out_fraction=p.held_out_fraction, seed=p.seed)
@@ -167,30 +166,15 @@ class ProtectorDetoxifier(Trainer):
         pad = backend.tokenizer.pad_token_id or 0
 
         def held_nll() -> dict[str, float]:
-            out = {}
-            with torch.no_grad():
-                for kind in ("harmful", "benign"):
-                    rows = [x for k, x in held_items if k == kind]
-                    tot, cnt = 0.0, 0
-                    for i in range(0, len(rows), 16):
-                        lp, n = answer_logprobs(module, rows[i : i + 16], pad_id=pad, device=device)
-                        tot += float(-lp.sum())
-                        cnt += int(n.sum())
-                    if cnt:
-                        out[kind] = round(tot / cnt, 4)
-            return out
+            groups = {k: [x for kind, x in held_items if kind == k] for k in ("harmful", "benign")}
+            return answer_nll(module, groups, pad_id=pad, device=device)
 
         before = held_nll()
         params = inject(module, p.lora, seed=p.seed)
         module.train()
 
-        def loss_fn(batch: Sequence[Encoded]) -> Any:
-            lp, n = answer_logprobs(module, batch, pad_id=pad, device=device)
-            return -(lp.sum() / n.sum())
-
-        def progress(step: int, total: int, loss: float) -> None:
-            if step == 1 or step % max(1, total // 10) == 0 or step == total:
-                log_fn(f"protector-detoxifier step {step}/{total} loss {loss:.3f}")
+        loss_fn = nll_loss(module, pad_id=pad, device=device)
+        progress = step_logger("protector-detoxifier", log_fn)
 
         n_harm = sum(kind == "harmful" for kind, _, _ in pairs)
         log_fn(f"protector-detoxifier: {len(items)} pairs ({n_harm} harmful → safe), {p.epochs} epochs; held out {len(held_items)}")
@@ -411,9 +395,7 @@ class ProtectorDetector(Trainer):
         )
         config = harm_model.HarmNetConfig()
 
-        def progress(step: int, total: int, loss: float) -> None:
-            if step == 1 or step % max(1, total // 10) == 0 or step == total:
-                log_fn(f"protector-detector step {step}/{total} loss {loss:.3f}")
+        progress = step_logger("protector-detector", log_fn)
 
         def fit(part: Sequence[LabelledRow]) -> tuple[Any, Any, dict[str, Any]]:
             return harm_model.train(

@@ -50,7 +50,7 @@ from mmsafe.config import ComponentField
 from mmsafe.errors import ConfigError
 from mmsafe.training.base import Trainer
 from mmsafe.training.lora import LoraSettings, inject
-from mmsafe.training.text import Encoded, answer_logprobs, encode, run_steps, text_prompt
+from mmsafe.training.text import Encoded, answer_nll, encode, nll_loss, run_steps, step_logger, text_prompt
 
 __all__ = ["Example", "SafetySFT", "SafetySFTParams", "load_examples"]
 
@@ -192,7 +192,6 @@ class SafetySFT(Trainer):
         return out
 
     def fit(self, backend: Any, *, log_fn: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
-        import torch
 
         p = self.params
         train, held, data_sha = load_examples(p.data, held_out_fraction=p.held_out_fraction, seed=p.seed)
@@ -206,31 +205,18 @@ class SafetySFT(Trainer):
         pad = backend.tokenizer.pad_token_id or 0
 
         def held_loss() -> dict[str, float]:
-            out = {}
-            with torch.no_grad():
-                for kind in ("harmful", "benign"):
-                    rows = [x for x, e in zip(held_items, held, strict=True) if e.kind == kind]
-                    if not rows:
-                        continue
-                    tot, cnt = 0.0, 0
-                    for i in range(0, len(rows), 16):
-                        lp, n = answer_logprobs(module, rows[i : i + 16], pad_id=pad, device=device)
-                        tot += float(-lp.sum())
-                        cnt += int(n.sum())
-                    out[kind] = round(tot / max(1, cnt), 4)
-            return out
+            return answer_nll(
+                module,
+                {k: [x for x, e in zip(held_items, held, strict=True) if e.kind == k] for k in ("harmful", "benign")},
+                pad_id=pad, device=device,
+            )
 
         before = held_loss()
         params = inject(module, p.lora, seed=p.seed)
         module.train()
 
-        def loss_fn(batch: Sequence[Encoded]) -> Any:
-            lp, n = answer_logprobs(module, batch, pad_id=pad, device=device)
-            return -(lp.sum() / n.sum())
-
-        def progress(step: int, total: int, loss: float) -> None:
-            if step == 1 or step % max(1, total // 10) == 0 or step == total:
-                log_fn(f"sft step {step}/{total} loss {loss:.3f}")
+        loss_fn = nll_loss(module, pad_id=pad, device=device)
+        progress = step_logger("sft", log_fn)
 
         log_fn(
             f"sft: {len(items)} examples ({sum(e.kind == 'harmful' for e in chosen)} harmful→refusal), "

@@ -35,8 +35,9 @@ the vision tower is frozen. The loss is the teacher-forced cross-entropy of the 
 mean over the batch), each example rendered exactly as the backend renders it at generation
 (:meth:`HFModel.teacher_forced`); the answer ends with the chat template's end-of-turn marker (or
 the backend's stop string). AdamW with linear warm-up and gradient clipping as
-:func:`mmsafe.training.text.run_steps`, except that batches are formed once (seeded) and visited in
-a new order each epoch, so each batch's images are processed once and reused. The adapter
+:func:`mmsafe.training.text.run_steps` (one learning rate per parameter group); batches are formed
+once (seeded) and visited in a new order each epoch, so each batch's images are processed once and
+reused. The adapter
 file holds the LoRA weights and the projector's full weights; the card lists both
 (``lora.scope``, ``lora.modules_to_save``, ``full_weight_modules``) and loads as ``adapter:`` of the
 same model spec (``hf`` with the checkpoint's path, or ``gemma-llava``; an adapter trained on
@@ -75,7 +76,6 @@ Example::
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
@@ -87,7 +87,7 @@ from mmsafe.errors import ConfigError
 from mmsafe.training.base import Trainer
 from mmsafe.training.lora import LoraSettings, inject
 from mmsafe.training.sft import Example, choose, load_examples
-from mmsafe.training.text import StepStats, peak_rss_mb, text_prompt
+from mmsafe.training.text import run_steps, step_logger, text_prompt
 from mmsafe.types import Prompt
 
 __all__ = [
@@ -332,55 +332,6 @@ class VisionSafetySFT(Trainer):
             cnt += c
         return round(tot / max(1, cnt), 4)
 
-    # ------------------------------------------------------------------ optimiser
-
-    def run_steps(
-        self,
-        groups: Sequence[tuple[Sequence[Any], float]],
-        n_batches: int,
-        loss_fn: Callable[[int], Any],
-        *,
-        progress: Callable[[int, int, float], None] | None = None,
-        warmup: float = 0.1,
-        max_grad_norm: float = 1.0,
-    ) -> StepStats:
-        """:func:`mmsafe.training.text.run_steps` with one learning rate per parameter group
-        (``groups``: (tensors, lr)) over batches formed once: AdamW, ``epochs`` passes over the
-        ``n_batches`` batches in a new seeded order each time (``loss_fn(i)`` is batch i's loss),
-        linear warm-up over the first ``warmup`` fraction of steps, gradient clipping."""
-        import torch
-
-        p = self.params
-        stats = StepStats()
-        groups = [(list(ts), lr) for ts, lr in groups if ts]
-        tensors = [t for ts, _ in groups for t in ts]
-        opt = torch.optim.AdamW([{"params": ts, "lr": lr} for ts, lr in groups], weight_decay=0.0)
-        rng = random.Random(p.seed)
-        order = list(range(n_batches))
-        total = p.epochs * n_batches
-        warm = max(1, int(warmup * total))
-        t0 = time.perf_counter()
-        step = 0
-        for _ in range(p.epochs):
-            rng.shuffle(order)
-            for i in order:
-                for g, (_, lr) in zip(opt.param_groups, groups, strict=True):
-                    g["lr"] = lr * min(1.0, (step + 1) / warm)
-                loss, n = loss_fn(i)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(tensors, max_grad_norm)
-                opt.step()
-                step += 1
-                stats.losses.append(float(loss.detach()))
-                stats.examples += n
-                if progress is not None:
-                    progress(step, total, stats.losses[-1])
-        stats.steps = step
-        stats.seconds = time.perf_counter() - t0
-        stats.peak_rss_mb = peak_rss_mb()
-        return stats
-
     # ------------------------------------------------------------------ fit
 
     def fit(self, backend: Any, *, log_fn: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
@@ -415,15 +366,12 @@ class VisionSafetySFT(Trainer):
         batches = [[items[i] for i in order[k : k + p.batch_size]] for k in range(0, len(order), p.batch_size)]
         cache: dict[int, list[Any]] = {}
 
-        def loss_fn(i: int) -> tuple[Any, int]:
+        def loss_fn(batch: Sequence[int]) -> tuple[Any, int]:
+            (i,) = batch
             objectives = cache.get(i) or self.objectives(backend, batches[i])
             if p.epochs > 1:
                 cache[i] = objectives
             return self.objectives_loss(objectives), len(batches[i])
-
-        def progress(step: int, total: int, loss: float) -> None:
-            if step == 1 or step % max(1, total // 10) == 0 or step == total:
-                log_fn(f"sft-vision step {step}/{total} loss {loss:.3f}")
 
         n_img = sum(x.image for x in items)
         log_fn(
@@ -435,11 +383,16 @@ class VisionSafetySFT(Trainer):
         module.train()
         try:
             with backend.gradient_checkpointing(p.gradient_checkpointing):
-                stats = self.run_steps(
-                    [(params[:n_lora_tensors], p.lr), (params[n_lora_tensors:], p.projector_lr)],
-                    len(batches),
+                stats = run_steps(
+                    params,
+                    range(len(batches)),
                     loss_fn,
-                    progress=progress,
+                    epochs=p.epochs,
+                    batch_size=1,
+                    lr=p.lr,
+                    seed=p.seed,
+                    progress=step_logger("sft-vision", log_fn),
+                    lr_groups=[(params[:n_lora_tensors], p.lr), (params[n_lora_tensors:], p.projector_lr)],
                 )
         finally:
             cache.clear()

@@ -16,13 +16,24 @@ import random
 import resource
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mmsafe.types import Message, Prompt
 
-__all__ = ["Encoded", "StepStats", "answer_logprobs", "encode", "peak_rss_mb", "run_steps", "text_prompt"]
+__all__ = [
+    "Encoded",
+    "StepStats",
+    "answer_logprobs",
+    "answer_nll",
+    "encode",
+    "nll_loss",
+    "peak_rss_mb",
+    "run_steps",
+    "step_logger",
+    "text_prompt",
+]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +104,48 @@ def answer_logprobs(module: Any, batch: Sequence[Encoded], *, pad_id: int, devic
     return -(ce * valid).sum(-1), valid.sum(-1)
 
 
+def answer_nll(
+    module: Any, groups: Mapping[str, Sequence[Encoded]], *, pad_id: int, device: Any, batch_size: int = 16
+) -> dict[str, float]:
+    """Mean negative log-likelihood per answer token of each named group of examples, without gradients
+    (the held-out losses a card records before and after training); an empty group is left out."""
+    import torch
+
+    out: dict[str, float] = {}
+    with torch.no_grad():
+        for name, rows in groups.items():
+            if not rows:
+                continue
+            tot, cnt = 0.0, 0
+            for i in range(0, len(rows), batch_size):
+                lp, n = answer_logprobs(module, rows[i : i + batch_size], pad_id=pad_id, device=device)
+                tot += float(-lp.sum())
+                cnt += int(n.sum())
+            out[name] = round(tot / max(1, cnt), 4)
+    return out
+
+
+def nll_loss(module: Any, *, pad_id: int, device: Any) -> Callable[[Sequence[Encoded]], Any]:
+    """The supervised loss of a batch: mean negative log-likelihood per answer token (prompt tokens unscored)."""
+
+    def loss_fn(batch: Sequence[Encoded]) -> Any:
+        lp, n = answer_logprobs(module, batch, pad_id=pad_id, device=device)
+        return -(lp.sum() / n.sum())
+
+    return loss_fn
+
+
+def step_logger(name: str, log_fn: Callable[[str], None], *, every: int = 10) -> Callable[[int, int, float], None]:
+    """A ``progress`` callback for :func:`run_steps` that logs the first step, every ``1/every`` of the
+    run, and the last: ``"<name> step k/total loss x"``."""
+
+    def progress(step: int, total: int, loss: float) -> None:
+        if step == 1 or step % max(1, total // every) == 0 or step == total:
+            log_fn(f"{name} step {step}/{total} loss {loss:.3f}")
+
+    return progress
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, MiB (Linux/macOS)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -135,10 +188,15 @@ def run_steps(
     max_grad_norm: float = 1.0,
     progress: Callable[[int, int, float], None] | None = None,
     length: Callable[[Any], int] | None = None,
+    lr_groups: Sequence[tuple[Sequence[Any], float]] | None = None,
 ) -> StepStats:
     """AdamW over ``params``: ``epochs`` passes over ``items`` in batches (shuffled per epoch with
     ``seed`` unless ``shuffle`` is False, which keeps the given order — sequential curricula),
     learning rate warmed up linearly over the first ``warmup`` fraction of steps, then constant.
+
+    ``loss_fn(batch)`` returns the batch's loss, or ``(loss, examples)`` when a batch item stands for
+    several examples. ``lr_groups`` (``(tensors, lr)`` pairs) replaces ``params`` and ``lr`` when
+    parameter groups learn at different rates (a projector trained in full beside LoRA tensors).
 
     With ``length`` (an item's token count) and ``shuffle``, batches are bucketed: each shuffled
     window of ``16 × batch_size`` items is sorted by length and cut into batches, and the batches are
@@ -147,7 +205,9 @@ def run_steps(
     import torch
 
     stats = StepStats()
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    groups = [(list(ts), rate) for ts, rate in lr_groups if ts] if lr_groups is not None else [(list(params), lr)]
+    tensors = [t for ts, _ in groups for t in ts]
+    opt = torch.optim.AdamW([{"params": ts, "lr": rate} for ts, rate in groups], weight_decay=0.0)
     rng = random.Random(seed)
     order = list(range(len(items)))
     total = epochs * ((len(items) + batch_size - 1) // batch_size)
@@ -167,16 +227,17 @@ def run_steps(
             rng.shuffle(batches)
         for idx in batches:
             batch = [items[i] for i in idx]
-            for g in opt.param_groups:
-                g["lr"] = lr * min(1.0, (step + 1) / warm)
-            loss = loss_fn(batch)
+            for g, (_, rate) in zip(opt.param_groups, groups, strict=True):
+                g["lr"] = rate * min(1.0, (step + 1) / warm)
+            out = loss_fn(batch)
+            loss, n = out if isinstance(out, tuple) else (out, len(batch))
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(tensors, max_grad_norm)
             opt.step()
             step += 1
             stats.losses.append(float(loss.detach()))
-            stats.examples += len(batch)
+            stats.examples += n
             if progress is not None:
                 progress(step, total, stats.losses[-1])
     stats.steps = step
