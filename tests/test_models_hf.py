@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from mmsafe.models._hf_util import (
     RANDOM_WEIGHTS_MARKER,
+    answer_continuation,
     choose_model_class,
     split_at_eos,
     to_conversation,
@@ -242,3 +243,14 @@ def test_helpers() -> None:
     assert split_at_eos([5, 6, 7], frozenset({2})) == ([5, 6, 7], False)
     assert choose_model_class(["LlavaForConditionalGeneration"], "llava") == "llava"
     assert choose_model_class(["Qwen2VLForConditionalGeneration"], "qwen2_vl") == "image-text-to-text"
+
+
+def test_answer_continuation_is_what_follows_the_generation_prompt() -> None:
+    prompt = "<s>User: hi\nAssistant:"
+    full = prompt + " Hello there.<end_of_turn>\n</s>\n"
+    assert answer_continuation(prompt, full) == " Hello there.<end_of_turn>\n</s>\n"
+    assert answer_continuation(prompt, full, eos="</s>") == " Hello there.<end_of_turn>\n</s>"  # nothing after EOS
+    # a backend that cuts answers at a stop string learns to write that string where the turn ends
+    assert answer_continuation(prompt, prompt + " Hello there.\n", stop_strings=["\nUser:"]) == " Hello there.\nUser:"
+    with pytest.raises(ValueError, match="prefix"):
+        answer_continuation(prompt, "<s>User: hi\nBot: Hello")

@@ -117,6 +117,22 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     return (text[: min(cuts)], True) if cuts else (text, False)
 
 
+def answer_continuation(prompt_text: str, full_text: str, *, stop_strings: Sequence[str] = (), eos: str = "") -> str:
+    """What a model should write after ``prompt_text`` (the chat template's generation prompt) to
+    produce ``full_text`` (the same conversation with the assistant's answer): the answer and its
+    end-of-turn marker. With ``stop_strings`` (inference cuts answers there) the marker is replaced by
+    the first stop string, so the model learns to end where inference cuts; otherwise nothing after
+    ``eos`` is kept. For training on answers (``render_answer`` of the local backends)."""
+    if not full_text.startswith(prompt_text):
+        raise ValueError("the chat template does not render the prompt as a prefix of prompt + answer")
+    tail = full_text[len(prompt_text) :]
+    if stop_strings:
+        return tail.rstrip() + stop_strings[0]
+    if eos and eos in tail:
+        return tail[: tail.rindex(eos) + len(eos)]
+    return tail
+
+
 def layer_outputs(blocks: Sequence[Any], layers: Iterable[int], forward: Callable[[], Any]) -> dict[int, Any]:
     """The outputs ``[seq, hidden]`` (first batch row) of ``blocks[k]`` for each ``k`` in ``layers``
     (0-based, negative from the end) while ``forward()`` runs, read with forward hooks that are removed

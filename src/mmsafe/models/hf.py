@@ -18,6 +18,7 @@ from mmsafe.errors import ConfigError, require
 from mmsafe.models._hf_util import (
     AdapterFields,
     BatchedHFGeneration,
+    answer_continuation,
     choose_model_class,
     generate_seeded,
     has_random_weights_marker,
@@ -301,14 +302,7 @@ class HFModel(BatchedHFGeneration, WhiteBoxModel):
         full = ProcessorMixin.apply_chat_template(
             self._processor, [*conversation, turn], add_generation_prompt=False, tokenize=False
         )
-        if not full.startswith(text):
-            raise ValueError("the chat template does not render the prompt as a prefix of prompt + answer")
-        tail = full[len(text) :]
-        if self._settings.stop_strings:
-            tail = tail.rstrip() + self._settings.stop_strings[0]
-        elif eos and eos in tail:
-            tail = tail[: tail.rindex(eos) + len(eos)]
-        return text, tail
+        return text, answer_continuation(text, full, stop_strings=self._settings.stop_strings, eos=eos)
 
     # --------------------------------------------------------------- generation
 

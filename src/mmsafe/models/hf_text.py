@@ -23,6 +23,7 @@ from mmsafe.errors import ConfigError, MissingDependency, require
 from mmsafe.models._hf_util import (
     AdapterFields,
     BatchedHFGeneration,
+    answer_continuation,
     cut_at_stop,
     layer_outputs,
     to_conversation,
@@ -277,12 +278,7 @@ class HFTextModel(BatchedHFGeneration, WhiteBoxModel):
         text = self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         messages.append({"role": "assistant", "content": answer})
         full = self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
-        if not full.startswith(text):
-            raise ValueError("the chat template does not render the prompt as a prefix of prompt + answer")
-        tail = full[len(text) :]
-        if self._settings.stop_strings:
-            tail = tail.rstrip() + self._settings.stop_strings[0]
-        return text, tail
+        return text, answer_continuation(text, full, stop_strings=self._settings.stop_strings)
 
     @property
     def module(self) -> Any:
