@@ -19,6 +19,17 @@ SHARED_DATA = Path(os.environ.get("MMSAFE_SHARED_DATA", REPO.parent / "shared" /
 
 STRICT_SKIPS = os.environ.get("MMSAFE_STRICT_SKIPS", "") not in ("", "0")
 
+try:  # property-based tests (tests/test_properties.py): the same examples on every run, no saved database
+    from hypothesis import HealthCheck, settings
+
+    _PROPERTY = dict(derandomize=True, database=None, deadline=None, print_blob=False,
+                     suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile("mmsafe", max_examples=50, **_PROPERTY)
+    settings.register_profile("mmsafe-thorough", max_examples=500, **_PROPERTY)  # HYPOTHESIS_PROFILE=mmsafe-thorough
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "mmsafe"))
+except ImportError:  # hypothesis is in the dev extra; the property tests skip (fail under MMSAFE_STRICT_SKIPS)
+    pass
+
 
 def require_data(*parts: str) -> Path:
     """``SHARED_DATA/parts…``; fails the calling test, naming the path, when it does not exist."""
