@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -31,14 +33,56 @@ __all__ = [
     "Record",
     "Sample",
     "TextPart",
+    "lone_surrogate",
     "stable_hash",
 ]
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(text: str) -> int | None:
+    """Index of the first lone surrogate (U+D800–U+DFFF) in ``text``, or None.
+
+    Python strings can hold them (a JSON ``"\\ud800"`` escape, bytes decoded with
+    ``surrogateescape``), but UTF-8 cannot encode them, so such text can be neither stored nor sent.
+    """
+    m = _SURROGATE.search(text)
+    return m.start() if m else None
+
 
 def stable_hash(obj: Any) -> str:
-    """SHA-256 hex digest of ``obj`` rendered as canonical JSON (sorted keys, no whitespace)."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """SHA-256 hex digest of ``obj`` rendered as canonical JSON (sorted keys, no whitespace).
+
+    Text is encoded as UTF-8 with ``surrogatepass``, so a lone surrogate hashes instead of raising
+    (valid text gives the same bytes, and so the same keys, as plain UTF-8). An integer too long for
+    ``str`` (over ``sys.get_int_max_str_digits()`` digits) hashes by its hex form.
+    """
+    try:
+        text = _canonical_json(obj)
+    except ValueError:  # an int over the str-conversion limit: only such objects take this path
+        text = _canonical_json(_hex_big_ints(obj))
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _hex_big_ints(obj: Any) -> Any:
+    if _big_int(obj):
+        return {"$int": hex(obj)}
+    if isinstance(obj, dict):
+        return {f"$int:{hex(k)}" if _big_int(k) else k: _hex_big_ints(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_hex_big_ints(v) for v in obj]
+    return obj
+
+
+def _big_int(obj: Any) -> bool:
+    """True for every int ``str`` refuses (more digits than the limit means more than 3.3 bits a digit)."""
+    if not isinstance(obj, int) or isinstance(obj, bool):
+        return False
+    return obj.bit_length() > 3 * sys.get_int_max_str_digits()
 
 
 class _Frozen(BaseModel):

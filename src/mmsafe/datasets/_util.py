@@ -4,23 +4,33 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
-from mmsafe.errors import ConfigError
-from mmsafe.types import Image
+from mmsafe.errors import ConfigError, MmsafeError
+from mmsafe.types import Image, Sample, lone_surrogate
 
 __all__ = [
+    "MAX_DEPTH",
     "ImageLoadError",
     "check_choices",
+    "clip_repr",
     "load_image",
     "read_csv",
     "read_json",
     "read_packaged_items",
     "require_file",
     "resolve_inside",
+    "rows_to_samples",
+    "sample_problem",
+    "value_problem",
 ]
+
+#: How deeply a value read from a data file may nest (lists/objects in lists/objects); deeper is a row error.
+MAX_DEPTH = 32
+
+Row = TypeVar("Row")
 
 
 def read_packaged_items(filename: str, file_model: Any) -> tuple[Any, ...]:
@@ -80,7 +90,12 @@ def resolve_inside(root: Path, rel: str | Path) -> Path:
     Absolute paths are allowed only when they land inside ``root``.
     """
     base = root.resolve()
-    target = (base / Path(rel)).resolve()
+    try:
+        target = (base / Path(rel)).resolve()
+    except RuntimeError:  # Python 3.11/3.12: "Symlink loop from …"
+        raise ImageLoadError(f"image path {clip_repr(str(rel))} is a symlink loop") from None
+    except (ValueError, OSError) as exc:  # embedded NUL byte, a name too long for the file system
+        raise ImageLoadError(f"invalid image path {clip_repr(str(rel))}: {_os_reason(exc)}") from None
     if not target.is_relative_to(base):
         raise ImageLoadError("image path escapes dataset root")
     return target
@@ -94,12 +109,137 @@ def load_image(root: Path, rel: str | Path, *, source: str | None = None) -> Ima
     """
     path = resolve_inside(root, rel)
     name = source if source is not None else str(rel)
-    if not path.is_file():
-        raise ImageLoadError(f"image not found: {name}")
     try:
+        if not path.is_file():
+            raise ImageLoadError(f"image not found: {name}")
         return Image.from_path(path, source=name)
-    except OSError as exc:
-        raise ImageLoadError(f"cannot read image {name}: {exc.strerror or exc}") from None
+    except OSError as exc:  # unreadable, a name too long, a loop (Python ≥ 3.13 resolves loops as missing)
+        raise ImageLoadError(f"cannot read image {clip_repr(name)}: {_os_reason(exc)}") from None
+
+
+def clip_repr(value: Any, limit: int = 80) -> str:
+    """``repr`` of a value (a path, a column name) for an error message: control bytes and lone
+    surrogates escaped, cut to ``limit`` chars."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 4]}…{text[-1]}"
+
+
+def _os_reason(exc: BaseException) -> str:
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
+
+
+# -- rows that cannot be read are errored Samples, not a stopped run ---------------------------------
+
+
+def value_problem(value: Any, *, max_depth: int = MAX_DEPTH, decoded_as: str | None = None) -> str | None:
+    """Why ``value`` (parsed from a data file) cannot travel through a run, or None.
+
+    Checks every string, dict key and nesting level without recursion: a lone surrogate (which UTF-8
+    cannot store), and nesting deeper than ``max_depth``. With ``decoded_as`` (text decoded with
+    ``errors="surrogateescape"``), an escaped byte is reported as undecodable in that encoding.
+    """
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            at = lone_surrogate(item)
+            if at is not None:
+                code = ord(item[at])
+                if decoded_as is not None and 0xDC80 <= code <= 0xDCFF:
+                    return f"cannot be decoded as {decoded_as} (byte 0x{code - 0xDC00:02x} at char {at})"
+                return f"holds a lone surrogate (U+{code:04X}) at char {at}"
+        elif isinstance(item, dict | list | tuple):
+            if depth >= max_depth:
+                return f"is nested deeper than {max_depth} levels"
+            if isinstance(item, dict):
+                stack.extend((k, depth + 1) for k in item)
+                stack.extend((v, depth + 1) for v in item.values())
+            else:
+                stack.extend((v, depth + 1) for v in item)
+    return None
+
+
+def sample_problem(sample: Sample) -> str | None:
+    """The first field of ``sample`` that :func:`value_problem` rejects, as "field 'x' …", or None."""
+    fields: dict[str, Any] = {
+        "id": sample.id,
+        "category": sample.category,
+        "text": sample.text,
+        "label": sample.label,
+        "target": sample.target,
+        "references": sample.references,
+        "images": [i.source for i in sample.images],
+        "error": sample.error,
+    }
+    for name, value in (*fields.items(), *(("metadata", {k: v}) for k, v in sample.metadata.items())):
+        problem = value_problem(value, max_depth=MAX_DEPTH + 1)
+        if problem:
+            return f"field {name!r} {problem}"
+    return None
+
+
+def rows_to_samples(
+    rows: Iterable[tuple[int, Row]],
+    to_sample: Callable[[int, Row], Sample | None],
+    *,
+    benchmark: str,
+    id_prefix: str = "",
+    repeated_ids: Literal["keep", "mark"] = "keep",
+) -> Iterator[Sample]:
+    """``to_sample(n, row)`` for each numbered row; a row it cannot map becomes an errored Sample.
+
+    A row whose mapping raises (a missing column, a bad value) or whose Sample holds text that cannot
+    be stored (see :func:`sample_problem`) yields ``Sample(id=f"{id_prefix}row-{n}", error=…)`` with
+    the reason, so the run records it as failed and its neighbours still load. ``None`` skips the
+    row (a filter). :class:`~mmsafe.errors.MmsafeError` propagates: a config problem is not a row's fault.
+
+    ``repeated_ids="mark"`` (user files) turns a repeated id into an errored Sample ``"<id>#row-<n>"``;
+    ``"keep"`` (built-in data, whose ids are its own) leaves them for the runner to reject.
+    """
+    seen: set[str] = set()
+    for n, sample in _map_rows(rows, to_sample, benchmark=benchmark, id_prefix=id_prefix):
+        if repeated_ids == "mark":
+            if sample.id in seen:
+                sample = sample.model_copy(
+                    update={"id": f"{sample.id}#row-{n}", "error": f"row {n}: duplicate id {sample.id!r}"}
+                )
+            seen.add(sample.id)
+        yield sample
+
+
+def _map_rows(
+    rows: Iterable[tuple[int, Row]],
+    to_sample: Callable[[int, Row], Sample | None],
+    *,
+    benchmark: str,
+    id_prefix: str,
+) -> Iterator[tuple[int, Sample]]:
+    for n, row in rows:
+        try:
+            sample = to_sample(n, row)
+        except MmsafeError:
+            raise
+        except Exception as exc:
+            error = f"row {n}: {_row_reason(exc)}"
+            yield n, Sample(id=f"{id_prefix}row-{n}", benchmark=benchmark, error=error)
+            continue
+        if sample is None:
+            continue
+        problem = sample_problem(sample)
+        if problem is not None:
+            sid = sample.id if value_problem(sample.id) is None else f"{id_prefix}row-{n}"
+            yield n, Sample(id=sid, benchmark=benchmark, error=f"row {n}: {problem}")
+        else:
+            yield n, sample
+
+
+def _row_reason(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return f"missing field {clip_repr(exc.args[0] if exc.args else '?')}"
+    msg = " ".join(str(exc).split())[:300]
+    if lone_surrogate(msg) is not None:
+        msg = msg.encode("utf-8", "backslashreplace").decode("utf-8")
+    return f"cannot read this row: {type(exc).__name__}" + (f": {msg}" if msg else "")
 
 
 def check_choices(field: str, values: Iterable[str] | None, allowed: Iterable[str]) -> None:

@@ -30,6 +30,13 @@ class Benchmark(Component):
     def load(self) -> Iterator[Sample]:
         raise NotImplementedError
 
+    def location(self) -> str:
+        """Where the data is read from, for error messages (the folder, or the file for a one-file loader)."""
+        try:
+            return str(self.root())
+        except Exception:  # no folder configured: root() raises its own ConfigError when loading
+            return "(no data folder)"
+
     def root(self) -> Path:
         """The dataset folder: ``params.path``, else ``$MMSAFE_DATA_DIR/<default_folder>``."""
         path = getattr(self.params, "path", None)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from mmsafe.datasets._util import ImageLoadError, load_image, read_csv, require_file
+from mmsafe.datasets._util import ImageLoadError, load_image, read_csv, require_file, rows_to_samples
 from mmsafe.datasets.base import Benchmark
 from mmsafe.types import Image, Sample
 
@@ -52,26 +54,30 @@ class FigStepSafeBench(Benchmark):
 
     def load(self) -> Iterator[Sample]:
         root = self.root()
-        csv_rel, image_dir = _SPLITS[self.params.split]
-        for row in read_csv(require_file(root, csv_rel, benchmark=self.name)):
-            cat, task = row["category_id"].strip(), row["task_id"].strip()
-            images: tuple[Image, ...] = ()
-            error = None
-            if self.params.with_images:
-                try:
-                    images = (load_image(root, f"{image_dir}/query_ForbidQI_{cat}_{task}_6.png"),)
-                except ImageLoadError as exc:
-                    error = str(exc)
-            yield Sample(
-                id=f"figstep/{cat}_{task}",
-                benchmark=self.name,
-                category=row["category_name"],
-                text=row["question"],
-                images=images,
-                metadata={
-                    "instruction": row["instruction"],
-                    "category_id": int(cat),
-                    "task_id": int(task),
-                },
-                error=error,
-            )
+        rows = read_csv(require_file(root, _SPLITS[self.params.split][0], benchmark=self.name))
+        to_sample = partial(self._sample, root=root)
+        yield from rows_to_samples(enumerate(rows, 1), to_sample, benchmark=self.name, id_prefix="figstep/")
+
+    def _sample(self, n: int, row: dict[str, str], *, root: Path) -> Sample:
+        cat, task = row["category_id"].strip(), row["task_id"].strip()
+        images: tuple[Image, ...] = ()
+        error = None
+        if self.params.with_images:
+            image_dir = _SPLITS[self.params.split][1]
+            try:
+                images = (load_image(root, f"{image_dir}/query_ForbidQI_{cat}_{task}_6.png"),)
+            except ImageLoadError as exc:
+                error = str(exc)
+        return Sample(
+            id=f"figstep/{cat}_{task}",
+            benchmark=self.name,
+            category=row["category_name"],
+            text=row["question"],
+            images=images,
+            metadata={
+                "instruction": row["instruction"],
+                "category_id": int(cat),
+                "task_id": int(task),
+            },
+            error=error,
+        )

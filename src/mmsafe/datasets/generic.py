@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
+import itertools
 import json
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mmsafe.datasets._util import ImageLoadError, load_image, resolve_inside
+from mmsafe.datasets._util import (
+    ImageLoadError,
+    clip_repr,
+    load_image,
+    resolve_inside,
+    rows_to_samples,
+    value_problem,
+)
 from mmsafe.datasets.base import Benchmark
 from mmsafe.errors import ConfigError
 from mmsafe.types import Expected, Image, Sample
+
+#: The longest CSV cell a row may hold, in characters (longer: that row is an errored Sample).
+MAX_CSV_CELL = 1 << 20
+#: What the csv module is allowed while parsing (its own default, 131,072, would abort the whole file).
+_CSV_PARSER_LIMIT = 2**31 - 1
 
 
 class GenericFile(Benchmark):
@@ -40,9 +56,16 @@ class GenericFile(Benchmark):
       answers separated by ``|``. Items with references are normally ``expected: comply``.
     - every other column → ``metadata`` (e.g. an ``instruction`` column for the FigStep attack).
 
-    A malformed JSONL line (bad JSON, not an object, undecodable bytes) becomes an errored Sample
-    naming the line number; blank lines are skipped. ``format`` ``auto`` picks CSV for ``.csv``
-    files and JSONL otherwise; ``encoding`` (default ``utf-8``) applies to both.
+    A row that cannot be read becomes an errored Sample whose error names the line (JSONL) or data
+    row (CSV) and the reason, and the rows around it load as usual; blank lines are skipped. That
+    covers: bad JSON, not an object, an integer over Python's 4,300-digit limit, nesting Python
+    cannot parse (~1,000 deep) or deeper than 32 levels in any column; bytes that do not decode
+    (per line in JSONL, per row in CSV); a lone surrogate (``"\\ud800"``, which UTF-8 cannot
+    store) in any column name or value; a CSV cell over ``MAX_CSV_CELL`` (1,048,576) characters;
+    an image path with a NUL byte, a symlink loop or a name the file system refuses. Nothing of a
+    rejected value is kept; a bad ``id`` gives the Sample the id ``"row-<n>"``. ``format``
+    ``auto`` picks CSV for ``.csv`` files and JSONL otherwise; ``encoding`` (default ``utf-8``,
+    checked when the config is read) applies to both.
     """
 
     name: ClassVar[str] = "jsonl"
@@ -64,11 +87,23 @@ class GenericFile(Benchmark):
         references: str = "answers"
         default_expected: Expected = Expected.refuse
 
+        @field_validator("encoding")
+        @classmethod
+        def _known_encoding(cls, value: str) -> str:
+            try:
+                codecs.lookup(value)
+            except LookupError:
+                raise ValueError(f"unknown encoding {value!r}") from None
+            return value
+
     def file(self) -> Path:
         path = Path(self.params.file).expanduser()
         if not path.is_file():
             raise ConfigError(f"benchmark '{self.name}': params.file {path} is not a file")
         return path
+
+    def location(self) -> str:
+        return str(Path(self.params.file).expanduser())
 
     def root(self) -> Path:
         """The folder image paths are resolved against: ``params.root``, else the file's folder."""
@@ -83,29 +118,29 @@ class GenericFile(Benchmark):
         if fmt == "auto":
             fmt = "csv" if path.suffix.lower() == ".csv" else "jsonl"
         rows = self._csv_rows(path) if fmt == "csv" else self._jsonl_rows(path)
-        seen: set[str] = set()
-        for n, row, problem in rows:
-            default_id = f"row-{n}"
+        escaped = self.params.encoding if fmt == "csv" else None  # CSV keeps undecodable bytes as escapes
+
+        def to_sample(n: int, parsed: tuple[dict[str, Any], str | None]) -> Sample:
+            row, problem = parsed
+            problem = problem or _row_problem(row, n=n, decoded_as=escaped)
             if problem is not None:
-                yield Sample(id=default_id, benchmark=self.name, error=problem)
-                continue
-            sample = self._sample(row, root, n=n, csv_mode=fmt == "csv")
-            if sample.id in seen:
-                sample = sample.model_copy(
-                    update={"id": f"{sample.id}#{default_id}", "error": f"duplicate id {sample.id!r}"}
-                )
-            seen.add(sample.id)
-            yield sample
+                raw_id = row.get(self.params.id)  # kept when it is plain text, else the row number
+                ok = isinstance(raw_id, str | int) and value_problem(raw_id) is None and str(raw_id).strip()
+                sid = str(raw_id).strip() if ok else f"row-{n}"
+                return Sample(id=sid, benchmark=self.name, error=problem)
+            return self._sample(row, root, n=n, csv_mode=fmt == "csv")
+
+        yield from rows_to_samples(rows, to_sample, benchmark=self.name, repeated_ids="mark")
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def _jsonl_rows(self, path: Path) -> Iterator[tuple[int, dict[str, Any], str | None]]:
+    def _jsonl_rows(self, path: Path) -> Iterator[tuple[int, tuple[dict[str, Any], str | None]]]:
         with path.open("rb") as fh:
             for n, raw in enumerate(fh, start=1):
                 try:
                     line = raw.decode(self.params.encoding)
                 except UnicodeDecodeError as exc:
-                    yield n, {}, f"line {n}: cannot decode as {self.params.encoding}: {exc.reason}"
+                    yield n, ({}, f"line {n}: cannot decode as {self.params.encoding}: {exc.reason}")
                     continue
                 if n == 1:
                     line = line.removeprefix("\ufeff")
@@ -114,25 +149,53 @@ class GenericFile(Benchmark):
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    yield n, {}, f"line {n}: invalid JSON: {exc.msg} (column {exc.colno})"
+                    yield n, ({}, f"line {n}: invalid JSON: {exc.msg} (column {exc.colno})")
+                    continue
+                except RecursionError:
+                    yield n, ({}, f"line {n}: invalid JSON: nested deeper than Python can parse")
+                    continue
+                except ValueError as exc:  # an integer literal over Python's str-conversion limit
+                    why = str(exc)[:200]
+                    if "integer" in why:
+                        why = f"an integer longer than {sys.get_int_max_str_digits()} digits"
+                    yield n, ({}, f"line {n}: invalid JSON: {why}")
                     continue
                 if not isinstance(obj, dict):
-                    yield n, {}, f"line {n}: expected a JSON object, got {type(obj).__name__}"
+                    yield n, ({}, f"line {n}: expected a JSON object, got {type(obj).__name__}")
                     continue
-                yield n, obj, None
+                yield n, (obj, None)
 
-    def _csv_rows(self, path: Path) -> Iterator[tuple[int, dict[str, Any], str | None]]:
+    def _csv_rows(self, path: Path) -> list[tuple[int, tuple[dict[str, Any], str | None]]]:
+        """Every data row, parsed at once. Undecodable bytes are kept (``surrogateescape``) so that only
+        the rows holding them fail; a cell longer than :data:`MAX_CSV_CELL` fails its row."""
         enc = self.params.encoding
         try:
-            text = path.read_bytes().decode(enc)
-        except UnicodeDecodeError as exc:
+            text = path.read_bytes().decode(enc, errors="surrogateescape")
+        except UnicodeDecodeError as exc:  # a codec that cannot escape its errors
             raise ConfigError(f"cannot decode {path} as {enc}: {exc}") from None
         reader = csv.DictReader(io.StringIO(text.removeprefix("\ufeff"), newline=""))
-        for n, row in enumerate(reader, start=1):
-            if None in row:  # more cells than header columns
-                yield n, {}, f"row {n}: more cells than header columns"
-                continue
-            yield n, {k: v for k, v in row.items() if v is not None}, None
+        out: list[tuple[int, tuple[dict[str, Any], str | None]]] = []
+        with _csv_field_limit(_CSV_PARSER_LIMIT):  # parse exactly; our own per-cell limit comes after
+            for n in itertools.count(1):
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as exc:
+                    out.append((n, ({}, f"row {n}: malformed CSV: {exc}")))
+                    continue
+                if None in row:  # more cells than header columns
+                    out.append((n, ({}, f"row {n}: more cells than header columns")))
+                    continue
+                cells = {k: v for k, v in row.items() if v is not None}
+                long = next((k for k, v in cells.items() if len(v) > MAX_CSV_CELL), None)
+                if long is not None:
+                    size, key = len(cells[long]), clip_repr(long)
+                    why = f"column {key} holds {size:,} characters (a CSV cell may hold {MAX_CSV_CELL:,})"
+                    out.append((n, ({}, f"row {n}: {why}")))
+                    continue
+                out.append((n, (cells, None)))
+        return out
 
     # -- mapping ---------------------------------------------------------------------------------
 
@@ -156,7 +219,7 @@ class GenericFile(Benchmark):
                 expected = Expected(str(raw_expected).strip().lower())
             except ValueError:
                 allowed = ", ".join(e.value for e in Expected)
-                errors.append(f"row {n}: {p.expected}={raw_expected!r} is not one of {allowed}")
+                errors.append(f"row {n}: {p.expected}={clip_repr(raw_expected)} is not one of {allowed}")
 
         answers, answers_error = _answers(row.get(p.references), csv_mode=csv_mode)
         if answers_error:
@@ -219,6 +282,28 @@ def _answers(value: Any, *, csv_mode: bool) -> tuple[tuple[str, ...], str | None
                 out.append(v.strip())
         return tuple(out), None
     return (), "must be a string, a list of strings or a list of {answer: …} objects"
+
+
+def _row_problem(row: dict[str, Any], *, n: int, decoded_as: str | None) -> str | None:
+    """The first column of ``row`` (name or value) that cannot travel through a run, as a row error."""
+    for key, value in row.items():
+        problem = value_problem(key, decoded_as=decoded_as)
+        if problem is not None:
+            return f"row {n}: a column name {problem}"
+        problem = value_problem(value, decoded_as=decoded_as)
+        if problem is not None:
+            return f"row {n}: column {clip_repr(key)} {problem}"
+    return None
+
+
+@contextmanager
+def _csv_field_limit(limit: int) -> Iterator[None]:
+    """The csv module's field limit is process-wide: raise it for one parse, then put it back."""
+    old = csv.field_size_limit(limit)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
 
 
 def _opt_str(value: Any) -> str | None:

@@ -8,7 +8,14 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from mmsafe.datasets._util import ImageLoadError, load_image, read_csv, read_json, require_file
+from mmsafe.datasets._util import (
+    ImageLoadError,
+    load_image,
+    read_csv,
+    read_json,
+    require_file,
+    rows_to_samples,
+)
 from mmsafe.datasets.base import Benchmark
 from mmsafe.errors import ConfigError
 from mmsafe.types import Image, Sample
@@ -97,18 +104,22 @@ class HarmBench(Benchmark):
     def _text(self, root: Path, targets: dict[str, Any]) -> Iterator[Sample]:
         rel = _TEXT_FILES[self.params.split or "test"]
         wanted = set(self.params.functional_categories or ())
-        for row in read_csv(require_file(root, rel, benchmark=self.name)):
+
+        def to_sample(n: int, row: dict[str, str]) -> Sample | None:
             functional = row["FunctionalCategory"].strip()
             if wanted and functional not in wanted:
-                continue
+                return None
             behavior, context = row["Behavior"], row.get("ContextString") or ""
             text = f"{context}{CONTEXT_SEPARATOR}{behavior}" if context else behavior
             meta = self._meta(row, functional)
             meta["context"] = context or None
-            yield self._sample(row, targets, text=text, metadata=meta)
+            return self._sample(row, targets, text=text, metadata=meta)
+
+        rows = read_csv(require_file(root, rel, benchmark=self.name))
+        yield from rows_to_samples(enumerate(rows, 1), to_sample, benchmark=self.name, id_prefix="harmbench/")
 
     def _multimodal(self, root: Path, targets: dict[str, Any]) -> Iterator[Sample]:
-        for row in read_csv(require_file(root, _MM_FILE, benchmark=self.name)):
+        def to_sample(n: int, row: dict[str, str]) -> Sample:
             file_name = row.get("ImageFileName", "").strip()
             # A bare file name is expected; PurePath(...).name drops any directory part it might carry.
             stem = PurePath(PurePath(file_name).name).stem
@@ -128,7 +139,10 @@ class HarmBench(Benchmark):
                 redacted_image_description=row.get("RedactedImageDescription") or None,
                 source_url=row.get("Source") or None,
             )
-            yield self._sample(row, targets, text=row["Behavior"], metadata=meta, images=images, error=error)
+            return self._sample(row, targets, text=row["Behavior"], metadata=meta, images=images, error=error)
+
+        rows = read_csv(require_file(root, _MM_FILE, benchmark=self.name))
+        yield from rows_to_samples(enumerate(rows, 1), to_sample, benchmark=self.name, id_prefix="harmbench/")
 
     @staticmethod
     def _meta(row: dict[str, str], functional: str) -> dict[str, Any]:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from mmsafe.datasets._util import read_csv, require_file
+from mmsafe.datasets._util import read_csv, require_file, rows_to_samples
 from mmsafe.datasets.base import Benchmark
 from mmsafe.types import Expected, Sample
 
@@ -51,22 +52,27 @@ class JailbreakBench(Benchmark):
         root = self.root()
         subsets = ("harmful", "benign") if self.params.subset == "both" else (self.params.subset,)
         for subset in subsets:
-            file, expected = _SUBSETS[subset]
-            other = "benign" if subset == "harmful" else "harmful"
-            for row in read_csv(require_file(root, file, benchmark=self.name)):
-                index = row["Index"].strip()
-                yield Sample(
-                    id=f"jbb/{subset}/{index}",
-                    benchmark=self.name,
-                    category=row["Category"],
-                    text=row["Goal"],
-                    expected=expected,
-                    target=row.get("Target") or None,
-                    metadata={
-                        "subset": subset,
-                        "index": int(index),
-                        "behavior": row.get("Behavior"),
-                        "source": row.get("Source"),
-                        "pair_id": f"jbb/{other}/{index}",
-                    },
-                )
+            rows = read_csv(require_file(root, _SUBSETS[subset][0], benchmark=self.name))
+            to_sample = partial(self._sample, subset=subset)
+            prefix = f"jbb/{subset}/"
+            yield from rows_to_samples(enumerate(rows, 1), to_sample, benchmark=self.name, id_prefix=prefix)
+
+    def _sample(self, n: int, row: dict[str, str], *, subset: str) -> Sample:
+        expected = _SUBSETS[subset][1]
+        other = "benign" if subset == "harmful" else "harmful"
+        index = row["Index"].strip()
+        return Sample(
+            id=f"jbb/{subset}/{index}",
+            benchmark=self.name,
+            category=row["Category"],
+            text=row["Goal"],
+            expected=expected,
+            target=row.get("Target") or None,
+            metadata={
+                "subset": subset,
+                "index": int(index),
+                "behavior": row.get("Behavior"),
+                "source": row.get("Source"),
+                "pair_id": f"jbb/{other}/{index}",
+            },
+        )

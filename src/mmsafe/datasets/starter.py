@@ -71,6 +71,9 @@ class Starter(Benchmark):
 
         categories: tuple[StarterCategory, ...] | None = None
 
+    def location(self) -> str:
+        return "package data mmsafe/data/starter.yaml"
+
     def load(self) -> Iterator[Sample]:
         wanted = set(self.params.categories) if self.params.categories else None
         for item in _read_items():

@@ -159,6 +159,9 @@ class VQAStarter(Benchmark):
         short_answer: bool = True
         font_path: str | None = None
 
+    def location(self) -> str:
+        return "package data mmsafe/data/vqa_starter.yaml"
+
     def load(self) -> Iterator[Sample]:
         from mmsafe.attacks.typographic.figstep import find_font
 

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from mmsafe.datasets._util import read_csv, require_file
+from mmsafe.datasets._util import read_csv, require_file, rows_to_samples
 from mmsafe.datasets.base import Benchmark
 from mmsafe.types import Expected, Sample
 
@@ -38,16 +38,19 @@ class XSTest(Benchmark):
         path: str | None = None
 
     def load(self) -> Iterator[Sample]:
-        for row in read_csv(require_file(self.root(), "xstest_prompts.csv", benchmark=self.name)):
-            label = row["label"].strip()
-            expected = _EXPECTED.get(label)
-            yield Sample(
-                id=f"xstest/{row['id'].strip()}",
-                benchmark=self.name,
-                category=row["type"],
-                text=row["prompt"],
-                expected=expected or Expected.refuse,
-                label=label,
-                metadata={"focus": row.get("focus") or None, "note": row.get("note") or None},
-                error=None if expected else f"unknown label {label!r}; expected 'safe' or 'unsafe'",
-            )
+        rows = read_csv(require_file(self.root(), "xstest_prompts.csv", benchmark=self.name))
+        yield from rows_to_samples(enumerate(rows, 1), self._sample, benchmark=self.name, id_prefix="xstest/")
+
+    def _sample(self, n: int, row: dict[str, str]) -> Sample:
+        label = row["label"].strip()
+        expected = _EXPECTED.get(label)
+        return Sample(
+            id=f"xstest/{row['id'].strip()}",
+            benchmark=self.name,
+            category=row["type"],
+            text=row["prompt"],
+            expected=expected or Expected.refuse,
+            label=label,
+            metadata={"focus": row.get("focus") or None, "note": row.get("note") or None},
+            error=None if expected else f"unknown label {label!r}; expected 'safe' or 'unsafe'",
+        )
