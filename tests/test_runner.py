@@ -23,6 +23,8 @@ class ListParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     n: int = 6
     broken: bool = False
+    repeat_id: bool = False
+    explode_at: int | None = None  # raise a KeyError (a malformed copy of built-in data) at this row
 
 
 class ListBench(Benchmark):
@@ -33,6 +35,8 @@ class ListBench(Benchmark):
 
     def load(self) -> Iterator[Sample]:
         for i in range(self.params.n):
+            if i == self.params.explode_at:
+                raise KeyError("Behavior")
             yield Sample(
                 id=f"s{i}",
                 benchmark="list",
@@ -48,6 +52,8 @@ class ListBench(Benchmark):
                 text="describe the image",
                 images=(Image.from_bytes(b"not an image", source="bad.png"),),
             )
+        if self.params.repeat_id:
+            yield Sample(id="s0", benchmark="list", text="again")
 
 
 class NeedsGradients(Attack):
@@ -187,3 +193,61 @@ def test_runtime_params_do_not_change_identity(tmp_path, registry):
     )
     res = run(faster, tmp_path, registry=registry, progress=False)
     assert res.written == 0 and res.skipped == 6
+
+
+def test_hostile_rows_of_a_user_file_fail_alone_and_only_they_are_retried(tmp_path, registry):
+    data = tmp_path / "data"
+    (data / "imgs").mkdir(parents=True)
+    (data / "imgs" / "loop1").symlink_to("loop2")
+    (data / "imgs" / "loop2").symlink_to("loop1")
+    good = [json.dumps({"id": f"g{i}", "text": f"request number {i}"}) for i in range(4)]
+    hostile = {
+        "big-int": '{"id": "big-int", "text": "t", "n": ' + "7" * 5000 + "}",
+        "deep": '{"id": "deep", "text": "t", "n": ' + "[" * 1000 + "]" * 1000 + "}",
+        "nul": json.dumps({"id": "nul", "text": "t", "image": "imgs/a\u0000.png"}),
+        "loop": json.dumps({"id": "loop", "text": "t", "image": "imgs/loop1"}),
+        "surrogate": json.dumps({"id": "surrogate", "text": "t \ud800"}),
+        "surrogate-id": json.dumps({"id": "x\udfff", "text": "t"}),
+    }
+    lines = [good[0], *hostile.values(), *good[1:], good[2]]  # the last line repeats id g2
+    (data / "b.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cfg = _config(benchmarks=[{"name": "jsonl", "params": {"file": str(data / "b.jsonl")}}])
+    out = tmp_path / "out"
+
+    res = run(cfg, out, registry=registry, progress=False)
+    recs = {r.sample_id: r for r in _rows(out).values()}
+    assert len(recs) == len(lines) == res.written and res.errors == 7
+    for i in range(4):
+        assert recs[f"g{i}"].error is None and recs[f"g{i}"].response
+    reasons = {
+        "row-2": "integer longer than 4300 digits",
+        "row-3": "nested deeper than Python can parse",
+        "nul": "embedded null byte",
+        "loop": "symlink loop",
+        "surrogate": "column 'text' holds a lone surrogate (U+D800)",
+        "row-7": "column 'id' holds a lone surrogate (U+DFFF)",
+        "g2#row-11": "duplicate id 'g2'",
+    }
+    for sid, reason in reasons.items():
+        assert recs[sid].error_stage == "load" and reason in recs[sid].error, (sid, recs[sid].error)
+    assert "Errors" in (out / "report.md").read_text()
+
+    before = {k: r.model_dump_json() for k, r in _rows(out).items() if r.error is None}
+    res2 = run(cfg, out, registry=registry, progress=False)
+    assert res2.written == 7 and res2.skipped == 4 and res2.errors == 7  # exactly the errored rows, again
+    after = _rows(out)
+    assert {k: after[k].model_dump_json() for k in before} == before  # the good records are untouched
+
+
+def test_a_loader_that_breaks_is_one_config_error_naming_it(tmp_path, registry):
+    with pytest.raises(ConfigError) as e:
+        run(_config(benchmarks=[{"name": "list", "params": {"explode_at": 2}}]), tmp_path, registry=registry)
+    assert str(e.value).startswith("benchmark 'list': cannot read its data at ")
+    assert "KeyError: 'Behavior'" in str(e.value)
+    with pytest.raises(ConfigError, match=r"benchmark 'list' yields 1 repeated sample id\(s\).*'s0'"):
+        run(
+            _config(benchmarks=[{"name": "list", "params": {"repeat_id": True}}]),
+            tmp_path,
+            registry=registry,
+        )
+    assert not (tmp_path / "mmsafe.sqlite").exists()  # nothing ran

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import islice
@@ -24,6 +25,7 @@ from mmsafe.attacks.base import Attack
 from mmsafe.config import RunConfig
 from mmsafe.datasets.base import Benchmark
 from mmsafe.defenses.base import Defense
+from mmsafe.errors import ConfigError, MmsafeError
 from mmsafe.judges.base import Judge
 from mmsafe.models.base import ModelBackend
 from mmsafe.registry import Registry
@@ -96,13 +98,32 @@ class Runner:
     def _load_samples(self) -> dict[str, list[Sample]]:
         out = {}
         for b in self.grid.benchmarks:
-            samples = list(islice(b.load(), self.config.limit))
-            ids = [s.id for s in samples]
-            if len(set(ids)) != len(ids):
-                raise ValueError(f"benchmark '{b.name}' yielded duplicate sample ids")
+            samples = self._read_benchmark(b)
             out[b.spec.key] = samples
             log.info("benchmark %s: %d samples", b.name, len(samples))
         return out
+
+    def _read_benchmark(self, bench: Benchmark) -> list[Sample]:
+        """The first ``limit`` samples of ``bench``. A loader that fails outright (a malformed copy of
+        built-in data, a bug) or repeats an id is a :class:`ConfigError` naming the benchmark and its data;
+        rows it can read only in part are its own errored Samples and do not come here."""
+        try:
+            samples = list(islice(bench.load(), self.config.limit))
+        except MmsafeError:
+            raise
+        except Exception as exc:
+            raise ConfigError(
+                f"benchmark '{bench.name}': cannot read its data at {bench.location()}: {_err(exc)}"
+            ) from exc
+        counts = Counter(s.id for s in samples)
+        repeated = sorted(i for i, c in counts.items() if c > 1)
+        if repeated:
+            shown = ", ".join(repr(i) for i in repeated[:5]) + (" …" if len(repeated) > 5 else "")
+            raise ConfigError(
+                f"benchmark '{bench.name}' yields {len(repeated)} repeated sample id(s) from "
+                f"{bench.location()}: {shown} (ids must be unique: a record is keyed by its sample id)"
+            )
+        return samples
 
     def _pending(
         self, model: ModelBackend, samples: dict[str, list[Sample]], status: dict[str, bool]
