@@ -494,6 +494,38 @@ def test_base_url_with_credentials_is_rejected() -> None:
         assert "s3cret" not in str(info.value)
     assert OpenAICompatModel(base_url="http://127.0.0.1:8000/v1/a@b").params.base_url.endswith("/a@b")
 
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_request_logging_only_with_verbose(tmp_path: Path, verbose: bool) -> None:
+    bench = _write_bench(tmp_path / "data", 1)
+    with StubOpenAI() as stub:
+        cfg = tmp_path / "run.yaml"
+        cfg.write_text(
+            json.dumps(
+                {
+                    "name": "log",
+                    "models": [{"name": "openai", "params": {"base_url": stub.base_url}}],
+                    "benchmarks": [{"name": "jsonl", "params": {"file": str(bench)}}],
+                    "attacks": ["none"],
+                    "judges": ["refusal"],
+                }
+            )
+        )
+        src = str(Path(__file__).resolve().parents[1] / "src")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+        cmd = [sys.executable, "-m", "mmsafe", *(["-v"] if verbose else []), "run", str(cfg)]
+        done = subprocess.run(
+            [*cmd, "--out", str(tmp_path / "out"), "--quiet"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert stub.requests == 1
+    assert ("HTTP Request: POST" in done.stderr) == verbose, done.stderr[-2000:]
+
+
 # -- against the real server ---------------------------------------------------------------------------
 @pytest.mark.slow
 def test_one_request_with_image(server: Server) -> None:
