@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -29,14 +30,18 @@ from mmsafe.models.base import GenerationParams
 from mmsafe.registry import Registry
 from mmsafe.runner import run
 from mmsafe.store import Store
-from mmsafe.types import Image, Message, Prompt
+from mmsafe.types import Generation, Image, Message, Prompt
 
 httpx = pytest.importorskip("httpx", reason="the openai backend needs httpx (pip install 'mmsafe[api]')")
 
 from _fault_proxy import FaultProxy  # noqa: E402
+from _stub_openai import StubOpenAI  # noqa: E402
 from mmsafe.models.openai_compat import (  # noqa: E402
     EndpointError,
     OpenAICompatModel,
+    _ErrorAnswer,
+    _Reply,
+    _server_message,
     image_data_url,
     parse_retry_after,
     sniff_mime,
@@ -164,7 +169,10 @@ def _write_bench(folder: Path, n: int) -> Path:
 
 
 def _run_bench(tmp_path: Path, n: int, model_params: dict) -> list:
-    bench = _write_bench(tmp_path / "data", n)
+    """Run ``n`` items (the same bench and --out on a second call: a resume) and return every record."""
+    bench = tmp_path / "data" / "bench.jsonl"
+    if not bench.exists():
+        _write_bench(tmp_path / "data", n)
     reg = Registry(entry_points=False)
     reg.register("model", "openai", OpenAICompatModel)
     config = RunConfig(
@@ -190,10 +198,18 @@ def test_params_validate_and_key_stays_out_of_spec(monkeypatch: pytest.MonkeyPat
     spec = m.spec
     assert spec.params["base_url"] == "http://127.0.0.1:9/v1"
     assert spec.runtime["concurrency"] == 3 and "timeout_s" in spec.runtime and "max_retries" in spec.runtime
+    assert spec.runtime["deadline_s"] == 600 and spec.runtime["max_response_bytes"] == 8 * 1024 * 1024
     assert SECRET not in spec.model_dump_json()
     # execution-only params do not change the cache key
     assert (
-        OpenAICompatModel(base_url="http://127.0.0.1:9/v1", max_retries=0, concurrency=1).spec.key == spec.key
+        OpenAICompatModel(
+            base_url="http://127.0.0.1:9/v1",
+            max_retries=0,
+            concurrency=1,
+            deadline_s=5,
+            max_response_bytes=4096,
+        ).spec.key
+        == spec.key
     )
     for bad in (
         {"base_url": "127.0.0.1:8000/v1"},
@@ -311,6 +327,203 @@ def test_timeouts_are_retried() -> None:
         (res,) = m.generate([_prompt("x")], seeds=[0])
         assert isinstance(res, EndpointError) and res.attempts == 2 and proxy.requests == 2
         assert "timeout" in str(res)
+
+
+# -- against the stub server (tests/_stub_openai.py: fast, offline) ---------------------------------------
+def _text_prompt(text: str) -> Prompt:
+    return Prompt(messages=(Message.user(text, []),))
+
+
+def _one(m: OpenAICompatModel, text: str):
+    t0 = time.monotonic()
+    (res,) = m.generate([_text_prompt(text)], seeds=[0])
+    return res, time.monotonic() - t0
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "reason"),
+    [
+        ("error", "finish_reason 'error': Error: the model backend crashed"),
+        ("error_key", "with an error body: upstream overloaded"),
+        ("null", "no content (message.content is null)"),
+    ],
+)
+def test_error_shaped_answers_are_retried_errors(behaviour: str, reason: str) -> None:
+    with StubOpenAI() as stub:
+        m = OpenAICompatModel(base_url=stub.base_url, max_retries=2, backoff_base_s=0.01)
+        res, _ = _one(m, f"q [stub:{behaviour}]")
+        assert isinstance(res, EndpointError) and res.attempts == 3 and res.status == 200, res
+        assert reason in str(res) and "after 3 attempts" in str(res)
+        # retryable like a 5xx: an error first, then a real answer
+        res, _ = _one(m, f"q [stub:{behaviour},normal]")
+        assert isinstance(res, Generation), res
+        assert res.text == f"echo: q [stub:{behaviour},normal]" and res.metadata["retries"] == 1
+        assert stub.served[behaviour] == 4 and stub.served["normal"] == 1
+
+
+def _reply(doc: object) -> _Reply:
+    return _Reply(200, json.dumps(doc).encode(), {}, "OK")
+
+
+def _choice(message: dict, finish: object = "stop", **top: object) -> dict:
+    return {"choices": [{"message": message, "finish_reason": finish}], **top}
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        (_choice({"content": "hi"}), ("hi", "stop")),
+        (_choice({"content": ""}, "length"), ("", "length")),  # an empty answer is still an answer
+        (
+            _choice({"content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}),
+            ("ab", "stop"),
+        ),
+        (_choice({"content": None, "refusal": "no"}), ("no", "stop")),
+        (_choice({"content": None, "tool_calls": [{"id": "1"}]}, "tool_calls"), ("", "tool_calls")),
+        (_choice({"content": "hi"}, error=None), ("hi", "stop")),  # `"error": null` is not an error
+        (_choice({"content": "hi"}, 7, usage={"prompt_tokens": 1e400}), ("hi", None)),  # odd types tolerated
+        (_choice({"content": "Error: boom"}, "error"), "finish_reason 'error': Error: boom"),
+        (_choice({"content": "fine"}, error={"message": "but failed"}), "with an error body: but failed"),
+        ({"error": "quota exceeded"}, "with an error body: quota exceeded"),
+        (_choice({"content": None}), "no content"),
+        (_choice({}), "no content"),
+        (_choice({"content": None, "refusal": ""}), "no content"),
+        (_choice({"content": "Error: \x1b[31mred\x1b[0m"}, "error"), "Error: \ufffd[31mred\ufffd[0m"),
+        ({"choices": []}, EndpointError),
+        ([1, 2], EndpointError),
+        ({"choices": ["x"]}, EndpointError),
+    ],
+)
+def test_parse_table(doc: object, expected: object) -> None:
+    m = OpenAICompatModel(base_url="http://127.0.0.1:9/v1")
+    kw = {"url": "http://127.0.0.1:9/v1/chat/completions", "latency": 0.1, "retries": 0, "total": 0.1}
+    if isinstance(expected, tuple):
+        g = m._parse(_reply(doc), **kw)
+        assert (g.text, g.finish_reason) == expected
+    elif expected is EndpointError:
+        with pytest.raises(EndpointError, match="is not a chat completion"):
+            m._parse(_reply(doc), **kw)
+    else:
+        with pytest.raises(_ErrorAnswer) as info:
+            m._parse(_reply(doc), **kw)
+        assert expected in str(info.value) and "\x1b" not in str(info.value)
+    deep = b'{"choices": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(EndpointError, match="not a chat completion"):
+        m._parse(_Reply(200, deep, {}, "OK"), **kw)
+
+
+def test_server_message_is_one_clean_line() -> None:
+    assert _server_message(b'{"error": {"message": "bad \\u001b[2J\\nthing"}}') == "bad \ufffd[2J thing"
+    assert _server_message(b"", "Bad Gateway") == "Bad Gateway"
+    assert _server_message(b"x" * 1000).endswith("…") and len(_server_message(b"x" * 1000)) == 301
+
+
+def test_error_answers_are_never_cached_or_stored(tmp_path: Path) -> None:
+    with StubOpenAI(behaviour="error") as stub:
+        params = {"base_url": stub.base_url, "max_retries": 1, "backoff_base_s": 0.01, "concurrency": 2}
+        records = _run_bench(tmp_path, 3, params)
+        assert len(records) == 3 and stub.requests == 6
+        for r in records:
+            assert r.error_stage == "generate" and r.response is None and r.judgement is None
+            assert "finish_reason 'error'" in r.error
+        with sqlite3.connect(tmp_path / "out" / "mmsafe.sqlite") as db:
+            assert db.execute("SELECT count(*) FROM responses").fetchone() == (0,)
+        stub.behaviour = "null"  # the rerun retries them: a null answer is no better
+        records = _run_bench(tmp_path, 3, params)
+        assert all("no content" in r.error for r in records) and stub.requests == 12
+        stub.behaviour = "normal"
+        records = _run_bench(tmp_path, 3, params)
+        assert stub.requests == 15
+        assert all(r.error is None and r.response.startswith("echo: Question") for r in records)
+        with sqlite3.connect(tmp_path / "out" / "mmsafe.sqlite") as db:
+            assert db.execute("SELECT count(*) FROM responses").fetchone() == (3,)
+
+
+def test_a_trickling_answer_is_cut_at_timeout_s() -> None:
+    # one byte every 0.05 s: httpx's per-read timeout never fires, and the whole body would take ~200 s
+    with StubOpenAI(trickle_s=0.05, trickle_bytes=4096) as stub:
+        m = OpenAICompatModel(base_url=stub.base_url, timeout_s=0.5, max_retries=0)
+        res, took = _one(m, "q [stub:trickle]")
+        assert isinstance(res, EndpointError) and res.status is None
+        assert "timeout (no complete answer within 0.5 s)" in str(res)
+        assert 0.45 <= took < 3.0
+        res, _ = _one(m, "fine")  # the connection cut mid-body did not poison the client
+        assert isinstance(res, Generation) and res.text == "echo: fine"
+
+
+def test_deadline_covers_all_attempts_and_backoffs() -> None:
+    with StubOpenAI(trickle_s=0.05, trickle_bytes=4096) as stub:
+        m = OpenAICompatModel(
+            base_url=stub.base_url, timeout_s=0.4, max_retries=50, backoff_base_s=0.01, deadline_s=1.0
+        )
+        res, took = _one(m, "q [stub:trickle]")
+        assert isinstance(res, EndpointError), res
+        assert "no answer within deadline_s=1 s" in str(res) and "last: timeout" in str(res)
+        assert 3 <= res.attempts <= 4 and stub.requests == res.attempts  # 0.4 + 0.4 + the 0.2 left
+        assert 0.95 <= took < 3.0
+    # a backoff that would end past the deadline is not started
+    with FaultProxy(None, rate=1.0, modes=("429",), retry_after="3") as proxy:
+        m = OpenAICompatModel(base_url=proxy.base_url, max_retries=5, deadline_s=1.0)
+        res, took = _one(m, "x")
+        assert isinstance(res, EndpointError) and res.attempts == 1 and proxy.requests == 1
+        assert "no answer within deadline_s=1 s (1 attempt); last: HTTP 429" in str(res)
+        assert took < 0.9
+
+
+@pytest.mark.parametrize("behaviour", ["huge", "huge_declared", "gzip_bomb"])
+def test_an_oversize_answer_is_refused(behaviour: str) -> None:
+    with StubOpenAI(huge_bytes=3 * 1024 * 1024) as stub:
+        m = OpenAICompatModel(base_url=stub.base_url, max_response_bytes=1024 * 1024, max_retries=3)
+        res, _ = _one(m, f"q [stub:{behaviour}]")
+        assert isinstance(res, EndpointError) and res.attempts == 1 and stub.requests == 1  # not retried
+        assert "larger than max_response_bytes (1 MiB" in str(res)
+        if behaviour == "huge_declared":
+            assert "Content-Length 3 MiB" in str(res)
+        big = OpenAICompatModel(base_url=stub.base_url, max_response_bytes=4 * 1024 * 1024)
+        res, _ = _one(big, f"q [stub:{behaviour}]")
+        assert isinstance(res, Generation) and len(res.text) > 3_000_000
+
+
+def test_base_url_with_credentials_is_rejected() -> None:
+    for url in ("http://user:s3cret-pw@127.0.0.1:8000/v1", "https://tok-s3cret-pw@api.example.com/v1"):
+        with pytest.raises(ValueError, match="api_key_env") as info:
+            OpenAICompatModel(base_url=url)
+        assert "s3cret" not in str(info.value)
+        with pytest.raises(ConfigError, match="must not hold credentials") as info:
+            Registry(entry_points=False).create("model", "openai", {"base_url": url}, where="models[0]")
+        assert "s3cret" not in str(info.value)
+    assert OpenAICompatModel(base_url="http://127.0.0.1:8000/v1/a@b").params.base_url.endswith("/a@b")
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_request_logging_only_with_verbose(tmp_path: Path, verbose: bool) -> None:
+    bench = _write_bench(tmp_path / "data", 1)
+    with StubOpenAI() as stub:
+        cfg = tmp_path / "run.yaml"
+        cfg.write_text(
+            json.dumps(
+                {
+                    "name": "log",
+                    "models": [{"name": "openai", "params": {"base_url": stub.base_url}}],
+                    "benchmarks": [{"name": "jsonl", "params": {"file": str(bench)}}],
+                    "attacks": ["none"],
+                    "judges": ["refusal"],
+                }
+            )
+        )
+        src = str(Path(__file__).resolve().parents[1] / "src")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+        cmd = [sys.executable, "-m", "mmsafe", *(["-v"] if verbose else []), "run", str(cfg)]
+        done = subprocess.run(
+            [*cmd, "--out", str(tmp_path / "out"), "--quiet"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert stub.requests == 1
+    assert ("HTTP Request: POST" in done.stderr) == verbose, done.stderr[-2000:]
 
 
 # -- against the real server ---------------------------------------------------------------------------

@@ -628,6 +628,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if os.environ.get("CI") and not args.verbose:
         logging.getLogger("mmsafe.progress").setLevel(logging.WARNING)
+    # httpx logs every request at INFO, its URL included: only with -v
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.NOTSET if args.verbose else logging.WARNING)
     handlers = {
         "run": _cmd_run,
         "report": _cmd_report,

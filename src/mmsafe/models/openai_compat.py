@@ -13,6 +13,7 @@ import asyncio
 import base64
 import email.utils
 import io
+import json
 import logging
 import math
 import os
@@ -23,7 +24,9 @@ import time
 import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -43,6 +46,14 @@ _RESERVED_BODY_KEYS = frozenset({"messages", "stream", "n"})
 
 _MAX_ERROR_CHARS = 300
 
+#: Bytes of a non-2xx body read for its message (the rest is dropped: only a snippet is shown).
+_MAX_ERROR_BODY = 64 * 1024
+
+_MIB = 1024 * 1024
+
+#: C0/C1 control characters (ESC among them) in server text: replaced before it reaches an error message.
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")
+
 
 class EndpointError(MmsafeError):
     """The endpoint refused a request, or kept failing until the retries ran out.
@@ -57,8 +68,30 @@ class EndpointError(MmsafeError):
         self.attempts = attempts
 
 
+class _ErrorAnswer(Exception):
+    """A 2xx body that is an error, not an answer (``finish_reason: "error"``, an ``error`` key, null content)."""
+
+
+class _BodyTooLarge(Exception):
+    def __init__(self, status: int, seen: str) -> None:
+        super().__init__(seen)
+        self.status = status
+        self.seen = seen
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """One HTTP response, its body read (capped)."""
+
+    status: int
+    body: bytes
+    headers: Any
+    reason_phrase: str
+
+
 class OpenAICompatParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # a rejected value is never echoed back (a base_url may hold a password)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     base_url: str = Field(
         min_length=1,
@@ -83,7 +116,24 @@ class OpenAICompatParams(BaseModel):
         "any other format is re-encoded as PNG); 'png': re-encode every image as PNG",
     )
     concurrency: int = Field(8, ge=1, le=1024, description="requests in flight at once")
-    timeout_s: float = Field(120.0, gt=0.0, le=3600.0, description="per-request timeout (connect/read/write)")
+    timeout_s: float = Field(
+        120.0,
+        gt=0.0,
+        le=3600.0,
+        description="wall-time limit of one attempt, from sending to the last body byte",
+    )
+    deadline_s: float = Field(
+        600.0,
+        gt=0.0,
+        le=86400.0,
+        description="wall-time limit of one item: every attempt and backoff together",
+    )
+    max_response_bytes: int = Field(
+        8 * _MIB,
+        ge=1024,
+        le=1024 * _MIB,
+        description="largest answer body read (decoded); a larger one fails the item",
+    )
     max_retries: int = Field(6, ge=0, le=100, description="extra attempts after a retryable failure")
     backoff_base_s: float = Field(0.5, ge=0.0, le=60.0, description="first backoff cap; doubles per attempt")
     backoff_max_s: float = Field(30.0, ge=0.0, le=600.0, description="largest backoff between attempts")
@@ -96,6 +146,11 @@ class OpenAICompatParams(BaseModel):
         if not re.match(r"^https?://[^/\s]+", v):
             raise ValueError(
                 "must start with http:// or https:// and name a host, e.g. http://127.0.0.1:8000/v1"
+            )
+        if "@" in urlsplit(v).netloc:
+            raise ValueError(
+                "must not hold credentials (user:password@host): they would be stored in every record; "
+                "put the API key in an environment variable and name it in api_key_env"
             )
         if v.endswith("/chat/completions"):
             raise ValueError("give the API root (…/v1), not the /chat/completions endpoint")
@@ -126,8 +181,25 @@ class OpenAICompatModel(ModelBackend):
     item at once with the server's message. Each :class:`~mmsafe.types.Generation` carries token
     usage, ``finish_reason``, ``latency_s`` (of the successful attempt) and ``metadata["retries"]``.
 
-    Pointing it at a server (``concurrency``, ``timeout_s`` and the retry knobs are runtime-only: they
-    do not change the cache key)::
+    An error dressed as an answer is an error, retried like a 5xx and never cached or stored as an
+    answer: a 2xx body with a top-level ``error`` field, a choice with ``finish_reason: "error"``, or
+    ``message.content: null`` without a ``refusal`` or tool calls. A body that is not a chat
+    completion at all fails the item at once.
+
+    Limits (runtime-only, like ``concurrency`` and the retry knobs: they do not change the cache key):
+
+    - ``timeout_s`` (120): wall time of one attempt, from sending the request to the last byte of
+      the answer; a server that trickles bytes is cut off, not only one that goes silent.
+    - ``deadline_s`` (600): wall time of the whole item, every attempt and backoff included; no
+      backoff is started that would end past it. The error says ``no answer within deadline_s=…``.
+    - ``max_response_bytes`` (8 MiB): the answer body is read as it streams in (after
+      content-decoding) and the item fails once it passes this size, or at once when
+      ``Content-Length`` says so. Not retried: the same request would get the same answer.
+
+    ``base_url`` may not carry credentials (``user:password@host``): it is part of every record, so
+    such a URL is rejected; put the key in an environment variable named by ``api_key_env``.
+
+    Pointing it at a server::
 
         # vLLM:       vllm serve llava-hf/llava-1.5-7b-hf --port 8000
         {base_url: "http://127.0.0.1:8000/v1", model: "llava-hf/llava-1.5-7b-hf"}
@@ -156,6 +228,8 @@ class OpenAICompatModel(ModelBackend):
     runtime_params: ClassVar[frozenset[str]] = ModelBackend.runtime_params | {
         "api_key_env",
         "timeout_s",
+        "deadline_s",
+        "max_response_bytes",
         "max_retries",
         "backoff_base_s",
         "backoff_max_s",
@@ -281,7 +355,11 @@ class OpenAICompatModel(ModelBackend):
         return self._rng.uniform(0.0, cap)
 
     async def agenerate(self, prompt: Prompt, *, seed: int) -> Generation:
-        """Answer one prompt: one request, retried on transient failures; raises :class:`EndpointError`."""
+        """Answer one prompt: one request, retried on transient failures; raises :class:`EndpointError`.
+
+        Each attempt is bounded by ``timeout_s`` of wall time (sending, waiting and reading the whole
+        body), and all attempts and backoffs together by ``deadline_s``.
+        """
         httpx = require("httpx", extra="api", purpose="the OpenAI-compatible backend")
         self._load_key()
         body = self.build_body(prompt, seed=seed)
@@ -293,74 +371,149 @@ class OpenAICompatModel(ModelBackend):
             httpx.ProxyError,
         )
         url = self.params.base_url + "/chat/completions"
-        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self.params.deadline_s
         reason, status = "no attempt", None
         attempts = 0
+        out_of_time = False
         for attempt in range(self.params.max_retries + 1):
+            budget = min(self.params.timeout_s, deadline - loop.time())
+            if budget <= 0:
+                out_of_time = True
+                break
             attempts = attempt + 1
             retry_after: float | None = None
-            t0 = time.perf_counter()
+            t0 = loop.time()
             try:
-                resp = await client.post("chat/completions", json=body)
+                async with asyncio.timeout(budget):
+                    reply = await self._post(client, body)
             except retryable_exc as exc:
                 status = None
                 kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "connection error"
                 detail = str(exc).strip()
                 reason = f"{kind} ({type(exc).__name__}{': ' + detail[:200] if detail else ''})"
+            except TimeoutError:
+                status = None
+                reason = f"timeout (no complete answer within {budget:.3g} s)"
+            except _BodyTooLarge as exc:
+                raise EndpointError(
+                    f"HTTP {exc.status} from {url}: the answer is larger than max_response_bytes "
+                    f"({_size(self.params.max_response_bytes)}{exc.seen}); raise max_response_bytes "
+                    "or lower generation.max_new_tokens",
+                    status=exc.status,
+                    attempts=attempts,
+                ) from None
             else:
-                status = resp.status_code
+                status = reply.status
                 if 200 <= status < 300:
-                    return self._parse(
-                        resp,
-                        url=url,
-                        latency=time.perf_counter() - t0,
-                        retries=attempt,
-                        total=time.perf_counter() - started,
-                    )
-                message = self._redact(_server_message(resp))
-                if status not in RETRY_STATUSES:
-                    raise EndpointError(
-                        f"HTTP {status} from {url}: {message}", status=status, attempts=attempts
-                    )
-                reason = f"HTTP {status}: {message}"
-                retry_after = parse_retry_after(resp.headers.get("retry-after"))
+                    try:
+                        return self._parse(
+                            reply,
+                            url=url,
+                            latency=loop.time() - t0,
+                            retries=attempt,
+                            total=loop.time() - started,
+                        )
+                    except _ErrorAnswer as exc:  # an error dressed as an answer: retried like a 5xx
+                        reason = str(exc)
+                else:
+                    message = self._redact(_server_message(reply.body, reply.reason_phrase))
+                    if status not in RETRY_STATUSES:
+                        raise EndpointError(
+                            f"HTTP {status} from {url}: {message}", status=status, attempts=attempts
+                        )
+                    reason = f"HTTP {status}: {message}"
+                    retry_after = parse_retry_after(reply.headers.get("retry-after"))
             if attempt == self.params.max_retries:
                 break
             delay = self._backoff(attempt, retry_after)
+            if loop.time() + delay >= deadline:  # no time left for another attempt after the wait
+                out_of_time = True
+                break
             log.debug("%s: attempt %d failed (%s); retrying in %.2fs", url, attempts, reason, delay)
             await asyncio.sleep(delay)
+        plural = "s" if attempts != 1 else ""
+        if out_of_time:
+            raise EndpointError(
+                f"{url}: no answer within deadline_s={self.params.deadline_s:g} s "
+                f"({attempts} attempt{plural}); last: {reason}",
+                status=status,
+                attempts=attempts,
+            )
         raise EndpointError(
-            f"{url} failed after {attempts} attempt{'s' if attempts != 1 else ''}; last: {reason}",
+            f"{url} failed after {attempts} attempt{plural}; last: {reason}",
             status=status,
             attempts=attempts,
         )
 
-    def _parse(self, resp: Any, *, url: str, latency: float, retries: int, total: float) -> Generation:
+    async def _post(self, client: Any, body: dict[str, Any]) -> _Reply:
+        """One POST, its body read as it streams in: at most ``max_response_bytes`` of an answer."""
+        async with client.stream("POST", "chat/completions", json=body) as resp:
+            status = resp.status_code
+            ok = 200 <= status < 300
+            cap = self.params.max_response_bytes if ok else _MAX_ERROR_BODY
+            declared = _to_int(resp.headers.get("content-length"))
+            if ok and declared is not None and declared > cap:
+                raise _BodyTooLarge(status, f"; Content-Length {_size(declared)}")
+            chunks: list[bytes] = []
+            n = 0
+            async for chunk in resp.aiter_bytes():
+                n += len(chunk)
+                if n > cap:
+                    if ok:
+                        raise _BodyTooLarge(status, "")
+                    chunks.append(chunk[: len(chunk) - (n - cap)])  # an error body: its head is enough
+                    break
+                chunks.append(chunk)
+            return _Reply(status, b"".join(chunks), resp.headers, resp.reason_phrase)
+
+    def _parse(self, reply: _Reply, *, url: str, latency: float, retries: int, total: float) -> Generation:
+        """A chat completion → :class:`Generation`; an error-shaped one raises :class:`_ErrorAnswer`."""
         try:
-            data = resp.json()
-            choice = data["choices"][0]
+            data = json.loads(reply.body)
+            choice = {} if _present(data.get("error")) else data["choices"][0]
             message = choice.get("message") or {}
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-            snippet = self._redact(resp.text[:_MAX_ERROR_CHARS])
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError):
+            snippet = self._redact(_clip(reply.body[:_MAX_ERROR_CHARS].decode("utf-8", "replace")))
             raise EndpointError(
-                f"HTTP {resp.status_code} from {url} is not a chat completion: {snippet!r}",
-                status=resp.status_code,
+                f"HTTP {reply.status} from {url} is not a chat completion: {snippet!r}",
+                status=reply.status,
                 attempts=retries + 1,
             ) from None
-        text = _content_text(message.get("content"))
+        if _present(data.get("error")):
+            err = data["error"]
+            err = err.get("message", err) if isinstance(err, dict) else err
+            raise _ErrorAnswer(f"HTTP {reply.status} with an error body: {self._redact(_clip(_str(err)))}")
+        if not isinstance(message, dict):
+            message = {}
+        content = message.get("content")
+        if choice.get("finish_reason") == "error":
+            raise _ErrorAnswer(
+                f"HTTP {reply.status} answer with finish_reason 'error': "
+                f"{self._redact(_clip(_content_text(content))) or '(no text)'}"
+            )
+        tool_calls = message.get("tool_calls") or message.get("function_call")
+        if content is None and not message.get("refusal") and not tool_calls:
+            raise _ErrorAnswer(f"HTTP {reply.status} answer with no content (message.content is null)")
+        text = _content_text(content)
         meta: dict[str, Any] = {"retries": retries, "attempts": retries + 1, "total_s": round(total, 6)}
         if not text and message.get("refusal"):  # OpenAI puts structured refusals here
-            text = str(message["refusal"])
+            text = _str(message["refusal"])
             meta["refusal_field"] = True
+        if tool_calls:
+            meta["tool_calls"] = len(tool_calls) if isinstance(tool_calls, list) else 1
         reasoning = message.get("reasoning_content") or message.get("reasoning")
         if isinstance(reasoning, str) and reasoning:
             meta["reasoning"] = reasoning
         if data.get("model") is not None:
             meta["served_model"] = str(data["model"])
-        usage = data.get("usage") or {}
+        usage = data.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
+        finish = choice.get("finish_reason")
         return Generation(
             text=text,
-            finish_reason=choice.get("finish_reason"),
+            finish_reason=finish if isinstance(finish, str) else None,
             usage=Usage(
                 prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
                 completion_tokens=_int_or_none(usage.get("completion_tokens")),
@@ -459,12 +612,46 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # some servers answer with content parts
-        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return str(content)
+        return "".join(_str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return _str(content)
+
+
+def _str(v: Any) -> str:
+    """``str(v)`` of a parsed JSON value, which may nest too deep to print."""
+    if isinstance(v, str):
+        return v
+    try:
+        return str(v)
+    except RecursionError:
+        return "(a value nested too deep to show)"
 
 
 def _int_or_none(v: Any) -> int | None:
-    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return int(v) if math.isfinite(v) else None
+
+
+def _to_int(header: str | None) -> int | None:
+    try:
+        return int(header) if header is not None else None
+    except ValueError:
+        return None
+
+
+def _present(v: Any) -> bool:
+    """Whether a body's ``error`` field holds something (``null``, ``""`` and ``{}`` do not)."""
+    return v is not None and v is not False and v != "" and v != {} and v != []
+
+
+def _size(n: int) -> str:
+    return f"{n / _MIB:.3g} MiB" if n >= _MIB else f"{n:,} bytes"
+
+
+def _clip(text: str) -> str:
+    """Server text fit for one line of an error message: controls replaced, whitespace folded, truncated."""
+    text = " ".join(_CONTROL.sub("\ufffd", text).split())
+    return text[:_MAX_ERROR_CHARS] + "…" if len(text) > _MAX_ERROR_CHARS else text
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -493,22 +680,19 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, secs)
 
 
-def _server_message(resp: Any) -> str:
-    """The error text a server put in its response (OpenAI, FastAPI, Ollama shapes), truncated."""
+def _server_message(body: bytes, reason_phrase: str = "") -> str:
+    """The error text a server put in its response body (OpenAI, FastAPI, Ollama shapes), truncated."""
     text = ""
     try:
-        data = resp.json()
-    except ValueError:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
         data = None
     if isinstance(data, dict):
         err = data.get("error", data.get("detail", data.get("message")))
         if isinstance(err, dict):
             err = err.get("message", err)
         if err is not None:
-            text = err if isinstance(err, str) else str(err)
+            text = _str(err)
     if not text:
-        text = resp.text or resp.reason_phrase or ""
-    text = " ".join(text.split())
-    if len(text) > _MAX_ERROR_CHARS:
-        text = text[:_MAX_ERROR_CHARS] + "…"
-    return text or "(empty response)"
+        text = body.decode("utf-8", "replace") or reason_phrase or ""
+    return _clip(text) or "(empty response)"
