@@ -24,6 +24,7 @@ from mmsafe.attacks.base import Attack
 from mmsafe.config import RunConfig
 from mmsafe.datasets.base import Benchmark
 from mmsafe.defenses.base import Defense
+from mmsafe.errors import describe
 from mmsafe.judges.base import Judge
 from mmsafe.models.base import ModelBackend
 from mmsafe.registry import Registry
@@ -59,8 +60,7 @@ def item_seed(run_seed: int, sample_id: str, attack: Attack) -> int:
 
 
 def _err(exc: BaseException) -> str:
-    msg = str(exc).strip().replace("\n", " ")
-    return f"{type(exc).__name__}: {msg[:500]}" if msg else type(exc).__name__
+    return describe(exc, limit=500)
 
 
 @dataclass
