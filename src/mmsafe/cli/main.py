@@ -12,7 +12,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
-from mmsafe.errors import ConfigError, MissingDependency
+from mmsafe.errors import ConfigError, MmsafeError
 
 log = logging.getLogger("mmsafe")
 
@@ -639,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return handlers[args.command](args)
-    except (ConfigError, MissingDependency, FileNotFoundError) as exc:
+    except (MmsafeError, FileNotFoundError) as exc:  # ConfigError, MissingDependency, RunLocked, …
         print(f"mmsafe: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
