@@ -85,3 +85,79 @@ def test_list_shows_every_kind(capsys):
         "xstest",
     ):
         assert word in out
+
+
+def test_unexpected_error_is_one_escaped_line_and_v_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    import mmsafe.cli.main as cli
+
+    def boom(args):
+        raise RuntimeError(f"bad {object()!r} \x1b]0;pwned\x07here\nsecond line")
+
+    monkeypatch.setattr(cli, "_cmd_list", boom)
+    assert main(["list"]) == 1
+    err = capsys.readouterr().err
+    assert err == "mmsafe: error: RuntimeError: bad <object object> here second line (rerun with -v for the traceback)\n"
+    assert main(["-v", "list"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "in boom" in err
+    assert err.endswith("mmsafe: error: RuntimeError: bad <object object> here second line\n")
+
+
+def test_out_naming_a_file_or_under_a_file_is_one_line(tmp_path, capsys):
+    cfg = _write_cfg(tmp_path)
+    (tmp_path / "x.txt").write_text("notes")
+    (tmp_path / "noext").write_text("notes")
+    for out, code, text in [
+        ("x.txt", 2, "is an existing file; give --out a folder"),
+        ("noext", 2, "is an existing file; give --out a folder"),
+        ("x.txt/run", 1, "Not a directory: "),
+    ]:
+        assert main(["run", str(cfg), "--out", str(tmp_path / out), "--quiet"]) == code
+        err = capsys.readouterr().err
+        assert err.startswith("mmsafe: error: ") and text in err and err.count("\n") == 1, err
+    assert (tmp_path / "x.txt").read_text() == "notes"
+
+
+def test_component_names_are_escaped_in_config_errors(tmp_path, capsys):
+    cfg = _write_cfg(tmp_path)
+    name = r'"refus\e[2J\e]0;pwned\aal"'  # YAML escapes: ESC … BEL reach the registry as a name
+    assert main(["run", str(cfg), "--out", str(tmp_path / "o"), "--judge", name]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err  # the sequences are dropped, not sent to the terminal
+    assert "judges[0]: unknown judge 'refusal'; allowed: " in err
+
+
+def test_sigterm_stops_the_run_with_a_message_and_the_same_command_resumes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    data = tmp_path / "items.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "text": f"question {i}"}) + "\n" for i in range(6)))
+    model = {"name": "scripted", "params": {"delay_s": 0.4, "batch_size": 1}}
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"name": "term", "models": [model], "benchmarks": [{"name": "jsonl", "params": {"file": str(data)}}]}))
+    out = tmp_path / "out"
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    argv = [sys.executable, "-m", "mmsafe.cli.main", "run", str(cfg), "--out", str(out), "--quiet"]
+    env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # the run holds its folder and has written something
+        lock = out / ".mmsafe.lock"
+        if lock.exists() and lock.read_text() and (out / "mmsafe.sqlite").exists():
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "mmsafe: terminated; rerun the same command to resume"
+    assert "Traceback" not in err
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    with Store(out) as s:
+        assert s.count_records() == 6

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import html
 import re
+import unicodedata
+from typing import Any
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]!|~])")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
@@ -34,3 +36,40 @@ def csv_cell(text: str | None) -> str:
     if text is None:
         return ""
     return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+#: ANSI/VT escape sequences: CSI (ESC [ or 0x9B … final byte), OSC/DCS/PM/APC strings up to BEL or ST,
+#: and two-character ESC sequences
+_ESCAPE_RE = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
+    r"|(?:\x1b[\]P^_X]|[\x90\x9d\x9e\x9f\x98])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b[ -/]*[0-~]?"
+)
+
+
+def terminal_safe(text: Any, limit: int | None = None, *, keep_newlines: bool = False) -> str:
+    """``text`` made safe for a terminal: escape sequences removed, other control characters shown as ``\\xNN``.
+
+    Model outputs, labelled data, server error bodies and file names are attacker-controlled: an ANSI
+    sequence could recolour, move the cursor, retitle the window or hide text; bidi overrides could
+    reorder what is shown; a lone surrogate could not even be printed. ``keep_newlines`` keeps ``\\n``
+    as a line break (for messages that are indented lists); the text is cut to ``limit`` characters.
+    """
+    s = _ESCAPE_RE.sub("", str(text))
+    out = []
+    for ch in s:
+        cat = unicodedata.category(ch)
+        if ch == "\n" and keep_newlines:
+            out.append(ch)
+        elif cat in ("Cc", "Cs", "Zl", "Zp") or (cat == "Cf" and ch not in "\u200d"):
+            out.append(
+                {"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(
+                    ch, f"\\u{ord(ch):04x}" if ord(ch) > 0xFF else f"\\x{ord(ch):02x}"
+                )
+            )
+        else:
+            out.append(ch)
+    s = "".join(out)
+    if limit is not None and len(s) > limit:
+        s = s[: max(0, limit - 1)] + "…"
+    return s
