@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
+import pytest
 import yaml
 
 from mmsafe.cli.main import main
@@ -161,3 +163,48 @@ def test_sigterm_stops_the_run_with_a_message_and_the_same_command_resumes(tmp_p
     assert done.returncode == 0, done.stderr
     with Store(out) as s:
         assert s.count_records() == 6
+
+
+def test_non_utf8_config_names_the_byte_and_offset(tmp_path, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_bytes(b"name: x\nmodels: [scripted]\n# caf\xe9\nbenchmarks: [starter]\n")
+    assert main(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not UTF-8 (byte 0xe9 at offset 32, line 3)" in err
+
+
+BOMB = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9)
+)  # 80 aliases, 10^9 leaves once expanded
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (BOMB, "expands to more than 100,000 YAML nodes through its aliases"),
+        ("a: &a [1]\n" + "".join(f"b{i}: *a\n" for i in range(101)), "has more than 100 YAML aliases"),
+        ("a: &a [x, *a]\n", "has a YAML alias that refers to itself"),
+        ("a: " + "[" * 5000 + "]" * 5000 + "\n", "is nested too deeply"),
+        ("a: '" + "x" * (1 << 20) + "'\n", "bytes; the limit is 1,048,576"),
+        ("a: [unclosed\n", "is not valid YAML"),
+    ],
+    ids=["alias-bomb", "many-aliases", "recursive", "deep", "big", "invalid"],
+)
+def test_yaml_limits_in_config_files_and_component_options(tmp_path, text, message):
+    from mmsafe.config import load_config, parse_component
+    from mmsafe.errors import ConfigError
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=f"config file {re.escape(str(cfg))} .*{re.escape(message)}"):
+        load_config(cfg)
+    with pytest.raises(ConfigError, match="component .*" + re.escape(message)):  # the same as --model/--attack …
+        parse_component(text)
+
+
+def test_alias_bomb_option_is_one_line(tmp_path, capsys):
+    cfg = _write_cfg(tmp_path)
+    bomb = "{name: scripted, params: {rules: " + BOMB.replace("\n", ", ").rstrip(", ").join("{}") + "}}"
+    assert main(["run", str(cfg), "--out", str(tmp_path / "o"), "--model", bomb]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "expands to more than 100,000 YAML nodes" in err

@@ -553,15 +553,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import yaml
-
+    from mmsafe.config import load_yaml
     from mmsafe.registry import Registry
 
-    try:
-        model = yaml.safe_load(args.model) if args.model is not None else None
-        params = yaml.safe_load(args.params) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--model / --params: not YAML ({exc})") from None
+    model = load_yaml(args.model, where="--model") if args.model is not None else None
+    params = load_yaml(args.params, where="--params") or {}
     if not isinstance(params, dict):
         raise ConfigError("--params must be a YAML mapping, e.g. '{epochs: 2}'")
     reg = Registry()
