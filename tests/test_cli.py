@@ -208,3 +208,26 @@ def test_alias_bomb_option_is_one_line(tmp_path, capsys):
     assert main(["run", str(cfg), "--out", str(tmp_path / "o"), "--model", bomb]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "expands to more than 100,000 YAML nodes" in err
+
+
+def test_bad_hf_model_path_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never the network, whatever the path looks like
+    cfg = _write_cfg(tmp_path)
+    (tmp_path / "badjson").mkdir()
+    (tmp_path / "badjson" / "config.json").write_text("{not json")
+    (tmp_path / "noweights").mkdir()
+    (tmp_path / "noweights" / "config.json").write_text('{"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}')
+    cases = [
+        ("hf", str(tmp_path / "missing" / "model"), "cannot load params.path '{path}': no such folder"),
+        ("hf-text", str(tmp_path / "missing"), "cannot load params.path '{path}': no such folder"),
+        ("hf", str(tmp_path / "badjson"), "config.json is not a readable config.json (JSONDecodeError: "),
+        ("hf-text", str(tmp_path / "noweights"), "model 'hf-text': cannot load params.path '{path}': "),
+        ("hf-text", "no-such-org/no-such-model", "model 'hf-text': cannot load params.path 'no-such-org/no-such-model': "),
+    ]
+    for name, path, text in cases:
+        model = json.dumps({"name": name, "params": {"path": path, **({"chat_template": "{{ x }}"} if name == "hf-text" else {})}})
+        assert main(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet", "--model", model]) == 2
+        err = capsys.readouterr().err
+        # one line (two when the grid check lists it under "invalid config:"), no traceback
+        assert err.startswith("mmsafe: error: ") and len(err.splitlines()) <= 2 and "Traceback" not in err, err
+        assert text.format(path=path) in err, err
