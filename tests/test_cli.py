@@ -141,7 +141,8 @@ def test_sigterm_stops_the_run_with_a_message_and_the_same_command_resumes(tmp_p
     data.write_text("".join(json.dumps({"id": f"q{i}", "text": f"question {i}"}) + "\n" for i in range(6)))
     model = {"name": "scripted", "params": {"delay_s": 0.4, "batch_size": 1}}
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump({"name": "term", "models": [model], "benchmarks": [{"name": "jsonl", "params": {"file": str(data)}}]}))
+    bench = {"name": "jsonl", "params": {"file": str(data)}}
+    cfg.write_text(yaml.safe_dump({"name": "term", "models": [model], "benchmarks": [bench]}))
     out = tmp_path / "out"
     src = str(Path(__file__).resolve().parents[1] / "src")
     argv = [sys.executable, "-m", "mmsafe.cli.main", "run", str(cfg), "--out", str(out), "--quiet"]
@@ -225,9 +226,57 @@ def test_bad_hf_model_path_is_one_line(tmp_path, capsys, monkeypatch):
         ("hf-text", "no-such-org/no-such-model", "model 'hf-text': cannot load params.path 'no-such-org/no-such-model': "),
     ]
     for name, path, text in cases:
-        model = json.dumps({"name": name, "params": {"path": path, **({"chat_template": "{{ x }}"} if name == "hf-text" else {})}})
+        params = {"path": path, **({"chat_template": "{{ x }}"} if name == "hf-text" else {})}
+        model = json.dumps({"name": name, "params": params})
         assert main(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet", "--model", model]) == 2
         err = capsys.readouterr().err
         # one line (two when the grid check lists it under "invalid config:"), no traceback
         assert err.startswith("mmsafe: error: ") and len(err.splitlines()) <= 2 and "Traceback" not in err, err
         assert text.format(path=path) in err, err
+
+
+CSV_CELLS = [  # text a model answered → the CSV cell a spreadsheet or terminal receives
+    ("=HYPERLINK(x)", "'=HYPERLINK(x)"),
+    ("＝cmd|' /C calc'!A0", "'＝cmd|' /C calc'!A0"),  # full-width = (NFKC: =)
+    ("﹦1+1", "'﹦1+1"),  # small = (NFKC: =)
+    (" =1+1", "' =1+1"),
+    ("\n@SUM(A1)", "'\n@SUM(A1)"),
+    ("\ufeff+1", "'\ufeff+1"),
+    ("\u3000-1", "'\u3000-1"),
+    ("\u200b=1", "'\u200b=1"),
+    ("\tx", "'\tx"),
+    ("red \x1b[31mtext\x1b]0;title\x07 done", "red \ufffd[31mtext\ufffd]0;title\ufffd done"),
+    ("a = b, c - d\nline two\ttab", "a = b, c - d\nline two\ttab"),
+]
+
+
+@pytest.mark.parametrize(("text", "cell"), CSV_CELLS)
+def test_csv_cell(text, cell):
+    from mmsafe.report.escape import csv_cell
+
+    assert csv_cell(text) == cell
+
+
+def test_csv_export_neutralises_formulas_and_escapes(tmp_path):
+    data = tmp_path / "items.jsonl"
+    data.write_text("".join(json.dumps({"id": f"r{i}", "text": t}) + "\n" for i, (t, _) in enumerate(CSV_CELLS)))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "name": "csv",
+                "models": [{"name": "scripted", "params": {"echo": True}}],
+                "benchmarks": [{"name": "jsonl", "params": {"file": str(data)}}],
+            }
+        )
+    )
+    out = tmp_path / "out"
+    assert main(["run", str(cfg), "--out", str(out), "--quiet"]) == 0
+    assert main(["export", str(out), "--format", "csv", "-o", str(tmp_path / "r.csv")]) == 0
+    raw = (tmp_path / "r.csv").read_text(encoding="utf-8")
+    assert "\x1b" not in raw and "\x07" not in raw
+    with open(tmp_path / "r.csv", newline="", encoding="utf-8") as f:
+        rows = {r["sample_id"]: r for r in csv.DictReader(f)}
+    for i, (_, cell) in enumerate(CSV_CELLS):
+        assert rows[f"r{i}"]["response"] == cell
+        assert rows[f"r{i}"]["prompt_text"] == cell

@@ -28,14 +28,30 @@ def md_cell(text: str | None, *, limit: int = 300) -> str:
     return html.escape(t, quote=False)
 
 
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_START = ("=", "+", "-", "@")
+#: what a spreadsheet may skip before it looks for a formula: whitespace (incl. ideographic and no-break
+#: spaces), byte-order marks and zero-width characters
+_INVISIBLE_START = re.compile(r"^[\s\ufeff\u200b-\u200d\u2060]+")
+#: control characters a CSV cell never needs (tab, newline and carriage return are kept; ESC is not)
+_CSV_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 def csv_cell(text: str | None) -> str:
-    """Neutralise spreadsheet formula injection: a cell that starts with = + - @ gets a leading quote."""
+    """Neutralise spreadsheet formula injection and terminal escapes in one CSV cell.
+
+    A cell gets a leading ``'`` when it would start a formula: ``= + - @`` first, also after leading
+    whitespace, newlines, BOMs or zero-width characters, and also in a compatibility form that
+    NFKC-normalises to one (full-width ``＝``, small ``﹦``, …), or when it starts with a tab or carriage
+    return. Control characters other than tab, newline and carriage return (ESC included, so no ANSI
+    sequence reaches a terminal that shows the file) become U+FFFD.
+    """
     if text is None:
         return ""
-    return "'" + text if text.startswith(_FORMULA_START) else text
+    t = _CSV_CONTROL.sub("\ufffd", text)
+    head = unicodedata.normalize("NFKC", _INVISIBLE_START.sub("", t)[:16])
+    if _INVISIBLE_START.sub("", head).startswith(_FORMULA_START) or t.startswith(("\t", "\r")):
+        return "'" + t
+    return t
 
 
 #: ANSI/VT escape sequences: CSI (ESC [ or 0x9B … final byte), OSC/DCS/PM/APC strings up to BEL or ST,
