@@ -104,6 +104,15 @@ def test_unexpected_error_is_one_escaped_line_and_v_shows_the_traceback(tmp_path
     assert "Traceback (most recent call last)" in err and "in boom" in err
     assert err.endswith("mmsafe: error: RuntimeError: bad <object object> here second line\n")
 
+    from mmsafe.errors import ConfigError
+
+    def config_error(args):
+        raise ConfigError(f"invalid config:\n  models[0]: got {object()!r}")
+
+    monkeypatch.setattr(cli, "_cmd_list", config_error)
+    assert main(["list"]) == 2
+    assert capsys.readouterr().err == "mmsafe: error: invalid config:\n  models[0]: got <object object>\n"
+
 
 def test_out_naming_a_file_or_under_a_file_is_one_line(tmp_path, capsys):
     cfg = _write_cfg(tmp_path)

@@ -45,8 +45,13 @@ def require(module: str, *, extra: str, purpose: str = ""):
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
+def without_addresses(text: str) -> str:
+    """``text`` without object addresses (``<Foo object at 0x7f…>`` → ``<Foo object>``)."""
+    return _ADDRESS.sub("", text)
+
+
 def describe(exc: BaseException, *, limit: int | None = None) -> str:
     """``Type: message`` on one line, without object addresses (`` at 0x7f…``), so the same failure reads
     the same in every run and in every record; the message is cut to ``limit`` characters."""
-    msg = _ADDRESS.sub("", str(exc)).strip().replace("\n", " ")[:limit]
+    msg = without_addresses(str(exc)).strip().replace("\n", " ")[:limit]
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__

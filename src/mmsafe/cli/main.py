@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from mmsafe.errors import ConfigError, MmsafeError, describe
+from mmsafe.errors import ConfigError, MmsafeError, describe, without_addresses
 from mmsafe.report.escape import terminal_safe as _safe
 
 log = logging.getLogger("mmsafe")
@@ -641,8 +641,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mmsafe: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except MmsafeError as exc:  # ConfigError, MissingDependency, StoreError, RunLocked: the message says what to do
-        return _fail(_safe(exc, keep_newlines=True), 2, verbose=v)
+    except MmsafeError as exc:  # ConfigError, MissingDependency, StoreError, RunLocked: says what to do
+        return _fail(_safe(without_addresses(str(exc)), keep_newlines=True), 2, verbose=v)
     except OSError as exc:
         return _fail(_safe(_os_error(exc)), 2 if isinstance(exc, FileNotFoundError) else 1, verbose=v)
     except Exception as exc:  # a bug or an unforeseen input: still one line, the traceback with -v
