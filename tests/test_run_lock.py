@@ -24,9 +24,12 @@ from mmsafe.store.lock import LOCK_FILE, RunLock
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 HOLD = """
-import sys
+import os, sys, time
 from mmsafe.store.lock import RunLock
 lock = RunLock(sys.argv[1]).acquire()
+if len(sys.argv) > 2 and os.fork() == 0:  # a forked helper that outlives its parent
+    time.sleep(15)
+    os._exit(0)
 print("locked", flush=True)
 sys.stdin.read()  # hold until killed or stdin closes
 """
@@ -46,12 +49,11 @@ def _cfg(tmp_path: Path) -> Path:
     return p
 
 
-def _holder(out: Path) -> subprocess.Popen:
+def _holder(out: Path, *extra: str) -> subprocess.Popen:
     """A separate process holding OUT's lock (as a running `mmsafe run` does) until it is killed."""
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True
-    )
+    argv = [sys.executable, "-c", HOLD, str(out), *extra]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
     return proc
 
@@ -104,3 +106,14 @@ def test_the_lock_is_per_folder_and_reentrant_use_is_refused(tmp_path):
             RunLock(a).acquire()  # a second writer, even in the same process, is refused
     with RunLock(a), Store(a) as s:  # released on exit
         assert s.count_records() == 0
+
+
+def test_a_forked_child_of_a_killed_run_does_not_keep_its_lock(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = _holder(out, "fork")
+    with pytest.raises(RunLocked):
+        RunLock(out).acquire()
+    _kill(proc)  # the parent dies; its forked child sleeps on
+    with RunLock(out):
+        pass

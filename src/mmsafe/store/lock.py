@@ -25,6 +25,23 @@ from mmsafe.errors import RunLocked
 
 LOCK_FILE = ".mmsafe.lock"
 
+#: descriptors of the locks this process holds. A forked child (a worker pool, a library's helper)
+#: shares each one, and with it the flock: it closes its copies at once, so that a SIGKILLed run
+#: never leaves its lock held by a child that outlives it.
+_HELD: set[int] = set()
+
+
+def _close_in_child() -> None:
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
+
 
 class RunLock:
     """Hold ``DIR/.mmsafe.lock`` exclusively while writing ``DIR``; use as a context manager.
@@ -56,12 +73,14 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"holder": self.holder, **info}).encode("utf-8"), 0)
         self._fd = fd
+        _HELD.add(fd)
         return self
 
     def release(self) -> None:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
+        _HELD.discard(fd)
         try:
             os.ftruncate(fd, 0)  # the next reader sees no holder rather than a finished one
         finally:
