@@ -109,12 +109,77 @@ def _format_errors(exc: ValidationError) -> str:
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
+#: YAML read from a config file or the command line: at most this many bytes, this many aliases, and
+#: this many nodes once aliases are expanded (an "alias bomb" of a few hundred bytes can stand for
+#: billions). Constants, not settings: a config cannot set the limits of its own parsing.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_ALIASES = 100
+MAX_YAML_NODES = 100_000
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, counting aliases as it composes."""
+
+    def __init__(self, stream: str, where: str) -> None:
+        super().__init__(stream)
+        self.where = where
+        self.aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_YAML_ALIASES:
+                raise ConfigError(f"{self.where} has more than {MAX_YAML_ALIASES} YAML aliases (the limit)")
+        return super().compose_node(parent, index)
+
+
+def _expanded_size(node: yaml.Node, where: str, memo: dict[int, int], active: set[int]) -> int:
+    """How many nodes ``node`` stands for with every alias expanded (each shared node counted once per use)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    if id(node) in active:
+        raise ConfigError(f"{where} has a YAML alias that refers to itself")
+    active.add(id(node))
+    n = 1
+    if isinstance(node, yaml.SequenceNode):
+        n += sum(_expanded_size(c, where, memo, active) for c in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        n += sum(
+            _expanded_size(k, where, memo, active) + _expanded_size(v, where, memo, active) for k, v in node.value
+        )
+    active.discard(id(node))
+    if n > MAX_YAML_NODES:
+        raise ConfigError(
+            f"{where} expands to more than {MAX_YAML_NODES:,} YAML nodes through its aliases (the limit)"
+        )
+    memo[id(node)] = n
+    return n
+
+
+def load_yaml(text: str, *, where: str) -> Any:
+    """``yaml.safe_load(text)`` within :data:`MAX_YAML_BYTES`, :data:`MAX_YAML_ALIASES` and
+    :data:`MAX_YAML_NODES`; any failure is a :class:`ConfigError` that starts with ``where``."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_YAML_BYTES:
+        raise ConfigError(f"{where} is {size:,} bytes; the limit is {MAX_YAML_BYTES:,}")
+    loader = _LimitedLoader(text, where)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, where, {}, set())
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where} is not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{where} is nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
 def parse_component(text: str) -> dict[str, Any]:
     """Parse a CLI component: ``figstep`` or a YAML/JSON mapping ``{name: hf, params: {path: x}}``."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"cannot parse component {text!r}: {exc}") from None
+    value = load_yaml(text, where=f"component {text[:200]!r}")
     if isinstance(value, str):
         return {"name": value}
     if isinstance(value, Mapping):
@@ -128,12 +193,24 @@ def load_config(path: str | Path | None = None, *, overrides: Mapping[str, Any] 
         data: dict[str, Any] = dict(QUICKSTART)
     else:
         p = Path(path)
+        where = f"config file {p}"
         try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            if p.stat().st_size > MAX_YAML_BYTES:  # before reading it
+                raise ConfigError(f"{where} is {p.stat().st_size:,} bytes; the limit is {MAX_YAML_BYTES:,}")
+            raw = p.read_bytes()
         except FileNotFoundError:
-            raise ConfigError(f"config file {p} does not exist") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+            raise ConfigError(f"{where} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{where} is a folder; give the YAML file") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            raise ConfigError(
+                f"{where} is not UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start}, line {line}); "
+                "save it as UTF-8"
+            ) from None
+        data = load_yaml(text, where=where) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"config file {p} must be a mapping at the top level")
     for key, value in (overrides or {}).items():

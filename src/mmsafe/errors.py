@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class MmsafeError(Exception):
     """Base class for mmsafe's own errors."""
@@ -13,6 +15,14 @@ class ConfigError(MmsafeError):
 
 class GridError(ConfigError):
     """Some cells of the grid cannot run (e.g. a gradient attack against an API model)."""
+
+
+class StoreError(MmsafeError):
+    """The run store cannot be opened, read or written; the message says what to do about it."""
+
+
+class RunLocked(MmsafeError):
+    """Another process is writing the same run folder; the message names it (pid, host, since when)."""
 
 
 class MissingDependency(MmsafeError):
@@ -30,3 +40,18 @@ def require(module: str, *, extra: str, purpose: str = ""):
         raise MissingDependency(
             f"{module} is needed{why} but is not installed: pip install 'mmsafe[{extra}]'"
         ) from exc
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def without_addresses(text: str) -> str:
+    """``text`` without object addresses (``<Foo object at 0x7f…>`` → ``<Foo object>``)."""
+    return _ADDRESS.sub("", text)
+
+
+def describe(exc: BaseException, *, limit: int | None = None) -> str:
+    """``Type: message`` on one line, without object addresses (`` at 0x7f…``), so the same failure reads
+    the same in every run and in every record; the message is cut to ``limit`` characters."""
+    msg = without_addresses(str(exc)).strip().replace("\n", " ")[:limit]
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__

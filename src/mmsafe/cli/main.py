@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
-import re
+import signal
 import sys
-import unicodedata
+import threading
+import traceback
 from pathlib import Path
 from typing import Any
 
-from mmsafe.errors import ConfigError, MissingDependency
+from mmsafe.errors import ConfigError, MmsafeError, describe, without_addresses
+from mmsafe.report.escape import terminal_safe as _safe
 
 log = logging.getLogger("mmsafe")
 
@@ -213,39 +216,6 @@ def _labelled_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--skip-bad", action="store_true", help="skip (and count) unreadable rows instead of failing"
     )
-
-
-#: ANSI/VT escape sequences: CSI (ESC [ or 0x9B … final byte), OSC/DCS/PM/APC strings up to BEL or ST,
-#: and two-character ESC sequences
-_ESCAPE_RE = re.compile(
-    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
-    r"|(?:\x1b[\]P^_X]|[\x90\x9d\x9e\x9f\x98])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
-    r"|\x1b[ -/]*[0-~]?"
-)
-
-
-def _safe(text: Any, limit: int | None = None) -> str:
-    """``text`` made safe for a terminal: escape sequences removed, other control characters shown as ``\\xNN``.
-
-    Model outputs and labelled data are attacker-controlled: an ANSI sequence could recolour, move
-    the cursor, retitle the window or hide text; bidi overrides could reorder what is shown.
-    """
-    s = _ESCAPE_RE.sub("", str(text))
-    out = []
-    for ch in s:
-        cat = unicodedata.category(ch)
-        if cat in ("Cc", "Zl", "Zp") or (cat == "Cf" and ch not in "\u200d"):
-            out.append(
-                {"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(
-                    ch, f"\\u{ord(ch):04x}" if ord(ch) > 0xFF else f"\\x{ord(ch):02x}"
-                )
-            )
-        else:
-            out.append(ch)
-    s = "".join(out)
-    if limit is not None and len(s) > limit:
-        s = s[: max(0, limit - 1)] + "…"
-    return s
 
 
 def _read_labelled_args(args: argparse.Namespace) -> Any:
@@ -583,15 +553,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import yaml
-
+    from mmsafe.config import load_yaml
     from mmsafe.registry import Registry
 
-    try:
-        model = yaml.safe_load(args.model) if args.model is not None else None
-        params = yaml.safe_load(args.params) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--model / --params: not YAML ({exc})") from None
+    model = load_yaml(args.model, where="--model") if args.model is not None else None
+    params = load_yaml(args.params, where="--params") or {}
     if not isinstance(params, dict):
         raise ConfigError("--params must be a YAML mapping, e.g. '{epochs: 2}'")
     reg = Registry()
@@ -619,6 +585,33 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: the run stops as on Ctrl-C (the open transaction rolls back)."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def _os_error(exc: OSError) -> str:
+    """``strerror: file`` (and what to do when the disk is full), without Python's ``[Errno n]`` framing."""
+    if not exc.strerror:
+        return str(exc) if isinstance(exc, FileNotFoundError) and str(exc) else describe(exc)
+    files = [str(f) for f in (exc.filename, exc.filename2) if f is not None]
+    msg = f"{exc.strerror}: {' → '.join(files)}" if files else exc.strerror
+    if exc.errno == errno.ENOSPC:
+        msg += "; free space and rerun the same command to resume"
+    return msg
+
+
+def _fail(message: str, code: int, *, verbose: bool) -> int:
+    """Print the error as one line (the traceback first, with -v) and return the exit code."""
+    if verbose:
+        traceback.print_exc()
+    print(f"mmsafe: error: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # third-party progress bars would interleave with ours; mmsafe shows one progress display
@@ -640,14 +633,27 @@ def main(argv: list[str] | None = None) -> int:
         "judge-eval": _cmd_judge_eval,
         "train": _cmd_train,
     }
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    v = args.verbose
     try:
         return handlers[args.command](args)
-    except (ConfigError, MissingDependency, FileNotFoundError) as exc:
-        print(f"mmsafe: error: {exc}", file=sys.stderr)
-        return 2
+    except Terminated:
+        print("mmsafe: terminated; rerun the same command to resume", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("mmsafe: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except MmsafeError as exc:  # ConfigError, MissingDependency, StoreError, RunLocked: says what to do
+        return _fail(_safe(without_addresses(str(exc)), keep_newlines=True), 2, verbose=v)
+    except OSError as exc:
+        return _fail(_safe(_os_error(exc)), 2 if isinstance(exc, FileNotFoundError) else 1, verbose=v)
+    except Exception as exc:  # a bug or an unforeseen input: still one line, the traceback with -v
+        hint = "" if v else " (rerun with -v for the traceback)"
+        return _fail(_safe(describe(exc, limit=2000)) + hint, 1, verbose=v)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,14 @@ import copy
 import json
 import logging
 import time
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field, model_validator
 
+from mmsafe.errors import ConfigError, describe
 from mmsafe.types import Generation, ImagePart, Message, Prompt, TextPart, Usage
 
 log = logging.getLogger(__name__)
@@ -78,8 +80,29 @@ def read_architecture(path: str | Path) -> tuple[list[str], str | None] | None:
     cfg = Path(path) / "config.json"
     if not cfg.is_file():
         return None
-    data = json.loads(cfg.read_text(encoding="utf-8"))
-    return list(data.get("architectures") or []), data.get("model_type")
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+        return list(data.get("architectures") or []), data.get("model_type")
+    except (ValueError, AttributeError, TypeError) as exc:  # not JSON, not UTF-8, not a JSON object
+        raise ConfigError(
+            f"model params.path: {cfg} is not a readable config.json ({describe(exc, limit=200)})"
+        ) from None
+
+
+@contextmanager
+def checkpoint_errors(model: str, path: str) -> Iterator[None]:
+    """Turn what loading checkpoint ``path`` raises for a bad path or folder (transformers' ``OSError``s and
+    ``ValueError``s: no such folder or hub id, missing files, an unknown model type) into one
+    :class:`ConfigError` line naming the model and the path."""
+    try:
+        yield
+    except (OSError, ValueError) as exc:
+        local = Path(path).expanduser()
+        if (local.is_absolute() or path.startswith((".", "~"))) and not local.exists():
+            why = "no such folder"  # transformers would call it a malformed hub id
+        else:
+            why = describe(exc, limit=300).partition(": ")[2] or type(exc).__name__
+        raise ConfigError(f"model '{model}': cannot load params.path {path!r}: {why}") from exc
 
 
 def choose_model_class(architectures: Iterable[str], model_type: str | None) -> str:

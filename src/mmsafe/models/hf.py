@@ -19,6 +19,7 @@ from mmsafe.models._hf_util import (
     AdapterFields,
     BatchedHFGeneration,
     answer_continuation,
+    checkpoint_errors,
     choose_model_class,
     generate_seeded,
     has_random_weights_marker,
@@ -177,9 +178,10 @@ class HFModel(BatchedHFGeneration, WhiteBoxModel):
 
         arch = read_architecture(s.path)
         if arch is None:  # a hub id (or a cached one): ask transformers for the config
-            cfg = transformers.AutoConfig.from_pretrained(
-                s.path, revision=s.revision, trust_remote_code=s.trust_remote_code
-            )
+            with checkpoint_errors(self.name, s.path):
+                cfg = transformers.AutoConfig.from_pretrained(
+                    s.path, revision=s.revision, trust_remote_code=s.trust_remote_code
+                )
             arch = (list(getattr(cfg, "architectures", None) or []), getattr(cfg, "model_type", None))
         family_cls = family_for(*arch)
         model_class = s.model_class if s.model_class != "auto" else choose_model_class(*arch)
@@ -206,7 +208,8 @@ class HFModel(BatchedHFGeneration, WhiteBoxModel):
             dtype = getattr(torch, s.dtype)
 
         common = {"revision": s.revision, "trust_remote_code": s.trust_remote_code}
-        processor = family_cls.load_processor(s.path, model_type=arch[1], **common)
+        with checkpoint_errors(self.name, s.path):
+            processor = family_cls.load_processor(s.path, model_type=arch[1], **common)
         if family_cls.needs_chat_template and getattr(processor, "chat_template", None) is None:
             raise ConfigError(
                 f"model.params.path: the processor of {s.path} has no chat template; "
@@ -222,7 +225,8 @@ class HFModel(BatchedHFGeneration, WhiteBoxModel):
             kwargs["device_map"] = s.device_map
             if s.max_memory is not None:
                 kwargs["max_memory"] = {_device_key(k): v for k, v in s.max_memory.items()}
-        model = cls.from_pretrained(s.path, **kwargs)
+        with checkpoint_errors(self.name, s.path):
+            model = cls.from_pretrained(s.path, **kwargs)
         if s.device_map is None:
             model.to(self._device)
         else:

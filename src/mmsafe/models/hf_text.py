@@ -24,6 +24,7 @@ from mmsafe.models._hf_util import (
     AdapterFields,
     BatchedHFGeneration,
     answer_continuation,
+    checkpoint_errors,
     cut_at_stop,
     layer_outputs,
     to_conversation,
@@ -177,7 +178,8 @@ class HFTextModel(BatchedHFGeneration, WhiteBoxModel):
             dtype = getattr(torch, s.dtype)
 
         common = {"revision": s.revision, "trust_remote_code": s.trust_remote_code}
-        tokenizer = transformers.AutoTokenizer.from_pretrained(s.path, **common)
+        with checkpoint_errors(self.name, s.path):
+            tokenizer = transformers.AutoTokenizer.from_pretrained(s.path, **common)
         if s.chat_template is not None:
             tokenizer.chat_template = s.chat_template
         if getattr(tokenizer, "chat_template", None) is None:
@@ -188,7 +190,8 @@ class HFTextModel(BatchedHFGeneration, WhiteBoxModel):
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model = transformers.AutoModelForCausalLM.from_pretrained(s.path, dtype=dtype, **common)
+        with checkpoint_errors(self.name, s.path):
+            model = transformers.AutoModelForCausalLM.from_pretrained(s.path, dtype=dtype, **common)
         model.to(self._device)
         model.eval()
         if s.adapter is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 from mmsafe.judges.base import rate_name
 from mmsafe.store.sqlite import Store
 from mmsafe.types import ComponentSpec, Record
+
+log = logging.getLogger("mmsafe.report")
 
 
 def build_summary(store: Store) -> tuple[dict[str, Any], list[Record]]:
@@ -31,6 +34,9 @@ def build_summary(store: Store) -> tuple[dict[str, Any], list[Record]]:
         "runs": [r["name"] for r in store.runs()],
         "n_records": len(records),
         "n_errors": sum(1 for r in records if r.error or (r.judgement and r.judgement.error)),
+        # rows of the store that could not be read back (damaged, or from another mmsafe version): not counted above
+        "n_unreadable": len(store.unreadable),
+        "unreadable": sorted(store.unreadable)[:20],
         "models": list(models.values()),
         "components": {
             kind: [
@@ -390,6 +396,13 @@ def write_outputs(store: Store, out_dir: str | Path) -> dict[str, Path]:
 
     out = Path(out_dir)
     summary, records = build_summary(store)
+    if summary["n_unreadable"]:
+        log.warning(
+            "%d record(s) of %s cannot be read and are left out of the report (key %r…)",
+            summary["n_unreadable"],
+            store.path,
+            summary["unreadable"][0][:16],
+        )
     paths = {"summary": out / "summary.json", "report": out / "report.md"}
     _atomic_write(paths["summary"], json.dumps(summary, indent=2, sort_keys=True, default=str))
     _atomic_write(paths["report"], render(summary, records))
@@ -398,12 +411,7 @@ def write_outputs(store: Store, out_dir: str | Path) -> dict[str, Path]:
 
 def rerender(out_dir: str | Path) -> dict[str, Path]:
     """``mmsafe report DIR``: rebuild the outputs from the store alone."""
-    from mmsafe.store.sqlite import STORE_FILE
-
-    path = Path(out_dir) / STORE_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"no mmsafe store at {path}")
-    with Store(out_dir) as store:
+    with Store.open_existing(out_dir) as store:  # read-only: a mistyped folder is an error, never a new store
         return write_outputs(store, out_dir)
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from mmsafe.report.escape import csv_cell
 from mmsafe.store.sqlite import Store
 from mmsafe.types import Record
+
+log = logging.getLogger("mmsafe.report")
 
 CSV_COLUMNS = (
     "key",
@@ -86,7 +89,8 @@ def export(store_dir: str | Path, output: str | Path, *, fmt: str = "jsonl") -> 
     if fmt not in ("jsonl", "csv"):
         raise ValueError(f"unknown export format '{fmt}'; allowed: jsonl, csv")
     n = 0
-    with Store(store_dir) as store, open(output, "w", encoding="utf-8", newline="") as f:
+    # read-only: a mistyped folder is an error (before the output file is created), never a new empty store
+    with Store.open_existing(store_dir) as store, open(output, "w", encoding="utf-8", newline="") as f:
         if fmt == "jsonl":
             for r in store.iter_records():
                 f.write(r.model_dump_json() + "\n")
@@ -98,4 +102,11 @@ def export(store_dir: str | Path, output: str | Path, *, fmt: str = "jsonl") -> 
                 row = flat(r)
                 w.writerow({k: csv_cell(v) if isinstance(v, str) else v for k, v in row.items()})
                 n += 1
+        if store.unreadable:
+            log.warning(
+                "%d record(s) of %s cannot be read and are not exported (key %r…)",
+                len(store.unreadable),
+                store.path,
+                min(store.unreadable)[:16],
+            )
     return n

@@ -38,6 +38,13 @@ def render(summary: dict[str, Any], records: Sequence[Record], *, examples_per_c
         f"generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(summary['generated']))}."
     )
     lines.append("")
+    if summary.get("n_unreadable"):
+        keys = ", ".join(f"`{md_cell(k[:16])}…`" for k in summary["unreadable"][:3])
+        lines.append(
+            f"> **{summary['n_unreadable']} unreadable record(s) left out** (key {keys}): the store holds rows "
+            "this mmsafe cannot read (damaged, or written by another version); they are in no number below."
+        )
+        lines.append("")
     for m in summary["models"]:
         if m.get("note"):
             lines.append(

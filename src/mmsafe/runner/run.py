@@ -25,13 +25,14 @@ from mmsafe.attacks.base import Attack
 from mmsafe.config import RunConfig
 from mmsafe.datasets.base import Benchmark
 from mmsafe.defenses.base import Defense
-from mmsafe.errors import ConfigError, MmsafeError
+from mmsafe.errors import ConfigError, MmsafeError, describe
 from mmsafe.judges.base import Judge
 from mmsafe.models.base import ModelBackend
 from mmsafe.registry import Registry
 from mmsafe.runner.cache import CachedModel
 from mmsafe.runner.grid import Grid, resolve
 from mmsafe.runner.progress import Progress
+from mmsafe.store.lock import RunLock
 from mmsafe.store.sqlite import Store
 from mmsafe.types import Generation, Judgement, Prompt, Record, Sample, stable_hash
 
@@ -61,8 +62,7 @@ def item_seed(run_seed: int, sample_id: str, attack: Attack) -> int:
 
 
 def _err(exc: BaseException) -> str:
-    msg = str(exc).strip().replace("\n", " ")
-    return f"{type(exc).__name__}: {msg[:500]}" if msg else type(exc).__name__
+    return describe(exc, limit=500)
 
 
 @dataclass
@@ -147,6 +147,14 @@ class Runner:
 
     # -- execution ----------------------------------------------------------------------------------
     def run(self) -> RunResult:
+        """Run the grid into the output folder, holding its lock (one writer per folder) throughout."""
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise ConfigError(f"output folder {self.out_dir} is an existing file; give --out a folder")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with RunLock(self.out_dir, holder="mmsafe run"):  # before anything is read: a second run stops at once
+            return self._run()
+
+    def _run(self) -> RunResult:
         from mmsafe.report import write_outputs
 
         result = RunResult(out_dir=self.out_dir)
