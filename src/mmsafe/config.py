@@ -15,6 +15,7 @@ plugin's own ``Params`` model, so a typo fails at once with the field and the al
     judges: [refusal]
     limit: null
     seed: 0
+    limits: {image_pixels: 25000000, prompt_chars: 200000}   # optional; see docs/running.md
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from mmsafe.errors import ConfigError
+from mmsafe.limits import Limits
 
 AXES: tuple[tuple[str, str], ...] = (
     ("models", "model"),
@@ -74,6 +76,9 @@ class RunConfig(BaseModel):
     )
     limit: int | None = Field(None, ge=1, description="at most this many samples per benchmark")
     seed: int = 0
+    #: what the run accepts from its inputs (image size, prompt length, answer size, request time): part
+    #: of no record or cache key (see mmsafe.limits and docs/running.md, "Limits")
+    limits: Limits = Field(default_factory=Limits)
 
     @field_validator("models", "benchmarks", "attacks", "defenses", "judges", mode="before")
     @classmethod
@@ -102,7 +107,8 @@ def _format_errors(exc: ValidationError) -> str:
     for err in exc.errors():
         loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
-            allowed = ", ".join(RunConfig.model_fields)
+            fields = Limits.model_fields if err["loc"][:1] == ("limits",) else RunConfig.model_fields
+            allowed = ", ".join(fields)
             lines.append(f"{loc}: unknown field; allowed: {allowed}")
         else:
             lines.append(f"{loc}: {err['msg']}")

@@ -22,11 +22,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
 __all__ = [
+    "MAX_DECODE_PIXELS",
     "ComponentSpec",
     "Expected",
     "Generation",
     "Image",
     "ImagePart",
+    "ImageTooLarge",
     "Judgement",
     "Message",
     "Prompt",
@@ -85,6 +87,22 @@ def _big_int(obj: Any) -> bool:
     return obj.bit_length() > 3 * sys.get_int_max_str_digits()
 
 
+#: :meth:`Image.to_pil` decodes no image with more pixels than this (read from the header first): a
+#: 455 KB PNG can say 12,500×12,500 px and take gigabytes to decode. A hard ceiling; the run's own limit
+#: is ``limits.image_pixels`` (:mod:`mmsafe.limits`), which may not exceed it.
+MAX_DECODE_PIXELS = 100_000_000
+
+_PIL_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+class ImageTooLarge(ValueError):
+    """An image with more pixels than a limit allows; ``pixels`` is its pixel count."""
+
+    def __init__(self, message: str, *, pixels: int) -> None:
+        super().__init__(message)
+        self.pixels = pixels
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -130,17 +148,58 @@ class Image(_Frozen):
         img.save(buf, format="PNG", optimize=False)
         return cls.from_bytes(buf.getvalue(), source=source)
 
-    def to_pil(self, mode: str = "RGB") -> Any:
-        """Decode to a PIL image in ``mode``; raises ``ValueError`` naming the image on bad bytes."""
+    @property
+    def name(self) -> str:
+        """How messages name this image: its source (cut to 80 characters), else the start of its hash."""
+        name = self.source or self.sha256[:12]
+        return name if len(name) <= 80 else f"{name[:79]}…"
+
+    def _open(self) -> Any:
+        """The image opened lazily by PIL (header read, no pixel decoded). ``ValueError`` naming the image
+        when the header cannot be read; :class:`ImageTooLarge` when PIL itself refuses the size (over twice
+        ``PIL.Image.MAX_IMAGE_PIXELS``)."""
+        import warnings
+
         from PIL import Image as PILImage
         from PIL import UnidentifiedImageError
 
         try:
-            img = PILImage.open(io.BytesIO(self.data))
+            with warnings.catch_warnings():  # the callers check the size themselves
+                warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+                return PILImage.open(io.BytesIO(self.data))
+        except PILImage.DecompressionBombError as exc:
+            m = _PIL_BOMB_PIXELS.search(str(exc))
+            pixels = int(m.group(1)) if m else 2 * (PILImage.MAX_IMAGE_PIXELS or 0) + 1
+            raise ImageTooLarge(f"image {self.name} is {pixels:,} px, too many to decode", pixels=pixels) from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise ValueError(f"cannot decode image {self.name}: {exc}") from exc
+
+    def size_from_header(self) -> tuple[int, int]:
+        """``(width, height)`` as the image's header states it; no pixel is decoded.
+
+        Raises ``ValueError`` naming the image when the header cannot be read, :class:`ImageTooLarge`
+        when PIL refuses to open an image that big at all."""
+        with self._open() as img:
+            return img.size
+
+    def to_pil(self, mode: str = "RGB", *, max_pixels: int = MAX_DECODE_PIXELS) -> Any:
+        """Decode to a PIL image in ``mode``; raises ``ValueError`` naming the image on bad bytes.
+
+        The header is read first: an image of more than ``max_pixels`` pixels raises
+        :class:`ImageTooLarge` (a ``ValueError``) before any pixel is decoded."""
+        img = self._open()
+        width, height = img.size
+        if width * height > max_pixels:
+            img.close()
+            raise ImageTooLarge(
+                f"image {self.name} is {width}×{height} px ({width * height:,}), over the {max_pixels:,} px "
+                "that can be decoded",
+                pixels=width * height,
+            )
+        try:
             img.load()
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            name = self.source or self.sha256[:12]
-            raise ValueError(f"cannot decode image {name}: {exc}") from exc
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ValueError(f"cannot decode image {self.name}: {exc}") from exc
         return img.convert(mode) if mode and img.mode != mode else img
 
 
@@ -306,7 +365,7 @@ class Record(_Frozen):
     generation: dict[str, Any] | None = None
     judgement: Judgement | None = None
     error: str | None = None
-    error_stage: str | None = None  # load | attack | generate | judge
+    error_stage: str | None = None  # load | limit | attack | generate | judge
     timings: dict[str, float] = Field(default_factory=dict)
     random_weights: bool = False
     model_note: str | None = None  # e.g. "random weights": printed beside every number from this model

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from mmsafe.errors import ConfigError, MmsafeError
+from mmsafe.limits import MAX_IMAGE_FILE_BYTES
 from mmsafe.types import Image, Sample, lone_surrogate
 
 __all__ = [
@@ -104,14 +105,22 @@ def resolve_inside(root: Path, rel: str | Path) -> Path:
 def load_image(root: Path, rel: str | Path, *, source: str | None = None) -> Image:
     """Read the image at ``root / rel`` (which must stay inside ``root``) as an :class:`Image`.
 
-    Raises :class:`ImageLoadError` with a short reason (escape, missing, unreadable); the bytes are
-    not decoded here, so a corrupt file fails later, only for the item that uses it.
+    Raises :class:`ImageLoadError` with a short reason (escape, missing, unreadable, a file over
+    :data:`~mmsafe.limits.MAX_IMAGE_FILE_BYTES`, which is never read); the bytes are not decoded here,
+    so a corrupt file fails later, only for the item that uses it. The run's own, lower limits
+    (``limits.image_bytes``, ``limits.image_pixels``) are checked by the runner.
     """
     path = resolve_inside(root, rel)
     name = source if source is not None else str(rel)
     try:
         if not path.is_file():
             raise ImageLoadError(f"image not found: {name}")
+        size = path.stat().st_size
+        if size > MAX_IMAGE_FILE_BYTES:  # before reading a byte of it
+            raise ImageLoadError(
+                f"image {clip_repr(name)} is {size / (1 << 20):,.0f} MiB; "
+                f"no image over {MAX_IMAGE_FILE_BYTES >> 20} MiB is read"
+            )
         return Image.from_path(path, source=name)
     except OSError as exc:  # unreadable, a name too long, a loop (Python ≥ 3.13 resolves loops as missing)
         raise ImageLoadError(f"cannot read image {clip_repr(name)}: {_os_reason(exc)}") from None

@@ -1,9 +1,14 @@
-"""A response cache in front of any backend: key = hash(model spec, request, seed if sampling)."""
+"""A response cache in front of any backend: key = hash(model spec, request, seed if sampling).
+
+Answers go through :func:`~mmsafe.limits.truncate_answer` before they are cached (and so before they
+are stored in a record): an answer over ``limits.answer_bytes`` is cut there and flagged.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from mmsafe.limits import Limits, truncate_answer
 from mmsafe.models.base import ModelBackend, WrappedModel
 from mmsafe.store.sqlite import Store
 from mmsafe.types import Generation, Prompt, stable_hash
@@ -18,18 +23,23 @@ def request_key(model: ModelBackend, prompt: Prompt, seed: int) -> str:
 
 
 class CachedModel(WrappedModel):
-    """Wraps a backend so identical requests are answered from the store (errors are never cached)."""
+    """Wraps a backend so identical requests are answered from the store (errors are never cached).
 
-    def __init__(self, inner: ModelBackend, store: Store) -> None:
+    Every answer, fresh or cached, is cut to ``limits.answer_bytes`` (:func:`~mmsafe.limits.truncate_answer`);
+    a fresh one before it is cached, so an oversize answer is never stored whole."""
+
+    def __init__(self, inner: ModelBackend, store: Store, *, limits: Limits | None = None) -> None:
         super().__init__(inner)
         self.store = store
+        self.limits = limits or Limits()
 
     def generate(self, prompts: Sequence[Prompt], *, seeds: Sequence[int]) -> list[Generation | Exception]:
         keys = [request_key(self.inner, p, s) for p, s in zip(prompts, seeds, strict=True)]
         hits = self.store.get_responses(keys)
         todo = [i for i, k in enumerate(keys) if k not in hits]
         out: list[Generation | Exception | None] = [
-            hits[k].model_copy(update={"cached": True}) if k in hits else None for k in keys
+            truncate_answer(hits[k], self.limits).model_copy(update={"cached": True}) if k in hits else None
+            for k in keys
         ]
         if todo:
             fresh = self.inner.generate([prompts[i] for i in todo], seeds=[seeds[i] for i in todo])
@@ -37,6 +47,7 @@ class CachedModel(WrappedModel):
                 raise RuntimeError(
                     f"backend '{self.name}' returned {len(fresh)} results for {len(todo)} prompts"
                 )
+            fresh = [g if isinstance(g, Exception) else truncate_answer(g, self.limits) for g in fresh]
             for i, g in zip(todo, fresh, strict=True):
                 out[i] = g
             self.store.put_responses(
@@ -50,7 +61,7 @@ class CachedModel(WrappedModel):
         key = request_key(self.inner, prompt, seed)
         hit = self.store.get_responses([key]).get(key)
         if hit is not None:
-            return hit.model_copy(update={"cached": True})
-        gen = await self.inner.agenerate(prompt, seed=seed)
+            return truncate_answer(hit, self.limits).model_copy(update={"cached": True})
+        gen = truncate_answer(await self.inner.agenerate(prompt, seed=seed), self.limits)
         self.store.put_responses([(key, self.inner.spec.key, gen)])
         return gen

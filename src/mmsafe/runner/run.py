@@ -6,7 +6,8 @@ cached) model answers the chunk — one padded batch for local models, bounded c
 backends — every judge rules on every answer, and the chunk's records are written in one
 transaction. A failure in any stage fails that item only, with its stage and reason recorded; a
 rerun retries failed items and skips completed ones, so killing the process at any moment loses at
-most the chunk in flight.
+most the chunk in flight. An item over one of the run's limits (``config.limits``, :mod:`mmsafe.limits`)
+fails before its attack or before generation, with stage ``limit``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from mmsafe.datasets.base import Benchmark
 from mmsafe.defenses.base import Defense
 from mmsafe.errors import ConfigError, MmsafeError, describe
 from mmsafe.judges.base import Judge
+from mmsafe.limits import Limits, check_prompt, check_sample, within_deadline
 from mmsafe.models.base import ModelBackend
 from mmsafe.registry import Registry
 from mmsafe.runner.cache import CachedModel
@@ -181,7 +183,7 @@ class Runner:
                 log.info("loading model %s", model.name)
                 model.load()
                 try:
-                    cached = CachedModel(model, store)
+                    cached = CachedModel(model, store, limits=self.config.limits)
                     for bench, attack, defense, items in plan:
                         target = defense.wrap(cached)
                         size = max(1, model.batch_size if not model.is_async else 4 * model.concurrency)
@@ -228,7 +230,7 @@ class Runner:
         for item in chunk:
             if item.sample.error:
                 item.error, item.stage = item.sample.error, "load"
-            else:
+            elif not self._over_limit(item):
                 todo.append(item)
         if todo:
             t0 = time.perf_counter()
@@ -243,14 +245,16 @@ class Runner:
                 if isinstance(res, Exception):
                     item.error, item.stage = _err(res), "attack"
                     log.debug("attack failed on %s: %s", item.sample.id, item.error)
-                else:
+                elif not self._over_limit(item, res):
                     item.prompt = res
                 item.timings["attack_s"] = per_item
         # generate
         live = [i for i in chunk if i.prompt is not None]
         if live:
             t0 = time.perf_counter()
-            results = self._generate(target, [i.prompt for i in live], [i.seed for i in live])
+            results = self._generate(
+                target, [i.prompt for i in live], [i.seed for i in live], limits=self.config.limits
+            )
             per_item = (time.perf_counter() - t0) / len(live)
             for item, res in zip(live, results, strict=True):
                 if isinstance(res, Exception):
@@ -285,6 +289,16 @@ class Runner:
                 records.append(self._record(item, model, bench, attack, defense, judge, verdicts, now))
         store.put_records(records, images.values())
         return records
+
+    def _over_limit(self, item: _Item, prompt: Prompt | None = None) -> bool:
+        """Fail ``item`` (stage ``limit``, with the reason) when its sample, or the ``prompt`` the attack
+        built from it, is over one of the run's limits (:mod:`mmsafe.limits`). A prompt over a limit is
+        not kept, so its images are not stored."""
+        limits = self.config.limits
+        problem = check_sample(item.sample, limits) if prompt is None else check_prompt(prompt, limits)
+        if problem is not None:
+            item.error, item.stage = problem, "limit"
+        return problem is not None
 
     def _record(
         self,
@@ -329,9 +343,11 @@ class Runner:
         )
 
     @staticmethod
-    def _generate(target: ModelBackend, prompts: Sequence[Prompt], seeds: Sequence[int]) -> list[Any]:
+    def _generate(
+        target: ModelBackend, prompts: Sequence[Prompt], seeds: Sequence[int], *, limits: Limits
+    ) -> list[Any]:
         if target.is_async:
-            return asyncio.run(_gather(target, prompts, seeds))
+            return asyncio.run(_gather(target, prompts, seeds, limits))
         try:
             res = target.generate(prompts, seeds=seeds)
             if len(res) != len(prompts):
@@ -351,13 +367,15 @@ class Runner:
             return out
 
 
-async def _gather(target: ModelBackend, prompts: Sequence[Prompt], seeds: Sequence[int]) -> list[Any]:
+async def _gather(
+    target: ModelBackend, prompts: Sequence[Prompt], seeds: Sequence[int], limits: Limits
+) -> list[Any]:
     sem = asyncio.Semaphore(max(1, target.concurrency))
 
     async def one(p: Prompt, s: int) -> Any:
         async with sem:
             try:
-                return await target.agenerate(p, seed=s)
+                return await within_deadline(target.agenerate(p, seed=s), limits)
             except Exception as exc:
                 return exc
 
