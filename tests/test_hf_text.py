@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import re
 
 import pytest
 
@@ -106,6 +108,82 @@ def test_reject_mode_fails_only_the_image_item(tiny_lm):
     out = m.generate([PROMPTS[0], with_image, PROMPTS[2]], seeds=[0, 0, 0])
     assert isinstance(out[1], ValueError) and "image_input='reject'" in str(out[1])
     assert not isinstance(out[0], Exception) and not isinstance(out[2], Exception)
+
+
+def test_a_prompt_over_the_context_fails_alone_and_its_batch_mates_are_answered(tiny_lm):
+    from mmsafe.limits import ContextTooLong
+
+    m = _model(tiny_lm, batch_size=8)
+    assert m._context_limit() == 512  # the config's max_position_embeddings
+    long = Prompt(messages=(Message.user("word " * 600),))
+    out = m.generate([PROMPTS[0], long, PROMPTS[2]], seeds=[0, 1, 2])
+    assert isinstance(out[1], ContextTooLong)
+    assert re.fullmatch(
+        r"prompt is [\d,]+ tokens \+ 8 new \(generation\.max_new_tokens\), more than the model's "
+        r"512-position context",
+        str(out[1]),
+    )
+    alone = [m.generate([p], seeds=[s])[0] for s, p in ((0, PROMPTS[0]), (2, PROMPTS[2]))]
+    assert [g.text for g in (out[0], out[2])] == [g.text for g in alone]
+    assert out[0].metadata["batch_size"] == 2  # the batch ran without the long one
+
+
+def test_the_context_check_counts_the_answer_budget_exactly(tiny_lm):
+    from mmsafe.limits import ContextTooLong
+
+    n = _model(tiny_lm).generate([PROMPTS[0]], seeds=[0])[0].usage.prompt_tokens
+    fits = _model(tiny_lm, generation=GenerationParams(max_new_tokens=512 - n))
+    assert not isinstance(fits.generate([PROMPTS[0]], seeds=[0])[0], Exception)
+    over = _model(tiny_lm, generation=GenerationParams(max_new_tokens=513 - n))
+    assert isinstance(over.generate([PROMPTS[0]], seeds=[0])[0], ContextTooLong)
+
+
+def test_a_prompt_over_the_context_is_one_errored_record_in_a_run(tiny_lm, tmp_path):
+    from mmsafe.config import load_config
+    from mmsafe.runner import run
+    from mmsafe.store import Store
+
+    data = tmp_path / "items.jsonl"
+    rows = [{"id": "short", "text": "Say yes."}, {"id": "long", "text": "word " * 600}, {"id": "tail", "text": "Hi"}]
+    data.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    params = {"path": tiny_lm, "chat_template": TEMPLATE, "generation": {"max_new_tokens": 8}}
+    cfg = load_config(
+        None,
+        overrides={
+            "models": [{"name": "hf-text", "params": params}],
+            "benchmarks": [{"name": "jsonl", "params": {"file": str(data)}}],
+            "attacks": ["none"],
+            "judges": ["refusal"],
+        },
+    )
+    res = run(cfg, tmp_path / "out", progress=False)
+    assert res.written == 3 and res.errors == 1
+    with Store(tmp_path / "out") as store:
+        recs = {r.sample_id: r for r in store.iter_records()}
+    assert recs["long"].error_stage == "generate"
+    assert recs["long"].error.startswith("ContextTooLong: prompt is ")
+    assert recs["long"].error.endswith("more than the model's 512-position context")
+    assert recs["short"].error is None and recs["tail"].error is None
+
+
+def test_context_limit_reads_the_text_config_then_the_tokenizer():
+    from types import SimpleNamespace
+
+    from mmsafe.models._hf_util import context_limit
+
+    class Config:
+        def __init__(self, **kw):
+            self.text = SimpleNamespace(**kw)
+
+        def get_text_config(self):
+            return self.text
+
+    model = SimpleNamespace(config=Config(max_position_embeddings=4096))
+    assert context_limit(model, SimpleNamespace(model_max_length=10**30)) == 4096
+    assert context_limit(SimpleNamespace(config=Config(n_positions=1024)), None) == 1024
+    unknown = SimpleNamespace(config=Config())
+    assert context_limit(unknown, SimpleNamespace(model_max_length=2048)) == 2048
+    assert context_limit(unknown, SimpleNamespace(model_max_length=int(1e30))) is None  # transformers' "unknown"
 
 
 def test_ocr_text_enters_the_turn_and_is_read_once(tiny_lm, monkeypatch):

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, Field, model_validator
 
 from mmsafe.errors import ConfigError, describe
+from mmsafe.limits import ContextTooLong
 from mmsafe.types import Generation, ImagePart, Message, Prompt, TextPart, Usage
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,28 @@ def layer_outputs(blocks: Sequence[Any], layers: Iterable[int], forward: Callabl
     return {k: captured[k] for k in wanted}
 
 
+#: What a tokenizer's ``model_max_length`` says when it does not know its model's context (transformers
+#: puts ``int(1e30)`` there): at or above this, it is not a context length.
+_NO_LENGTH = 10**9
+
+
+def context_limit(model: Any, tokenizer: Any) -> int | None:
+    """How many positions (prompt and answer together) ``model`` can take: its text config's
+    ``max_position_embeddings`` (or ``n_positions``, ``max_sequence_length``, ``seq_length``), else the
+    tokenizer's ``model_max_length`` when it is a real length, else None (unknown: nothing is checked)."""
+    config = getattr(model, "config", None)
+    if config is not None:
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(text, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    length = getattr(tokenizer, "model_max_length", None)
+    if isinstance(length, int) and 0 < length < _NO_LENGTH:
+        return length
+    return None
+
+
 class BatchedHFGeneration:
     """The generation loop of the local Hugging Face backends (``hf`` and ``hf-text``), as a mixin.
 
@@ -187,11 +210,17 @@ class BatchedHFGeneration:
     ``stop_strings`` match (decoding stops there too, through one ``StopStringCriteria`` built per
     loaded model); ``finish_reason`` is ``stop`` for either.
 
+    Before generating, each encoded item's prompt tokens plus ``max_new_tokens`` are checked against
+    the model's context (:meth:`_context_limit`): an item that does not fit fails alone with
+    :class:`~mmsafe.limits.ContextTooLong` (how many tokens, how many positions) and the rest of its
+    batch runs without it. A model would otherwise take it silently (truncating, or attending past
+    the positions it was trained on).
+
     The backend's :meth:`load` sets ``_model``, ``_device``, ``_eos_ids`` and ``_settings`` (with ``stop_strings``),
     has ``generation`` and ``batch_size``, and supplies the hooks: :meth:`_prepare` (prompt → item),
     :meth:`_encode_batch` (items → left-padded encoding on the device), :meth:`_text_tokenizer`, and
-    where it differs, :meth:`_batch_key`, :meth:`_answer_tokens`, :meth:`_prompt_token_counts` and
-    :meth:`_item_metadata`.
+    where it differs, :meth:`_batch_key`, :meth:`_answer_tokens`, :meth:`_prompt_token_counts`,
+    :meth:`_context_limit` and :meth:`_item_metadata`.
     """
 
     #: where batch retries are logged: the backend's own module logger
@@ -238,6 +267,26 @@ class BatchedHFGeneration:
     def _item_metadata(self, item: Any) -> dict[str, Any]:
         """Metadata of one item's :class:`Generation` besides ``batch_size``."""
         return {}
+
+    def _context_limit(self) -> int | None:
+        """Positions the loaded model takes, prompt and answer together (None: unknown, not checked)."""
+        return context_limit(self._model, self._text_tokenizer())
+
+    def _over_context(self, enc: Any, items: list[Any], group: list[int]) -> dict[int, ContextTooLong]:
+        """The items of ``group`` whose prompt tokens plus ``max_new_tokens`` do not fit the context."""
+        limit = self._context_limit()
+        if limit is None:
+            return {}
+        new = self.generation.max_new_tokens  # type: ignore[attr-defined]
+        counts = self._prompt_token_counts(enc, items)
+        return {
+            i: ContextTooLong(
+                f"prompt is {n:,} tokens + {new:,} new (generation.max_new_tokens), more than the "
+                f"model's {limit:,}-position context"
+            )
+            for i, n in zip(group, counts, strict=True)
+            if n + new > limit
+        }
 
     # ------------------------------------------------------------- generation
 
@@ -305,19 +354,22 @@ class BatchedHFGeneration:
     ) -> None:
         t0 = time.perf_counter()
         items = [prepared[i] for i in group]
+        too_long: dict[int, ContextTooLong] = {}
         try:
             enc = self._encode_batch(items)
-            kwargs: dict[str, Any] = {"generation_config": self._generation_config()}
-            if self._stop_strings():
-                kwargs["stopping_criteria"] = self._stopping_criteria()
-            out = generate_seeded(
-                self._model,
-                enc,
-                greedy=self.generation.greedy,  # type: ignore[attr-defined]
-                seed=seeds[group[0]],  # sampled items run one per group
-                device=self._device,
-                **kwargs,
-            )
+            too_long = self._over_context(enc, items, group)
+            if not too_long:
+                kwargs: dict[str, Any] = {"generation_config": self._generation_config()}
+                if self._stop_strings():
+                    kwargs["stopping_criteria"] = self._stopping_criteria()
+                out = generate_seeded(
+                    self._model,
+                    enc,
+                    greedy=self.generation.greedy,  # type: ignore[attr-defined]
+                    seed=seeds[group[0]],  # sampled items run one per group
+                    device=self._device,
+                    **kwargs,
+                )
         except Exception as exc:
             if len(group) == 1:
                 results[group[0]] = exc
@@ -328,6 +380,13 @@ class BatchedHFGeneration:
             )
             for i in group:
                 self._run_group([i], prepared, seeds, results)
+            return
+        if too_long:  # those fail alone; the rest of the batch runs without them
+            for i, error in too_long.items():
+                results[i] = error
+            rest = [i for i in group if i not in too_long]
+            if rest:
+                self._run_group(rest, prepared, seeds, results)
             return
         latency = time.perf_counter() - t0
         new_tokens = self._answer_tokens(out, enc).tolist()

@@ -340,6 +340,11 @@ class HFModel(BatchedHFGeneration, WhiteBoxModel):
         # decoder's start token + answer
         return out[:, 1:] if self._family.encoder_decoder else super()._answer_tokens(out, enc)
 
+    def _context_limit(self) -> int | None:
+        # an encoder-decoder LM (T5-based BLIP-2) writes its answer in the decoder: prompt and answer do
+        # not share positions, and T5's are relative, so there is nothing to check
+        return None if self._family.encoder_decoder else super()._context_limit()
+
     def greedy_answers(self, prompts: Sequence[Prompt], *, max_new_tokens: int) -> list[str]:
         """Greedy answers with a short token budget, batched, no cache: the success test that
         optimisation attacks run every few steps (errors raise; nothing is isolated)."""
