@@ -190,6 +190,38 @@ def test_regex_search_times_out_on_a_nested_quantifier():
     assert time.perf_counter() - t0 < 3.0  # about the timeout (the engine checks the clock now and then)
 
 
+def test_target_string_judge_gives_a_judgement_error_within_about_the_timeout():
+    from mmsafe.judges.target_string import TargetStringJudge
+
+    judge = TargetStringJudge(targets=[EVIL, "here is"], match="regex", regex_timeout_s=0.2)
+    sample = Sample(id="s", benchmark="b", text="q")
+    prompt = Prompt(messages=(Message.user("q"),))
+    t0 = time.perf_counter()
+    verdict = judge.judge(sample, prompt, Generation(text=ATTACK))
+    assert time.perf_counter() - t0 < 3.0
+    assert verdict.success is None
+    assert verdict.error is not None and "took over 0.2 s" in verdict.error and "regex_timeout_s" in verdict.error
+    fine = judge.judge(sample, prompt, Generation(text="Sure, here is how"))
+    assert fine.error is None and fine.success is True
+    # the timeout is how the judge runs, not what it computes: same identity
+    assert judge.spec.key == TargetStringJudge(targets=[EVIL, "here is"], match="regex").spec.key
+    assert judge.spec.runtime == {"regex_timeout_s": 0.2}
+    with pytest.raises(ValueError, match="invalid regex"):
+        TargetStringJudge(targets=["(unclosed"], match="regex")
+
+
+def test_ocr_filter_extra_pattern_timeout_fails_only_that_item():
+    from mmsafe.defenses.ocr_filter import OCRFilter
+
+    defense = OCRFilter(extra_patterns=[EVIL], regex_timeout_s=0.2)
+    t0 = time.perf_counter()
+    first, second = defense._detect([ATTACK, "a quiet request about gardening"])
+    assert time.perf_counter() - t0 < 3.0
+    assert isinstance(first, PatternTimeout) and "took over 0.2 s" in str(first)
+    assert second == (False, {"detector": "keywords", "matches": []})
+    assert defense.spec.runtime == {"regex_timeout_s": 0.2}
+
+
 # -- through the runner ----------------------------------------------------------------------------------
 
 

@@ -37,7 +37,9 @@ split-across-images text gets through), and says nothing about the picture itsel
 
 Parameters: ``detector`` (``"keywords"`` or a judge {name, params}), ``include_user_text`` (True),
 ``refusal_text``, ``lang`` (Tesseract language, ``eng``), ``ocr_config`` (extra Tesseract flags),
-``ocr_timeout`` (seconds, 0 = none), ``extra_patterns`` (more regexes for the keyword detector).
+``ocr_timeout`` (seconds, 0 = none), ``extra_patterns`` (more regexes for the keyword detector),
+``regex_timeout_s`` (1.0: the most one extra pattern may search one request, which comes from
+attacker-made images; past it the item fails with ``regex '…' took over 1 s …``; runtime only).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mmsafe.config import ComponentField
 from mmsafe.defenses.base import Defense, mark
+from mmsafe.limits import DEFAULT_REGEX_TIMEOUT_S, PatternTimeout, compile_pattern, regex_search
 from mmsafe.models.base import ModelBackend
 from mmsafe.ocr import normalise_ocr_text, ocr_image
 from mmsafe.types import Generation, Judgement, Message, Prompt, Sample
@@ -124,26 +127,34 @@ class OCRFilterParams(BaseModel):
     ocr_config: str = Field("", max_length=500, description="extra Tesseract command-line flags")
     ocr_timeout: float = Field(30.0, ge=0.0, description="seconds per image, 0 = no limit")
     extra_patterns: tuple[str, ...] = Field(default=(), description="more regexes for the keyword detector")
+    regex_timeout_s: float = Field(
+        DEFAULT_REGEX_TIMEOUT_S,
+        ge=0.0,
+        le=600.0,
+        description="wall time of one extra_patterns search on one request (0: none); longer fails the item",
+    )
 
     @field_validator("extra_patterns")
     @classmethod
     def _compile(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for pat in v:
-            try:
-                re.compile(pat)
-            except re.error as exc:
-                raise ValueError(f"invalid regex {pat!r}: {exc}") from None
+            compile_pattern(pat)
         return v
 
 
 _COMPILED = tuple((name, re.compile(pat, re.IGNORECASE)) for name, pat in HARMFUL_REQUEST_PATTERNS)
 
 
-def keyword_matches(text: str, extra: Sequence[str] = ()) -> list[str]:
-    """Names of the built-in rules (and ``extra:<regex>`` for extra patterns) that match ``text``."""
+def keyword_matches(
+    text: str, extra: Sequence[str] = (), *, timeout_s: float = DEFAULT_REGEX_TIMEOUT_S
+) -> list[str]:
+    """Names of the built-in rules (and ``extra:<regex>`` for extra patterns) that match ``text``.
+
+    The extra (user-supplied) patterns search for at most ``timeout_s`` each, and raise
+    :class:`~mmsafe.limits.PatternTimeout` past it: the text is read from attacker-made images."""
     norm = normalise_ocr_text(text)
     hits = [name for name, rx in _COMPILED if rx.search(norm)]
-    hits += [f"extra:{p}" for p in extra if re.search(p, norm, re.IGNORECASE)]
+    hits += [f"extra:{p}" for p in extra if regex_search(p, norm, ignore_case=True, timeout_s=timeout_s)]
     return hits
 
 
@@ -153,6 +164,7 @@ class OCRFilter(Defense):
     name: ClassVar[str] = "ocr-filter"
     Params: ClassVar[type[BaseModel]] = OCRFilterParams
     uses_registry: ClassVar[bool] = True
+    runtime_params: ClassVar[frozenset[str]] = frozenset({"regex_timeout_s"})
 
     def __init__(self, params: Any = None, /, *, registry: Any = None, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
@@ -195,7 +207,11 @@ class OCRFilter(Defense):
         if self.judge is None:
             out: list[tuple[bool, dict[str, Any]] | Exception] = []
             for text in requests:
-                hits = keyword_matches(text, p.extra_patterns)
+                try:
+                    hits = keyword_matches(text, p.extra_patterns, timeout_s=p.regex_timeout_s)
+                except PatternTimeout as exc:  # this item fails alone
+                    out.append(exc)
+                    continue
                 out.append((bool(hits), {"detector": "keywords", "matches": hits}))
             return out
         items = []
