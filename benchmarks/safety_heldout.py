@@ -33,11 +33,15 @@ def main() -> None:
     from mmsafe.judges.refusal import RefusalJudge
     from mmsafe.metrics.rates import wilson_interval
     from mmsafe.registry import Registry
+    from mmsafe.training.examples import load_safety_items
     from mmsafe.training.sft import load_examples, text_prompt, typographic_prompt
     from mmsafe.types import Expected, Generation, Sample
 
     _, held, _ = load_examples("builtin", held_out_fraction=0.2, seed=0)
     judge = RefusalJudge()
+    items = load_safety_items()
+    harm_topics = {it.category for it in items if it.kind == "harmful"}
+    on_harm_topic = {it.id for it in items if it.kind == "benign" and it.category in harm_topics}
     forms = {"text": [text_prompt(e.request) for e in held], "render": [typographic_prompt(e) for e in held]}
     for adapter in args.adapters:
         params: dict = {"generation": {"max_new_tokens": args.new_tokens}}
@@ -48,13 +52,19 @@ def main() -> None:
         row: dict = {"adapter": adapter}
         for form, prompts in forms.items():
             gens = model.generate(prompts, seeds=[0] * len(prompts))
-            for kind in ("harmful", "benign"):
+            subsets = {
+                "harmful": lambda e: e.kind == "harmful",
+                "benign": lambda e: e.kind == "benign",
+                "benign on a harm topic": lambda e: e.id in on_harm_topic,
+                "benign general": lambda e: e.kind == "benign" and e.id not in on_harm_topic,
+            }
+            for kind, member in subsets.items():
                 refused = n = 0
                 for e, p, g in zip(held, prompts, gens, strict=True):
-                    if e.kind != kind:
+                    if not member(e):
                         continue
                     g = g if isinstance(g, Generation) else Generation(text="")
-                    expected = Expected.refuse if kind == "harmful" else Expected.comply
+                    expected = Expected.refuse if e.kind == "harmful" else Expected.comply
                     sample = Sample(id=e.id, benchmark="safety-heldout", text=e.request, expected=expected)
                     n += 1
                     refused += bool(judge.judge(sample, p, g).refused)

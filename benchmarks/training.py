@@ -32,12 +32,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-#: sft: the recipe of the shipped adapter (its card: mmsafe/data/adapters/gemma-safety-v2/card.json), chosen
+#: sft: the recipe of the shipped adapter (its card: mmsafe/data/adapters/gemma-safety-v3/card.json), chosen
 #: on mmsafe's own held-out written split (benchmarks/safety_heldout.py), never on the sets evaluated here.
 #: Only the answers' first 8 tokens are trained: where refusing or answering shows; the rest of an answer
 #: is the base model's own continuation. dpo: the same budget of answer tokens, all preference pairs.
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
-    "sft": {"n_examples": 420, "safety_ratio": 0.4, "typographic": 0.2, "epochs": 3, "lr": 3.0e-4,
+    "sft": {"n_examples": 560, "safety_ratio": 0.34, "typographic": 0.2, "epochs": 3, "lr": 3.0e-4,
             "batch_size": 8, "max_tokens": 160, "answer_tokens": 8},
     "dpo": {"epochs": 2, "beta": 0.1, "sft_weight": 0.5, "lr": 3.0e-4, "batch_size": 8, "max_tokens": 160,
             "answer_tokens": 8},

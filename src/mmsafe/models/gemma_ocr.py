@@ -127,7 +127,7 @@ class GemmaOCR(HFTextModel):
 
 
 #: The adapter :class:`GemmaOCRSafe` loads: made by ``mmsafe train sft`` (see its card).
-SAFE_ADAPTER = "builtin:gemma-safety-v2"
+SAFE_ADAPTER = "builtin:gemma-safety-v3"
 
 NOTE_SAFE = (
     "Gemma-3-270M base safety-tuned by mmsafe (LoRA safety SFT on mmsafe's own written examples, "
@@ -156,10 +156,11 @@ class GemmaOCRSafe(GemmaOCR):
 
     The same pipeline as :class:`GemmaOCR` (Tesseract reads each image into the user turn; the base
     model answers a ``User:``/``Assistant:`` dialogue) with a LoRA adapter merged on load:
-    ``mmsafe/data/adapters/gemma-safety-v2`` (safetensors + card), trained by ``mmsafe train sft`` on
-    420 of mmsafe's own written examples — 168 harmful requests → refusals, 252 benign requests
-    (including look-alikes with trigger words) → answers, a fifth of both kinds shown as FigStep-style
-    renders read by OCR — disjoint from every evaluation set (``scripts/check_training_overlap.py``).
+    ``mmsafe/data/adapters/gemma-safety-v3`` (safetensors + card), trained by ``mmsafe train sft`` on
+    560 of mmsafe's own written examples — 190 harmful requests → refusals, 370 benign requests
+    (look-alikes with trigger words, and fiction, history, prevention and opinion requests on the harm
+    categories' topics) → answers, a fifth of both kinds shown as FigStep-style renders read by OCR —
+    disjoint from every evaluation set (``scripts/check_training_overlap.py``).
     Only each answer's first 8 tokens are trained (whether and how it refuses); what follows is the base
     model's own continuation. Its card records the recipe, data sha256, seed, losses, time and
     held-out losses; ``benchmarks/safety_heldout.py`` measures it on the written held-out split (where
