@@ -13,10 +13,12 @@ from mmsafe.attacks.base import Attack
 from mmsafe.config import load_config
 from mmsafe.datasets.base import Benchmark
 from mmsafe.errors import ConfigError, GridError
+from mmsafe.judges.base import Judge
+from mmsafe.models.scripted import ScriptedModel
 from mmsafe.registry import Registry
 from mmsafe.runner import run
 from mmsafe.store import Store
-from mmsafe.types import Expected, Image, Message, Prompt, Sample
+from mmsafe.types import Expected, Generation, Image, Judgement, Message, Prompt, Sample
 
 
 class ListParams(BaseModel):
@@ -66,11 +68,64 @@ class NeedsGradients(Attack):
         return Prompt(messages=(Message.user(sample.text),))
 
 
+class OddNotes(Attack):
+    """The plain request, with notes JSON cannot hold on sample s1 (a lone surrogate)."""
+
+    name: ClassVar[str] = "odd-notes"
+
+    def apply(self, sample, *, seed, target=None):
+        notes = {"note": "bad \udc80"} if sample.id == "s1" else {"note": "fine"}
+        return Prompt(messages=(Message.user(sample.text),), attack_metadata=notes)
+
+
+class FussyParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    mode: str = "surrogate"  # surrogate | raise | short | not-a-verdict
+
+
+class FussyJudge(Judge):
+    """A judge that misbehaves on the prompt "request number 2" in the way ``mode`` says."""
+
+    name: ClassVar[str] = "fussy"
+    Params = FussyParams
+
+    def judge_batch(self, items):
+        texts = [p.messages[-1].text for _, p, _ in items]
+        hit = any("number 2" in t for t in texts)
+        mode = self.params.mode
+        if hit and mode == "raise":
+            raise RuntimeError("judge backend fell over")
+        if hit and mode == "short" and len(items) > 1:
+            return [Judgement(success=True) for _ in items[1:]]
+        if hit and mode == "short":
+            return []
+        out = [
+            Judgement(success=True, rationale="odd \ud800" if "number 2" in t and mode == "surrogate" else "ok")
+            for t in texts
+        ]
+        if hit and mode == "not-a-verdict":
+            out[texts.index(next(t for t in texts if "number 2" in t))] = "yes"  # type: ignore[call-overload]
+        return out
+
+
+class OddScripted(ScriptedModel):
+    """Scripted answers with " :" turned into " \\ud83d:" (half an emoji, as a broken decoder gives)."""
+
+    name: ClassVar[str] = "scripted-odd"
+
+    def _answer(self, prompt):
+        gen = super()._answer(prompt)
+        return Generation(text=gen.text.replace(" :", " \ud83d:"), metadata=gen.metadata)
+
+
 @pytest.fixture
 def registry() -> Registry:
     reg = Registry(entry_points=False)
     reg.register("benchmark", "list", ListBench)
     reg.register("attack", "needs-grad", NeedsGradients)
+    reg.register("attack", "odd-notes", OddNotes)
+    reg.register("judge", "fussy", FussyJudge)
+    reg.register("model", "scripted-odd", OddScripted)
     return reg
 
 
@@ -251,3 +306,61 @@ def test_a_loader_that_breaks_is_one_config_error_naming_it(tmp_path, registry):
             registry=registry,
         )
     assert not (tmp_path / "mmsafe.sqlite").exists()  # nothing ran
+
+
+def test_a_record_that_cannot_be_stored_fails_alone(tmp_path, registry):
+    cfg = _config(
+        attacks=["odd-notes"],
+        judges=["refusal", {"name": "fussy", "params": {"mode": "surrogate"}}],
+        models=[{"name": "scripted", "params": {"batch_size": 8}}],
+    )
+    res = run(cfg, tmp_path, registry=registry, progress=False)
+    recs = list(_rows(tmp_path).values())
+    assert len(recs) == 12 == res.written  # nothing of the batch is lost
+    bad = {(r.sample_id, r.judge.name): r for r in recs if r.error}
+    # s1: the attack's notes cannot be stored (both judges' records); s2: the fussy judge's rationale cannot
+    assert sorted(bad) == [("s1", "fussy"), ("s1", "refusal"), ("s2", "fussy")]
+    for r in bad.values():
+        assert r.error_stage == "store" and r.error.startswith("cannot store this record: ")
+        assert "surrogate" in r.error and r.prompt is None and r.response is None and r.judgement is None
+    good = [r for r in recs if not r.error]
+    assert all(r.judgement is not None and r.judgement.error is None and r.response for r in good)
+    assert res.errors == 3
+
+
+@pytest.mark.parametrize("mode", ["raise", "short", "not-a-verdict"])
+def test_a_judge_that_breaks_on_one_item_fails_that_item_only(tmp_path, registry, mode):
+    cfg = _config(
+        judges=[{"name": "fussy", "params": {"mode": mode}}],
+        models=[{"name": "scripted", "params": {"batch_size": 8}}],
+    )
+    res = run(cfg, tmp_path, registry=registry, progress=False)
+    recs = {r.sample_id: r for r in _rows(tmp_path).values()}
+    assert len(recs) == 6 and res.errors == 1
+    err = recs["s2"].judgement.error
+    reason = {
+        "raise": "RuntimeError: judge backend fell over",
+        "short": "RuntimeError: judge 'fussy' returned 0 verdicts for 1 items",
+        "not-a-verdict": "TypeError: judge 'fussy' returned a str, not a Judgement",
+    }[mode]
+    assert err == reason and recs["s2"].response
+    assert all(recs[f"s{i}"].judgement.success is True for i in (0, 1, 3, 4, 5))
+
+
+def test_an_answer_with_a_lone_surrogate_is_repaired_stored_and_cached(tmp_path, registry):
+    cfg = _config(models=[{"name": "scripted-odd", "params": {"rules": {"number 3": "sure : step 1"}}}])
+    res = run(cfg, tmp_path, registry=registry, progress=False)
+    assert res.errors == 0
+    recs = {r.sample_id: r for r in _rows(tmp_path).values()}
+    assert recs["s3"].response == "sure \ufffd: step 1"
+    assert recs["s3"].generation["metadata"]["text_repaired"] == 1
+    assert "text_repaired" not in recs["s2"].generation["metadata"]
+    with Store(tmp_path) as s:
+        assert s.count_responses() == 6  # the repaired answer is cached like any other
+    judge = {"name": "target-string", "params": {"targets": ["step 1"]}}
+    res = run(_config(judges=[judge], models=cfg.models, name="t2"), tmp_path, registry=registry, progress=False)
+    assert res.written == 6 and res.errors == 0
+    with Store(tmp_path) as s:
+        assert s.count_responses() == 6  # answered from the cache, the repaired one included
+        again = [r for r in s.iter_records() if r.sample_id == "s3" and r.judge.name == "target-string"]
+    assert again[0].generation["cached"] and again[0].judgement.success is True

@@ -32,6 +32,7 @@ from mmsafe.registry import Registry
 from mmsafe.runner.cache import CachedModel
 from mmsafe.runner.grid import Grid, resolve
 from mmsafe.runner.progress import Progress
+from mmsafe.runner.records import UNSERIALISABLE, storable
 from mmsafe.store.lock import RunLock
 from mmsafe.store.sqlite import Store
 from mmsafe.types import Generation, Judgement, Prompt, Record, Sample, stable_hash
@@ -266,10 +267,7 @@ class Runner:
             if not todo:
                 continue
             t0 = time.perf_counter()
-            try:
-                js = judge.judge_batch([(i.sample, i.prompt, i.generation) for i in todo])
-            except Exception as exc:
-                js = [Judgement(error=_err(exc))] * len(todo)
+            js = _judge_isolated(judge, [(i.sample, i.prompt, i.generation) for i in todo])
             per_item = (time.perf_counter() - t0) / len(todo)
             for i, j in zip(todo, js, strict=True):
                 verdicts[(id(i), judge.spec.key)] = j
@@ -282,7 +280,7 @@ class Runner:
                 for img in item.prompt.images:
                     images[img.sha256] = img
             for judge in item.judges:
-                records.append(self._record(item, model, bench, attack, defense, judge, verdicts, now))
+                records.append(storable(self._record(item, model, bench, attack, defense, judge, verdicts, now)))
         store.put_records(records, images.values())
         return records
 
@@ -298,12 +296,22 @@ class Runner:
         now: float,
     ) -> Record:
         s = item.sample
+        key = record_key(model, bench, s.id, attack, defense, judge)
         prompt_doc: dict[str, Any] | None = None
-        if item.prompt is not None:
-            prompt_doc = {**item.prompt.fingerprint(), "attack_metadata": item.prompt.attack_metadata}
+        generation: dict[str, Any] | None = None
+        error, stage = item.error, item.stage
         gen = item.generation
+        try:
+            if item.prompt is not None:
+                prompt_doc = {**item.prompt.fingerprint(), "attack_metadata": item.prompt.attack_metadata}
+            if gen is not None:
+                generation = gen.model_dump(mode="json", exclude={"text"})
+        except UNSERIALISABLE as exc:  # an attack's notes or an answer's metadata that JSON cannot hold
+            prompt_doc = generation = None
+            gen = None
+            error, stage = f"cannot store this record: {_err(exc)}", "store"
         return Record(
-            key=record_key(model, bench, s.id, attack, defense, judge),
+            key=key,
             run=self.config.name,
             sample_id=s.id,
             benchmark=bench.name,
@@ -318,10 +326,10 @@ class Runner:
             prompt=prompt_doc,
             image_hashes=tuple(i.sha256 for i in item.prompt.images) if item.prompt else (),
             response=gen.text if gen else None,
-            generation=gen.model_dump(mode="json", exclude={"text"}) if gen else None,
-            judgement=verdicts.get((id(item), judge.spec.key)),
-            error=item.error,
-            error_stage=item.stage,
+            generation=generation,
+            judgement=verdicts.get((id(item), judge.spec.key)) if gen else None,
+            error=error,
+            error_stage=stage,
             timings=dict(item.timings),
             random_weights=model.random_weights,
             model_note=model.disclaimer(),
@@ -349,6 +357,37 @@ class Runner:
                 except Exception as e:
                     out.append(e)
             return out
+
+
+def _judge_isolated(judge: Judge, items: list[tuple[Sample, Prompt, Generation]]) -> list[Judgement]:
+    """One verdict per item. A batch that raises or returns the wrong number of verdicts is retried one
+    item at a time, so the item that broke it fails alone (as :meth:`Runner._generate` does)."""
+    try:
+        out = judge.judge_batch(items)
+        _check_verdicts(judge, out, len(items))
+        return list(out)
+    except Exception as exc:
+        if len(items) == 1:
+            return [Judgement(error=_err(exc))]
+        log.warning("judge %s failed on a batch of %d (%s); retrying one at a time", judge.name, len(items), _err(exc))
+    verdicts = []
+    for it in items:
+        try:
+            (one,) = _check_verdicts(judge, judge.judge_batch([it]), 1)
+        except Exception as exc:
+            one = Judgement(error=_err(exc))
+        verdicts.append(one)
+    return verdicts
+
+
+def _check_verdicts(judge: Judge, verdicts: Any, n: int) -> list[Judgement]:
+    if not isinstance(verdicts, list | tuple) or len(verdicts) != n:
+        got = len(verdicts) if isinstance(verdicts, list | tuple) else type(verdicts).__name__
+        raise RuntimeError(f"judge '{judge.name}' returned {got} verdicts for {n} items")
+    bad = next((v for v in verdicts if not isinstance(v, Judgement)), None)
+    if bad is not None:
+        raise TypeError(f"judge '{judge.name}' returned a {type(bad).__name__}, not a Judgement")
+    return list(verdicts)
 
 
 async def _gather(target: ModelBackend, prompts: Sequence[Prompt], seeds: Sequence[int]) -> list[Any]:
