@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from collections.abc import Iterator
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -78,6 +81,34 @@ class OddNotes(Attack):
         return Prompt(messages=(Message.user(sample.text),), attack_metadata=notes)
 
 
+class TrackedParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    out: str  # the run folder, to see which items are already stored
+
+
+class Tracked(Attack):
+    """The plain request; each time it builds prompts it checks that every earlier prompt whose records
+    are in the store has been let go (``LIVE`` holds weak references only)."""
+
+    name: ClassVar[str] = "tracked"
+    Params = TrackedParams
+    LIVE: ClassVar[dict[str, weakref.ref]] = {}
+    CHECKED: ClassVar[list[str]] = []
+    KEPT: ClassVar[list[str]] = []
+
+    def apply_batch(self, samples, *, seeds, target=None):
+        gc.collect()
+        if (Path(self.params.out) / "mmsafe.sqlite").exists():
+            with Store.open_existing(self.params.out) as store:
+                stored = {r.sample_id for r in store.iter_records()}
+            for sid in stored & set(self.LIVE):
+                (self.KEPT if self.LIVE.pop(sid)() is not None else self.CHECKED).append(sid)
+        prompts = [Prompt(messages=(Message.user(s.text),)) for s in samples]
+        for s, p in zip(samples, prompts, strict=True):
+            self.LIVE[s.id] = weakref.ref(p)
+        return prompts
+
+
 class FussyParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     mode: str = "surrogate"  # surrogate | raise | short | not-a-verdict
@@ -125,6 +156,7 @@ def registry() -> Registry:
     reg.register("attack", "needs-grad", NeedsGradients)
     reg.register("attack", "odd-notes", OddNotes)
     reg.register("judge", "fussy", FussyJudge)
+    reg.register("attack", "tracked", Tracked)
     reg.register("model", "scripted-odd", OddScripted)
     return reg
 
@@ -364,3 +396,18 @@ def test_an_answer_with_a_lone_surrogate_is_repaired_stored_and_cached(tmp_path,
         assert s.count_responses() == 6  # answered from the cache, the repaired one included
         again = [r for r in s.iter_records() if r.sample_id == "s3" and r.judge.name == "target-string"]
     assert again[0].generation["cached"] and again[0].judgement.success is True
+
+
+@pytest.mark.parametrize("async_io", [False, True])
+def test_items_are_let_go_once_written(tmp_path, registry, async_io):
+    Tracked.LIVE.clear(), Tracked.CHECKED.clear(), Tracked.KEPT.clear()
+    params = {"batch_size": 2, "concurrency": 2, "async_io": async_io, "delay_s": 0.01}
+    cfg = _config(
+        benchmarks=[{"name": "list", "params": {"n": 16}}],
+        attacks=[{"name": "tracked", "params": {"out": str(tmp_path)}}],
+        models=[{"name": "scripted", "params": params}],
+    )
+    res = run(cfg, tmp_path, registry=registry, progress=False)
+    assert res.written == 16 and res.errors == 0
+    assert Tracked.KEPT == []  # no prompt (with its images) outlives the write of its records
+    assert len(Tracked.CHECKED) >= 8  # and that was checked for most items while the run went on

@@ -18,6 +18,7 @@ import functools
 import json
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -84,11 +85,12 @@ def _translated(path: Path) -> Iterator[None]:
 
 
 def _sql(method: _F) -> _F:
-    """Run ``method`` with SQLite's errors about the file turned into :class:`StoreError`."""
+    """Run ``method`` holding the store's lock, with SQLite's errors about the file turned into
+    :class:`StoreError`."""
 
     @functools.wraps(method)
     def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
-        with _translated(self.path):
+        with self._lock, _translated(self.path):
             return method(self, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -99,6 +101,10 @@ class Store:
 
     ``Store(DIR)`` creates the store when there is none (the runner); :meth:`open_existing` opens one
     that must exist, read-only by default (``report``, ``export``).
+
+    A store may be used from several threads (the runner's event-loop thread reads and writes the
+    response cache while the main thread writes records; a defense's worker thread asks the cache):
+    one lock serialises every call, and a transaction holds it from ``BEGIN`` to ``COMMIT``.
     """
 
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
@@ -111,12 +117,15 @@ class Store:
         self.readonly = readonly
         #: record key → why it could not be read, for the rows the last :meth:`iter_records` skipped
         self.unreadable: dict[str, str] = {}
+        self._lock = threading.RLock()
         with _translated(p):
             if readonly:  # mode=ro: never creates or changes the file (SQLite's WAL lets it read during a run)
                 uri = p.resolve().as_uri() + "?mode=ro"
-                self._db = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+                self._db = sqlite3.connect(
+                    uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False
+                )
             else:
-                self._db = sqlite3.connect(p, timeout=30.0, isolation_level=None)
+                self._db = sqlite3.connect(p, timeout=30.0, isolation_level=None, check_same_thread=False)
             try:
                 self._open()
             except BaseException:
@@ -170,7 +179,8 @@ class Store:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
     def __enter__(self) -> Store:
         return self
@@ -277,13 +287,23 @@ class Store:
         """Map record key → True if it completed without error."""
         return {k: e is None for k, e in self._db.execute("SELECT key, error FROM records")}
 
+    @_sql
+    def done_keys(self, model: str, benchmark: str, attack: str, defense: str) -> set[str]:
+        """Keys of the records of one cell (spec keys of model, benchmark, attack and defense; every
+        judge) that completed without error: what a rerun skips."""
+        q = (
+            "SELECT key FROM records WHERE model=? AND benchmark=? AND attack=? AND defense=? "
+            "AND error IS NULL"
+        )
+        return {k for (k,) in self._db.execute(q, (model, benchmark, attack, defense))}
+
     def iter_records(self) -> Iterator[Record]:
         """Every readable record; a row that cannot be read is skipped and noted in :attr:`unreadable`."""
         self.unreadable = {}
-        with _translated(self.path):
+        with self._lock, _translated(self.path):
             rows = self._db.execute("SELECT key, record FROM records ORDER BY created, key")
         while True:
-            with _translated(self.path):  # a damaged page shows up only when it is reached
+            with self._lock, _translated(self.path):  # a damaged page shows up only when it is reached
                 row = rows.fetchone()
             if row is None:
                 return
@@ -306,8 +326,9 @@ class Store:
         return json.loads(text) if text else []
 
     def add_run(self, info: dict[str, Any]) -> None:
-        runs = [r for r in self.runs() if r.get("name") != info.get("name")] + [info]
-        self.set_meta("runs", json.dumps(runs))
+        with self._lock:
+            runs = [r for r in self.runs() if r.get("name") != info.get("name")] + [info]
+            self.set_meta("runs", json.dumps(runs))
 
     # -- internals -------------------------------------------------------------------------------------------
     def _tx(self) -> _Transaction:
