@@ -109,6 +109,38 @@ class Tracked(Attack):
         return prompts
 
 
+class Counting(Tracked):
+    """The plain request; notes after each call how many items have a prompt and no record yet."""
+
+    name: ClassVar[str] = "counting"
+    BUILT: ClassVar[list[str]] = []
+    OPEN: ClassVar[list[int]] = []
+
+    def apply_batch(self, samples, *, seeds, target=None):
+        stored: set[str] = set()
+        if (Path(self.params.out) / "mmsafe.sqlite").exists():
+            with Store.open_existing(self.params.out) as store:
+                stored = {r.sample_id for r in store.iter_records()}
+        self.BUILT.extend(s.id for s in samples)
+        self.OPEN.append(len(set(self.BUILT) - stored))
+        return [Prompt(messages=(Message.user(s.text),)) for s in samples]
+
+
+class CountingScripted(ScriptedModel):
+    """Scripted async answers that note the most requests running at once."""
+
+    name: ClassVar[str] = "scripted-count"
+    ACTIVE: ClassVar[list[int]] = [0, 0]  # now, peak
+
+    async def agenerate(self, prompt, *, seed):
+        self.ACTIVE[0] += 1
+        self.ACTIVE[1] = max(self.ACTIVE)
+        try:
+            return await super().agenerate(prompt, seed=seed)
+        finally:
+            self.ACTIVE[0] -= 1
+
+
 class FussyParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     mode: str = "surrogate"  # surrogate | raise | short | not-a-verdict
@@ -157,6 +189,8 @@ def registry() -> Registry:
     reg.register("attack", "odd-notes", OddNotes)
     reg.register("judge", "fussy", FussyJudge)
     reg.register("attack", "tracked", Tracked)
+    reg.register("attack", "counting", Counting)
+    reg.register("model", "scripted-count", CountingScripted)
     reg.register("model", "scripted-odd", OddScripted)
     return reg
 
@@ -411,3 +445,50 @@ def test_items_are_let_go_once_written(tmp_path, registry, async_io):
     assert res.written == 16 and res.errors == 0
     assert Tracked.KEPT == []  # no prompt (with its images) outlives the write of its records
     assert len(Tracked.CHECKED) >= 8  # and that was checked for most items while the run went on
+
+
+def _async_model(**params):
+    return {"name": "scripted", "params": {"async_io": True, "concurrency": 2, **params}}
+
+
+def test_the_window_of_an_async_model_is_never_exceeded(tmp_path, registry):
+    Counting.BUILT.clear(), Counting.OPEN.clear()
+    CountingScripted.ACTIVE[:] = [0, 0]
+    delays = {f"number {i}": 0.01 * (i % 4) for i in range(20)}  # finishing out of order
+    cfg = _config(
+        benchmarks=[{"name": "list", "params": {"n": 20}}],
+        attacks=[{"name": "counting", "params": {"out": str(tmp_path)}}],
+        models=[{"name": "scripted-count", "params": {"async_io": True, "concurrency": 2, "delays": delays}}],
+        window=3,
+    )
+    res = run(cfg, tmp_path, registry=registry, progress=False)
+    assert res.written == 20 and res.errors == 0
+    assert max(Counting.OPEN) == 3  # the window is filled, and never more than filled
+    assert CountingScripted.ACTIVE[1] == 2  # requests at once: the model's concurrency
+    assert len(Counting.OPEN) > 3  # refilled as items finished, not in fixed chunks
+
+
+def test_a_slow_request_delays_only_itself(tmp_path, registry):
+    cfg = _config(
+        benchmarks=[{"name": "list", "params": {"n": 8}}],
+        models=[_async_model(delay_s=0.01, delays={"number 0": 1.5})],
+    )
+    res = run(cfg, tmp_path, registry=registry, progress=False)
+    assert res.written == 8 and res.errors == 0
+    created = {r.sample_id: r.created for r in _rows(tmp_path).values()}
+    slow = created.pop("s0")
+    # every other record was written while the slow request was still out (its window slot aside)
+    assert max(created.values()) < slow - 1.0
+
+
+@pytest.mark.parametrize("defense", ["system-prompt", "adashield"])
+def test_a_defense_in_front_of_an_async_model(tmp_path, registry, defense):
+    """A defense runs the model from a worker thread: the store (and its cache) must serve that thread."""
+    cfg = _config(defenses=["none", defense], models=[_async_model(delay_s=0.01)])
+    res = run(cfg, tmp_path, registry=registry, progress=False)
+    recs = list(_rows(tmp_path).values())
+    assert res.written == 12 and res.errors == 0, {r.error for r in recs}
+    defended = [r for r in recs if r.defense.name == defense]
+    assert len(defended) == 6 and all(r.generation["metadata"]["defense"]["name"] == defense for r in defended)
+    res = run(cfg, tmp_path, registry=registry, progress=False)
+    assert res.written == 0 and res.skipped == 12

@@ -74,6 +74,12 @@ class RunConfig(BaseModel):
     )
     limit: int | None = Field(None, ge=1, description="at most this many samples per benchmark")
     seed: int = 0
+    window: int | None = Field(
+        None,
+        ge=1,
+        description="items in flight per I/O model (sent, not yet stored); default 2 × its concurrency. "
+        "How the run goes, not what it computes: changing it re-runs nothing",
+    )
 
     @field_validator("models", "benchmarks", "attacks", "defenses", "judges", mode="before")
     @classmethod

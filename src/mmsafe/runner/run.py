@@ -1,13 +1,22 @@
 """The pipeline: expand the grid, skip what the store has, attack → defend → generate → judge → store.
 
-Data flows one way. For each model (loaded once), benchmark, attack and defense, the samples still
-missing a completed record are read lazily from the benchmark and processed in batches of the
-model's ``batch_size``: the attack builds each prompt, the (defended, cached) model answers the batch
-in one padded call, every judge rules on every answer, and the batch's records are written in one
-transaction and let go before the next batch is read, so memory holds one batch, not the run. A
-failure in any stage fails that item only, with its stage and reason recorded; a rerun retries
+Data flows one way, item by item. For each model (loaded once), the samples still missing a
+completed record are read lazily from each benchmark; the attack builds each prompt, the (defended,
+cached) model answers, every judge rules on every answer, and the item's records (all its judges)
+are written in one transaction, after which the item is let go: memory holds what is in flight, not
+the run.
+
+- Local models answer in batches of their ``batch_size`` (one padded call; white-box attacks optimise
+  a batch of images at once), one cell (benchmark × attack × defense) at a time; each batch is
+  written before the next is read.
+- I/O models (``is_async``) stream: up to ``window`` items (default 2 × ``concurrency``) are in
+  flight on one event loop in a thread of its own (:class:`~mmsafe.runner.aio.LoopThread`), at most
+  ``concurrency`` requests run at once, and whichever finish are judged and written at once while the
+  others go on, so a slow request delays only itself.
+
+A failure in any stage fails that item only, with its stage and reason recorded; a rerun retries
 failed items and skips completed ones, so killing the process at any moment loses at most the batch
-in flight.
+or window in flight, never part of an item. Keys and seeds do not depend on order or batching.
 """
 
 from __future__ import annotations
@@ -17,8 +26,9 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
-from itertools import islice, product
+from itertools import chain, islice, product
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +40,7 @@ from mmsafe.errors import ConfigError, MmsafeError, describe
 from mmsafe.judges.base import Judge
 from mmsafe.models.base import ModelBackend
 from mmsafe.registry import Registry
+from mmsafe.runner.aio import LoopThread
 from mmsafe.runner.cache import CachedModel
 from mmsafe.runner.grid import Grid, resolve
 from mmsafe.runner.progress import Progress
@@ -198,8 +209,11 @@ class Runner:
                     cells = [
                         _Cell(bench=b, attack=a, defense=d, target=d.wrap(cached)) for b, a, d in owed[id(model)]
                     ]
-                    for cell in cells:
-                        self._run_batched(model, cell, store, progress, result)
+                    if model.is_async:
+                        self._run_windowed(model, cells, store, progress, result)
+                    else:
+                        for cell in cells:
+                            self._run_batched(model, cell, store, progress, result)
                 finally:
                     model.close()
             progress.close()
@@ -222,7 +236,7 @@ class Runner:
         """``cell`` in batches of the model's ``batch_size`` (one padded forward call each, so white-box
         attacks optimise several images at once); each batch is written, and let go, before the next
         one is read."""
-        size = max(1, model.batch_size if not model.is_async else 4 * model.concurrency)
+        size = max(1, model.batch_size)
         items = self._iter_items(model, cell, store)
         while True:
             chunk = list(islice(items, size))
@@ -232,6 +246,42 @@ class Runner:
             self._generate_batch(cell.target, chunk)
             self._finish(chunk, model, store, progress, result)
             del chunk  # its items (prompts, images, answers) go before the next batch is read
+
+    def _run_windowed(
+        self, model: ModelBackend, cells: list[_Cell], store: Store, progress: Progress, result: RunResult
+    ) -> None:
+        """The items of every cell of an I/O model, streamed: at most ``window`` items are in flight (sent
+        and not yet stored), at most ``concurrency`` requests run at once on one event loop (one HTTP
+        client for the session), and whatever finishes is judged and written at once, one transaction
+        per finished group. A slow request delays only itself; the window refills as items finish."""
+        window = self.config.window or 2 * max(1, model.concurrency)
+        items = chain.from_iterable(self._iter_items(model, c, store) for c in cells)
+        with LoopThread(name=f"mmsafe-{model.name}") as loop:
+            sem = asyncio.Semaphore(max(1, model.concurrency))
+            inflight: dict[Future[tuple[Generation, float]], _Item] = {}
+            exhausted = False
+            while inflight or not exhausted:
+                while not exhausted and len(inflight) < window:
+                    batch = list(islice(items, window - len(inflight)))
+                    if not batch:
+                        exhausted = True
+                        break
+                    self._attack(batch, model)
+                    for item in batch:
+                        if item.prompt is not None:
+                            inflight[loop.submit(_request(item.cell.target, item.prompt, item.seed, sem))] = item
+                    failed = [i for i in batch if i.prompt is None]  # no load or no prompt: stored at once
+                    del batch
+                    if failed:
+                        self._finish(failed, model, store, progress, result)
+                        del failed
+                if not inflight:
+                    continue
+                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                group = [_answered(inflight.pop(f), f) for f in done]
+                del done
+                self._finish(group, model, store, progress, result)
+                del group  # the group's prompts and answers go before the window refills
 
     def _generate_batch(self, target: ModelBackend, items: list[_Item]) -> None:
         live = [i for i in items if i.prompt is not None]
@@ -364,8 +414,6 @@ class Runner:
 
     @staticmethod
     def _generate(target: ModelBackend, prompts: Sequence[Prompt], seeds: Sequence[int]) -> list[Any]:
-        if target.is_async:
-            return asyncio.run(_gather(target, prompts, seeds))
         try:
             res = target.generate(prompts, seeds=seeds)
             if len(res) != len(prompts):
@@ -416,17 +464,24 @@ def _check_verdicts(judge: Judge, verdicts: Any, n: int) -> list[Judgement]:
     return list(verdicts)
 
 
-async def _gather(target: ModelBackend, prompts: Sequence[Prompt], seeds: Sequence[int]) -> list[Any]:
-    sem = asyncio.Semaphore(max(1, target.concurrency))
+async def _request(
+    target: ModelBackend, prompt: Prompt, seed: int, sem: asyncio.Semaphore
+) -> tuple[Generation, float]:
+    """One request on the session's loop, within the model's concurrency: the answer and its seconds."""
+    async with sem:
+        t0 = time.perf_counter()
+        gen = await target.agenerate(prompt, seed=seed)
+        return gen, time.perf_counter() - t0
 
-    async def one(p: Prompt, s: int) -> Any:
-        async with sem:
-            try:
-                return await target.agenerate(p, seed=s)
-            except Exception as exc:
-                return exc
 
-    return list(await asyncio.gather(*(one(p, s) for p, s in zip(prompts, seeds, strict=True))))
+def _answered(item: _Item, fut: Future[tuple[Generation, float]]) -> _Item:
+    """``item`` with the outcome of its request: its answer and time, or its error (stage ``generate``)."""
+    exc = fut.exception()
+    if exc is not None:
+        item.error, item.stage = _err(exc), "generate"
+    else:
+        item.generation, item.timings["generate_s"] = fut.result()
+    return item
 
 
 def run(
