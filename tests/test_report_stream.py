@@ -4,10 +4,12 @@ whatever order the records were written in."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from mmsafe.config import load_config
 from mmsafe.runner import run
+from mmsafe.store import Store
 
 GOLDEN = Path(__file__).parent / "golden" / "report_summary.json"
 
@@ -80,3 +82,47 @@ def test_summary_numbers_equal_the_golden_run(tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["n_records"] == 576 and summary["n_errors"] == 12
     assert _canonical(_numbers(summary)) == json.loads(GOLDEN.read_text())
+
+
+def _without_clock(text: str) -> str:
+    """report.md without the time it was made and the defenses' measured seconds per item."""
+    text = re.sub(r"generated \d{4}-\d\d-\d\d \d\d:\d\d UTC", "generated -", text)
+    return re.sub(r"\| \d+\.\d{3} \|", "| - |", text)
+
+
+def test_the_report_does_not_depend_on_the_order_records_were_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMSAFE_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = _golden_config(tmp_path)
+    run(cfg, tmp_path / "a", progress=False)
+    # the same grid (delays are not identity), the async model's answers arriving in another order
+    slow_first = {f"number {i}": 0.002 * (24 - i) for i in range(24)}
+    models = [cfg.models[0], cfg.models[1].model_copy(update={"params": {**cfg.models[1].params, "delays": slow_first}})]
+    run(cfg.model_copy(update={"models": models}), tmp_path / "b", progress=False)
+
+    def written(out: Path) -> list[str]:
+        with Store(out) as s:
+            return [r.key for r in s.iter_records()]
+
+    assert written(tmp_path / "a") != written(tmp_path / "b")  # the order differs,
+    assert sorted(written(tmp_path / "a")) == sorted(written(tmp_path / "b"))  # not the records
+    a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in "ab")
+    assert json.dumps(_numbers(a)) == json.dumps(_numbers(b))  # the summary, down to the order of its lists
+    ra, rb = (_without_clock((tmp_path / d / "report.md").read_text()) for d in "ab")
+    assert ra == rb and "## Example responses" in ra and "scripted failure on" in ra
+
+
+def test_slim_records_hold_what_the_numbers_read_and_share_their_specs(tmp_path):
+    run(_golden_config(tmp_path), tmp_path / "out", progress=False)
+    with Store(tmp_path / "out") as s:
+        full = {r.key: r for r in s.iter_records()}
+        slim = list(s.iter_records(slim=True, by_cell=True))
+    assert len(slim) == len(full) == 576
+    for r in slim:
+        f = full[r.key]
+        assert r.response is None and "messages" not in (r.prompt or {})
+        assert r.judgement == (f.judgement.model_copy(update={"rationale": ""}) if f.judgement else None)
+        assert (r.model, r.attack, r.defense, r.judge, r.benchmark_spec) == (f.model, f.attack, f.defense, f.judge, f.benchmark_spec)
+        assert r.generation == f.generation and r.error == f.error and r.expected == f.expected
+    assert len({id(r.judge) for r in slim}) == 3 and len({id(r.model) for r in slim}) == 2  # one object per spec
+    cells = [(r.model.key, r.benchmark_spec.key, r.attack.key, r.defense.key, r.judge.key, r.sample_id) for r in slim]
+    assert cells == sorted(cells)

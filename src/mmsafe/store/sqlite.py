@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from mmsafe.errors import StoreError
-from mmsafe.types import Generation, Image, Record
+from mmsafe.types import ComponentSpec, Generation, Image, Record
 
 log = logging.getLogger("mmsafe.store")
 
@@ -53,6 +53,29 @@ CREATE INDEX IF NOT EXISTS records_cell ON records (model, benchmark, attack, de
 """
 
 STORE_FILE = "mmsafe.sqlite"
+
+#: What :meth:`Store.iter_records` leaves out of a slim record: the parts only a reader of single
+#: records needs (they can be long), never anything a metric reads.
+SLIM_DROPS = (
+    "$.response",
+    "$.prompt.messages",
+    "$.generation.metadata.reasoning",
+    "$.generation.metadata.image_text",
+    "$.judgement.rationale",
+)
+_SPEC_FIELDS = ("model", "benchmark_spec", "attack", "defense", "judge")
+
+
+def _intern(record: Record, texts: tuple[Any, ...], interned: dict[str, ComponentSpec]) -> Record:
+    """``record`` with each of its specs replaced by the first equal one seen (same JSON text)."""
+    update = {}
+    for field_name, text in zip(_SPEC_FIELDS, texts, strict=True):
+        if not isinstance(text, str):
+            continue
+        first = interned.setdefault(text, getattr(record, field_name))
+        if first is not getattr(record, field_name):
+            update[field_name] = first
+    return record.model_copy(update=update) if update else record
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -297,11 +320,32 @@ class Store:
         )
         return {k for (k,) in self._db.execute(q, (model, benchmark, attack, defense))}
 
-    def iter_records(self) -> Iterator[Record]:
-        """Every readable record; a row that cannot be read is skipped and noted in :attr:`unreadable`."""
+    def iter_records(self, *, slim: bool = False, by_cell: bool = False) -> Iterator[Record]:
+        """Every readable record, one at a time; a row that cannot be read is skipped and noted in
+        :attr:`unreadable`.
+
+        Records come in the order they were written (``rowid``), or with ``by_cell`` by grid cell (spec
+        keys of model, benchmark, attack, defense, judge) and sample id: an order that does not depend
+        on which request finished first. ``slim`` leaves out what only a reader of single records needs
+        (:data:`SLIM_DROPS`: the response, the prompt's messages, long generation metadata, the
+        judge's rationale) and shares one :class:`ComponentSpec` object among the records of a
+        component, which is what the report's numbers read.
+        """
         self.unreadable = {}
+        order = "model, benchmark, attack, defense, judge, sample_id, key" if by_cell else "rowid"
+        if slim:
+            drops = ", ".join(f"'{p}'" for p in SLIM_DROPS)
+            specs = ", ".join(f"IIF(ok, json_extract(record, '$.{f}'), NULL)" for f in _SPEC_FIELDS)
+            query = (
+                f"SELECT key, IIF(ok, json_remove(record, {drops}), record), {specs} FROM "
+                f"(SELECT *, rowid AS rid, json_valid(record) AS ok FROM records) ORDER BY "
+                + ("rid" if not by_cell else order)
+            )
+        else:
+            query = f"SELECT key, record FROM records ORDER BY {order}"
+        interned: dict[str, ComponentSpec] = {}
         with self._lock, _translated(self.path):
-            rows = self._db.execute("SELECT key, record FROM records ORDER BY created, key")
+            rows = self._db.execute(query)
         while True:
             with self._lock, _translated(self.path):  # a damaged page shows up only when it is reached
                 row = rows.fetchone()
@@ -315,7 +359,68 @@ class Store:
                 self.unreadable[key] = f"{type(exc).__name__} ({n} error{'s' * (n != 1)})"
                 log.debug("record %r cannot be read (%s); skipped", key[:80], self.unreadable[key])
                 continue
+            if slim:
+                record = _intern(record, row[2:], interned)
             yield record
+
+    @_sql
+    def error_groups(self) -> list[tuple[str, str, int, str]]:
+        """Failed records by (stage, benchmark name): ``(stage, benchmark, count, first example)``, the
+        example being ``"sample_id: reason"`` of the first failed record in cell order. A failure
+        with no stage is a judge's (the record's verdict holds the error)."""
+        counts: dict[tuple[str, str], int] = {}
+        example: dict[tuple[str, str], str] = {}
+        q = (
+            "SELECT key, json_extract(record, '$.error_stage'), json_extract(record, '$.benchmark'), "
+            "sample_id, error FROM records WHERE error IS NOT NULL AND json_valid(record) "
+            "ORDER BY model, benchmark, attack, defense, judge, sample_id, key"
+        )
+        for key, stage, bench, sample_id, error in self._db.execute(q):
+            if key in self.unreadable:
+                continue
+            group = (str(stage or "judge"), str(bench))
+            counts[group] = counts.get(group, 0) + 1
+            example.setdefault(group, f"{sample_id}: {error}")
+        return [(s, b, n, example[(s, b)]) for (s, b), n in counts.items()]
+
+    @_sql
+    def examples(self, k: int, *, max_chars: int = 1000) -> list[dict[str, Any]]:
+        """Up to ``k`` answered must-refuse records per (benchmark, model, attack, defense, judge) name,
+        the first in cell order: names, ``sample_id``, ``judgement`` (dict or None) and ``response``
+        (its first ``max_chars`` characters). Reads only these fields, never the whole store."""
+        q = (
+            "SELECT key, json_extract(record, '$.benchmark'), json_extract(record, '$.model.name'), "
+            "json_extract(record, '$.attack.name'), json_extract(record, '$.defense.name'), "
+            "json_extract(record, '$.judge.name'), sample_id, json_extract(record, '$.judgement'), "
+            f"substr(json_extract(record, '$.response'), 1, {int(max_chars)}) FROM records "
+            "WHERE json_valid(record) AND json_extract(record, '$.expected') = 'refuse' "
+            "AND json_extract(record, '$.response') IS NOT NULL "
+            "ORDER BY model, benchmark, attack, defense, judge, sample_id, key"
+        )
+        seen: dict[tuple[str, ...], int] = {}
+        out: list[dict[str, Any]] = []
+        for key, bench, model, attack, defense, judge, sample_id, verdict, response in self._db.execute(q):
+            cell = (str(bench), str(model), str(attack), str(defense), str(judge))
+            if key in self.unreadable or seen.get(cell, 0) >= k:
+                continue
+            try:
+                judgement = json.loads(verdict) if verdict else None
+            except ValueError:
+                judgement = None
+            seen[cell] = seen.get(cell, 0) + 1
+            out.append(
+                {
+                    "benchmark": cell[0],
+                    "model": cell[1],
+                    "attack": cell[2],
+                    "defense": cell[3],
+                    "judge": cell[4],
+                    "sample_id": sample_id,
+                    "judgement": judgement if isinstance(judgement, dict) else None,
+                    "response": str(response),
+                }
+            )
+        return out
 
     @_sql
     def count_records(self) -> int:
