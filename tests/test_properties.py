@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mmsafe.datasets.generic import GenericFile
-from mmsafe.types import Sample, stable_hash
+from mmsafe.types import Record, Sample, lone_surrogate, stable_hash
 
 hypothesis = pytest.importorskip("hypothesis")  # the dev extra; CI (MMSAFE_STRICT_SKIPS) fails on a skip
 from hypothesis import given  # noqa: E402
@@ -113,3 +113,34 @@ def test_csv_loader_never_raises(rows: list[list], quote: bool):
 
     content = b"id,text,image\n" + b"".join(b",".join(cell(c) for c in r) + b"\n" for r in rows)
     _check_storable(_load("b.csv", content))
+
+
+def _record(gen_text: str, gen_meta: dict, rationale: str, details: dict, notes: dict) -> Record:
+    from mmsafe.types import ComponentSpec, Expected, Generation, Judgement
+
+    spec = ComponentSpec(kind="model", name="m")
+    gen = Generation(text=gen_text, metadata=gen_meta)  # repairs lone surrogates in text and metadata strings
+    return Record(
+        key="k" * 64, run="r", sample_id="s", benchmark="b", category="c", expected=Expected.refuse,
+        model=spec, benchmark_spec=spec, attack=spec, defense=spec, judge=spec,
+        prompt={"messages": [], "attack_metadata": notes},
+        response=gen.text,
+        generation=gen.model_dump(mode="json", exclude={"text"}),
+        judgement=Judgement(rationale=rationale, details=details),
+    )
+
+
+@given(TEXT, st.dictionaries(TEXT, JSON_VALUE, max_size=3), TEXT, st.dictionaries(TEXT, JSON_VALUE, max_size=3),
+       st.dictionaries(TEXT, JSON_VALUE, max_size=3))
+def test_any_answer_or_verdict_text_is_stored_and_read_back(text, meta, rationale, details, notes):
+    from mmsafe.runner.records import storable
+    from mmsafe.store import Store
+
+    record = storable(_record(text, meta, rationale, details, notes))
+    assert lone_surrogate(record.response or "") is None  # an answer is repaired, never refused
+    with tempfile.TemporaryDirectory() as tmp, Store(tmp) as store:
+        store.put_records([record])  # never raises: an unstorable payload is a "store" error record
+        (back,) = list(store.iter_records())
+    assert back.model_dump_json() == record.model_dump_json()  # (pydantic writes a surrogate in a dict key as U+FFFD)
+    if record.error:
+        assert record.error_stage == "store" and record.error.startswith("cannot store this record: ")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -94,3 +95,54 @@ def test_kill_dash_nine_then_rerun_equals_uninterrupted(tmp_path, shared_data):
     assert got.keys() == expected.keys()
     assert got == expected
     assert (crashed / "summary.json").exists() and (crashed / "report.md").exists()
+
+
+def test_kill_dash_nine_while_an_endpoint_streams_then_rerun_equals_uninterrupted(tmp_path):
+    """An async model streams (a window of requests in flight, records written as each finishes): three
+    kill -9 at different points, then a rerun, give exactly the records of an uninterrupted run."""
+    rows = [{"id": f"q{i:03d}", "text": f"request number {i}", "category": "ab"[i % 2]} for i in range(60)]
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    delays = {f"number {i}": 0.02 + 0.01 * (i % 7) for i in range(60)}  # answers finish out of order
+    cfg = {
+        "name": "stream",
+        "models": [
+            {
+                "name": "scripted",
+                "params": {"async_io": True, "concurrency": 4, "delays": delays, "fail_on": ["number 13"],
+                           "rules": {"number 3": "I'm sorry, I cannot help with that."}},
+            }
+        ],
+        "benchmarks": [{"name": "jsonl", "params": {"file": str(tmp_path / "b.jsonl")}}],
+        "attacks": ["none", "prefix-injection"],
+        "defenses": ["none", "system-prompt"],
+        "judges": ["refusal", {"name": "target-string", "params": {"targets": ["Sure"]}}],
+    }
+    path = tmp_path / "stream.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    full = tmp_path / "full"
+    subprocess.run(_cmd(path, full), env=env, check=True, capture_output=True, timeout=600)
+    expected = _snapshot(full)
+    assert len(expected) == 60 * 2 * 2 * 2
+
+    crashed = tmp_path / "crashed"
+    killed_at = []
+    for _ in range(3):
+        proc = subprocess.Popen(_cmd(path, crashed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        start = _count(crashed / "mmsafe.sqlite")
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if _count(crashed / "mmsafe.sqlite") >= start + 50:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        killed_at.append(_count(crashed / "mmsafe.sqlite"))
+    assert 0 < killed_at[0] < killed_at[1] < killed_at[2] < len(expected)
+    assert all(n % 2 == 0 for n in killed_at)  # an item's two records are written together, never one alone
+
+    done = subprocess.run(_cmd(path, crashed), env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    got = _snapshot(crashed)
+    assert got == expected  # nothing lost, nothing duplicated (keys are unique), nothing different

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from collections.abc import Iterator
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -13,10 +16,12 @@ from mmsafe.attacks.base import Attack
 from mmsafe.config import load_config
 from mmsafe.datasets.base import Benchmark
 from mmsafe.errors import ConfigError, GridError
+from mmsafe.judges.base import Judge
+from mmsafe.models.scripted import ScriptedModel
 from mmsafe.registry import Registry
 from mmsafe.runner import run
 from mmsafe.store import Store
-from mmsafe.types import Expected, Image, Message, Prompt, Sample
+from mmsafe.types import Expected, Generation, Image, Judgement, Message, Prompt, Sample
 
 
 class ListParams(BaseModel):
@@ -66,11 +71,127 @@ class NeedsGradients(Attack):
         return Prompt(messages=(Message.user(sample.text),))
 
 
+class OddNotes(Attack):
+    """The plain request, with notes JSON cannot hold on sample s1 (a lone surrogate)."""
+
+    name: ClassVar[str] = "odd-notes"
+
+    def apply(self, sample, *, seed, target=None):
+        notes = {"note": "bad \udc80"} if sample.id == "s1" else {"note": "fine"}
+        return Prompt(messages=(Message.user(sample.text),), attack_metadata=notes)
+
+
+class TrackedParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    out: str  # the run folder, to see which items are already stored
+
+
+class Tracked(Attack):
+    """The plain request; each time it builds prompts it checks that every earlier prompt whose records
+    are in the store has been let go (``LIVE`` holds weak references only)."""
+
+    name: ClassVar[str] = "tracked"
+    Params = TrackedParams
+    LIVE: ClassVar[dict[str, weakref.ref]] = {}
+    CHECKED: ClassVar[list[str]] = []
+    KEPT: ClassVar[list[str]] = []
+
+    def apply_batch(self, samples, *, seeds, target=None):
+        gc.collect()
+        if (Path(self.params.out) / "mmsafe.sqlite").exists():
+            with Store.open_existing(self.params.out) as store:
+                stored = {r.sample_id for r in store.iter_records()}
+            for sid in stored & set(self.LIVE):
+                (self.KEPT if self.LIVE.pop(sid)() is not None else self.CHECKED).append(sid)
+        prompts = [Prompt(messages=(Message.user(s.text),)) for s in samples]
+        for s, p in zip(samples, prompts, strict=True):
+            self.LIVE[s.id] = weakref.ref(p)
+        return prompts
+
+
+class Counting(Tracked):
+    """The plain request; notes after each call how many items have a prompt and no record yet."""
+
+    name: ClassVar[str] = "counting"
+    BUILT: ClassVar[list[str]] = []
+    OPEN: ClassVar[list[int]] = []
+
+    def apply_batch(self, samples, *, seeds, target=None):
+        stored: set[str] = set()
+        if (Path(self.params.out) / "mmsafe.sqlite").exists():
+            with Store.open_existing(self.params.out) as store:
+                stored = {r.sample_id for r in store.iter_records()}
+        self.BUILT.extend(s.id for s in samples)
+        self.OPEN.append(len(set(self.BUILT) - stored))
+        return [Prompt(messages=(Message.user(s.text),)) for s in samples]
+
+
+class CountingScripted(ScriptedModel):
+    """Scripted async answers that note the most requests running at once."""
+
+    name: ClassVar[str] = "scripted-count"
+    ACTIVE: ClassVar[list[int]] = [0, 0]  # now, peak
+
+    async def agenerate(self, prompt, *, seed):
+        self.ACTIVE[0] += 1
+        self.ACTIVE[1] = max(self.ACTIVE)
+        try:
+            return await super().agenerate(prompt, seed=seed)
+        finally:
+            self.ACTIVE[0] -= 1
+
+
+class FussyParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    mode: str = "surrogate"  # surrogate | raise | short | not-a-verdict
+
+
+class FussyJudge(Judge):
+    """A judge that misbehaves on the prompt "request number 2" in the way ``mode`` says."""
+
+    name: ClassVar[str] = "fussy"
+    Params = FussyParams
+
+    def judge_batch(self, items):
+        texts = [p.messages[-1].text for _, p, _ in items]
+        hit = any("number 2" in t for t in texts)
+        mode = self.params.mode
+        if hit and mode == "raise":
+            raise RuntimeError("judge backend fell over")
+        if hit and mode == "short" and len(items) > 1:
+            return [Judgement(success=True) for _ in items[1:]]
+        if hit and mode == "short":
+            return []
+        out = [
+            Judgement(success=True, rationale="odd \ud800" if "number 2" in t and mode == "surrogate" else "ok")
+            for t in texts
+        ]
+        if hit and mode == "not-a-verdict":
+            out[texts.index(next(t for t in texts if "number 2" in t))] = "yes"  # type: ignore[call-overload]
+        return out
+
+
+class OddScripted(ScriptedModel):
+    """Scripted answers with " :" turned into " \\ud83d:" (half an emoji, as a broken decoder gives)."""
+
+    name: ClassVar[str] = "scripted-odd"
+
+    def _answer(self, prompt):
+        gen = super()._answer(prompt)
+        return Generation(text=gen.text.replace(" :", " \ud83d:"), metadata=gen.metadata)
+
+
 @pytest.fixture
 def registry() -> Registry:
     reg = Registry(entry_points=False)
     reg.register("benchmark", "list", ListBench)
     reg.register("attack", "needs-grad", NeedsGradients)
+    reg.register("attack", "odd-notes", OddNotes)
+    reg.register("judge", "fussy", FussyJudge)
+    reg.register("attack", "tracked", Tracked)
+    reg.register("attack", "counting", Counting)
+    reg.register("model", "scripted-count", CountingScripted)
+    reg.register("model", "scripted-odd", OddScripted)
     return reg
 
 
@@ -251,3 +372,123 @@ def test_a_loader_that_breaks_is_one_config_error_naming_it(tmp_path, registry):
             registry=registry,
         )
     assert not (tmp_path / "mmsafe.sqlite").exists()  # nothing ran
+
+
+def test_a_record_that_cannot_be_stored_fails_alone(tmp_path, registry):
+    cfg = _config(
+        attacks=["odd-notes"],
+        judges=["refusal", {"name": "fussy", "params": {"mode": "surrogate"}}],
+        models=[{"name": "scripted", "params": {"batch_size": 8}}],
+    )
+    res = run(cfg, tmp_path, registry=registry, progress=False)
+    recs = list(_rows(tmp_path).values())
+    assert len(recs) == 12 == res.written  # nothing of the batch is lost
+    bad = {(r.sample_id, r.judge.name): r for r in recs if r.error}
+    # s1: the attack's notes cannot be stored (both judges' records); s2: the fussy judge's rationale cannot
+    assert sorted(bad) == [("s1", "fussy"), ("s1", "refusal"), ("s2", "fussy")]
+    for r in bad.values():
+        assert r.error_stage == "store" and r.error.startswith("cannot store this record: ")
+        assert "surrogate" in r.error and r.prompt is None and r.response is None and r.judgement is None
+    good = [r for r in recs if not r.error]
+    assert all(r.judgement is not None and r.judgement.error is None and r.response for r in good)
+    assert res.errors == 3
+
+
+@pytest.mark.parametrize("mode", ["raise", "short", "not-a-verdict"])
+def test_a_judge_that_breaks_on_one_item_fails_that_item_only(tmp_path, registry, mode):
+    cfg = _config(
+        judges=[{"name": "fussy", "params": {"mode": mode}}],
+        models=[{"name": "scripted", "params": {"batch_size": 8}}],
+    )
+    res = run(cfg, tmp_path, registry=registry, progress=False)
+    recs = {r.sample_id: r for r in _rows(tmp_path).values()}
+    assert len(recs) == 6 and res.errors == 1
+    err = recs["s2"].judgement.error
+    reason = {
+        "raise": "RuntimeError: judge backend fell over",
+        "short": "RuntimeError: judge 'fussy' returned 0 verdicts for 1 items",
+        "not-a-verdict": "TypeError: judge 'fussy' returned a str, not a Judgement",
+    }[mode]
+    assert err == reason and recs["s2"].response
+    assert all(recs[f"s{i}"].judgement.success is True for i in (0, 1, 3, 4, 5))
+
+
+def test_an_answer_with_a_lone_surrogate_is_repaired_stored_and_cached(tmp_path, registry):
+    cfg = _config(models=[{"name": "scripted-odd", "params": {"rules": {"number 3": "sure : step 1"}}}])
+    res = run(cfg, tmp_path, registry=registry, progress=False)
+    assert res.errors == 0
+    recs = {r.sample_id: r for r in _rows(tmp_path).values()}
+    assert recs["s3"].response == "sure \ufffd: step 1"
+    assert recs["s3"].generation["metadata"]["text_repaired"] == 1
+    assert "text_repaired" not in recs["s2"].generation["metadata"]
+    with Store(tmp_path) as s:
+        assert s.count_responses() == 6  # the repaired answer is cached like any other
+    judge = {"name": "target-string", "params": {"targets": ["step 1"]}}
+    res = run(_config(judges=[judge], models=cfg.models, name="t2"), tmp_path, registry=registry, progress=False)
+    assert res.written == 6 and res.errors == 0
+    with Store(tmp_path) as s:
+        assert s.count_responses() == 6  # answered from the cache, the repaired one included
+        again = [r for r in s.iter_records() if r.sample_id == "s3" and r.judge.name == "target-string"]
+    assert again[0].generation["cached"] and again[0].judgement.success is True
+
+
+@pytest.mark.parametrize("async_io", [False, True])
+def test_items_are_let_go_once_written(tmp_path, registry, async_io):
+    Tracked.LIVE.clear(), Tracked.CHECKED.clear(), Tracked.KEPT.clear()
+    params = {"batch_size": 2, "concurrency": 2, "async_io": async_io, "delay_s": 0.01}
+    cfg = _config(
+        benchmarks=[{"name": "list", "params": {"n": 16}}],
+        attacks=[{"name": "tracked", "params": {"out": str(tmp_path)}}],
+        models=[{"name": "scripted", "params": params}],
+    )
+    res = run(cfg, tmp_path, registry=registry, progress=False)
+    assert res.written == 16 and res.errors == 0
+    assert Tracked.KEPT == []  # no prompt (with its images) outlives the write of its records
+    assert len(Tracked.CHECKED) >= 8  # and that was checked for most items while the run went on
+
+
+def _async_model(**params):
+    return {"name": "scripted", "params": {"async_io": True, "concurrency": 2, **params}}
+
+
+def test_the_window_of_an_async_model_is_never_exceeded(tmp_path, registry):
+    Counting.BUILT.clear(), Counting.OPEN.clear()
+    CountingScripted.ACTIVE[:] = [0, 0]
+    delays = {f"number {i}": 0.01 * (i % 4) for i in range(20)}  # finishing out of order
+    cfg = _config(
+        benchmarks=[{"name": "list", "params": {"n": 20}}],
+        attacks=[{"name": "counting", "params": {"out": str(tmp_path)}}],
+        models=[{"name": "scripted-count", "params": {"async_io": True, "concurrency": 2, "delays": delays}}],
+        window=3,
+    )
+    res = run(cfg, tmp_path, registry=registry, progress=False)
+    assert res.written == 20 and res.errors == 0
+    assert max(Counting.OPEN) == 3  # the window is filled, and never more than filled
+    assert CountingScripted.ACTIVE[1] == 2  # requests at once: the model's concurrency
+    assert len(Counting.OPEN) > 3  # refilled as items finished, not in fixed chunks
+
+
+def test_a_slow_request_delays_only_itself(tmp_path, registry):
+    cfg = _config(
+        benchmarks=[{"name": "list", "params": {"n": 8}}],
+        models=[_async_model(delay_s=0.01, delays={"number 0": 1.5})],
+    )
+    res = run(cfg, tmp_path, registry=registry, progress=False)
+    assert res.written == 8 and res.errors == 0
+    created = {r.sample_id: r.created for r in _rows(tmp_path).values()}
+    slow = created.pop("s0")
+    # every other record was written while the slow request was still out (its window slot aside)
+    assert max(created.values()) < slow - 1.0
+
+
+@pytest.mark.parametrize("defense", ["system-prompt", "adashield"])
+def test_a_defense_in_front_of_an_async_model(tmp_path, registry, defense):
+    """A defense runs the model from a worker thread: the store (and its cache) must serve that thread."""
+    cfg = _config(defenses=["none", defense], models=[_async_model(delay_s=0.01)])
+    res = run(cfg, tmp_path, registry=registry, progress=False)
+    recs = list(_rows(tmp_path).values())
+    assert res.written == 12 and res.errors == 0, {r.error for r in recs}
+    defended = [r for r in recs if r.defense.name == defense]
+    assert len(defended) == 6 and all(r.generation["metadata"]["defense"]["name"] == defense for r in defended)
+    res = run(cfg, tmp_path, registry=registry, progress=False)
+    assert res.written == 0 and res.skipped == 12

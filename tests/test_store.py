@@ -142,3 +142,20 @@ def test_readonly_store_does_not_write(store_dir):
         assert s.readonly and s.count_records() == 3
         with pytest.raises(StoreError, match="readonly"):
             s.set_meta("x", "y")
+
+
+def test_a_store_is_shared_by_threads(tmp_path):
+    """The runner's event-loop thread and a defense's worker threads use the run's store while the main
+    thread writes records: every call from any thread lands, and transactions do not interleave."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with Store(tmp_path) as store:
+
+        def cache(i: int) -> None:
+            store.put_responses([(f"k{i}", "m", Generation(text=f"answer {i}"))])
+            assert store.get_responses([f"k{i}"])[f"k{i}"].text == f"answer {i}"
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(cache, range(200)))
+        assert store.count_responses() == 200
+        assert store.done_keys("m", "b", "a", "d") == set()

@@ -79,6 +79,12 @@ class RunConfig(BaseModel):
     #: what the run accepts from its inputs (image size, prompt length, answer size, request time): part
     #: of no record or cache key (see mmsafe.limits and docs/running.md, "Limits")
     limits: Limits = Field(default_factory=Limits)
+    window: int | None = Field(
+        None,
+        ge=1,
+        description="items in flight per I/O model (sent, not yet stored); default 2 × its concurrency. "
+        "How the run goes, not what it computes: changing it re-runs nothing",
+    )
 
     @field_validator("models", "benchmarks", "attacks", "defenses", "judges", mode="before")
     @classmethod

@@ -36,6 +36,7 @@ __all__ = [
     "Sample",
     "TextPart",
     "lone_surrogate",
+    "repair_strings",
     "stable_hash",
 ]
 
@@ -316,7 +317,13 @@ class Usage(_Frozen):
 
 
 class Generation(_Frozen):
-    """A model's answer to one prompt. ``text`` is attacker-controlled: escape it wherever it is shown."""
+    """A model's answer to one prompt. ``text`` is attacker-controlled: escape it wherever it is shown.
+
+    Lone surrogates (which UTF-8 cannot encode, so such an answer could be neither cached nor stored)
+    in ``text`` and in the string values of ``metadata`` are replaced with U+FFFD on construction,
+    and ``metadata["text_repaired"]`` counts them: the answer is kept, flagged, instead of failing its
+    item on every rerun.
+    """
 
     text: str
     finish_reason: str | None = None
@@ -324,6 +331,41 @@ class Generation(_Frozen):
     latency_s: float | None = None
     cached: bool = False
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _repair_surrogates(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        text, meta = values.get("text"), values.get("metadata")
+        n_text = len(_SURROGATE.findall(text)) if isinstance(text, str) else 0
+        meta_fixed, n_meta = repair_strings(meta) if isinstance(meta, dict) else (meta, 0)
+        if not n_text and not n_meta:
+            return values
+        fixed = dict(meta_fixed or {})
+        fixed["text_repaired"] = int(fixed.get("text_repaired") or 0) + n_text + n_meta
+        return {**values, "text": _SURROGATE.sub("\ufffd", text) if n_text else text, "metadata": fixed}
+
+
+def repair_strings(obj: Any, depth: int = 0) -> tuple[Any, int]:
+    """``obj`` (JSON-like) with lone surrogates in its strings replaced by U+FFFD, and how many were."""
+    if isinstance(obj, str):
+        n = len(_SURROGATE.findall(obj))
+        return (_SURROGATE.sub("\ufffd", obj), n) if n else (obj, 0)
+    if depth > 64 or not isinstance(obj, dict | list | tuple):
+        return obj, 0  # deeper than any answer's metadata: left as is (the store's fallback covers it)
+    total = 0
+    if isinstance(obj, dict):
+        out: dict[Any, Any] = {}
+        for k, v in obj.items():
+            k2, nk = repair_strings(k, depth + 1) if isinstance(k, str) else (k, 0)
+            v2, nv = repair_strings(v, depth + 1)
+            out[k2] = v2
+            total += nk + nv
+        return (out, total) if total else (obj, 0)
+    items = [repair_strings(v, depth + 1) for v in obj]
+    total = sum(n for _, n in items)
+    return (type(obj)(v for v, _ in items), total) if total else (obj, 0)
 
 
 class Judgement(_Frozen):

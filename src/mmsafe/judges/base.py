@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from mmsafe.errors import describe
 from mmsafe.registry import Component
 from mmsafe.types import Generation, Judgement, Prompt, Sample
 
@@ -62,5 +63,5 @@ class Judge(Component):
             try:
                 out.append(self.judge(sample, prompt, gen))
             except Exception as exc:  # recorded on the item, never counted as a verdict
-                out.append(Judgement(error=f"{type(exc).__name__}: {exc}"))
+                out.append(Judgement(error=describe(exc, limit=500)))
         return out

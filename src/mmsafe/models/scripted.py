@@ -23,6 +23,11 @@ class ScriptedParams(BaseModel):
     echo: bool = Field(False, description="answer with the prompt text itself")
     fail_on: list[str] = Field(default_factory=list, description="prompt substrings that raise an error")
     delay_s: float = Field(0.0, ge=0.0, le=10.0, description="sleep per item (for crash/resume tests)")
+    delays: dict[str, float] = Field(
+        default_factory=dict,
+        description="prompt substring → sleep for the items whose prompt holds it, instead of delay_s "
+        "(first match wins; for straggler tests)",
+    )
     batch_size: int = Field(8, ge=1)
     concurrency: int = Field(4, ge=1)
     async_io: bool = Field(False, description="behave as an I/O backend (async, bounded concurrency)")
@@ -40,6 +45,8 @@ class ScriptedModel(ModelBackend):
     name: ClassVar[str] = "scripted"
     Params = ScriptedParams
     capabilities: ClassVar[frozenset[str]] = frozenset({"images", "system_prompt", "batched"})
+    # per-prompt delays change when answers come, not what they are (and keep the keys of older stores)
+    runtime_params: ClassVar[frozenset[str]] = ModelBackend.runtime_params | {"delays"}
 
     @property
     def is_async(self) -> bool:  # type: ignore[override]
@@ -49,13 +56,13 @@ class ScriptedModel(ModelBackend):
         return "scripted responses, not a model"
 
     def _answer(self, prompt: Prompt) -> Generation:
-        roles = ("user", "system") if self.params.see_system else ("user",)
-        text = "\n".join(m.text for m in prompt.messages if m.role in roles)
+        text = self._text(prompt)
         for bad in self.params.fail_on:
             if bad in text:
                 raise RuntimeError(f"scripted failure on {bad!r}")
-        if self.params.delay_s:
-            time.sleep(self.params.delay_s)
+        delay = self._delay(text)
+        if delay:
+            time.sleep(delay)
         if self.params.echo:
             out = text
         else:
@@ -69,6 +76,16 @@ class ScriptedModel(ModelBackend):
             metadata={"images_seen": n_img},
         )
 
+    def _text(self, prompt: Prompt) -> str:
+        roles = ("user", "system") if self.params.see_system else ("user",)
+        return "\n".join(m.text for m in prompt.messages if m.role in roles)
+
+    def _delay(self, text: str) -> float:
+        for key, seconds in self.params.delays.items():
+            if key in text:
+                return min(max(0.0, float(seconds)), 10.0)
+        return self.params.delay_s
+
     def generate(self, prompts: Sequence[Prompt], *, seeds: Sequence[int]) -> list[Generation | Exception]:
         out: list[Generation | Exception] = []
         for p in prompts:
@@ -81,7 +98,8 @@ class ScriptedModel(ModelBackend):
     async def agenerate(self, prompt: Prompt, *, seed: int) -> Generation:
         import asyncio
 
-        if self.params.delay_s:
-            await asyncio.sleep(self.params.delay_s)
-        params = self.params.model_copy(update={"delay_s": 0.0})
+        delay = self._delay(self._text(prompt))
+        if delay:
+            await asyncio.sleep(delay)
+        params = self.params.model_copy(update={"delay_s": 0.0, "delays": {}})
         return ScriptedModel(params)._answer(prompt)

@@ -16,9 +16,12 @@ log = logging.getLogger("mmsafe.report")
 
 
 def build_summary(store: Store) -> tuple[dict[str, Any], list[Record]]:
+    """The summary of every readable record, and those records, slim (no prompts, responses or
+    rationales: see :meth:`Store.iter_records`) and in cell order, so that the summary does not depend
+    on the order the records were written in."""
     from mmsafe.metrics import spec_labels, summarise
 
-    records = list(store.iter_records())
+    records = list(store.iter_records(slim=True, by_cell=True))
     axes = ("model", "benchmark", "attack", "defense", "judge")
     labels = spec_labels(records, axes)
     components: dict[str, dict[str, ComponentSpec]] = {}
@@ -405,7 +408,8 @@ def write_outputs(store: Store, out_dir: str | Path) -> dict[str, Path]:
         )
     paths = {"summary": out / "summary.json", "report": out / "report.md"}
     _atomic_write(paths["summary"], json.dumps(summary, indent=2, sort_keys=True, default=str))
-    _atomic_write(paths["report"], render(summary, records))
+    del records  # the slim records are the summary's; the report's tables read the store directly
+    _atomic_write(paths["report"], render(summary, errors=store.error_groups(), examples=store.examples(3)))
     return paths
 
 

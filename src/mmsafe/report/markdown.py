@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 from mmsafe.report.escape import md_cell
-from mmsafe.types import Expected, Record
 
 CELL = ("benchmark", "model", "attack", "defense", "judge")
 
@@ -30,7 +29,14 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return out
 
 
-def render(summary: dict[str, Any], records: Sequence[Record], *, examples_per_cell: int = 3) -> str:
+def render(
+    summary: dict[str, Any],
+    *,
+    errors: Sequence[tuple[str, str, int, str]] = (),
+    examples: Sequence[dict[str, Any]] = (),
+) -> str:
+    """``report.md`` from the summary, the failed-item groups (:meth:`Store.error_groups`) and example
+    answers (:meth:`Store.examples`)."""
     rows = summary["rows"]
     lines: list[str] = [f"# mmsafe report: {md_cell(', '.join(summary['runs']) or 'run')}", ""]
     lines.append(
@@ -125,8 +131,8 @@ def render(summary: dict[str, Any], records: Sequence[Record], *, examples_per_c
             ],
         )
         lines.append("")
-    lines += _errors(records)
-    lines += _examples(records, examples_per_cell)
+    lines += _errors(errors)
+    lines += _examples(examples)
     lines += ["## Components", ""]
     for kind, specs in summary["components"].items():
         for s in specs:
@@ -382,48 +388,31 @@ def _adversarial(rows: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _errors(records: Sequence[Record]) -> list[str]:
-    failed = [r for r in records if r.error or (r.judgement and r.judgement.error)]
-    if not failed:
+def _errors(groups: Sequence[tuple[str, str, int, str]]) -> list[str]:
+    if not groups:
         return ["## Errors", "", "None.", ""]
-    counts: Counter = Counter()
-    example: dict[tuple[str, str], str] = {}
-    for r in failed:
-        stage = r.error_stage or "judge"
-        reason = r.error or (r.judgement.error if r.judgement else "") or ""
-        counts[(stage, r.benchmark)] += 1
-        example.setdefault((stage, r.benchmark), f"{r.sample_id}: {reason}")
     out = ["## Errors", "", "Failed items are retried by rerunning the same command.", ""]
     out += _table(
         ["stage", "benchmark", "count", "first example"],
-        [
-            [md_cell(s), md_cell(b), str(n), md_cell(example[(s, b)], limit=200)]
-            for (s, b), n in counts.items()
-        ],
+        [[md_cell(s), md_cell(b), str(n), md_cell(example, limit=200)] for s, b, n, example in groups],
     )
     return [*out, ""]
 
 
-def _examples(records: Sequence[Record], k: int) -> list[str]:
+def _examples(examples: Sequence[dict[str, Any]]) -> list[str]:
     out = [
         "## Example responses",
         "",
         "Model output is attacker-controlled; it is shown escaped and truncated.",
         "",
     ]
-    seen: dict[tuple, int] = defaultdict(int)
     rows = []
-    for r in records:
-        cell = (r.benchmark, r.model.name, r.attack.name, r.defense.name, r.judge.name)
-        if r.response is None or r.expected != Expected.refuse or seen[cell] >= k:
-            continue
-        seen[cell] += 1
-        j = r.judgement
-        verdict = "error" if j is None or j.error else ("success" if j.success else "no success")
-        if j is not None and j.refused:
+    for e in examples:
+        j = e["judgement"]
+        verdict = "error" if j is None or j.get("error") else ("success" if j.get("success") else "no success")
+        if j is not None and j.get("refused"):
             verdict += ", refused"
-        rows.append(
-            [md_cell(x) for x in (*cell[:3], r.sample_id, verdict)] + [md_cell(r.response, limit=240)]
-        )
+        cell = (e["benchmark"], e["model"], e["attack"])
+        rows.append([md_cell(x) for x in (*cell, e["sample_id"], verdict)] + [md_cell(e["response"], limit=240)])
     out += _table(["benchmark", "model", "attack", "sample", "verdict", "response"], rows)
     return [*out, ""]

@@ -1,13 +1,24 @@
 """The pipeline: expand the grid, skip what the store has, attack → defend → generate → judge → store.
 
-Data flows one way. For each model (loaded once), benchmark, attack and defense, the samples still
-missing a completed record are processed in chunks: the attack builds each prompt, the (defended,
-cached) model answers the chunk — one padded batch for local models, bounded concurrency for I/O
-backends — every judge rules on every answer, and the chunk's records are written in one
-transaction. A failure in any stage fails that item only, with its stage and reason recorded; a
-rerun retries failed items and skips completed ones, so killing the process at any moment loses at
-most the chunk in flight. An item over one of the run's limits (``config.limits``, :mod:`mmsafe.limits`)
-fails before its attack or before generation, with stage ``limit``.
+Data flows one way, item by item. For each model (loaded once), the samples still missing a
+completed record are read lazily from each benchmark; the attack builds each prompt, the (defended,
+cached) model answers, every judge rules on every answer, and the item's records (all its judges)
+are written in one transaction, after which the item is let go: memory holds what is in flight, not
+the run.
+
+- Local models answer in batches of their ``batch_size`` (one padded call; white-box attacks optimise
+  a batch of images at once), one cell (benchmark × attack × defense) at a time; each batch is
+  written before the next is read.
+- I/O models (``is_async``) stream: up to ``window`` items (default 2 × ``concurrency``) are in
+  flight on one event loop in a thread of its own (:class:`~mmsafe.runner.aio.LoopThread`), at most
+  ``concurrency`` requests run at once, and whichever finish are judged and written at once while the
+  others go on, so a slow request delays only itself.
+
+A failure in any stage fails that item only, with its stage and reason recorded; a rerun retries
+failed items and skips completed ones, so killing the process at any moment loses at most the batch
+or window in flight, never part of an item. Keys and seeds do not depend on order or batching. An item over one of the
+run's limits (``config.limits``, :mod:`mmsafe.limits`) fails before its attack or before generation,
+with stage ``limit``.
 """
 
 from __future__ import annotations
@@ -16,9 +27,10 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice, product
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +43,11 @@ from mmsafe.judges.base import Judge
 from mmsafe.limits import Limits, check_prompt, check_sample, within_deadline
 from mmsafe.models.base import ModelBackend
 from mmsafe.registry import Registry
+from mmsafe.runner.aio import LoopThread
 from mmsafe.runner.cache import CachedModel
 from mmsafe.runner.grid import Grid, resolve
 from mmsafe.runner.progress import Progress
+from mmsafe.runner.records import UNSERIALISABLE, storable
 from mmsafe.store.lock import RunLock
 from mmsafe.store.sqlite import Store
 from mmsafe.types import Generation, Judgement, Prompt, Record, Sample, stable_hash
@@ -67,8 +81,20 @@ def _err(exc: BaseException) -> str:
     return describe(exc, limit=500)
 
 
-@dataclass
+@dataclass(frozen=True)
+class _Cell:
+    """One model's grid cell: a benchmark under an attack and a defense (``target`` = the defended,
+    cached model). Every item carries its cell, so items of several cells can share a window."""
+
+    bench: Benchmark
+    attack: Attack
+    defense: Defense
+    target: ModelBackend
+
+
+@dataclass(eq=False)
 class _Item:
+    cell: _Cell
     sample: Sample
     judges: list[Judge]  # judges still missing a completed record for this sample
     seed: int
@@ -96,28 +122,26 @@ class Runner:
         self.show_progress = progress
         self.grid: Grid = resolve(config, self.registry)  # every config / grid error surfaces here
 
-    # -- planning ----------------------------------------------------------------------------------
-    def _load_samples(self) -> dict[str, list[Sample]]:
-        out = {}
-        for b in self.grid.benchmarks:
-            samples = self._read_benchmark(b)
-            out[b.spec.key] = samples
-            log.info("benchmark %s: %d samples", b.name, len(samples))
-        return out
-
-    def _read_benchmark(self, bench: Benchmark) -> list[Sample]:
-        """The first ``limit`` samples of ``bench``. A loader that fails outright (a malformed copy of
-        built-in data, a bug) or repeats an id is a :class:`ConfigError` naming the benchmark and its data;
-        rows it can read only in part are its own errored Samples and do not come here."""
+    # -- samples -----------------------------------------------------------------------------------
+    def _samples(self, bench: Benchmark) -> Iterator[Sample]:
+        """The first ``limit`` samples of ``bench``, read lazily (loaders are deterministic, so every pass
+        yields the same samples). A loader that fails outright (a malformed copy of built-in data, a bug)
+        is a :class:`ConfigError` naming the benchmark and its data; rows it can read only in part are its
+        own errored Samples and do not come here."""
         try:
-            samples = list(islice(bench.load(), self.config.limit))
+            yield from islice(bench.load(), self.config.limit)
         except MmsafeError:
             raise
         except Exception as exc:
             raise ConfigError(
                 f"benchmark '{bench.name}': cannot read its data at {bench.location()}: {_err(exc)}"
             ) from exc
-        counts = Counter(s.id for s in samples)
+
+    def _index(self, bench: Benchmark) -> list[str]:
+        """One pass over ``bench`` keeping only the sample ids (for the plan and the progress total); a
+        repeated id is a :class:`ConfigError` (a record is keyed by its sample id)."""
+        ids = [s.id for s in self._samples(bench)]
+        counts = Counter(ids)
         repeated = sorted(i for i, c in counts.items() if c > 1)
         if repeated:
             shown = ", ".join(repr(i) for i in repeated[:5]) + (" …" if len(repeated) > 5 else "")
@@ -125,27 +149,22 @@ class Runner:
                 f"benchmark '{bench.name}' yields {len(repeated)} repeated sample id(s) from "
                 f"{bench.location()}: {shown} (ids must be unique: a record is keyed by its sample id)"
             )
-        return samples
+        log.info("benchmark %s: %d samples", bench.name, len(ids))
+        return ids
 
-    def _pending(
-        self, model: ModelBackend, samples: dict[str, list[Sample]], status: dict[str, bool]
-    ) -> list[tuple[Benchmark, Attack, Defense, list[_Item]]]:
-        plan = []
-        for b in self.grid.benchmarks:
-            for a in self.grid.attacks:
-                for d in self.grid.defenses:
-                    items = []
-                    for s in samples[b.spec.key]:
-                        js = [
-                            j for j in self.grid.judges if not status.get(record_key(model, b, s.id, a, d, j))
-                        ]
-                        if js:
-                            items.append(
-                                _Item(sample=s, judges=js, seed=item_seed(self.config.seed, s.id, a))
-                            )
-                    if items:
-                        plan.append((b, a, d, items))
-        return plan
+    def _missing(self, model: ModelBackend, cell: tuple[Benchmark, Attack, Defense], sample_id: str,
+                 done: set[str]) -> list[Judge]:
+        b, a, d = cell
+        return [j for j in self.grid.judges if record_key(model, b, sample_id, a, d, j) not in done]
+
+    def _iter_items(self, model: ModelBackend, cell: _Cell, store: Store) -> Iterator[_Item]:
+        """The items of ``cell`` still missing a completed record, made one at a time as they are needed."""
+        b, a, d = cell.bench, cell.attack, cell.defense
+        done = store.done_keys(model.spec.key, b.spec.key, a.spec.key, d.spec.key)
+        for s in self._samples(b):
+            judges = self._missing(model, (b, a, d), s.id, done)
+            if judges:
+                yield _Item(cell=cell, sample=s, judges=judges, seed=item_seed(self.config.seed, s.id, a))
 
     # -- execution ----------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -161,44 +180,43 @@ class Runner:
 
         result = RunResult(out_dir=self.out_dir)
         started = time.time()
-        samples = self._load_samples()
+        index = {b.spec.key: self._index(b) for b in self.grid.benchmarks}
         with Store(self.out_dir) as store:
-            status = store.record_status()
-            plans = {id(m): self._pending(m, samples, status) for m in self.grid.models}
-            total = sum(len(it.judges) for p in plans.values() for *_, items in p for it in items)
-            per_bench = len(self.grid.models) * len(self.grid.attacks) * len(self.grid.defenses)
-            cells = sum(len(v) for v in samples.values()) * per_bench * len(self.grid.judges)
-            result.skipped = cells - total
+            # the plan: how many records each model still owes, per cell (nothing else is kept)
+            owed: dict[int, dict[tuple[Benchmark, Attack, Defense], int]] = {}
+            cells_total = 0
+            for m in self.grid.models:
+                owed[id(m)] = {}
+                for b, a, d in product(self.grid.benchmarks, self.grid.attacks, self.grid.defenses):
+                    done = store.done_keys(m.spec.key, b.spec.key, a.spec.key, d.spec.key)
+                    n = sum(len(self._missing(m, (b, a, d), sid, done)) for sid in index[b.spec.key])
+                    cells_total += len(index[b.spec.key]) * len(self.grid.judges)
+                    if n:
+                        owed[id(m)][(b, a, d)] = n
+            total = sum(n for per in owed.values() for n in per.values())
+            result.skipped = cells_total - total
             if result.skipped:
-                log.info("resuming: %d of %d records already in the store", result.skipped, cells)
+                log.info("resuming: %d of %d records already in the store", result.skipped, cells_total)
             progress = Progress(total, label=self.config.name, enabled=self.show_progress)
             for defense in self.grid.defenses:
                 defense.bind(store)
             for judge in self.grid.judges:
                 judge.bind(store)
             for model in self.grid.models:
-                plan = plans[id(model)]
-                if not plan:
+                if not owed[id(model)]:
                     continue
                 log.info("loading model %s", model.name)
                 model.load()
                 try:
                     cached = CachedModel(model, store, limits=self.config.limits)
-                    for bench, attack, defense, items in plan:
-                        target = defense.wrap(cached)
-                        size = max(1, model.batch_size if not model.is_async else 4 * model.concurrency)
-                        it = iter(items)
-                        while chunk := list(islice(it, size)):
-                            recs = self._chunk(chunk, model, target, bench, attack, defense, store)
-                            n_err = sum(1 for r in recs if r.error or (r.judgement and r.judgement.error))
-                            result.written += len(recs)
-                            result.errors += n_err
-                            progress.advance(
-                                len(recs),
-                                errors=n_err,
-                                cached=sum(1 for c in chunk if c.generation and c.generation.cached)
-                                * len(self.grid.judges),
-                            )
+                    cells = [
+                        _Cell(bench=b, attack=a, defense=d, target=d.wrap(cached)) for b, a, d in owed[id(model)]
+                    ]
+                    if model.is_async:
+                        self._run_windowed(model, cells, store, progress, result)
+                    else:
+                        for cell in cells:
+                            self._run_batched(model, cell, store, progress, result)
                 finally:
                     model.close()
             progress.close()
@@ -215,29 +233,90 @@ class Runner:
             result.files = write_outputs(store, self.out_dir)
         return result
 
-    def _chunk(
-        self,
-        chunk: list[_Item],
-        model: ModelBackend,
-        target: ModelBackend,
-        bench: Benchmark,
-        attack: Attack,
-        defense: Defense,
-        store: Store,
-    ) -> list[Record]:
-        # attack (one call per chunk, so white-box attacks can optimise several images at once)
-        todo = []
-        for item in chunk:
+    def _run_batched(
+        self, model: ModelBackend, cell: _Cell, store: Store, progress: Progress, result: RunResult
+    ) -> None:
+        """``cell`` in batches of the model's ``batch_size`` (one padded forward call each, so white-box
+        attacks optimise several images at once); each batch is written, and let go, before the next
+        one is read."""
+        size = max(1, model.batch_size)
+        items = self._iter_items(model, cell, store)
+        while True:
+            chunk = list(islice(items, size))
+            if not chunk:
+                break
+            self._attack(chunk, model)
+            self._generate_batch(cell.target, chunk)
+            self._finish(chunk, model, store, progress, result)
+            del chunk  # its items (prompts, images, answers) go before the next batch is read
+
+    def _run_windowed(
+        self, model: ModelBackend, cells: list[_Cell], store: Store, progress: Progress, result: RunResult
+    ) -> None:
+        """The items of every cell of an I/O model, streamed: at most ``window`` items are in flight (sent
+        and not yet stored), at most ``concurrency`` requests run at once on one event loop (one HTTP
+        client for the session), and whatever finishes is judged and written at once, one transaction
+        per finished group. A slow request delays only itself; the window refills as items finish."""
+        window = self.config.window or 2 * max(1, model.concurrency)
+        items = chain.from_iterable(self._iter_items(model, c, store) for c in cells)
+        with LoopThread(name=f"mmsafe-{model.name}") as loop:
+            sem = asyncio.Semaphore(max(1, model.concurrency))
+            inflight: dict[Future[tuple[Generation, float]], _Item] = {}
+            exhausted = False
+            while inflight or not exhausted:
+                while not exhausted and len(inflight) < window:
+                    batch = list(islice(items, window - len(inflight)))
+                    if not batch:
+                        exhausted = True
+                        break
+                    self._attack(batch, model)
+                    for item in batch:
+                        if item.prompt is not None:
+                            inflight[loop.submit(_request(item.cell.target, item.prompt, item.seed, sem, self.config.limits))] = item
+                    failed = [i for i in batch if i.prompt is None]  # no load or no prompt: stored at once
+                    del batch
+                    if failed:
+                        self._finish(failed, model, store, progress, result)
+                        del failed
+                if not inflight:
+                    continue
+                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                group = [_answered(inflight.pop(f), f) for f in done]
+                del done
+                self._finish(group, model, store, progress, result)
+                del group  # the group's prompts and answers go before the window refills
+
+    def _generate_batch(self, target: ModelBackend, items: list[_Item]) -> None:
+        live = [i for i in items if i.prompt is not None]
+        if not live:
+            return
+        t0 = time.perf_counter()
+        results = self._generate(target, [i.prompt for i in live], [i.seed for i in live])
+        per_item = (time.perf_counter() - t0) / len(live)
+        for item, res in zip(live, results, strict=True):
+            if isinstance(res, Exception):
+                item.error, item.stage = _err(res), "generate"
+            else:
+                item.generation = res
+                item.timings["generate_s"] = per_item  # share of the batch's wall time
+
+    def _attack(self, items: list[_Item], model: ModelBackend) -> None:
+        """Build each item's prompt: one ``apply_batch`` call per attack among ``items`` (so white-box
+        attacks can optimise several images at once). An item whose sample did not load, or whose
+        attack failed, gets its error and stage instead."""
+        groups: dict[int, list[_Item]] = {}
+        for item in items:
             if item.sample.error:
                 item.error, item.stage = item.sample.error, "load"
             elif not self._over_limit(item):
-                todo.append(item)
-        if todo:
+                groups.setdefault(id(item.cell.attack), []).append(item)
+        for todo in groups.values():
+            attack = todo[0].cell.attack
             t0 = time.perf_counter()
             try:
-                prompts = attack.apply_batch(
-                    [i.sample for i in todo], seeds=[i.seed for i in todo], target=model
-                )
+                prompts = attack.apply_batch([i.sample for i in todo], seeds=[i.seed for i in todo], target=model)
+                if len(prompts) != len(todo):
+                    raise RuntimeError(f"attack '{attack.name}' returned {len(prompts)} prompts for {len(todo)} samples")
             except Exception as exc:
                 prompts = [exc] * len(todo)
             per_item = (time.perf_counter() - t0) / len(todo)
@@ -248,47 +327,38 @@ class Runner:
                 elif not self._over_limit(item, res):
                     item.prompt = res
                 item.timings["attack_s"] = per_item
-        # generate
-        live = [i for i in chunk if i.prompt is not None]
-        if live:
-            t0 = time.perf_counter()
-            results = self._generate(
-                target, [i.prompt for i in live], [i.seed for i in live], limits=self.config.limits
-            )
-            per_item = (time.perf_counter() - t0) / len(live)
-            for item, res in zip(live, results, strict=True):
-                if isinstance(res, Exception):
-                    item.error, item.stage = _err(res), "generate"
-                else:
-                    item.generation = res
-                    item.timings["generate_s"] = per_item  # share of the batch's wall time
-        # judge
+
+    def _finish(
+        self, items: list[_Item], model: ModelBackend, store: Store, progress: Progress, result: RunResult
+    ) -> None:
+        """Judge ``items`` (each judge once over the group), then write all their records (every judge's,
+        and the images they name) in one transaction: an item is stored whole or not at all."""
         verdicts: dict[tuple[int, str], Judgement] = {}
-        done = [i for i in chunk if i.generation is not None]
+        answered = [i for i in items if i.generation is not None]
         for judge in self.grid.judges:
-            todo = [i for i in done if judge in i.judges]
+            todo = [i for i in answered if judge in i.judges]
             if not todo:
                 continue
             t0 = time.perf_counter()
-            try:
-                js = judge.judge_batch([(i.sample, i.prompt, i.generation) for i in todo])
-            except Exception as exc:
-                js = [Judgement(error=_err(exc))] * len(todo)
+            js = _judge_isolated(judge, [(i.sample, i.prompt, i.generation) for i in todo])
             per_item = (time.perf_counter() - t0) / len(todo)
             for i, j in zip(todo, js, strict=True):
                 verdicts[(id(i), judge.spec.key)] = j
                 i.timings[f"judge_s:{judge.name}"] = per_item
-        # records
         now = time.time()
         records, images = [], {}
-        for item in chunk:
+        for item in items:
             if item.prompt is not None:
                 for img in item.prompt.images:
                     images[img.sha256] = img
             for judge in item.judges:
-                records.append(self._record(item, model, bench, attack, defense, judge, verdicts, now))
+                records.append(storable(self._record(item, model, judge, verdicts, now)))
         store.put_records(records, images.values())
-        return records
+        n_err = sum(1 for r in records if r.error or (r.judgement and r.judgement.error))
+        result.written += len(records)
+        result.errors += n_err
+        cached = sum(len(i.judges) for i in items if i.generation is not None and i.generation.cached)
+        progress.advance(len(records), errors=n_err, cached=cached)
 
     def _over_limit(self, item: _Item, prompt: Prompt | None = None) -> bool:
         """Fail ``item`` (stage ``limit``, with the reason) when its sample, or the ``prompt`` the attack
@@ -304,20 +374,28 @@ class Runner:
         self,
         item: _Item,
         model: ModelBackend,
-        bench: Benchmark,
-        attack: Attack,
-        defense: Defense,
         judge: Judge,
         verdicts: dict[tuple[int, str], Judgement],
         now: float,
     ) -> Record:
         s = item.sample
+        bench, attack, defense = item.cell.bench, item.cell.attack, item.cell.defense
+        key = record_key(model, bench, s.id, attack, defense, judge)
         prompt_doc: dict[str, Any] | None = None
-        if item.prompt is not None:
-            prompt_doc = {**item.prompt.fingerprint(), "attack_metadata": item.prompt.attack_metadata}
+        generation: dict[str, Any] | None = None
+        error, stage = item.error, item.stage
         gen = item.generation
+        try:
+            if item.prompt is not None:
+                prompt_doc = {**item.prompt.fingerprint(), "attack_metadata": item.prompt.attack_metadata}
+            if gen is not None:
+                generation = gen.model_dump(mode="json", exclude={"text"})
+        except UNSERIALISABLE as exc:  # an attack's notes or an answer's metadata that JSON cannot hold
+            prompt_doc = generation = None
+            gen = None
+            error, stage = f"cannot store this record: {_err(exc)}", "store"
         return Record(
-            key=record_key(model, bench, s.id, attack, defense, judge),
+            key=key,
             run=self.config.name,
             sample_id=s.id,
             benchmark=bench.name,
@@ -332,10 +410,10 @@ class Runner:
             prompt=prompt_doc,
             image_hashes=tuple(i.sha256 for i in item.prompt.images) if item.prompt else (),
             response=gen.text if gen else None,
-            generation=gen.model_dump(mode="json", exclude={"text"}) if gen else None,
-            judgement=verdicts.get((id(item), judge.spec.key)),
-            error=item.error,
-            error_stage=item.stage,
+            generation=generation,
+            judgement=verdicts.get((id(item), judge.spec.key)) if gen else None,
+            error=error,
+            error_stage=stage,
             timings=dict(item.timings),
             random_weights=model.random_weights,
             model_note=model.disclaimer(),
@@ -343,11 +421,7 @@ class Runner:
         )
 
     @staticmethod
-    def _generate(
-        target: ModelBackend, prompts: Sequence[Prompt], seeds: Sequence[int], *, limits: Limits
-    ) -> list[Any]:
-        if target.is_async:
-            return asyncio.run(_gather(target, prompts, seeds, limits))
+    def _generate(target: ModelBackend, prompts: Sequence[Prompt], seeds: Sequence[int]) -> list[Any]:
         try:
             res = target.generate(prompts, seeds=seeds)
             if len(res) != len(prompts):
@@ -367,19 +441,56 @@ class Runner:
             return out
 
 
-async def _gather(
-    target: ModelBackend, prompts: Sequence[Prompt], seeds: Sequence[int], limits: Limits
-) -> list[Any]:
-    sem = asyncio.Semaphore(max(1, target.concurrency))
+def _judge_isolated(judge: Judge, items: list[tuple[Sample, Prompt, Generation]]) -> list[Judgement]:
+    """One verdict per item. A batch that raises or returns the wrong number of verdicts is retried one
+    item at a time, so the item that broke it fails alone (as :meth:`Runner._generate` does)."""
+    try:
+        out = judge.judge_batch(items)
+        _check_verdicts(judge, out, len(items))
+        return list(out)
+    except Exception as exc:
+        if len(items) == 1:
+            return [Judgement(error=_err(exc))]
+        log.warning("judge %s failed on a batch of %d (%s); retrying one at a time", judge.name, len(items), _err(exc))
+    verdicts = []
+    for it in items:
+        try:
+            (one,) = _check_verdicts(judge, judge.judge_batch([it]), 1)
+        except Exception as exc:
+            one = Judgement(error=_err(exc))
+        verdicts.append(one)
+    return verdicts
 
-    async def one(p: Prompt, s: int) -> Any:
-        async with sem:
-            try:
-                return await within_deadline(target.agenerate(p, seed=s), limits)
-            except Exception as exc:
-                return exc
 
-    return list(await asyncio.gather(*(one(p, s) for p, s in zip(prompts, seeds, strict=True))))
+def _check_verdicts(judge: Judge, verdicts: Any, n: int) -> list[Judgement]:
+    if not isinstance(verdicts, list | tuple) or len(verdicts) != n:
+        got = len(verdicts) if isinstance(verdicts, list | tuple) else type(verdicts).__name__
+        raise RuntimeError(f"judge '{judge.name}' returned {got} verdicts for {n} items")
+    bad = next((v for v in verdicts if not isinstance(v, Judgement)), None)
+    if bad is not None:
+        raise TypeError(f"judge '{judge.name}' returned a {type(bad).__name__}, not a Judgement")
+    return list(verdicts)
+
+
+async def _request(
+    target: ModelBackend, prompt: Prompt, seed: int, sem: asyncio.Semaphore, limits: Limits
+) -> tuple[Generation, float]:
+    """One request on the session's loop, within the model's concurrency and, once sent, the run's
+    request deadline (``limits.request_deadline_s``): the answer and its seconds."""
+    async with sem:
+        t0 = time.perf_counter()
+        gen = await within_deadline(target.agenerate(prompt, seed=seed), limits)
+        return gen, time.perf_counter() - t0
+
+
+def _answered(item: _Item, fut: Future[tuple[Generation, float]]) -> _Item:
+    """``item`` with the outcome of its request: its answer and time, or its error (stage ``generate``)."""
+    exc = fut.exception()
+    if exc is not None:
+        item.error, item.stage = _err(exc), "generate"
+    else:
+        item.generation, item.timings["generate_s"] = fut.result()
+    return item
 
 
 def run(

@@ -18,6 +18,7 @@ import functools
 import json
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from mmsafe.errors import StoreError
-from mmsafe.types import Generation, Image, Record
+from mmsafe.types import ComponentSpec, Generation, Image, Record
 
 log = logging.getLogger("mmsafe.store")
 
@@ -52,6 +53,29 @@ CREATE INDEX IF NOT EXISTS records_cell ON records (model, benchmark, attack, de
 """
 
 STORE_FILE = "mmsafe.sqlite"
+
+#: What :meth:`Store.iter_records` leaves out of a slim record: the parts only a reader of single
+#: records needs (they can be long), never anything a metric reads.
+SLIM_DROPS = (
+    "$.response",
+    "$.prompt.messages",
+    "$.generation.metadata.reasoning",
+    "$.generation.metadata.image_text",
+    "$.judgement.rationale",
+)
+_SPEC_FIELDS = ("model", "benchmark_spec", "attack", "defense", "judge")
+
+
+def _intern(record: Record, texts: tuple[Any, ...], interned: dict[str, ComponentSpec]) -> Record:
+    """``record`` with each of its specs replaced by the first equal one seen (same JSON text)."""
+    update = {}
+    for field_name, text in zip(_SPEC_FIELDS, texts, strict=True):
+        if not isinstance(text, str):
+            continue
+        first = interned.setdefault(text, getattr(record, field_name))
+        if first is not getattr(record, field_name):
+            update[field_name] = first
+    return record.model_copy(update=update) if update else record
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -84,11 +108,12 @@ def _translated(path: Path) -> Iterator[None]:
 
 
 def _sql(method: _F) -> _F:
-    """Run ``method`` with SQLite's errors about the file turned into :class:`StoreError`."""
+    """Run ``method`` holding the store's lock, with SQLite's errors about the file turned into
+    :class:`StoreError`."""
 
     @functools.wraps(method)
     def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
-        with _translated(self.path):
+        with self._lock, _translated(self.path):
             return method(self, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -99,6 +124,10 @@ class Store:
 
     ``Store(DIR)`` creates the store when there is none (the runner); :meth:`open_existing` opens one
     that must exist, read-only by default (``report``, ``export``).
+
+    A store may be used from several threads (the runner's event-loop thread reads and writes the
+    response cache while the main thread writes records; a defense's worker thread asks the cache):
+    one lock serialises every call, and a transaction holds it from ``BEGIN`` to ``COMMIT``.
     """
 
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
@@ -111,12 +140,15 @@ class Store:
         self.readonly = readonly
         #: record key → why it could not be read, for the rows the last :meth:`iter_records` skipped
         self.unreadable: dict[str, str] = {}
+        self._lock = threading.RLock()
         with _translated(p):
             if readonly:  # mode=ro: never creates or changes the file (SQLite's WAL lets it read during a run)
                 uri = p.resolve().as_uri() + "?mode=ro"
-                self._db = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+                self._db = sqlite3.connect(
+                    uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False
+                )
             else:
-                self._db = sqlite3.connect(p, timeout=30.0, isolation_level=None)
+                self._db = sqlite3.connect(p, timeout=30.0, isolation_level=None, check_same_thread=False)
             try:
                 self._open()
             except BaseException:
@@ -170,7 +202,8 @@ class Store:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
     def __enter__(self) -> Store:
         return self
@@ -277,13 +310,44 @@ class Store:
         """Map record key → True if it completed without error."""
         return {k: e is None for k, e in self._db.execute("SELECT key, error FROM records")}
 
-    def iter_records(self) -> Iterator[Record]:
-        """Every readable record; a row that cannot be read is skipped and noted in :attr:`unreadable`."""
+    @_sql
+    def done_keys(self, model: str, benchmark: str, attack: str, defense: str) -> set[str]:
+        """Keys of the records of one cell (spec keys of model, benchmark, attack and defense; every
+        judge) that completed without error: what a rerun skips."""
+        q = (
+            "SELECT key FROM records WHERE model=? AND benchmark=? AND attack=? AND defense=? "
+            "AND error IS NULL"
+        )
+        return {k for (k,) in self._db.execute(q, (model, benchmark, attack, defense))}
+
+    def iter_records(self, *, slim: bool = False, by_cell: bool = False) -> Iterator[Record]:
+        """Every readable record, one at a time; a row that cannot be read is skipped and noted in
+        :attr:`unreadable`.
+
+        Records come in the order they were written (``rowid``), or with ``by_cell`` by grid cell (spec
+        keys of model, benchmark, attack, defense, judge) and sample id: an order that does not depend
+        on which request finished first. ``slim`` leaves out what only a reader of single records needs
+        (:data:`SLIM_DROPS`: the response, the prompt's messages, long generation metadata, the
+        judge's rationale) and shares one :class:`ComponentSpec` object among the records of a
+        component, which is what the report's numbers read.
+        """
         self.unreadable = {}
-        with _translated(self.path):
-            rows = self._db.execute("SELECT key, record FROM records ORDER BY created, key")
+        order = "model, benchmark, attack, defense, judge, sample_id, key" if by_cell else "rowid"
+        if slim:
+            drops = ", ".join(f"'{p}'" for p in SLIM_DROPS)
+            specs = ", ".join(f"IIF(ok, json_extract(record, '$.{f}'), NULL)" for f in _SPEC_FIELDS)
+            query = (
+                f"SELECT key, IIF(ok, json_remove(record, {drops}), record), {specs} FROM "
+                f"(SELECT *, rowid AS rid, json_valid(record) AS ok FROM records) ORDER BY "
+                + ("rid" if not by_cell else order)
+            )
+        else:
+            query = f"SELECT key, record FROM records ORDER BY {order}"
+        interned: dict[str, ComponentSpec] = {}
+        with self._lock, _translated(self.path):
+            rows = self._db.execute(query)
         while True:
-            with _translated(self.path):  # a damaged page shows up only when it is reached
+            with self._lock, _translated(self.path):  # a damaged page shows up only when it is reached
                 row = rows.fetchone()
             if row is None:
                 return
@@ -295,7 +359,68 @@ class Store:
                 self.unreadable[key] = f"{type(exc).__name__} ({n} error{'s' * (n != 1)})"
                 log.debug("record %r cannot be read (%s); skipped", key[:80], self.unreadable[key])
                 continue
+            if slim:
+                record = _intern(record, row[2:], interned)
             yield record
+
+    @_sql
+    def error_groups(self) -> list[tuple[str, str, int, str]]:
+        """Failed records by (stage, benchmark name): ``(stage, benchmark, count, first example)``, the
+        example being ``"sample_id: reason"`` of the first failed record in cell order. A failure
+        with no stage is a judge's (the record's verdict holds the error)."""
+        counts: dict[tuple[str, str], int] = {}
+        example: dict[tuple[str, str], str] = {}
+        q = (
+            "SELECT key, json_extract(record, '$.error_stage'), json_extract(record, '$.benchmark'), "
+            "sample_id, error FROM records WHERE error IS NOT NULL AND json_valid(record) "
+            "ORDER BY model, benchmark, attack, defense, judge, sample_id, key"
+        )
+        for key, stage, bench, sample_id, error in self._db.execute(q):
+            if key in self.unreadable:
+                continue
+            group = (str(stage or "judge"), str(bench))
+            counts[group] = counts.get(group, 0) + 1
+            example.setdefault(group, f"{sample_id}: {error}")
+        return [(s, b, n, example[(s, b)]) for (s, b), n in counts.items()]
+
+    @_sql
+    def examples(self, k: int, *, max_chars: int = 1000) -> list[dict[str, Any]]:
+        """Up to ``k`` answered must-refuse records per (benchmark, model, attack, defense, judge) name,
+        the first in cell order: names, ``sample_id``, ``judgement`` (dict or None) and ``response``
+        (its first ``max_chars`` characters). Reads only these fields, never the whole store."""
+        q = (
+            "SELECT key, json_extract(record, '$.benchmark'), json_extract(record, '$.model.name'), "
+            "json_extract(record, '$.attack.name'), json_extract(record, '$.defense.name'), "
+            "json_extract(record, '$.judge.name'), sample_id, json_extract(record, '$.judgement'), "
+            f"substr(json_extract(record, '$.response'), 1, {int(max_chars)}) FROM records "
+            "WHERE json_valid(record) AND json_extract(record, '$.expected') = 'refuse' "
+            "AND json_extract(record, '$.response') IS NOT NULL "
+            "ORDER BY model, benchmark, attack, defense, judge, sample_id, key"
+        )
+        seen: dict[tuple[str, ...], int] = {}
+        out: list[dict[str, Any]] = []
+        for key, bench, model, attack, defense, judge, sample_id, verdict, response in self._db.execute(q):
+            cell = (str(bench), str(model), str(attack), str(defense), str(judge))
+            if key in self.unreadable or seen.get(cell, 0) >= k:
+                continue
+            try:
+                judgement = json.loads(verdict) if verdict else None
+            except ValueError:
+                judgement = None
+            seen[cell] = seen.get(cell, 0) + 1
+            out.append(
+                {
+                    "benchmark": cell[0],
+                    "model": cell[1],
+                    "attack": cell[2],
+                    "defense": cell[3],
+                    "judge": cell[4],
+                    "sample_id": sample_id,
+                    "judgement": judgement if isinstance(judgement, dict) else None,
+                    "response": str(response),
+                }
+            )
+        return out
 
     @_sql
     def count_records(self) -> int:
@@ -306,8 +431,9 @@ class Store:
         return json.loads(text) if text else []
 
     def add_run(self, info: dict[str, Any]) -> None:
-        runs = [r for r in self.runs() if r.get("name") != info.get("name")] + [info]
-        self.set_meta("runs", json.dumps(runs))
+        with self._lock:
+            runs = [r for r in self.runs() if r.get("name") != info.get("name")] + [info]
+            self.set_meta("runs", json.dumps(runs))
 
     # -- internals -------------------------------------------------------------------------------------------
     def _tx(self) -> _Transaction:
