@@ -26,10 +26,11 @@ for _p in (str(SRC), str(TESTS)):  # mmsafe from this checkout; the stub server 
         sys.path.insert(0, _p)
 
 #: record fields that differ between two runs of the same item by design: when it was written, how
-#: long each stage took, and whether the answer came from the response cache (a resumed run reuses
-#: answers a killed run cached but did not record)
+#: long each stage and request took, and whether the answer came from the response cache (a resumed
+#: run reuses answers a killed run cached but did not record)
 VOLATILE = ("created", "timings")
 VOLATILE_GENERATION = ("latency_s", "cached")
+VOLATILE_GENERATION_METADATA = ("total_s",)  # the openai backend's wall time over all attempts
 
 
 def env() -> dict[str, str]:
@@ -136,6 +137,9 @@ def normalised(record_json: str) -> dict[str, Any]:
     if isinstance(gen, dict):
         for k in VOLATILE_GENERATION:
             gen.pop(k, None)
+        if isinstance(gen.get("metadata"), dict):
+            for k in VOLATILE_GENERATION_METADATA:
+                gen["metadata"].pop(k, None)
     return doc
 
 
