@@ -307,6 +307,32 @@ TOLERATED_ANSWERS = [
 ]
 
 
+def _meta(doc: dict[str, Any]) -> dict[str, Any]:
+    return (doc.get("generation") or {}).get("metadata") or {}
+
+
+#: what a good record of these classes must hold beyond "no error" (the others: no error, id kept)
+TOLERATED_EXPECT: dict[str, tuple[str, Callable[[dict[str, Any]], bool]]] = {
+    "lone surrogate in answer": (
+        "U+FFFD in its place, metadata.text_repaired",
+        lambda d: "\ufffd" in (d.get("response") or "") and bool(_meta(d).get("text_repaired")),
+    ),
+    "ESC sequences in answer": ("kept as sent in the store", lambda d: "\x1b" in (d.get("response") or "")),
+    "2 MiB answer (cut to 1 MiB)": (
+        "cut to limits.answer_bytes, finish_reason length",
+        lambda d: (
+            len((d.get("response") or "").encode()) <= 1 << 20
+            and (d.get("generation") or {}).get("finish_reason") == "length"
+            and "truncated_from_bytes" in _meta(d)
+        ),
+    ),
+    "refusal field, content null": (
+        "the refusal is the answer",
+        lambda d: d.get("response") == "I can't help with that.",
+    ),
+}
+
+
 MAX_RETRIES = 1  # of the openai backend in the answers run
 
 
@@ -521,14 +547,18 @@ def check_run(
 
     tol: dict[str, list[Any]] = {}
     for sid, name in plan.tolerated.items():
-        row = tol.setdefault(name, [name, 0, 0, ""])
+        what, expect = TOLERATED_EXPECT.get(name, ("recorded, id kept", lambda d: True))
+        row = tol.setdefault(name, [name, 0, 0, what])
         row[1] += 1
         doc = recs.get(sid, ("", {}))[1]
-        if doc and not doc.get("error"):
+        if doc and not doc.get("error") and expect(doc):
             row[2] += 1
-            meta = (doc.get("generation") or {}).get("metadata") or {}
-            notes = [f"{k}={meta[k]}" for k in ("text_repaired", "truncated_from_bytes") if k in meta]
-            row[3] = ", ".join(notes) or f"response {len(doc.get('response') or ''):,} chars"
+    short = sum(r[1] - r[2] for r in tol.values())
+    h.check(
+        short == 0,
+        f"{label}: every good row with hostile text is recorded as expected ({short} not)",
+        failures,
+    )
 
     # the rerun: the same command
     before = h.raw_records(out)
@@ -609,7 +639,9 @@ def check_run(
         )
     )
     print(f"\n  {label}: good rows with text to keep and render inert")
-    print("  " + h.table(["class", "rows", "recorded", "note"], list(tol.values())).replace("\n", "\n  "))
+    print(
+        "  " + h.table(["class", "rows", "as expected", "expected"], list(tol.values())).replace("\n", "\n  ")
+    )
     return table
 
 
@@ -670,8 +702,8 @@ def main() -> int:
                     "base_url": stub.base_url,
                     "model": "stub",
                     "concurrency": 8,
-                    "timeout_s": 1.0,
-                    "deadline_s": 5.0,
+                    "timeout_s": 3.0,  # the stub builds its 20 MiB bodies on its one loop: not 1 s
+                    "deadline_s": 10.0,
                     "max_retries": MAX_RETRIES,
                     "backoff_base_s": 0.05,
                     "backoff_max_s": 0.2,
