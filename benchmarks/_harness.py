@@ -53,24 +53,62 @@ def run_mmsafe(*args: str | Path, timeout: float = 3600) -> tuple[subprocess.Com
     return proc, time.perf_counter() - t0
 
 
-_PEAK_WRAPPER = (
-    "import json, resource, subprocess, sys, time\n"
-    "t0 = time.perf_counter()\n"
-    "p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)\n"
-    "wall = time.perf_counter() - t0\n"
-    "kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
-    "print(json.dumps({'rc': p.returncode, 'maxrss_kb': kb, 'wall_s': wall,"
-    " 'stderr': p.stderr.decode('utf-8', 'replace')[-2000:]}))\n"
-)
+_PEAK_WRAPPER = r"""
+import json, resource, sqlite3, subprocess, sys, tempfile, time
+spec = json.loads(sys.argv[1])
+db, target = spec.get("db"), spec.get("records")
+
+def rss_kb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return next((int(line.split()[1]) for line in fh if line.startswith("VmRSS:")), 0)
+    except OSError:
+        return 0
+
+def count():
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as c:
+            return c.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+err = tempfile.TemporaryFile()
+t0 = time.perf_counter()
+p = subprocess.Popen(spec["cmd"], stdout=subprocess.DEVNULL, stderr=err)
+before_last, n, tick = 0, 0, 0
+while p.poll() is None:
+    if db and n < target:
+        if tick % 5 == 0:
+            n = count()
+        if n < target:
+            before_last = max(before_last, rss_kb(p.pid))
+    tick += 1
+    time.sleep(0.05)
+wall = time.perf_counter() - t0
+kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+err.seek(0)
+print(json.dumps({"rc": p.returncode, "maxrss_kb": kb, "before_last_kb": before_last, "wall_s": wall,
+                  "stderr": err.read().decode("utf-8", "replace")[-2000:]}))
+"""
 
 
-def peak_rss(cmd: Sequence[str | Path], *, timeout: float = 7200) -> dict[str, Any]:
+def peak_rss(
+    cmd: Sequence[str | Path], *, records_in: Path | None = None, records: int = 0, timeout: float = 7200
+) -> dict[str, Any]:
     """Peak RSS of ``cmd`` alone: a fresh wrapper process runs it and reads RUSAGE_CHILDREN, which then
-    covers that one child (and its own children) only. Returns rc, maxrss_kb (Linux: KiB), wall_s."""
+    covers that one child (and its own children) only. Returns rc, maxrss_kb (Linux: KiB), wall_s.
+
+    With ``records_in`` (a run folder) and ``records`` (how many the run writes), the wrapper also
+    samples the child's VmRSS every 50 ms until the store holds that many records: ``before_last_kb``
+    is the largest sample while items were still being written (the work phase, without the report
+    written at the end). A sample can miss a short spike; the peak cannot."""
     if sys.platform != "linux":  # ru_maxrss is bytes on macOS
         raise SystemExit("peak RSS is read as KiB from getrusage: run this on Linux")
+    spec = {"cmd": [str(c) for c in cmd], "records": records}
+    if records_in is not None:
+        spec["db"] = str(records_in / "mmsafe.sqlite")
     out = subprocess.run(
-        [sys.executable, "-c", _PEAK_WRAPPER, *(str(c) for c in cmd)],
+        [sys.executable, "-c", _PEAK_WRAPPER, json.dumps(spec)],
         env=env(),
         capture_output=True,
         text=True,

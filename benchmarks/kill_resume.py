@@ -6,8 +6,8 @@ the same config twice into two folders:
 - **uninterrupted**: one ``mmsafe run`` to the end (its wall time T and the moment the first record
   lands, s, set the range of the kill moments);
 - **killed**: ``mmsafe run`` started ``--kills`` times (default 20) and each time sent SIGKILL after a
-  seeded random delay, uniform in [s/2, s + (T - s)·r/k] (r: the share of records still missing,
-  k: the kills still to come), so some kills land while it starts and most while records land, and
+  seeded random delay, uniform in [s/2, s + (T - s)·r/(k + 1)] (r: the share of records still
+  missing, k: the kills still to come), so some kills land while it starts and most while records land, and
   the store is still incomplete at the last kill; then the same command once more to the end.
 
 Then it compares the two stores, read-only with sqlite3: records lost (in the uninterrupted store,
@@ -99,7 +99,7 @@ def killed(
         before = h.count_records(out)
         # up to the remaining work's fair share per remaining kill: on average each killed run does
         # less than half of it, so the store is still incomplete when the last kill lands
-        share = work * (1 - before / total) / (kills - i)
+        share = work * (1 - before / total) / (kills - i + 1)
         delay = rng.uniform(first / 2, first + share)
         with (out.parent / f"{out.name}.stderr").open("a") as log:
             proc = subprocess.Popen(
@@ -204,7 +204,9 @@ def main() -> int:
 
     print()
     print(
-        h.table(["variant", "SIGKILLs", "left partial", "records", "lost", "duplicated", "differing"], summary)
+        h.table(
+            ["variant", "SIGKILLs", "left partial", "records", "lost", "duplicated", "differing"], summary
+        )
     )
     print(f"\n{len(failures)} check(s) failed" + (": " + "; ".join(failures) if failures else ""))
     if not args.keep:
