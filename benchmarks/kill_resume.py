@@ -6,9 +6,9 @@ the same config twice into two folders:
 - **uninterrupted**: one ``mmsafe run`` to the end (its wall time T and the moment the first record
   lands, s, set the range of the kill moments);
 - **killed**: ``mmsafe run`` started ``--kills`` times (default 20) and each time sent SIGKILL after a
-  seeded random delay, uniform in [s/2, s + (T - s)·r/(k + 1)] (r: the share of records still
-  missing, k: the kills still to come), so some kills land while it starts and most while records land, and
-  the store is still incomplete at the last kill; then the same command once more to the end.
+  seeded random delay, uniform in [s/3, 0.8·s + (T - s)·r/(2k)] (r: the share of records still
+  missing, k: the kills still to come), so some kills land while it starts and most while records
+  land, and the store is still incomplete at the last kill; then the same command once more to the end.
 
 Then it compares the two stores, read-only with sqlite3: records lost (in the uninterrupted store,
 not in the killed one), extra, cells doubled (rows minus distinct model × benchmark × attack ×
@@ -97,10 +97,10 @@ def killed(
     rows = []
     for i in range(kills):
         before = h.count_records(out)
-        # up to the remaining work's fair share per remaining kill: on average each killed run does
-        # less than half of it, so the store is still incomplete when the last kill lands
-        share = work * (1 - before / total) / (kills - i + 1)
-        delay = rng.uniform(first / 2, first + share)
+        # s includes the first batch's work and a resumed run starts faster, so 0.8 s, plus half the
+        # remaining work's share per remaining kill: the store is still incomplete at the last kill
+        share = work * (1 - before / total) / (2 * (kills - i))
+        delay = rng.uniform(first / 3, 0.8 * first + share)
         with (out.parent / f"{out.name}.stderr").open("a") as log:
             proc = subprocess.Popen(
                 h.mmsafe_cmd("run", cfg, "--out", out, "--quiet"),
