@@ -109,9 +109,15 @@ def main() -> None:
     run(cfg, out / "run", progress=False)
     print(f"evaluation run: {time.perf_counter() - t0:.0f} s (report: {out / 'run'})", file=sys.stderr)
     summary = json.loads(next((out / "run").rglob("summary.json")).read_text(encoding="utf-8"))
+    # only this run's models: a reused --out may hold records of earlier adapters trained at other paths
+    from mmsafe.models.gemma_ocr import SAFE_ADAPTER
+
+    wanted = {(m.get("params") or {}).get("adapter") for m in models} | {SAFE_ADAPTER}
     adapters = {}
     for comp in summary.get("components", {}).get("model", []):
         adapter = (comp.get("params") or {}).get("adapter")
+        if adapter not in wanted:
+            continue
         adapters[comp["label"]] = Path(adapter).name if adapter else ("builtin" if "safe" in comp["label"] else "base")
     bench_labels = {}
     for comp in summary.get("components", {}).get("benchmark", []):
@@ -125,7 +131,9 @@ def main() -> None:
     for row in summary["rows"]:
         if row["category"] != "ALL" or row["attack"] != "none":
             continue
-        model = adapters.get(row["model"], row["model"])
+        if row["model"] not in adapters:
+            continue
+        model = adapters[row["model"]]
         bench = bench_labels.get(row["benchmark"], row["benchmark"])
         cell = table.setdefault(model, {})
         if row["judge"] == "refusal":
