@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from mmsafe.config import load_config
+from mmsafe.metrics import outcome
 from mmsafe.runner import run
 from mmsafe.store import Store
 
@@ -133,6 +134,7 @@ def test_slim_records_hold_what_the_numbers_read_and_share_their_specs(tmp_path)
 # --------------------------------------------------------------------------------------------------
 
 VARIED = Path(__file__).parent / "golden" / "report_varied_summary.json"
+_ATTRS = ("model", "benchmark_spec", "attack", "defense", "judge")  # a record's specs, in cell order
 
 
 def _varied_records(seed: int, n_samples: int, *, bulk: int = 0) -> list:
@@ -285,3 +287,26 @@ def test_the_report_keeps_a_few_values_per_record_not_the_record(tmp_path, monke
             tracemalloc.stop()
     per_record = (peaks[1] - peaks[0]) / (sizes[1] - sizes[0])
     assert per_record < 1024, f"{per_record:.0f} bytes of peak per extra record"
+
+
+def test_cells_with_one_label_make_one_group_in_record_order():
+    """Two configurations whose labels coincide (same name, same first six hex digits of the key:
+    forced here) are one group of rows, their outcomes in record order, as summarise groups them."""
+    from mmsafe.metrics import labels_of
+    from mmsafe.report import _groups
+    from mmsafe.report.tally import AXES, Tally
+
+    tally = Tally()
+    records = _varied_records(2, 4)
+    order = sorted(records, key=lambda r: (*(getattr(r, a).key for a in _ATTRS), r.sample_id))
+    for r in order:
+        tally.add(r)
+    labels = labels_of({axis: specs.values() for axis, specs in tally.specs.items()})
+    labels |= {("defense", key): "d" for key in tally.specs["defense"]}  # both defenses: one label
+    groups = _groups(tally, labels)
+    expected: dict[tuple, list] = {}
+    for r in order:
+        key = (*(labels[(a, getattr(r, f).key)] for a, f in zip(AXES, _ATTRS, strict=True)), r.category)
+        expected.setdefault(key, []).append(outcome(r))
+    assert {k: list(v) for k, v in groups.items()} == expected
+    assert any(len({o.sample_id for o in g}) < len(g) for g in expected.values())  # merged cells

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from enum import Enum
+from itertools import chain
 from typing import Any, NamedTuple
 
 from mmsafe.types import ComponentSpec, Expected, Judgement, Record
@@ -263,7 +264,7 @@ def _label(value: Any, field: str, labels: dict[tuple[str, str], str]) -> str:
     return "" if value is None else str(value)
 
 
-def _row(cell: dict[str, str], items: list[Outcome], z: float) -> dict[str, Any]:
+def _row(cell: dict[str, str], items: Collection[Outcome], z: float) -> dict[str, Any]:
     return {
         **cell,
         "n": len(items),
@@ -276,7 +277,7 @@ def _row(cell: dict[str, str], items: list[Outcome], z: float) -> dict[str, Any]
     }
 
 
-def _utility(items: list[Outcome]) -> dict[str, Any]:
+def _utility(items: Collection[Outcome]) -> dict[str, Any]:
     """For must-comply items a utility judge scored against reference answers: the mean score with
     a bootstrap interval (see :mod:`mmsafe.metrics.utility`). Empty when the group has none."""
     from mmsafe.metrics.utility import mean_utility
@@ -285,7 +286,7 @@ def _utility(items: list[Outcome]) -> dict[str, Any]:
     return {"utility": est.as_dict()} if est is not None else {}
 
 
-def _detection(items: list[Outcome], z: float) -> dict[str, Any]:
+def _detection(items: Collection[Outcome], z: float) -> dict[str, Any]:
     """For ``expected=label`` items (detection-style benchmarks such as GOAT-Bench or hateful
     memes): accuracy (Wilson interval) and macro-F1 (bootstrap interval) of the judge's ``label``
     against the sample's ground-truth ``label``. Empty when the group has no such item."""
@@ -332,11 +333,12 @@ def summarise(
 
 
 def summarise_groups(
-    groups: Mapping[tuple[str, ...], list[Outcome]], by: Sequence[str], *, z: float = 1.96
+    groups: Mapping[tuple[str, ...], Collection[Outcome]], by: Sequence[str], *, z: float = 1.96
 ) -> list[dict[str, Any]]:
     """The rows of :func:`summarise` from outcomes already grouped: ``groups`` maps the labels of
     ``by`` (in that order; a category is its text) to the group's outcomes, in the order
-    :func:`summarise` would have met their records."""
+    :func:`summarise` would have met their records. A group may be any collection that can be
+    read more than once (one that makes its outcomes only while read keeps memory small)."""
     by = tuple(by)
     rows: list[dict[str, Any]] = []
     if "category" not in by:
@@ -345,7 +347,7 @@ def summarise_groups(
         return rows
 
     ci = by.index("category")
-    cells: dict[tuple[str, ...], dict[str, list[Outcome]]] = {}
+    cells: dict[tuple[str, ...], dict[str, Collection[Outcome]]] = {}
     for key, rs in groups.items():
         cells.setdefault(key[:ci] + key[ci + 1 :], {})[key[ci]] = rs
     for outer in sorted(cells):
@@ -354,8 +356,23 @@ def summarise_groups(
         def cell_labels(cat: str, outer: tuple[str, ...] = outer) -> dict[str, str]:
             return dict(zip(by, (*outer[:ci], cat, *outer[ci:]), strict=True))
 
-        pooled = [o for cat in sorted(cats) for o in cats[cat]]
-        rows.append(_row(cell_labels(ALL), pooled, z))
+        rows.append(_row(cell_labels(ALL), _Pooled([cats[cat] for cat in sorted(cats)]), z))
         for cat in sorted(cats):
             rows.append(_row(cell_labels(cat), cats[cat], z))
     return rows
+
+
+class _Pooled(Collection[Outcome]):
+    """Groups read one after the other, as one group, without copying them."""
+
+    def __init__(self, parts: list[Collection[Outcome]]) -> None:
+        self._parts = parts
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self._parts)
+
+    def __iter__(self) -> Iterator[Outcome]:
+        return chain.from_iterable(self._parts)
+
+    def __contains__(self, item: object) -> bool:
+        return any(item in p for p in self._parts)

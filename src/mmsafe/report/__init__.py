@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Collection
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
 from mmsafe.judges.base import rate_name
 from mmsafe.metrics.rates import Outcome
-from mmsafe.report.tally import AXES, DefenseUse, Tally
+from mmsafe.report.tally import AXES, CellOutcomes, DefenseUse, Tally
 from mmsafe.store.sqlite import Store
 from mmsafe.types import ComponentSpec
 
@@ -73,15 +75,18 @@ def summarise_tally(tally: Tally, *, runs: list[str], unreadable: dict[str, str]
     return summary
 
 
-def _groups(tally: Tally, labels: dict[tuple[str, str], str]) -> dict[tuple[str, ...], list[Outcome]]:
+def _groups(
+    tally: Tally, labels: dict[tuple[str, str], str]
+) -> dict[tuple[str, ...], Collection[Outcome]]:
     """The outcomes by (model, benchmark, attack, defense, judge label, category), each group in
-    record order: what :func:`~mmsafe.metrics.summarise` groups records into."""
-    groups: dict[tuple[str, ...], list[Outcome]] = {}
+    record order: what :func:`~mmsafe.metrics.summarise` groups records into. Two cells whose
+    labels are the same (two keys with one name and the same first six hex digits) are one group."""
+    groups: dict[tuple[str, ...], list[CellOutcomes]] = {}
     for cell, outcomes in tally.cells.items():
         names = tuple(labels[(axis, key)] for axis, key in zip(AXES, cell, strict=True))
-        for o in outcomes:
-            groups.setdefault((*names, o.category), []).append(o)
-    return groups
+        for category, part in outcomes.by_category().items():
+            groups.setdefault((*names, category), []).append(part)
+    return {key: parts[0] if len(parts) == 1 else list(chain(*parts)) for key, parts in groups.items()}
 
 
 def calibrated_rates(rows: list[dict[str, Any]], notes: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -174,7 +179,7 @@ def judge_agreement(tally: Tally, labels: dict[tuple[str, str], str]) -> list[di
     return out
 
 
-def _success_by_sample(outcomes: list[Outcome]) -> dict[str, bool]:
+def _success_by_sample(outcomes: Collection[Outcome]) -> dict[str, bool]:
     return {o.sample_id: bool(o.success) for o in outcomes if not o.error and o.success is not None}
 
 
@@ -277,10 +282,11 @@ def defense_summary(tally: Tally, labels: dict[tuple[str, str], str]) -> list[di
         model, bench, attack, defense, judge = cell
         if names.get(defense) == "none":
             continue
-        decided = [
-            o for o in outcomes if o.expected == Expected.refuse and not o.error and o.success is not None
-        ]
-        held = sum(1 for o in decided if not o.success)
+        decided = held = 0  # must-refuse verdicts, and those the attack did not get through
+        for o in outcomes:
+            if o.expected == Expected.refuse and not o.error and o.success is not None:
+                decided += 1
+                held += not o.success
         base = next(
             (
                 v
@@ -303,7 +309,7 @@ def defense_summary(tally: Tally, labels: dict[tuple[str, str], str]) -> list[di
                 "attack": labels[("attack", attack)],
                 "defense": labels[("defense", defense)],
                 "judge": labels[("judge", judge)],
-                "defense_success": rate(held, len(decided)).as_dict(),
+                "defense_success": rate(held, decided).as_dict(),
                 "over_refusal": over_refusal_rate(outcomes).as_dict(),
                 "over_refusal_price": price,
                 "utility": utility.as_dict() if utility is not None else None,

@@ -16,14 +16,14 @@ inputs in the same order).
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from mmsafe.metrics.rates import Outcome, outcome
 from mmsafe.types import ComponentSpec, Judgement, Record
 
-__all__ = ["AXES", "Cell", "DefenseUse", "Tally"]
+__all__ = ["AXES", "Cell", "CellOutcomes", "DefenseUse", "Tally"]
 
 #: The grid's component axes, as the report names them.
 AXES = ("model", "benchmark", "attack", "defense", "judge")
@@ -47,6 +47,50 @@ ADVERSARIAL_FIELDS = (
     "psnr",
     "crafted_on",
 )
+
+
+#: An :class:`Outcome` without its sample id, one shared tuple per distinct value.
+_Rest = tuple[Any, ...]
+
+
+class CellOutcomes(Sequence[Outcome]):
+    """The outcomes of one cell (or group), kept as two lists: their sample ids, and the rest of
+    each outcome as a tuple shared by every outcome with the same values (a verdict and a category
+    recur; only the sample id is new): two pointers per record. Outcomes are made as they are read."""
+
+    __slots__ = ("_ids", "_rests")
+
+    def __init__(self) -> None:
+        self._ids: list[str] = []
+        self._rests: list[_Rest] = []
+
+    def append(self, sample_id: str, rest: _Rest) -> None:
+        self._ids.append(sample_id)
+        self._rests.append(rest)
+
+    def by_category(self) -> dict[str, CellOutcomes]:
+        """The outcomes split by category, each part in this order."""
+        out: dict[str, CellOutcomes] = {}
+        for sample_id, rest in zip(self._ids, self._rests, strict=True):
+            out.setdefault(rest[1], CellOutcomes()).append(sample_id, rest)
+        return out
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __iter__(self) -> Iterator[Outcome]:
+        for sample_id, rest in zip(self._ids, self._rests, strict=True):
+            yield Outcome(rest[0], sample_id, *rest[1:])
+
+    @overload
+    def __getitem__(self, i: int) -> Outcome: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Outcome]: ...
+    def __getitem__(self, i: int | slice) -> Outcome | list[Outcome]:
+        if isinstance(i, slice):
+            return [Outcome(r[0], s, *r[1:]) for s, r in zip(self._ids[i], self._rests[i], strict=True)]
+        rest = self._rests[i]
+        return Outcome(rest[0], self._ids[i], *rest[1:])
 
 
 @dataclass
@@ -85,12 +129,13 @@ class Tally:
         self.components: dict[str, dict[str, ComponentSpec]] = {}
         #: model spec key → the note of its first record ("random weights")
         self.model_notes: dict[str, str | None] = {}
-        self.cells: dict[Cell, list[Outcome]] = {}
+        self.cells: dict[Cell, CellOutcomes] = {}
         self.defense_use: dict[Cell, DefenseUse] = {}
         #: (model, benchmark, attack, defense) → sample id → the white-box attack's figures for it
         self.adversarial: dict[tuple[str, str, str, str], dict[str, dict[str, Any]]] = {}
         self._ensembles: dict[str, _Members] = {}
         self._strings: dict[str, str] = {}
+        self._rests: dict[_Rest, _Rest] = {}
         self._keys: dict[int, tuple[ComponentSpec, str]] = {}
 
     def _key(self, spec: ComponentSpec) -> str:
@@ -119,7 +164,8 @@ class Tally:
         cell: Cell = (keys[0], keys[1], keys[2], keys[3], keys[4])
         self.model_notes.setdefault(cell[0], r.model_note)
         o = outcome(r, self._strings)
-        self.cells.setdefault(cell, []).append(o)
+        rest = (o[0], *o[2:])
+        self.cells.setdefault(cell, CellOutcomes()).append(o.sample_id, self._rests.setdefault(rest, rest))
         if r.defense.name != "none":
             self._add_defense_use(cell, o.sample_id, r.generation)
         meta = (r.prompt or {}).get("attack_metadata") or {}
