@@ -1,12 +1,14 @@
 """One pass over a store's records, keeping only what the report's numbers read.
 
 :class:`Tally` takes the records one at a time (:meth:`Store.iter_records` with ``by_cell=True``) and
-keeps, per grid cell, one small :class:`~mmsafe.metrics.Outcome` per record (verdict bits, the
-sample's id, category and labels, a utility score; texts shared among records), plus what a few
-tables need beyond that: the defense's actions and costs per defended cell, the white-box attack's
-figures once per image, an ensemble's member verdicts. Component specs are kept once each. So the
-report's memory grows by about a hundred bytes per record, never by a record (prompt metadata,
-generation metadata, judge details: kilobytes each).
+keeps, per grid cell, each record's :class:`~mmsafe.metrics.Outcome` (verdict bits, the sample's id,
+category and labels, a utility score) as two pointers: its sample id, a text shared by every record
+of the sample, and the rest, a tuple shared by every outcome with the same values
+(:class:`CellOutcomes`). Beyond that it keeps what a few tables need: the defense's actions and
+costs per defended cell, the white-box attack's figures once per image, an ensemble's member
+verdicts; component specs once each. So the report's memory grows by a few tens of bytes per record
+and a sample id per sample, never by a record (prompt metadata, generation metadata, judge details:
+kilobytes each).
 
 Everything is kept in the order the records came in, so the numbers computed from a tally are those
 computed from the list of records it was given (bootstrap resamples and float sums see their
