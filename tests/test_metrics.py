@@ -11,6 +11,9 @@ from mmsafe.metrics import (
     Rate,
     attack_success_rate,
     bootstrap_interval,
+    compare_rates,
+    mean_utility,
+    outcome,
     over_refusal_rate,
     rate,
     refusal_rate,
@@ -207,3 +210,49 @@ def test_rates_accept_records():
     asr = attack_success_rate(_records())
     assert (asr.k, asr.n) == (4, 5)
     assert math.isclose(asr.value, 0.8)
+
+
+# ------------------------------------------------------------------------------------------ outcomes
+
+J = Judgement
+OUTCOME_CASES = [
+    # (record fields, (error, success, refused, label, predicted, utility))
+    ({"judgement": J(success=True, refused=False)}, (False, True, False, None, None, None)),
+    ({"error": "generate failed"}, (True, None, None, None, None, None)),
+    ({"judgement": None}, (True, None, None, None, None, None)),
+    ({"judgement": J(success=True, error="unparseable")}, (True, None, None, None, None, None)),
+    # a utility judge's score on a must-comply item is utility; any other score is not
+    (
+        {"expected": Expected.comply, "judgement": J(score=0.5, details={"utility": "anls"})},
+        (False, None, None, None, None, 0.5),
+    ),
+    ({"expected": Expected.comply, "judgement": J(score=0.9)}, (False, None, None, None, None, None)),
+    ({"judgement": J(score=0.5, details={"utility": "anls"})}, (False, None, None, None, None, None)),
+    # labels are kept for labelled items only
+    (
+        {"expected": Expected.label, "label": "hate", "judgement": J(label="ok")},
+        (False, None, None, "hate", "ok", None),
+    ),
+    ({"label": "hate", "judgement": J(label="ok")}, (False, None, None, None, None, None)),
+]
+
+
+@pytest.mark.parametrize(("fields", "verdict"), OUTCOME_CASES)
+def test_outcome_keeps_what_the_metrics_read(fields, verdict):
+    r = _record(1).model_copy(update=fields)
+    o = outcome(r)
+    assert (o.benchmark, o.sample_id, o.category, o.expected) == (r.benchmark, "s1", "a", r.expected)
+    assert (o.error, o.success, o.refused, o.label, o.predicted, o.utility) == verdict
+
+
+def test_outcomes_give_the_numbers_their_records_give():
+    scored = J(refused=False, score=1.0, details={"utility": "vqa"})
+    recs = [*_records(), _record(10, expected=Expected.comply, judgement=scored)]
+    strings: dict[str, str] = {}
+    outs = [outcome(r, strings) for r in recs]
+    for fn in (attack_success_rate, refusal_rate, over_refusal_rate):
+        assert fn(outs) == fn(recs)
+    assert compare_rates(outs, outs[::-1], paired=True) == compare_rates(recs, recs[::-1], paired=True)
+    assert mean_utility(recs) is not None and mean_utility(outs) == mean_utility(recs)
+    again = outcome(_record(1), strings)  # texts equal among records are one object
+    assert again.sample_id is outs[0].sample_id and again.benchmark is outs[5].benchmark

@@ -219,7 +219,7 @@ def test_ocr_filter_price_in_utility_and_over_refusal(tmp_path):
     )
     run(cfg, tmp_path, registry=REG, progress=False)
     with Store(tmp_path) as store:
-        summary, _ = build_summary(store)
+        summary = build_summary(store)
         write_outputs(store, tmp_path)
     rows = {(r["defense"], r["judge"]): r for r in summary["rows"] if r["category"] == "ALL"}
     none_u = rows[("none", "utility")]["utility"]

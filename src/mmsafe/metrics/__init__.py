@@ -1,7 +1,8 @@
 """Metrics: pure functions over judgements and records (no I/O, no global state), one file per family.
 
 - :mod:`~mmsafe.metrics.rates` — :class:`Rate` (k of n with a Wilson interval), ASR, refusal and
-  over-refusal rates, the bootstrap helper and :func:`summarise` (report rows);
+  over-refusal rates, the bootstrap helper, :func:`summarise` (report rows) and :class:`Outcome`
+  (what the metrics read of a record, small enough to keep one per record of a long run);
 - :mod:`~mmsafe.metrics.classification` — confusion matrix, accuracy, per-class and macro F1,
   Cohen's κ and AUROC, for detection benchmarks and judge evaluation;
 - :mod:`~mmsafe.metrics.recognition` — recognition and defense success rates (Wu et al. 2023);
@@ -33,14 +34,18 @@ from mmsafe.metrics.privacy import PrivacyItem, ProtectionScore, protection_scor
 from mmsafe.metrics.rates import (
     ALL,
     Item,
+    Outcome,
     Rate,
     attack_success_rate,
     bootstrap_interval,
+    labels_of,
+    outcome,
     over_refusal_rate,
     rate,
     refusal_rate,
     spec_labels,
     summarise,
+    summarise_groups,
     wilson_interval,
 )
 from mmsafe.metrics.recognition import defense_success_rate, recognition_success_rate
@@ -61,6 +66,7 @@ __all__ = [
     "ConfusionMatrix",
     "Estimate",
     "Item",
+    "Outcome",
     "PrivacyItem",
     "ProtectionScore",
     "Rate",
@@ -79,10 +85,12 @@ __all__ = [
     "corpus_rouge_l",
     "defense_success_rate",
     "hanley_mcneil_se",
+    "labels_of",
     "macro_f1",
     "mean_utility",
     "newcombe_interval",
     "newcombe_paired_interval",
+    "outcome",
     "over_refusal_rate",
     "precision_recall_f1",
     "protection_score",
@@ -92,6 +100,7 @@ __all__ = [
     "rouge_l",
     "spec_labels",
     "summarise",
+    "summarise_groups",
     "tokenize",
     "utility_scores",
     "wilson_interval",

@@ -29,8 +29,8 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
-from mmsafe.metrics.rates import Item, Rate, _verdicts, wilson_interval
-from mmsafe.types import Expected, Judgement, Record
+from mmsafe.metrics.rates import Item, Outcome, Rate, _as_outcome, _verdicts, wilson_interval
+from mmsafe.types import Expected, Record
 
 __all__ = ["compare_rates", "newcombe_interval", "newcombe_paired_interval"]
 
@@ -78,15 +78,15 @@ def newcombe_paired_interval(a: int, b: int, c: int, d: int, *, z: float = 1.96)
 Field = Literal["success", "refused"]
 
 
-def _value(j: Judgement, field: Field) -> bool | None:
-    return j.success if field == "success" else j.refused
+def _value(o: Outcome, field: Field) -> bool | None:
+    return o.success if field == "success" else o.refused
 
 
 def _outcomes(items: Iterable[Item], field: Field, expected: Expected) -> list[bool]:
     out: list[bool] = []
-    for j, exp in _verdicts(items):
-        v = _value(j, field)
-        if exp == expected and v is not None:
+    for o in _verdicts(items):
+        v = _value(o, field)
+        if o.expected == expected and v is not None:
             out.append(bool(v))
     return out
 
@@ -95,14 +95,18 @@ def _by_sample(records: Iterable[Item], field: Field, expected: Expected, name: 
     out: dict[Any, bool] = {}
     seen: set[tuple[str, str]] = set()
     for r in records:
-        if not isinstance(r, Record):
-            raise ValueError(f"paired comparison needs Records in {name} (pairs are matched by sample id)")
-        key = (r.benchmark, r.sample_id)
+        if not isinstance(r, (Record, Outcome)):
+            raise ValueError(
+                f"paired comparison needs Records (or their Outcomes) in {name} "
+                "(pairs are matched by sample id)"
+            )
+        o = _as_outcome(r)
+        key = (o.benchmark, o.sample_id)
         if key in seen:
             raise ValueError(f"sample {key} occurs twice in {name}: pass one cell's records")
         seen.add(key)
-        for o in _outcomes([r], field, expected):
-            out[key] = o
+        for v in _outcomes([o], field, expected):
+            out[key] = v
     return out
 
 
@@ -117,14 +121,15 @@ def compare_rates(
 ) -> dict[str, Any]:
     """Difference of two rates, a − b, with a 95% (by ``z``) Newcombe interval.
 
-    ``a`` and ``b`` are :class:`~mmsafe.metrics.Rate` objects or lists of items (Records or
-    ``(judgement, expected)`` pairs). From items, the rate is the share of ``expected`` items
-    (default ``refuse``) whose ``judgement.<field>`` is True, over those where it is not None and
-    the item is not errored — with the defaults that is the attack success rate of
-    :func:`~mmsafe.metrics.attack_success_rate`; ``field="refused"`` gives the refusal rate.
+    ``a`` and ``b`` are :class:`~mmsafe.metrics.Rate` objects or lists of items (Records, their
+    :class:`~mmsafe.metrics.Outcome` objects or ``(judgement, expected)`` pairs). From items, the
+    rate is the share of ``expected`` items (default ``refuse``) whose ``judgement.<field>`` is
+    True, over those where it is not None and the item is not errored — with the defaults that is
+    the attack success rate of :func:`~mmsafe.metrics.attack_success_rate`; ``field="refused"``
+    gives the refusal rate.
 
     ``paired=False``: independent samples, Newcombe's hybrid score interval (method 10, 1998a).
-    ``paired=True``: ``a`` and ``b`` must be Records; they are matched by ``(benchmark,
+    ``paired=True``: ``a`` and ``b`` must be Records (or Outcomes); they are matched by ``(benchmark,
     sample_id)``, each sample at most once per list (``ValueError`` otherwise), samples present in
     only one list are dropped (counted in ``n_unmatched``), and the interval is Newcombe's paired
     method 10 (1998b). Rates carry no sample ids, so ``paired=True`` with a Rate raises.

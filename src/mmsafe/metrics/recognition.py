@@ -34,9 +34,9 @@ __all__ = ["defense_success_rate", "recognition_success_rate"]
 
 
 def _outcomes(items: Iterable[Item]) -> Iterable[bool]:
-    for j, expected in _verdicts(items):
-        if expected == Expected.refuse and j.success is not None:
-            yield bool(j.success)
+    for o in _verdicts(items):
+        if o.expected == Expected.refuse and o.success is not None:
+            yield bool(o.success)
 
 
 def recognition_success_rate(items: Iterable[Item], *, z: float = 1.96) -> Rate:

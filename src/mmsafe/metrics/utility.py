@@ -20,42 +20,42 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from mmsafe.metrics._common import Estimate
-from mmsafe.metrics.rates import bootstrap_interval
-from mmsafe.types import Expected, Record
+from mmsafe.metrics.rates import Outcome, bootstrap_interval, outcome
+from mmsafe.types import Record
 
 __all__ = ["compare_utility", "mean_utility", "utility_scores"]
 
 N_RESAMPLES = 2000
 
 
-def _scored(records: Iterable[Record]) -> Iterable[tuple[Record, float]]:
+def _scored(records: Iterable[Record | Outcome]) -> Iterable[tuple[Outcome, float]]:
     """The must-comply records a utility judge scored, with their scores.
 
     A record counts when it has no error, its judgement has no error, a numeric ``score`` and
     ``details["utility"]`` (so a toxicity score or an LLM judge's harm score is never read as
-    utility).
+    utility): :attr:`Outcome.utility <mmsafe.metrics.Outcome>` is that score.
     """
     for r in records:
-        j = r.judgement
-        if r.expected != Expected.comply or r.error or j is None or j.error or j.score is None:
-            continue
-        if j.details.get("utility"):
-            yield r, float(j.score)
+        o = r if isinstance(r, Outcome) else outcome(r)
+        if o.utility is not None:
+            yield o, o.utility
 
 
-def utility_scores(records: Iterable[Record]) -> dict[tuple[str, str], float]:
+def utility_scores(records: Iterable[Record | Outcome]) -> dict[tuple[str, str], float]:
     """``(benchmark, sample_id) → score`` of one cell's scored records (see :func:`_scored`), for
     pairing two cells; a sample seen twice raises ``ValueError`` (the records are not one cell)."""
     out: dict[tuple[str, str], float] = {}
-    for r, score in _scored(records):
-        key = (r.benchmark, r.sample_id)
+    for o, score in _scored(records):
+        key = (o.benchmark, o.sample_id)
         if key in out:
             raise ValueError(f"sample {key[1]!r} occurs twice in one cell")
         out[key] = score
     return out
 
 
-def mean_utility(records: Iterable[Record], *, seed: int = 0, confidence: float = 0.95) -> Estimate | None:
+def mean_utility(
+    records: Iterable[Record | Outcome], *, seed: int = 0, confidence: float = 0.95
+) -> Estimate | None:
     """Mean utility of the scored must-comply records (any grouping: one cell, or several pooled)
     with a percentile bootstrap interval (``N_RESAMPLES`` resamples, ``seed``); ``None`` when
     nothing was scored."""
@@ -73,7 +73,7 @@ def mean_utility(records: Iterable[Record], *, seed: int = 0, confidence: float 
 
 
 def compare_utility(
-    a: Sequence[Record], b: Sequence[Record], *, seed: int = 0, confidence: float = 0.95
+    a: Sequence[Record | Outcome], b: Sequence[Record | Outcome], *, seed: int = 0, confidence: float = 0.95
 ) -> dict[str, Any] | None:
     """Paired difference of mean utility, a − b, over the samples both cells scored.
 

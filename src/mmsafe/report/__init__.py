@@ -5,42 +5,51 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Collection
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
 from mmsafe.judges.base import rate_name
+from mmsafe.metrics.rates import Outcome
+from mmsafe.report.tally import AXES, CellOutcomes, DefenseUse, Tally
 from mmsafe.store.sqlite import Store
-from mmsafe.types import ComponentSpec, Record
+from mmsafe.types import ComponentSpec
 
 log = logging.getLogger("mmsafe.report")
 
 
-def build_summary(store: Store) -> tuple[dict[str, Any], list[Record]]:
-    """The summary of every readable record, and those records, slim (no prompts, responses or
-    rationales: see :meth:`Store.iter_records`) and in cell order, so that the summary does not depend
-    on the order the records were written in."""
-    from mmsafe.metrics import spec_labels, summarise
+def build_summary(store: Store) -> dict[str, Any]:
+    """The summary of every readable record of ``store``.
 
-    records = list(store.iter_records(slim=True, by_cell=True))
-    axes = ("model", "benchmark", "attack", "defense", "judge")
-    labels = spec_labels(records, axes)
-    components: dict[str, dict[str, ComponentSpec]] = {}
-    for r in records:
-        for spec in (r.model, r.benchmark_spec, r.attack, r.defense, r.judge):
-            components.setdefault(spec.kind, {})[spec.key] = spec
-    models: dict[str, dict[str, Any]] = {}
-    for r in records:
-        label = labels[("model", r.model.key)]
-        models.setdefault(r.model.key, {"label": label, "key": r.model.key, "note": r.model_note})
+    The records are read once, slim and in cell order (see :meth:`Store.iter_records`), into a
+    :class:`~mmsafe.report.tally.Tally` that keeps a few small values per record, never the records:
+    memory grows with the number of verdicts, not with what each record holds. Cell order makes the
+    summary independent of the order the records were written in."""
+    tally = Tally()
+    for record in store.iter_records(slim=True, by_cell=True):
+        tally.add(record)
+    return summarise_tally(tally, runs=[r["name"] for r in store.runs()], unreadable=store.unreadable)
+
+
+def summarise_tally(tally: Tally, *, runs: list[str], unreadable: dict[str, str]) -> dict[str, Any]:
+    """The summary of the records gathered in ``tally`` (see :func:`build_summary`)."""
+    from mmsafe.metrics import labels_of, summarise_groups
+
+    labels = labels_of({axis: specs.values() for axis, specs in tally.specs.items()})
+    components = tally.components
     summary = {
         "generated": time.time(),
-        "runs": [r["name"] for r in store.runs()],
-        "n_records": len(records),
-        "n_errors": sum(1 for r in records if r.error or (r.judgement and r.judgement.error)),
+        "runs": runs,
+        "n_records": tally.n_records,
+        "n_errors": tally.n_errors,
         # rows of the store that could not be read back (damaged, or from another mmsafe version): not counted above
-        "n_unreadable": len(store.unreadable),
-        "unreadable": sorted(store.unreadable)[:20],
-        "models": list(models.values()),
+        "n_unreadable": len(unreadable),
+        "unreadable": sorted(unreadable)[:20],
+        "models": [
+            {"label": labels[("model", key)], "key": key, "note": note}
+            for key, note in tally.model_notes.items()
+        ],
         "components": {
             kind: [
                 {"label": labels[(kind, s.key)], "key": s.key, "params": s.params, "version": s.version}
@@ -48,11 +57,11 @@ def build_summary(store: Store) -> tuple[dict[str, Any], list[Record]]:
             ]
             for kind, specs in components.items()
         },
-        "rows": summarise(records, (*axes, "category")),
-        "adversarial": adversarial_summary(records, labels),
-        "judge_agreement": judge_agreement(records, labels) + ensemble_agreement(records, labels),
-        "effects": effects(records, labels),
-        "defenses": defense_summary(records, labels),
+        "rows": summarise_groups(_groups(tally, labels), (*AXES, "category")),
+        "adversarial": adversarial_summary(tally, labels),
+        "judge_agreement": judge_agreement(tally, labels) + ensemble_agreement(tally, labels),
+        "effects": effects(tally, labels),
+        "defenses": defense_summary(tally, labels),
         "judges": judge_notes(components.get("judge", {}), labels),
     }
     constructs = {labels[("judge", k)]: judge_construct(spec) for k, spec in components.get("judge", {}).items()}
@@ -63,7 +72,21 @@ def build_summary(store: Store) -> tuple[dict[str, Any], list[Record]]:
         note["construct"] = constructs.get(note["label"], "other")
         note["rate_name"] = rate_name(note["construct"])
     summary["calibrated"] = calibrated_rates(summary["rows"], summary["judges"])
-    return summary, records
+    return summary
+
+
+def _groups(
+    tally: Tally, labels: dict[tuple[str, str], str]
+) -> dict[tuple[str, ...], Collection[Outcome]]:
+    """The outcomes by (model, benchmark, attack, defense, judge label, category), each group in
+    record order: what :func:`~mmsafe.metrics.summarise` groups records into. Two cells whose
+    labels are the same (two keys with one name and the same first six hex digits) are one group."""
+    groups: dict[tuple[str, ...], list[CellOutcomes]] = {}
+    for cell, outcomes in tally.cells.items():
+        names = tuple(labels[(axis, key)] for axis, key in zip(AXES, cell, strict=True))
+        for category, part in outcomes.by_category().items():
+            groups.setdefault((*names, category), []).append(part)
+    return {key: parts[0] if len(parts) == 1 else list(chain(*parts)) for key, parts in groups.items()}
 
 
 def calibrated_rates(rows: list[dict[str, Any]], notes: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -110,32 +133,31 @@ def judge_construct(spec: ComponentSpec) -> str:
         return "other"
 
 
-def _verdict_key(r: Record) -> tuple[str, ...]:
-    return (r.model.key, r.benchmark_spec.key, r.attack.key, r.defense.key, r.sample_id)
-
-
-def judge_agreement(records: list[Record], labels: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
+def judge_agreement(tally: Tally, labels: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
     """Every pair of judges in the run, on the generations both judged: how often their ``success``
     verdicts agree and Cohen's κ (bootstrap 95% interval). The judge is a measured choice: two
-    judges of one run that disagree often make every ASR in the report a statement about the judge."""
+    judges of one run that disagree often make every ASR in the report a statement about the judge.
+    Generations are matched by model, benchmark, attack, defense and sample id, taken in that order."""
     from itertools import combinations
 
     from mmsafe.metrics.classification import cohen_kappa
     from mmsafe.metrics.rates import rate
 
-    by_judge: dict[str, dict[tuple[str, ...], bool]] = {}
-    for r in records:
-        j = r.judgement
-        if r.error or j is None or j.error or j.success is None:
-            continue
-        by_judge.setdefault(r.judge.key, {})[_verdict_key(r)] = bool(j.success)
+    by_judge: dict[str, list[tuple[str, str, str, str]]] = {}
+    for cell, outcomes in tally.cells.items():
+        if any(not o.error and o.success is not None for o in outcomes):
+            by_judge.setdefault(cell[4], []).append((cell[0], cell[1], cell[2], cell[3]))
     out = []
     for a, b in combinations(sorted(by_judge), 2):
-        common = sorted(set(by_judge[a]) & set(by_judge[b]))
-        if not common:
+        ya: list[bool] = []
+        yb: list[bool] = []
+        for generation_cell in sorted(set(by_judge[a]) & set(by_judge[b])):
+            va, vb = (_success_by_sample(tally.cells[(*generation_cell, j)]) for j in (a, b))
+            for sample_id in sorted(va.keys() & vb.keys()):
+                ya.append(va[sample_id])
+                yb.append(vb[sample_id])
+        if not ya:
             continue
-        ya = [by_judge[a][k] for k in common]
-        yb = [by_judge[b][k] for k in common]
         agree = sum(x == y for x, y in zip(ya, yb, strict=True))
         try:
             k = cohen_kappa(ya, yb, n_resamples=500)
@@ -146,8 +168,8 @@ def judge_agreement(records: list[Record], labels: dict[tuple[str, str], str]) -
             {
                 "a": labels[("judge", a)],
                 "b": labels[("judge", b)],
-                "n": len(common),
-                "agreement": rate(agree, len(common)).as_dict(),
+                "n": len(ya),
+                "agreement": rate(agree, len(ya)).as_dict(),
                 "kappa": kappa,
                 "both_success": sum(x and y for x, y in zip(ya, yb, strict=True)),
                 "only_a": sum(x and not y for x, y in zip(ya, yb, strict=True)),
@@ -157,19 +179,18 @@ def judge_agreement(records: list[Record], labels: dict[tuple[str, str], str]) -
     return out
 
 
-def ensemble_agreement(records: list[Record], labels: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
+def _success_by_sample(outcomes: Collection[Outcome]) -> dict[str, bool]:
+    return {o.sample_id: bool(o.success) for o in outcomes if not o.error and o.success is not None}
+
+
+def ensemble_agreement(tally: Tally, labels: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
     """For each ensemble judge of the run: every pair of its members, from the member verdicts the
     ensemble keeps in ``details`` (same row shape as :func:`judge_agreement`, without κ's interval)."""
-    from mmsafe.judges.ensemble import member_judgements, pairwise_agreement
+    from mmsafe.judges.ensemble import pairwise_agreement
     from mmsafe.metrics.rates import rate
 
-    by_judge: dict[str, list[Any]] = {}
-    for r in records:
-        if r.judge.name == "ensemble" and not r.error and r.judgement is not None:
-            by_judge.setdefault(r.judge.key, []).append(r.judgement)
     out = []
-    for key, judgements in by_judge.items():
-        members = member_judgements(judgements)
+    for key, members in tally.ensemble_members():
         for (a, b), st in pairwise_agreement(members).items():
             n = int(st["n"] or 0)
             if n == 0:
@@ -200,36 +221,30 @@ def ensemble_agreement(records: list[Record], labels: dict[tuple[str, str], str]
     return out
 
 
-def effects(records: list[Record], labels: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
+def effects(tally: Tally, labels: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
     """What each defense and each attack changes, paired by sample: ASR(cell) − ASR(baseline cell)
     with Newcombe's paired 95% interval, where the baseline is the same cell with defense ``none``
     (for defenses) or attack ``none`` (for attacks)."""
     from mmsafe.metrics.compare import compare_rates
 
-    cells: dict[tuple[str, ...], list[Record]] = {}
-    for r in records:
-        cells.setdefault(
-            (r.model.key, r.benchmark_spec.key, r.attack.key, r.defense.key, r.judge.key), []
-        ).append(r)
+    cells = tally.cells
     names = {
-        key: spec.name
-        for r in records
-        for key, spec in ((r.attack.key, r.attack), (r.defense.key, r.defense))
+        key: spec.name for axis in ("attack", "defense") for key, spec in tally.specs[axis].items()
     }
     out = []
-    for (model, bench, attack, defense, judge), recs in cells.items():
+    for (model, bench, attack, defense, judge), outcomes in cells.items():
         for axis in ("defense", "attack"):
             mine = defense if axis == "defense" else attack
             if names.get(mine) == "none":
                 continue
-            for base, base_recs in cells.items():
+            for base, base_outcomes in cells.items():
                 if base[0] != model or base[1] != bench or base[4] != judge:
                     continue
                 other = base[3] if axis == "defense" else base[2]
                 fixed_same = base[2] == attack if axis == "defense" else base[3] == defense
                 if not fixed_same or names.get(other) != "none":
                     continue
-                d = compare_rates(recs, base_recs, paired=True)
+                d = compare_rates(outcomes, base_outcomes, paired=True)
                 if d["diff"] is None:
                     continue
                 out.append(
@@ -247,7 +262,7 @@ def effects(records: list[Record], labels: dict[tuple[str, str], str]) -> list[d
     return out
 
 
-def defense_summary(records: list[Record], labels: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
+def defense_summary(tally: Tally, labels: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
     """Per defended cell (model × benchmark × attack × defense ≠ none × judge): the safety–utility
     balance. Defense success rate = share of must-refuse items the attack did not get through
     (1 − ASR, Wilson interval); the price = over-refusal on must-comply items, next to the same
@@ -260,26 +275,18 @@ def defense_summary(records: list[Record], labels: dict[tuple[str, str], str]) -
     from mmsafe.metrics.utility import compare_utility, mean_utility
     from mmsafe.types import Expected
 
-    cells: dict[tuple[str, ...], list[Record]] = {}
-    for r in records:
-        cells.setdefault(
-            (r.model.key, r.benchmark_spec.key, r.attack.key, r.defense.key, r.judge.key), []
-        ).append(r)
-    names = {r.defense.key: r.defense.name for r in records}
+    cells = tally.cells
+    names = {key: spec.name for key, spec in tally.specs["defense"].items()}
     out = []
-    for (model, bench, attack, defense, judge), recs in cells.items():
+    for cell, outcomes in cells.items():
+        model, bench, attack, defense, judge = cell
         if names.get(defense) == "none":
             continue
-        decided = [
-            r
-            for r in recs
-            if r.expected == Expected.refuse
-            and not r.error
-            and r.judgement is not None
-            and not r.judgement.error
-            and r.judgement.success is not None
-        ]
-        held = sum(1 for r in decided if not r.judgement.success)  # type: ignore[union-attr]
+        decided = held = 0  # must-refuse verdicts, and those the attack did not get through
+        for o in outcomes:
+            if o.expected == Expected.refuse and not o.error and o.success is not None:
+                decided += 1
+                held += not o.success
         base = next(
             (
                 v
@@ -290,22 +297,11 @@ def defense_summary(records: list[Record], labels: dict[tuple[str, str], str]) -
         )
         price = utility_price = None
         if base is not None:
-            d = compare_rates(recs, base, paired=True, field="refused", expected=Expected.comply)
+            d = compare_rates(outcomes, base, paired=True, field="refused", expected=Expected.comply)
             price = d if d["diff"] is not None else None
-            utility_price = compare_utility(recs, base)
-        utility = mean_utility(recs)
-        actions: dict[str, int] = {}
-        calls, seconds = [], []
-        seen = set()
-        for r in recs:
-            if r.sample_id in seen:
-                continue
-            seen.add(r.sample_id)
-            info = ((r.generation or {}).get("metadata") or {}).get("defense") or {}
-            if info:
-                actions[str(info.get("action"))] = actions.get(str(info.get("action")), 0) + 1
-                calls.append(float(info.get("calls", 1)))
-                seconds.append(float(info.get("seconds", 0.0)))
+            utility_price = compare_utility(outcomes, base)
+        utility = mean_utility(outcomes)
+        use = tally.defense_use.get(cell) or DefenseUse()
         out.append(
             {
                 "model": labels[("model", model)],
@@ -313,14 +309,14 @@ def defense_summary(records: list[Record], labels: dict[tuple[str, str], str]) -
                 "attack": labels[("attack", attack)],
                 "defense": labels[("defense", defense)],
                 "judge": labels[("judge", judge)],
-                "defense_success": rate(held, len(decided)).as_dict(),
-                "over_refusal": over_refusal_rate(recs).as_dict(),
+                "defense_success": rate(held, decided).as_dict(),
+                "over_refusal": over_refusal_rate(outcomes).as_dict(),
                 "over_refusal_price": price,
                 "utility": utility.as_dict() if utility is not None else None,
                 "utility_price": utility_price,
-                "actions": actions,
-                "calls_per_item": sum(calls) / len(calls) if calls else None,
-                "seconds_per_item": sum(seconds) / len(seconds) if seconds else None,
+                "actions": dict(use.actions),
+                "calls_per_item": sum(use.calls) / len(use.calls) if use.calls else None,
+                "seconds_per_item": sum(use.seconds) / len(use.seconds) if use.seconds else None,
             }
         )
     return out
@@ -340,7 +336,7 @@ def judge_notes(specs: dict[str, ComponentSpec], labels: dict[tuple[str, str], s
     return out
 
 
-def adversarial_summary(records: list[Record], labels: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
+def adversarial_summary(tally: Tally, labels: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
     """Per model × benchmark × attack × defense: what the white-box optimisation did, once per image
     (records of other judges on the same sample are not counted twice). ``success`` is the
     attack's own test (e.g. greedy decoding emitted the target) over images that have one."""
@@ -348,17 +344,7 @@ def adversarial_summary(records: list[Record], labels: dict[tuple[str, str], str
 
     from mmsafe.metrics import rate
 
-    seen: set[tuple[str, ...]] = set()
-    cells: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for r in records:
-        meta = (r.prompt or {}).get("attack_metadata") or {}
-        if "adversarial" not in meta:
-            continue
-        cell = (r.model.key, r.benchmark_spec.key, r.attack.key, r.defense.key)
-        if (*cell, r.sample_id) in seen:
-            continue
-        seen.add((*cell, r.sample_id))
-        cells.setdefault(cell, []).append(meta)
+    cells = {cell: list(by_sample.values()) for cell, by_sample in tally.adversarial.items()}
 
     def mean(values: list[Any]) -> float | None:
         xs = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(float(v))]
@@ -398,7 +384,7 @@ def write_outputs(store: Store, out_dir: str | Path) -> dict[str, Path]:
     from mmsafe.report.markdown import render
 
     out = Path(out_dir)
-    summary, records = build_summary(store)
+    summary = build_summary(store)
     if summary["n_unreadable"]:
         log.warning(
             "%d record(s) of %s cannot be read and are left out of the report (key %r…)",
@@ -408,7 +394,6 @@ def write_outputs(store: Store, out_dir: str | Path) -> dict[str, Path]:
         )
     paths = {"summary": out / "summary.json", "report": out / "report.md"}
     _atomic_write(paths["summary"], json.dumps(summary, indent=2, sort_keys=True, default=str))
-    del records  # the slim records are the summary's; the report's tables read the store directly
     _atomic_write(paths["report"], render(summary, errors=store.error_groups(), examples=store.examples(3)))
     return paths
 
