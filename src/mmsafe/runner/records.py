@@ -9,14 +9,13 @@ identity (key, sample, specs) and drops the payload, so the other records of the
 
 from __future__ import annotations
 
-from pydantic_core import PydanticSerializationError
-
 from mmsafe.errors import describe
 from mmsafe.types import Record, repair_strings
 
 __all__ = ["UNSERIALISABLE", "storable"]
 
-UNSERIALISABLE = (ValueError, TypeError, RecursionError, PydanticSerializationError)
+#: what serialising a record can raise (pydantic's PydanticSerializationError is a ValueError)
+UNSERIALISABLE = (ValueError, TypeError, RecursionError)
 
 
 def storable(record: Record) -> Record:
