@@ -1,12 +1,13 @@
 """Training-time alignment on the embedded model, before vs after, in one table (and one mmsafe report).
 
-    python benchmarks/training.py [--out DIR] [--limit N] [--methods sft,dpo] [--reuse]
+    python benchmarks/training.py [--out DIR] [--limit N] [--methods sft,dpo] [--reuse] [--adapter DIR ...]
 
 1. Trains each method on Gemma-3-270M base (the `gemma-ocr` backend) with `mmsafe train METHOD`, each in
    its own process (so its peak memory is its own), on mmsafe's written training set
    (`mmsafe/data/safety_train.yaml`, disjoint from every set below: `scripts/check_training_overlap.py`).
    `--reuse` keeps adapters already in DIR. `--methods` may name `builtin` to evaluate the shipped
-   default adapter (`gemma-ocr-safe`) without training.
+   default adapter (`gemma-ocr-safe`) without training; `--adapter DIR` (repeatable) adds an adapter
+   trained elsewhere (its row is named after DIR, its time and memory come from its card).
 2. Runs one mmsafe grid — the base model and each adapter × held-out sets × no attack × the `refusal`,
    `harm` and `utility` judges — into DIR/run (its report.md shows them side by side):
    harmful requests: HarmBench text test split (standard behaviours), JailbreakBench harmful goals;
@@ -72,6 +73,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=80, help="items per evaluation set (0: all)")
     ap.add_argument("--methods", default="sft,dpo", help="comma-separated: sft, dpo, builtin")
     ap.add_argument("--reuse", action="store_true", help="keep adapters already trained in --out")
+    ap.add_argument("--adapter", action="append", default=[], help="also evaluate this trained adapter (repeatable)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,6 +87,12 @@ def main() -> None:
         card = _train(method, out / method, reuse=args.reuse, params=DEFAULT_PARAMS.get(method, {}))
         cards[method] = card
         models.append({"name": "gemma-ocr", "params": {"adapter": str((out / method).resolve())}})
+    for extra in args.adapter:
+        from mmsafe.training.lora import read_card
+
+        path = Path(extra).resolve()
+        cards[path.name] = read_card(path)
+        models.append({"name": "gemma-ocr", "params": {"adapter": str(path)}})
     from mmsafe.config import RunConfig
     from mmsafe.runner import run
 
