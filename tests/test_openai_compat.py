@@ -439,6 +439,43 @@ def test_error_answers_are_never_cached_or_stored(tmp_path: Path) -> None:
             assert db.execute("SELECT count(*) FROM responses").fetchone() == (3,)
 
 
+@pytest.mark.parametrize("defense", ["system-prompt", "adashield"])
+def test_a_defended_model_shares_the_sessions_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, defense: str
+) -> None:
+    """A defense runs in a worker thread and calls the model's sync ``generate``: those calls go to
+    the runner's session loop, so one HTTP client serves every request, defended or not."""
+    import httpx
+
+    made: list[int] = []
+
+    class CountedClient(httpx.AsyncClient):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            made.append(1)
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(httpx, "AsyncClient", CountedClient)
+    bench = _write_bench(tmp_path / "data", 12)
+    reg = Registry(entry_points=False)
+    reg.register("model", "openai", OpenAICompatModel)
+    with StubOpenAI() as stub:
+        config = RunConfig(
+            name="defended",
+            models=[{"name": "openai", "params": {"base_url": stub.base_url, "concurrency": 3}}],
+            benchmarks=[{"name": "jsonl", "params": {"file": str(bench)}}],
+            attacks=["none"],
+            defenses=["none", defense],
+            judges=["refusal"],
+        )
+        result = run(config, tmp_path / "out", registry=reg, progress=False)
+        assert result.written == 24 and result.errors == 0
+        assert stub.requests >= 24  # every item asked the server, the defended ones included
+    assert len(made) == 1  # one client for the session (was: a new one per defended call)
+    with Store(tmp_path / "out") as store:
+        defended = [r for r in store.iter_records() if r.defense.name == defense]
+    assert len(defended) == 12 and all(r.response.startswith("echo: ") for r in defended)
+
+
 def test_a_trickling_answer_is_cut_at_timeout_s() -> None:
     # one byte every 0.05 s: httpx's per-read timeout never fires, and the whole body would take ~200 s
     with StubOpenAI(trickle_s=0.05, trickle_bytes=4096) as stub:

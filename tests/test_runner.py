@@ -568,6 +568,33 @@ def test_a_slow_request_delays_only_itself(tmp_path, registry):
     assert max(created.values()) < slow - 1.0
 
 
+class Barrier(ScriptedModel):
+    """Scripted sync answers that wait at a barrier of ``PARTIES``: every call must run at once."""
+
+    name: ClassVar[str] = "scripted-barrier"
+    PARTIES: ClassVar[int] = 40
+    BARRIER: ClassVar[list[threading.Barrier]] = []
+
+    def generate(self, prompts, *, seeds):
+        self.BARRIER[0].wait(30.0)
+        return super().generate(prompts, seeds=seeds)
+
+
+def test_a_defended_async_model_runs_concurrency_defenses_at_once(tmp_path, registry):
+    """Each defended request runs its defense in a worker thread of the session loop: there are as
+    many as the model's concurrency (40, over Python's default pool of at most 32)."""
+    registry.register("model", "scripted-barrier", Barrier)
+    Barrier.BARRIER[:] = [threading.Barrier(Barrier.PARTIES)]
+    cfg = _config(
+        benchmarks=[{"name": "list", "params": {"n": 40}}],
+        defenses=["system-prompt"],
+        models=[{"name": "scripted-barrier", "params": {"async_io": True, "concurrency": 40}}],
+    )
+    res = run(cfg, tmp_path, registry=registry, progress=False)
+    assert res.written == 40 and res.errors == 0  # a broken barrier would fail the items
+    assert not Barrier.BARRIER[0].broken
+
+
 @pytest.mark.parametrize("defense", ["system-prompt", "adashield"])
 def test_a_defense_in_front_of_an_async_model(tmp_path, registry, defense):
     """A defense runs the model from a worker thread: the store (and its cache) must serve that thread."""

@@ -23,13 +23,13 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mmsafe.aio import run_sync
 from mmsafe.errors import ConfigError, MmsafeError, require
 from mmsafe.models.base import GenerationParams, ModelBackend
 from mmsafe.types import Generation, Image, ImagePart, Message, Prompt, TextPart, Usage
@@ -244,8 +244,8 @@ class OpenAICompatModel(ModelBackend):
         self._key_loaded = False
         self._rng = random.Random()
         self._lock = threading.Lock()
-        # one client per event loop: the runner calls asyncio.run per chunk, and an httpx client's
-        # connections belong to the loop that opened them
+        # one client per event loop (the runner's session loop, or one of generate's own): an httpx
+        # client's connections belong to the loop that opened them
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -524,16 +524,12 @@ class OpenAICompatModel(ModelBackend):
 
     # -- sync path -----------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Prompt], *, seeds: Sequence[int]) -> list[Generation | Exception]:
-        """Answer ``prompts`` with ``concurrency`` requests in flight (an event loop of its own)."""
+        """Answer ``prompts`` with ``concurrency`` requests in flight (:func:`mmsafe.aio.run_sync`): on
+        the runner's loop when a defense calls it from there (one client for the whole session), else
+        on an event loop of its own."""
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self._gather(prompts, seeds))
-        # called from inside a running loop (a notebook): run ours in a worker thread
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmsafe-openai") as pool:
-            return pool.submit(asyncio.run, self._gather(prompts, seeds)).result()
+        return run_sync(lambda: self._gather(prompts, seeds))
 
     async def _gather(self, prompts: Sequence[Prompt], seeds: Sequence[int]) -> list[Generation | Exception]:
         sem = asyncio.Semaphore(self.concurrency)

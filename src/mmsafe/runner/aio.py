@@ -30,13 +30,18 @@ class LoopThread:
     """An asyncio event loop running in a daemon thread until :meth:`close` (or the ``with`` block ends).
 
     :meth:`submit` schedules a coroutine on it from any thread and returns a
-    :class:`concurrent.futures.Future`. :meth:`close` cancels whatever is still running (an HTTP
+    :class:`concurrent.futures.Future`. ``threads`` sizes the pool behind ``asyncio.to_thread`` (default:
+    Python's, ``min(32, cpus + 4)``). :meth:`close` cancels whatever is still running (an HTTP
     backend's client keeper closes its client when cancelled), waits for worker threads the loop
     started (``asyncio.to_thread``), then stops and closes the loop.
     """
 
-    def __init__(self, *, name: str = "mmsafe-loop") -> None:
+    def __init__(self, *, name: str = "mmsafe-loop", threads: int | None = None) -> None:
         self._loop = asyncio.new_event_loop()
+        if threads is not None:  # the worker threads of asyncio.to_thread (a defense runs in one per request)
+            self._loop.set_default_executor(
+                concurrent.futures.ThreadPoolExecutor(max(1, threads), thread_name_prefix=f"{name}-to-thread")
+            )
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()

@@ -38,7 +38,9 @@ def storable(record: Record) -> Record:
     )
     try:
         bare.model_dump_json()
-    except UNSERIALISABLE:  # the cell's own fields (a spec's params, the sample id): their text made encodable
+    except (
+        UNSERIALISABLE
+    ):  # the cell's own fields (a spec's params, the sample id): their text made encodable
         doc, _ = repair_strings(bare.model_dump(mode="json"))
         bare = Record.model_validate(doc)
     return bare

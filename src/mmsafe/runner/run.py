@@ -271,8 +271,9 @@ class Runner:
         """
         window = self.config.window or 2 * max(1, model.concurrency)
         items = chain.from_iterable(self._iter_items(model, c, store) for c in cells)
+        # a defended request runs its defense in a worker thread: as many threads as requests at once
         with (
-            LoopThread(name=f"mmsafe-{model.name}") as loop,
+            LoopThread(name=f"mmsafe-{model.name}", threads=max(1, model.concurrency)) as loop,
             Worker(name=f"mmsafe-judge-{model.name}") as judges,
         ):
             sem = asyncio.Semaphore(max(1, model.concurrency))
