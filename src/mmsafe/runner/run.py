@@ -42,7 +42,7 @@ from mmsafe.datasets.base import Benchmark
 from mmsafe.defenses.base import Defense
 from mmsafe.errors import ConfigError, MmsafeError, describe
 from mmsafe.judges.base import Judge
-from mmsafe.limits import Limits, check_prompt, check_sample, within_deadline
+from mmsafe.limits import check_prompt, check_sample, request_deadline, within_deadline
 from mmsafe.models.base import ModelBackend
 from mmsafe.registry import Registry
 from mmsafe.runner.aio import LoopThread, Worker
@@ -277,6 +277,7 @@ class Runner:
             Worker(name=f"mmsafe-judge-{model.name}") as judges,
         ):
             sem = asyncio.Semaphore(max(1, model.concurrency))
+            deadline = request_deadline(model, self.config.limits)
             inflight: dict[Future[tuple[Generation, float]], _Item] = {}
             answered: list[_Item] = []  # waiting for the judge thread
             judging: list[_Item] = []  # the group the judge thread has
@@ -292,9 +293,7 @@ class Runner:
                     self._attack(batch, model)
                     for item in batch:
                         if item.prompt is not None:
-                            request = _request(
-                                item.cell.target, item.prompt, item.seed, sem, self.config.limits
-                            )
+                            request = _request(item.cell.target, item.prompt, item.seed, sem, deadline)
                             inflight[loop.submit(request)] = item
                     failed = [i for i in batch if i.prompt is None]  # no load or no prompt: stored at once
                     del batch
@@ -539,13 +538,14 @@ def _check_verdicts(judge: Judge, verdicts: Any, n: int) -> list[Judgement]:
 
 
 async def _request(
-    target: ModelBackend, prompt: Prompt, seed: int, sem: asyncio.Semaphore, limits: Limits
+    target: ModelBackend, prompt: Prompt, seed: int, sem: asyncio.Semaphore, deadline: tuple[float, str]
 ) -> tuple[Generation, float]:
-    """One request on the session's loop, within the model's concurrency and, once sent, the run's
-    request deadline (``limits.request_deadline_s``): the answer and its seconds."""
+    """One request on the session's loop, within the model's concurrency and, once sent, its request
+    deadline (:func:`~mmsafe.limits.request_deadline`: seconds and the setting): the answer and its seconds."""
+    seconds, setting = deadline
     async with sem:
         t0 = time.perf_counter()
-        gen = await within_deadline(target.agenerate(prompt, seed=seed), limits)
+        gen = await within_deadline(target.agenerate(prompt, seed=seed), seconds, setting=setting)
         return gen, time.perf_counter() - t0
 
 
