@@ -202,6 +202,9 @@ class FussyJudge(Judge):
         ]
         if hit and mode == "not-a-verdict":
             out[texts.index(next(t for t in texts if "number 2" in t))] = "yes"  # type: ignore[call-overload]
+        if hit and mode == "key":  # a judge's structured output keyed by text from the answer
+            i = texts.index(next(t for t in texts if "number 2" in t))
+            out[i] = Judgement(success=True, details={"score for 'x\ud800'": 0.5, "ok": {"y\udc80": 1}})
         return out
 
 
@@ -430,6 +433,51 @@ def test_a_record_that_cannot_be_stored_fails_alone(tmp_path, registry):
     assert res.errors == 3
 
 
+def _bare_record(**fields):
+    from mmsafe.types import ComponentSpec, Record
+
+    spec = ComponentSpec(kind="x", name="x")
+    base = {"key": "k", "run": "r", "sample_id": "s", "benchmark": "b", "category": "c", "expected": "refuse"}
+    specs = dict.fromkeys(("model", "benchmark_spec", "attack", "defense", "judge"), spec)
+    return Record(**{**base, **specs, **fields})
+
+
+@pytest.mark.parametrize(
+    ("fields", "outcome"),
+    [
+        ({"generation": {"metadata": {"n": 1}, "raw": {"k\ud800": "v"}}}, "generation"),
+        ({"judgement": Judgement(success=True, details={"k\ud800": {"x\udc80": 1}})}, "details"),
+        (
+            {"prompt": {"attack_metadata": {}, "k\ud800": 1}},
+            "a key in prompt holds a lone surrogate (U+D800)",
+        ),
+        ({"timings": {"judge_s:x\ud800": 1.0}}, "a key in timings holds a lone surrogate (U+D800)"),
+        (
+            {"attack": {"kind": "attack", "name": "a", "params": {"t\udc80": 1}}},
+            "a key in attack.params holds a lone surrogate (U+DC80)",
+        ),
+    ],
+)
+def test_a_lone_surrogate_in_a_key_is_never_changed_silently(fields, outcome):
+    """pydantic writes such a key of a dict field as three U+FFFD without a word. The store repairs it
+    where answers are repaired (the generation, a judge's details), counted; anywhere else the record
+    fails with the reason, as a lone surrogate in a value does."""
+    from mmsafe.runner.records import storable
+
+    record = storable(_bare_record(**fields))
+    text = record.model_dump_json()
+    assert "\ufffd\ufffd\ufffd" not in text and "\\ud" not in text
+    if outcome == "generation":
+        assert record.error is None
+        assert record.generation == {"metadata": {"n": 1, "text_repaired": 1}, "raw": {"k\ufffd": "v"}}
+    elif outcome == "details":
+        assert record.error is None
+        assert record.judgement.details == {"k\ufffd": {"x\ufffd": 1}, "text_repaired": 2}
+    else:
+        assert record.error_stage == "store" and outcome in record.error
+        assert record.error.startswith("cannot store this record: ValueError: ")
+
+
 @pytest.mark.parametrize("async_io", [False, True])
 @pytest.mark.parametrize("mode", ["raise", "short", "not-a-verdict"])
 def test_a_judge_that_breaks_on_one_item_fails_that_item_only(tmp_path, registry, mode, async_io):
@@ -448,6 +496,23 @@ def test_a_judge_that_breaks_on_one_item_fails_that_item_only(tmp_path, registry
     }[mode]
     assert err == reason and recs["s2"].response
     assert all(recs[f"s{i}"].judgement.success is True for i in (0, 1, 3, 4, 5))
+
+
+def test_a_judges_details_with_a_lone_surrogate_in_a_key_are_repaired_and_counted(tmp_path, registry):
+    res = run(
+        _config(judges=[{"name": "fussy", "params": {"mode": "key"}}]),
+        tmp_path,
+        registry=registry,
+        progress=False,
+    )
+    assert res.written == 6 and res.errors == 0
+    recs = {r.sample_id: r for r in _rows(tmp_path).values()}
+    assert recs["s2"].judgement.details == {
+        "score for 'x\ufffd'": 0.5,
+        "ok": {"y\ufffd": 1},
+        "text_repaired": 2,
+    }
+    assert recs["s1"].judgement.details == {}
 
 
 def test_an_answer_with_a_lone_surrogate_is_repaired_stored_and_cached(tmp_path, registry):
