@@ -11,7 +11,7 @@ relays the answer with its body length fixed. Faults, drawn per request:
 
 Whether the n-th arrival of a request fails is decided by ``Random(f"{seed}:{sha256(messages)}:{n}")``
 (``messages`` of the JSON body; the whole body if it has none), so each item meets the same faults in the same order whatever the concurrency or arrival order.
-Only loopback; every read has a timeout; the server runs in a thread with its own event loop.
+Only loopback; every read has a timeout; the server runs in a thread with its own event loop (``_http.py``).
 """
 
 from __future__ import annotations
@@ -20,15 +20,16 @@ import asyncio
 import hashlib
 import json
 import random
-import threading
 from collections import Counter
 from collections.abc import Sequence
 
-_REASONS = {200: "OK", 429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway"}
+from _http import LoopbackServer, head, read_request
 
 
-class FaultProxy:
+class FaultProxy(LoopbackServer):
     """``with FaultProxy(upstream_port, rate=0.2, seed=0) as proxy: ... proxy.base_url ...``."""
+
+    thread_name = "fault-proxy"
 
     def __init__(
         self,
@@ -46,60 +47,22 @@ class FaultProxy:
         unknown = set(modes) - {"500", "429", "drop", "hang"}
         if unknown or not modes:
             raise ValueError(f"unknown fault modes {sorted(unknown)}")
+        super().__init__(io_timeout_s=io_timeout_s)
         self.upstream_port = upstream_port
         self.rate = rate
         self.seed = seed
         self.modes = tuple(modes)
         self.retry_after = retry_after
         self.hang_s = hang_s
-        self.io_timeout_s = io_timeout_s
-        self.port = 0
         self.requests = 0  # requests read from clients
         self.forwarded = 0  # requests answered by the upstream server
         self.faults: Counter[str] = Counter()
         self.faulted_bodies: Counter[str] = Counter()  # request identity sha256 → faults injected for it
         self._seen: Counter[str] = Counter()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
 
     @property
     def total_faults(self) -> int:
         return sum(self.faults.values())
-
-    # -- lifecycle -----------------------------------------------------------------------------------
-    def __enter__(self) -> FaultProxy:
-        self._thread = threading.Thread(target=self._run, name="fault-proxy", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10.0) or not self.port:
-            raise RuntimeError("fault proxy did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(15.0)
-
-    def _run(self) -> None:
-        asyncio.run(self._main())
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        self._server = await asyncio.start_server(self._handle, host="127.0.0.1", port=0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        try:
-            await self._stop.wait()
-        finally:
-            self._server.close()  # no wait_closed(): asyncio.run cancels the handlers still open
 
     # -- per connection ----------------------------------------------------------------------------
     def _decide(self, body: bytes) -> str | None:
@@ -116,10 +79,10 @@ class FaultProxy:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             for _ in range(100_000):  # bounded keep-alive loop
-                request = await self._read_request(reader)
+                request = await read_request(reader, self.io_timeout_s)
                 if request is None:
                     return
-                head, body = request
+                lines, body = request.lines, request.body
                 self.requests += 1
                 fault = self._decide(body)
                 if fault == "drop":
@@ -134,50 +97,32 @@ class FaultProxy:
                     writer.write(_response(status, json.dumps(msg).encode(), extra))
                     await writer.drain()
                     continue
-                writer.write(await self._forward(head, body))
+                writer.write(await self._forward(lines, body))
                 await writer.drain()
         except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError, ValueError):
             return
         finally:
             writer.close()
 
-    async def _read_request(self, reader: asyncio.StreamReader) -> tuple[list[str], bytes] | None:
-        try:
-            raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.io_timeout_s)
-        except asyncio.IncompleteReadError as exc:
-            if not exc.partial:
-                return None  # client closed an idle connection
-            raise
-        lines = raw.decode("latin-1").split("\r\n")[:-2]
-        length = 0
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value.strip())
-            if name.strip().lower() == "transfer-encoding":
-                raise ValueError("chunked requests are not supported by the fault proxy")
-        body = await asyncio.wait_for(reader.readexactly(length), self.io_timeout_s) if length else b""
-        return lines, body
-
-    async def _forward(self, head: list[str], body: bytes) -> bytes:
+    async def _forward(self, lines: list[str], body: bytes) -> bytes:
         if self.upstream_port is None:
             return _response(502, b'{"error": {"message": "no upstream"}}', {})
         up_reader, up_writer = await asyncio.wait_for(
             asyncio.open_connection("127.0.0.1", self.upstream_port), self.io_timeout_s
         )
         try:
-            kept = [h for h in head[1:] if h.partition(":")[0].strip().lower() not in ("connection", "host")]
-            out = [head[0], f"Host: 127.0.0.1:{self.upstream_port}", *kept, "Connection: close", "", ""]
+            kept = [h for h in lines[1:] if h.partition(":")[0].strip().lower() not in ("connection", "host")]
+            out = [lines[0], f"Host: 127.0.0.1:{self.upstream_port}", *kept, "Connection: close", "", ""]
             up_writer.write("\r\n".join(out).encode("latin-1") + body)
             await up_writer.drain()
             raw = await asyncio.wait_for(up_reader.read(), self.io_timeout_s)  # until EOF
         finally:
             up_writer.close()
         resp_head, _, resp_body = raw.partition(b"\r\n\r\n")
-        lines = resp_head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
+        resp_lines = resp_head.decode("latin-1").split("\r\n")
+        status = int(resp_lines[0].split()[1])
         headers = {}
-        for line in lines[1:]:
+        for line in resp_lines[1:]:
             name, _, value = line.partition(":")
             if name.strip().lower() in ("connection", "content-length", "transfer-encoding"):
                 if name.strip().lower() == "transfer-encoding" and "chunked" in value.lower():
@@ -200,10 +145,8 @@ def _identity(body: bytes) -> bytes:
 
 
 def _response(status: int, body: bytes, headers: dict[str, str]) -> bytes:
-    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}"]
     hdrs = dict(headers)
     if not any(k.lower() == "content-type" for k in hdrs):
         hdrs["Content-Type"] = "application/json"
     hdrs["Content-Length"] = str(len(body))
-    lines += [f"{k}: {v}" for k, v in hdrs.items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    return head(status, hdrs) + body

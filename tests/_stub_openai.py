@@ -28,7 +28,7 @@ Behaviours:
 ========================  ===========================================================================
 
 ``stub.requests`` counts requests read, ``stub.served`` counts behaviours served. The server runs in
-a daemon thread with its own event loop; every read has a timeout; only loopback.
+a daemon thread with its own event loop; every read has a timeout; only loopback (``_http.py``).
 """
 
 from __future__ import annotations
@@ -38,10 +38,11 @@ import gzip
 import hashlib
 import json
 import re
-import threading
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
+
+from _http import LoopbackServer, head, read_request
 
 BEHAVIOURS = frozenset(
     {
@@ -60,14 +61,15 @@ BEHAVIOURS = frozenset(
     }
 )
 _TAG = re.compile(r"\[stub:([a-z0-9_,]+)\]")
-_REASONS = {200: "OK", 500: "Internal Server Error", 404: "Not Found"}
 _CHUNK = 64 * 1024
 
 Chooser = Callable[[dict[str, Any], int], str]
 
 
-class StubOpenAI:
+class StubOpenAI(LoopbackServer):
     """``with StubOpenAI() as stub: OpenAICompatModel(base_url=stub.base_url) ...``."""
+
+    thread_name = "stub-openai"
 
     def __init__(
         self,
@@ -79,51 +81,15 @@ class StubOpenAI:
         huge_bytes: int = 20 * 1024 * 1024,
         io_timeout_s: float = 30.0,
     ) -> None:
+        super().__init__(io_timeout_s=io_timeout_s)
         self.behaviour = behaviour
         self.delay_s = delay_s
         self.trickle_s = trickle_s
         self.trickle_bytes = trickle_bytes
         self.huge_bytes = huge_bytes
-        self.io_timeout_s = io_timeout_s
-        self.port = 0
         self.requests = 0
         self.served: Counter[str] = Counter()
         self._seen: Counter[str] = Counter()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    # -- lifecycle -----------------------------------------------------------------------------------
-    def __enter__(self) -> StubOpenAI:
-        self._thread = threading.Thread(
-            target=asyncio.run, args=(self._main(),), name="stub-openai", daemon=True
-        )
-        self._thread.start()
-        if not self._ready.wait(10.0) or not self.port:
-            raise RuntimeError("stub OpenAI server did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(15.0)
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        server = await asyncio.start_server(self._handle, host="127.0.0.1", port=0)
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        try:
-            await self._stop.wait()
-        finally:
-            server.close()  # asyncio.run cancels the handlers still open
 
     # -- choosing ------------------------------------------------------------------------------------
     def _choose(self, doc: dict[str, Any]) -> str:
@@ -148,14 +114,14 @@ class StubOpenAI:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             for _ in range(100_000):  # bounded keep-alive loop
-                request = await self._read_request(reader)
+                request = await read_request(reader, self.io_timeout_s)
                 if request is None:
                     return
                 self.requests += 1
                 try:
-                    doc = json.loads(request)
+                    doc = json.loads(request.body)
                 except ValueError:
-                    writer.write(_head(400, {"Content-Length": "0"}))
+                    writer.write(head(400, {"Content-Length": "0"}))
                     await writer.drain()
                     continue
                 keep = await self._answer(self._choose(doc), doc, writer)
@@ -165,20 +131,6 @@ class StubOpenAI:
             return
         finally:
             writer.close()
-
-    async def _read_request(self, reader: asyncio.StreamReader) -> bytes | None:
-        try:
-            raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.io_timeout_s)
-        except asyncio.IncompleteReadError as exc:
-            if not exc.partial:
-                return None  # the client closed an idle connection
-            raise
-        length = 0
-        for line in raw.decode("latin-1").split("\r\n")[1:]:
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value.strip())
-        return await asyncio.wait_for(reader.readexactly(length), self.io_timeout_s) if length else b""
 
     async def _answer(self, name: str, doc: dict[str, Any], writer: asyncio.StreamWriter) -> bool:
         """Write the response for ``name``; False when the connection must close afterwards."""
@@ -203,7 +155,7 @@ class StubOpenAI:
             _send(writer, 500, _json({"error": {"message": "stub fault 500", "type": "stub"}}))
         elif name == "trickle":
             body = _padded(text, self.trickle_bytes)
-            writer.write(_head(200, {"Content-Type": "application/json", "Content-Length": str(len(body))}))
+            writer.write(head(200, {"Content-Type": "application/json", "Content-Length": str(len(body))}))
             for i in range(len(body)):
                 writer.write(body[i : i + 1])
                 await writer.drain()
@@ -213,7 +165,7 @@ class StubOpenAI:
             headers = {"Content-Type": "application/json", "Connection": "close"}
             if name == "huge_declared":
                 headers["Content-Length"] = str(len(body))
-            writer.write(_head(200, headers))
+            writer.write(head(200, headers))
             for i in range(0, len(body), _CHUNK):
                 writer.write(body[i : i + _CHUNK])
                 await writer.drain()
@@ -221,7 +173,7 @@ class StubOpenAI:
         elif name == "gzip_bomb":
             body = gzip.compress(_padded(text, self.huge_bytes), compresslevel=9)
             headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
-            writer.write(_head(200, {**headers, "Content-Length": str(len(body))}) + body)
+            writer.write(head(200, {**headers, "Content-Length": str(len(body))}) + body)
         await writer.drain()
         return True
 
@@ -262,13 +214,5 @@ def _json(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc).encode()
 
 
-def _head(status: int, headers: dict[str, str]) -> bytes:
-    lines = [
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}",
-        *(f"{k}: {v}" for k, v in headers.items()),
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
 def _send(writer: asyncio.StreamWriter, status: int, body: bytes) -> None:
-    writer.write(_head(status, {"Content-Type": "application/json", "Content-Length": str(len(body))}) + body)
+    writer.write(head(status, {"Content-Type": "application/json", "Content-Length": str(len(body))}) + body)

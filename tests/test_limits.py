@@ -25,7 +25,9 @@ from mmsafe.limits import (
     PatternTimeout,
     check_prompt,
     check_sample,
+    current_deadline,
     regex_search,
+    request_deadline,
     truncate_answer,
     within_deadline,
 )
@@ -169,10 +171,35 @@ def test_within_deadline_cancels_and_says_which_limit():
 
     t0 = time.perf_counter()
     with pytest.raises(DeadlineExceeded, match=r"^no answer within 0.2 s \(limits.request_deadline_s\)$"):
-        asyncio.run(within_deadline(slow(), Limits(request_deadline_s=0.2)))
+        asyncio.run(within_deadline(slow(), 0.2, setting="limits.request_deadline_s"))
     assert time.perf_counter() - t0 < 5
     with pytest.raises(TimeoutError, match="the backend's own"):
-        asyncio.run(within_deadline(own_timeout(), Limits()))
+        asyncio.run(within_deadline(own_timeout(), 600, setting="limits.request_deadline_s"))
+
+
+def test_the_request_deadline_is_the_runs_unless_the_model_sets_its_own():
+    class Own:
+        name = "api"
+
+        class params:
+            deadline_s = 30
+
+    class NoneSet(Own):
+        class params:
+            deadline_s = None
+
+    limits = Limits(request_deadline_s=120)
+    assert request_deadline(Own(), limits) == (30.0, "deadline_s of model 'api'")
+    assert request_deadline(NoneSet(), limits) == (120.0, "limits.request_deadline_s")
+    assert request_deadline(object(), limits) == (120.0, "limits.request_deadline_s")
+
+    async def inside():  # the backend learns how long it has
+        d = current_deadline()
+        return d.seconds, d.setting, 0 < d.left() <= 7
+
+    assert current_deadline() is None
+    assert asyncio.run(within_deadline(inside(), 7, setting="x")) == (7, "x", True)
+    assert current_deadline() is None
 
 
 # -- regexes on attacker-shaped text ---------------------------------------------------------------------

@@ -198,7 +198,7 @@ def test_params_validate_and_key_stays_out_of_spec(monkeypatch: pytest.MonkeyPat
     spec = m.spec
     assert spec.params["base_url"] == "http://127.0.0.1:9/v1"
     assert spec.runtime["concurrency"] == 3 and "timeout_s" in spec.runtime and "max_retries" in spec.runtime
-    assert spec.runtime["deadline_s"] == 600 and spec.runtime["max_response_bytes"] == 8 * 1024 * 1024
+    assert spec.runtime["deadline_s"] is None and spec.runtime["max_response_bytes"] == 8 * 1024 * 1024
     assert SECRET not in spec.model_dump_json()
     # execution-only params do not change the cache key
     assert (
@@ -439,6 +439,43 @@ def test_error_answers_are_never_cached_or_stored(tmp_path: Path) -> None:
             assert db.execute("SELECT count(*) FROM responses").fetchone() == (3,)
 
 
+@pytest.mark.parametrize("defense", ["system-prompt", "adashield"])
+def test_a_defended_model_shares_the_sessions_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, defense: str
+) -> None:
+    """A defense runs in a worker thread and calls the model's sync ``generate``: those calls go to
+    the runner's session loop, so one HTTP client serves every request, defended or not."""
+    import httpx
+
+    made: list[int] = []
+
+    class CountedClient(httpx.AsyncClient):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            made.append(1)
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(httpx, "AsyncClient", CountedClient)
+    bench = _write_bench(tmp_path / "data", 12)
+    reg = Registry(entry_points=False)
+    reg.register("model", "openai", OpenAICompatModel)
+    with StubOpenAI() as stub:
+        config = RunConfig(
+            name="defended",
+            models=[{"name": "openai", "params": {"base_url": stub.base_url, "concurrency": 3}}],
+            benchmarks=[{"name": "jsonl", "params": {"file": str(bench)}}],
+            attacks=["none"],
+            defenses=["none", defense],
+            judges=["refusal"],
+        )
+        result = run(config, tmp_path / "out", registry=reg, progress=False)
+        assert result.written == 24 and result.errors == 0
+        assert stub.requests >= 24  # every item asked the server, the defended ones included
+    assert len(made) == 1  # one client for the session (was: a new one per defended call)
+    with Store(tmp_path / "out") as store:
+        defended = [r for r in store.iter_records() if r.defense.name == defense]
+    assert len(defended) == 12 and all(r.response.startswith("echo: ") for r in defended)
+
+
 def test_a_trickling_answer_is_cut_at_timeout_s() -> None:
     # one byte every 0.05 s: httpx's per-read timeout never fires, and the whole body would take ~200 s
     with StubOpenAI(trickle_s=0.05, trickle_bytes=4096) as stub:
@@ -458,7 +495,7 @@ def test_deadline_covers_all_attempts_and_backoffs() -> None:
         )
         res, took = _one(m, "q [stub:trickle]")
         assert isinstance(res, EndpointError), res
-        assert "no answer within deadline_s=1 s" in str(res) and "last: timeout" in str(res)
+        assert "no answer within 1 s (deadline_s; " in str(res) and "last: timeout" in str(res)
         assert 3 <= res.attempts <= 4 and stub.requests == res.attempts  # 0.4 + 0.4 + the 0.2 left
         assert 0.95 <= took < 3.0
     # a backoff that would end past the deadline is not started
@@ -466,8 +503,55 @@ def test_deadline_covers_all_attempts_and_backoffs() -> None:
         m = OpenAICompatModel(base_url=proxy.base_url, max_retries=5, deadline_s=1.0)
         res, took = _one(m, "x")
         assert isinstance(res, EndpointError) and res.attempts == 1 and proxy.requests == 1
-        assert "no answer within deadline_s=1 s (1 attempt); last: HTTP 429" in str(res)
+        assert "no answer within 1 s (deadline_s; 1 attempt); last: HTTP 429" in str(res)
         assert took < 0.9
+
+
+def _deadline_run(tmp_path: Path, base_url: str, *, limits: dict, defense: str = "none", **params: object):
+    bench = tmp_path / "data" / "bench.jsonl"
+    if not bench.exists():
+        _write_bench(tmp_path / "data", 1)
+    reg = Registry(entry_points=False)
+    reg.register("model", "openai", OpenAICompatModel)
+    config = RunConfig(
+        name="deadline",
+        models=[{"name": "openai", "params": {"base_url": base_url, **params}}],
+        benchmarks=[{"name": "jsonl", "params": {"file": str(bench)}}],
+        attacks=["none"],
+        defenses=[defense],
+        judges=["refusal"],
+        limits=limits,
+    )
+    out = tmp_path / f"out-{len(list(tmp_path.glob('out-*')))}"
+    run(config, out, registry=reg, progress=False)
+    with Store(out) as store:
+        (record,) = store.iter_records()
+    return record
+
+
+def test_a_models_deadline_s_overrides_the_runs_request_deadline(tmp_path: Path) -> None:
+    """One knob, two levels: limits.request_deadline_s for every async model of the run, a model's
+    deadline_s for that model (larger or smaller); the error names the setting that applied."""
+    with StubOpenAI(behaviour="delay", delay_s=1.0) as stub:
+        rec = _deadline_run(tmp_path, stub.base_url, limits={"request_deadline_s": 0.3})
+        assert rec.error == "DeadlineExceeded: no answer within 0.3 s (limits.request_deadline_s)"
+        rec = _deadline_run(tmp_path, stub.base_url, limits={"request_deadline_s": 0.3}, deadline_s=20)
+        assert rec.error is None and rec.response.startswith("echo: ")  # the model's own, longer
+        rec = _deadline_run(tmp_path, stub.base_url, limits={"request_deadline_s": 20}, deadline_s=0.3)
+        assert rec.error == "DeadlineExceeded: no answer within 0.3 s (deadline_s of model 'openai')"
+
+
+@pytest.mark.parametrize("defense", ["none", "system-prompt"])
+def test_the_runs_deadline_stops_retries_that_cannot_finish(tmp_path: Path, defense: str) -> None:
+    """The backend knows the run's deadline (also behind a defense, in its worker thread): a
+    Retry-After that would end past it is not waited out."""
+    with FaultProxy(None, rate=1.0, modes=("429",), retry_after="3") as proxy:
+        rec = _deadline_run(
+            tmp_path, proxy.base_url, limits={"request_deadline_s": 1}, defense=defense, max_retries=5
+        )
+        assert proxy.requests == 1
+    assert rec.error_stage == "generate" and rec.error.startswith("EndpointError: ")
+    assert "no answer within 1 s (limits.request_deadline_s; 1 attempt); last: HTTP 429" in rec.error
 
 
 @pytest.mark.parametrize("behaviour", ["huge", "huge_declared", "gzip_bomb"])

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gc
 import json
+import threading
 import weakref
 from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import ClassVar
 
@@ -141,6 +143,36 @@ class CountingScripted(ScriptedModel):
             self.ACTIVE[0] -= 1
 
 
+class StartCounting(ScriptedModel):
+    """Scripted async answers that count the requests started and set ``REACHED`` at ``TARGET``."""
+
+    name: ClassVar[str] = "scripted-starts"
+    STARTED: ClassVar[list[int]] = [0]
+    TARGET: ClassVar[list[int]] = [0]
+    REACHED: ClassVar[threading.Event] = threading.Event()
+
+    async def agenerate(self, prompt, *, seed):
+        self.STARTED[0] += 1
+        if self.STARTED[0] >= self.TARGET[0]:
+            self.REACHED.set()
+        return await super().agenerate(prompt, seed=seed)
+
+
+class GateJudge(Judge):
+    """A slow judge: its first call does not return until the model has started ``StartCounting.TARGET``
+    requests (``WAITED`` notes whether that happened, or the 30 s guard ran out)."""
+
+    name: ClassVar[str] = "gate"
+    WAITED: ClassVar[list[bool]] = []
+    THREADS: ClassVar[set[str]] = set()
+
+    def judge_batch(self, items):
+        self.THREADS.add(threading.current_thread().name)
+        if not self.WAITED:
+            self.WAITED.append(StartCounting.REACHED.wait(30.0))
+        return [Judgement(success=True) for _ in items]
+
+
 class FussyParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     mode: str = "surrogate"  # surrogate | raise | short | not-a-verdict
@@ -163,11 +195,16 @@ class FussyJudge(Judge):
         if hit and mode == "short":
             return []
         out = [
-            Judgement(success=True, rationale="odd \ud800" if "number 2" in t and mode == "surrogate" else "ok")
+            Judgement(
+                success=True, rationale="odd \ud800" if "number 2" in t and mode == "surrogate" else "ok"
+            )
             for t in texts
         ]
         if hit and mode == "not-a-verdict":
             out[texts.index(next(t for t in texts if "number 2" in t))] = "yes"  # type: ignore[call-overload]
+        if hit and mode == "key":  # a judge's structured output keyed by text from the answer
+            i = texts.index(next(t for t in texts if "number 2" in t))
+            out[i] = Judgement(success=True, details={"score for 'x\ud800'": 0.5, "ok": {"y\udc80": 1}})
         return out
 
 
@@ -192,6 +229,8 @@ def registry() -> Registry:
     reg.register("attack", "counting", Counting)
     reg.register("model", "scripted-count", CountingScripted)
     reg.register("model", "scripted-odd", OddScripted)
+    reg.register("model", "scripted-starts", StartCounting)
+    reg.register("judge", "gate", GateJudge)
     return reg
 
 
@@ -394,11 +433,57 @@ def test_a_record_that_cannot_be_stored_fails_alone(tmp_path, registry):
     assert res.errors == 3
 
 
+def _bare_record(**fields):
+    from mmsafe.types import ComponentSpec, Record
+
+    spec = ComponentSpec(kind="x", name="x")
+    base = {"key": "k", "run": "r", "sample_id": "s", "benchmark": "b", "category": "c", "expected": "refuse"}
+    specs = dict.fromkeys(("model", "benchmark_spec", "attack", "defense", "judge"), spec)
+    return Record(**{**base, **specs, **fields})
+
+
+@pytest.mark.parametrize(
+    ("fields", "outcome"),
+    [
+        ({"generation": {"metadata": {"n": 1}, "raw": {"k\ud800": "v"}}}, "generation"),
+        ({"judgement": Judgement(success=True, details={"k\ud800": {"x\udc80": 1}})}, "details"),
+        (
+            {"prompt": {"attack_metadata": {}, "k\ud800": 1}},
+            "a key in prompt holds a lone surrogate (U+D800)",
+        ),
+        ({"timings": {"judge_s:x\ud800": 1.0}}, "a key in timings holds a lone surrogate (U+D800)"),
+        (
+            {"attack": {"kind": "attack", "name": "a", "params": {"t\udc80": 1}}},
+            "a key in attack.params holds a lone surrogate (U+DC80)",
+        ),
+    ],
+)
+def test_a_lone_surrogate_in_a_key_is_never_changed_silently(fields, outcome):
+    """pydantic writes such a key of a dict field as three U+FFFD without a word. The store repairs it
+    where answers are repaired (the generation, a judge's details), counted; anywhere else the record
+    fails with the reason, as a lone surrogate in a value does."""
+    from mmsafe.runner.records import storable
+
+    record = storable(_bare_record(**fields))
+    text = record.model_dump_json()
+    assert "\ufffd\ufffd\ufffd" not in text and "\\ud" not in text
+    if outcome == "generation":
+        assert record.error is None
+        assert record.generation == {"metadata": {"n": 1, "text_repaired": 1}, "raw": {"k\ufffd": "v"}}
+    elif outcome == "details":
+        assert record.error is None
+        assert record.judgement.details == {"k\ufffd": {"x\ufffd": 1}, "text_repaired": 2}
+    else:
+        assert record.error_stage == "store" and outcome in record.error
+        assert record.error.startswith("cannot store this record: ValueError: ")
+
+
+@pytest.mark.parametrize("async_io", [False, True])
 @pytest.mark.parametrize("mode", ["raise", "short", "not-a-verdict"])
-def test_a_judge_that_breaks_on_one_item_fails_that_item_only(tmp_path, registry, mode):
+def test_a_judge_that_breaks_on_one_item_fails_that_item_only(tmp_path, registry, mode, async_io):
+    params = {"batch_size": 8, "async_io": async_io, "concurrency": 3}
     cfg = _config(
-        judges=[{"name": "fussy", "params": {"mode": mode}}],
-        models=[{"name": "scripted", "params": {"batch_size": 8}}],
+        judges=[{"name": "fussy", "params": {"mode": mode}}], models=[{"name": "scripted", "params": params}]
     )
     res = run(cfg, tmp_path, registry=registry, progress=False)
     recs = {r.sample_id: r for r in _rows(tmp_path).values()}
@@ -413,6 +498,23 @@ def test_a_judge_that_breaks_on_one_item_fails_that_item_only(tmp_path, registry
     assert all(recs[f"s{i}"].judgement.success is True for i in (0, 1, 3, 4, 5))
 
 
+def test_a_judges_details_with_a_lone_surrogate_in_a_key_are_repaired_and_counted(tmp_path, registry):
+    res = run(
+        _config(judges=[{"name": "fussy", "params": {"mode": "key"}}]),
+        tmp_path,
+        registry=registry,
+        progress=False,
+    )
+    assert res.written == 6 and res.errors == 0
+    recs = {r.sample_id: r for r in _rows(tmp_path).values()}
+    assert recs["s2"].judgement.details == {
+        "score for 'x\ufffd'": 0.5,
+        "ok": {"y\ufffd": 1},
+        "text_repaired": 2,
+    }
+    assert recs["s1"].judgement.details == {}
+
+
 def test_an_answer_with_a_lone_surrogate_is_repaired_stored_and_cached(tmp_path, registry):
     cfg = _config(models=[{"name": "scripted-odd", "params": {"rules": {"number 3": "sure : step 1"}}}])
     res = run(cfg, tmp_path, registry=registry, progress=False)
@@ -424,7 +526,9 @@ def test_an_answer_with_a_lone_surrogate_is_repaired_stored_and_cached(tmp_path,
     with Store(tmp_path) as s:
         assert s.count_responses() == 6  # the repaired answer is cached like any other
     judge = {"name": "target-string", "params": {"targets": ["step 1"]}}
-    res = run(_config(judges=[judge], models=cfg.models, name="t2"), tmp_path, registry=registry, progress=False)
+    res = run(
+        _config(judges=[judge], models=cfg.models, name="t2"), tmp_path, registry=registry, progress=False
+    )
     assert res.written == 6 and res.errors == 0
     with Store(tmp_path) as s:
         assert s.count_responses() == 6  # answered from the cache, the repaired one included
@@ -463,9 +567,57 @@ def test_the_window_of_an_async_model_is_never_exceeded(tmp_path, registry):
     )
     res = run(cfg, tmp_path, registry=registry, progress=False)
     assert res.written == 20 and res.errors == 0
-    assert max(Counting.OPEN) == 3  # the window is filled, and never more than filled
+    assert Counting.OPEN[0] == 3  # the window is filled at once
+    # never more held than the window in flight and as many again waiting for the judges
+    assert max(Counting.OPEN) <= 2 * 3
     assert CountingScripted.ACTIVE[1] == 2  # requests at once: the model's concurrency
     assert len(Counting.OPEN) > 3  # refilled as items finished, not in fixed chunks
+
+
+def test_a_slow_judge_does_not_stop_the_window_refilling(tmp_path, registry):
+    """Window 2, concurrency 2: the first two requests start at once; the first judge call then waits
+    until two more have started, which only a window refilled while the judge works can send. The
+    judges ran meanwhile no more than one window behind (at most 2 × window items held)."""
+    StartCounting.STARTED[:] = [0]
+    StartCounting.TARGET[:] = [4]
+    StartCounting.REACHED.clear()
+    GateJudge.WAITED.clear(), GateJudge.THREADS.clear()
+    Counting.BUILT.clear(), Counting.OPEN.clear()
+    cfg = _config(
+        benchmarks=[{"name": "list", "params": {"n": 12}}],
+        attacks=[{"name": "counting", "params": {"out": str(tmp_path)}}],
+        models=[{"name": "scripted-starts", "params": {"async_io": True, "concurrency": 2, "delay_s": 0.01}}],
+        judges=["gate"],
+        window=2,
+    )
+    res = run(cfg, tmp_path, registry=registry, progress=False)
+    assert GateJudge.WAITED == [True]  # two more requests went out while the judge held its first group
+    assert res.written == 12 and res.errors == 0 and StartCounting.STARTED[0] == 12
+    assert max(Counting.OPEN) <= 4  # the items awaiting the slow judge are bounded too
+    assert GateJudge.THREADS == {"mmsafe-judge-scripted-starts"}  # never the main thread
+    with Store(tmp_path) as s:  # resume: nothing is owed, nothing is redone
+        assert len({r.sample_id for r in s.iter_records()}) == 12
+    again = run(cfg, tmp_path, registry=registry, progress=False)
+    assert again.written == 0 and again.skipped == 12 and StartCounting.STARTED[0] == 12
+
+
+def test_a_judge_thread_that_fails_fails_its_group_not_the_run():
+    """Should the judge thread itself raise (not one judge: those fail per item), each item of its
+    group gets that error as its verdict and is still stored; a KeyboardInterrupt there stops the run."""
+    from mmsafe.runner.run import _Item, _verdicts_of
+
+    item = _Item(cell=None, sample=Sample(id="a", benchmark="b", text="t"), judges=[], seed=0)  # type: ignore[arg-type]
+    item.generation = Generation(text="x")
+    judge = FussyJudge()
+    fut: Future = Future()
+    fut.set_exception(MemoryError("judge thread ran out of memory"))
+    assert _verdicts_of(fut, [item], [judge]) == {
+        (id(item), judge.spec.key): Judgement(error="MemoryError: judge thread ran out of memory")
+    }
+    fut = Future()
+    fut.set_exception(KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        _verdicts_of(fut, [item], [judge])
 
 
 def test_a_slow_request_delays_only_itself(tmp_path, registry):
@@ -481,6 +633,33 @@ def test_a_slow_request_delays_only_itself(tmp_path, registry):
     assert max(created.values()) < slow - 1.0
 
 
+class Barrier(ScriptedModel):
+    """Scripted sync answers that wait at a barrier of ``PARTIES``: every call must run at once."""
+
+    name: ClassVar[str] = "scripted-barrier"
+    PARTIES: ClassVar[int] = 40
+    BARRIER: ClassVar[list[threading.Barrier]] = []
+
+    def generate(self, prompts, *, seeds):
+        self.BARRIER[0].wait(30.0)
+        return super().generate(prompts, seeds=seeds)
+
+
+def test_a_defended_async_model_runs_concurrency_defenses_at_once(tmp_path, registry):
+    """Each defended request runs its defense in a worker thread of the session loop: there are as
+    many as the model's concurrency (40, over Python's default pool of at most 32)."""
+    registry.register("model", "scripted-barrier", Barrier)
+    Barrier.BARRIER[:] = [threading.Barrier(Barrier.PARTIES)]
+    cfg = _config(
+        benchmarks=[{"name": "list", "params": {"n": 40}}],
+        defenses=["system-prompt"],
+        models=[{"name": "scripted-barrier", "params": {"async_io": True, "concurrency": 40}}],
+    )
+    res = run(cfg, tmp_path, registry=registry, progress=False)
+    assert res.written == 40 and res.errors == 0  # a broken barrier would fail the items
+    assert not Barrier.BARRIER[0].broken
+
+
 @pytest.mark.parametrize("defense", ["system-prompt", "adashield"])
 def test_a_defense_in_front_of_an_async_model(tmp_path, registry, defense):
     """A defense runs the model from a worker thread: the store (and its cache) must serve that thread."""
@@ -489,6 +668,8 @@ def test_a_defense_in_front_of_an_async_model(tmp_path, registry, defense):
     recs = list(_rows(tmp_path).values())
     assert res.written == 12 and res.errors == 0, {r.error for r in recs}
     defended = [r for r in recs if r.defense.name == defense]
-    assert len(defended) == 6 and all(r.generation["metadata"]["defense"]["name"] == defense for r in defended)
+    assert len(defended) == 6 and all(
+        r.generation["metadata"]["defense"]["name"] == defense for r in defended
+    )
     res = run(cfg, tmp_path, registry=registry, progress=False)
     assert res.written == 0 and res.skipped == 12

@@ -82,7 +82,8 @@ class RunConfig(BaseModel):
     window: int | None = Field(
         None,
         ge=1,
-        description="items in flight per I/O model (sent, not yet stored); default 2 × its concurrency. "
+        description="requests in flight per I/O model (sent, not yet answered; as many answered items "
+        "again may wait for the judges); default 2 × its concurrency. "
         "How the run goes, not what it computes: changing it re-runs nothing",
     )
 
@@ -157,7 +158,8 @@ def _expanded_size(node: yaml.Node, where: str, memo: dict[int, int], active: se
         n += sum(_expanded_size(c, where, memo, active) for c in node.value)
     elif isinstance(node, yaml.MappingNode):
         n += sum(
-            _expanded_size(k, where, memo, active) + _expanded_size(v, where, memo, active) for k, v in node.value
+            _expanded_size(k, where, memo, active) + _expanded_size(v, where, memo, active)
+            for k, v in node.value
         )
     active.discard(id(node))
     if n > MAX_YAML_NODES:

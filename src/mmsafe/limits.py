@@ -10,7 +10,9 @@ items that failed a limit under the new values. docs/running.md ("Limits") lists
 
 The runner calls :func:`check_sample` before the attack and :func:`check_prompt` just before
 generation; :class:`~mmsafe.runner.cache.CachedModel` calls :func:`truncate_answer` before an answer
-is cached or stored, and the runner's async path bounds each request with :func:`within_deadline`.
+is cached or stored, and the runner's async path bounds each request with :func:`within_deadline`
+(the run's ``request_deadline_s``, or the model's own ``deadline_s`` where it sets one:
+:func:`request_deadline`).
 Components that run user-supplied patterns on attacker-controlled text search with
 :func:`regex_search` (a ``regex_timeout_s`` param of their own).
 """
@@ -18,8 +20,11 @@ Components that run user-supplied patterns on attacker-controlled text search wi
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import time
 from collections.abc import Awaitable, Iterable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,16 +32,20 @@ from mmsafe.types import MAX_DECODE_PIXELS, Generation, Image, ImageTooLarge, Pr
 
 __all__ = [
     "DEFAULT_REGEX_TIMEOUT_S",
+    "DEFAULT_REQUEST_DEADLINE_S",
     "MAX_IMAGE_FILE_BYTES",
     "ContextTooLong",
+    "Deadline",
     "DeadlineExceeded",
     "Limits",
     "PatternTimeout",
     "check_prompt",
     "check_sample",
     "compile_pattern",
+    "current_deadline",
     "image_problem",
     "regex_search",
+    "request_deadline",
     "truncate_answer",
     "within_deadline",
 ]
@@ -50,6 +59,9 @@ MAX_IMAGE_FILE_BYTES = 256 * MiB
 #: Default wall time of one user-supplied regex search (the ``regex_timeout_s`` param of the
 #: ``target-string`` judge and the ``ocr-filter`` defense).
 DEFAULT_REGEX_TIMEOUT_S = 1.0
+
+#: Default wall time of one request to an async backend (``limits.request_deadline_s``).
+DEFAULT_REQUEST_DEADLINE_S = 600.0
 
 T = TypeVar("T")
 
@@ -85,10 +97,11 @@ class Limits(BaseModel):
         "flagged (finish_reason 'length', metadata.truncated_from_bytes)",
     )
     request_deadline_s: float = Field(
-        600.0,
+        DEFAULT_REQUEST_DEADLINE_S,
         gt=0.0,
         le=86400.0,
-        description="wall time of one request to an async backend (an API), every retry included",
+        description="wall time of one request to an async backend (an API), every retry and backoff "
+        "included; a model's own deadline_s param, where it has one, overrides it for that model",
     )
 
 
@@ -97,7 +110,7 @@ class ContextTooLong(ValueError):
 
 
 class DeadlineExceeded(TimeoutError):
-    """No answer within ``limits.request_deadline_s``."""
+    """No answer within the request deadline (``limits.request_deadline_s`` or a model's ``deadline_s``)."""
 
 
 class PatternTimeout(ValueError):
@@ -191,18 +204,59 @@ def truncate_answer(generation: Generation, limits: Limits) -> Generation:
 # -- requests ------------------------------------------------------------------------------------------
 
 
-async def within_deadline(request: Awaitable[T], limits: Limits) -> T:
-    """Await ``request`` for at most ``limits.request_deadline_s``; then cancel it and raise
-    :class:`DeadlineExceeded` (a ``TimeoutError`` raised by the request itself passes through)."""
-    deadline = limits.request_deadline_s
-    scope = asyncio.timeout(deadline)
+@dataclass(frozen=True)
+class Deadline:
+    """The deadline of the request being answered: ``at`` (``time.monotonic()``), the ``seconds`` it
+    allowed, and the ``setting`` that gave them (named in errors)."""
+
+    at: float
+    seconds: float
+    setting: str
+
+    @classmethod
+    def starting_now(cls, seconds: float, setting: str) -> Deadline:
+        return cls(time.monotonic() + seconds, seconds, setting)
+
+    def left(self) -> float:
+        """Seconds until the deadline (negative once it has passed)."""
+        return self.at - time.monotonic()
+
+
+_DEADLINE: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar("mmsafe_deadline", default=None)
+
+
+def current_deadline() -> Deadline | None:
+    """The deadline :func:`within_deadline` set for the request this code runs for (it follows the
+    request into the coroutines it awaits and into a defense's worker thread), or None."""
+    return _DEADLINE.get()
+
+
+def request_deadline(model: Any, limits: Limits) -> tuple[float, str]:
+    """The request deadline of ``model`` in a run with ``limits``, and the setting that gives it: the
+    model's own ``deadline_s`` param where it sets one (a per-model override), else the run's
+    ``limits.request_deadline_s``."""
+    own = getattr(getattr(model, "params", None), "deadline_s", None)
+    if isinstance(own, int | float) and not isinstance(own, bool):
+        return float(own), f"deadline_s of model '{getattr(model, 'name', '?')}'"
+    return limits.request_deadline_s, "limits.request_deadline_s"
+
+
+async def within_deadline(request: Awaitable[T], seconds: float, *, setting: str) -> T:
+    """Await ``request`` for at most ``seconds``; then cancel it and raise :class:`DeadlineExceeded`
+    naming ``setting`` (a ``TimeoutError`` raised by the request itself passes through). While it
+    runs, :func:`current_deadline` tells the backend how long it has, so it starts no retry it
+    cannot finish."""
+    token = _DEADLINE.set(Deadline.starting_now(seconds, setting))
+    scope = asyncio.timeout(seconds)
     try:
         async with scope:
             return await request
     except TimeoutError:
         if scope.expired():
-            raise DeadlineExceeded(f"no answer within {deadline:g} s (limits.request_deadline_s)") from None
+            raise DeadlineExceeded(f"no answer within {seconds:g} s ({setting})") from None
         raise
+    finally:
+        _DEADLINE.reset(token)
 
 
 # -- patterns ------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ __all__ = [
     "lone_surrogate",
     "repair_strings",
     "stable_hash",
+    "surrogate_key",
 ]
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -366,6 +367,28 @@ def repair_strings(obj: Any, depth: int = 0) -> tuple[Any, int]:
     items = [repair_strings(v, depth + 1) for v in obj]
     total = sum(n for _, n in items)
     return (type(obj)(v for v, _ in items), total) if total else (obj, 0)
+
+
+def surrogate_key(obj: Any, depth: int = 0) -> str | None:
+    """The first lone surrogate (``"U+D800"``) in a dict *key* anywhere in ``obj`` (JSON-like), or None.
+
+    pydantic writes such a key of a ``dict`` field as three U+FFFD without a word (a value, or a key
+    nested deeper, raises instead), so the store looks for them first: nothing is changed silently."""
+    if depth > 64:
+        return None
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(k, str) and (m := _SURROGATE.search(k)):
+                return f"U+{ord(m.group()):04X}"
+            found = surrogate_key(v, depth + 1)
+            if found:
+                return found
+    elif isinstance(obj, list | tuple):
+        for v in obj:
+            found = surrogate_key(v, depth + 1)
+            if found:
+                return found
+    return None
 
 
 class Judgement(_Frozen):

@@ -101,9 +101,12 @@ class DefendedModel(WrappedModel):
         return out
 
     async def agenerate(self, prompt: Prompt, *, seed: int) -> Generation:
-        import asyncio
+        """The defense runs in a worker thread (``defend`` is synchronous and may block); an async
+        model it calls from there answers on this loop (:func:`mmsafe.aio.in_thread`), so the session's
+        one HTTP client serves defended and undefended requests alike."""
+        from mmsafe.aio import in_thread
 
-        (result,) = await asyncio.to_thread(self.generate, [prompt], seeds=[seed])
+        (result,) = await in_thread(self.generate, [prompt], seeds=[seed])
         if isinstance(result, Exception):
             raise result
         return result

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from mmsafe.aio import run_sync
 from mmsafe.errors import ConfigError
 from mmsafe.types import Generation, Prompt
 
@@ -112,16 +111,6 @@ class JudgeModel:
         except Exception as exc:
             return [exc for _ in prompts]
         return generate_all(model, prompts)
-
-
-def run_sync(factory: Callable[[], Coroutine[Any, Any, list[Any]]]) -> list[Any]:
-    """Run a coroutine to completion, also from inside a running event loop (in a worker thread)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(factory())
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(lambda: asyncio.run(factory())).result()
 
 
 def generate_all(model: ModelBackend, prompts: list[Prompt]) -> list[Generation | Exception]:

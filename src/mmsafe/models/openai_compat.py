@@ -23,14 +23,15 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mmsafe.aio import run_sync
 from mmsafe.errors import ConfigError, MmsafeError, require
+from mmsafe.limits import DEFAULT_REQUEST_DEADLINE_S, Deadline, current_deadline
 from mmsafe.models.base import GenerationParams, ModelBackend
 from mmsafe.types import Generation, Image, ImagePart, Message, Prompt, TextPart, Usage
 
@@ -122,11 +123,12 @@ class OpenAICompatParams(BaseModel):
         le=3600.0,
         description="wall-time limit of one attempt, from sending to the last body byte",
     )
-    deadline_s: float = Field(
-        600.0,
+    deadline_s: float | None = Field(
+        None,
         gt=0.0,
         le=86400.0,
-        description="wall-time limit of one item: every attempt and backoff together",
+        description="wall-time limit of one item, every attempt and backoff together, for this model: "
+        "overrides the run's limits.request_deadline_s (default: that, 600 s)",
     )
     max_response_bytes: int = Field(
         8 * _MIB,
@@ -190,8 +192,11 @@ class OpenAICompatModel(ModelBackend):
 
     - ``timeout_s`` (120): wall time of one attempt, from sending the request to the last byte of
       the answer; a server that trickles bytes is cut off, not only one that goes silent.
-    - ``deadline_s`` (600): wall time of the whole item, every attempt and backoff included; no
-      backoff is started that would end past it. The error says ``no answer within deadline_s=…``.
+    - the request deadline: wall time of the whole item, every attempt and backoff included; no
+      backoff is started that would end past it. In a run it is the run's
+      ``limits.request_deadline_s`` (600), unless this model sets ``deadline_s``, which overrides it
+      for this model (:func:`mmsafe.limits.request_deadline`); called directly, ``deadline_s`` or
+      600 s. The error names the setting: ``no answer within 600 s (limits.request_deadline_s; …)``.
     - ``max_response_bytes`` (8 MiB): the answer body is read as it streams in (after
       content-decoding) and the item fails once it passes this size, or at once when
       ``Content-Length`` says so. Not retried: the same request would get the same answer.
@@ -244,8 +249,8 @@ class OpenAICompatModel(ModelBackend):
         self._key_loaded = False
         self._rng = random.Random()
         self._lock = threading.Lock()
-        # one client per event loop: the runner calls asyncio.run per chunk, and an httpx client's
-        # connections belong to the loop that opened them
+        # one client per event loop (the runner's session loop, or one of generate's own): an httpx
+        # client's connections belong to the loop that opened them
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -358,7 +363,7 @@ class OpenAICompatModel(ModelBackend):
         """Answer one prompt: one request, retried on transient failures; raises :class:`EndpointError`.
 
         Each attempt is bounded by ``timeout_s`` of wall time (sending, waiting and reading the whole
-        body), and all attempts and backoffs together by ``deadline_s``.
+        body), and all attempts and backoffs together by the request deadline (the class docstring).
         """
         httpx = require("httpx", extra="api", purpose="the OpenAI-compatible backend")
         self._load_key()
@@ -373,13 +378,20 @@ class OpenAICompatModel(ModelBackend):
         url = self.params.base_url + "/chat/completions"
         loop = asyncio.get_running_loop()
         started = loop.time()
-        deadline = started + self.params.deadline_s
+        # in a run, the runner's deadline (it cancels an attempt still running at the deadline, with
+        # its own error); called directly, this call's own, which also cuts the last attempt short
+        run_limit = current_deadline()
+        limit = run_limit or Deadline.starting_now(
+            self.params.deadline_s or DEFAULT_REQUEST_DEADLINE_S, "deadline_s"
+        )
+        deadline = started + limit.left()
         reason, status = "no attempt", None
         attempts = 0
         out_of_time = False
         for attempt in range(self.params.max_retries + 1):
-            budget = min(self.params.timeout_s, deadline - loop.time())
-            if budget <= 0:
+            left = deadline - loop.time()
+            budget = self.params.timeout_s if run_limit is not None else min(self.params.timeout_s, left)
+            if left <= 0:
                 out_of_time = True
                 break
             attempts = attempt + 1
@@ -436,8 +448,8 @@ class OpenAICompatModel(ModelBackend):
         plural = "s" if attempts != 1 else ""
         if out_of_time:
             raise EndpointError(
-                f"{url}: no answer within deadline_s={self.params.deadline_s:g} s "
-                f"({attempts} attempt{plural}); last: {reason}",
+                f"{url}: no answer within {limit.seconds:g} s ({limit.setting}; "
+                f"{attempts} attempt{plural}); last: {reason}",
                 status=status,
                 attempts=attempts,
             )
@@ -524,16 +536,12 @@ class OpenAICompatModel(ModelBackend):
 
     # -- sync path -----------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Prompt], *, seeds: Sequence[int]) -> list[Generation | Exception]:
-        """Answer ``prompts`` with ``concurrency`` requests in flight (an event loop of its own)."""
+        """Answer ``prompts`` with ``concurrency`` requests in flight (:func:`mmsafe.aio.run_sync`): on
+        the runner's loop when a defense calls it from there (one client for the whole session), else
+        on an event loop of its own."""
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self._gather(prompts, seeds))
-        # called from inside a running loop (a notebook): run ours in a worker thread
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmsafe-openai") as pool:
-            return pool.submit(asyncio.run, self._gather(prompts, seeds)).result()
+        return run_sync(lambda: self._gather(prompts, seeds))
 
     async def _gather(self, prompts: Sequence[Prompt], seeds: Sequence[int]) -> list[Generation | Exception]:
         sem = asyncio.Semaphore(self.concurrency)

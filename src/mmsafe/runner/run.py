@@ -9,14 +9,16 @@ the run.
 - Local models answer in batches of their ``batch_size`` (one padded call; white-box attacks optimise
   a batch of images at once), one cell (benchmark × attack × defense) at a time; each batch is
   written before the next is read.
-- I/O models (``is_async``) stream: up to ``window`` items (default 2 × ``concurrency``) are in
+- I/O models (``is_async``) stream: up to ``window`` requests (default 2 × ``concurrency``) are in
   flight on one event loop in a thread of its own (:class:`~mmsafe.runner.aio.LoopThread`), at most
-  ``concurrency`` requests run at once, and whichever finish are judged and written at once while the
-  others go on, so a slow request delays only itself.
+  ``concurrency`` of them running at once; whichever finish go to the judges, which run in a thread
+  of their own (:class:`~mmsafe.runner.aio.Worker`), and are written once judged, while the others go
+  on. A slow request delays only itself, and a slow judge does not stop the window from refilling
+  (up to another ``window`` of answered items may wait for it).
 
 A failure in any stage fails that item only, with its stage and reason recorded; a rerun retries
 failed items and skips completed ones, so killing the process at any moment loses at most the batch
-or window in flight, never part of an item. Keys and seeds do not depend on order or batching. An item over one of the
+or the items in flight and under the judges, never part of an item. Keys and seeds do not depend on order or batching. An item over one of the
 run's limits (``config.limits``, :mod:`mmsafe.limits`) fails before its attack or before generation,
 with stage ``limit``.
 """
@@ -40,10 +42,10 @@ from mmsafe.datasets.base import Benchmark
 from mmsafe.defenses.base import Defense
 from mmsafe.errors import ConfigError, MmsafeError, describe
 from mmsafe.judges.base import Judge
-from mmsafe.limits import Limits, check_prompt, check_sample, within_deadline
+from mmsafe.limits import check_prompt, check_sample, request_deadline, within_deadline
 from mmsafe.models.base import ModelBackend
 from mmsafe.registry import Registry
-from mmsafe.runner.aio import LoopThread
+from mmsafe.runner.aio import LoopThread, Worker
 from mmsafe.runner.cache import CachedModel
 from mmsafe.runner.grid import Grid, resolve
 from mmsafe.runner.progress import Progress
@@ -152,8 +154,9 @@ class Runner:
         log.info("benchmark %s: %d samples", bench.name, len(ids))
         return ids
 
-    def _missing(self, model: ModelBackend, cell: tuple[Benchmark, Attack, Defense], sample_id: str,
-                 done: set[str]) -> list[Judge]:
+    def _missing(
+        self, model: ModelBackend, cell: tuple[Benchmark, Attack, Defense], sample_id: str, done: set[str]
+    ) -> list[Judge]:
         b, a, d = cell
         return [j for j in self.grid.judges if record_key(model, b, sample_id, a, d, j) not in done]
 
@@ -172,7 +175,9 @@ class Runner:
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise ConfigError(f"output folder {self.out_dir} is an existing file; give --out a folder")
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        with RunLock(self.out_dir, holder="mmsafe run"):  # before anything is read: a second run stops at once
+        with RunLock(
+            self.out_dir, holder="mmsafe run"
+        ):  # before anything is read: a second run stops at once
             return self._run()
 
     def _run(self) -> RunResult:
@@ -210,7 +215,8 @@ class Runner:
                 try:
                     cached = CachedModel(model, store, limits=self.config.limits)
                     cells = [
-                        _Cell(bench=b, attack=a, defense=d, target=d.wrap(cached)) for b, a, d in owed[id(model)]
+                        _Cell(bench=b, attack=a, defense=d, target=d.wrap(cached))
+                        for b, a, d in owed[id(model)]
                     ]
                     if model.is_async:
                         self._run_windowed(model, cells, store, progress, result)
@@ -253,38 +259,74 @@ class Runner:
     def _run_windowed(
         self, model: ModelBackend, cells: list[_Cell], store: Store, progress: Progress, result: RunResult
     ) -> None:
-        """The items of every cell of an I/O model, streamed: at most ``window`` items are in flight (sent
-        and not yet stored), at most ``concurrency`` requests run at once on one event loop (one HTTP
-        client for the session), and whatever finishes is judged and written at once, one transaction
-        per finished group. A slow request delays only itself; the window refills as items finish."""
+        """The items of every cell of an I/O model, streamed: at most ``window`` requests are in flight
+        (sent and not yet answered), at most ``concurrency`` of them running at once on one event loop
+        (one HTTP client for the session), and each answer goes to the judges as soon as it arrives.
+
+        The judges run in a thread of their own (one group of answered items at a time, each judge once
+        over the group), so a slow judge does not stop the window from refilling; their records are
+        written here, one transaction per judged group. Answered items waiting for or under the judges
+        count against a second ``window``: at most ``2 × window`` items are held (sent and not yet
+        stored), and when the judges fall that far behind, no new request is sent until they catch up.
+        """
         window = self.config.window or 2 * max(1, model.concurrency)
         items = chain.from_iterable(self._iter_items(model, c, store) for c in cells)
-        with LoopThread(name=f"mmsafe-{model.name}") as loop:
+        # a defended request runs its defense in a worker thread: as many threads as requests at once
+        with (
+            LoopThread(name=f"mmsafe-{model.name}", threads=max(1, model.concurrency)) as loop,
+            Worker(name=f"mmsafe-judge-{model.name}") as judges,
+        ):
             sem = asyncio.Semaphore(max(1, model.concurrency))
+            deadline = request_deadline(model, self.config.limits)
             inflight: dict[Future[tuple[Generation, float]], _Item] = {}
+            answered: list[_Item] = []  # waiting for the judge thread
+            judging: list[_Item] = []  # the group the judge thread has
+            verdicts: Future[dict[tuple[int, str], Judgement]] | None = None
             exhausted = False
-            while inflight or not exhausted:
-                while not exhausted and len(inflight) < window:
-                    batch = list(islice(items, window - len(inflight)))
+            while inflight or answered or judging or not exhausted:
+                held = len(inflight) + len(answered) + len(judging)
+                while not exhausted and len(inflight) < window and held < 2 * window:
+                    batch = list(islice(items, min(window - len(inflight), 2 * window - held)))
                     if not batch:
                         exhausted = True
                         break
                     self._attack(batch, model)
                     for item in batch:
                         if item.prompt is not None:
-                            inflight[loop.submit(_request(item.cell.target, item.prompt, item.seed, sem, self.config.limits))] = item
+                            request = _request(item.cell.target, item.prompt, item.seed, sem, deadline)
+                            inflight[loop.submit(request)] = item
                     failed = [i for i in batch if i.prompt is None]  # no load or no prompt: stored at once
                     del batch
                     if failed:
-                        self._finish(failed, model, store, progress, result)
+                        self._store(failed, {}, model, store, progress, result)
                         del failed
-                if not inflight:
+                    held = len(inflight) + len(answered) + len(judging)
+                if verdicts is None and answered:
+                    judging, answered = answered, []
+                    verdicts = judges.submit(self._judge, judging)
+                waiting: list[Future[Any]] = [*inflight, *([verdicts] if verdicts is not None else [])]
+                if not waiting:
                     continue
-                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
-                group = [_answered(inflight.pop(f), f) for f in done]
+                done, _ = wait(waiting, return_when=FIRST_COMPLETED)
+                if verdicts is not None and verdicts in done:
+                    self._store(
+                        judging,
+                        _verdicts_of(verdicts, judging, self.grid.judges),
+                        model,
+                        store,
+                        progress,
+                        result,
+                    )
+                    judging, verdicts = [], None  # the group's prompts and answers go
+                unjudged = []
+                for f in done:
+                    if f in inflight:
+                        item = _answered(inflight.pop(f), f)
+                        (answered if item.generation is not None else unjudged).append(item)
                 del done
-                self._finish(group, model, store, progress, result)
-                del group  # the group's prompts and answers go before the window refills
+                if unjudged:  # a failed request: nothing to judge, stored at once
+                    self._store(unjudged, {}, model, store, progress, result)
+                    del unjudged
 
     def _generate_batch(self, target: ModelBackend, items: list[_Item]) -> None:
         live = [i for i in items if i.prompt is not None]
@@ -314,9 +356,13 @@ class Runner:
             attack = todo[0].cell.attack
             t0 = time.perf_counter()
             try:
-                prompts = attack.apply_batch([i.sample for i in todo], seeds=[i.seed for i in todo], target=model)
+                prompts = attack.apply_batch(
+                    [i.sample for i in todo], seeds=[i.seed for i in todo], target=model
+                )
                 if len(prompts) != len(todo):
-                    raise RuntimeError(f"attack '{attack.name}' returned {len(prompts)} prompts for {len(todo)} samples")
+                    raise RuntimeError(
+                        f"attack '{attack.name}' returned {len(prompts)} prompts for {len(todo)} samples"
+                    )
             except Exception as exc:
                 prompts = [exc] * len(todo)
             per_item = (time.perf_counter() - t0) / len(todo)
@@ -331,8 +377,12 @@ class Runner:
     def _finish(
         self, items: list[_Item], model: ModelBackend, store: Store, progress: Progress, result: RunResult
     ) -> None:
-        """Judge ``items`` (each judge once over the group), then write all their records (every judge's,
-        and the images they name) in one transaction: an item is stored whole or not at all."""
+        """Judge ``items`` and store their records (a local model's batch, judged where it was made)."""
+        self._store(items, self._judge(items), model, store, progress, result)
+
+    def _judge(self, items: list[_Item]) -> dict[tuple[int, str], Judgement]:
+        """Each judge's verdicts on the answered ``items`` (each judge once over the group), keyed by
+        (item, judge). A judge that breaks on one item fails that item's verdict only."""
         verdicts: dict[tuple[int, str], Judgement] = {}
         answered = [i for i in items if i.generation is not None]
         for judge in self.grid.judges:
@@ -345,6 +395,19 @@ class Runner:
             for i, j in zip(todo, js, strict=True):
                 verdicts[(id(i), judge.spec.key)] = j
                 i.timings[f"judge_s:{judge.name}"] = per_item
+        return verdicts
+
+    def _store(
+        self,
+        items: list[_Item],
+        verdicts: dict[tuple[int, str], Judgement],
+        model: ModelBackend,
+        store: Store,
+        progress: Progress,
+        result: RunResult,
+    ) -> None:
+        """Write all the records of ``items`` (every judge's, and the images they name) in one
+        transaction: an item is stored whole or not at all."""
         now = time.time()
         records, images = [], {}
         for item in items:
@@ -451,7 +514,9 @@ def _judge_isolated(judge: Judge, items: list[tuple[Sample, Prompt, Generation]]
     except Exception as exc:
         if len(items) == 1:
             return [Judgement(error=_err(exc))]
-        log.warning("judge %s failed on a batch of %d (%s); retrying one at a time", judge.name, len(items), _err(exc))
+        log.warning(
+            "judge %s failed on a batch of %d (%s); retrying one at a time", judge.name, len(items), _err(exc)
+        )
     verdicts = []
     for it in items:
         try:
@@ -473,14 +538,29 @@ def _check_verdicts(judge: Judge, verdicts: Any, n: int) -> list[Judgement]:
 
 
 async def _request(
-    target: ModelBackend, prompt: Prompt, seed: int, sem: asyncio.Semaphore, limits: Limits
+    target: ModelBackend, prompt: Prompt, seed: int, sem: asyncio.Semaphore, deadline: tuple[float, str]
 ) -> tuple[Generation, float]:
-    """One request on the session's loop, within the model's concurrency and, once sent, the run's
-    request deadline (``limits.request_deadline_s``): the answer and its seconds."""
+    """One request on the session's loop, within the model's concurrency and, once sent, its request
+    deadline (:func:`~mmsafe.limits.request_deadline`: seconds and the setting): the answer and its seconds."""
+    seconds, setting = deadline
     async with sem:
         t0 = time.perf_counter()
-        gen = await within_deadline(target.agenerate(prompt, seed=seed), limits)
+        gen = await within_deadline(target.agenerate(prompt, seed=seed), seconds, setting=setting)
         return gen, time.perf_counter() - t0
+
+
+def _verdicts_of(
+    fut: Future[dict[tuple[int, str], Judgement]], items: list[_Item], judges: Sequence[Judge]
+) -> dict[tuple[int, str], Judgement]:
+    """The verdicts the judge thread gave ``items``; should the thread itself fail (not one judge: those
+    fail per item), every verdict of the group is that error, so each item is still stored."""
+    exc = fut.exception()
+    if exc is None:
+        return fut.result()
+    if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit in the judge thread: stop the run
+        raise exc
+    error = Judgement(error=_err(exc))
+    return {(id(i), j.spec.key): error for i in items for j in judges if i.generation is not None}
 
 
 def _answered(item: _Item, fut: Future[tuple[Generation, float]]) -> _Item:
