@@ -45,9 +45,7 @@ import json
 import os
 import random
 import re
-import shutil
 import struct
-import tempfile
 import unicodedata
 import zlib
 from collections.abc import Callable
@@ -662,10 +660,7 @@ def main() -> int:
     if args.quick:
         args.n, args.answers = 200, 80
     parts = args.only or ["jsonl", "csv", "answers"]
-    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="mmsafe-hostile-"))
-    if args.keep and work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
+    work = h.work_dir(args.keep, "mmsafe-hostile-")
     rng = random.Random(args.seed)
     data = work / "data"
     described = make_images(data, rng)
@@ -720,10 +715,7 @@ def main() -> int:
             )
             check_run("answers", cfg, work / "out-answers", plan, args.answers, failures, stub=stub)
 
-    print(f"\n{len(failures)} check(s) failed" + (": " + "; ".join(failures) if failures else ""))
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
-    return 1 if failures else 0
+    return h.finish(failures, work, keep=args.keep)
 
 
 if __name__ == "__main__":

@@ -34,10 +34,8 @@ import argparse
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -174,10 +172,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.quick:
         args.kills, args.n = 4, 80
-    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="mmsafe-kill-"))
-    if args.keep and work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
+    work = h.work_dir(args.keep, "mmsafe-kill-")
     rows = work / "rows.jsonl"
     write_rows(rows, args.n)
     print(
@@ -208,10 +203,7 @@ def main() -> int:
             ["variant", "SIGKILLs", "left partial", "records", "lost", "duplicated", "differing"], summary
         )
     )
-    print(f"\n{len(failures)} check(s) failed" + (": " + "; ".join(failures) if failures else ""))
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
-    return 1 if failures else 0
+    return h.finish(failures, work, keep=args.keep)
 
 
 if __name__ == "__main__":
