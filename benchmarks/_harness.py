@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -226,3 +228,21 @@ def check(ok: bool, what: str, failures: list[str]) -> None:
     print(f"  [{'ok' if ok else 'FAIL'}] {what}")
     if not ok:
         failures.append(what)
+
+
+def work_dir(keep: str | None, prefix: str) -> Path:
+    """The folder a script works in: ``keep`` (emptied first; kept at the end), else a new temporary one."""
+    work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix=prefix))
+    if keep and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def finish(failures: list[str], work: Path, *, keep: str | None) -> int:
+    """The end of every script: say how many checks failed (and which), remove ``work`` unless it was
+    given with ``--keep``, and return the exit status (1 if any check failed)."""
+    print(f"\n{len(failures)} check(s) failed" + (": " + "; ".join(failures) if failures else ""))
+    if not keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 1 if failures else 0

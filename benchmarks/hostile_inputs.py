@@ -19,9 +19,15 @@ command on them (a subprocess, as a user would), then reads the run folder's sto
 - ``answers``: ``--answers`` rows (default 200), one in ``--every`` hostile, against
   tests/_stub_openai.py (an OpenAI-compatible server in this process) through the ``openai``
   backend: HTTP 200 with ``finish_reason: "error"``, an ``error`` key, ``content: null``, a body
-  trickled one byte per 50 ms, a 20 MiB body, a gzip bomb, HTTP 500, a dropped connection. Good
-  rows here may get a lone surrogate, escape sequences, a 2 MiB answer (kept, cut to
-  ``limits.answer_bytes``) or a ``refusal`` field (a real answer).
+  trickled one byte per 50 ms, a 20 MiB body, a gzip bomb, HTTP 500, a dropped connection, and an
+  answer shaped to make the judge's regex (``target-string``, a nested quantifier the user wrote,
+  ``(a|a)+$``) backtrack for ever (a judgement error after ``regex_timeout_s``). Good rows here may
+  get a lone surrogate, escape sequences, a 2 MiB answer (kept, cut to ``limits.answer_bytes``) or
+  a ``refusal`` field (a real answer).
+- ``context``: ``--context`` rows (default 100), one in ``--every`` a prompt of ~9,600 characters
+  (under ``limits.prompt_chars``, but over 1,024 tokens), through a local model with a 1,024-position
+  context (``tiny-llava``, random weights, batches of 8): the long prompt fails alone before
+  generation, and its batch-mates are answered.
 
 For each run it checks: exit 0; one record per row; exactly the hostile rows errored, each with its
 class's reason and stage; then a rerun of the same command exits 0, writes exactly the errored rows
@@ -30,8 +36,8 @@ again (same reasons) and leaves every good record byte-for-byte as it was; ``mms
 character but tab/newline/CR (so no ESC), and report.md has no ESC. It prints a per-class table
 and exits 1 if any check failed.
 
-    python benchmarks/hostile_inputs.py                       # 1,000 rows (jsonl and csv), 200 answers
-    python benchmarks/hostile_inputs.py --quick               # 200 rows, 80 answers
+    python benchmarks/hostile_inputs.py                       # 1,000 rows (jsonl and csv), 200 answers, 100 context
+    python benchmarks/hostile_inputs.py --quick               # 200 rows, 80 answers, 40 context
     python benchmarks/hostile_inputs.py --n 1000 --every 10 --seed 0 --only jsonl --keep /tmp/hostile
 """
 
@@ -45,9 +51,7 @@ import json
 import os
 import random
 import re
-import shutil
 import struct
-import tempfile
 import unicodedata
 import zlib
 from collections.abc import Callable
@@ -262,6 +266,14 @@ CSV_ONLY = [
     ),
 ]
 
+#: a local model's context (tiny-llava: 1,024 positions); the prompt is far under limits.prompt_chars
+CONTEXT_HOSTILE = Hostile(
+    "prompt longer than the model's context",
+    "more than the model's 1,024-position context",
+    "generate",
+    lambda r: r.dump(text="Explain this in full detail. " * 330),
+)
+
 # Text that must be *kept* (good records) and rendered inert wherever it is shown.
 TOLERATED_JSONL: list[tuple[str, dict[str, Any]]] = [
     ("ESC sequences in text", {"text": "\x1b[31mred\x1b[0m \x1b]0;pwned\x07 \x1b[2J clear the screen"}),
@@ -277,6 +289,10 @@ TOLERATED_JSONL: list[tuple[str, dict[str, Any]]] = [
 TOLERATED_CSV = [t for t in TOLERATED_JSONL if t[0] != "NUL character in text"] + [
     ("5000-digit number in a cell", {"category": "9" * 5000}),
 ]
+
+#: the answers run's judge: a user's regex with a nested quantifier (a crafted answer makes it backtrack)
+REDOS_PATTERN = "(a|a)+$"
+REGEX_TIMEOUT_S = 0.3
 
 # The answer classes (model output is attacker-controlled): stub behaviours, chosen by a tag in the text.
 ANSWER_HOSTILE = [
@@ -298,6 +314,12 @@ ANSWER_HOSTILE = [
     Hostile("gzip bomb (20 MiB inflated)", "max_response_bytes", "generate", lambda r: b"[stub:gzip_bomb]"),
     Hostile("HTTP 500", "HTTP 500: stub fault", "generate", lambda r: b"[stub:500]"),
     Hostile("dropped connection", "connection error", "generate", lambda r: b"[stub:drop]"),
+    Hostile(
+        "answer that makes the judge's regex backtrack",
+        f"took over {REGEX_TIMEOUT_S:g} s",
+        "judge",
+        lambda r: b"<<answer:redos>>",
+    ),
 ]
 TOLERATED_ANSWERS = [
     ("lone surrogate in answer", "<<answer:surrogate>>"),
@@ -345,6 +367,7 @@ class HostileStub(StubOpenAI):
             "<<answer:surrogate>>": "Sure: \ud800 step one",  # json.dumps sends it as \ud800
             "<<answer:escape>>": "\x1b]0;owned\x07\x1b[2J\x1b[31mSure, here it is\x1b[0m",
             "<<answer:big>>": "Sure. " + "x" * (2 << 20),
+            "<<answer:redos>>": "Sure: " + "a" * 40 + "!",  # (a|a)+$ tries 2^40 ways before the "!"
         }
         for tag, content in special.items():
             if tag in text:
@@ -443,6 +466,21 @@ def build_answers(path: Path, n: int, every: int, rng: random.Random) -> Plan:
     return plan
 
 
+def build_context(path: Path, n: int, every: int, rng: random.Random) -> Plan:
+    bad = hostile_rows(n, every, rng)
+    plan = Plan()
+    with path.open("wb") as fh:
+        for i in range(n):
+            sid = f"x{i:05d}"
+            if i in bad:
+                fh.write(CONTEXT_HOSTILE.row(Row(i + 1, sid, "", "jsonl")))
+                plan.hostile[sid] = CONTEXT_HOSTILE
+            else:
+                fh.write(json.dumps({"id": sid, "text": f"Say {i} in one word."}).encode() + b"\n")
+                plan.good.add(sid)
+    return plan
+
+
 # -- checking a run ------------------------------------------------------------------------------------
 
 _FORMULA = ("=", "+", "-", "@")
@@ -471,6 +509,14 @@ def _excerpt(error: str, reason: str, width: int = 78) -> str:
     at = error.find(reason) if reason else -1
     start = max(0, at - 12) if at > 12 and len(error) > width else 0
     return ("…" if start else "") + terminal_safe(error[start:], width - (1 if start else 0))
+
+
+def error_of(doc: dict[str, Any]) -> tuple[str, str]:
+    """(error, stage) of a stored record: its own error, else its judgement's (stage ``judge``)."""
+    if doc.get("error"):
+        return doc["error"], doc.get("error_stage") or ""
+    judged = (doc.get("judgement") or {}).get("error")
+    return (judged, "judge") if judged else ("", "")
 
 
 def by_sample(out: Path) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -509,7 +555,7 @@ def check_run(
         print("  stderr: " + terminal_safe(proc.stderr[-1500:], keep_newlines=True))
         return []
     recs = by_sample(out)
-    errored = {sid for sid, (_, d) in recs.items() if d.get("error")}
+    errored = {sid for sid, (_, d) in recs.items() if error_of(d)[0]}
     h.check(len(recs) == n, f"{label}: {len(recs)} records for {n} rows", failures)
     h.check(
         errored == set(plan.hostile),
@@ -519,9 +565,11 @@ def check_run(
         failures,
     )
     for sid in sorted(errored - set(plan.hostile))[:5]:
-        print(f"    unexpected error on {terminal_safe(sid)}: {terminal_safe(recs[sid][1]['error'], 160)}")
+        print(
+            f"    unexpected error on {terminal_safe(sid)}: {terminal_safe(error_of(recs[sid][1])[0], 160)}"
+        )
     good_ok = all(
-        sid in recs and not recs[sid][1].get("error") and recs[sid][1].get("response") is not None
+        sid in recs and not error_of(recs[sid][1])[0] and recs[sid][1].get("response") is not None
         for sid in plan.good
     )
     h.check(good_ok, f"{label}: all {len(plan.good)} good rows answered, ids kept exactly", failures)
@@ -532,7 +580,7 @@ def check_run(
         row = rows.setdefault(cls.name, [cls.name, 0, 0, "", ""])
         row[1] += 1
         doc = recs.get(sid, ("", {}))[1]
-        err, stage = doc.get("error") or "", doc.get("error_stage") or ""
+        err, stage = error_of(doc)
         if err and cls.reason in err and stage == cls.stage:
             row[2] += 1
         if not row[3] or (cls.reason not in row[4]):
@@ -551,7 +599,7 @@ def check_run(
         row = tol.setdefault(name, [name, 0, 0, what])
         row[1] += 1
         doc = recs.get(sid, ("", {}))[1]
-        if doc and not doc.get("error") and expect(doc):
+        if doc and not error_of(doc)[0] and expect(doc):
             row[2] += 1
     short = sum(r[1] - r[2] for r in tol.values())
     h.check(
@@ -587,7 +635,7 @@ def check_run(
     same_reason = sum(
         1
         for k in bad_keys
-        if k in after and json.loads(after[k]).get("error_stage") == json.loads(before[k]).get("error_stage")
+        if k in after and error_of(json.loads(after[k]))[1] == error_of(json.loads(before[k]))[1]
     )
     h.check(
         same_reason == len(bad_keys),
@@ -595,12 +643,13 @@ def check_run(
         f"rerun ({same_reason} of {len(bad_keys)})",
         failures,
     )
-    if stub is not None:
+    if stub is not None:  # a judgement error is judged again on the cached answer: no request
         sent, tries = stub.requests - requests_before, 1 + MAX_RETRIES
+        asked = sum(1 for c in plan.hostile.values() if c.stage == "generate")
         h.check(
-            len(plan.hostile) <= sent <= tries * len(plan.hostile),
-            f"{label}: the rerun sent {sent} requests for the {len(plan.hostile)} errored rows (at most "
-            f"{tries} attempts each) and none for the good rows",
+            asked <= sent <= tries * asked,
+            f"{label}: the rerun sent {sent} requests for the {asked} rows that errored in generation "
+            f"(at most {tries} attempts each) and none for the other rows",
             failures,
         )
 
@@ -638,10 +687,12 @@ def check_run(
             "\n", "\n  "
         )
     )
-    print(f"\n  {label}: good rows with text to keep and render inert")
-    print(
-        "  " + h.table(["class", "rows", "as expected", "expected"], list(tol.values())).replace("\n", "\n  ")
-    )
+    if tol:
+        print(f"\n  {label}: good rows with text to keep and render inert")
+        print(
+            "  "
+            + h.table(["class", "rows", "as expected", "expected"], list(tol.values())).replace("\n", "\n  ")
+        )
     return table
 
 
@@ -655,17 +706,17 @@ def main() -> int:
     ap.add_argument("--answers", type=int, default=200, help="rows of the answers benchmark (default 200)")
     ap.add_argument("--every", type=int, default=10, help="one hostile row in each block of this many (10)")
     ap.add_argument("--seed", type=int, default=0, help="where in each block, and which class (0)")
-    ap.add_argument("--only", choices=("jsonl", "csv", "answers"), action="append", help="run only these")
-    ap.add_argument("--quick", action="store_true", help="a smoke version: 200 rows, 80 answers")
+    ap.add_argument("--context", type=int, default=100, help="rows of the context benchmark (default 100)")
+    ap.add_argument(
+        "--only", choices=("jsonl", "csv", "answers", "context"), action="append", help="run only these"
+    )
+    ap.add_argument("--quick", action="store_true", help="a smoke version: 200 rows, 80 answers, 40 context")
     ap.add_argument("--keep", help="write everything here (kept); default: a temporary folder")
     args = ap.parse_args()
     if args.quick:
-        args.n, args.answers = 200, 80
-    parts = args.only or ["jsonl", "csv", "answers"]
-    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="mmsafe-hostile-"))
-    if args.keep and work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
+        args.n, args.answers, args.context = 200, 80, 40
+    parts = args.only or ["jsonl", "csv", "answers", "context"]
+    work = h.work_dir(args.keep, "mmsafe-hostile-")
     rng = random.Random(args.seed)
     data = work / "data"
     described = make_images(data, rng)
@@ -715,15 +766,35 @@ def main() -> int:
                     "name": "hostile-answers",
                     "models": [model],
                     "benchmarks": [{"name": "jsonl", "params": {"file": str(data / "answers.jsonl")}}],
-                    "judges": ["refusal"],
+                    "judges": [
+                        {
+                            "name": "target-string",
+                            "params": {
+                                "targets": [REDOS_PATTERN],
+                                "match": "regex",
+                                "regex_timeout_s": REGEX_TIMEOUT_S,
+                            },
+                        }
+                    ],
                 },
             )
             check_run("answers", cfg, work / "out-answers", plan, args.answers, failures, stub=stub)
 
-    print(f"\n{len(failures)} check(s) failed" + (": " + "; ".join(failures) if failures else ""))
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
-    return 1 if failures else 0
+    if "context" in parts:
+        plan = build_context(data / "context.jsonl", args.context, args.every, rng)
+        model = {"name": "tiny-llava", "params": {"batch_size": 8, "generation": {"max_new_tokens": 8}}}
+        cfg = h.write_config(
+            work / "context.yaml",
+            {
+                "name": "hostile-context",
+                "models": [model],
+                "benchmarks": [{"name": "jsonl", "params": {"file": str(data / "context.jsonl")}}],
+                "judges": ["refusal"],
+            },
+        )
+        check_run("context", cfg, work / "out-context", plan, args.context, failures)
+
+    return h.finish(failures, work, keep=args.keep)
 
 
 if __name__ == "__main__":

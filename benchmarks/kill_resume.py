@@ -5,10 +5,13 @@ the same config twice into two folders:
 
 - **uninterrupted**: one ``mmsafe run`` to the end (its wall time T and the moment the first record
   lands, s, set the range of the kill moments);
-- **killed**: ``mmsafe run`` started ``--kills`` times (default 20) and each time sent SIGKILL after a
-  seeded random delay, uniform in [s/3, 0.8·s + (T - s)·r/(2k)] (r: the share of records still
-  missing, k: the kills still to come), so some kills land while it starts and most while records
-  land, and the store is still incomplete at the last kill; then the same command once more to the end.
+- **killed**: ``mmsafe run`` started ``--kills`` times (default 20) and each time sent SIGKILL at a
+  seeded random moment. One kill in four lands while it starts (uniform in [0, s] after the start);
+  the others land while records stream in: once this run's first record is in the store, after a
+  further delay uniform in [0, (T - s)·r/k] (r: the share of records still missing, k: the kills
+  still to come), so the store is still incomplete at the last kill. Then the same command once more
+  to the end. (Killing only after a fixed delay from the start put most kills of the async variant
+  into its start-up, before any record landed.)
 
 Then it compares the two stores, read-only with sqlite3: records lost (in the uninterrupted store,
 not in the killed one), extra, cells doubled (rows minus distinct model × benchmark × attack ×
@@ -34,10 +37,8 @@ import argparse
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -91,32 +92,36 @@ def uninterrupted(cfg: Path, out: Path) -> tuple[float, float]:
 def killed(
     cfg: Path, out: Path, *, kills: int, wall: float, first: float, rng: random.Random
 ) -> dict[str, Any]:
-    """``kills`` runs each SIGKILLed after a random delay, then one to the end."""
+    """``kills`` runs each SIGKILLed at a random moment (see the module docstring), then one to the end."""
     work = max(wall - first, 0.1)
     total = max(h.count_records(out.parent / out.name.replace("killed-", "full-")), 1)
     rows = []
     for i in range(kills):
         before = h.count_records(out)
-        # s includes the first batch's work and a resumed run starts faster, so 0.8 s, plus half the
-        # remaining work's share per remaining kill: the store is still incomplete at the last kill
-        share = work * (1 - before / total) / (2 * (kills - i))
-        delay = rng.uniform(first / 3, 0.8 * first + share)
+        streaming = rng.random() >= 0.25
+        delay = (
+            rng.uniform(0, work * (1 - before / total) / (kills - i)) if streaming else rng.uniform(0, first)
+        )
         with (out.parent / f"{out.name}.stderr").open("a") as log:
+            t0 = time.perf_counter()
             proc = subprocess.Popen(
                 h.mmsafe_cmd("run", cfg, "--out", out, "--quiet"),
                 env=h.env(),
                 stdout=subprocess.DEVNULL,
                 stderr=log,
             )
+            if streaming:  # wait for this run's first record, then the delay
+                while proc.poll() is None and h.count_records(out) <= before:
+                    time.sleep(0.01)
             try:
                 proc.wait(timeout=delay)
             except subprocess.TimeoutExpired:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
+            at = time.perf_counter() - t0
         after = h.count_records(out)
-        rows.append(
-            [i + 1, delay, before, after, "killed" if proc.returncode == -signal.SIGKILL else "finished"]
-        )
+        outcome = "killed" if proc.returncode == -signal.SIGKILL else "finished"
+        rows.append([i + 1, "streaming" if streaming else "start-up", at, before, after, outcome])
         if proc.returncode != -signal.SIGKILL:
             break  # it ran to the end before its kill: nothing left to interrupt
     t0 = time.perf_counter()
@@ -135,9 +140,13 @@ def variant(
     res = killed(
         cfg, crashed, kills=args.kills, wall=wall, first=first, rng=random.Random(f"{args.seed}-{name}")
     )
-    print(h.table(["run", "kill after s", "records before", "records after", "outcome"], res["rows"]))
-    n_killed = sum(1 for r in res["rows"] if r[4] == "killed")
-    mid = sum(1 for r in res["rows"] if r[4] == "killed" and 0 < r[3] < n_records)
+    print(
+        h.table(
+            ["run", "kill while", "killed at s", "records before", "records after", "outcome"], res["rows"]
+        )
+    )
+    n_killed = sum(1 for r in res["rows"] if r[5] == "killed")
+    mid = sum(1 for r in res["rows"] if r[5] == "killed" and r[3] < r[4] < n_records)
     final = res["final"]
     print(
         f"  final run: exit {final.returncode} in {res['final_s']:.1f} s: {(final.stdout.splitlines() or [final.stderr.strip()[-300:]])[0]}"
@@ -145,6 +154,11 @@ def variant(
     h.check(
         n_killed == args.kills,
         f"{name}: {n_killed} of {args.kills} runs killed by SIGKILL before finishing",
+        failures,
+    )
+    h.check(
+        2 * mid >= n_killed,
+        f"{name}: {mid} of {n_killed} kills landed while records were streaming in (at least half)",
         failures,
     )
     h.check(
@@ -174,10 +188,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.quick:
         args.kills, args.n = 4, 80
-    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="mmsafe-kill-"))
-    if args.keep and work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
+    work = h.work_dir(args.keep, "mmsafe-kill-")
     rows = work / "rows.jsonl"
     write_rows(rows, args.n)
     print(
@@ -204,14 +215,9 @@ def main() -> int:
 
     print()
     print(
-        h.table(
-            ["variant", "SIGKILLs", "left partial", "records", "lost", "duplicated", "differing"], summary
-        )
+        h.table(["variant", "SIGKILLs", "mid-stream", "records", "lost", "duplicated", "differing"], summary)
     )
-    print(f"\n{len(failures)} check(s) failed" + (": " + "; ".join(failures) if failures else ""))
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
-    return 1 if failures else 0
+    return h.finish(failures, work, keep=args.keep)
 
 
 if __name__ == "__main__":

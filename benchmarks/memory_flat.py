@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -165,10 +164,7 @@ def main() -> int:
     for name, full, quick in (("small", 2000, 200), ("large", 20000, 2000), ("records", 50000, 5000)):
         if getattr(args, name) is None:  # --quick changes only what was not given
             setattr(args, name, quick if args.quick else full)
-    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="mmsafe-mem-"))
-    if args.keep and work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
+    work = h.work_dir(args.keep, "mmsafe-mem-")
     failures: list[str] = []
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -242,10 +238,7 @@ def main() -> int:
             f"x{peaks[1] / peaks[0]:.2f} the peak at {args.records // 10:,}"
         )
 
-    print(f"\n{len(failures)} check(s) failed" + (": " + "; ".join(failures) if failures else ""))
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
-    return 1 if failures else 0
+    return h.finish(failures, work, keep=args.keep)
 
 
 if __name__ == "__main__":

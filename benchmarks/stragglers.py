@@ -29,8 +29,6 @@ import asyncio
 import hashlib
 import heapq
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -132,10 +130,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.quick:
         args.base_s = min(args.base_s, 0.25)
-    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="mmsafe-straggle-"))
-    if args.keep and work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
+    work = h.work_dir(args.keep, "mmsafe-straggle-")
 
     texts = [f"Question {i}: name a prime number larger than {i * 7}." for i in range(args.n)]
     rows = work / "rows.jsonl"
@@ -218,9 +213,17 @@ def main() -> int:
         f"{floor:.2f}x floor; the no-slow window is {fast['window'] / fast_floor:.2f}x its ideal "
         f"{fast_floor:.2f} s (the client's own time per request), which lowers the measured ratio"
     )
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    failures: list[str] = []
+    for label, res in (("no slow", fast), ("slow", slow_run)):
+        h.check(
+            res["records"] == args.n, f"{label}: {res['records']} records for {args.n} requests", failures
+        )
+        h.check(
+            res["max_in_flight"] <= c,
+            f"{label}: at most {res['max_in_flight']} requests in flight (concurrency {c})",
+            failures,
+        )
+    return h.finish(failures, work, keep=args.keep)
 
 
 if __name__ == "__main__":

@@ -673,3 +673,32 @@ def test_a_defense_in_front_of_an_async_model(tmp_path, registry, defense):
     )
     res = run(cfg, tmp_path, registry=registry, progress=False)
     assert res.written == 0 and res.skipped == 12
+
+
+class IdLists(Attack):
+    """The plain request; each time it builds prompts it notes every list that holds all the run's
+    sample ids (the plan's per-benchmark index, if the runner kept it while items run)."""
+
+    name: ClassVar[str] = "id-lists"
+    FOUND: ClassVar[list[int]] = []
+
+    def apply_batch(self, samples, *, seeds, target=None):
+        wanted = {f"s{i}" for i in range(40)}
+        gc.collect()
+        lists = (o for o in gc.get_objects() if type(o) is list and len(o) >= 40)
+        self.FOUND.append(sum(1 for o in lists if wanted <= {x for x in o if type(x) is str}))
+        return [Prompt(messages=(Message.user(s.text),)) for s in samples]
+
+
+@pytest.mark.parametrize("async_io", [False, True])
+def test_the_plan_keeps_no_sample_ids_while_items_run(tmp_path, registry, async_io):
+    registry.register("attack", "id-lists", IdLists)
+    IdLists.FOUND.clear()
+    cfg = _config(
+        benchmarks=[{"name": "list", "params": {"n": 40}}],
+        attacks=["id-lists"],
+        models=[{"name": "scripted", "params": {"batch_size": 8, "concurrency": 2, "async_io": async_io}}],
+    )
+    res = run(cfg, tmp_path, registry=registry, progress=False)
+    assert res.written == 40 and res.errors == 0
+    assert IdLists.FOUND and set(IdLists.FOUND) == {0}  # memory bounded by the window, not by the run

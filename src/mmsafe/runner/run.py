@@ -180,6 +180,24 @@ class Runner:
         ):  # before anything is read: a second run stops at once
             return self._run()
 
+    def _plan(
+        self, store: Store, index: dict[str, list[str]]
+    ) -> tuple[dict[int, dict[tuple[Benchmark, Attack, Defense], int]], int]:
+        """How many records each model still owes, per cell (by ``id(model)``; cells that owe none are
+        left out), and how many records the whole grid has. Only these counts are kept: the sample ids
+        of ``index`` and the done keys read here would otherwise stay in memory for the whole run."""
+        owed: dict[int, dict[tuple[Benchmark, Attack, Defense], int]] = {}
+        cells_total = 0
+        for m in self.grid.models:
+            owed[id(m)] = {}
+            for b, a, d in product(self.grid.benchmarks, self.grid.attacks, self.grid.defenses):
+                done = store.done_keys(m.spec.key, b.spec.key, a.spec.key, d.spec.key)
+                n = sum(len(self._missing(m, (b, a, d), sid, done)) for sid in index[b.spec.key])
+                cells_total += len(index[b.spec.key]) * len(self.grid.judges)
+                if n:
+                    owed[id(m)][(b, a, d)] = n
+        return owed, cells_total
+
     def _run(self) -> RunResult:
         from mmsafe.report import write_outputs
 
@@ -187,17 +205,8 @@ class Runner:
         started = time.time()
         index = {b.spec.key: self._index(b) for b in self.grid.benchmarks}
         with Store(self.out_dir) as store:
-            # the plan: how many records each model still owes, per cell (nothing else is kept)
-            owed: dict[int, dict[tuple[Benchmark, Attack, Defense], int]] = {}
-            cells_total = 0
-            for m in self.grid.models:
-                owed[id(m)] = {}
-                for b, a, d in product(self.grid.benchmarks, self.grid.attacks, self.grid.defenses):
-                    done = store.done_keys(m.spec.key, b.spec.key, a.spec.key, d.spec.key)
-                    n = sum(len(self._missing(m, (b, a, d), sid, done)) for sid in index[b.spec.key])
-                    cells_total += len(index[b.spec.key]) * len(self.grid.judges)
-                    if n:
-                        owed[id(m)][(b, a, d)] = n
+            owed, cells_total = self._plan(store, index)
+            del index  # every sample id, and each cell's done keys, go before the first item is read
             total = sum(n for per in owed.values() for n in per.values())
             result.skipped = cells_total - total
             if result.skipped:
