@@ -1,12 +1,16 @@
 """Refusal of a gemma-ocr adapter on mmsafe's OWN held-out written requests: the set recipes are chosen on.
 
-    python benchmarks/safety_heldout.py [ADAPTER ...] [--new-tokens 48]
+    python benchmarks/safety_heldout.py [ADAPTER ...] [--new-tokens 48] [--unseen-by-data OLD.yaml]
 
 ADAPTER: a directory written by `mmsafe train`, `builtin:<name>`, or `none` (the base model). For each,
 generates (greedy) on the held-out part of `mmsafe/data/safety_train.yaml` (split by request group,
 seed 0: the split every trainer holds out), each request as plain text and as a FigStep-style render
 (read by OCR), and prints how many harmful requests were refused and how many benign ones (a third are
 trigger-word look-alikes) were refused, by mmsafe's `refusal` rules.
+
+``--unseen-by-data OLD.yaml`` (another version of the written set, e.g. from git history) keeps only the
+held-out requests that were not training requests of that version either, so adapters trained on two
+versions of the set are compared on requests neither of them saw.
 
 This is where the shipped adapter's recipe was chosen. The evaluation sets of `benchmarks/training.py`
 (HarmBench, JailbreakBench, XSTest, vqa-starter) and the quickstart's starter suite were never used to
@@ -28,6 +32,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("adapters", nargs="*", default=["none"], help="adapter dirs, builtin:<name>, or none")
     ap.add_argument("--new-tokens", type=int, default=48)
+    ap.add_argument("--unseen-by-data", help="also drop the training requests of this version of the written set")
     args = ap.parse_args()
 
     from mmsafe.judges.refusal import RefusalJudge
@@ -38,6 +43,13 @@ def main() -> None:
     from mmsafe.types import Expected, Generation, Sample
 
     _, held, _ = load_examples("builtin", held_out_fraction=0.2, seed=0)
+    if args.unseen_by_data:
+        from mmsafe.training.examples import split_items
+
+        old_train, _ = split_items(load_safety_items(Path(args.unseen_by_data)), held_out_fraction=0.2, seed=0)
+        seen = {r.request for r in old_train}
+        held = [e for e in held if e.request not in seen]
+        print(f"{len(held)} held-out requests unseen by {args.unseen_by_data} too", file=sys.stderr)
     judge = RefusalJudge()
     items = load_safety_items()
     harm_topics = {it.category for it in items if it.kind == "harmful"}
