@@ -439,6 +439,35 @@ def test_error_answers_are_never_cached_or_stored(tmp_path: Path) -> None:
             assert db.execute("SELECT count(*) FROM responses").fetchone() == (3,)
 
 
+def test_a_run_inside_a_running_event_loop(tmp_path: Path) -> None:
+    """A notebook cell: the runner, a defense calling the model, PAIR's attacker and target (all on
+    the endpoint) run while the caller's event loop is running."""
+    bench = _write_bench(tmp_path / "data", 3)
+    reg = Registry(entry_points=False)
+    reg.register("model", "openai", OpenAICompatModel)
+    with StubOpenAI() as stub:
+        endpoint = {"name": "openai", "params": {"base_url": stub.base_url, "concurrency": 2}}
+        config = RunConfig(
+            name="notebook",
+            models=[endpoint],
+            benchmarks=[{"name": "jsonl", "params": {"file": str(bench)}}],
+            attacks=["none", {"name": "pair", "params": {"attacker": endpoint, "n_iterations": 1}}],
+            defenses=["none", "adashield"],
+            judges=["refusal"],
+        )
+
+        async def cell() -> object:
+            return run(config, tmp_path / "out", registry=reg, progress=False)
+
+        result = asyncio.run(cell())
+    with Store(tmp_path / "out") as store:
+        records = list(store.iter_records())
+    assert len(records) == 12 and result.errors == 0, [r.error for r in records if r.error]
+    assert all(r.error is None and r.response.startswith("echo: ") for r in records)
+    pair = [r for r in records if r.attack.name == "pair"]
+    assert len(pair) == 6 and all(r.prompt["attack_metadata"]["queries"] == 1 for r in pair)
+
+
 @pytest.mark.parametrize("defense", ["system-prompt", "adashield"])
 def test_a_defended_model_shares_the_sessions_client(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, defense: str

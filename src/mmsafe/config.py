@@ -230,7 +230,13 @@ def load_config(path: str | Path | None = None, *, overrides: Mapping[str, Any] 
     for key, value in (overrides or {}).items():
         if value is not None:
             data[key] = value
+    return run_config(data)
+
+
+def run_config(data: Mapping[str, Any]) -> RunConfig:
+    """``data`` (the fields of a run config) validated; an error is a :class:`ConfigError` naming each
+    bad field (and, for an unknown one, the allowed fields)."""
     try:
-        return RunConfig.model_validate(data)
+        return RunConfig.model_validate(dict(data))
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc)) from None

@@ -10,10 +10,10 @@ after :meth:`JudgeModel.bind`, and :meth:`JudgeModel.generate` sends a whole bat
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from typing import TYPE_CHECKING, Any
 
+from mmsafe import aio
 from mmsafe.aio import run_sync
 from mmsafe.errors import ConfigError
 from mmsafe.types import Generation, Prompt
@@ -114,39 +114,6 @@ class JudgeModel:
 
 
 def generate_all(model: ModelBackend, prompts: list[Prompt]) -> list[Generation | Exception]:
-    """One answer (or exception) per prompt: one batched call; async backends with their own
-    ``concurrency`` in flight; a batch that raises is retried one prompt at a time."""
-    seeds = [0] * len(prompts)  # greedy decoding: the seed changes nothing (and is not in the cache key)
-
-    async def gather() -> list[Any]:
-        sem = asyncio.Semaphore(max(1, model.concurrency))
-
-        async def one(p: Prompt) -> Any:
-            async with sem:
-                try:
-                    return await model.agenerate(p, seed=0)
-                except Exception as exc:
-                    return exc
-
-        return list(await asyncio.gather(*(one(p) for p in prompts)))
-
-    if model.is_async:
-        return run_sync(gather)
-    try:
-        res = list(model.generate(prompts, seeds=seeds))
-        if len(res) != len(prompts):
-            raise RuntimeError(f"judge model returned {len(res)} results for {len(prompts)} prompts")
-        return res
-    except NotImplementedError:
-        return run_sync(gather)
-    except Exception as exc:
-        if len(prompts) == 1:
-            return [exc]
-        out: list[Generation | Exception] = []
-        for p in prompts:
-            try:
-                (one,) = model.generate([p], seeds=[0])
-                out.append(one)
-            except Exception as e:
-                out.append(e)
-        return out
+    """One answer (or exception) per prompt (:func:`mmsafe.aio.generate_all`); greedy decoding, so
+    every seed is 0 (the seed changes nothing and is not in the cache key)."""
+    return aio.generate_all(model, prompts, [0] * len(prompts))

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mmsafe.aio import run_sync
+from mmsafe.aio import agenerate_all, run_sync
 from mmsafe.errors import ConfigError, MmsafeError, require
 from mmsafe.limits import DEFAULT_REQUEST_DEADLINE_S, Deadline, current_deadline
 from mmsafe.models.base import GenerationParams, ModelBackend
@@ -541,19 +541,7 @@ class OpenAICompatModel(ModelBackend):
         on an event loop of its own."""
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
-        return run_sync(lambda: self._gather(prompts, seeds))
-
-    async def _gather(self, prompts: Sequence[Prompt], seeds: Sequence[int]) -> list[Generation | Exception]:
-        sem = asyncio.Semaphore(self.concurrency)
-
-        async def one(p: Prompt, s: int) -> Generation | Exception:
-            async with sem:
-                try:
-                    return await self.agenerate(p, seed=s)
-                except Exception as exc:
-                    return exc
-
-        return list(await asyncio.gather(*(one(p, s) for p, s in zip(prompts, seeds, strict=True))))
+        return run_sync(lambda: agenerate_all(self, prompts, seeds))
 
 
 # -- helpers (pure) ------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from mmsafe.aio import generate_all
 from mmsafe.limits import Limits, truncate_answer
 from mmsafe.models.base import ModelBackend, WrappedModel
 from mmsafe.store.sqlite import Store
@@ -42,11 +43,8 @@ class CachedModel(WrappedModel):
             for k in keys
         ]
         if todo:
-            fresh = self.inner.generate([prompts[i] for i in todo], seeds=[seeds[i] for i in todo])
-            if len(fresh) != len(todo):
-                raise RuntimeError(
-                    f"backend '{self.name}' returned {len(fresh)} results for {len(todo)} prompts"
-                )
+            # any backend (an agenerate-only one too); a batch that breaks is retried one prompt at a time
+            fresh = generate_all(self.inner, [prompts[i] for i in todo], [seeds[i] for i in todo])
             fresh = [g if isinstance(g, Exception) else truncate_answer(g, self.limits) for g in fresh]
             for i, g in zip(todo, fresh, strict=True):
                 out[i] = g

@@ -36,6 +36,7 @@ from itertools import chain, islice, product
 from pathlib import Path
 from typing import Any
 
+from mmsafe.aio import generate_all
 from mmsafe.attacks.base import Attack
 from mmsafe.config import RunConfig
 from mmsafe.datasets.base import Benchmark
@@ -342,7 +343,7 @@ class Runner:
         if not live:
             return
         t0 = time.perf_counter()
-        results = self._generate(target, [i.prompt for i in live], [i.seed for i in live])
+        results = generate_all(target, [i.prompt for i in live], [i.seed for i in live])
         per_item = (time.perf_counter() - t0) / len(live)
         for item, res in zip(live, results, strict=True):
             if isinstance(res, Exception):
@@ -492,30 +493,10 @@ class Runner:
             created=now,
         )
 
-    @staticmethod
-    def _generate(target: ModelBackend, prompts: Sequence[Prompt], seeds: Sequence[int]) -> list[Any]:
-        try:
-            res = target.generate(prompts, seeds=seeds)
-            if len(res) != len(prompts):
-                raise RuntimeError(f"backend returned {len(res)} results for {len(prompts)} prompts")
-            return list(res)
-        except Exception as exc:
-            if len(prompts) == 1:
-                return [exc]
-            # isolate the item that broke the batch: one at a time
-            log.warning("batch of %d failed (%s); retrying one at a time", len(prompts), _err(exc))
-            out: list[Any] = []
-            for p, s in zip(prompts, seeds, strict=True):
-                try:
-                    out.extend(target.generate([p], seeds=[s]))
-                except Exception as e:
-                    out.append(e)
-            return out
-
 
 def _judge_isolated(judge: Judge, items: list[tuple[Sample, Prompt, Generation]]) -> list[Judgement]:
     """One verdict per item. A batch that raises or returns the wrong number of verdicts is retried one
-    item at a time, so the item that broke it fails alone (as :meth:`Runner._generate` does)."""
+    item at a time, so the item that broke it fails alone (as :func:`mmsafe.aio.generate_all` does)."""
     try:
         out = judge.judge_batch(items)
         _check_verdicts(judge, out, len(items))

@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mmsafe.aio import generate_all
 from mmsafe.attacks.base import Attack
 from mmsafe.config import ComponentConfig, as_component
 from mmsafe.errors import ConfigError
-from mmsafe.types import Generation, Judgement, Message, Prompt, Sample, stable_hash
+from mmsafe.types import Judgement, Message, Prompt, Sample, stable_hash
 
 if TYPE_CHECKING:
     from mmsafe.judges.base import Judge
@@ -244,7 +245,7 @@ class PAIR(Attack):
             a_prompts = [
                 self._attacker_prompt(attacker, brief, convs[s], next_user[s]) for s in range(p.n_streams)
             ]
-            replies = _generate(
+            replies = generate_all(
                 attacker, a_prompts, [sub_seed("attacker", s, it) for s in range(p.n_streams)]
             )
             proposals: list[tuple[str, str, str, str | None]] = []  # (raw reply, prompt, improvement, error)
@@ -261,7 +262,7 @@ class PAIR(Attack):
                     prompt_text, err = sample.text, (err or "") + "; empty reply: fell back to the request"
                 proposals.append((rep.text, prompt_text, improvement, err))
             t_prompts = [Prompt(messages=(Message.user(pr[1], sample.images),)) for pr in proposals]
-            answers = _generate(target, t_prompts, [sub_seed("target", s, it) for s in range(p.n_streams)])
+            answers = generate_all(target, t_prompts, [sub_seed("target", s, it) for s in range(p.n_streams)])
             queries += len(t_prompts)
             for s, ((raw, prompt_text, improvement, err), tp, ans) in enumerate(
                 zip(proposals, t_prompts, answers, strict=True)
@@ -320,32 +321,3 @@ class PAIR(Attack):
             "history": history,
         }
         return Prompt(messages=(Message.user(final_text, sample.images),), attack_metadata=meta)
-
-
-def _generate(model: ModelBackend, prompts: list[Prompt], seeds: list[int]) -> list[Generation | Exception]:
-    """Batched generation that never raises: a failed batch is retried one prompt at a time."""
-    try:
-        out = list(model.generate(prompts, seeds=seeds))
-        if len(out) != len(prompts):
-            raise RuntimeError(f"backend returned {len(out)} results for {len(prompts)} prompts")
-        return out
-    except NotImplementedError:
-        import asyncio
-
-        async def one(pr: Prompt, sd: int) -> Generation | Exception:
-            try:
-                return await model.agenerate(pr, seed=sd)
-            except Exception as exc:
-                return exc
-
-        async def all_() -> list[Generation | Exception]:
-            return list(await asyncio.gather(*(one(pr, sd) for pr, sd in zip(prompts, seeds, strict=True))))
-
-        return asyncio.run(all_())
-    except Exception as exc:
-        if len(prompts) == 1:
-            return [exc]
-        res: list[Generation | Exception] = []
-        for pr, sd in zip(prompts, seeds, strict=True):
-            res.extend(_generate(model, [pr], [sd]))
-        return res
