@@ -72,3 +72,22 @@ def test_the_import_scan_sees_function_level_imports():
     f = SRC / "models" / "tiny_families.py"
     assert ("mmsafe.models.tiny", "ensure_tiny_llava") in _imports(f)  # imported inside a function
     assert "mmsafe.models.tiny_families" in _importers("mmsafe.models.tiny")
+
+
+def test_fonts_and_the_rephraser_come_from_the_render_home():
+    """Fonts and the question → statement rephraser live in :mod:`mmsafe.render`; no module takes
+    them from the FigStep attack's file, which no longer defines them."""
+    import mmsafe.attacks.typographic.figstep as figstep
+
+    moved = {"find_font", "load_font", "_load_font", "rephrase_as_statement", "REFERENCE_FONT_PATHS"}
+    assert _importers("mmsafe.attacks.typographic.figstep", moved) == []
+    for name in ("find_font", "rephrase_as_statement"):
+        assert getattr(figstep, name).__module__.startswith("mmsafe.render."), name
+    assert not hasattr(figstep, "REFERENCE_FONT_PATHS") and not hasattr(figstep, "_load_font")
+    users = set(_importers("mmsafe.render.fonts")) | set(_importers("mmsafe.render.rephrase"))
+    assert {
+        "mmsafe.attacks.text.text_only",
+        "mmsafe.attacks.typographic.figstep",
+        "mmsafe.attacks.typographic.injection",
+        "mmsafe.datasets.vqa_starter",
+    } <= users
