@@ -91,3 +91,27 @@ def test_fonts_and_the_rephraser_come_from_the_render_home():
         "mmsafe.attacks.typographic.injection",
         "mmsafe.datasets.vqa_starter",
     } <= users
+
+
+def test_the_metrics_modules_import_in_one_direction():
+    """No import cycle in :mod:`mmsafe.metrics`: _common at the bottom, summary at the top, and no
+    module reaches back up (an import inside a function counts too)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted((SRC / "metrics").glob("*.py")):
+        if path.name != "__init__.py":
+            deps = {m for m, _ in _imports(path) if m.startswith("mmsafe.metrics.")}
+            graph[_module_name(path)] = deps
+    assert graph["mmsafe.metrics._common"] == set()
+    assert not any("mmsafe.metrics.summary" in deps for deps in graph.values())
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, f"import cycle: {' -> '.join((*path, module))}"
+        if module in done:
+            return
+        for dep in graph.get(module, ()):
+            visit(dep, (*path, module))
+        done.add(module)
+
+    for module in graph:
+        visit(module, ())
