@@ -23,12 +23,13 @@ import os
 import platform
 import time
 
-from mmsafe.attacks.typographic.figstep import FIGSTEP_PROMPT, find_font, render_figstep
+from mmsafe.attacks.typographic.figstep import FIGSTEP_PROMPT, render_figstep
 from mmsafe.datasets.starter import Starter
 from mmsafe.models.base import GenerationParams
 from mmsafe.models.gemma import CONVERSION_MARKER, ensure_gemma3_270m, gemma3_270m_folder
 from mmsafe.models.gemma_ocr import GemmaOCR
 from mmsafe.ocr import ocr_image
+from mmsafe.render.fonts import find_font
 from mmsafe.types import Image, Message, Prompt
 
 

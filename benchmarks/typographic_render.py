@@ -19,8 +19,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from mmsafe.attacks.typographic.figstep import find_font, render_figstep
+from mmsafe.attacks.typographic.figstep import render_figstep
 from mmsafe.ocr import corpus_character_error_rate, normalise_ocr_text, ocr_image, tesseract_available
+from mmsafe.render.fonts import find_font
 from mmsafe.types import Image
 
 _MARKER_LINE = re.compile(r"^\s*[123]\s*[.,:;]?\s*$")

@@ -360,8 +360,8 @@ def test_retrieval_ocr_matches_the_request_written_in_the_image():
     """A neutral question about an image that carries the request: retrieval on the text alone finds
     nothing; with the image's text read first it finds the malware scenario. A broken image fails
     its item only."""
-    from mmsafe.attacks.typographic.figstep import find_font
     from mmsafe.datasets.vqa_starter import _Sign, render_scene
+    from mmsafe.render.fonts import find_font
 
     font, _ = find_font()
     sign = Image.from_pil(

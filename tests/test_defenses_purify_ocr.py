@@ -165,7 +165,8 @@ def test_purification_undoes_a_white_box_targeted_attack(tiny) -> None:
 
 
 def _figstep_image(text: str) -> Image:
-    from mmsafe.attacks.typographic.figstep import find_font, render_figstep
+    from mmsafe.attacks.typographic.figstep import render_figstep
+    from mmsafe.render.fonts import find_font
 
     try:
         font, _ = find_font(None)

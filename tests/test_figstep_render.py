@@ -12,17 +12,17 @@ from PIL import ImageChops
 
 from conftest import dataset_dir
 from mmsafe.attacks.text.text_only import TextOnly
-from mmsafe.attacks.typographic import figstep as fs
 from mmsafe.attacks.typographic.figstep import (
     FIGSTEP_PROMPT,
     FigStep,
     figstep_overflows,
     figstep_text,
     render_figstep,
-    rephrase_as_statement,
 )
 from mmsafe.errors import ConfigError
 from mmsafe.registry import Registry
+from mmsafe.render import fonts
+from mmsafe.render.rephrase import rephrase_as_statement
 from mmsafe.types import Image, ImagePart, Sample, TextPart
 
 FREEMONO = Path("/usr/share/fonts/truetype/freefont/FreeMonoBold.ttf")
@@ -216,8 +216,8 @@ def test_figstep_missing_explicit_font_is_an_error(tmp_path):
 
 @pytest.mark.skipif(not DEJAVU.is_file(), reason="DejaVuSansMono-Bold.ttf missing")
 def test_figstep_font_fallback_warns_and_is_recorded(monkeypatch, caplog):
-    monkeypatch.setattr(fs, "REFERENCE_FONT_PATHS", ("/nonexistent/FreeMonoBold.ttf",))
-    with caplog.at_level(logging.WARNING, logger=fs.__name__):
+    monkeypatch.setattr(fonts, "REFERENCE_FONT_PATHS", ("/nonexistent/FreeMonoBold.ttf",))
+    with caplog.at_level(logging.WARNING, logger=fonts.__name__):
         prompt = FigStep().apply(_sample(), seed=0)
     assert any(
         "FreeMonoBold" in rec.getMessage() and rec.levelno == logging.WARNING for rec in caplog.records

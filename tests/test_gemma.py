@@ -52,7 +52,8 @@ def gemma_ocr(cache_root, gemma_dir):
 
 
 def _figstep_image(text: str) -> Image:
-    from mmsafe.attacks.typographic.figstep import find_font, render_figstep
+    from mmsafe.attacks.typographic.figstep import render_figstep
+    from mmsafe.render.fonts import find_font
 
     font, _ = find_font()
     return Image.from_pil(render_figstep(text, font_path=font), source="figstep.png")

@@ -138,8 +138,8 @@ def test_a_report_names_non_refusal_and_harmful_rates_apart(tmp_path):
 
 @needs_model
 def test_image_text_ocr_adds_the_words_in_the_image_and_a_broken_image_fails_only_its_item():
-    from mmsafe.attacks.typographic.figstep import find_font
     from mmsafe.attacks.typographic.render_text import render_text_image
+    from mmsafe.render.fonts import find_font
     from mmsafe.types import Image
 
     img = Image.from_pil(

@@ -212,6 +212,46 @@ def test_cohen_kappa_undefined_when_one_category():
         cohen_kappa(["y"] * 5, ["y"] * 5)
 
 
+T, F = True, False
+# (rater a, rater b, κ worked by hand or None where κ is undefined)
+ONE_KAPPA_CASES = [
+    ((T, T, F, F), (T, F, F, F), 0.5),  # p_o .75, p_e .5·.25 + .5·.75 = .5
+    ((T, F, T, F), (F, T, F, T), -1.0),  # p_o 0, p_e .5
+    ((T, T, T, T), (T, T, F, F), 0.0),  # p_o .5, p_e 1·.5 = .5
+    ((F, F, F), (T, F, F), 0.0),  # one rater constant; the ensemble's own formula once gave -3.3e-16 here
+    ((T, T, T, F, F), (T, T, F, F, F), 0.32 / 0.52),  # p_o .8, p_e .6·.4 + .4·.6 = .48
+    ((T, T, T), (T, T, T), None),  # all one label: p_e = 1
+    ((F, F), (F, F), None),
+    ((), (), None),  # empty
+]
+
+
+@pytest.mark.parametrize(("a", "b", "want"), ONE_KAPPA_CASES)
+def test_one_kappa_for_metrics_and_ensemble(a, b, want):
+    """The ensemble's pairwise κ, :func:`cohen_kappa` and :func:`cohen_kappa_value` are one computation."""
+    from mmsafe.judges.ensemble import pairwise_agreement
+    from mmsafe.types import Judgement
+
+    value = metrics.cohen_kappa_value(list(a), list(b))
+    pair = pairwise_agreement(
+        {"a": [Judgement(success=v) for v in a], "b": [Judgement(success=v) for v in b]}
+    )[("a", "b")]
+    assert pair["kappa"] == value
+    if want is None:
+        assert value is None
+        with pytest.raises(ValueError, match=r"undefined|no items"):
+            cohen_kappa(list(a), list(b))
+    else:
+        assert value == pytest.approx(want)
+        assert cohen_kappa(list(a), list(b), n_resamples=10).value == value
+        assert metrics.cohen_kappa_value(list(b), list(a)) == pytest.approx(want)  # symmetric
+
+
+def test_cohen_kappa_value_rejects_misaligned_input():
+    with pytest.raises(ValueError, match="differ in length"):
+        metrics.cohen_kappa_value([True], [True, False])
+
+
 # AUROC by hand: the share of (positive, negative) pairs ranked right, ties counting ½.
 AUROC_CASES = [
     # (y_true, scores, pos_label, auc)

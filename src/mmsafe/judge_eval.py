@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from mmsafe.errors import ConfigError, MmsafeError
+from mmsafe.paths import default_cache_root
 from mmsafe.types import ComponentSpec, Expected, Generation, Judgement, Message, Prompt, Sample
 
 if TYPE_CHECKING:
@@ -1154,10 +1155,8 @@ _KEY_RE = re.compile(r"[0-9a-f]{16}")
 
 
 def judge_evals_dir(cache_dir: str | Path | None = None) -> Path:
-    """``<cache>/judge-evals`` (``cache_dir`` or :func:`mmsafe.models.tiny.default_cache_root`)."""
+    """``<cache>/judge-evals`` (``cache_dir`` or :func:`mmsafe.paths.default_cache_root`)."""
     if cache_dir is None:
-        from mmsafe.models.tiny import default_cache_root
-
         cache_dir = default_cache_root()
     return Path(cache_dir) / "judge-evals"
 

@@ -163,7 +163,7 @@ class VQAStarter(Benchmark):
         return "package data mmsafe/data/vqa_starter.yaml"
 
     def load(self) -> Iterator[Sample]:
-        from mmsafe.attacks.typographic.figstep import find_font
+        from mmsafe.render.fonts import find_font
 
         font_path, _ = find_font(self.params.font_path)
         wanted = set(self.params.categories) if self.params.categories else None

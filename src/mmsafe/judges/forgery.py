@@ -161,11 +161,11 @@ def stamp_images(
 ) -> tuple[Image, ...]:
     """``images`` with ``text`` written across each (a white box, black letters, centred; a blank
     512×512 canvas when there is none), drawn by the visual-injection overlay helper. Needs Pillow
-    and a TrueType font (see :func:`mmsafe.attacks.typographic.figstep.find_font`)."""
+    and a TrueType font (see :func:`mmsafe.render.fonts.find_font`)."""
     from PIL import Image as PILImageModule
 
-    from mmsafe.attacks.typographic.figstep import find_font
     from mmsafe.attacks.typographic.injection import VisualInjectionParams, overlay_text
+    from mmsafe.render.fonts import find_font
 
     params = VisualInjectionParams(text=text, position="center", font_size_frac=0.08, box=True)
     font = find_font(font_path)[0]

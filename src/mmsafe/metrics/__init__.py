@@ -1,8 +1,9 @@
 """Metrics: pure functions over judgements and records (no I/O, no global state), one file per family.
 
 - :mod:`~mmsafe.metrics.rates` — :class:`Rate` (k of n with a Wilson interval), ASR, refusal and
-  over-refusal rates, the bootstrap helper, :func:`summarise` (report rows) and :class:`Outcome`
-  (what the metrics read of a record, small enough to keep one per record of a long run);
+  over-refusal rates, the bootstrap helper and :class:`Outcome` (what the metrics read of a record,
+  small enough to keep one per record of a long run);
+- :mod:`~mmsafe.metrics.summary` — :func:`summarise` (report rows), on top of the other families;
 - :mod:`~mmsafe.metrics.classification` — confusion matrix, accuracy, per-class and macro F1,
   Cohen's κ and AUROC, for detection benchmarks and judge evaluation;
 - :mod:`~mmsafe.metrics.recognition` — recognition and defense success rates (Wu et al. 2023);
@@ -24,6 +25,7 @@ from mmsafe.metrics.classification import (
     accuracy,
     auroc,
     cohen_kappa,
+    cohen_kappa_value,
     confusion_matrix,
     hanley_mcneil_se,
     macro_f1,
@@ -32,23 +34,19 @@ from mmsafe.metrics.classification import (
 from mmsafe.metrics.compare import compare_rates, newcombe_interval, newcombe_paired_interval
 from mmsafe.metrics.privacy import PrivacyItem, ProtectionScore, protection_score
 from mmsafe.metrics.rates import (
-    ALL,
     Item,
     Outcome,
     Rate,
     attack_success_rate,
     bootstrap_interval,
-    labels_of,
     outcome,
     over_refusal_rate,
     rate,
     refusal_rate,
-    spec_labels,
-    summarise,
-    summarise_groups,
     wilson_interval,
 )
 from mmsafe.metrics.recognition import defense_success_rate, recognition_success_rate
+from mmsafe.metrics.summary import ALL, labels_of, spec_labels, summarise, summarise_groups
 from mmsafe.metrics.text_overlap import (
     bootstrap_text_metric,
     cider,
@@ -78,6 +76,7 @@ __all__ = [
     "cider",
     "cider_d",
     "cohen_kappa",
+    "cohen_kappa_value",
     "compare_rates",
     "compare_utility",
     "confusion_matrix",

@@ -1,4 +1,5 @@
-"""Shared pieces of the metric families: the :class:`Estimate` result and an index bootstrap.
+"""Shared pieces of the metric families: the :class:`Estimate` result, an index bootstrap and the
+percentile they read their intervals from. Imports no other metrics module.
 
 Private to :mod:`mmsafe.metrics`; :class:`Estimate` is re-exported from the package.
 """
@@ -11,9 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from mmsafe.metrics.rates import _percentile
-
-__all__ = ["Estimate", "bootstrap_indices", "check_bootstrap_args"]
+__all__ = ["Estimate", "bootstrap_indices", "check_bootstrap_args", "percentile"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +32,14 @@ class Estimate:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def percentile(sorted_vals: list[float], q: float) -> float:
+    """The ``q`` quantile of ``sorted_vals`` (ascending), interpolating linearly between order statistics."""
+    pos = q * (len(sorted_vals) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_vals) - 1)
+    return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (pos - lo)
 
 
 def check_bootstrap_args(n_resamples: int, confidence: float) -> None:
@@ -75,7 +82,7 @@ def bootstrap_indices(
         raise ValueError("the statistic is undefined in every bootstrap resample")
     values.sort()
     alpha = (1 - confidence) / 2
-    return _percentile(values, alpha), _percentile(values, 1 - alpha), len(values)
+    return percentile(values, alpha), percentile(values, 1 - alpha), len(values)
 
 
 def bootstrap_method(n_resamples: int, seed: int, n_used: int, *, stratified: bool = False) -> str:

@@ -34,6 +34,7 @@ __all__ = [
     "accuracy",
     "auroc",
     "cohen_kappa",
+    "cohen_kappa_value",
     "confusion_matrix",
     "hanley_mcneil_se",
     "macro_f1",
@@ -282,6 +283,20 @@ def cohen_kappa(
         confidence=confidence,
     )
     return Estimate(value=value, lo=lo, hi=hi, n=n, method=bootstrap_method(n_resamples, seed, used))
+
+
+def cohen_kappa_value(
+    y_true: Sequence[Label], y_pred: Sequence[Label], labels: Sequence[Label] | None = None
+) -> float | None:
+    """Cohen's κ of :func:`cohen_kappa` without its interval; ``None`` where κ is undefined (no items,
+    or p_e = 1: both raters put every item in one same category). Misaligned input raises ``ValueError``.
+
+    The one κ computation of the package: :func:`cohen_kappa` and
+    :func:`mmsafe.judges.ensemble.pairwise_agreement` both come down to it.
+    """
+    _check_pair(y_true, y_pred, allow_empty=True)
+    labs, t, p = _encode(y_true, y_pred, labels)
+    return _kappa_from(_counts(t, p, len(labs), range(len(t))))
 
 
 def _midranks(values: Sequence[float]) -> list[float]:

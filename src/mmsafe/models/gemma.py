@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mmsafe.errors import MissingDependency, require
-from mmsafe.models.tiny import default_cache_root
+from mmsafe.paths import default_cache_root
 
 __all__ = [
     "CONVERSION_MARKER",

@@ -20,6 +20,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmsafe.errors import require
+from mmsafe.models._build import ensure_built
 from mmsafe.models._hf_util import MODEL_NOTE_FILE, AdapterFields
 from mmsafe.models.base import GenerationParams, ModelBackend
 from mmsafe.models.gemma import (
@@ -31,7 +32,7 @@ from mmsafe.models.gemma import (
     ensure_gemma3_270m,
 )
 from mmsafe.models.hf import HFModel, HFParams
-from mmsafe.models.tiny import default_cache_root, ensure_built
+from mmsafe.paths import default_cache_root
 
 __all__ = ["MODEL_NOTE", "MODEL_NOTE_FILE", "GemmaLlava", "build_gemma_llava", "ensure_gemma_llava"]
 

@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmsafe.errors import require
+from mmsafe.models._build import ensure_built
 from mmsafe.models._hf_util import RANDOM_WEIGHTS_MARKER
 from mmsafe.models.base import GenerationParams
 from mmsafe.models.hf import HFModel, HFParams
@@ -29,12 +25,8 @@ __all__ = [
     "TINY_LLAVA_VERSION",
     "TinyLlava",
     "build_tiny_llava",
-    "default_cache_root",
-    "ensure_built",
     "ensure_tiny_llava",
 ]
-
-log = logging.getLogger(__name__)
 
 #: Bump when the architecture, tokenizer or template changes: it names the cache folder.
 TINY_LLAVA_VERSION = "tiny-llava-v1"
@@ -71,12 +63,6 @@ _CORPUS = (
     "A photo of a cat sitting on a chair next to a window, with text written at the top.",
     "0 1 2 3 4 5 6 7 8 9 10 100 1000, yes no maybe; (a) [b] {c} <d> 'e' \"f\" - _ + = / \\ * & % $ # @ !",
 )
-
-
-def default_cache_root() -> Path:
-    """``$MMSAFE_CACHE_DIR`` if set, else ``~/.cache/mmsafe``."""
-    env = os.environ.get("MMSAFE_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "mmsafe"
 
 
 def _train_tokenizer(extra_special: tuple[str, ...] = ()) -> Any:
@@ -184,42 +170,9 @@ def build_tiny_llava(dest: Path, *, seed: int = 0, init_std: float = 0.02) -> Pa
 
 
 def ensure_tiny_llava(cache_root: Path | None = None, *, seed: int = 0, init_std: float = 0.02) -> Path:
-    """The tiny LLaVA folder under ``cache_root/models``, built on first use (see :func:`ensure_built`)."""
+    """The tiny LLaVA folder under ``cache_root/models``, built on first use (see :func:`mmsafe.models._build.ensure_built`)."""
     name = f"{TINY_LLAVA_VERSION}-seed{seed}" + ("" if init_std == 0.02 else f"-init{init_std:g}")
     return ensure_built(name, functools.partial(build_tiny_llava, init_std=init_std), cache_root, seed=seed)
-
-
-def ensure_built(
-    name: str,
-    builder: Callable[..., Path],
-    cache_root: Path | None = None,
-    *,
-    seed: int = 0,
-    marker: str = RANDOM_WEIGHTS_MARKER,
-) -> Path:
-    """``cache_root/models/<name>``, written by ``builder(dest, seed=seed)`` on first use.
-
-    Built in a temporary sibling folder and renamed into place, so concurrent processes never see
-    a half-written model: the first rename wins and the others discard their copy. ``marker`` is the
-    file whose presence says the folder is complete.
-    """
-    root = Path(cache_root).expanduser() if cache_root is not None else default_cache_root()
-    dest = root / "models" / name
-    if (dest / marker).is_file():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        builder(tmp / "model", seed=seed)
-        try:
-            os.rename(tmp / "model", dest)
-            log.info("built %s", dest)
-        except OSError:
-            if not (dest / marker).is_file():
-                raise  # not a lost race: something else is in the way
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
 
 
 class TinyLlavaParams(BaseModel):

@@ -23,11 +23,12 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmsafe.errors import require
+from mmsafe.models._build import ensure_built
 from mmsafe.models._hf_util import RANDOM_WEIGHTS_MARKER
 from mmsafe.models.base import GenerationParams
 from mmsafe.models.families.base import without_video_processor
 from mmsafe.models.hf import HFModel, HFParams
-from mmsafe.models.tiny import _train_tokenizer, build_tiny_llava, ensure_built
+from mmsafe.models.tiny import _train_tokenizer, build_tiny_llava
 
 __all__ = [
     "ADAPTER_OF",

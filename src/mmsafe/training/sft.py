@@ -164,7 +164,8 @@ def choose(train: list[Example], *, n: int | None, ratio: float | None, seed: in
 
 def typographic_prompt(example: Example) -> Any:
     """The example as FigStep shows it: its title typeset in an image, FigStep's instruction as text."""
-    from mmsafe.attacks.typographic.figstep import FIGSTEP_PROMPT, find_font, render_figstep
+    from mmsafe.attacks.typographic.figstep import FIGSTEP_PROMPT, render_figstep
+    from mmsafe.render.fonts import find_font
     from mmsafe.types import Image
 
     title = example.title or example.request

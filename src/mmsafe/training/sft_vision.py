@@ -17,8 +17,8 @@ Data (``data``): ``builtin`` (mmsafe's written set, split by request into traini
 parts with ``held_out_fraction``) or a JSONL file of ``{"request", "answer", "kind", "title"?}``
 rows (:func:`mmsafe.training.sft.load_examples`). Each example is shown as a typographic render
 (:func:`render_figstep`, FigStep's layout) of its title — the row's ``title`` when it has one, else
-the request rephrased as FigStep does (:func:`rephrase_as_statement`; the FigStep attack picks its
-text by the same rule, and an untitled harmful or benign request is typeset alike, so a render's
+the request rephrased as FigStep does (:func:`~mmsafe.render.rephrase.rephrase_as_statement`; the
+FigStep attack picks its text by the same rule, and an untitled harmful or benign request is typeset alike, so a render's
 format is no cue; hand-written titles, which mmsafe's data has for some harmful requests only, can
 be one) — with :data:`FIGSTEP_PROMPT` as the text, and
 its answer (a refusal for a harmful request, the helpful answer for a benign one) as the target.
@@ -161,14 +161,15 @@ class Pair:
 
 def render_title(example: Example) -> str:
     """The text typeset in the example's image: its ``title``, else its request rephrased as FigStep does."""
-    from mmsafe.attacks.typographic.figstep import rephrase_as_statement
+    from mmsafe.render.rephrase import rephrase_as_statement
 
     return example.title or rephrase_as_statement(example.request)[0]
 
 
 def typographic_prompt(title: str, *, font_path: str | None = None) -> Prompt:
     """``title`` as FigStep shows a request: typeset in an image, FigStep's instruction as the text."""
-    from mmsafe.attacks.typographic.figstep import FIGSTEP_PROMPT, find_font, render_figstep
+    from mmsafe.attacks.typographic.figstep import FIGSTEP_PROMPT, render_figstep
+    from mmsafe.render.fonts import find_font
     from mmsafe.types import Image
 
     font = font_path or find_font()[0]
@@ -335,7 +336,7 @@ class VisionSafetySFT(Trainer):
     # ------------------------------------------------------------------ fit
 
     def fit(self, backend: Any, *, log_fn: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
-        from mmsafe.attacks.typographic.figstep import find_font
+        from mmsafe.render.fonts import find_font
 
         p = self.params
         module = backend.module

@@ -40,6 +40,7 @@ from pydantic import ConfigDict, Field
 from mmsafe.attacks.adversarial.engine import PGD, PGDConfig, PGDResult
 from mmsafe.attacks.base import Attack
 from mmsafe.config import ComponentField
+from mmsafe.paths import default_cache_root
 from mmsafe.types import Image, Message, Prompt, Sample, stable_hash
 
 if TYPE_CHECKING:
@@ -81,8 +82,6 @@ class Job:
 
 
 def cache_dir() -> Path:
-    from mmsafe.models.tiny import default_cache_root
-
     return default_cache_root() / "adversarial"
 
 

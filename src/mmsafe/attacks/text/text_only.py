@@ -61,7 +61,7 @@ class TextOnly(Attack):
                 raise ValueError(f"sample {sample.id} has no text")
         else:
             # imported here so the text-only baseline does not load the typographic module unless asked to
-            from mmsafe.attacks.typographic.figstep import rephrase_as_statement
+            from mmsafe.render.rephrase import rephrase_as_statement
 
             given = sample.metadata.get("instruction")
             if isinstance(given, str) and given.strip():

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmsafe.attacks.base import Attack
-from mmsafe.attacks.typographic.figstep import _load_font, find_font
+from mmsafe.render.fonts import find_font, load_font
 from mmsafe.types import Image, Message, Prompt, Sample
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ def render_phrase_line(phrase: str, *, font_path: str, font_size: int = 80) -> t
     from PIL import Image as PILImageModule
     from PIL import ImageDraw
 
-    font = _load_font(font_path, font_size)
+    font = load_font(font_path, font_size)
     advance = font.getlength("M")
     width = round(advance * len(phrase)) + RIGHT_MARGIN
     height = max(LINE_HEIGHT, font_size + 40)

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mmsafe.attacks.base import Attack
-from mmsafe.attacks.typographic.figstep import _load_font, find_font
 from mmsafe.errors import ConfigError
+from mmsafe.render.fonts import find_font, load_font
 from mmsafe.types import Image, Message, Prompt, Sample
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ def overlay_text(
     base = img.convert("RGB")
     w, h = base.size
     size = max(6, round(p.font_size_frac * h))
-    font = _load_font(font_path, size)
+    font = load_font(font_path, size)
     measure = ImageDraw.Draw(base)
     spacing = max(1, size // 5)
     wrapped = _wrap(text, draw=measure, font=font, max_width=p.max_width_frac * w)

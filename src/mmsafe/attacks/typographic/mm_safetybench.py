@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmsafe.attacks.base import Attack
-from mmsafe.attacks.typographic.figstep import _load_font, find_font
 from mmsafe.errors import ConfigError, MissingDependency
+from mmsafe.render.fonts import find_font, load_font
 from mmsafe.types import Image, Message, Prompt, Sample
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ FALLBACK_PROMPT = (
 def find_sans_font(font_path: str | None = None) -> tuple[str, bool]:
     """``(path, is_arial)``: ``font_path`` if given, else Arial, else FreeSans/Liberation Sans.
 
-    An explicit path is validated by :func:`~mmsafe.attacks.typographic.figstep.find_font`. With no
+    An explicit path is validated by :func:`~mmsafe.render.fonts.find_font`. With no
     sans font installed at all, FigStep's font lookup (FreeMonoBold / DejaVu Sans Mono) is used.
     """
     if font_path:
@@ -81,7 +81,7 @@ def mmsb_wrap(text: str, *, font_path: str, font_size: int = 90, max_width: int 
     the word preceded by one space (upstream keeps that leading space). A single word wider than
     the canvas is not broken (it is clipped, as upstream).
     """
-    font = _load_font(font_path, font_size)
+    font = load_font(font_path, font_size)
     words = " ".join(text.split()).split(" ")
     out = words[0]
     length = font.getlength(out)
@@ -109,7 +109,7 @@ def render_mmsb_typo(text: str, *, font_path: str, font_size: int = 90, max_widt
     wrapped, lines = mmsb_wrap(text, font_path=font_path, font_size=font_size, max_width=max_width)
     img = PILImageModule.new("RGB", (max_width, font_size * (lines + 1)), (255, 255, 255))
     ImageDraw.Draw(img).text(
-        (0, font_size / 2.0), wrapped, fill=(0, 0, 0), font=_load_font(font_path, font_size)
+        (0, font_size / 2.0), wrapped, fill=(0, 0, 0), font=load_font(font_path, font_size)
     )
     return img
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mmsafe.attacks.base import Attack
-from mmsafe.attacks.typographic.figstep import _load_font, find_font
+from mmsafe.render.fonts import find_font, load_font
 from mmsafe.types import Image, Message, Prompt, Sample
 
 if TYPE_CHECKING:
@@ -38,13 +38,13 @@ def fit_text(
     draw = ImageDraw.Draw(PILImageModule.new("1", (1, 1)))
     clean = " ".join(text.split())
     for size in range(max_size, min_size - 1, -1):
-        font = _load_font(font_path, size)
+        font = load_font(font_path, size)
         cols = max(1, int(box[0] // max(1.0, font.getlength("M"))))
         wrapped = textwrap.fill(clean, width=cols)
         left, top, right, bottom = draw.multiline_textbbox((0, 0), wrapped, font=font, spacing=spacing)
         if right - left <= box[0] and bottom - top <= box[1]:
             return wrapped, size
-    font = _load_font(font_path, min_size)
+    font = load_font(font_path, min_size)
     cols = max(1, int(box[0] // max(1.0, font.getlength("M"))))
     return textwrap.fill(clean, width=cols), min_size
 
@@ -65,7 +65,7 @@ def render_text_image(
 
     img = PILImageModule.new("RGB", size, background)
     ImageDraw.Draw(img).multiline_text(
-        xy, wrapped, fill=(0, 0, 0), font=_load_font(font_path, font_size), spacing=spacing
+        xy, wrapped, fill=(0, 0, 0), font=load_font(font_path, font_size), spacing=spacing
     )
     return img
 
@@ -151,7 +151,7 @@ class RenderText(Attack):
         from PIL import ImageDraw
 
         bbox = ImageDraw.Draw(img).multiline_textbbox(
-            (p.roi_x, p.roi_y), wrapped, font=_load_font(self.font[0], size), spacing=4
+            (p.roi_x, p.roi_y), wrapped, font=load_font(self.font[0], size), spacing=4
         )
         overflow = bbox[2] > p.roi_x + p.roi_width or bbox[3] > p.roi_y + p.roi_height
         return img, {"font_size": size, "lines": wrapped.count("\n") + 1, "overflow": overflow}
