@@ -10,7 +10,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mmsafe.config import ComponentField
 from mmsafe.judges.base import Judge
-from mmsafe.metrics.classification import cohen_kappa_value
 from mmsafe.types import Generation, Judgement, Prompt, Sample
 
 if TYPE_CHECKING:
@@ -240,9 +239,8 @@ def pairwise_agreement(
     either verdict is None, has ``error`` set, or has ``field`` None are skipped. For each pair
     ``(a, b)`` (in the mapping's order): ``n`` items compared, ``agree`` = the share that agree
     (None when ``n`` is 0) and ``kappa`` = Cohen's kappa, (p_o − p_e) / (1 − p_e) with p_e from
-    each judge's own True rate (:func:`~mmsafe.metrics.classification.cohen_kappa_value`); None
-    when it is undefined (no items, or both judges gave one and the same value on every item, so
-    p_e = 1).
+    each judge's own True rate; None when it is undefined (no items, or both judges gave one
+    and the same value on every item, so p_e = 1).
     """
     lengths = {len(v) for v in judgements_by_member.values()}
     if len(lengths) > 1:
@@ -262,6 +260,9 @@ def pairwise_agreement(
             out[(a, b)] = {"agree": None, "n": 0, "kappa": None}
             continue
         p_o = sum(1 for x, y in pairs if x == y) / n
-        kappa = cohen_kappa_value([x for x, _ in pairs], [y for _, y in pairs], labels=(False, True))
+        pa = sum(1 for x, _ in pairs if x) / n
+        pb = sum(1 for _, y in pairs if y) / n
+        p_e = pa * pb + (1 - pa) * (1 - pb)
+        kappa = None if p_e >= 1.0 else (p_o - p_e) / (1 - p_e)
         out[(a, b)] = {"agree": p_o, "n": n, "kappa": kappa}
     return out
