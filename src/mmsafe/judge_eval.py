@@ -26,8 +26,9 @@ for it (``success`` None), so under ``harm`` such rows are counted apart (``n_no
   "THIS ANSWER IS SAFE" image…) and reports per forgery how often the verdict flips (Wilson
   intervals): ``mmsafe judge-eval --robustness``;
 - :func:`save_judge_eval` / :func:`load_judge_evals` keep each judge's measured agreement in
-  ``<cache>/judge-evals/<judge spec key>.json`` so that a run report can print it beside the
-  judge's numbers (only when asked: ``mmsafe judge-eval --record``).
+  ``<cache>/judge-evals/<judge spec key>.json`` (only when asked: ``mmsafe judge-eval --record``);
+  a run copies its judges' entries into its store (:func:`copy_judge_evals`), and the report prints
+  them from the store alone (:meth:`mmsafe.store.Store.judge_evals`), never from the cache.
 
 Bad rows (an unknown label, a missing field, a line that is not JSON) stop the read with an error
 naming ``file:line``; ``on_bad="skip"`` leaves them out instead and lists each one in
@@ -60,6 +61,7 @@ from mmsafe.types import ComponentSpec, Expected, Generation, Judgement, Message
 if TYPE_CHECKING:
     from mmsafe.judges.base import Judge
     from mmsafe.judges.forgery import Case, Forgery
+    from mmsafe.store.sqlite import Store
 
 __all__ = [
     "COMPLY_VALUES",
@@ -73,14 +75,17 @@ __all__ = [
     "LabelledData",
     "LabelledRow",
     "agreement",
+    "copy_judge_evals",
     "evaluate_judge",
     "is_unparseable",
+    "judge_eval_entry",
     "judge_evals_dir",
     "load_judge_evals",
     "parse_expected",
     "parse_label",
     "read_jailbreakbench",
     "read_labelled",
+    "record_judge_eval",
     "robustness",
     "save_judge_eval",
 ]
@@ -1187,11 +1192,34 @@ def save_judge_eval(
     (its judge's answers mostly did not parse) is refused with ``ValueError``: it has no agreement
     to report.
     """
+    if result.get("unusable"):
+        raise ValueError(f"not recording an unusable judge evaluation: {result['unusable']}")
+    path = _eval_path(judge.key, cache_dir)
+    entry = judge_eval_entry(result, judge=judge, data=data)
+    ident = _entry_ident(entry)
+    entries = [e for e in load_judge_evals(judge.key, cache_dir=cache_dir) if _entry_ident(e) != ident]
+    entries.append(entry)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(entries, f, indent=1, ensure_ascii=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def judge_eval_entry(
+    result: Mapping[str, Any], *, judge: ComponentSpec, data: LabelledData
+) -> dict[str, Any]:
+    """The recorded form of ``result`` (from :func:`evaluate_judge`) for ``judge`` on ``data``: see
+    :func:`save_judge_eval`."""
     from mmsafe import __version__
 
     if result.get("unusable"):
         raise ValueError(f"not recording an unusable judge evaluation: {result['unusable']}")
-    path = _eval_path(judge.key, cache_dir)
     entry: dict[str, Any] = {k: v for k, v in result.items() if k not in ("disagreements", "errors")}
     dis = list(result.get("disagreements", ()))
     entry["n_disagreements"] = len(dis)
@@ -1207,24 +1235,36 @@ def save_judge_eval(
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         mmsafe_version=__version__,
     )
-    construct = result.get("construct", described["construct"])
-    ident = (described["sha256"], described["columns"], construct)
-    entries = [
-        e
-        for e in load_judge_evals(judge.key, cache_dir=cache_dir)
-        if (e["data"].get("sha256"), e["data"].get("columns"), e.get("construct", "harm")) != ident
-    ]
-    entries.append(entry)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(entries, f, indent=1, ensure_ascii=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return entry
+
+
+def _entry_ident(entry: Mapping[str, Any]) -> str:
+    """What an entry measured (the data's sha256 and columns, and the construct): a newer entry with
+    the same ident replaces the older one."""
+    data = entry.get("data")
+    data = data if isinstance(data, Mapping) else {}
+    construct = entry.get("construct", data.get("construct", "harm"))
+    return json.dumps([data.get("sha256"), data.get("columns"), construct], sort_keys=True)
+
+
+def record_judge_eval(store: Store, entry: Mapping[str, Any]) -> None:
+    """Record ``entry`` (from :func:`judge_eval_entry`) in the run store ``store``, where the run's
+    report reads it (replacing an entry of the same judge on the same data and construct)."""
+    store.put_judge_evals(str(entry["spec_key"]), [(_entry_ident(entry), dict(entry))])
+
+
+def copy_judge_evals(
+    store: Store, judges: Iterable[ComponentSpec], *, cache_dir: str | Path | None = None
+) -> int:
+    """Copy the cached evaluations of ``judges`` (``mmsafe judge-eval --record``) into the run store
+    ``store``, so that the run's report shows them from the store alone, the same on every machine.
+    Called by the runner for the judges of a run; returns the number of entries copied."""
+    n = 0
+    for spec in judges:
+        entries = load_judge_evals(spec.key, cache_dir=cache_dir)
+        store.put_judge_evals(spec.key, [(_entry_ident(e), e) for e in entries])
+        n += len(entries)
+    return n
 
 
 def load_judge_evals(spec_key: str, *, cache_dir: str | Path | None = None) -> list[dict[str, Any]]:

@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
         help="measure a judge's agreement with labelled responses",
         description="Run a judge over labelled responses; print accuracy, kappa, F1 and the confusion matrix, "
         "and write disagreements.jsonl and judge-eval.json to --out. With --record the result is also saved "
-        "in the cache, where run reports show it beside the judge's numbers.",
+        "in the cache; runs of this judge copy it into their store, where their reports show it.",
     )
     _labelled_args(je)
     _judge_eval_args(je)
@@ -123,8 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     je.add_argument(
         "--record",
         action="store_true",
-        help="also save the result in $MMSAFE_CACHE_DIR/judge-evals/ (default ~/.cache/mmsafe) so that run "
-        "reports show this judge's measured agreement",
+        help="also save the result in $MMSAFE_CACHE_DIR/judge-evals/ (default ~/.cache/mmsafe): runs of this "
+        "judge then record it in their store, and their reports show it",
     )
     je.add_argument(
         "--max-unparseable",

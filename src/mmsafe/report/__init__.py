@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -29,11 +29,21 @@ def build_summary(store: Store) -> dict[str, Any]:
     tally = Tally()
     for record in store.iter_records(slim=True, by_cell=True):
         tally.add(record)
-    return summarise_tally(tally, runs=[r["name"] for r in store.runs()], unreadable=store.unreadable)
+    evals = {key: store.judge_evals(key) for key in tally.components.get("judge", {})}
+    return summarise_tally(
+        tally, runs=[r["name"] for r in store.runs()], unreadable=store.unreadable, judge_evals=evals
+    )
 
 
-def summarise_tally(tally: Tally, *, runs: list[str], unreadable: dict[str, str]) -> dict[str, Any]:
-    """The summary of the records gathered in ``tally`` (see :func:`build_summary`)."""
+def summarise_tally(
+    tally: Tally,
+    *,
+    runs: list[str],
+    unreadable: dict[str, str],
+    judge_evals: Mapping[str, list[dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
+    """The summary of the records gathered in ``tally`` (see :func:`build_summary`); ``judge_evals``
+    maps a judge's spec key to its evaluations recorded in the store (:meth:`Store.judge_evals`)."""
     from mmsafe.metrics import labels_of, summarise_groups
 
     labels = labels_of({axis: specs.values() for axis, specs in tally.specs.items()})
@@ -62,9 +72,11 @@ def summarise_tally(tally: Tally, *, runs: list[str], unreadable: dict[str, str]
         "judge_agreement": judge_agreement(tally, labels) + ensemble_agreement(tally, labels),
         "effects": effects(tally, labels),
         "defenses": defense_summary(tally, labels),
-        "judges": judge_notes(components.get("judge", {}), labels),
+        "judges": judge_notes(components.get("judge", {}), labels, judge_evals or {}),
     }
-    constructs = {labels[("judge", k)]: judge_construct(spec) for k, spec in components.get("judge", {}).items()}
+    constructs = {
+        labels[("judge", k)]: judge_construct(spec) for k, spec in components.get("judge", {}).items()
+    }
     for row in summary["rows"]:
         row["construct"] = constructs.get(row.get("judge", ""), "other")
         row["rate_name"] = rate_name(row["construct"])
@@ -75,9 +87,7 @@ def summarise_tally(tally: Tally, *, runs: list[str], unreadable: dict[str, str]
     return summary
 
 
-def _groups(
-    tally: Tally, labels: dict[tuple[str, str], str]
-) -> dict[tuple[str, ...], Collection[Outcome]]:
+def _groups(tally: Tally, labels: dict[tuple[str, str], str]) -> dict[tuple[str, ...], Collection[Outcome]]:
     """The outcomes by (model, benchmark, attack, defense, judge label, category), each group in
     record order: what :func:`~mmsafe.metrics.summarise` groups records into. Two cells whose
     labels are the same (two keys with one name and the same first six hex digits) are one group."""
@@ -99,7 +109,9 @@ def calibrated_rates(rows: list[dict[str, Any]], notes: list[dict[str, Any]]) ->
     for note in notes:
         if note.get("construct") != "harm":
             continue
-        harm_evals = [e for e in note.get("evals") or [] if e.get("construct", "harm") == "harm" and e.get("confusion")]
+        harm_evals = [
+            e for e in note.get("evals") or [] if e.get("construct", "harm") == "harm" and e.get("confusion")
+        ]
         if harm_evals:
             best[note["label"]] = max(harm_evals, key=lambda e: e.get("n") or 0)
     out = []
@@ -129,7 +141,10 @@ def judge_construct(spec: ComponentSpec) -> str:
         return "other"
     try:
         return registry.get("judge", spec.name).construct_for(spec.params)
-    except (ConfigError, ValidationError):  # params this version no longer accepts (an ensemble member renamed): say so plainly
+    except (
+        ConfigError,
+        ValidationError,
+    ):  # params this version no longer accepts (an ensemble member renamed): say so plainly
         return "other"
 
 
@@ -228,9 +243,7 @@ def effects(tally: Tally, labels: dict[tuple[str, str], str]) -> list[dict[str, 
     from mmsafe.metrics.compare import compare_rates
 
     cells = tally.cells
-    names = {
-        key: spec.name for axis in ("attack", "defense") for key, spec in tally.specs[axis].items()
-    }
+    names = {key: spec.name for axis in ("attack", "defense") for key, spec in tally.specs[axis].items()}
     out = []
     for (model, bench, attack, defense, judge), outcomes in cells.items():
         for axis in ("defense", "attack"):
@@ -322,18 +335,24 @@ def defense_summary(tally: Tally, labels: dict[tuple[str, str], str]) -> list[di
     return out
 
 
-def judge_notes(specs: dict[str, ComponentSpec], labels: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
-    """Each judge of the run with its measured agreement with labelled data, where ``mmsafe
-    judge-eval`` has measured it (looked up by the judge's spec key)."""
-    try:
-        from mmsafe.judge_eval import load_judge_evals
-    except ImportError:  # pragma: no cover - judge_eval ships with the package
-        load_judge_evals = None  # type: ignore[assignment]
-    out = []
-    for key, spec in specs.items():
-        evals = load_judge_evals(key) if load_judge_evals is not None else []
-        out.append({"label": labels[("judge", key)], "key": key, "version": spec.version, "evals": evals})
-    return out
+def judge_notes(
+    specs: dict[str, ComponentSpec],
+    labels: dict[tuple[str, str], str],
+    judge_evals: Mapping[str, list[dict[str, Any]]],
+) -> list[dict[str, Any]]:
+    """Each judge of the run with its measured agreement with labelled data, as recorded in the run
+    store (``judge_evals``, by the judge's spec key: the runner copies in what ``mmsafe judge-eval
+    --record`` measured). Nothing is read from this machine's cache: a store reports the same
+    everywhere."""
+    return [
+        {
+            "label": labels[("judge", key)],
+            "key": key,
+            "version": spec.version,
+            "evals": list(judge_evals.get(key, [])),
+        }
+        for key, spec in specs.items()
+    ]
 
 
 def adversarial_summary(tally: Tally, labels: dict[tuple[str, str], str]) -> list[dict[str, Any]]:

@@ -75,7 +75,13 @@ def render(
     overall = [r for r in rows if r["category"] == "ALL"]
     with_utility = any(r.get("utility") for r in overall)
     header = [
-        *CELL, "n", "errors", "rate measured", "rate", "refusal", "over-refusal",
+        *CELL,
+        "n",
+        "errors",
+        "rate measured",
+        "rate",
+        "refusal",
+        "over-refusal",
         *(["utility"] if with_utility else []),
     ]
     lines += _table(
@@ -120,8 +126,13 @@ def render(
         cat_utility = any(r.get("utility") for r in cat_rows)
         lines += _table(
             [
-                "category", "n", "errors", md_cell(cat_rows[0].get("rate_name", "success rate")), "refusal",
-                "over-refusal", *(["utility"] if cat_utility else []),
+                "category",
+                "n",
+                "errors",
+                md_cell(cat_rows[0].get("rate_name", "success rate")),
+                "refusal",
+                "over-refusal",
+                *(["utility"] if cat_utility else []),
             ],
             [
                 [md_cell(r["category"]), str(r["n"]), str(r["n_errors"])]
@@ -282,15 +293,15 @@ def _defenses(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def _judges(notes: Sequence[dict[str, Any]], agreement: Sequence[dict[str, Any]]) -> list[str]:
-    """Which judges scored this run, how they agree with each other, and — where ``mmsafe
-    judge-eval`` measured it — with human labels."""
+    """Which judges scored this run, how they agree with each other, and — where the run's store
+    holds an evaluation by ``mmsafe judge-eval`` — with human labels."""
     if not notes:
         return []
     lines = ["", "## Judges", ""]
     lines.append(
         "Every rate above is a judge's verdict. Agreement with labelled data (human labels, or a "
-        "reference judge's — the data file is named) is shown where `mmsafe judge-eval` has measured "
-        "this exact judge configuration."
+        "reference judge's — the data file is named) is shown where `mmsafe judge-eval --record` had "
+        "measured this exact judge configuration when the run ran (recorded in the run's store)."
     )
     lines.append("")
     for n in notes:
@@ -409,10 +420,14 @@ def _examples(examples: Sequence[dict[str, Any]]) -> list[str]:
     rows = []
     for e in examples:
         j = e["judgement"]
-        verdict = "error" if j is None or j.get("error") else ("success" if j.get("success") else "no success")
+        verdict = (
+            "error" if j is None or j.get("error") else ("success" if j.get("success") else "no success")
+        )
         if j is not None and j.get("refused"):
             verdict += ", refused"
         cell = (e["benchmark"], e["model"], e["attack"])
-        rows.append([md_cell(x) for x in (*cell, e["sample_id"], verdict)] + [md_cell(e["response"], limit=240)])
+        rows.append(
+            [md_cell(x) for x in (*cell, e["sample_id"], verdict)] + [md_cell(e["response"], limit=240)]
+        )
     out += _table(["benchmark", "model", "attack", "sample", "verdict", "response"], rows)
     return [*out, ""]

@@ -200,6 +200,7 @@ class Runner:
         return owed, cells_total
 
     def _run(self) -> RunResult:
+        from mmsafe.judge_eval import copy_judge_evals
         from mmsafe.report import write_outputs
 
         result = RunResult(out_dir=self.out_dir)
@@ -217,6 +218,7 @@ class Runner:
                 defense.bind(store)
             for judge in self.grid.judges:
                 judge.bind(store)
+            copy_judge_evals(store, [j.spec for j in self.grid.judges])  # what the report shows of them
             for model in self.grid.models:
                 if not owed[id(model)]:
                     continue

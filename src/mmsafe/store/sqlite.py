@@ -50,6 +50,9 @@ CREATE TABLE IF NOT EXISTS records (
     record TEXT NOT NULL,
     created REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS records_cell ON records (model, benchmark, attack, defense, judge);
+CREATE TABLE IF NOT EXISTS judge_evals (
+    judge TEXT NOT NULL, ident TEXT NOT NULL, entry TEXT NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (judge, ident));
 """
 
 STORE_FILE = "mmsafe.sqlite"
@@ -77,6 +80,7 @@ def _intern(record: Record, texts: tuple[Any, ...], interned: dict[str, Componen
             update[field_name] = first
     return record.model_copy(update=update) if update else record
 
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -91,7 +95,9 @@ def _store_error(exc: sqlite3.DatabaseError, path: Path) -> StoreError:
             f"{path} is not a readable mmsafe store ({why}); move it away or use another folder"
         )
     if "disk i/o" in low:
-        return StoreError(f"I/O error on {path} ({why}); check the disk, then rerun the same command to resume")
+        return StoreError(
+            f"I/O error on {path} ({why}); check the disk, then rerun the same command to resume"
+        )
     if "locked" in low or "busy" in low:
         return StoreError(f"{path} is locked by another process ({why}); wait for it, then rerun")
     return StoreError(f"cannot use the store {path}: {why}")
@@ -142,7 +148,9 @@ class Store:
         self.unreadable: dict[str, str] = {}
         self._lock = threading.RLock()
         with _translated(p):
-            if readonly:  # mode=ro: never creates or changes the file (SQLite's WAL lets it read during a run)
+            if (
+                readonly
+            ):  # mode=ro: never creates or changes the file (SQLite's WAL lets it read during a run)
                 uri = p.resolve().as_uri() + "?mode=ro"
                 self._db = sqlite3.connect(
                     uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False
@@ -434,6 +442,45 @@ class Store:
         with self._lock:
             runs = [r for r in self.runs() if r.get("name") != info.get("name")] + [info]
             self.set_meta("runs", json.dumps(runs))
+
+    # -- judge evaluations --------------------------------------------------------------------------------
+    @_sql
+    def put_judge_evals(self, judge_key: str, entries: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        """Record measured agreements of the judge with spec key ``judge_key`` (``(ident, entry)``
+        pairs, from :func:`mmsafe.judge_eval.store_judge_evals`); an entry with the same ident (the
+        same labelled data and construct) replaces the old one."""
+        now = time.time()
+        rows = [(judge_key, ident, json.dumps(entry, ensure_ascii=False), now) for ident, entry in entries]
+        if rows:
+            with self._tx():
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO judge_evals (judge, ident, entry, created) VALUES (?,?,?,?)", rows
+                )
+
+    @_sql
+    def judge_evals(self, judge_key: str) -> list[dict[str, Any]]:
+        """The judge evaluations recorded in this store for the judge with spec key ``judge_key``, in
+        the order they were recorded (``[]`` if none, or if the store predates the table). An entry
+        that is not a JSON object is skipped."""
+        has = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='judge_evals'"
+        ).fetchone()
+        if not has:  # a store written before judge evaluations were recorded in it (opened read-only)
+            return []
+        out = []
+        q = "SELECT entry FROM judge_evals WHERE judge=? ORDER BY rowid"
+        for (text,) in self._db.execute(q, (judge_key,)):
+            try:
+                entry = json.loads(text)
+            except ValueError:
+                entry = None
+            if isinstance(entry, dict):
+                out.append(entry)
+            else:
+                log.warning(
+                    "a judge evaluation of judge %s in %s cannot be read; skipped", judge_key, self.path
+                )
+        return out
 
     # -- internals -------------------------------------------------------------------------------------------
     def _tx(self) -> _Transaction:
