@@ -94,8 +94,8 @@ def test_report_reads_only_the_store_never_the_cache(recorded, tmp_path, monkeyp
         raise AssertionError("the report read the cache")
 
     monkeypatch.setattr("mmsafe.paths.default_cache_root", no_cache)
-    monkeypatch.setattr("mmsafe.judge_eval.load_judge_evals", no_cache)
-    monkeypatch.setattr("mmsafe.judge_eval.judge_evals_dir", no_cache)
+    for name in ("default_cache_root", "load_judge_evals", "judge_evals_dir"):
+        monkeypatch.setattr(f"mmsafe.judge_eval.records.{name}", no_cache)
     rerender(out)
     assert _judge_line(out) == before
     summary = json.loads((out / "summary.json").read_text())

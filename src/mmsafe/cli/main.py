@@ -153,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-#: the presets of mmsafe.judge_eval_presets (named here so that --help does not import the library;
+#: the presets of mmsafe.labelled.presets (named here so that --help does not import the library;
 #: a test checks that the two agree)
 JUDGE_EVAL_PRESETS = ("jbb-human", "harmbench-text", "harmbench-mm", "xstest-v2", "msts")
 

@@ -12,6 +12,8 @@
 - :mod:`~mmsafe.metrics.utility` — mean utility of benign answers against reference answers and its
   paired change (the price of a defense beyond outright refusals);
 - :mod:`~mmsafe.metrics.compare` — the difference between two cells with a Newcombe interval.
+- :mod:`~mmsafe.metrics.agreement` — a judge's agreement with labels (accuracy, κ, F1, confusion),
+  what judge evaluation and the learned judge report.
 
 Every estimate comes with a 95% interval by default: a :class:`Rate` (Wilson) for proportions, an
 :class:`Estimate` (value, lo, hi, n and the interval's ``method``) for everything else. Bootstrap
