@@ -115,3 +115,21 @@ def test_the_metrics_modules_import_in_one_direction():
 
     for module in graph:
         visit(module, ())
+
+
+def test_labelled_data_and_agreement_live_in_shared_homes():
+    """The labelled-data readers (rows, files, presets) live in :mod:`mmsafe.labelled` and the
+    agreement numbers in :mod:`mmsafe.metrics.agreement`; :mod:`mmsafe.judge_eval` re-exports the
+    same objects, and neither home imports a judge, the judge-eval package or the runner."""
+    import mmsafe.judge_eval as judge_eval
+    import mmsafe.judge_eval_presets as old_presets
+    from mmsafe.labelled import LabelledData, LabelledRow, read_labelled
+    from mmsafe.labelled.presets import PRESETS
+    from mmsafe.metrics.agreement import LABEL_NAMES, agreement
+
+    assert judge_eval.read_labelled is read_labelled and judge_eval.LabelledRow is LabelledRow
+    assert judge_eval.LabelledData is LabelledData and judge_eval.agreement is agreement
+    assert judge_eval.LABEL_NAMES is LABEL_NAMES and old_presets.PRESETS is PRESETS
+    for path in [*sorted((SRC / "labelled").glob("*.py")), SRC / "metrics" / "agreement.py"]:
+        for mod, _ in _imports(path):
+            assert not mod.startswith(("mmsafe.judges", "mmsafe.judge_eval", "mmsafe.runner")), (path, mod)
