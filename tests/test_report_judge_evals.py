@@ -151,3 +151,23 @@ def test_a_damaged_entry_is_skipped(recorded):
     con.close()
     with Store.open_existing(out) as store:
         assert store.judge_evals(judge.spec.key) == []
+
+
+def test_cli_judge_eval_records_in_a_run_store_and_the_report_shows_it(tmp_path, monkeypatch, capsys):
+    from mmsafe.cli.main import main
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MMSAFE_CACHE_DIR", str(cache))
+    out = tmp_path / "out"
+    _run(tmp_path, out)
+    assert _judge_line(out).endswith("no judge-eval on record.")
+    data = _labelled(tmp_path, flip=1)
+    argv = ["judge-eval", data.path, "--judge", "refusal", "--out", str(tmp_path / "je"), "--quiet"]
+    assert main([*argv, "--record-in", str(tmp_path / "missing")]) == 2
+    assert "no run folder at" in capsys.readouterr().err
+    assert not (tmp_path / "je" / "judge-eval.json").exists()  # failed before judging
+    assert main([*argv, "--record-in", str(out)]) == 0
+    assert f"recorded in the store of {out}" in capsys.readouterr().out
+    assert not cache.exists()  # --record-in alone writes nothing to the cache
+    assert main(["report", str(out)]) == 0
+    assert "accuracy 91.7%, κ 0.83 on l.csv (harm labels, n=12)" in _judge_line(out)

@@ -127,6 +127,14 @@ def _parser() -> argparse.ArgumentParser:
         "judge then record it in their store, and their reports show it",
     )
     je.add_argument(
+        "--record-in",
+        action="append",
+        default=[],
+        metavar="RUN_DIR",
+        help="also record the result in the store of the run folder RUN_DIR (repeatable), so that "
+        "`mmsafe report RUN_DIR` shows it without a rerun",
+    )
+    je.add_argument(
         "--max-unparseable",
         type=float,
         default=0.5,
@@ -405,7 +413,15 @@ def _train_harm(args: argparse.Namespace) -> int:
 
 def _cmd_judge_eval(args: argparse.Namespace) -> int:
     from mmsafe.config import ComponentConfig, parse_component
-    from mmsafe.judge_eval import CONSTRUCTS, evaluate_judge, judge_evals_dir, robustness, save_judge_eval
+    from mmsafe.judge_eval import (
+        CONSTRUCTS,
+        evaluate_judge,
+        judge_eval_entry,
+        judge_evals_dir,
+        record_judge_eval,
+        robustness,
+        save_judge_eval,
+    )
     from mmsafe.runner.progress import Progress
     from mmsafe.store import Store
     from mmsafe.types import Expected
@@ -423,6 +439,8 @@ def _cmd_judge_eval(args: argparse.Namespace) -> int:
         forgeries = resolve_variants(args.variants)  # a misspelt variant fails before any judging
     elif args.variants is not None:
         raise ConfigError("--variants is used with --robustness")
+    for run_dir in args.record_in:  # a mistyped run folder fails before any judging
+        Store.open_existing(run_dir).close()
     judge = _create_judge(spec)
     data = _read_judge_eval_data(args)
     if forgeries is not None and data.construct != "harm":
@@ -509,8 +527,12 @@ def _cmd_judge_eval(args: argparse.Namespace) -> int:
     print(f"summary: {_safe(out / 'judge-eval.json')}")
     if args.record:
         print(f"recorded for run reports: {_safe(save_judge_eval(result, judge=judge.spec, data=data))}")
-    else:
+    elif not args.record_in:
         print(f"not recorded for run reports (--record saves it in {_safe(judge_evals_dir())})")
+    for run_dir in args.record_in:
+        with Store.open_existing(run_dir, readonly=False) as run_store:
+            record_judge_eval(run_store, judge_eval_entry(result, judge=judge.spec, data=data))
+        print(f"recorded in the store of {_safe(run_dir)}: `mmsafe report {_safe(run_dir)}` shows it")
     return 0
 
 
