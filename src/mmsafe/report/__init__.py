@@ -8,9 +8,9 @@ import time
 from collections.abc import Collection, Mapping
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from mmsafe.judges.base import rate_name
+from mmsafe.judges.base import Judge, rate_name
 from mmsafe.metrics.rates import Outcome
 from mmsafe.report.tally import AXES, CellOutcomes, DefenseUse, Tally
 from mmsafe.store.sqlite import Store
@@ -48,7 +48,7 @@ def summarise_tally(
 
     labels = labels_of({axis: specs.values() for axis, specs in tally.specs.items()})
     components = tally.components
-    summary = {
+    summary: dict[str, Any] = {
         "generated": time.time(),
         "runs": runs,
         "n_records": tally.n_records,
@@ -140,7 +140,8 @@ def judge_construct(spec: ComponentSpec) -> str:
     if spec.name not in registry.names("judge"):  # a judge not registered here: only a "success rate"
         return "other"
     try:
-        return registry.get("judge", spec.name).construct_for(spec.params)
+        judge_cls = cast("type[Judge]", registry.get("judge", spec.name))
+        return judge_cls.construct_for(spec.params)
     except (
         ConfigError,
         ValidationError,
