@@ -16,11 +16,13 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from importlib import metadata
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mmsafe.errors import ConfigError
+from mmsafe.plugin_meta import Paper, check_capabilities
 from mmsafe.types import ComponentSpec
 
 KINDS: tuple[str, ...] = ("model", "benchmark", "attack", "defense", "judge", "trainer")
@@ -132,6 +134,16 @@ class Component:
     #: :meth:`Registry.create` then constructs them as ``cls(params, registry=self)``, and they must
     #: create every sub-component through that registry (see :func:`registry_or_default`)
     uses_registry: ClassVar[bool] = False
+    #: the smallest params with which the plugin runs offline (tests and ``mmsafe describe`` use them)
+    example_params: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+    #: the paper the plugin implements, with its threat model (None for plumbing)
+    paper: ClassVar[Paper | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        check_capabilities(cls)  # a typo in ``requires`` / ``capabilities`` fails here, at import
+        if "Params" in vars(cls) and "example_params" not in vars(cls):
+            cls.example_params = MappingProxyType({})  # examples belong to a Params model, not a parent's
 
     def __init__(self, params: BaseModel | Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         if params is None or isinstance(params, Mapping):

@@ -44,6 +44,7 @@ from mmsafe.config import ComponentField
 from mmsafe.defenses.base import Defense, mark
 from mmsafe.defenses.output_guard import create_judge, judge_answers, query_text, unsafe_verdict
 from mmsafe.judges.untrusted import neutralise
+from mmsafe.plugin_meta import Paper
 from mmsafe.types import Generation, Message, Prompt
 
 if TYPE_CHECKING:
@@ -109,6 +110,18 @@ class MLLMProtector(Defense):
     """MLLM-Protector (Pi et al., EMNLP 2024): detect harmful answers, rewrite them with a detoxifier."""
 
     name: ClassVar[str] = "mllm-protector"
+    paper: ClassVar[Paper | None] = Paper(
+        title="MLLM-Protector: Ensuring MLLM's Safety without Hurting Performance",
+        authors="Pi et al.",
+        year=2024,
+        url="https://arxiv.org/abs/2401.02906",
+        threat_model=(
+            "response-side: a harm detector reads the answer, a detoxifier rewrites the harmful ones"
+        ),
+    )
+    example_params: ClassVar[dict[str, Any]] = {
+        "detector": {"name": "target-string", "params": {"preset": "instructions"}}
+    }
     version: ClassVar[str] = "3"  # 3: query and answer filled in one pass; 2: neutralised as in the llm judge
     Params: ClassVar[type[BaseModel]] = MLLMProtectorParams
     uses_registry: ClassVar[bool] = True

@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from mmsafe.config import ComponentField
 from mmsafe.errors import ConfigError
+from mmsafe.plugin_meta import Paper
 from mmsafe.training.base import Trainer
 from mmsafe.training.lora import LoraSettings, inject
 from mmsafe.training.sft import Example, load_examples
@@ -137,6 +138,14 @@ class ProtectorDetoxifier(Trainer):
     """
 
     name: ClassVar[str] = "protector-detoxifier"
+    paper: ClassVar[Paper | None] = Paper(
+        title="MLLM-Protector: Ensuring MLLM's Safety without Hurting Performance",
+        authors="Pi et al.",
+        year=2024,
+        url="https://arxiv.org/abs/2401.02906",
+        threat_model="none at training time; at inference the detoxifier reads attacker-controlled answers",
+    )
+    example_params: ClassVar[dict[str, Any]] = {"model": "scripted"}
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = ProtectorDetoxifierParams
     params: ProtectorDetoxifierParams
@@ -345,6 +354,13 @@ class ProtectorDetector(Trainer):
     """
 
     name: ClassVar[str] = "protector-detector"
+    paper: ClassVar[Paper | None] = Paper(
+        title="MLLM-Protector: Ensuring MLLM's Safety without Hurting Performance",
+        authors="Pi et al.",
+        year=2024,
+        url="https://arxiv.org/abs/2401.02906",
+        threat_model="none at training time; at inference the detector reads attacker-controlled answers",
+    )
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = ProtectorDetectorParams
     params: ProtectorDetectorParams
