@@ -14,7 +14,7 @@ from mmsafe.defenses.base import Defense
 from mmsafe.errors import ConfigError
 from mmsafe.models.base import CAPABILITIES, Capability, ModelBackend
 from mmsafe.plugin_meta import Paper
-from mmsafe.registry import KINDS, Component, Registry
+from mmsafe.registry import BUILTINS, KINDS, Component, Registry
 
 REG = Registry(entry_points=False)
 ALL = [(k, n) for k in KINDS for n in REG.names(k)]
@@ -69,6 +69,31 @@ def test_a_capability_typo_fails_when_the_plugin_class_is_defined(base, attr, va
     assert f"Typo.{attr}" in msg and bad in msg
     if "not the string" not in bad:
         assert "allowed: async, batched, gradients, hidden_states, images, system_prompt" in msg
+
+
+#: built-ins whose module is still named otherwise; the files are owned by work in flight (the tiny
+#: models are being merged, the adversarial attacks restructured) and are renamed after it lands
+NAME_FILE_EXCEPTIONS = {
+    ("model", "tiny-llava"),  # models/tiny.py
+    ("model", "tiny"),  # models/tiny_families.py
+    ("attack", "adv-target"),  # attacks/adversarial/targeted_string.py
+    ("attack", "adv-universal"),  # attacks/adversarial/universal_corpus.py
+    ("attack", "adv-caption"),  # attacks/adversarial/caption_vqa.py
+    ("attack", "adv-tool"),  # attacks/adversarial/tool_misuse.py
+    ("attack", "adv-embed"),  # attacks/adversarial/embedding_space.py
+    ("attack", "adv-cropa"),  # attacks/adversarial/cropa.py
+}
+
+
+def test_registry_names_match_file_names():
+    """A built-in named ``a-b`` lives in a module file ``a_b.py`` (one plugin per file), so a reader finds it."""
+    mismatched = set()
+    for kind, table in BUILTINS.items():
+        for name, target in table.items():
+            module = target.partition(":")[0]
+            if module.rsplit(".", 1)[-1] != name.replace("-", "_"):
+                mismatched.add((kind, name))
+    assert mismatched == NAME_FILE_EXCEPTIONS  # equality: a renamed file leaves the list too
 
 
 def test_unknown_name_lists_allowed():
