@@ -277,7 +277,7 @@ class JailGuard(Defense):
             "the defender answers mutated copies of the input and flags inputs whose answers disagree"
         ),
     )
-    example_params: ClassVar[dict[str, Any]] = {"n_variants": 2}
+    example_params: ClassVar[dict[str, Any]] = {"n_variants": 2}  # the mechanism at a quarter of the cost
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = JailGuardParams
     requires: ClassVar[frozenset[str]] = frozenset()
