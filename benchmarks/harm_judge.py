@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mmsafe.judges.harm_classifier import HarmJudge
+from mmsafe.judges.harm import HarmJudge
 
 
 def _pairs(n: int) -> tuple[list[str], list[str], str]:

@@ -1,7 +1,7 @@
 """Requests/s of the OpenAI-compatible backend at concurrency 1, 8 and 32, next to the server's own limit.
 
 For each server it sends the same N equal-size chat requests (greedy, fixed ``max_tokens``) through
-:class:`~mmsafe.models.openai_compat.OpenAICompatModel` at each concurrency, then the same requests
+:class:`~mmsafe.models.openai.OpenAICompatModel` at each concurrency, then the same requests
 with a bare ``httpx.AsyncClient`` at the same concurrency (no mmsafe: no message conversion, retries
 or result objects). Rows print side by side: mmsafe req/s, its ratio to concurrency 1, raw req/s and
 mmsafe/raw (the backend's overhead; ~1.0 means the server is the limit). Each cell is the best of
@@ -38,7 +38,7 @@ from typing import Any
 import httpx
 from PIL import Image as PILImage
 
-from mmsafe.models.openai_compat import OpenAICompatModel
+from mmsafe.models.openai import OpenAICompatModel
 from mmsafe.types import Generation, Image, Message, Prompt
 
 TEXT_CHAT_TEMPLATE = (

@@ -118,7 +118,7 @@ def main() -> None:
     print(f"evaluation run: {time.perf_counter() - t0:.0f} s (report: {out / 'run'})", file=sys.stderr)
     summary = json.loads(next((out / "run").rglob("summary.json")).read_text(encoding="utf-8"))
     # only this run's models: a reused --out may hold records of earlier adapters trained at other paths
-    from mmsafe.models.gemma_ocr import SAFE_ADAPTER
+    from mmsafe.models.gemma_ocr_safe import SAFE_ADAPTER
 
     wanted = {(m.get("params") or {}).get("adapter") for m in models} | {SAFE_ADAPTER}
     adapters = {}
@@ -172,7 +172,7 @@ def main() -> None:
         mem = f"{tr['peak_rss_mb'] / 1024:.1f} GiB" if tr.get("peak_rss_mb") else "—"
         print(f"| {model} | " + " | ".join(cell.get(c, "—") for c in cols) + f" | {secs} | {mem} |")
     if "sft" in cards:  # the shipped adapter, retrained from its recipe: the same weights?
-        from mmsafe.models.gemma_ocr import SAFE_ADAPTER
+        from mmsafe.models.gemma_ocr_safe import SAFE_ADAPTER
         from mmsafe.training.lora import read_card
 
         shipped = read_card(SAFE_ADAPTER)

@@ -11,15 +11,9 @@ from mmsafe.runner import run
 from mmsafe.store import Store
 
 REG = Registry(entry_points=False)
-#: attacks whose defaults need something only a config can give
-PARAMS = {
-    "pair": {
-        "attacker": {"name": "scripted", "params": {"default": '{"improvement": "x", "prompt": "Tell me"}'}},
-        "n_iterations": 2,
-    },
-    "compose": {"image": "figstep", "text": ["prefix-injection"]},
-}
 ATTACKS = [n for n in REG.names("attack") if "gradients" not in REG.get("attack", n).requires]
+#: each attack's own smallest params (``example_params``: pair's scripted attacker, compose's parts)
+PARAMS = {n: dict(REG.get("attack", n).example_params) for n in ATTACKS}
 #: white-box attacks, a few steps each (the tiny LLaVA gives gradients)
 WHITE_BOX = [n for n in REG.names("attack") if "gradients" in REG.get("attack", n).requires]
 WHITE_BOX_PARAMS = {"steps": 3, "check_every": 1}

@@ -89,6 +89,53 @@ def test_list_shows_every_kind(capsys):
         assert word in out
 
 
+def test_describe_prints_summary_paper_capabilities_params_and_example(capsys):
+    assert main(["describe", "attack", "figstep"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith("attack figstep: FigStep typographic jailbreak")
+    assert "paper: FigStep: Jailbreaking Large Vision-Language Models" in out and "2311.05608" in out
+    assert "threat model: black-box, one query" in out
+    assert "requires: images" in lines
+    assert "  font_size: int = 80" in lines  # type and default from the pydantic Params
+    assert "      font size in points (80 → 48 px per glyph)" in lines  # its description
+    assert "  font_path: str | None = null" in lines
+    assert lines[-1] == "example params: {}"
+
+
+def test_describe_a_name_of_one_kind_shows_capabilities_and_example_yaml(capsys):
+    assert main(["describe", "openai"]) == 0  # one kind has the name: no KIND needed
+    out = capsys.readouterr().out
+    assert out.startswith("model openai: ")
+    assert "capabilities: async, images, system_prompt" in out and "paper: (none)" in out
+    assert "  base_url: str required" in out
+    assert out.rstrip().endswith("example params:\n  base_url: http://127.0.0.1:9/v1")
+    assert main(["describe", "pair"]) == 0
+    out = capsys.readouterr().out
+    assert "  n_iterations: 2" in out.split("example params:")[1]  # nested YAML
+    assert "requires: (nothing)" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["figstep"],
+            "'figstep' names plugins of several kinds (benchmark, attack); say which: "
+            "mmsafe describe benchmark figstep, mmsafe describe attack figstep",
+        ),
+        (["figsetp"], "no plugin is named 'figsetp'; `mmsafe list` shows them all"),
+        (["attack", "figsetp"], "unknown attack 'figsetp'; allowed: adv-caption"),
+        (["attak", "figstep"], "unknown component kind 'attak'; allowed: model"),
+        (["attack", "figstep", "x"], "describe takes [KIND] NAME, got 3 words"),
+    ],
+)
+def test_describe_errors_are_one_line_with_the_choices(capsys, argv, message):
+    assert main(["describe", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmsafe: error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
 def test_unexpected_error_is_one_escaped_line_and_v_shows_the_traceback(tmp_path, capsys, monkeypatch):
     import mmsafe.cli.main as cli
 

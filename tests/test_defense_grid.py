@@ -13,31 +13,13 @@ from mmsafe.runner import run
 from mmsafe.store import Store
 
 REG = Registry(entry_points=False)
-ATTACK_PARAMS = {
-    "pair": {
-        "attacker": {"name": "scripted", "params": {"default": '{"improvement": "x", "prompt": "Tell me"}'}},
-        "n_iterations": 2,
-    },
-    "compose": {"image": "figstep", "text": ["prefix-injection"]},
-}
 BLACK_BOX = [n for n in REG.names("attack") if "gradients" not in REG.get("attack", n).requires]
-#: defenses whose defaults need something only a config can give (the detectors are rule judges)
-DEFENSE_PARAMS = {
-    "output-guard": {"judge": {"name": "target-string", "params": {"preset": "instructions"}}},
-    "mllm-protector": {"detector": {"name": "target-string", "params": {"preset": "instructions"}}},
-    "jailguard": {"n_variants": 2},  # the mechanism, at a quarter of the default cost
-    # an input filter, a defense prompt and an output guard in one cell
-    "stack": {
-        "defenses": [
-            "ocr-filter",
-            "system-prompt",
-            {
-                "name": "output-guard",
-                "params": {"judge": {"name": "target-string", "params": {"preset": "instructions"}}},
-            },
-        ]
-    },
-}
+#: each plugin's own smallest params (``example_params``)
+ATTACK_PARAMS = {n: dict(REG.get("attack", n).example_params) for n in BLACK_BOX}
+#: each defense's own smallest params (``example_params``: the guards' and stack's detectors are rule
+#: judges, jailguard runs at a quarter of its default cost, stack is an input filter, a defense prompt
+#: and an output guard in one cell)
+DEFENSE_PARAMS = {n: dict(REG.get("defense", n).example_params) for n in REG.names("defense")}
 
 
 def _defenses(model_caps: frozenset[str]) -> list[dict]:

@@ -11,7 +11,7 @@ np = pytest.importorskip("numpy")
 PIL = pytest.importorskip("PIL.Image")
 
 from mmsafe.defenses.ocr_filter import OCRFilter, keyword_matches  # noqa: E402
-from mmsafe.defenses.purification import ImagePurification, map_images, reduce_bits  # noqa: E402
+from mmsafe.defenses.purify import ImagePurification, map_images, reduce_bits  # noqa: E402
 from mmsafe.errors import MissingDependency  # noqa: E402
 from mmsafe.models.scripted import ScriptedModel  # noqa: E402
 from mmsafe.ocr import tesseract_available  # noqa: E402
@@ -277,7 +277,7 @@ def test_registry_names_resolve_when_registered():
     from mmsafe.registry import Registry
 
     reg = Registry(entry_points=False)
-    reg.register("defense", "purify", "mmsafe.defenses.purification:ImagePurification")
+    reg.register("defense", "purify", "mmsafe.defenses.purify:ImagePurification")
     reg.register("defense", "ocr-filter", "mmsafe.defenses.ocr_filter:OCRFilter")
     assert reg.create("defense", "purify", {"methods": ["bits"], "bits": 3}).params.bits == 3
     assert reg.create("defense", "ocr-filter", {}).judge is None

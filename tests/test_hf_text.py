@@ -286,7 +286,8 @@ def test_import_is_light():
     import subprocess
     import sys
 
-    code = "import sys, mmsafe.models.hf_text, mmsafe.models.gemma_ocr, mmsafe.models.gemma_llava; "
+    code = "import sys, mmsafe.models.hf_text, mmsafe.models.gemma_ocr, mmsafe.models.gemma_ocr_safe, "
+    code += "mmsafe.models.gemma_llava; "
     code += "print('torch' in sys.modules or 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

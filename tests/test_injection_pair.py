@@ -13,7 +13,7 @@ from PIL import Image as PILImage
 from pydantic import BaseModel, ConfigDict
 
 from mmsafe.attacks.text.pair import PAIR, parse_attacker_reply
-from mmsafe.attacks.typographic.injection import VisualInjection
+from mmsafe.attacks.typographic.visual_injection import VisualInjection
 from mmsafe.config import load_config
 from mmsafe.datasets.base import Benchmark
 from mmsafe.errors import ConfigError

@@ -87,7 +87,7 @@ def test_batched_equals_one_at_a_time_and_benign_requests_get_no_success(judge):
 
 @needs_model
 def test_a_damaged_or_foreign_file_is_refused(tmp_path, judge):
-    from mmsafe.judges.harm_classifier import shipped_weights
+    from mmsafe.judges.harm import shipped_weights
 
     src = shipped_weights()
     dst = tmp_path / "h.safetensors"

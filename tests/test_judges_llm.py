@@ -19,7 +19,7 @@ from mmsafe.config import RunConfig
 from mmsafe.datasets.base import Benchmark
 from mmsafe.errors import ConfigError, MissingDependency
 from mmsafe.judges.base import Judge
-from mmsafe.judges.detoxify_judge import DetoxifyJudge
+from mmsafe.judges.detoxify import DetoxifyJudge
 from mmsafe.judges.ensemble import EnsembleJudge, combine, member_judgements, pairwise_agreement
 from mmsafe.judges.llm import HAZARD_CATEGORIES, LLMJudge, mmsb_scenario
 from mmsafe.judges.perspective import PerspectiveJudge

@@ -36,7 +36,7 @@ httpx = pytest.importorskip("httpx", reason="the openai backend needs httpx (pip
 
 from _fault_proxy import FaultProxy  # noqa: E402
 from _stub_openai import StubOpenAI  # noqa: E402
-from mmsafe.models.openai_compat import (  # noqa: E402
+from mmsafe.models.openai import (  # noqa: E402
     EndpointError,
     OpenAICompatModel,
     _ErrorAnswer,

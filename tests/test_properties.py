@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mmsafe.datasets.generic import GenericFile
+from mmsafe.datasets.jsonl import GenericFile
 from mmsafe.types import Record, Sample, lone_surrogate, stable_hash
 
 hypothesis = pytest.importorskip("hypothesis")  # the dev extra; CI (MMSAFE_STRICT_SKIPS) fails on a skip

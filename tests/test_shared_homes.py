@@ -88,7 +88,7 @@ def test_fonts_and_the_rephraser_come_from_the_render_home():
     assert {
         "mmsafe.attacks.text.text_only",
         "mmsafe.attacks.typographic.figstep",
-        "mmsafe.attacks.typographic.injection",
+        "mmsafe.attacks.typographic.visual_injection",
         "mmsafe.datasets.vqa_starter",
     } <= users
 

@@ -301,7 +301,7 @@ def test_overlap_compare_detects_duplicates(text, expect_exact, expect_min_jacca
 
 
 def test_the_shipped_safety_adapter_is_intact_small_and_made_from_the_shipped_data():
-    from mmsafe.models.gemma_ocr import SAFE_ADAPTER, GemmaOCRSafeParams
+    from mmsafe.models.gemma_ocr_safe import SAFE_ADAPTER, GemmaOCRSafeParams
     from mmsafe.training.examples import safety_items_sha256
     from mmsafe.training.lora import adapter_path, read_card
 

@@ -33,7 +33,8 @@ FLAG_HARMFUL = {"name": "target-string", "params": {"targets": ["first do it"]}}
 
 
 def _registry() -> Registry:
-    from mmsafe.training.protector import ProtectorDetector, ProtectorDetoxifier
+    from mmsafe.training.protector_detector import ProtectorDetector
+    from mmsafe.training.protector_detoxifier import ProtectorDetoxifier
 
     reg = Registry()
     reg.register("trainer", "protector-detoxifier", ProtectorDetoxifier)
@@ -134,7 +135,7 @@ def test_the_trained_detoxifier_keeps_a_harmless_answer(tiny, detoxifier):
 
 def test_detox_pairs_are_exactly_what_the_defense_sends():
     from mmsafe.defenses.mllm_protector import DEFAULT_REWRITE_PROMPT, MLLMProtector
-    from mmsafe.training.protector import detox_pairs
+    from mmsafe.training.protector_detoxifier import detox_pairs
     from mmsafe.training.sft import Example
 
     examples = [
@@ -203,7 +204,7 @@ def test_both_trained_parts_run_the_defense(tiny, detector, detoxifier):
 
 
 def test_the_detector_split_keeps_each_request_on_one_side():
-    from mmsafe.training.protector import LabelledRow, detector_rows, split_by_request
+    from mmsafe.training.protector_detector import LabelledRow, detector_rows, split_by_request
     from mmsafe.training.sft import Example
 
     made = detector_rows([Example(r["request"], r["answer"], r["kind"], r["rejected"]) for r in rows(False)])
@@ -234,7 +235,7 @@ def test_a_bad_labelled_row_names_its_line(tmp_path):
 def test_cli_trains_a_detector_without_a_model(tmp_path, capsys, monkeypatch):
     from mmsafe.cli.main import main
 
-    monkeypatch.setitem(BUILTINS["trainer"], "protector-detector", "mmsafe.training.protector:ProtectorDetector")
+    monkeypatch.setitem(BUILTINS["trainer"], "protector-detector", "mmsafe.training.protector_detector:ProtectorDetector")
     labelled = tmp_path / "l.jsonl"
     labelled.write_text("\n".join(
         json.dumps({"request": f"How do I {v} {o}?", "response": text, "harmful": harmful})

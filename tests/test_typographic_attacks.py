@@ -16,9 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import dataset_dir
-from mmsafe.attacks.controls import BlankImage, NoImage
+from mmsafe.attacks.blank_image import BlankImage
+from mmsafe.attacks.no_image import NoImage
 from mmsafe.attacks.typographic.figstep_pro import FigStepPro, mask_instruction
-from mmsafe.attacks.typographic.mm_safetybench import MMSafetyBenchSDTypo, MMSafetyBenchTypo
+from mmsafe.attacks.typographic.mmsb_sd_typo import MMSafetyBenchSDTypo
+from mmsafe.attacks.typographic.mmsb_typo import MMSafetyBenchTypo
 from mmsafe.attacks.typographic.render_text import RenderText
 from mmsafe.config import load_config
 from mmsafe.errors import ConfigError

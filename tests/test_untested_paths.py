@@ -26,7 +26,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 PIL = pytest.importorskip("PIL.Image")
 
-from mmsafe.attacks.typographic.mm_safetybench import MMSafetyBenchSDTypo, MMSafetyBenchTypo  # noqa: E402
+from mmsafe.attacks.typographic.mmsb_sd_typo import MMSafetyBenchSDTypo  # noqa: E402
+from mmsafe.attacks.typographic.mmsb_typo import MMSafetyBenchTypo  # noqa: E402
 from mmsafe.models.hf import HFModel  # noqa: E402
 
 MAX_NEW = 6

@@ -97,7 +97,7 @@ class RunConfig(BaseModel):
 
 #: ``mmsafe run`` with no config: the FigStep typographic attack vs its plain-text baseline on the starter
 #: suite, against the embedded default model (Gemma-3-270M base with mmsafe's shipped safety adapter,
-#: read through Tesseract OCR; see models/gemma_ocr.py), judged twice: the refusal rules (non-refusal
+#: read through Tesseract OCR; see models/gemma_ocr_safe.py), judged twice: the refusal rules (non-refusal
 #: rate) and the shipped harm classifier (harmful rate = ASR).
 QUICKSTART: dict[str, Any] = {
     "name": "quickstart",

@@ -16,11 +16,13 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from importlib import metadata
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mmsafe.errors import ConfigError
+from mmsafe.plugin_meta import Paper, check_capabilities
 from mmsafe.types import ComponentSpec
 
 KINDS: tuple[str, ...] = ("model", "benchmark", "attack", "defense", "judge", "trainer")
@@ -30,11 +32,11 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "hf": "mmsafe.models.hf:HFModel",
         "hf-text": "mmsafe.models.hf_text:HFTextModel",
         "gemma-ocr": "mmsafe.models.gemma_ocr:GemmaOCR",
-        "gemma-ocr-safe": "mmsafe.models.gemma_ocr:GemmaOCRSafe",
+        "gemma-ocr-safe": "mmsafe.models.gemma_ocr_safe:GemmaOCRSafe",
         "gemma-llava": "mmsafe.models.gemma_llava:GemmaLlava",
         "tiny-llava": "mmsafe.models.tiny:TinyLlava",
         "tiny": "mmsafe.models.tiny_families:TinyModel",
-        "openai": "mmsafe.models.openai_compat:OpenAICompatModel",
+        "openai": "mmsafe.models.openai:OpenAICompatModel",
         "scripted": "mmsafe.models.scripted:ScriptedModel",
     },
     "benchmark": {
@@ -44,7 +46,7 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "xstest": "mmsafe.datasets.xstest:XSTest",
         "harmbench": "mmsafe.datasets.harmbench:HarmBench",
         "jailbreakbench": "mmsafe.datasets.jailbreakbench:JailbreakBench",
-        "jsonl": "mmsafe.datasets.generic:GenericFile",
+        "jsonl": "mmsafe.datasets.jsonl:GenericFile",
         "vqa-starter": "mmsafe.datasets.vqa_starter:VQAStarter",
     },
     "attack": {
@@ -59,14 +61,14 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "ignore-previous": "mmsafe.attacks.text.ignore_previous:IgnorePrevious",
         "two-hop": "mmsafe.attacks.text.two_hop:TwoHop",
         "compose": "mmsafe.attacks.compose:Compose",
-        "visual-injection": "mmsafe.attacks.typographic.injection:VisualInjection",
+        "visual-injection": "mmsafe.attacks.typographic.visual_injection:VisualInjection",
         "pair": "mmsafe.attacks.text.pair:PAIR",
         "figstep-pro": "mmsafe.attacks.typographic.figstep_pro:FigStepPro",
-        "mmsb-typo": "mmsafe.attacks.typographic.mm_safetybench:MMSafetyBenchTypo",
-        "mmsb-sd-typo": "mmsafe.attacks.typographic.mm_safetybench:MMSafetyBenchSDTypo",
+        "mmsb-typo": "mmsafe.attacks.typographic.mmsb_typo:MMSafetyBenchTypo",
+        "mmsb-sd-typo": "mmsafe.attacks.typographic.mmsb_sd_typo:MMSafetyBenchSDTypo",
         "render-text": "mmsafe.attacks.typographic.render_text:RenderText",
-        "blank-image": "mmsafe.attacks.controls:BlankImage",
-        "no-image": "mmsafe.attacks.controls:NoImage",
+        "blank-image": "mmsafe.attacks.blank_image:BlankImage",
+        "no-image": "mmsafe.attacks.no_image:NoImage",
         "adv-target": "mmsafe.attacks.adversarial.targeted_string:TargetedString",
         "adv-universal": "mmsafe.attacks.adversarial.universal_corpus:UniversalCorpus",
         "adv-caption": "mmsafe.attacks.adversarial.caption_vqa:CaptionVQA",
@@ -78,7 +80,7 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "none": "mmsafe.defenses.none:NoDefense",
         "system-prompt": "mmsafe.defenses.system_prompt:SafetySystemPrompt",
         "inferaligner": "mmsafe.defenses.inferaligner:InferAligner",
-        "purify": "mmsafe.defenses.purification:ImagePurification",
+        "purify": "mmsafe.defenses.purify:ImagePurification",
         "ocr-filter": "mmsafe.defenses.ocr_filter:OCRFilter",
         "output-guard": "mmsafe.defenses.output_guard:OutputGuard",
         "mllm-protector": "mmsafe.defenses.mllm_protector:MLLMProtector",
@@ -94,9 +96,9 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "llm": "mmsafe.judges.llm:LLMJudge",
         "ensemble": "mmsafe.judges.ensemble:EnsembleJudge",
         "perspective": "mmsafe.judges.perspective:PerspectiveJudge",
-        "detoxify": "mmsafe.judges.detoxify_judge:DetoxifyJudge",
+        "detoxify": "mmsafe.judges.detoxify:DetoxifyJudge",
         "learned": "mmsafe.judges.learned:LearnedJudge",
-        "harm": "mmsafe.judges.harm_classifier:HarmJudge",
+        "harm": "mmsafe.judges.harm:HarmJudge",
         "reference": "mmsafe.judges.reference:ReferenceJudge",
         "guard": "mmsafe.judges.guard:GuardJudge",
         "utility": "mmsafe.judges.utility:UtilityJudge",
@@ -105,8 +107,8 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "sft": "mmsafe.training.sft:SafetySFT",
         "dpo": "mmsafe.training.dpo:DPO",
         "dress": "mmsafe.training.dress:DRESS",
-        "protector-detoxifier": "mmsafe.training.protector:ProtectorDetoxifier",
-        "protector-detector": "mmsafe.training.protector:ProtectorDetector",
+        "protector-detoxifier": "mmsafe.training.protector_detoxifier:ProtectorDetoxifier",
+        "protector-detector": "mmsafe.training.protector_detector:ProtectorDetector",
         "sft-vision": "mmsafe.training.sft_vision:VisionSafetySFT",
     },
 }
@@ -132,6 +134,16 @@ class Component:
     #: :meth:`Registry.create` then constructs them as ``cls(params, registry=self)``, and they must
     #: create every sub-component through that registry (see :func:`registry_or_default`)
     uses_registry: ClassVar[bool] = False
+    #: the smallest params with which the plugin runs offline (tests and ``mmsafe describe`` use them)
+    example_params: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+    #: the paper the plugin implements, with its threat model (None for plumbing)
+    paper: ClassVar[Paper | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        check_capabilities(cls)  # a typo in ``requires`` / ``capabilities`` fails here, at import
+        if "Params" in vars(cls) and "example_params" not in vars(cls):
+            cls.example_params = MappingProxyType({})  # examples belong to a Params model, not a parent's
 
     def __init__(self, params: BaseModel | Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         if params is None or isinstance(params, Mapping):

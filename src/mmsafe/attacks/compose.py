@@ -62,6 +62,7 @@ class Compose(Attack):
     """
 
     name: ClassVar[str] = "compose"
+    example_params: ClassVar[dict[str, Any]] = {"image": "figstep", "text": ["prefix-injection"]}
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = ComposeParams
     uses_registry: ClassVar[bool] = True

@@ -66,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list registered models, benchmarks, attacks, defenses and judges")
     ls.add_argument("kind", nargs="?", choices=[k for k, _ in KIND_OPTIONS])
 
+    ds = sub.add_parser(
+        "describe",
+        help="show one plugin: summary, paper, threat model, capabilities, params and example params",
+        description="Describe a plugin: `mmsafe describe attack figstep`, or `mmsafe describe NAME` when "
+        "only one kind has that name.",
+    )
+    ds.add_argument("what", nargs="+", metavar="[KIND] NAME", help="a plugin name, optionally after its kind")
+
     jt = sub.add_parser(
         "judge-train",
         help="train the 'learned' judge on labelled responses",
@@ -607,6 +615,31 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_describe(args: argparse.Namespace) -> int:
+    from mmsafe.plugin_meta import describe_plugin
+    from mmsafe.registry import KINDS, Registry
+
+    reg = Registry()
+    if len(args.what) > 2:
+        raise ConfigError(f"describe takes [KIND] NAME, got {len(args.what)} words")
+    if len(args.what) == 2:
+        kind, name = args.what
+        reg.get(kind, name)  # an unknown kind or name: ConfigError with the allowed ones
+    else:
+        (name,) = args.what
+        kinds = [k for k in KINDS if name in reg.names(k)]
+        if not kinds:
+            raise ConfigError(f"no plugin is named '{name}'; `mmsafe list` shows them all")
+        if len(kinds) > 1:
+            choices = ", ".join(f"mmsafe describe {k} {name}" for k in kinds)
+            raise ConfigError(
+                f"'{name}' names plugins of several kinds ({', '.join(kinds)}); say which: {choices}"
+            )
+        (kind,) = kinds
+    print(_safe(describe_plugin(kind, name, reg.get(kind, name)), keep_newlines=True))
+    return 0
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread: the run stops as on Ctrl-C (the open transaction rolls back)."""
 
@@ -651,6 +684,7 @@ def main(argv: list[str] | None = None) -> int:
         "report": _cmd_report,
         "export": _cmd_export,
         "list": _cmd_list,
+        "describe": _cmd_describe,
         "judge-train": _cmd_judge_train,
         "judge-eval": _cmd_judge_eval,
         "train": _cmd_train,

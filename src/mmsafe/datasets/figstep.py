@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 from mmsafe.datasets._util import ImageLoadError, load_image, read_csv, require_file, rows_to_samples
 from mmsafe.datasets.base import Benchmark
+from mmsafe.plugin_meta import Paper
 from mmsafe.types import Image, Sample
 
 _SPLITS = {
@@ -43,6 +44,13 @@ class FigStepSafeBench(Benchmark):
     """
 
     name: ClassVar[str] = "figstep"
+    paper: ClassVar[Paper | None] = Paper(
+        title="FigStep: Jailbreaking Large Vision-Language Models via Typographic Visual Prompts",
+        authors="Gong et al.",
+        year=2025,
+        url="https://arxiv.org/abs/2311.05608",
+        threat_model="harmful questions (SafeBench) for a black-box attacker who sends one query per item",
+    )
     default_folder: ClassVar[str | None] = "figstep"
 
     class Params(BaseModel):

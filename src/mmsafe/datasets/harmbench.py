@@ -18,6 +18,7 @@ from mmsafe.datasets._util import (
 )
 from mmsafe.datasets.base import Benchmark
 from mmsafe.errors import ConfigError
+from mmsafe.plugin_meta import Paper
 from mmsafe.types import Image, Sample
 
 FunctionalCategory = Literal["standard", "contextual", "copyright"]
@@ -72,6 +73,15 @@ class HarmBench(Benchmark):
     """
 
     name: ClassVar[str] = "harmbench"
+    paper: ClassVar[Paper | None] = Paper(
+        title="HarmBench: A Standardized Evaluation Framework for Automated Red Teaming and Robust Refusal",
+        authors="Mazeika et al.",
+        year=2024,
+        url="https://arxiv.org/abs/2402.04249",
+        threat_model=(
+            "harmful behaviours for a red-teamer with query access to the target; text and multimodal"
+        ),
+    )
     default_folder: ClassVar[str | None] = "harmbench"
 
     class Params(BaseModel):

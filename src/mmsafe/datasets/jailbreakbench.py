@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 
 from mmsafe.datasets._util import read_csv, require_file, rows_to_samples
 from mmsafe.datasets.base import Benchmark
+from mmsafe.plugin_meta import Paper
 from mmsafe.types import Expected, Sample
 
 _SUBSETS = {
@@ -40,6 +41,13 @@ class JailbreakBench(Benchmark):
     """
 
     name: ClassVar[str] = "jailbreakbench"
+    paper: ClassVar[Paper | None] = Paper(
+        title="JailbreakBench: An Open Robustness Benchmark for Jailbreaking Large Language Models",
+        authors="Chao et al.",
+        year=2024,
+        url="https://arxiv.org/abs/2404.01318",
+        threat_model="harmful behaviours and benign twins for black-box jailbreak attacks",
+    )
     default_folder: ClassVar[str | None] = "jailbreakbench"
 
     class Params(BaseModel):

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from mmsafe.datasets._util import check_choices, read_json, require_file
 from mmsafe.datasets.base import Benchmark
 from mmsafe.errors import ConfigError
+from mmsafe.plugin_meta import Paper
 from mmsafe.types import Sample
 
 #: The 13 scenarios, spelled as upstream names their files (including "Illegal_Activitiy").
@@ -63,6 +64,15 @@ class MMSafetyBench(Benchmark):
     """
 
     name: ClassVar[str] = "mm-safetybench"
+    paper: ClassVar[Paper | None] = Paper(
+        title="MM-SafetyBench: A Benchmark for Safety Evaluation of Multimodal Large Language Models",
+        authors="Liu et al.",
+        year=2024,
+        url="https://arxiv.org/abs/2311.17600",
+        threat_model=(
+            "harmful requests whose key phrase is shown in a query-relevant image; black-box, one query"
+        ),
+    )
     default_folder: ClassVar[str | None] = "mm-safetybench"
 
     class Params(BaseModel):

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from mmsafe.datasets._util import read_csv, require_file, rows_to_samples
 from mmsafe.datasets.base import Benchmark
+from mmsafe.plugin_meta import Paper
 from mmsafe.types import Expected, Sample
 
 _EXPECTED = {"safe": Expected.comply, "unsafe": Expected.refuse}
@@ -30,6 +31,13 @@ class XSTest(Benchmark):
     """
 
     name: ClassVar[str] = "xstest"
+    paper: ClassVar[Paper | None] = Paper(
+        title="XSTest: A Test Suite for Identifying Exaggerated Safety Behaviours in Large Language Models",
+        authors="Röttger et al.",
+        year=2024,
+        url="https://arxiv.org/abs/2308.01263",
+        threat_model="none: safe prompts that look unsafe (over-refusal), with unsafe contrast prompts",
+    )
     default_folder: ClassVar[str | None] = "xstest"
 
     class Params(BaseModel):

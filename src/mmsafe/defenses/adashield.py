@@ -113,6 +113,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mmsafe.config import ComponentConfig, ComponentField
 from mmsafe.defenses.base import Defense, mark
+from mmsafe.plugin_meta import Paper
 from mmsafe.types import Generation, Message, Prompt, Sample, TextPart, stable_hash
 
 if TYPE_CHECKING:
@@ -437,6 +438,18 @@ class AdaShield(Defense):
     """AdaShield (Wang et al., ECCV 2024): a step-by-step defense prompt, static or retrieved per query."""
 
     name: ClassVar[str] = "adashield"
+    paper: ClassVar[Paper | None] = Paper(
+        title=(
+            "AdaShield: Safeguarding Multimodal Large Language Models from Structure-based Attack via "
+            "Adaptive Shield Prompting"
+        ),
+        authors="Wang et al.",
+        year=2024,
+        url="https://arxiv.org/abs/2403.09513",
+        threat_model=(
+            "the defender adds a defense prompt to the input; no weights; against typographic attacks"
+        ),
+    )
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = AdaShieldParams
     requires: ClassVar[frozenset[str]] = frozenset()

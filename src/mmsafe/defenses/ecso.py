@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from mmsafe.defenses.base import Defense, mark
 from mmsafe.defenses.output_guard import query_text
 from mmsafe.judges.untrusted import neutralise
+from mmsafe.plugin_meta import Paper
 from mmsafe.types import Generation, Message, Prompt
 
 if TYPE_CHECKING:
@@ -152,6 +153,15 @@ class ECSO(Defense):
     """ECSO (Gou et al., ECCV 2024): self-check the answer; if harmful, answer from a caption without the image."""
 
     name: ClassVar[str] = "ecso"
+    paper: ClassVar[Paper | None] = Paper(
+        title="Eyes Closed, Safety On: Protecting Multimodal LLMs via Image-to-Text Transformation",
+        authors="Gou et al.",
+        year=2024,
+        url="https://arxiv.org/abs/2403.09572",
+        threat_model=(
+            "the model checks its own answer; if unsafe it answers again from a caption, image dropped"
+        ),
+    )
     version: ClassVar[str] = "2"  # 2: request and answer neutralised as in the llm judge (was: markers broken up)
     Params: ClassVar[type[BaseModel]] = ECSOParams
     params: ECSOParams

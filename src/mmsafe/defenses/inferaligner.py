@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mmsafe.config import ComponentField
 from mmsafe.defenses.base import Defense, mark
 from mmsafe.models.base import ModelBackend
+from mmsafe.plugin_meta import Paper
 from mmsafe.types import Generation, Message, Prompt
 
 if TYPE_CHECKING:
@@ -89,6 +90,15 @@ class InferAligner(Defense):
     """InferAligner (Wang et al., EMNLP 2024): gated safety steering vectors added to activations."""
 
     name: ClassVar[str] = "inferaligner"
+    paper: ClassVar[Paper | None] = Paper(
+        title="InferAligner: Inference-Time Alignment for Harmlessness through Cross-Model Guidance",
+        authors="Wang et al.",
+        year=2024,
+        url="https://arxiv.org/abs/2401.11206",
+        threat_model=(
+            "white-box defender: steers the target's activations with a guide model's safety vectors"
+        ),
+    )
     Params: ClassVar[type[BaseModel]] = InferAlignerParams
     requires: ClassVar[frozenset[str]] = frozenset({"hidden_states"})
     uses_registry: ClassVar[bool] = True

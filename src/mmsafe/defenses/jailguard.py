@@ -77,6 +77,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mmsafe.defenses.base import Defense, mark
 from mmsafe.models.base import ModelBackend
+from mmsafe.plugin_meta import Paper
 from mmsafe.types import Generation, Image, ImagePart, Prompt, TextPart, stable_hash
 
 __all__ = [
@@ -267,6 +268,16 @@ class JailGuard(Defense):
     """JailGuard (Zhang et al. 2023): mutate the input, query each variant, flag divergent answers."""
 
     name: ClassVar[str] = "jailguard"
+    paper: ClassVar[Paper | None] = Paper(
+        title="JailGuard: A Universal Detection Framework for Prompt-based Attacks on LLM Systems",
+        authors="Zhang et al.",
+        year=2023,
+        url="https://arxiv.org/abs/2312.10766",
+        threat_model=(
+            "the defender answers mutated copies of the input and flags inputs whose answers disagree"
+        ),
+    )
+    example_params: ClassVar[dict[str, Any]] = {"n_variants": 2}  # the mechanism at a quarter of the cost
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = JailGuardParams
     requires: ClassVar[frozenset[str]] = frozenset()

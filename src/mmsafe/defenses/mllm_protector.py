@@ -26,7 +26,7 @@ itself), ``rewrite_prompt`` (our wording below; ``{query}`` and ``{answer}`` are
 Where we differ from the paper: the detector and detoxifier are whatever judge and model the
 config names, prompted rather than fine-tuned (the paper's trained checkpoints can be plugged in as
 a judge and a model backend, and ``mmsafe train protector-detector`` / ``protector-detoxifier``
-(:mod:`mmsafe.training.protector`) train both parts on local models); the detoxifier sees text only — the query and the answer, not the
+(:mod:`mmsafe.training.protector_detoxifier`, :mod:`~mmsafe.training.protector_detector`) train the parts on local models); the detoxifier sees text only — the query and the answer, not the
 images (the paper's detoxifier, too, is conditioned on the query and the harmful answer); the
 rewrite prompt is ours.
 """
@@ -44,6 +44,7 @@ from mmsafe.config import ComponentField
 from mmsafe.defenses.base import Defense, mark
 from mmsafe.defenses.output_guard import create_judge, judge_answers, query_text, unsafe_verdict
 from mmsafe.judges.untrusted import neutralise
+from mmsafe.plugin_meta import Paper
 from mmsafe.types import Generation, Message, Prompt
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ _FIELD = re.compile(r"\{query\}|\{answer\}")
 def detox_prompt(template: str, query: str, answer: str, *, max_answer_chars: int = 4000) -> Prompt:
     """The detoxifier's prompt: ``template`` with the neutralised ``query`` and the neutralised first
     ``max_answer_chars`` of ``answer`` filled in, as one text-only user turn. The one place it is
-    built: the defense sends it, and ``protector-detoxifier`` (:mod:`mmsafe.training.protector`)
+    built: the defense sends it, and ``protector-detoxifier`` (:mod:`mmsafe.training.protector_detoxifier`)
     trains on it, so a trained detoxifier sees exactly what it is later sent."""
     fills = {"{query}": neutralise(query), "{answer}": neutralise(answer[:max_answer_chars])}
     # one pass, first occurrence of each: a query that itself holds "{answer}" is never filled again
@@ -109,6 +110,18 @@ class MLLMProtector(Defense):
     """MLLM-Protector (Pi et al., EMNLP 2024): detect harmful answers, rewrite them with a detoxifier."""
 
     name: ClassVar[str] = "mllm-protector"
+    paper: ClassVar[Paper | None] = Paper(
+        title="MLLM-Protector: Ensuring MLLM's Safety without Hurting Performance",
+        authors="Pi et al.",
+        year=2024,
+        url="https://arxiv.org/abs/2401.02906",
+        threat_model=(
+            "response-side: a harm detector reads the answer, a detoxifier rewrites the harmful ones"
+        ),
+    )
+    example_params: ClassVar[dict[str, Any]] = {
+        "detector": {"name": "target-string", "params": {"preset": "instructions"}}
+    }
     version: ClassVar[str] = "3"  # 3: query and answer filled in one pass; 2: neutralised as in the llm judge
     Params: ClassVar[type[BaseModel]] = MLLMProtectorParams
     uses_registry: ClassVar[bool] = True

@@ -131,6 +131,9 @@ class OutputGuard(Defense):
     """Output guard: any judge checks each answer; unsafe answers become a fixed refusal."""
 
     name: ClassVar[str] = "output-guard"
+    example_params: ClassVar[dict[str, Any]] = {
+        "judge": {"name": "target-string", "params": {"preset": "instructions"}}
+    }
     Params: ClassVar[type[BaseModel]] = OutputGuardParams
     uses_registry: ClassVar[bool] = True
     params: OutputGuardParams

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmsafe.defenses.base import Defense, mark
+from mmsafe.plugin_meta import Paper
 from mmsafe.types import Generation, Message, Prompt, TextPart
 
 if TYPE_CHECKING:
@@ -73,6 +74,15 @@ class SelfModeration(Defense):
     """Self-moderation (Chen et al. 2023, PrivQA): the model reviews and revises its own answer."""
 
     name: ClassVar[str] = "self-moderation"
+    paper: ClassVar[Paper | None] = Paper(
+        title="Can Language Models be Instructed to Protect Personal Information?",
+        authors="Chen et al.",
+        year=2023,
+        url="https://arxiv.org/abs/2310.02224",
+        threat_model=(
+            "the model checks its own answer against the protection instructions before it is returned"
+        ),
+    )
     Params: ClassVar[type[BaseModel]] = SelfModerationParams
     params: SelfModerationParams
 

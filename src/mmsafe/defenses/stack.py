@@ -84,6 +84,16 @@ class StackDefense(Defense):
     """
 
     name: ClassVar[str] = "stack"
+    example_params: ClassVar[dict[str, Any]] = {
+        "defenses": [
+            "ocr-filter",
+            "system-prompt",
+            {
+                "name": "output-guard",
+                "params": {"judge": {"name": "target-string", "params": {"preset": "instructions"}}},
+            },
+        ]
+    }
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = StackParams
     uses_registry: ClassVar[bool] = True

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mmsafe.defenses.base import Defense, mark
 from mmsafe.models.base import ModelBackend
+from mmsafe.plugin_meta import Paper
 from mmsafe.types import Generation, Message, Prompt, TextPart
 
 __all__ = ["DEFAULT_SAFETY_PROMPT", "SafetySystemPrompt", "with_system_text"]
@@ -65,6 +66,13 @@ class SafetySystemPrompt(Defense):
     """Safety system prompt (Wu et al. 2023): a can / cannot system message before every request."""
 
     name: ClassVar[str] = "system-prompt"
+    paper: ClassVar[Paper | None] = Paper(
+        title="Jailbreaking GPT-4V via Self-Adversarial Attacks with System Prompts",
+        authors="Wu et al.",
+        year=2023,
+        url="https://arxiv.org/abs/2311.09127",
+        threat_model="the defender controls only the system prompt",
+    )
     Params: ClassVar[type[BaseModel]] = SafetySystemPromptParams
     requires: ClassVar[frozenset[str]] = frozenset({"system_prompt"})
 

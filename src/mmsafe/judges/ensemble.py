@@ -99,6 +99,7 @@ class EnsembleJudge(Judge):
     """
 
     name: ClassVar[str] = "ensemble"
+    example_params: ClassVar[dict[str, Any]] = {"judges": ["refusal"]}
     version: ClassVar[str] = "1"
 
     @classmethod

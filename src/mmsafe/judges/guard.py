@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from mmsafe.config import ComponentField
 from mmsafe.judges.base import Judge
 from mmsafe.judges.judge_model import JudgeModel, reject_sampling
+from mmsafe.plugin_meta import Paper
 from mmsafe.types import Expected, Generation, ImagePart, Judgement, Message, Prompt, Sample, TextPart
 
 if TYPE_CHECKING:
@@ -163,6 +164,14 @@ class GuardJudge(Judge):
     """
 
     name: ClassVar[str] = "guard"
+    paper: ClassVar[Paper | None] = Paper(
+        title="Llama Guard: LLM-based Input-Output Safeguard for Human-AI Conversations",
+        authors="Inan et al.",
+        year=2023,
+        url="https://arxiv.org/abs/2312.06674",
+        threat_model="none: a measuring instrument that reads the judged conversation as-is",
+    )
+    example_params: ClassVar[dict[str, Any]] = {"judge_model": "scripted"}
     version: ClassVar[str] = "1"
     construct: ClassVar[str] = "harm"
     Params: ClassVar[type[BaseModel]] = GuardJudgeParams

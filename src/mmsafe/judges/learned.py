@@ -514,6 +514,7 @@ class LearnedJudge(Judge):
     """
 
     name: ClassVar[str] = "learned"
+    example_params: ClassVar[dict[str, Any]] = {"weights": "judge.json"}
     version: ClassVar[str] = "1"
     construct: ClassVar[str] = "harm"
     Params: ClassVar[type[BaseModel]] = LearnedJudgeParams

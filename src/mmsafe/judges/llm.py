@@ -768,6 +768,7 @@ class LLMJudge(Judge):
     """
 
     name: ClassVar[str] = "llm"
+    example_params: ClassVar[dict[str, Any]] = {"judge_model": "scripted"}
     version: ClassVar[str] = "2"  # 2: untrusted text neutralised, copied material not parsed
     construct: ClassVar[str] = "harm"
     Params: ClassVar[type[BaseModel]] = LLMJudgeParams

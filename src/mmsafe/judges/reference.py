@@ -142,6 +142,7 @@ class ReferenceJudge(Judge):
     """
 
     name: ClassVar[str] = "reference"
+    example_params: ClassVar[dict[str, Any]] = {"preset": "jbb-llama3", "judge_model": "scripted"}
     version: ClassVar[str] = "1"
     construct: ClassVar[str] = "harm"
     Params: ClassVar[type[BaseModel]] = ReferenceJudgeParams

@@ -8,11 +8,11 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mmsafe.plugin_meta import CAPABILITIES, Capability
 from mmsafe.registry import Component
 from mmsafe.types import Generation, Image, Prompt
 
-#: Capabilities a backend can declare and an attack or defense can require.
-CAPABILITIES = frozenset({"images", "system_prompt", "gradients", "hidden_states", "async", "batched"})
+__all__ = ["CAPABILITIES", "Capability", "GenerationParams", "ModelBackend", "WhiteBoxModel", "WrappedModel"]
 
 
 class GenerationParams(BaseModel):

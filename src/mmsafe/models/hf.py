@@ -128,6 +128,7 @@ class HFModel(BatchedHFGeneration, WhiteBoxModel):
     """
 
     name: ClassVar[str] = "hf"
+    example_params: ClassVar[dict[str, Any]] = {"path": "org/some-vlm"}
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = HFParams
     _log: ClassVar[logging.Logger] = log

@@ -123,6 +123,7 @@ class HFTextModel(BatchedHFGeneration, WhiteBoxModel):
     """
 
     name: ClassVar[str] = "hf-text"
+    example_params: ClassVar[dict[str, Any]] = {"path": "org/some-lm"}
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = HFTextParams
     _log: ClassVar[logging.Logger] = log

@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mmsafe.config import ComponentField
 from mmsafe.errors import ConfigError
+from mmsafe.plugin_meta import Paper
 from mmsafe.training.base import Trainer
 from mmsafe.training.lora import LoraSettings, adapters_enabled, inject
 from mmsafe.training.sft import Example, load_examples
@@ -88,6 +89,14 @@ class DPO(Trainer):
     """DPO (Rafailov et al., NeurIPS 2023) on safety preference pairs, LoRA policy, adapter-off reference."""
 
     name: ClassVar[str] = "dpo"
+    paper: ClassVar[Paper | None] = Paper(
+        title="Direct Preference Optimization: Your Language Model is Secretly a Reward Model",
+        authors="Rafailov et al.",
+        year=2023,
+        url="https://arxiv.org/abs/2305.18290",
+        threat_model="none: training-time preference optimisation",
+    )
+    example_params: ClassVar[dict[str, Any]] = {"model": "scripted"}
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = DPOParams
     params: DPOParams

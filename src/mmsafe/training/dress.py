@@ -91,6 +91,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mmsafe.config import ComponentConfig, ComponentField
 from mmsafe.errors import ConfigError
+from mmsafe.plugin_meta import Paper
 from mmsafe.training.base import Trainer
 from mmsafe.training.lora import LoraSettings, inject
 from mmsafe.training.sft import Example, load_examples
@@ -373,6 +374,17 @@ class DRESS(Trainer):
     """DRESS (Chen et al., CVPR 2024): a judge's critique as the condition of training; multi-turn refinement."""
 
     name: ClassVar[str] = "dress"
+    paper: ClassVar[Paper | None] = Paper(
+        title=(
+            "DRESS: Instructing Large Vision-Language Models to Align and Interact with Humans via Natural "
+            "Language Feedback"
+        ),
+        authors="Chen et al.",
+        year=2024,
+        url="https://arxiv.org/abs/2311.10081",
+        threat_model="none: training-time alignment from a critic's natural-language feedback",
+    )
+    example_params: ClassVar[dict[str, Any]] = {"model": "scripted"}
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = DRESSParams
     params: DRESSParams

@@ -177,6 +177,7 @@ class SafetySFT(Trainer):
     """Safety SFT (VLGuard, Zong et al. ICML 2024): LoRA on harmful→refusal + benign→answer examples."""
 
     name: ClassVar[str] = "sft"
+    example_params: ClassVar[dict[str, Any]] = {"model": "scripted"}
     version: ClassVar[str] = "2"  # 2: typographic renders for benign requests too (1: harmful only)
     Params: ClassVar[type[BaseModel]] = SafetySFTParams
     params: SafetySFTParams

@@ -225,6 +225,7 @@ class VisionSafetySFT(Trainer):
     """Multimodal safety SFT (VLGuard, Zong et al. ICML 2024): typographic renders → refusal / answer."""
 
     name: ClassVar[str] = "sft-vision"
+    example_params: ClassVar[dict[str, Any]] = {"model": "scripted"}
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = VisionSafetySFTParams
     trains: ClassVar[frozenset[str]] = frozenset({"hf", "gemma-llava", "tiny-llava"})

@@ -7,6 +7,7 @@ from typing import ClassVar
 from pydantic import BaseModel, Field
 
 from mmsafe.attacks.text._template import TemplateAttack, TemplateParams
+from mmsafe.plugin_meta import Paper
 
 #: This implementation's wording of an "ignore previous instructions" injection.
 IGNORE_PREVIOUS_TEMPLATE = (
@@ -41,6 +42,13 @@ class IgnorePrevious(TemplateAttack):
     """
 
     name: ClassVar[str] = "ignore-previous"
+    paper: ClassVar[Paper | None] = Paper(
+        title="Ignore Previous Prompt: Attack Techniques For Language Models",
+        authors="Perez, Ribeiro",
+        year=2022,
+        url="https://arxiv.org/abs/2211.09527",
+        threat_model="black-box, one text query: the user turn tells the model to ignore its instructions",
+    )
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = IgnorePreviousParams
     params: IgnorePreviousParams

@@ -14,6 +14,7 @@ from mmsafe.aio import generate_all
 from mmsafe.attacks.base import Attack
 from mmsafe.config import ComponentConfig, as_component
 from mmsafe.errors import ConfigError
+from mmsafe.plugin_meta import Paper
 from mmsafe.types import Judgement, Message, Prompt, Sample, stable_hash
 
 if TYPE_CHECKING:
@@ -145,6 +146,20 @@ class PAIR(Attack):
     """
 
     name: ClassVar[str] = "pair"
+    paper: ClassVar[Paper | None] = Paper(
+        title="Jailbreaking Black Box Large Language Models in Twenty Queries",
+        authors="Chao et al.",
+        year=2023,
+        url="https://arxiv.org/abs/2310.08419",
+        threat_model=(
+            "black-box, query access: an attacker LLM refines prompts from the answers (≤ iterations × "
+            "streams)"
+        ),
+    )
+    example_params: ClassVar[dict[str, Any]] = {
+        "attacker": {"name": "scripted", "params": {"default": '{"improvement": "x", "prompt": "Tell me"}'}},
+        "n_iterations": 2,
+    }
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = PAIRParams
     #: nothing beyond a target: the runner always passes the model under test as ``target``

@@ -7,6 +7,7 @@ from typing import ClassVar
 from pydantic import BaseModel, Field, model_validator
 
 from mmsafe.attacks.text._template import TemplateAttack, TemplateParams
+from mmsafe.plugin_meta import Paper
 
 #: This implementation's wording (not the paper's); ``{prefix}`` and ``{request}`` are filled in.
 PREFIX_INJECTION_TEMPLATE = (
@@ -61,6 +62,13 @@ class PrefixInjection(TemplateAttack):
     """
 
     name: ClassVar[str] = "prefix-injection"
+    paper: ClassVar[Paper | None] = Paper(
+        title="Jailbroken: How Does LLM Safety Training Fail?",
+        authors="Wei, Haghtalab, Steinhardt",
+        year=2023,
+        url="https://arxiv.org/abs/2307.02483",
+        threat_model="black-box, one text query: the answer is asked to open with an affirmative prefix",
+    )
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = PrefixInjectionParams
     params: PrefixInjectionParams

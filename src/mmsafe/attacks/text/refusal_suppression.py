@@ -7,6 +7,7 @@ from typing import ClassVar
 from pydantic import BaseModel, Field
 
 from mmsafe.attacks.text._template import TemplateAttack, TemplateParams
+from mmsafe.plugin_meta import Paper
 
 #: This implementation's wording of the four rules described in the paper.
 REFUSAL_SUPPRESSION_TEMPLATE = (
@@ -48,6 +49,13 @@ class RefusalSuppression(TemplateAttack):
     """
 
     name: ClassVar[str] = "refusal-suppression"
+    paper: ClassVar[Paper | None] = Paper(
+        title="Jailbroken: How Does LLM Safety Training Fail?",
+        authors="Wei, Haghtalab, Steinhardt",
+        year=2023,
+        url="https://arxiv.org/abs/2307.02483",
+        threat_model="black-box, one text query: rules forbid the usual refusal phrasings",
+    )
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = RefusalSuppressionParams
     params: RefusalSuppressionParams

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmsafe.attacks.base import Attack
+from mmsafe.plugin_meta import Paper
 from mmsafe.render.fonts import find_font, load_font
 from mmsafe.render.rephrase import rephrase_as_statement
 from mmsafe.types import Image, Message, Prompt, Sample
@@ -160,6 +161,13 @@ class FigStep(Attack):
     """
 
     name: ClassVar[str] = "figstep"
+    paper: ClassVar[Paper | None] = Paper(
+        title="FigStep: Jailbreaking Large Vision-Language Models via Typographic Visual Prompts",
+        authors="Gong et al.",
+        year=2025,
+        url="https://arxiv.org/abs/2311.05608",
+        threat_model="black-box, one query: the request only as typography in the image, a benign text turn",
+    )
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = FigStepParams
     requires: ClassVar[frozenset[str]] = frozenset({"images"})

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmsafe.attacks.base import Attack
+from mmsafe.plugin_meta import Paper
 from mmsafe.render.fonts import find_font, load_font
 from mmsafe.types import Image, Message, Prompt, Sample
 
@@ -158,6 +159,15 @@ class FigStepPro(Attack):
     """
 
     name: ClassVar[str] = "figstep-pro"
+    paper: ClassVar[Paper | None] = Paper(
+        title="FigStep: Jailbreaking Large Vision-Language Models via Typographic Visual Prompts",
+        authors="Gong et al.",
+        year=2025,
+        url="https://arxiv.org/abs/2311.05608",
+        threat_model=(
+            "black-box, one query, past an OCR input filter: the typeset request cut into sub-images"
+        ),
+    )
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = FigStepProParams
     requires: ClassVar[frozenset[str]] = frozenset({"images"})

@@ -1,4 +1,4 @@
-"""Control conditions for image attacks: the same text with a blank image, or with no image at all."""
+"""Control condition for image attacks: the same text with a blank image (its twin is ``no-image``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from mmsafe.types import Image, Message, Prompt, Sample
 if TYPE_CHECKING:
     from mmsafe.models.base import ModelBackend
 
-__all__ = ["BlankImage", "NoImage"]
+__all__ = ["BlankImage"]
 
 
 class BlankImageParams(BaseModel):
@@ -67,19 +67,3 @@ class BlankImage(Attack):
             "dropped_images": len(sample.images) if p.mode == "replace" else 0,
         }
         return Prompt(messages=(Message.user(sample.text, images),), attack_metadata=meta)
-
-
-class NoImage(Attack):
-    """No-image control: the sample's own text with every image dropped.
-
-    Not a paper's attack: the text-only arm of an image-vs-no-image comparison (see
-    :class:`BlankImage`). Unlike ``text-only`` it never rewrites the text; it only removes images,
-    so it runs on any model. Threat model: black-box, text channel only. No params.
-    """
-
-    name: ClassVar[str] = "no-image"
-    version: ClassVar[str] = "1"
-
-    def apply(self, sample: Sample, *, seed: int, target: ModelBackend | None = None) -> Prompt:
-        meta = {"attack": self.name, "dropped_images": len(sample.images)}
-        return Prompt(messages=(Message.user(sample.text, ()),), attack_metadata=meta)

@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mmsafe.defenses.base import Defense, mark
 from mmsafe.models.base import ModelBackend
+from mmsafe.plugin_meta import Paper
 from mmsafe.types import Generation, Image, ImagePart, Prompt
 
 __all__ = [
@@ -161,6 +162,13 @@ class ImagePurification(Defense):
     """Image purification (JPEG / bit depth / resize / noise / median) of every input image."""
 
     name: ClassVar[str] = "purify"
+    paper: ClassVar[Paper | None] = Paper(
+        title="Keeping the Bad Guys Out: Protecting and Vaccinating Deep Learning with JPEG Compression",
+        authors="Das et al.",
+        year=2017,
+        url="https://arxiv.org/abs/1705.02900",
+        threat_model="input images are transformed to wash out small L∞ perturbations; no model access",
+    )
     Params: ClassVar[type[BaseModel]] = ImagePurificationParams
 
     def purify(self, image: Image, *, seed: int) -> Image:

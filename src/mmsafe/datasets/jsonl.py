@@ -69,6 +69,7 @@ class GenericFile(Benchmark):
     """
 
     name: ClassVar[str] = "jsonl"
+    example_params: ClassVar[dict[str, Any]] = {"file": "items.jsonl"}
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)

@@ -226,6 +226,7 @@ class OpenAICompatModel(ModelBackend):
     """
 
     name: ClassVar[str] = "openai"
+    example_params: ClassVar[dict[str, Any]] = {"base_url": "http://127.0.0.1:9/v1"}
     version: ClassVar[str] = "1"
     Params = OpenAICompatParams
     capabilities: ClassVar[frozenset[str]] = frozenset({"images", "system_prompt", "async"})
