@@ -65,6 +65,7 @@ SHARED = frozenset(
         "judge_eval_presets",  # the old name of mmsafe.labelled.presets, re-exported
         "ocr",
         "store",
+        "plugin_meta",  # typed capabilities and paper metadata every plugin class declares
         "__version__",
     }
 )
@@ -102,7 +103,7 @@ KNOWN: dict[tuple[str, str], str] = {
     "the adapter card / loading half to models/ or a shared home",
     ("mmsafe.models.hf_text", "mmsafe.training.lora"): "adapter loading (as above)",
     ("mmsafe.models._hf_util", "mmsafe.training.lora"): "adapter loading (as above)",
-    ("mmsafe.models.gemma_ocr", "mmsafe.training.lora"): "adapter loading (as above)",
+    ("mmsafe.models.gemma_ocr_safe", "mmsafe.training.lora"): "adapter loading (as above)",
 }
 
 
