@@ -88,7 +88,7 @@ def main() -> None:
         cards[method] = card
         models.append({"name": "gemma-ocr", "params": {"adapter": str((out / method).resolve())}})
     for extra in args.adapter:
-        from mmsafe.training.lora import read_card
+        from mmsafe.lora import read_card
 
         path = Path(extra).resolve()
         cards[path.name] = read_card(path)
@@ -172,8 +172,8 @@ def main() -> None:
         mem = f"{tr['peak_rss_mb'] / 1024:.1f} GiB" if tr.get("peak_rss_mb") else "—"
         print(f"| {model} | " + " | ".join(cell.get(c, "—") for c in cols) + f" | {secs} | {mem} |")
     if "sft" in cards:  # the shipped adapter, retrained from its recipe: the same weights?
+        from mmsafe.lora import read_card
         from mmsafe.models.gemma_ocr_safe import SAFE_ADAPTER
-        from mmsafe.training.lora import read_card
 
         shipped = read_card(SAFE_ADAPTER)
         same_recipe = shipped.get("params", {}) | {"model": None} == cards["sft"].get("params", {}) | {"model": None}

@@ -48,8 +48,8 @@ def _pct(k: int, n: int) -> str:
 
 
 def _train(out: Path, *, params: dict[str, Any], reuse: bool) -> dict[str, Any]:
+    from mmsafe.lora import read_card
     from mmsafe.registry import Registry
-    from mmsafe.training.lora import read_card
     from mmsafe.training.sft_vision import VisionSafetySFT
 
     if reuse and (out / "card.json").is_file():

@@ -182,7 +182,7 @@ def smoke_train(tmp: Path) -> str:
     import peft
     import torch
 
-    from mmsafe.training.lora import LoraSettings, inject
+    from mmsafe.lora import LoraSettings, inject
 
     net = torch.nn.Sequential(torch.nn.Linear(4, 4))
     n = sum(p.numel() for p in inject(net, LoraSettings(r=2, target_modules=("0",))))

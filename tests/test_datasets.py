@@ -14,9 +14,9 @@ from conftest import dataset_dir
 from mmsafe.datasets._util import rows_to_samples
 from mmsafe.datasets.base import Benchmark
 from mmsafe.datasets.figstep import FigStepSafeBench
-from mmsafe.datasets.jsonl import GenericFile
 from mmsafe.datasets.harmbench import HarmBench
 from mmsafe.datasets.jailbreakbench import JailbreakBench
+from mmsafe.datasets.jsonl import GenericFile
 from mmsafe.datasets.mm_safetybench import MMSafetyBench
 from mmsafe.datasets.starter import Starter
 from mmsafe.datasets.xstest import XSTest

@@ -65,6 +65,7 @@ SHARED = frozenset(
         "judge_eval_presets",  # the old name of mmsafe.labelled.presets, re-exported
         "ocr",
         "store",
+        "lora",  # LoRA adapters: trainers save them, model backends load them
         "plugin_meta",  # typed capabilities and paper metadata every plugin class declares
         "__version__",
     }
@@ -99,11 +100,6 @@ KNOWN: dict[tuple[str, str], str] = {
         "mmsafe.training.examples",
     ): "the shipped safety examples are data, read by "
     "a judge recipe and the trainers; move the reader to a shared home (e.g. mmsafe.labelled)",
-    ("mmsafe.models.hf", "mmsafe.training.lora"): "models load LoRA adapters with training/lora.py; move "
-    "the adapter card / loading half to models/ or a shared home",
-    ("mmsafe.models.hf_text", "mmsafe.training.lora"): "adapter loading (as above)",
-    ("mmsafe.models._hf_util", "mmsafe.training.lora"): "adapter loading (as above)",
-    ("mmsafe.models.gemma_ocr_safe", "mmsafe.training.lora"): "adapter loading (as above)",
 }
 
 

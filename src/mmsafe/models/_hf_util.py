@@ -425,7 +425,7 @@ class AdapterFields(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _pin_adapter(cls, values: Any) -> Any:
-        from mmsafe.training.lora import pin_adapter
+        from mmsafe.lora import pin_adapter
 
         return pin_adapter(values)
 

@@ -27,7 +27,7 @@ class GemmaOCRSafeParams(GemmaOCRParams):
     @model_validator(mode="before")
     @classmethod
     def _pin_adapter(cls, values: Any) -> Any:
-        from mmsafe.training.lora import pin_adapter
+        from mmsafe.lora import pin_adapter
 
         if isinstance(values, dict) and "adapter" not in values:
             values = {**values, "adapter": SAFE_ADAPTER}

@@ -235,7 +235,7 @@ class HFModel(BatchedHFGeneration, WhiteBoxModel):
         model.eval()
         model.requires_grad_(False)  # attacks need input gradients only, never weight gradients
         if s.adapter is not None:
-            from mmsafe.training.lora import apply_adapter
+            from mmsafe.lora import apply_adapter
 
             self.adapter_card = apply_adapter(model, s.adapter, expected_sha256=s.adapter_sha256)
 

@@ -196,7 +196,7 @@ class HFTextModel(BatchedHFGeneration, WhiteBoxModel):
         model.to(self._device)
         model.eval()
         if s.adapter is not None:
-            from mmsafe.training.lora import apply_adapter
+            from mmsafe.lora import apply_adapter
 
             self.adapter_card = apply_adapter(model, s.adapter, expected_sha256=s.adapter_sha256)
 

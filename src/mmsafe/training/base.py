@@ -2,7 +2,7 @@
 
 A trainer declares its base model as a component (``model``: ``{name, params}`` of a local backend);
 :meth:`Trainer.run` creates and loads it through the registry, calls :meth:`Trainer.fit`, writes the
-LoRA adapter and its card (:func:`mmsafe.training.lora.save_adapter`) and closes the model. The card
+LoRA adapter and its card (:func:`mmsafe.lora.save_adapter`) and closes the model. The card
 records the method and its params, the base model's spec and fingerprint, the sha256 of the training
 data, the seed, the steps, the losses, time and peak memory, and the method's own held-out metrics. The
 adapter then loads as ``adapter:`` of the same model spec in any run grid, so a report can put the base
@@ -47,7 +47,7 @@ class Trainer(Component):
     def run(self, out_dir: str | Path, *, log_fn: Callable[[str], None] = log.info) -> dict[str, Any]:
         """Load the base model, train it, write ``out_dir/adapter.safetensors`` + ``card.json``; return the card."""
         from mmsafe import __version__
-        from mmsafe.training.lora import read_card, save_adapter
+        from mmsafe.lora import read_card, save_adapter
 
         spec = self.params.model  # type: ignore[attr-defined]
         if spec.name not in self.trains:

@@ -41,9 +41,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mmsafe.config import ComponentField
 from mmsafe.errors import ConfigError
+from mmsafe.lora import LoraSettings, adapters_enabled, inject
 from mmsafe.plugin_meta import Paper
 from mmsafe.training.base import Trainer
-from mmsafe.training.lora import LoraSettings, adapters_enabled, inject
 from mmsafe.training.sft import Example, load_examples
 from mmsafe.training.text import Encoded, answer_logprobs, encode, run_steps, step_logger, text_prompt
 

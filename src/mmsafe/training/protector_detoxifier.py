@@ -38,9 +38,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mmsafe.config import ComponentField
 from mmsafe.errors import ConfigError
+from mmsafe.lora import LoraSettings, inject
 from mmsafe.plugin_meta import Paper
 from mmsafe.training.base import Trainer
-from mmsafe.training.lora import LoraSettings, inject
 from mmsafe.training.sft import Example, load_examples
 from mmsafe.training.text import answer_nll, encode, nll_loss, run_steps, step_logger
 

@@ -48,8 +48,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mmsafe.config import ComponentField
 from mmsafe.errors import ConfigError
+from mmsafe.lora import LoraSettings, inject
 from mmsafe.training.base import Trainer
-from mmsafe.training.lora import LoraSettings, inject
 from mmsafe.training.text import Encoded, answer_nll, encode, nll_loss, run_steps, step_logger, text_prompt
 
 __all__ = ["Example", "SafetySFT", "SafetySFTParams", "load_examples"]

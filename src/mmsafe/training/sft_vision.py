@@ -84,8 +84,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mmsafe.config import ComponentField
 from mmsafe.errors import ConfigError
+from mmsafe.lora import LoraSettings, inject
 from mmsafe.training.base import Trainer
-from mmsafe.training.lora import LoraSettings, inject
 from mmsafe.training.sft import Example, choose, load_examples
 from mmsafe.training.text import run_steps, step_logger, text_prompt
 from mmsafe.types import Prompt
