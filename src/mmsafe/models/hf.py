@@ -21,12 +21,10 @@ from mmsafe.models._hf_util import (
     answer_continuation,
     checkpoint_errors,
     choose_model_class,
-    generate_seeded,
     has_random_weights_marker,
     layer_outputs,
     read_architecture,
     read_model_note,
-    split_at_eos,
     to_conversation,
 )
 from mmsafe.models.base import GenerationParams, WhiteBoxModel
@@ -344,34 +342,6 @@ class HFModel(BatchedHFGeneration, WhiteBoxModel):
         # an encoder-decoder LM (T5-based BLIP-2) writes its answer in the decoder: prompt and answer do
         # not share positions, and T5's are relative, so there is nothing to check
         return None if self._family.encoder_decoder else super()._context_limit()
-
-    def greedy_answers(self, prompts: Sequence[Prompt], *, max_new_tokens: int) -> list[str]:
-        """Greedy answers with a short token budget, batched, no cache: the success test that
-        optimisation attacks run every few steps (errors raise; nothing is isolated)."""
-        self._ensure_loaded()
-        rendered = {i: self._prepare(p) for i, p in enumerate(prompts)}
-        cfg = self._generation_config()
-        cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, cfg.top_k = (
-            max_new_tokens,
-            False,
-            None,
-            None,
-            None,
-        )
-        answers: dict[int, str] = {}
-        tokenizer = self._processor.tokenizer
-        for members in self._groups(rendered).values():
-            for start in range(0, len(members), self.batch_size):
-                group = members[start : start + self.batch_size]
-                enc = self._encode_batch([rendered[i] for i in group])
-                out = generate_seeded(
-                    self._model, enc, greedy=True, seed=0, device=self._device, generation_config=cfg
-                )
-                new = self._answer_tokens(out, enc).tolist()
-                for row, i in enumerate(group):
-                    tokens, _ = split_at_eos(new[row], self._eos_ids)
-                    answers[i] = tokenizer.decode(tokens, skip_special_tokens=True)
-        return [answers[i] for i in range(len(prompts))]
 
     # ---------------------------------------------------------------- white box
 
