@@ -10,7 +10,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Hashable, Iterator, Sequence
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -30,6 +30,9 @@ from mmsafe.models._hf_util import (
 from mmsafe.models.base import GenerationParams, WhiteBoxModel
 from mmsafe.models.families import family_for, pil_from_pixels
 from mmsafe.types import Image, Prompt
+
+if TYPE_CHECKING:
+    from mmsafe.models._whitebox import WhiteBoxView
 
 __all__ = ["HFModel", "HFParams"]
 
@@ -370,12 +373,34 @@ class HFModel(BatchedHFGeneration, WhiteBoxModel):
                 enc[key] = value.to(dtype) if value.is_floating_point() else value
         return enc
 
+    def whitebox_view(self) -> WhiteBoxView:
+        """The loaded model's parts that white-box objectives use, as a
+        :class:`~mmsafe.models._whitebox.WhiteBoxView` (loads the model first)."""
+        from mmsafe.models._whitebox import WhiteBoxView
+
+        self._ensure_loaded()
+        return WhiteBoxView(
+            module=self._model,
+            family=self._family,
+            tokenizer=self._processor.tokenizer,
+            device=self._device,
+            encode=self._encode_prompt,
+        )
+
+    def _encode_prompt(self, prompt: Prompt) -> tuple[Any, int]:
+        """One prompt rendered as :meth:`generate` renders it and processed alone (no padding), on
+        the device; and how many images it holds."""
+        assert self._settings is not None
+        conversation, images = to_conversation(prompt, system_prompt=self._settings.system_prompt)
+        text = self._family.render(conversation, images)
+        return self._to_device(self._family.encode_whitebox([text], [images])), len(images)
+
     def teacher_forced(self, prompts: Sequence[Prompt], targets: Sequence[Any]) -> Any:
         """A :class:`~mmsafe.models._whitebox.TeacherForced` objective over ``prompts`` × ``targets``:
         encoded once, then ``obj(pixels)`` → per-example losses ``[B]`` (see that class)."""
         from mmsafe.models._whitebox import TeacherForced
 
-        return TeacherForced(self, prompts, targets)
+        return TeacherForced(self.whitebox_view(), prompts, targets)
 
     def target_loss(self, prompt: Prompt, target: str, *, pixels: Sequence[Any] | None = None) -> Any:
         """Teacher-forced mean cross-entropy of ``target``'s tokens as the assistant's answer.
