@@ -148,7 +148,8 @@ def test_progress_keeps_the_best_iterate_and_freezes_succeeded_images() -> None:
 
 @pytest.mark.parametrize("method", ["pgd", "apgd"])
 def test_checkpoint_brings_back_exactly_what_it_saved(tmp_path: Path, method: str) -> None:
-    cfg = PGDConfig(method=method, norm="linf", steps=20, checkpoint_every=5)
+    momentum = 0.5 if method == "pgd" else 0.0  # so the PGD rule has state (its velocity) to lose
+    cfg = PGDConfig(method=method, norm="linf", steps=20, checkpoint_every=5, momentum=momentum)
     threat = ThreatModel(cfg)
     var = _images(b=2, size=4)
     rule = make_step_rule(cfg, threat, var)
@@ -174,6 +175,12 @@ def test_checkpoint_brings_back_exactly_what_it_saved(tmp_path: Path, method: st
     assert fresh_rule.extra() == rule.extra()
     for key, value in rule.arrays().items():
         assert (fresh_rule.arrays()[key] == value).all(), key
+    # the resumed rule takes the very step the saved one takes next (a new gradient direction, so
+    # a lost velocity would change the signs)
+    turn = torch.randn(var.shape, generator=torch.Generator().manual_seed(5))
+    for r, p in ((rule, progress), (fresh_rule, fresh)):
+        p.advance(r.step(3, var, p.var, turn, torch.tensor([0.5, 0.5]), p.done))
+    assert torch.equal(fresh.var, progress.var)
 
     other = PGDConfig(method="pgd" if method == "apgd" else "apgd", norm="linf", steps=20)
     assert not store.resume(Progress.start(var, None), make_step_rule(other, threat, var))
