@@ -86,6 +86,15 @@ def test_batched_greedy_equals_one_at_a_time(tiny_lm):
     assert all(g.usage.completion_tokens <= 8 for g in batched)
 
 
+def test_greedy_answers_are_the_greedy_generations(tiny_lm):
+    """hf-text is a WhiteBoxModel: it answers the attacks' success test like its own greedy generate."""
+    m = _model(tiny_lm, batch_size=2)
+    want = [g.text for g in m.generate(PROMPTS, seeds=[0, 1, 2])]
+    assert m.greedy_answers(PROMPTS, max_new_tokens=8) == want
+    short = m.greedy_answers(PROMPTS, max_new_tokens=3)
+    assert all(w.startswith(s) and len(s) < len(w) for s, w in zip(short, want, strict=True))
+
+
 def test_sampling_depends_only_on_seed(tiny_lm):
     m = _model(tiny_lm, generation=GenerationParams(max_new_tokens=8, temperature=1.0))
     a = m.generate(PROMPTS, seeds=[5, 6, 7])

@@ -81,6 +81,23 @@ def test_spec_round_trips_through_the_registry() -> None:
     assert TinyLlava().spec.params["cache_dir"] is None  # no machine-specific path in the default spec
 
 
+def test_every_white_box_backend_implements_the_whole_protocol() -> None:
+    """Attacks call ``greedy_answers`` (their success test) on any WhiteBoxModel: each registered
+    white-box backend defines it, and the protocol declares it with the other white-box methods."""
+    from mmsafe.models.base import WhiteBoxModel
+
+    assert "greedy_answers" in vars(WhiteBoxModel)
+    registry = Registry(entry_points=False)
+    white_box = [
+        cls
+        for name in registry.names("model")
+        if isinstance(cls := registry.get("model", name), type) and issubclass(cls, WhiteBoxModel)
+    ]
+    assert {"hf", "hf-text"} <= {cls.name for cls in white_box}
+    for cls in white_box:
+        assert cls.greedy_answers is not WhiteBoxModel.greedy_answers, cls.name
+
+
 def test_params_are_strict() -> None:
     with pytest.raises(ValidationError):
         HFModel(path="x", devise="cpu")

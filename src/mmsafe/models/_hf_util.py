@@ -141,7 +141,9 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     return (text[: min(cuts)], True) if cuts else (text, False)
 
 
-def answer_continuation(prompt_text: str, full_text: str, *, stop_strings: Sequence[str] = (), eos: str = "") -> str:
+def answer_continuation(
+    prompt_text: str, full_text: str, *, stop_strings: Sequence[str] = (), eos: str = ""
+) -> str:
     """What a model should write after ``prompt_text`` (the chat template's generation prompt) to
     produce ``full_text`` (the same conversation with the assistant's answer): the answer and its
     end-of-turn marker. With ``stop_strings`` (inference cuts answers there) the marker is replaced by
@@ -220,7 +222,8 @@ class BatchedHFGeneration:
     has ``generation`` and ``batch_size``, and supplies the hooks: :meth:`_prepare` (prompt → item),
     :meth:`_encode_batch` (items → left-padded encoding on the device), :meth:`_text_tokenizer`, and
     where it differs, :meth:`_batch_key`, :meth:`_answer_tokens`, :meth:`_prompt_token_counts`,
-    :meth:`_context_limit` and :meth:`_item_metadata`.
+    :meth:`_context_limit` and :meth:`_item_metadata`. The same hooks give :meth:`greedy_answers`
+    (the :class:`~mmsafe.models.base.WhiteBoxModel` success test) to every backend built on it.
     """
 
     #: where batch retries are logged: the backend's own module logger
@@ -314,6 +317,36 @@ class BatchedHFGeneration:
         for i in sorted(prepared):
             groups.setdefault(self._batch_key(prepared[i]), []).append(i)
         return groups
+
+    def greedy_answers(self, prompts: Sequence[Prompt], *, max_new_tokens: int) -> list[str]:
+        """Greedy answers with a short token budget, batched, no cache: the success test that
+        optimisation attacks run every few steps (errors raise; nothing is isolated). Stop strings
+        are not applied: the answers end at EOS or after ``max_new_tokens``."""
+        self._ensure_loaded()
+        rendered = {i: self._prepare(p) for i, p in enumerate(prompts)}
+        cfg = self._generation_config()
+        cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, cfg.top_k = (
+            max_new_tokens,
+            False,
+            None,
+            None,
+            None,
+        )
+        answers: dict[int, str] = {}
+        tokenizer = self._text_tokenizer()
+        size = self.batch_size  # type: ignore[attr-defined]
+        for members in self._groups(rendered).values():
+            for start in range(0, len(members), size):
+                group = members[start : start + size]
+                enc = self._encode_batch([rendered[i] for i in group])
+                out = generate_seeded(
+                    self._model, enc, greedy=True, seed=0, device=self._device, generation_config=cfg
+                )
+                new = self._answer_tokens(out, enc).tolist()
+                for row, i in enumerate(group):
+                    tokens, _ = split_at_eos(new[row], self._eos_ids)
+                    answers[i] = tokenizer.decode(tokens, skip_special_tokens=True)
+        return [answers[i] for i in range(len(prompts))]
 
     def _generation_config(self) -> Any:
         gen = self.generation  # type: ignore[attr-defined]
@@ -419,7 +452,8 @@ class AdapterFields(BaseModel):
         "full-weight modules it trained; checked against its card and this base model, merged on load",
     )
     adapter_sha256: str | None = Field(
-        None, description="sha256 of the adapter's weights (filled from its card; a mismatch on load is an error)"
+        None,
+        description="sha256 of the adapter's weights (filled from its card; a mismatch on load is an error)",
     )
 
     @model_validator(mode="before")
@@ -428,4 +462,3 @@ class AdapterFields(BaseModel):
         from mmsafe.lora import pin_adapter
 
         return pin_adapter(values)
-

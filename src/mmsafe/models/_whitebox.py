@@ -21,19 +21,23 @@ pass can weigh a tool-call string against the natural answer before it (Fu et al
 Optional ``embed_delta`` (``[B, L, D]``) is added to the language model's input embeddings at the
 prompt's text positions (not image tokens, padding or the target): CroPA's learnable prompt
 perturbation (Luo et al. 2024).
+
+:class:`TeacherForced` reads the backend only through a :class:`WhiteBoxView` (its public parts:
+the torch module, the family adapter, the tokenizer, the device and the backend's own prompt
+encoder), never through the backend's private attributes.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mmsafe.models.hf import HFModel
     from mmsafe.types import Prompt
 
-__all__ = ["Target", "TeacherForced", "segments"]
+__all__ = ["Target", "TeacherForced", "WhiteBoxView", "segments"]
 
 Target = str | Sequence[tuple[str, float]]
 
@@ -48,6 +52,56 @@ def segments(target: Target) -> list[tuple[str, float]]:
     return out
 
 
+@dataclass(frozen=True)
+class WhiteBoxView:
+    """What white-box objectives may use of a loaded Hugging Face vision-language backend
+    (:meth:`~mmsafe.models.hf.HFModel.whitebox_view`).
+
+    ``module`` is the torch model (eval mode, weights frozen); ``family`` its family adapter
+    (:class:`~mmsafe.models.families.base.FamilyAdapter`: ``encoder_decoder``, ``sequence_fill``,
+    ``explicit_positions``, differentiable ``pixel_inputs``); ``tokenizer`` the text tokenizer;
+    ``device`` where inputs go; ``encode(prompt)`` the backend's encoding of one prompt — rendered
+    exactly as generation renders it (system prompt, family template), processed as a batch of
+    one, on the device with floats in the model's dtype — and the number of images in it.
+    """
+
+    module: Any
+    family: Any
+    tokenizer: Any
+    device: Any
+    encode: Callable[[Prompt], tuple[Any, int]]
+
+    @property
+    def dtype(self) -> Any:
+        """The model's floating-point dtype (pixel inputs are cast to it)."""
+        return self.module.dtype
+
+    @property
+    def pad_id(self) -> int:
+        """The tokenizer's padding id (0 when it has none)."""
+        pad = self.tokenizer.pad_token_id
+        return 0 if pad is None else int(pad)
+
+    @property
+    def image_token(self) -> int | None:
+        """The id of the image placeholder token in the model's config, if it has one."""
+        cfg = self.module.config
+        token = getattr(cfg, "image_token_id", None)
+        if token is None:
+            token = getattr(cfg, "image_token_index", None)
+        return None if token is None else int(token)
+
+    def cast(self, value: Any) -> Any:
+        """``value`` on the model's dtype when it is floating point (ids and masks stay as they are)."""
+        return value.to(self.dtype) if value.is_floating_point() else value
+
+    def pixel_inputs(self, pixels: Sequence[Any], encoding: Any) -> dict[str, Any]:
+        """The family's differentiable model inputs for ``pixels`` (moved to the device) in the
+        layout of ``encoding``, floats cast to the model's dtype."""
+        swapped = self.family.pixel_inputs([p.to(self.device) for p in pixels], encoding)
+        return {key: self.cast(value) for key, value in swapped.items()}
+
+
 class TeacherForced:
     """Batched teacher-forced loss of ``targets`` as the answers to ``prompts`` (see the module doc).
 
@@ -56,28 +110,20 @@ class TeacherForced:
     per-example losses ``[B]`` (float32). Gradients flow to the pixels and to ``embed_delta``.
     """
 
-    def __init__(self, model: HFModel, prompts: Sequence[Prompt], targets: Sequence[Target]) -> None:
+    def __init__(self, view: WhiteBoxView, prompts: Sequence[Prompt], targets: Sequence[Target]) -> None:
         import torch
-
-        from mmsafe.models._hf_util import to_conversation
 
         if len(prompts) != len(targets) or not prompts:
             raise ValueError("need one target per prompt, and at least one prompt")
-        model._ensure_loaded()
-        self.model = model
-        fam = model._family
-        tok = model._processor.tokenizer
-        settings = model._settings
-        assert settings is not None
-        self.encoder_decoder = bool(fam.encoder_decoder)
+        self.view = view
+        tok = view.tokenizer
+        self.encoder_decoder = bool(view.family.encoder_decoder)
         self.n_images: list[int] = []
         self.encodings: list[Any] = []  # per example, unpadded, batch 1 (prompt only)
         self.target_ids: list[Any] = []
         self.target_weights: list[Any] = []
         for prompt, target in zip(prompts, targets, strict=True):
-            conversation, images = to_conversation(prompt, system_prompt=settings.system_prompt)
-            text = fam.render(conversation, images)
-            enc = model._to_device(fam.encode_whitebox([text], [images]))
+            enc, n_images = view.encode(prompt)
             ids, weights = [], []
             for seg, w in segments(target):
                 piece = tok(seg, add_special_tokens=False)["input_ids"]
@@ -85,10 +131,10 @@ class TeacherForced:
                 weights.extend([w] * len(piece))
             if not ids:
                 raise ValueError("the target string has no tokens")
-            self.n_images.append(len(images))
+            self.n_images.append(n_images)
             self.encodings.append(enc)
-            self.target_ids.append(torch.tensor(ids, device=model._device))
-            self.target_weights.append(torch.tensor(weights, dtype=torch.float32, device=model._device))
+            self.target_ids.append(torch.tensor(ids, device=view.device))
+            self.target_weights.append(torch.tensor(weights, dtype=torch.float32, device=view.device))
         self._shared: dict[str, Any] | None = None
         if not self.encoder_decoder:
             self._collate()
@@ -99,9 +145,8 @@ class TeacherForced:
         """One left-padded batch of prompt + target over every token-aligned key."""
         import torch
 
-        fam = self.model._family
-        pad_id = self.model._processor.tokenizer.pad_token_id
-        pad_id = 0 if pad_id is None else int(pad_id)
+        fam = self.view.family
+        pad_id = self.view.pad_id
         rows: list[dict[str, Any]] = []
         for enc, ids in zip(self.encodings, self.target_ids, strict=True):
             start = enc["input_ids"].shape[1]
@@ -141,8 +186,8 @@ class TeacherForced:
                 continue
             batch[key] = _cat_padded([e[key] for e in self.encodings])
         # labels / weights aligned to the last n_keep positions (left-padded with ignore)
-        labels = torch.full((len(rows), self.n_keep), -100, dtype=torch.long, device=self.model._device)
-        weights = torch.zeros((len(rows), self.n_keep), dtype=torch.float32, device=self.model._device)
+        labels = torch.full((len(rows), self.n_keep), -100, dtype=torch.long, device=self.view.device)
+        weights = torch.zeros((len(rows), self.n_keep), dtype=torch.float32, device=self.view.device)
         for i, (ids, w) in enumerate(zip(self.target_ids, self.target_weights, strict=True)):
             labels[i, self.n_keep - ids.shape[0] :] = ids
             weights[i, self.n_keep - ids.shape[0] :] = w
@@ -151,9 +196,7 @@ class TeacherForced:
         mask = batch["attention_mask"].bool().clone()
         for i, ids in enumerate(self.target_ids):
             mask[i, length - ids.shape[0] :] = False
-        image_token = getattr(self.model._model.config, "image_token_id", None)
-        if image_token is None:
-            image_token = getattr(self.model._model.config, "image_token_index", None)
+        image_token = self.view.image_token
         if image_token is not None:
             mask &= batch["input_ids"] != int(image_token)
         self.prompt_mask = mask
@@ -161,7 +204,7 @@ class TeacherForced:
             positions = (batch["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
             batch["position_ids"] = positions
         self.batch = batch
-        forward = inspect.signature(self.model._model.forward).parameters
+        forward = inspect.signature(self.view.module.forward).parameters
         self._keep_kwarg = "logits_to_keep" in forward
         self._cache_kwarg = "cache" if "cache" in forward else "past_key_values"
         if "position_ids" not in forward:
@@ -179,7 +222,7 @@ class TeacherForced:
         """
         import torch
 
-        fam = self.model._family
+        fam = self.view.family
         encs = self.encodings
         if len(encs) < 2 or not getattr(fam, "explicit_positions", True):
             return None
@@ -205,7 +248,7 @@ class TeacherForced:
         common = 0
         while common < shortest and all(x[common] == ids[0][common] for x in ids):
             common += 1
-        image_token = self._image_token()
+        image_token = self.view.image_token
         if image_token is None:
             return None
         last_image = max(
@@ -217,7 +260,7 @@ class TeacherForced:
             return None
         suffixes = [torch.cat([x[plen:], t]) for x, t in zip(ids, self.target_ids, strict=True)]
         width = max(len(x) for x in suffixes)
-        dev = self.model._device
+        dev = self.view.device
         suffix_ids = torch.full((len(ids), width), pad_id, dtype=ids[0].dtype, device=dev)
         mask = torch.zeros((len(ids), plen + width), dtype=torch.long, device=dev)
         mask[:, :plen] = 1
@@ -243,13 +286,6 @@ class TeacherForced:
             "weights": weights,
         }
 
-    def _image_token(self) -> int | None:
-        cfg = self.model._model.config
-        token = getattr(cfg, "image_token_id", None)
-        if token is None:
-            token = getattr(cfg, "image_token_index", None)
-        return None if token is None else int(token)
-
     def _same_pixels(self, pixels: Sequence[Sequence[Any] | None]) -> bool:
         first = pixels[0]
         if first is None:
@@ -264,15 +300,10 @@ class TeacherForced:
 
         sh = self._shared
         assert sh is not None
-        hf = self.model._model
+        hf = self.view.module
         prefix = dict(sh["prefix"])
         if pixels is not None:
-            dtype = hf.dtype
-            swapped = self.model._family.pixel_inputs(
-                [p.to(self.model._device) for p in pixels], self.encodings[0]
-            )
-            for key, value in swapped.items():
-                prefix[key] = value.to(dtype) if value.is_floating_point() else value
+            prefix.update(self.view.pixel_inputs(pixels, self.encodings[0]))
         kw = {"logits_to_keep": 1} if self._keep_kwarg else {}
         out = hf(**prefix, use_cache=True, **kw)
         # transformers 5.25 renamed past_key_values to cache (the old name goes in 5.40); older 5.x only has it
@@ -301,8 +332,6 @@ class TeacherForced:
     def _pixel_inputs(self, pixels: Sequence[Sequence[Any] | None]) -> dict[str, Any]:
         """Differentiable model inputs for the swapped pixels, concatenated over the batch."""
 
-        fam = self.model._family
-        dtype = self.model._model.dtype
         parts: list[dict[str, Any]] = []
         for enc, px, n in zip(self.encodings, pixels, self.n_images, strict=True):
             if px is None:
@@ -310,13 +339,12 @@ class TeacherForced:
                 continue
             if len(px) != n:
                 raise ValueError(f"the prompt has {n} image(s) but {len(px)} pixel tensor(s)")
-            parts.append(fam.pixel_inputs([p.to(self.model._device) for p in px], enc))
+            parts.append(self.view.family.pixel_inputs([p.to(self.view.device) for p in px], enc))
         keys = {k for part in parts for k in part}
         out = {}
         for key in keys:
             pieces = [part.get(key, enc.get(key)) for part, enc in zip(parts, self.encodings, strict=True)]
-            value = _cat_padded(pieces)
-            out[key] = value.to(dtype) if value.is_floating_point() else value
+            out[key] = self.view.cast(_cat_padded(pieces))
         return out
 
     def __call__(
@@ -344,12 +372,12 @@ class TeacherForced:
                     return output  # another call through the same embedding (e.g. generation)
                 return output + (embed_delta.to(output.dtype) * mask)
 
-            handle = self.model._model.get_input_embeddings().register_forward_hook(add_delta)
+            handle = self.view.module.get_input_embeddings().register_forward_hook(add_delta)
         try:
             if self._keep_kwarg:
-                out = self.model._model(**inputs, use_cache=False, logits_to_keep=self.n_keep + 1)
+                out = self.view.module(**inputs, use_cache=False, logits_to_keep=self.n_keep + 1)
             else:
-                out = self.model._model(**inputs, use_cache=False)
+                out = self.view.module(**inputs, use_cache=False)
         finally:
             if handle is not None:
                 handle.remove()
@@ -364,13 +392,9 @@ class TeacherForced:
 
         enc = dict(self.encodings[i])
         if px is not None:
-            dtype = self.model._model.dtype
-            for key, value in self.model._family.pixel_inputs(
-                [p.to(self.model._device) for p in px], enc
-            ).items():
-                enc[key] = value.to(dtype) if value.is_floating_point() else value
+            enc.update(self.view.pixel_inputs(px, enc))
         ids = self.target_ids[i].unsqueeze(0)
-        out = self.model._model(**enc, labels=ids, use_cache=False)
+        out = self.view.module(**enc, labels=ids, use_cache=False)
         ce = torch.nn.functional.cross_entropy(
             out.logits[0, : ids.shape[1]].float(), ids[0], reduction="none"
         )
@@ -380,7 +404,7 @@ class TeacherForced:
     @property
     def embed_shape(self) -> tuple[int, int, int]:
         """Shape of an ``embed_delta`` for this batch: ``[B, L, hidden]``."""
-        hidden = self.model._model.get_input_embeddings().weight.shape[1]
+        hidden = self.view.module.get_input_embeddings().weight.shape[1]
         return (len(self.encodings), int(self.length), int(hidden))
 
 

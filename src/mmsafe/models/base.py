@@ -115,6 +115,17 @@ class WhiteBoxModel(ModelBackend):
     differentiably. All methods need :meth:`load` first and import torch lazily.
     """
 
+    @property
+    def tokenizer(self) -> Any:
+        """The loaded model's text tokenizer (attacks size token budgets and targets with it)."""
+        raise NotImplementedError
+
+    def greedy_answers(self, prompts: Sequence[Prompt], *, max_new_tokens: int) -> list[str]:
+        """Greedy answers to ``prompts`` (one string each, in order) with at most ``max_new_tokens``
+        new tokens, batched, bypassing any cache: the success test that optimisation attacks run on
+        their candidate images every few steps. Errors raise (nothing is isolated per prompt)."""
+        raise NotImplementedError
+
     def to_pixels(self, image: Image) -> Any:
         """The model's view of ``image``: a ``[3, H, W]`` float tensor in [0, 1] on the model's device."""
         raise NotImplementedError

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Hashable, Iterator, Sequence
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -21,17 +21,18 @@ from mmsafe.models._hf_util import (
     answer_continuation,
     checkpoint_errors,
     choose_model_class,
-    generate_seeded,
     has_random_weights_marker,
     layer_outputs,
     read_architecture,
     read_model_note,
-    split_at_eos,
     to_conversation,
 )
 from mmsafe.models.base import GenerationParams, WhiteBoxModel
 from mmsafe.models.families import family_for, pil_from_pixels
 from mmsafe.types import Image, Prompt
+
+if TYPE_CHECKING:
+    from mmsafe.models._whitebox import WhiteBoxView
 
 __all__ = ["HFModel", "HFParams"]
 
@@ -346,34 +347,6 @@ class HFModel(BatchedHFGeneration, WhiteBoxModel):
         # not share positions, and T5's are relative, so there is nothing to check
         return None if self._family.encoder_decoder else super()._context_limit()
 
-    def greedy_answers(self, prompts: Sequence[Prompt], *, max_new_tokens: int) -> list[str]:
-        """Greedy answers with a short token budget, batched, no cache: the success test that
-        optimisation attacks run every few steps (errors raise; nothing is isolated)."""
-        self._ensure_loaded()
-        rendered = {i: self._prepare(p) for i, p in enumerate(prompts)}
-        cfg = self._generation_config()
-        cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, cfg.top_k = (
-            max_new_tokens,
-            False,
-            None,
-            None,
-            None,
-        )
-        answers: dict[int, str] = {}
-        tokenizer = self._processor.tokenizer
-        for members in self._groups(rendered).values():
-            for start in range(0, len(members), self.batch_size):
-                group = members[start : start + self.batch_size]
-                enc = self._encode_batch([rendered[i] for i in group])
-                out = generate_seeded(
-                    self._model, enc, greedy=True, seed=0, device=self._device, generation_config=cfg
-                )
-                new = self._answer_tokens(out, enc).tolist()
-                for row, i in enumerate(group):
-                    tokens, _ = split_at_eos(new[row], self._eos_ids)
-                    answers[i] = tokenizer.decode(tokens, skip_special_tokens=True)
-        return [answers[i] for i in range(len(prompts))]
-
     # ---------------------------------------------------------------- white box
 
     def to_pixels(self, image: Image) -> Any:
@@ -401,12 +374,34 @@ class HFModel(BatchedHFGeneration, WhiteBoxModel):
                 enc[key] = value.to(dtype) if value.is_floating_point() else value
         return enc
 
+    def whitebox_view(self) -> WhiteBoxView:
+        """The loaded model's parts that white-box objectives use, as a
+        :class:`~mmsafe.models._whitebox.WhiteBoxView` (loads the model first)."""
+        from mmsafe.models._whitebox import WhiteBoxView
+
+        self._ensure_loaded()
+        return WhiteBoxView(
+            module=self._model,
+            family=self._family,
+            tokenizer=self._processor.tokenizer,
+            device=self._device,
+            encode=self._encode_prompt,
+        )
+
+    def _encode_prompt(self, prompt: Prompt) -> tuple[Any, int]:
+        """One prompt rendered as :meth:`generate` renders it and processed alone (no padding), on
+        the device; and how many images it holds."""
+        assert self._settings is not None
+        conversation, images = to_conversation(prompt, system_prompt=self._settings.system_prompt)
+        text = self._family.render(conversation, images)
+        return self._to_device(self._family.encode_whitebox([text], [images])), len(images)
+
     def teacher_forced(self, prompts: Sequence[Prompt], targets: Sequence[Any]) -> Any:
         """A :class:`~mmsafe.models._whitebox.TeacherForced` objective over ``prompts`` × ``targets``:
         encoded once, then ``obj(pixels)`` → per-example losses ``[B]`` (see that class)."""
         from mmsafe.models._whitebox import TeacherForced
 
-        return TeacherForced(self, prompts, targets)
+        return TeacherForced(self.whitebox_view(), prompts, targets)
 
     def target_loss(self, prompt: Prompt, target: str, *, pixels: Sequence[Any] | None = None) -> Any:
         """Teacher-forced mean cross-entropy of ``target``'s tokens as the assistant's answer.

@@ -410,5 +410,5 @@ def _target_text(target: Any) -> str:
 
 def _budget(model: WhiteBoxModel, texts: list[str]) -> int:
     """Enough new tokens to emit the longest of ``texts`` (plus slack)."""
-    tok = model._processor.tokenizer  # type: ignore[attr-defined]
+    tok = model.tokenizer
     return max(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts) + 2

@@ -32,12 +32,16 @@ at 2ε and is halved per image at the paper's checkpoints when progress stalls, 
 momentum α = 0.75 on the step (see :mod:`mmsafe.attacks.adversarial.apgd`; ``step_size``,
 ``schedule`` and ``momentum`` do not apply). Quantisation, early stop, checkpoints (the APGD state
 included) and best-iterate selection work the same for both.
+
+Parts: :mod:`~mmsafe.attacks.adversarial.threat_model` (the set, projection, rounding, patches),
+:mod:`~mmsafe.attacks.adversarial.step_rule` (PGD's and APGD's updates) and
+:mod:`~mmsafe.attacks.adversarial.checkpoint` (the loop state and its exact resume); :meth:`PGD.run`
+only orchestrates them.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +49,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mmsafe.attacks.adversarial.checkpoint import Checkpoint, Progress, save_archive
+from mmsafe.attacks.adversarial.step_rule import StepRule, make_step_rule, scheduled_step_size
+from mmsafe.attacks.adversarial.threat_model import ThreatModel
 
 __all__ = ["ENGINE_VERSION", "PGD", "PGDConfig", "PGDResult", "parse_eps"]
 
@@ -134,88 +142,26 @@ class PGDResult:
 
 
 class PGD:
-    """Projected gradient descent over ``B`` images (see the module docstring)."""
+    """Projected gradient descent over ``B`` images (see the module docstring).
+
+    :meth:`run` orchestrates three parts, each its own unit: the threat model
+    (:class:`~mmsafe.attacks.adversarial.threat_model.ThreatModel`: start point, projection onto the
+    ε-ball ∩ [0, 1], 8-bit rounding, patches), the step rule
+    (:mod:`~mmsafe.attacks.adversarial.step_rule`: signed-gradient PGD with momentum, or APGD) and
+    the checkpoint (:mod:`~mmsafe.attacks.adversarial.checkpoint`: the loop state and its exact
+    resume)."""
 
     def __init__(self, config: PGDConfig | None = None, **kwargs: Any) -> None:
         self.config = config or PGDConfig(**kwargs)
-
-    # ------------------------------------------------------------------ pieces
+        self.threat = ThreatModel(self.config)
 
     def step_size(self, t: int) -> float:
-        c = self.config
-        if c.schedule == "cosine":
-            return c.step_size * 0.5 * (1 + math.cos(math.pi * t / c.steps))
-        if c.schedule == "linear":
-            return c.step_size * (1 - t / c.steps)
-        return c.step_size
-
-    def _patch_box(self, shape: tuple[int, ...], generator: Any | None) -> tuple[int, int, int, int]:
-        import torch
-
-        h, w = shape[-2], shape[-1]
-        side = max(1, round(self.config.patch_size * min(h, w)))
-        if generator is None:
-            top = min(h - side, round(self.config.patch_xy[1] * h))
-            left = min(w - side, round(self.config.patch_xy[0] * w))
-        else:
-            top = int(torch.randint(0, h - side + 1, (1,), generator=generator))
-            left = int(torch.randint(0, w - side + 1, (1,), generator=generator))
-        return top, left, side, side
+        """α at step ``t`` under the ``schedule`` (``method: pgd``)."""
+        return scheduled_step_size(self.config, t)
 
     def project(self, clean: Any, x: Any) -> Any:
         """``x`` moved back into the threat model's set around ``clean`` and into [0, 1]."""
-        import torch
-
-        c = self.config
-        if c.norm == "linf":
-            x = torch.max(torch.min(x, clean + c.eps), clean - c.eps)
-        elif c.norm == "l2":
-            delta = x - clean
-            norms = delta.flatten(1).norm(dim=1).clamp(min=1e-12)
-            factor = (c.eps / norms).clamp(max=1.0).view(-1, 1, 1, 1)
-            x = clean + delta * factor
-        return x.clamp(0.0, 1.0)
-
-    def _quantize(self, clean: Any, x: Any) -> Any:
-        import torch
-
-        q = torch.round(x * 255) / 255
-        if self.config.norm == "l2":
-            # rounding may leave the L2 ball: truncate the offending rows' deltas toward the clean
-            # image instead (never increases any coordinate's |δ|); clean is rounded too
-            base = torch.round(clean * 255) / 255
-            over = (q - base).flatten(1).norm(dim=1) > self.config.eps
-            if bool(over.any()):
-                trunc = base + torch.trunc((x - base) * 255) / 255
-                q = torch.where(over.view(-1, 1, 1, 1), trunc, q)
-        return q.clamp(0.0, 1.0)
-
-    def _gradient_step(self, x: Any, grad: Any, alpha: float, velocity: Any) -> tuple[Any, Any]:
-        c = self.config
-        g = grad
-        if c.momentum > 0:
-            g = g / g.flatten(1).abs().sum(1).clamp(min=1e-12).view(-1, 1, 1, 1)
-            velocity = c.momentum * velocity + g
-            g = velocity
-        if c.norm == "l2":
-            step = g / g.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, 1, 1, 1)
-        else:
-            step = g.sign()
-        return x - alpha * step, velocity
-
-    def _apgd_step(self, clean: Any, x: Any, prev: Any, grad: Any, eta: Any, first: bool) -> Any:
-        """Croce & Hein's update (descent): ``z = P(x − η·d)``, then ``P(x + α(z − x) + (1 − α)(x − prev))``
-        (the first step is ``z`` itself); ``d`` = sign (L∞) or unit-L2 gradient, η per image."""
-        from mmsafe.attacks.adversarial.apgd import ALPHA
-
-        if self.config.norm == "l2":
-            d = grad / grad.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, 1, 1, 1)
-        else:
-            d = grad.sign()
-        z = self.project(clean, x - eta.to(x).view(-1, 1, 1, 1) * d)
-        if first:
-            return z
-        return self.project(clean, x + ALPHA * (z - x) + (1 - ALPHA) * (x - prev))
+        return self.threat.project(clean, x)
 
     # --------------------------------------------------------------------- run
 
@@ -239,173 +185,102 @@ class PGD:
         Returns the best iterate per image (``keep="last"``: the last one — for stochastic
         objectives, whose minibatch losses are not comparable across steps).
         """
-        import inspect
-
-        import numpy as np
         import torch
 
-        from mmsafe.attacks.adversarial.apgd import APGDState, checkpoints
-
-        c = self.config
-        apgd = c.method == "apgd"
-        with_step = "step" in inspect.signature(loss_fn).parameters
-
-        def evaluate(x: Any, t: int) -> Any:
-            return loss_fn(x, step=t) if with_step else loss_fn(x)
-
-        clean = clean.detach().float()
-        if c.quantize:
-            clean = torch.round(clean * 255) / 255
-        b = clean.shape[0]
-        gen = torch.Generator().manual_seed(int(seed))
-        patch_mode = c.norm in ("patch", "moving-patch")
-        if patch_mode:
-            # the optimised variable is the patch itself, pasted onto the clean image
-            top, left, ph, pw = self._patch_box(clean.shape, None)
-            if c.random_start:
-                var = torch.rand((b, 3, ph, pw), generator=gen).to(clean.device)
-            else:
-                var = clean[:, :, top : top + ph, left : left + pw].clone()
-        else:
-            var = clean.clone()
-            if c.random_start and c.norm == "linf":
-                var = self.project(
-                    clean, clean + (torch.rand(clean.shape, generator=gen).to(clean) * 2 - 1) * c.eps
-                )
-            elif c.random_start and c.norm == "l2":
-                noise = torch.randn(clean.shape, generator=gen).to(clean)
-                noise = noise / noise.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-                radius = torch.rand((b, 1, 1, 1), generator=gen).to(clean) * c.eps
-                var = self.project(clean, clean + noise * radius)
-            elif c.random_start:
-                var = torch.rand(clean.shape, generator=gen).to(clean)
-            if c.quantize:
-                var = self._quantize(clean, var)
-        velocity = torch.zeros_like(var)
-        best = var.clone()
-        best_loss = torch.full((b,), float("inf"))
-        done = torch.zeros(b, dtype=torch.bool)
-        history: list[list[float]] = []
-        start = 0
-        box = self._patch_box(clean.shape, None) if patch_mode else None
-        state = APGDState.start(var, c.eps) if apgd else None
-        schedule = checkpoints(c.steps) if apgd else []
-        ckpt = Path(checkpoint) if checkpoint is not None else None
-        if ckpt is not None and ckpt.exists():
-            with np.load(ckpt, allow_pickle=False) as z:
-                if APGDState.in_archive(z) != apgd:
-                    log.warning("ignoring checkpoint %s: it was not saved by method '%s'", ckpt, c.method)
-                elif tuple(z["var"].shape) == tuple(var.shape):
-                    var = torch.from_numpy(z["var"]).to(var)
-                    velocity = torch.from_numpy(z["velocity"]).to(var)
-                    best = torch.from_numpy(z["best"]).to(var)
-                    best_loss = torch.from_numpy(z["best_loss"])
-                    done = torch.from_numpy(z["done"])
-                    history = z["history"].tolist()
-                    start = int(z["step"])
-                    if patch_mode:
-                        box = tuple(int(v) for v in z["box"])  # type: ignore[assignment]
-                    if apgd:
-                        state = APGDState.from_arrays(z, var)
-                    log.info("resuming the attack from step %d (%s)", start, ckpt)
-                else:
-                    log.warning(
-                        "ignoring checkpoint %s: shape %s != %s", ckpt, z["var"].shape, tuple(var.shape)
-                    )
-
-        def compose(v: Any, where: tuple[int, int, int, int] | None) -> Any:
-            if not patch_mode:
-                return v
-            assert where is not None
-            t, left_, h, w = where
-            x = clean.clone()
-            x[:, :, t : t + h, left_ : left_ + w] = v
-            return x
-
+        c, threat = self.config, self.threat
+        evaluate = _loss_caller(loss_fn)
+        clean = threat.prepare(clean)
+        var = threat.start(clean, torch.Generator().manual_seed(int(seed)))
+        rule = make_step_rule(c, threat, var)
+        progress = Progress.start(var, threat.first_box(clean.shape))
+        store = Checkpoint(checkpoint, every=c.checkpoint_every, steps=c.steps)
+        store.resume(progress, rule)
+        start = progress.step
         t0 = time.perf_counter()
-        t = start
         for t in range(start, c.steps):
-            if bool(done.all()):
+            if bool(progress.done.all()):
                 break
-            if c.norm == "moving-patch":
-                box = self._patch_box(clean.shape, torch.Generator().manual_seed(int(seed) * 1_000_003 + t))
-            v = var.detach().requires_grad_(True)
-            losses = evaluate(compose(v, box), t)
-            if losses.dim() == 0:
-                losses = losses.reshape(1)
-            (grad,) = torch.autograd.grad(losses.sum(), v)
-            with torch.no_grad():
-                lvals = losses.detach().float().cpu()
-                history.append([float(x) for x in lvals])
-                improved = ((lvals < best_loss) if keep == "best" else torch.ones_like(done)) & ~done
-                if bool(improved.any()):
-                    best[improved.to(best.device)] = var[improved.to(var.device)]
-                    best_loss = torch.where(improved, lvals, best_loss)
-                if state is not None:
-                    # APGD: per-image step size; at a checkpoint a stalled image halves it and
-                    # restarts from its best point (with the gradient stored there)
-                    grad = grad.float()
-                    better, halve = state.observe(t, lvals, schedule)
-                    if bool(better.any()):
-                        m = better.to(var.device)
-                        state.x_best[m] = var[m]
-                        state.g_best[m] = grad[m]
-                    halve &= ~done
-                    if bool(halve.any()):
-                        m = halve.to(var.device).view(-1, 1, 1, 1)
-                        var = torch.where(m, state.x_best, var)
-                        grad = torch.where(m, state.g_best, grad)
-                    new = self._apgd_step(clean, var, state.prev, grad, state.eta, first=t == 0)
-                    state.prev = var.clone()
-                else:
-                    new, velocity = self._gradient_step(var, grad.float(), self.step_size(t), velocity)
-                    new = new.clamp(0, 1) if patch_mode else self.project(clean, new)
-                if c.quantize:
-                    new = self._quantize(clean, new) if not patch_mode else torch.round(new * 255) / 255
-                frozen = done.to(var.device).view(-1, 1, 1, 1)
-                var = torch.where(frozen, var, new)
+            losses = self._step(t, clean, progress, rule, evaluate, seed=seed, keep=keep)
             if on_step is not None:
-                on_step(t, compose(var, box), losses.detach())
-            step_no = t + 1
-            if (
-                c.early_stop
-                and success_fn is not None
-                and (step_no % c.check_every == 0 or step_no == c.steps)
-            ):
+                on_step(t, threat.compose(clean, progress.var, progress.box), losses)
+            progress.step = t + 1
+            if self._check_due(progress.step, success_fn):
+                assert success_fn is not None
                 with torch.no_grad():
-                    ok = torch.tensor([bool(s) for s in success_fn(compose(var, box))])
-                newly = ok & ~done
-                if bool(newly.any()):
-                    best[newly.to(best.device)] = var[newly.to(var.device)]
-                    done |= newly
-            if ckpt is not None and (step_no % c.checkpoint_every == 0) and step_no < c.steps:
-                extra = state.arrays() if state is not None else None
-                self._save(ckpt, var, velocity, best, best_loss, done, history, step_no, box, extra)
-        steps_run = len(history)
-        # a final evaluation: the last iterate may be better than any seen before its update
-        with torch.no_grad():
-            final = evaluate(compose(var, box), c.steps).detach().float().cpu().reshape(-1)
-            better = ((final < best_loss) if keep == "best" else torch.ones_like(done)) & ~done
-            best[better.to(best.device)] = var[better.to(var.device)]
-            best_loss = torch.where(better, final, best_loss)
-            if success_fn is not None and not bool(done.all()):
-                ok = torch.tensor([bool(s) for s in success_fn(compose(best, box))])
-                done |= ok
-        if ckpt is not None and ckpt.exists():
-            ckpt.unlink()
-        adv = compose(best, box).detach()
-        boxes = [tuple(box)] * b if (patch_mode and box is not None) else None  # type: ignore[misc]
+                    progress.succeed(_verdicts(success_fn, threat.compose(clean, progress.var, progress.box)))
+            if store.due(progress.step):
+                store.save(progress, rule)
+        self._finish(clean, progress, evaluate, success_fn, keep=keep)
+        store.discard()
+        boxes = [progress.box] * clean.shape[0] if progress.box is not None else None
         return PGDResult(
-            adversarial=adv,
-            losses=history,
-            final_loss=[float(x) for x in best_loss],
-            success=[bool(x) for x in done],
-            steps_run=steps_run,
+            adversarial=threat.compose(clean, progress.best, progress.box).detach(),
+            losses=progress.history,
+            final_loss=[float(x) for x in progress.best_loss],
+            success=[bool(x) for x in progress.done],
+            steps_run=len(progress.history),
             seconds=time.perf_counter() - t0,
             resumed_from=start,
-            patch_boxes=boxes,  # type: ignore[arg-type]
-            extra={"apgd_eta": [float(v) for v in state.eta]} if state is not None else {},
+            patch_boxes=boxes,
+            extra=rule.extra(),
         )
+
+    def _step(
+        self,
+        t: int,
+        clean: Any,
+        progress: Progress,
+        rule: StepRule,
+        evaluate: Callable[[Any, int], Any],
+        *,
+        seed: int,
+        keep: Literal["best", "last"],
+    ) -> Any:
+        """One iteration: place the patch, take the loss and its gradient, record the loss, let the
+        step rule move the images still running, round. Returns the (detached) losses."""
+        import torch
+
+        threat = self.threat
+        progress.box = threat.box_at(t, seed, clean.shape, progress.box)
+        v = progress.var.detach().requires_grad_(True)
+        losses = evaluate(threat.compose(clean, v, progress.box), t)
+        if losses.dim() == 0:
+            losses = losses.reshape(1)
+        (grad,) = torch.autograd.grad(losses.sum(), v)
+        with torch.no_grad():
+            lvals = losses.detach().float().cpu()
+            progress.record(lvals, keep)
+            new = rule.step(t, clean, progress.var, grad, lvals, progress.done)
+            progress.advance(threat.round(clean, new))
+        return losses.detach()
+
+    def _check_due(self, step_no: int, success_fn: Callable[[Any], list[bool]] | None) -> bool:
+        """Whether to ask ``success_fn`` after ``step_no`` steps (early stop: every ``check_every``
+        steps and after the last)."""
+        c = self.config
+        return (
+            c.early_stop and success_fn is not None and (step_no % c.check_every == 0 or step_no == c.steps)
+        )
+
+    def _finish(
+        self,
+        clean: Any,
+        progress: Progress,
+        evaluate: Callable[[Any, int], Any],
+        success_fn: Callable[[Any], list[bool]] | None,
+        *,
+        keep: Literal["best", "last"],
+    ) -> None:
+        """A final evaluation (the last iterate may beat every one seen before its update), then
+        one success check of the result for the images not yet known to succeed."""
+        import torch
+
+        threat = self.threat
+        with torch.no_grad():
+            final = evaluate(threat.compose(clean, progress.var, progress.box), self.config.steps)
+            progress.keep_better(final.detach().float().cpu().reshape(-1), keep)
+            if success_fn is not None and not bool(progress.done.all()):
+                progress.done |= _verdicts(success_fn, threat.compose(clean, progress.best, progress.box))
 
     @staticmethod
     def _save(
@@ -420,20 +295,33 @@ class PGD:
         box: Any,
         extra: dict[str, Any] | None = None,
     ) -> None:
-        import numpy as np
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(
-            tmp,
-            var=var.detach().cpu().numpy(),
-            velocity=velocity.detach().cpu().numpy(),
-            best=best.detach().cpu().numpy(),
-            best_loss=best_loss.numpy(),
-            done=done.numpy(),
-            history=np.asarray(history, dtype=np.float64).reshape(len(history), -1),
-            step=np.asarray(step),
-            box=np.asarray(box if box is not None else (0, 0, 0, 0)),
-            **(extra or {}),
+        """A checkpoint file written from loose parts (the layout of
+        :class:`~mmsafe.attacks.adversarial.checkpoint.Checkpoint`; tests use it to plant one)."""
+        arrays = {"velocity": velocity.detach().cpu().numpy(), **(extra or {})}
+        save_archive(
+            path,
+            var=var,
+            best=best,
+            best_loss=best_loss,
+            done=done,
+            history=history,
+            step=step,
+            box=box,
+            arrays=arrays,
         )
-        tmp.replace(path)
+
+
+def _loss_caller(loss_fn: Callable[..., Any]) -> Callable[[Any, int], Any]:
+    """``loss_fn`` as ``f(x, t)``: passes ``step=t`` when ``loss_fn`` takes a ``step`` parameter."""
+    import inspect
+
+    if "step" in inspect.signature(loss_fn).parameters:
+        return lambda x, t: loss_fn(x, step=t)
+    return lambda x, t: loss_fn(x)
+
+
+def _verdicts(success_fn: Callable[[Any], list[bool]], x: Any) -> Any:
+    """``success_fn(x)`` as a ``[B]`` bool tensor."""
+    import torch
+
+    return torch.tensor([bool(s) for s in success_fn(x)])
