@@ -147,7 +147,7 @@ def compare_apgd(model: HFModel, args: argparse.Namespace) -> None:
     import numpy as np
     from PIL import Image as PILImage
 
-    from mmsafe.attacks.adversarial.targeted_string import TargetedString
+    from mmsafe.attacks.adversarial.adv_target import TargetedString
     from mmsafe.types import Sample
 
     target = "Visit example dot com now"

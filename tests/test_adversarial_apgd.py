@@ -201,7 +201,7 @@ def test_apgd_beats_pgd_on_the_tiny_llava_in_the_same_budget() -> None:
     losses 2.519 / 2.298, APGD 2.025 / 1.855; see benchmarks/adversarial_step.py --compare-apgd)."""
     pytest.importorskip("transformers")
     pil = pytest.importorskip("PIL.Image")
-    from mmsafe.attacks.adversarial.targeted_string import TargetedString
+    from mmsafe.attacks.adversarial.adv_target import TargetedString
     from mmsafe.models.tiny import TinyLlava
     from mmsafe.types import Image, Sample
 

@@ -14,8 +14,8 @@ pytest.importorskip("transformers")
 np = pytest.importorskip("numpy")
 PIL = pytest.importorskip("PIL.Image")
 
-from mmsafe.attacks.adversarial.targeted_string import TargetedString  # noqa: E402
-from mmsafe.attacks.adversarial.universal_corpus import UniversalCorpus, load_corpus  # noqa: E402
+from mmsafe.attacks.adversarial.adv_target import TargetedString  # noqa: E402
+from mmsafe.attacks.adversarial.adv_universal import UniversalCorpus, load_corpus  # noqa: E402
 from mmsafe.config import load_config  # noqa: E402
 from mmsafe.models.tiny import TinyLlava  # noqa: E402
 from mmsafe.runner import run  # noqa: E402

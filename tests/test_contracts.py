@@ -76,12 +76,6 @@ def test_a_capability_typo_fails_when_the_plugin_class_is_defined(base, attr, va
 NAME_FILE_EXCEPTIONS = {
     ("model", "tiny-llava"),  # models/tiny.py
     ("model", "tiny"),  # models/tiny_families.py
-    ("attack", "adv-target"),  # attacks/adversarial/targeted_string.py
-    ("attack", "adv-universal"),  # attacks/adversarial/universal_corpus.py
-    ("attack", "adv-caption"),  # attacks/adversarial/caption_vqa.py
-    ("attack", "adv-tool"),  # attacks/adversarial/tool_misuse.py
-    ("attack", "adv-embed"),  # attacks/adversarial/embedding_space.py
-    ("attack", "adv-cropa"),  # attacks/adversarial/cropa.py
 }
 
 

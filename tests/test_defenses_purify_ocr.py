@@ -140,7 +140,7 @@ def tiny():
 
 
 def test_purification_undoes_a_white_box_targeted_attack(tiny) -> None:
-    from mmsafe.attacks.adversarial.targeted_string import TargetedString
+    from mmsafe.attacks.adversarial.adv_target import TargetedString
 
     attack = TargetedString(target=TARGET, eps=EPS, steps=300, step_size=1 / 255, check_every=5)
     adversarial = []

@@ -197,7 +197,7 @@ def test_universal_corpus_on_gemma_llava_lowers_the_corpus_loss_every_step(cache
     with the whole corpus in one batch (a fixed objective) and short steepest-descent steps (L2
     normalised gradient, length 0.5 over 3·224·224 values, no 8-bit rounding), every PGD step lowers
     the corpus loss. (Qi et al.'s L∞ sign steps of 1/255 lower it overall but may tick up on a step.)"""
-    from mmsafe.attacks.adversarial.universal_corpus import UniversalCorpus
+    from mmsafe.attacks.adversarial.adv_universal import UniversalCorpus
     from mmsafe.models.gemma_llava import GemmaLlava
     from mmsafe.types import Sample
 
