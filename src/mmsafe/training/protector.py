@@ -35,6 +35,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -150,15 +151,20 @@ class ProtectorDetoxifier(Trainer):
 
         p = self.params
         train, held, data_sha = load_examples(p.data, held_out_fraction=p.held_out_fraction, seed=p.seed)
-        args = {"template": self.template(), "max_answer_chars": p.max_answer_chars, "keep_benign": p.keep_benign}
-        pairs = detox_pairs(train, **args)
+        pairs_of = partial(
+            detox_pairs,
+            template=self.template(),
+            max_answer_chars=p.max_answer_chars,
+            keep_benign=p.keep_benign,
+        )
+        pairs = pairs_of(train)
         if p.n_examples is not None:
             if p.n_examples > len(pairs):
                 raise ConfigError(f"protector-detoxifier: n_examples={p.n_examples} but the data gives {len(pairs)} pairs")
             pairs = random.Random(p.seed).sample(pairs, p.n_examples)
         if not any(kind == "harmful" for kind, _, _ in pairs):
             raise ConfigError("protector-detoxifier: no harmful row with a 'rejected' (harmful) answer to learn from")
-        held_pairs = detox_pairs(held, **args)
+        held_pairs = pairs_of(held)
         items = [encode(backend, prompt, target, max_tokens=p.max_tokens) for _, prompt, target in pairs]
         held_items = [(kind, encode(backend, prompt, target, max_tokens=p.max_tokens)) for kind, prompt, target in held_pairs]
         module = backend.module
@@ -303,7 +309,8 @@ def _metrics(labels: Sequence[bool], probs: Sequence[float], threshold: float) -
         "n": len(labels),
         "n_harmful": pos,
         "accuracy": None if acc.value is None else round(acc.value, 4),
-        "accuracy_95ci": None if acc.value is None else [round(acc.lo, 4), round(acc.hi, 4)],
+        # value, lo and hi are None together (n = 0)
+        "accuracy_95ci": None if acc.lo is None or acc.hi is None else [round(acc.lo, 4), round(acc.hi, 4)],
         "majority_baseline": round(max(pos, len(labels) - pos) / len(labels), 4) if labels else None,
     }
     if pos and pos < len(labels):
