@@ -103,6 +103,8 @@ def test_the_stamp_is_readable():
         ("adaptive", list(FAMILIES["adaptive"]())),
         ("suffix-verdict-no, prefix-safe-line", ["suffix-verdict-no", "prefix-safe-line"]),
         (["suffix-verdict-no", "suffix-verdict-no"], ["suffix-verdict-no"]),
+        # a repeat is dropped where it repeats: the first keeps its place
+        ("prefix-safe-line,suffix-verdict-no,prefix-safe-line", ["prefix-safe-line", "suffix-verdict-no"]),
     ],
 )
 def test_variants_resolve_by_name_or_family(given, names):

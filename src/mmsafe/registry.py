@@ -169,7 +169,9 @@ class Component:
         return doc.splitlines()[0].strip() if doc else "(no description)"
 
 
-def _format_validation(kind: str, name: str, where: str, exc: ValidationError, params_model: type) -> str:
+def _format_validation(
+    kind: str, name: str, where: str, exc: ValidationError, params_model: type[BaseModel]
+) -> str:
     allowed = ", ".join(sorted(params_model.model_fields)) or "(none)"
     lines = []
     for err in exc.errors():
@@ -225,7 +227,7 @@ class Registry:
         except ValidationError as exc:
             raise ConfigError(_format_validation(kind, name, where or kind, exc, cls.Params)) from None
         if getattr(cls, "uses_registry", False):  # it builds sub-components: they come from this registry too
-            return cls(p, registry=self)  # type: ignore[call-arg]
+            return cls(p, registry=self)
         return cls(p)
 
     def describe(self, kind: str) -> list[tuple[str, str]]:

@@ -339,13 +339,13 @@ class Generation(_Frozen):
         if not isinstance(values, dict):
             return values
         text, meta = values.get("text"), values.get("metadata")
-        n_text = len(_SURROGATE.findall(text)) if isinstance(text, str) else 0
+        text_fixed, n_text = _SURROGATE.subn("\ufffd", text) if isinstance(text, str) else (text, 0)
         meta_fixed, n_meta = repair_strings(meta) if isinstance(meta, dict) else (meta, 0)
         if not n_text and not n_meta:
             return values
         fixed = dict(meta_fixed or {})
         fixed["text_repaired"] = int(fixed.get("text_repaired") or 0) + n_text + n_meta
-        return {**values, "text": _SURROGATE.sub("\ufffd", text) if n_text else text, "metadata": fixed}
+        return {**values, "text": text_fixed, "metadata": fixed}
 
 
 def repair_strings(obj: Any, depth: int = 0) -> tuple[Any, int]:

@@ -60,6 +60,8 @@ class FigStepSafeBench(Benchmark):
         split: Literal["full", "tiny"] = "tiny"
         with_images: bool = False
 
+    params: Params
+
     def load(self) -> Iterator[Sample]:
         root = self.root()
         rows = read_csv(require_file(root, _SPLITS[self.params.split][0], benchmark=self.name))

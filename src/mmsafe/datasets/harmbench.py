@@ -100,6 +100,8 @@ class HarmBench(Benchmark):
                         raise ValueError(f"{field} applies to subset 'text' only (multimodal has one file)")
             return self
 
+    params: Params
+
     def load(self) -> Iterator[Sample]:
         root = self.root()
         subset = self.params.subset

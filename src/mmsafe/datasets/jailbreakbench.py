@@ -56,6 +56,8 @@ class JailbreakBench(Benchmark):
         path: str | None = None
         subset: Literal["harmful", "benign", "both"] = "both"
 
+    params: Params
+
     def load(self) -> Iterator[Sample]:
         root = self.root()
         subsets = ("harmful", "benign") if self.params.subset == "both" else (self.params.subset,)

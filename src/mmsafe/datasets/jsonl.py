@@ -97,6 +97,8 @@ class GenericFile(Benchmark):
                 raise ValueError(f"unknown encoding {value!r}") from None
             return value
 
+    params: Params
+
     def file(self) -> Path:
         path = Path(self.params.file).expanduser()
         if not path.is_file():

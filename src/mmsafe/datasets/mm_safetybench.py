@@ -92,6 +92,8 @@ class MMSafetyBench(Benchmark):
             check_choices("scenario", full, SCENARIOS)
             return full
 
+    params: Params
+
     def load(self) -> Iterator[Sample]:
         root = self.root()
         tiny_ids: dict[str, set[str]] | None = None

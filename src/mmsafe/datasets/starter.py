@@ -71,6 +71,8 @@ class Starter(Benchmark):
 
         categories: tuple[StarterCategory, ...] | None = None
 
+    params: Params
+
     def location(self) -> str:
         return "package data mmsafe/data/starter.yaml"
 

@@ -159,6 +159,8 @@ class VQAStarter(Benchmark):
         short_answer: bool = True
         font_path: str | None = None
 
+    params: Params
+
     def location(self) -> str:
         return "package data mmsafe/data/vqa_starter.yaml"
 

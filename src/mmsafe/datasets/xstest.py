@@ -45,6 +45,8 @@ class XSTest(Benchmark):
 
         path: str | None = None
 
+    params: Params
+
     def load(self) -> Iterator[Sample]:
         rows = read_csv(require_file(self.root(), "xstest_prompts.csv", benchmark=self.name))
         yield from rows_to_samples(enumerate(rows, 1), self._sample, benchmark=self.name, id_prefix="xstest/")

@@ -173,8 +173,8 @@ class ECSO(Defense):
         cut = p.max_logged_chars
         answers = model.generate(prompts, seeds=seeds)
         out: list[Generation | Exception] = list(answers)
-        live = [i for i, a in enumerate(answers) if isinstance(a, Generation)]
-        gen = {i: answers[i] for i in live}  # type: ignore[misc]
+        gen = {i: a for i, a in enumerate(answers) if isinstance(a, Generation)}
+        live = list(gen)
 
         # (2) harm-aware self-check, text only
         checks = self._ask(
@@ -183,7 +183,7 @@ class ECSO(Defense):
                 _fill(
                     p.check_prompt,
                     query=neutralise(query_text(prompts[i])),
-                    answer=neutralise(gen[i].text[: p.max_answer_chars]),  # type: ignore[union-attr]
+                    answer=neutralise(gen[i].text[: p.max_answer_chars]),
                 )
                 for i in live
             ],
@@ -220,9 +220,9 @@ class ECSO(Defense):
         asks: list[Prompt] = []
         for i in harmful:
             q = query_text(prompts[i])
-            c = caption.get(i)
-            if isinstance(c, Generation) and c.text.strip():
-                text = _fill(p.answer_prompt, caption=c.text, query=q)
+            cap = caption.get(i)
+            if isinstance(cap, Generation) and cap.text.strip():
+                text = _fill(p.answer_prompt, caption=cap.text, query=q)
             else:
                 text = _fill(p.answer_prompt_no_image, query=q)
             system = tuple(m for m in prompts[i].messages if m.role == "system")
@@ -238,11 +238,11 @@ class ECSO(Defense):
                 out[i] = RuntimeError(f"ecso: the safe re-answer failed ({type(r).__name__}: {r})")
                 continue
             details: dict[str, str] = {"original_text": g.text[:cut]}
-            c = caption.get(i)
-            if isinstance(c, Exception):
-                details["caption_error"] = f"{type(c).__name__}: {c}"
-            elif c is not None:
-                details["caption"] = c.text[:cut]
+            cap = caption.get(i)
+            if isinstance(cap, Exception):
+                details["caption_error"] = f"{type(cap).__name__}: {cap}"
+            elif cap is not None:
+                details["caption"] = cap.text[:cut]
             calls = 4 if i in caption else 3
             out[i] = mark(r, "rewritten", calls=calls, **details)
         return out

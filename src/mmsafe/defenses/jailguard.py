@@ -92,8 +92,10 @@ __all__ = [
     "similarity_matrix",
 ]
 
-TEXT_MUTATORS = ("replace", "insert", "punctuation")
-IMAGE_MUTATORS = ("crop", "hflip", "vflip", "rotate", "color", "blur")
+TextMutator = Literal["replace", "insert", "punctuation"]
+ImageMutator = Literal["crop", "hflip", "vflip", "rotate", "color", "blur"]
+TEXT_MUTATORS: tuple[TextMutator, ...] = ("replace", "insert", "punctuation")
+IMAGE_MUTATORS: tuple[ImageMutator, ...] = ("crop", "hflip", "vflip", "rotate", "color", "blur")
 _PUNCT = (",", ".", "!", "?", ";", ":", "...", "-")
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 _EPS = 1e-3
@@ -250,12 +252,8 @@ class JailGuardParams(BaseModel):
     n_variants: int = Field(8, ge=2, le=64)
     threshold: float | None = Field(None, ge=0.0)
     mutate: Literal["auto", "text", "image", "both"] = "auto"
-    text_mutators: list[Literal["replace", "insert", "punctuation"]] = Field(
-        default_factory=lambda: list(TEXT_MUTATORS), min_length=1
-    )
-    image_mutators: list[Literal["crop", "hflip", "vflip", "rotate", "color", "blur"]] = Field(
-        default_factory=lambda: list(IMAGE_MUTATORS), min_length=1
-    )
+    text_mutators: list[TextMutator] = Field(default_factory=lambda: list(TEXT_MUTATORS), min_length=1)
+    image_mutators: list[ImageMutator] = Field(default_factory=lambda: list(IMAGE_MUTATORS), min_length=1)
     text_rate: float = Field(0.1, gt=0.0, le=1.0)
     similarity: Literal["char3", "jaccard", "minilm"] = "char3"
     refusal_text: str = Field(
@@ -306,7 +304,7 @@ class JailGuard(Defense):
             i_mut = rng.choice(p.image_mutators) if do_image and has_images else None
             messages = list(prompt.messages)
             for idx in user_idx:
-                parts = []
+                parts: list[TextPart | ImagePart] = []
                 for part in messages[idx].content:
                     if isinstance(part, ImagePart) and i_mut:
                         parts.append(ImagePart(image=mutate_image(part.image, i_mut, rng)))

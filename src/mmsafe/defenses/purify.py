@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -111,8 +112,8 @@ def _resize(pil: Any, factor: float) -> Any:
     from PIL import Image as PILImage
 
     w, h = pil.size
-    small = pil.resize((max(1, round(w * factor)), max(1, round(h * factor))), PILImage.BILINEAR)
-    return small.resize((w, h), PILImage.BILINEAR)
+    small = pil.resize((max(1, round(w * factor)), max(1, round(h * factor))), PILImage.Resampling.BILINEAR)
+    return small.resize((w, h), PILImage.Resampling.BILINEAR)
 
 
 def _noise(pil: Any, std: float, seed: int) -> Any:
@@ -185,7 +186,7 @@ class ImagePurification(Defense):
         assert isinstance(p, ImagePurificationParams)
         cleaned: list[Prompt] = []
         for prompt, seed in zip(prompts, seeds, strict=True):
-            cleaned.append(map_images(prompt, lambda im, s=seed: self.purify(im, seed=s)))
+            cleaned.append(map_images(prompt, partial(self.purify, seed=seed)))
         out: list[Generation | Exception] = []
         for prompt, r in zip(prompts, model.generate(cleaned, seeds=seeds), strict=True):
             if isinstance(r, Exception):

@@ -186,7 +186,7 @@ def adaptive() -> dict[str, Forgery]:
     out: dict[str, Forgery] = {}
     for position in ("prefix", "suffix"):
         for payload in PAYLOADS:
-            f = _placed(payload, position)  # type: ignore[arg-type]
+            f = _placed(payload, position)
             out[f.name] = f
     out["image-safe-stamp"] = Forgery(
         name="image-safe-stamp",
@@ -226,8 +226,10 @@ def resolve_variants(variants: Iterable[str | Forgery] | str | None = None) -> l
             raise ConfigError(
                 f"unknown forgery {v!r}; families: {', '.join(FAMILIES)}; variants: {', '.join(known)}"
             )
-    seen: set[str] = set()
-    unique = [f for f in out if not (f.name in seen or seen.add(f.name))]
+    first: dict[str, Forgery] = {}  # the first variant of each name, in order
+    for f in out:
+        first.setdefault(f.name, f)
+    unique = list(first.values())
     if not unique:
         raise ConfigError("no forgery variants given")
     return unique

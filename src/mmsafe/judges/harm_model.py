@@ -90,7 +90,8 @@ def base_dir() -> Path:
 
 def build_net(config: HarmNetConfig, *, device: str = "cpu") -> tuple[Any, Any]:
     """(network, tokenizer): the frozen base with fresh adapters (``B`` = 0, so it starts as the base)."""
-    torch = require("torch", extra="hf", purpose="the harm classifier")
+    # Any: its classes are subclassed below
+    torch: Any = require("torch", extra="hf", purpose="the harm classifier")
     transformers = require("transformers", extra="hf", purpose="the harm classifier")
     path = base_dir()
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)

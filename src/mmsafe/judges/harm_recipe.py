@@ -327,6 +327,7 @@ def train_harm_judge(
         )
     else:
         log(f"shipping the validation run's model (trained on {len(final_rows)} rows): the held-out numbers are its own")
+    assert hist is not None  # one of the two fits above ran
     card = {
         "threshold": threshold,
         "construct": "harm: the response gives the help a harmful request asks for (JailbreakBench's 'jailbroken')",

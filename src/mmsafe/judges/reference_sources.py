@@ -269,7 +269,7 @@ def extract_literal(source: str, attribute: str, *, filename: str = "<source>") 
     node: ast.expr | None = None
     for depth, name in enumerate(names):
         last = depth == len(names) - 1
-        found = None
+        found: ast.ClassDef | ast.Assign | ast.AnnAssign | None = None
         for stmt in body:
             if not last and isinstance(stmt, ast.ClassDef) and stmt.name == name:
                 found = stmt
@@ -282,7 +282,7 @@ def extract_literal(source: str, attribute: str, *, filename: str = "<source>") 
         if isinstance(found, ast.ClassDef):
             body = found.body
         else:
-            node = found.value  # type: ignore[union-attr]
+            node = found.value
     assert node is not None
     if key is not None:
         if not isinstance(node, ast.Dict):

@@ -64,7 +64,7 @@ def newcombe_paired_interval(a: int, b: int, c: int, d: int, *, z: float = 1.96)
     l_a, u_a = wilson_interval(a + b, n, z)
     l_b, u_b = wilson_interval(a + c, n, z)
     denom = (a + b) * (c + d) * (a + c) * (b + d)
-    num = a * d - b * c
+    num: float = a * d - b * c
     if num > 0:
         num = max(num - n / 2, 0.0)
     phi = num / math.sqrt(denom) if denom else 0.0

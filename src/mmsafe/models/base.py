@@ -90,10 +90,12 @@ class WrappedModel(ModelBackend):
     def __init__(self, inner: ModelBackend) -> None:
         super().__init__(inner.params)
         self.inner = inner
-        self.kind = inner.kind
-        self.name = inner.name
-        self.version = inner.version
-        self.capabilities = inner.capabilities
+        # the wrapper reports the inner model's identity: these instance values deliberately shadow the
+        # class-level ones (ClassVar on Component), which mypy rejects on principle
+        self.kind = inner.kind  # type: ignore[misc]
+        self.name = inner.name  # type: ignore[misc]
+        self.version = inner.version  # type: ignore[misc]
+        self.capabilities = inner.capabilities  # type: ignore[misc]
         self.random_weights = inner.random_weights
 
     @property

@@ -44,6 +44,7 @@ class ScriptedModel(ModelBackend):
 
     name: ClassVar[str] = "scripted"
     Params = ScriptedParams
+    params: ScriptedParams
     capabilities: ClassVar[frozenset[str]] = frozenset({"images", "system_prompt", "batched"})
     # per-prompt delays change when answers come, not what they are (and keep the keys of older stores)
     runtime_params: ClassVar[frozenset[str]] = ModelBackend.runtime_params | {"delays"}

@@ -17,7 +17,7 @@ from mmsafe.types import Generation, Prompt, stable_hash
 
 def request_key(model: ModelBackend, prompt: Prompt, seed: int) -> str:
     """Cache key of one request. The seed counts only when decoding samples."""
-    body = {"model": model.spec.key, "prompt": prompt.fingerprint()}
+    body: dict[str, object] = {"model": model.spec.key, "prompt": prompt.fingerprint()}
     if not model.generation.greedy:
         body["seed"] = seed
     return stable_hash(body)

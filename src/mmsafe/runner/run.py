@@ -330,7 +330,7 @@ class Runner:
                         result,
                     )
                     judging, verdicts = [], None  # the group's prompts and answers go
-                unjudged = []
+                unjudged: list[_Item] = []
                 for f in done:
                     if f in inflight:
                         item = _answered(inflight.pop(f), f)
@@ -341,13 +341,13 @@ class Runner:
                     del unjudged
 
     def _generate_batch(self, target: ModelBackend, items: list[_Item]) -> None:
-        live = [i for i in items if i.prompt is not None]
+        live = [(i, i.prompt) for i in items if i.prompt is not None]
         if not live:
             return
         t0 = time.perf_counter()
-        results = generate_all(target, [i.prompt for i in live], [i.seed for i in live])
+        results = generate_all(target, [p for _, p in live], [i.seed for i, _ in live])
         per_item = (time.perf_counter() - t0) / len(live)
-        for item, res in zip(live, results, strict=True):
+        for (item, _), res in zip(live, results, strict=True):
             if isinstance(res, Exception):
                 item.error, item.stage = _err(res), "generate"
             else:
@@ -396,15 +396,18 @@ class Runner:
         """Each judge's verdicts on the answered ``items`` (each judge once over the group), keyed by
         (item, judge). A judge that breaks on one item fails that item's verdict only."""
         verdicts: dict[tuple[int, str], Judgement] = {}
-        answered = [i for i in items if i.generation is not None]
+        # an answer always comes from a prompt: answered items have both
+        answered = [
+            (i, i.prompt, i.generation) for i in items if i.prompt is not None and i.generation is not None
+        ]
         for judge in self.grid.judges:
-            todo = [i for i in answered if judge in i.judges]
+            todo = [t for t in answered if judge in t[0].judges]
             if not todo:
                 continue
             t0 = time.perf_counter()
-            js = _judge_isolated(judge, [(i.sample, i.prompt, i.generation) for i in todo])
+            js = _judge_isolated(judge, [(i.sample, p, g) for i, p, g in todo])
             per_item = (time.perf_counter() - t0) / len(todo)
-            for i, j in zip(todo, js, strict=True):
+            for (i, _, _), j in zip(todo, js, strict=True):
                 verdicts[(id(i), judge.spec.key)] = j
                 i.timings[f"judge_s:{judge.name}"] = per_item
         return verdicts

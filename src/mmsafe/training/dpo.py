@@ -146,7 +146,8 @@ class DPO(Trainer):
         def held_metrics() -> dict[str, float]:
             if not held_pairs:
                 return {}
-            wins, margins = 0, []
+            wins = 0
+            margins: list[float] = []
             for i in range(0, len(held_pairs), 8):
                 pw, pl, rw, rl, _ = scores(held_pairs[i : i + 8], grad=False)
                 _, m = dpo_loss(pw, pl, rw, rl, beta=p.beta)

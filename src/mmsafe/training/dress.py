@@ -85,6 +85,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -149,6 +150,10 @@ ANSWER:
 _FIELD = re.compile(r"\{(rating|verdict|query|answer)\}")
 _CRITIQUE_RE = re.compile(r"^\s*CRITIQUE\s*:\s*(.*?)(?=^\s*REFINED\s*:|\Z)", re.S | re.M | re.I)
 _REFINED_RE = re.compile(r"^\s*REFINED\s*:\s*(.*)\Z", re.S | re.M | re.I)
+
+
+def _field_value(values: dict[str, str], m: re.Match[str]) -> str:
+    return values[m.group(1)]
 
 
 class DRESSParams(BaseModel):
@@ -297,7 +302,7 @@ def collect_feedback(
                 "answer": neutralise(answers[i] or "(empty)"),
             }
             # one pass over the template: a field's value is never searched for another field
-            text = _FIELD.sub(lambda m, v=values: v[m.group(1)], CRITIC_PROMPT)
+            text = _FIELD.sub(partial(_field_value, values), CRITIC_PROMPT)
             asks.append(Prompt(messages=(Message.user(text),)))
         for i, g in zip(todo, generate_all(critic_model, asks), strict=True):
             if not isinstance(g, Exception):
@@ -356,7 +361,7 @@ def conditional_examples(
 def _ratings(feedback: Sequence[Feedback]) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for kind in ("harmful", "benign"):
-        c = Counter(f.rating or "unrated" for f in feedback if f.example.kind == kind)
+        c: Counter[str] = Counter(f.rating or "unrated" for f in feedback if f.example.kind == kind)
         if c:
             out[kind] = {k: c.get(k, 0) for k in ("good", "bad", "unrated")}
     return out

@@ -53,7 +53,7 @@ GROUP_JACCARD = 0.5
 Kind = Literal["harmful", "benign"]
 
 # per kind: the YAML field that becomes `target`, the one that becomes `rejected`, the optional ones
-_FIELDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+_FIELDS: dict[Kind, tuple[str, str, tuple[str, ...]]] = {
     "harmful": ("refusal", "compliance", ("title",)),
     "benign": ("answer", "refusal", ()),
 }
@@ -163,7 +163,7 @@ def _categories(block: Any, source: str) -> dict[str, set[str]]:
 def _item(
     row: Any,
     *,
-    kind: str,
+    kind: Kind,
     source: str,
     index: int,
     allowed: set[str],

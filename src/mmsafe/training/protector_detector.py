@@ -148,7 +148,8 @@ def _metrics(labels: Sequence[bool], probs: Sequence[float], threshold: float) -
         "n": len(labels),
         "n_harmful": pos,
         "accuracy": None if acc.value is None else round(acc.value, 4),
-        "accuracy_95ci": None if acc.value is None else [round(acc.lo, 4), round(acc.hi, 4)],
+        # value, lo and hi are None together (n = 0)
+        "accuracy_95ci": None if acc.lo is None or acc.hi is None else [round(acc.lo, 4), round(acc.hi, 4)],
         "majority_baseline": round(max(pos, len(labels) - pos) / len(labels), 4) if labels else None,
     }
     if pos and pos < len(labels):

@@ -32,6 +32,7 @@ import hashlib
 import logging
 import random
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -141,15 +142,20 @@ class ProtectorDetoxifier(Trainer):
 
         p = self.params
         train, held, data_sha = load_examples(p.data, held_out_fraction=p.held_out_fraction, seed=p.seed)
-        args = {"template": self.template(), "max_answer_chars": p.max_answer_chars, "keep_benign": p.keep_benign}
-        pairs = detox_pairs(train, **args)
+        pairs_of = partial(
+            detox_pairs,
+            template=self.template(),
+            max_answer_chars=p.max_answer_chars,
+            keep_benign=p.keep_benign,
+        )
+        pairs = pairs_of(train)
         if p.n_examples is not None:
             if p.n_examples > len(pairs):
                 raise ConfigError(f"protector-detoxifier: n_examples={p.n_examples} but the data gives {len(pairs)} pairs")
             pairs = random.Random(p.seed).sample(pairs, p.n_examples)
         if not any(kind == "harmful" for kind, _, _ in pairs):
             raise ConfigError("protector-detoxifier: no harmful row with a 'rejected' (harmful) answer to learn from")
-        held_pairs = detox_pairs(held, **args)
+        held_pairs = pairs_of(held)
         items = [encode(backend, prompt, target, max_tokens=p.max_tokens) for _, prompt, target in pairs]
         held_items = [(kind, encode(backend, prompt, target, max_tokens=p.max_tokens)) for kind, prompt, target in held_pairs]
         module = backend.module

@@ -186,8 +186,10 @@ class FigStepPro(Attack):
 
     def apply(self, sample: Sample, *, seed: int, target: ModelBackend | None = None) -> Prompt:
         given = sample.metadata.get("instruction")
-        source = "instruction" if isinstance(given, str) and given.strip() else "text"
-        instruction = given if source == "instruction" else sample.text
+        if isinstance(given, str) and given.strip():
+            source, instruction = "instruction", given
+        else:
+            source, instruction = "text", sample.text
         if not instruction.strip():
             raise ValueError(f"sample {sample.id} has neither metadata['instruction'] nor text")
         sentence, phrase = mask_instruction(instruction)

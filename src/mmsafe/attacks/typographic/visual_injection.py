@@ -125,6 +125,8 @@ def overlay_text(
     pad = max(2, size // 4)
     bw, bh = (right - left) + 2 * pad, (bottom - top) + 2 * pad
     margin = round(0.02 * h)
+    x0: float  # Pillow types text bounding boxes as float, so the box position may be one
+    y0: float
     if isinstance(p.position, tuple):
         x0, y0 = round(p.position[0] * w), round(p.position[1] * h)
         x0, y0 = min(x0, max(0, w - bw)), min(y0, max(0, h - bh))  # keep the box inside when it fits
@@ -132,13 +134,14 @@ def overlay_text(
         x0 = max(0, (w - bw) // 2)
         y0 = {"top": margin, "bottom": h - bh - margin, "center": (h - bh) // 2}[p.position]
         y0 = max(0, y0)
-    region = [x0, y0, min(w, x0 + bw), min(h, y0 + bh)]
-    local_mean = [round(v, 2) for v in ImageStat.Stat(base.crop(tuple(region))).mean[:3]]
+    crop_box = (x0, y0, min(w, x0 + bw), min(h, y0 + bh))
+    region = list(crop_box)
+    local_mean = [round(v, 2) for v in ImageStat.Stat(base.crop(crop_box)).mean[:3]]
 
     if p.low_contrast_delta is not None:
         text_color = _low_contrast_color(tuple(local_mean), p.low_contrast_delta)
     else:
-        text_color = tuple(p.color)
+        text_color = p.color
     alpha = round(255 * p.opacity)
     layer = PILImageModule.new("RGBA", (w, h), (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
@@ -228,7 +231,7 @@ class VisualInjection(Attack):
             raise ConfigError(f"visual-injection: overlay text is empty for sample {sample.id}")
         blank = not sample.images
         sources = (
-            [PILImageModule.new("RGB", tuple(p.canvas), tuple(p.canvas_color))]
+            [PILImageModule.new("RGB", p.canvas, p.canvas_color)]
             if blank
             else [im.to_pil("RGB") for im in sample.images]
         )
