@@ -122,7 +122,7 @@ class LabelledData(Sequence[LabelledRow]):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i):  # type: ignore[override]
+    def __getitem__(self, i):
         return self.rows[i]
 
     def __iter__(self) -> Iterator[LabelledRow]:
@@ -235,4 +235,4 @@ def _check_class_names(names: Sequence[str] | None) -> tuple[str, str] | None:
         raise ConfigError(
             f"class names must be two different words, negative first (e.g. safe,harmful), not {list(names)!r}"
         )
-    return out  # type: ignore[return-value]
+    return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mmsafe.types import Image, ImagePart, Prompt
+from mmsafe.types import Image, ImagePart, Prompt, TextPart
 
 __all__ = ["greedy_answers", "swap_first_image"]
 
@@ -14,7 +14,7 @@ def swap_first_image(prompt: Prompt, image: Image) -> Prompt:
     """``prompt`` with its first image (in message order) replaced by ``image``."""
     messages, swapped = [], False
     for m in prompt.messages:
-        parts = []
+        parts: list[TextPart | ImagePart] = []
         for part in m.content:
             if isinstance(part, ImagePart) and not swapped:
                 parts.append(ImagePart(image=image))

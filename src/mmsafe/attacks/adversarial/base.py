@@ -183,7 +183,7 @@ class AdversarialAttack(Attack):
 
         c, a = clean[i : i + 1].float().cpu(), adv[i : i + 1].float().cpu()
         a8 = (a * 255).round() / 255
-        meta = {
+        meta: dict[str, Any] = {
             "adversarial": self.name,
             "norm": self.p.norm,
             "eps": self.p.eps if self.p.norm in ("linf", "l2") else None,
@@ -211,7 +211,7 @@ class AdversarialAttack(Attack):
         self,
         model: WhiteBoxModel,
         clean: Any,
-        loss_fn: Callable[[Any], Any],
+        loss_fn: Callable[..., Any],  # loss(x) or loss(x, step)
         *,
         success_fn: Callable[[Any], list[bool]] | None,
         seed: int,

@@ -168,7 +168,7 @@ class PGD:
     def run(
         self,
         clean: Any,
-        loss_fn: Callable[[Any], Any],
+        loss_fn: Callable[..., Any],  # loss(x) or loss(x, step): see _loss_caller
         *,
         success_fn: Callable[[Any], list[bool]] | None = None,
         seed: int = 0,

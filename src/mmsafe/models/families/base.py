@@ -197,7 +197,7 @@ def without_video_processor(base: type) -> type:
     ``base``'s name so saved folders name the real class. Images and text work as in ``base``.
     """
 
-    class _ImagesOnly(base):  # type: ignore[misc,valid-type]
+    class _ImagesOnly(base):
         @classmethod
         def from_args_and_dict(cls, args: Any, processor_dict: dict[str, Any], **kwargs: Any) -> Any:
             return super().from_args_and_dict(args, processor_dict, **{"video_processor": None, **kwargs})
@@ -234,4 +234,5 @@ def load_processor_without_video(path: str, *, model_type: str | None, **kwargs:
         about_video = "video" in str(exc).lower() or "torchvision" in str(exc).lower()
         if not isinstance(name, str) or not about_video:
             raise
-        return without_video_processor(getattr(transformers, name)).from_pretrained(path, **kwargs)
+        processor_cls: Any = without_video_processor(getattr(transformers, name))
+        return processor_cls.from_pretrained(path, **kwargs)
