@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from mmsafe.errors import ConfigError, MmsafeError
+from mmsafe.metrics.classification import LABEL_NAMES  # agreement's default class names
 from mmsafe.paths import default_cache_root
 from mmsafe.types import ComponentSpec, Expected, Generation, Judgement, Message, Prompt, Sample
 
@@ -86,10 +87,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: class names of :func:`agreement` when none are given, negative first (index 1, ``True``, is the
-#: positive class); also the label names of the learned judge's classifier file
-LABEL_NAMES: tuple[str, str] = ("safe", "jailbroken")
 
 
 @dataclass(frozen=True)

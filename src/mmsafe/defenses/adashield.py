@@ -364,7 +364,7 @@ class EmbeddingIndex(_Index):
 
 def _minilm() -> Any:
     """The shared MiniLM embedder; :class:`MissingDependency` names the extra if absent."""
-    from mmsafe.judges.learned import shared_embedder
+    from mmsafe.embeddings import shared_embedder
 
     return shared_embedder("the adashield 'minilm' retriever")
 
