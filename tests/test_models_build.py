@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mmsafe.models._build import build_once, ensure_built
+from mmsafe.models._build import build_lock, build_once, ensure_built
 
 
 def _writer(calls: list[Path], *, marker: str = "done.json", pause: float = 0.0):
@@ -50,8 +50,7 @@ def test_a_build_without_its_marker_fails_and_leaves_nothing(tmp_path: Path) -> 
 
     with pytest.raises(RuntimeError, match=r"wrote no done\.json"):
         build_once(tmp_path / "m", no_marker, marker="done.json")
-    assert not (tmp_path / "m").exists()
-    assert [p.name for p in tmp_path.iterdir()] == [".m.lock"]
+    assert list(tmp_path.iterdir()) == []  # no folder, no temporary, no lock file
 
 
 def test_concurrent_callers_build_once(tmp_path: Path) -> None:
@@ -67,3 +66,26 @@ def test_concurrent_callers_build_once(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert out == [tmp_path / "m"] * 3 and len(calls) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+def test_a_waiter_relocks_when_the_holder_removed_the_lock_file(tmp_path: Path) -> None:
+    """The holder unlinks the lock file on exit; a process that waited on the old file must not
+    run alongside one that locked the new file."""
+    lock = tmp_path / ".m.lock"
+    inside: list[str] = []
+    overlap: list[bool] = []
+
+    def hold(tag: str, pause: float) -> None:
+        with build_lock(lock):
+            overlap.append(bool(inside))
+            inside.append(tag)
+            time.sleep(pause)
+            inside.remove(tag)
+
+    threads = [threading.Thread(target=hold, args=(str(i), 0.05)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlap == [False] * 6 and not lock.exists()

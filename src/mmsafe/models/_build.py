@@ -31,21 +31,35 @@ log = logging.getLogger(__name__)
 
 @contextlib.contextmanager
 def build_lock(path: Path) -> Iterator[None]:
-    """An advisory lock so concurrent processes build once (POSIX; elsewhere a no-op).
+    """An exclusive lock on the file ``path`` for the block, so concurrent processes build once
+    (POSIX ``flock``; elsewhere a no-op).
 
-    The kernel drops the lock when its holder dies, so a killed build never blocks the next one.
+    The file is removed on exit, so a finished cache holds no lock files. A process that waited on a
+    file its holder has since removed sees that the path no longer names the file it locked and
+    locks the path anew. The kernel drops the lock when its holder dies, so a killed build never
+    blocks the next one.
     """
     try:
         import fcntl
     except ImportError:  # Windows: the rename in build_once still keeps the folder consistent
         yield
         return
-    with open(path, "a+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder removed it while we waited: lock the path anew
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)  # closing drops the lock
 
 
 def _clear_leftovers(dest: Path, marker: str) -> None:
