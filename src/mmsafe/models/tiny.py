@@ -209,7 +209,7 @@ class TinyHFModel(HFModel):
     version: ClassVar[str] = "1"
     random_weights: bool = True
     #: the HFModel ``model_class`` to load with (None: HFModel's default, ``auto``)
-    model_class: ClassVar[str | None] = None
+    load_class: ClassVar[str | None] = None
 
     def _cache_root(self) -> Path | None:
         cache_dir = self.params.cache_dir  # type: ignore[attr-defined]
@@ -221,7 +221,7 @@ class TinyHFModel(HFModel):
 
     def _hf_params(self) -> HFParams:
         p: Any = self.params
-        fixed = {"model_class": self.model_class} if self.model_class else {}
+        fixed = {"model_class": self.load_class} if self.load_class else {}
         return HFParams(
             path=str(self._folder()),
             **fixed,
@@ -250,7 +250,7 @@ class TinyLlava(TinyHFModel):
 
     name: ClassVar[str] = "tiny-llava"
     Params: ClassVar[type[BaseModel]] = TinyLlavaParams
-    model_class: ClassVar[str | None] = "llava"
+    load_class: ClassVar[str | None] = "llava"
 
     def _folder(self) -> Path:
         p = self.params
