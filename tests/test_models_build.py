@@ -89,3 +89,31 @@ def test_a_waiter_relocks_when_the_holder_removed_the_lock_file(tmp_path: Path) 
     for t in threads:
         t.join()
     assert overlap == [False] * 6 and not lock.exists()
+
+
+def test_gemma_conversion_goes_through_build_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ensure_gemma3_270m converts into a temporary folder (its scratch space beside it) that becomes
+    the cache folder, and replaces a folder an interrupted conversion left (the real conversion is
+    in tests/test_gemma.py, marked slow)."""
+    from mmsafe.models import gemma
+
+    seen: list[tuple[Path, Path | None]] = []
+
+    def fake_convert(dest: Path, *, dtype: str, workdir: Path | None = None) -> Path:
+        seen.append((dest, workdir))
+        assert workdir is not None and workdir.is_dir() and not dest.exists()
+        dest.mkdir()
+        (dest / gemma.CONVERSION_MARKER).write_text("{}")
+        return dest
+
+    monkeypatch.setattr(gemma, "_require_gguf_package", lambda: None)
+    monkeypatch.setattr(gemma, "require", lambda *a, **k: None)
+    monkeypatch.setattr(gemma, "build_gemma3_270m", fake_convert)
+    folder = gemma.gemma3_270m_folder(tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")  # no marker: an interrupted conversion
+    assert gemma.ensure_gemma3_270m(tmp_path) == folder
+    assert (folder / gemma.CONVERSION_MARKER).is_file() and not (folder / "config.json").exists()
+    assert len(seen) == 1 and seen[0][0].parent == seen[0][1]
+    assert gemma.ensure_gemma3_270m(tmp_path) == folder and len(seen) == 1
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]
