@@ -432,6 +432,6 @@ def test_cli_robustness_errors(tmp_path, capsys, extra, message):
 
 
 def test_quote_prefix_is_what_the_judge_is_told_about():
-    from mmsafe.judges.llm import _DATA_NOTE
+    from mmsafe.judges.llm_templates import DATA_NOTE
 
-    assert f"'{QUOTE}'" in _DATA_NOTE
+    assert f"'{QUOTE}'" in DATA_NOTE

@@ -27,10 +27,9 @@ from mmsafe.judges.learned import (
     LearnedJudge,
     MiniLMEmbedder,
     features,
-    fit_logistic,
-    train_learned_judge,
 )
 from mmsafe.registry import Registry
+from mmsafe.training.learned_judge import fit_logistic, train_learned_judge
 from mmsafe.types import Expected, Generation, Message, Prompt, Sample
 
 JBB = SHARED_DATA / "jailbreakbench" / "artifacts"

@@ -325,7 +325,7 @@ def _print_robustness(rob: dict[str, Any]) -> None:
 
 
 def _cmd_judge_train(args: argparse.Namespace) -> int:
-    from mmsafe.judges.learned import train_learned_judge
+    from mmsafe.training.learned_judge import train_learned_judge
 
     if not 0 <= args.val_fraction < 1:
         raise ConfigError(f"--val-fraction must be in [0, 1), not {args.val_fraction}")

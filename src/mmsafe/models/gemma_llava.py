@@ -27,7 +27,6 @@ from mmsafe.models.gemma import (
     DIALOGUE_STOP,
     GEMMA3_270M_VERSION,
     GEMMA_EOS_IDS,
-    _build_lock,
     dialogue_template,
     ensure_gemma3_270m,
 )
@@ -141,14 +140,13 @@ def ensure_gemma_llava(cache_root: Path | str | None = None, *, seed: int = 0) -
     if (dest / MODEL_NOTE_FILE).is_file():
         return dest
     gemma_path = ensure_gemma3_270m(root, dtype="bfloat16")
-    with _build_lock(dest.parent / f".{dest.name}.lock"):  # a second process waits instead of rebuilding
-        return ensure_built(
-            dest.name,
-            functools.partial(build_gemma_llava, gemma_path=gemma_path),
-            root,
-            seed=seed,
-            marker=MODEL_NOTE_FILE,
-        )
+    return ensure_built(  # locked: a second process waits instead of rebuilding
+        dest.name,
+        functools.partial(build_gemma_llava, gemma_path=gemma_path),
+        root,
+        seed=seed,
+        marker=MODEL_NOTE_FILE,
+    )
 
 
 class GemmaLlavaParams(AdapterFields):

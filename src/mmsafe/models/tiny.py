@@ -23,6 +23,7 @@ from mmsafe.models.hf import HFModel, HFParams
 
 __all__ = [
     "TINY_LLAVA_VERSION",
+    "TinyHFModel",
     "TinyLlava",
     "build_tiny_llava",
     "ensure_tiny_llava",
@@ -197,31 +198,33 @@ class TinyLlavaParams(BaseModel):
     )
 
 
-class TinyLlava(HFModel):
-    """Tiny random-weight LLaVA (CLIP + Llama, ~1M params) built offline; for tests and demos only.
-
-    Same classes and code path as a real LLaVA checkpoint (:class:`~mmsafe.models.hf.HFModel`), so
-    it exercises batching, chat templates, image processing and, later, white-box attacks without
-    any download. Its weights are random: outputs are gibberish and every report flags them.
-    Built once (seconds) into ``<cache_dir>/models/tiny-llava-v1-seed<seed>``, float32 on CPU.
-
-    Params: ``batch_size`` (8), ``generation`` (max_new_tokens 32, greedy), ``seed`` (0, weights),
-    ``cache_dir`` (default ``$MMSAFE_CACHE_DIR`` or ``~/.cache/mmsafe``), ``system_prompt``,
-    ``cpu_threads`` (1).
+class TinyHFModel(HFModel):
+    """What every tiny random-weight model shares (:class:`TinyLlava` here, the registry's ``tiny``
+    in :mod:`mmsafe.models.tiny_families`): built once into ``<cache_dir>/models/`` by
+    :meth:`_folder`, then loaded float32 on CPU through :class:`~mmsafe.models.hf.HFModel`, the
+    code path of a real checkpoint. Subclasses give ``name``, ``Params`` (with ``batch_size``,
+    ``generation``, ``seed``, ``cache_dir``, ``system_prompt``, ``cpu_threads``) and :meth:`_folder`.
     """
 
-    name: ClassVar[str] = "tiny-llava"
     version: ClassVar[str] = "1"
-    Params: ClassVar[type[BaseModel]] = TinyLlavaParams
     random_weights: bool = True
+    #: the HFModel ``model_class`` to load with (None: HFModel's default, ``auto``)
+    load_class: ClassVar[str | None] = None
+
+    def _cache_root(self) -> Path | None:
+        cache_dir = self.params.cache_dir  # type: ignore[attr-defined]
+        return Path(cache_dir) if cache_dir else None
+
+    def _folder(self) -> Path:
+        """The model's folder, built on first use."""
+        raise NotImplementedError
 
     def _hf_params(self) -> HFParams:
-        p = self.params
-        assert isinstance(p, TinyLlavaParams)
-        path = ensure_tiny_llava(Path(p.cache_dir) if p.cache_dir else None, seed=p.seed, init_std=p.init_std)
+        p: Any = self.params
+        fixed = {"model_class": self.load_class} if self.load_class else {}
         return HFParams(
-            path=str(path),
-            model_class="llava",
+            path=str(self._folder()),
+            **fixed,
             dtype="float32",
             device="cpu",
             batch_size=p.batch_size,
@@ -229,3 +232,27 @@ class TinyLlava(HFModel):
             system_prompt=p.system_prompt,
             cpu_threads=p.cpu_threads,
         )
+
+
+class TinyLlava(TinyHFModel):
+    """Tiny random-weight LLaVA (CLIP + Llama, ~1M params) built offline; for tests and demos only.
+
+    Same classes and code path as a real LLaVA checkpoint (:class:`~mmsafe.models.hf.HFModel`), so
+    it exercises batching, chat templates, image processing and, later, white-box attacks without
+    any download. Its weights are random: outputs are gibberish and every report flags them.
+    Built once (seconds) into ``<cache_dir>/models/tiny-llava-v1-seed<seed>``, float32 on CPU.
+    The same model as ``tiny`` with ``family: llava``, plus ``init_std``.
+
+    Params: ``batch_size`` (8), ``generation`` (max_new_tokens 32, greedy), ``seed`` (0, weights),
+    ``init_std`` (0.02), ``cache_dir`` (default ``$MMSAFE_CACHE_DIR`` or ``~/.cache/mmsafe``),
+    ``system_prompt``, ``cpu_threads`` (1).
+    """
+
+    name: ClassVar[str] = "tiny-llava"
+    Params: ClassVar[type[BaseModel]] = TinyLlavaParams
+    load_class: ClassVar[str | None] = "llava"
+
+    def _folder(self) -> Path:
+        p = self.params
+        assert isinstance(p, TinyLlavaParams)
+        return ensure_tiny_llava(self._cache_root(), seed=p.seed, init_std=p.init_std)

@@ -27,8 +27,7 @@ from mmsafe.models._build import ensure_built
 from mmsafe.models._hf_util import RANDOM_WEIGHTS_MARKER
 from mmsafe.models.base import GenerationParams
 from mmsafe.models.families.base import without_video_processor
-from mmsafe.models.hf import HFModel, HFParams
-from mmsafe.models.tiny import _train_tokenizer, build_tiny_llava
+from mmsafe.models.tiny import TinyHFModel, _train_tokenizer, build_tiny_llava
 
 __all__ = [
     "ADAPTER_OF",
@@ -514,7 +513,7 @@ class TinyModelParams(BaseModel):
     cpu_threads: int | None = Field(1, ge=1, description="1: a model this small only loses time to threading")
 
 
-class TinyModel(HFModel):
+class TinyModel(TinyHFModel):
     """Tiny random-weight model of any supported family (LLaVA, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL,
     Idefics3, SmolVLM, PaliGemma, BLIP-2, InstructBLIP), built offline; for tests and demos only.
 
@@ -522,6 +521,7 @@ class TinyModel(HFModel):
     (:class:`~mmsafe.models.hf.HFModel`), so batching, prompt formats, image processing and the
     white-box entry points run without any download. Weights are random: outputs are gibberish and
     every report flags them. Built once (seconds) into ``<cache_dir>/models/``, float32 on CPU.
+    ``family: llava`` is the model of ``tiny-llava`` (:class:`~mmsafe.models.tiny.TinyLlava`).
 
     Params: ``family`` (llava), ``batch_size`` (8), ``generation`` (max_new_tokens 32, greedy),
     ``seed`` (0), ``cache_dir`` (default ``$MMSAFE_CACHE_DIR`` or ``~/.cache/mmsafe``),
@@ -529,9 +529,7 @@ class TinyModel(HFModel):
     """
 
     name: ClassVar[str] = "tiny"
-    version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = TinyModelParams
-    random_weights: bool = True
 
     def __init__(self, params: BaseModel | dict[str, Any] | None = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
@@ -540,16 +538,7 @@ class TinyModel(HFModel):
         adapter = ADAPTER_OF[self.params.family]  # type: ignore[attr-defined]
         self.capabilities = next(f for f in FAMILIES if f.name == adapter).capabilities()  # type: ignore[misc]
 
-    def _hf_params(self) -> HFParams:
+    def _folder(self) -> Path:
         p = self.params
         assert isinstance(p, TinyModelParams)
-        path = ensure_tiny_family(p.family, Path(p.cache_dir) if p.cache_dir else None, seed=p.seed)
-        return HFParams(
-            path=str(path),
-            dtype="float32",
-            device="cpu",
-            batch_size=p.batch_size,
-            generation=p.generation,
-            system_prompt=p.system_prompt,
-            cpu_threads=p.cpu_threads,
-        )
+        return ensure_tiny_family(p.family, self._cache_root(), seed=p.seed)
