@@ -128,17 +128,54 @@ class Component:
     requires: ClassVar[frozenset[str]] = frozenset()
     #: params that change how the component runs, not what it computes (kept out of the spec key)
     runtime_params: ClassVar[frozenset[str]] = frozenset()
-    #: True for components that build sub-components (a defense's judge, an LLM judge's model, …):
-    #: :meth:`Registry.create` then constructs them as ``cls(params, registry=self)``, and they must
-    #: create every sub-component through that registry (see :func:`registry_or_default`)
+    #: True for components that build sub-components: :meth:`Registry.create` then constructs them
+    #: as ``cls(params, registry=self)``. Set for every class that declares sub-components
+    #: (:mod:`mmsafe.components`); a plugin that creates them by hand sets it itself and creates
+    #: them through ``self.registry`` (see :func:`registry_or_default`)
     uses_registry: ClassVar[bool] = False
+    _declared: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, params: BaseModel | Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        from mmsafe.components import declared
+
+        cls._declared = declared(cls)
+        if cls._declared:
+            cls.uses_registry = True
+
+    def __init__(
+        self,
+        params: BaseModel | Mapping[str, Any] | None = None,
+        /,
+        *,
+        registry: Registry | None = None,
+        **kwargs: Any,
+    ) -> None:
         if params is None or isinstance(params, Mapping):
             params = self.Params.model_validate({**dict(params or {}), **kwargs})
         elif kwargs:
             raise TypeError("pass either a Params instance or keyword params, not both")
         self.params = params
+        #: where declared sub-components are created (None: a default :class:`Registry`)
+        self.registry: Registry | None = registry
+        self._create_subcomponents()
+
+    def _create_subcomponents(self) -> None:
+        """Create the declared judges, defenses and attacks now (a bad config fails before any
+        compute); declared models are created and loaded on first use."""
+        for sub in self._declared.values():
+            sub.prepare(self)
+
+    def bind(self, store: Any) -> None:
+        """Receive the run's store: every declared sub-model answers through its response cache
+        from now on, and every declared sub-component is bound in turn. Overrides call super()."""
+        for sub in self._declared.values():
+            sub.bind(self, store)
+
+    def close(self) -> None:
+        """Release anything loaded: every declared sub-component, recursively. Overrides call super()."""
+        for sub in self._declared.values():
+            sub.close(self)
 
     @property
     def spec(self) -> ComponentSpec:
@@ -212,7 +249,7 @@ class Registry:
             p = cls.Params.model_validate(dict(params or {}))
         except ValidationError as exc:
             raise ConfigError(_format_validation(kind, name, where or kind, exc, cls.Params)) from None
-        if getattr(cls, "uses_registry", False):  # it builds sub-components: they come from this registry too
+        if getattr(cls, "uses_registry", False):  # it has sub-components: they come from this registry too
             return cls(p, registry=self)  # type: ignore[call-arg]
         return cls(p)
 

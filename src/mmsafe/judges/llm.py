@@ -14,12 +14,12 @@ from mmsafe.config import ComponentField
 from mmsafe.judges._text import normalise_quotes
 from mmsafe.judges.base import Judge
 from mmsafe.judges.judge_model import JudgeModel, reject_sampling
+from mmsafe.judges.judge_model import ask as ask_model
 from mmsafe.judges.untrusted import neutralise, own_answer
 from mmsafe.types import Expected, Generation, Judgement, Message, Prompt, Sample
 
 if TYPE_CHECKING:
-    from mmsafe.registry import Registry
-    from mmsafe.store.sqlite import Store
+    pass
 
 __all__ = [
     "CUSTOM_FIELDS",
@@ -771,28 +771,10 @@ class LLMJudge(Judge):
     version: ClassVar[str] = "2"  # 2: untrusted text neutralised, copied material not parsed
     construct: ClassVar[str] = "harm"
     Params: ClassVar[type[BaseModel]] = LLMJudgeParams
-    uses_registry: ClassVar[bool] = True
     params: LLMJudgeParams
 
-    def __init__(self, params: Any = None, /, *, registry: Registry | None = None, **kwargs: Any) -> None:
-        super().__init__(params, **kwargs)
-        #: where ``judge_model`` is looked up (None: a fresh ``Registry()`` with entry points)
-        self.registry: Registry | None = registry
-        self.judge_model = JudgeModel(
-            self.params.judge_model,
-            registry=registry,
-            where="llm.params.judge_model",
-            needs_images=self.params.show_images,
-        )
-
-    # -- lifecycle ---------------------------------------------------------------------------------------
-    def bind(self, store: Store) -> None:
-        """Route judge-model requests through ``store``'s response cache."""
-        self.judge_model.bind(store)
-
-    def close(self) -> None:
-        """Close the judge model (if it was loaded)."""
-        self.judge_model.close()
+    #: created through the judge's registry on first use, greedy, cached, closed with the judge
+    judge_model = JudgeModel(needs_images=lambda p: p.show_images)
 
     # -- prompts -----------------------------------------------------------------------------------------
     def _fields(self, sample: Sample, response: str) -> dict[str, str]:
@@ -856,7 +838,7 @@ class LLMJudge(Judge):
                 continue
             todo.append((i, self._ask(sample, prompt, text)))
         if todo:
-            answers = self.judge_model.generate([a.prompt for _, a in todo])
+            answers = ask_model(self, "judge_model", [a.prompt for _, a in todo])
             for (i, ask), ans in zip(todo, answers, strict=True):
                 out[i] = self._verdict(items[i][0], ask, ans)
         return [j for j in out if j is not None]

@@ -213,10 +213,10 @@ class Runner:
             if result.skipped:
                 log.info("resuming: %d of %d records already in the store", result.skipped, cells_total)
             progress = Progress(total, label=self.config.name, enabled=self.show_progress)
-            for defense in self.grid.defenses:
-                defense.bind(store)
-            for judge in self.grid.judges:
-                judge.bind(store)
+            # every sub-model (PAIR's attacker, a defense's rewriter, a judge's model) answers
+            # through the store's response cache from here on: a rerun asks it nothing twice
+            for component in (*self.grid.attacks, *self.grid.defenses, *self.grid.judges):
+                component.bind(store)
             for model in self.grid.models:
                 if not owed[id(model)]:
                     continue
