@@ -32,6 +32,7 @@ REQUIRED = {
     ("judge", "learned"): {"weights": "judge.json"},
     ("defense", "output-guard"): {"judge": "refusal"},
     ("defense", "mllm-protector"): {"detector": "refusal"},
+    ("defense", "guard-input"): {"guard": "scripted"},
     ("defense", "stack"): {"defenses": ["system-prompt", "purify"]},
 }
 

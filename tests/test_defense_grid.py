@@ -26,6 +26,9 @@ DEFENSE_PARAMS = {
     "output-guard": {"judge": {"name": "target-string", "params": {"preset": "instructions"}}},
     "mllm-protector": {"detector": {"name": "target-string", "params": {"preset": "instructions"}}},
     "jailguard": {"n_variants": 2},  # the mechanism, at a quarter of the default cost
+    "guard-input": {
+        "guard": {"name": "scripted", "params": {"rules": {"bomb": "unsafe\nS9"}, "default": "safe"}}
+    },
     # an input filter, a defense prompt and an output guard in one cell
     "stack": {
         "defenses": [

@@ -81,6 +81,7 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "purify": "mmsafe.defenses.purification:ImagePurification",
         "ocr-filter": "mmsafe.defenses.ocr_filter:OCRFilter",
         "output-guard": "mmsafe.defenses.output_guard:OutputGuard",
+        "guard-input": "mmsafe.defenses.guard_input:GuardInput",
         "mllm-protector": "mmsafe.defenses.mllm_protector:MLLMProtector",
         "self-moderation": "mmsafe.defenses.self_moderation:SelfModeration",
         "ecso": "mmsafe.defenses.ecso:ECSO",
