@@ -68,7 +68,7 @@ class Compose(Attack):
     params: ComposeParams
     #: the image attack and the text attacks, created through the attack's registry; closed with it
     image_attack: Attack = SubAttack("image", where="compose.image")  # type: ignore[assignment]
-    text_attacks: list[Attack] = SubAttack("text", where="compose.text[{i}]")  # type: ignore[assignment]
+    text_attacks: list[TextAttack] = SubAttack("text", where="compose.text[{i}]")  # type: ignore[assignment]
 
     def __init__(
         self,
