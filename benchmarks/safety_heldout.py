@@ -36,15 +36,15 @@ def main() -> None:
     args = ap.parse_args()
 
     from mmsafe.judges.refusal import RefusalJudge
+    from mmsafe.labelled.safety_examples import load_safety_items
     from mmsafe.metrics.rates import wilson_interval
     from mmsafe.registry import Registry
-    from mmsafe.training.examples import load_safety_items
     from mmsafe.training.sft import load_examples, text_prompt, typographic_prompt
     from mmsafe.types import Expected, Generation, Sample
 
     _, held, _ = load_examples("builtin", held_out_fraction=0.2, seed=0)
     if args.unseen_by_data:
-        from mmsafe.training.examples import split_items
+        from mmsafe.labelled.safety_examples import split_items
 
         old_train, _ = split_items(load_safety_items(Path(args.unseen_by_data)), held_out_fraction=0.2, seed=0)
         seen = {r.request for r in old_train}

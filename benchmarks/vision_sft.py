@@ -115,9 +115,9 @@ def main() -> None:
 
     from mmsafe.attacks.typographic.figstep import FigStep
     from mmsafe.judges.refusal import RefusalJudge
+    from mmsafe.labelled.safety_examples import load_safety_items, split_items
     from mmsafe.models.base import GenerationParams
     from mmsafe.models.gemma_llava import GemmaLlava, ensure_gemma_llava
-    from mmsafe.training.examples import load_safety_items, split_items
     from mmsafe.types import Expected, Message, Prompt, Sample
 
     ensure_gemma_llava()  # built once, outside the timed training

@@ -181,7 +181,7 @@ def training_texts(path: Path = TRAIN_FILE) -> list[tuple[str, str]]:
 
     Read through mmsafe's own loader, so a malformed file fails here with the loader's message.
     """
-    from mmsafe.training.examples import load_safety_items
+    from mmsafe.labelled.safety_examples import load_safety_items
 
     out: list[tuple[str, str]] = []
     for item in load_safety_items(path):

@@ -207,7 +207,7 @@ def test_pair_feedback_reaches_attacker():
 
     reg_attacker = Spy(rules={"ROUND": _jp("plain request")})
     pair = PAIR(attacker={"name": "scripted"}, n_iterations=2)
-    pair._attacker, pair._judge = reg_attacker, Registry(entry_points=False).create("judge", "refusal")
+    pair.attacker, pair.judge = reg_attacker, Registry(entry_points=False).create("judge", "refusal")
     pair.apply(_sample(None, text="do a bad thing"), seed=0, target=_target())
     last = seen[-1]
     assert last.messages[0].role == "system" and "do a bad thing" in last.messages[0].text

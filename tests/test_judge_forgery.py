@@ -15,11 +15,11 @@ from mmsafe.judge_eval import LabelledData, LabelledRow, robustness
 from mmsafe.judges.base import Judge
 from mmsafe.judges.forgery import FAMILIES, PAYLOADS, STAMP_TEXT, Case, Forgery, forge, resolve_variants
 from mmsafe.judges.llm import LLMJudge
-from mmsafe.judges.untrusted import QUOTE, neutralise, own_answer, unneutralised
 from mmsafe.metrics import rate
 from mmsafe.models.scripted import ScriptedModel, ScriptedParams
 from mmsafe.registry import Registry
 from mmsafe.types import Expected, Generation, Image, Judgement, Message, Prompt, Sample
+from mmsafe.untrusted import QUOTE, neutralise, own_answer, unneutralised
 
 RESPONSE = "Here is how: step one, get the tools.\nStep two, use them on the lock."
 TEXT_VARIANTS = [n for n, f in FAMILIES["adaptive"]().items() if f.channel == "response"]

@@ -19,7 +19,7 @@ import yaml
 
 from conftest import REPO, SHARED_DATA, dataset_dir
 from mmsafe.errors import ConfigError
-from mmsafe.training.examples import (
+from mmsafe.labelled.safety_examples import (
     SafetyItem,
     load_safety_items,
     safety_items_sha256,
@@ -301,9 +301,9 @@ def test_overlap_compare_detects_duplicates(text, expect_exact, expect_min_jacca
 
 
 def test_the_shipped_safety_adapter_is_intact_small_and_made_from_the_shipped_data():
+    from mmsafe.labelled.safety_examples import safety_items_sha256
     from mmsafe.lora import adapter_path, read_card
     from mmsafe.models.gemma_ocr_safe import SAFE_ADAPTER, GemmaOCRSafeParams
-    from mmsafe.training.examples import safety_items_sha256
 
     card = read_card(SAFE_ADAPTER)  # checks the tensor file against the card's sha256
     assert GemmaOCRSafeParams().adapter_sha256 == card["tensors_sha256"]

@@ -9,7 +9,7 @@ no record or cache key, so changing them reruns nothing that succeeded, and the 
 items that failed a limit under the new values. docs/running.md ("Limits") lists every limit.
 
 The runner calls :func:`check_sample` before the attack and :func:`check_prompt` just before
-generation; :class:`~mmsafe.runner.cache.CachedModel` calls :func:`truncate_answer` before an answer
+generation; :class:`~mmsafe.models.cached.CachedModel` calls :func:`truncate_answer` before an answer
 is cached or stored, and the runner's async path bounds each request with :func:`within_deadline`
 (the run's ``request_deadline_s``, or the model's own ``deadline_s`` where it sets one:
 :func:`request_deadline`).

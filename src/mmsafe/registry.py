@@ -83,6 +83,7 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "purify": "mmsafe.defenses.purify:ImagePurification",
         "ocr-filter": "mmsafe.defenses.ocr_filter:OCRFilter",
         "output-guard": "mmsafe.defenses.output_guard:OutputGuard",
+        "guard-input": "mmsafe.defenses.guard_input:GuardInput",
         "mllm-protector": "mmsafe.defenses.mllm_protector:MLLMProtector",
         "self-moderation": "mmsafe.defenses.self_moderation:SelfModeration",
         "ecso": "mmsafe.defenses.ecso:ECSO",
@@ -130,27 +131,62 @@ class Component:
     requires: ClassVar[frozenset[str]] = frozenset()
     #: params that change how the component runs, not what it computes (kept out of the spec key)
     runtime_params: ClassVar[frozenset[str]] = frozenset()
-    #: True for components that build sub-components (a defense's judge, an LLM judge's model, …):
-    #: :meth:`Registry.create` then constructs them as ``cls(params, registry=self)``, and they must
-    #: create every sub-component through that registry (see :func:`registry_or_default`)
+    #: True for components that build sub-components: :meth:`Registry.create` then constructs them
+    #: as ``cls(params, registry=self)``. Set for every class that declares sub-components
+    #: (:mod:`mmsafe.components`); a plugin that creates them by hand sets it itself and creates
+    #: them through ``self.registry`` (see :func:`registry_or_default`)
     uses_registry: ClassVar[bool] = False
     #: the smallest params with which the plugin runs offline (tests and ``mmsafe describe`` use them)
     example_params: ClassVar[Mapping[str, Any]] = MappingProxyType({})
     #: the paper the plugin implements, with its threat model (None for plumbing)
     paper: ClassVar[Paper | None] = None
 
+    _declared: ClassVar[dict[str, Any]] = {}
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        from mmsafe.components import declared
+
+        cls._declared = declared(cls)
+        if cls._declared:
+            cls.uses_registry = True
         check_capabilities(cls)  # a typo in ``requires`` / ``capabilities`` fails here, at import
         if "Params" in vars(cls) and "example_params" not in vars(cls):
             cls.example_params = MappingProxyType({})  # examples belong to a Params model, not a parent's
 
-    def __init__(self, params: BaseModel | Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        params: BaseModel | Mapping[str, Any] | None = None,
+        /,
+        *,
+        registry: Registry | None = None,
+        **kwargs: Any,
+    ) -> None:
         if params is None or isinstance(params, Mapping):
             params = self.Params.model_validate({**dict(params or {}), **kwargs})
         elif kwargs:
             raise TypeError("pass either a Params instance or keyword params, not both")
         self.params = params
+        #: where declared sub-components are created (None: a default :class:`Registry`)
+        self.registry: Registry | None = registry
+        self._create_subcomponents()
+
+    def _create_subcomponents(self) -> None:
+        """Create the declared judges, defenses and attacks now (a bad config fails before any
+        compute); declared models are created and loaded on first use."""
+        for sub in self._declared.values():
+            sub.prepare(self)
+
+    def bind(self, store: Any) -> None:
+        """Receive the run's store: every declared sub-model answers through its response cache
+        from now on, and every declared sub-component is bound in turn. Overrides call super()."""
+        for sub in self._declared.values():
+            sub.bind(self, store)
+
+    def close(self) -> None:
+        """Release anything loaded: every declared sub-component, recursively. Overrides call super()."""
+        for sub in self._declared.values():
+            sub.close(self)
 
     @property
     def spec(self) -> ComponentSpec:

@@ -17,7 +17,10 @@ class Attack(Component):
 
     ``requires`` names the target-model capabilities the attack needs (``"images"`` for a visual
     attack, ``"gradients"`` for a white-box one); the runner refuses a grid cell that lacks them
-    before any compute. ``apply`` must be deterministic given ``seed``.
+    before any compute. ``apply`` must be deterministic given ``seed``. The runner calls
+    :meth:`bind` with the run's store before the first prompt (declared sub-models — an attacker
+    model, :mod:`mmsafe.components` — then answer through its response cache) and :meth:`close`
+    at the end.
     """
 
     kind: ClassVar[str] = "attack"
@@ -38,9 +41,6 @@ class Attack(Component):
             except Exception as exc:
                 out.append(exc)
         return out
-
-    def close(self) -> None:
-        """Release anything the attack loaded (an attacker or source model)."""
 
 
 class TextAttack(Attack):

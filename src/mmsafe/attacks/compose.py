@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmsafe.attacks.base import Attack, TextAttack
+from mmsafe.components import SubAttack
 from mmsafe.config import ComponentConfig, ComponentField
 from mmsafe.errors import ConfigError
 from mmsafe.types import Message, Prompt, Sample, TextPart, stable_hash
@@ -65,8 +66,10 @@ class Compose(Attack):
     example_params: ClassVar[dict[str, Any]] = {"image": "figstep", "text": ["prefix-injection"]}
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = ComposeParams
-    uses_registry: ClassVar[bool] = True
     params: ComposeParams
+    #: the image attack and the text attacks, created through the attack's registry; closed with it
+    image_attack: Attack = SubAttack("image", where="compose.image")  # type: ignore[assignment]
+    text_attacks: list[TextAttack] = SubAttack("text", where="compose.text[{i}]")  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -76,36 +79,20 @@ class Compose(Attack):
         registry: Registry | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(params, **kwargs)
-        from mmsafe.registry import registry_or_default  # the registry imports this module's base lazily
-
-        registry = registry_or_default(registry)
-        p = self.params
-        image = registry.create("attack", p.image.name, p.image.params, where="compose.image")
-        if not isinstance(image, Attack):
-            raise ConfigError(f"compose.image: '{p.image.name}' is not an attack")
-        texts: list[TextAttack] = []
-        for i, sub in enumerate(p.text):
-            where = f"compose.text[{i}]"
-            attack = registry.create("attack", sub.name, sub.params, where=where)
+        super().__init__(params, registry=registry, **kwargs)
+        image, texts = self.image_attack, self.text_attacks
+        for i, (sub, attack) in enumerate(zip(self.params.text, texts, strict=True)):
             if not isinstance(attack, TextAttack):
                 raise ConfigError(
-                    f"{where}: attack '{sub.name}' is not a text attack (a TextAttack with rewrite()); "
-                    "put attacks that build the prompt in compose.image"
+                    f"compose.text[{i}]: attack '{sub.name}' is not a text attack (a TextAttack with "
+                    "rewrite()); put attacks that build the prompt in compose.image"
                 )
-            texts.append(attack)
-        self.image_attack: Attack = image
-        self.text_attacks: tuple[TextAttack, ...] = tuple(texts)
         # an instance attribute shadowing the ClassVar: the runner reads ``requires`` on instances
         self.requires = frozenset().union(image.requires, *(t.requires for t in texts))  # type: ignore[misc]
         self.params = ComposeParams(
             image=ComponentConfig(name=image.name, params=_full_params(image)),
             text=[ComponentConfig(name=t.name, params=_full_params(t)) for t in texts],
         )
-
-    def close(self) -> None:
-        for attack in (self.image_attack, *self.text_attacks):
-            attack.close()
 
     def apply(self, sample: Sample, *, seed: int, target: ModelBackend | None = None) -> Prompt:
         prompt = self.image_attack.apply(sample, seed=seed, target=target)

@@ -109,6 +109,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mmsafe.components import SubJudge, SubModel
 from mmsafe.config import ComponentConfig, ComponentField
 from mmsafe.defenses._adashield_prompts import (
     DEFAULT_RETRIEVAL_QUERIES,
@@ -255,13 +256,14 @@ class AdaShield(Defense):
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = AdaShieldParams
     requires: ClassVar[frozenset[str]] = frozenset()
-    uses_registry: ClassVar[bool] = True
     params: AdaShieldParams
+    #: decides in the refinement loop whether the target refused; bound and closed with the defense
+    judge: Judge = SubJudge("judge")  # type: ignore[assignment]
+    #: refines the adaptive pool (None: no refinement), loaded on first use; its answers are cached
+    defender: ModelBackend | None = SubModel("defender")  # type: ignore[assignment]
 
     def __init__(self, params: Any = None, /, *, registry: Registry | None = None, **kwargs: Any) -> None:
-        super().__init__(params, **kwargs)
-        #: where ``judge`` and ``defender`` are looked up on first use (None: a fresh default one)
-        self.registry: Registry | None = registry
+        super().__init__(params, registry=registry, **kwargs)
         self._lock = threading.Lock()
         self.pool: dict[str, str] = dict(self.params.prompts)
         self.fitted = self.params.defender is None
@@ -282,7 +284,6 @@ class AdaShield(Defense):
                     "'mmsafe[ocr]' and apt-get install tesseract-ocr tesseract-ocr-eng"
                 )
         self._index = self._build_index()
-        self._defender: ModelBackend | None = None
 
     # ------------------------------------------------------------------ retrieval
     def _build_index(self) -> TfidfIndex | EmbeddingIndex:
@@ -301,34 +302,15 @@ class AdaShield(Defense):
         return (key if key is not None and score >= self.threshold else None), score
 
     # ------------------------------------------------------------------ refinement
-    def _judge(self) -> Judge:
-        from mmsafe.registry import registry_or_default
-
-        j = self.params.judge
-        reg = registry_or_default(self.registry)
-        return reg.create("judge", j.name, j.params, where="adashield.params.judge")  # type: ignore[return-value]
-
-    def _make_defender(self) -> ModelBackend:
-        from mmsafe.registry import registry_or_default
-
-        d = self.params.defender
-        assert d is not None
-        reg = registry_or_default(self.registry)
-        model = reg.create("model", d.name, d.params, where="adashield.params.defender")
-        model.load()  # type: ignore[attr-defined]
-        return model  # type: ignore[return-value]
-
     def fit(self, target: ModelBackend, *, defender: ModelBackend | None = None) -> dict[str, dict[str, Any]]:
         """Refine the pool with the defender (see the module docstring); idempotent per instance."""
         with self._lock:
             if self.fitted and defender is None:
                 return self.fit_report
             if defender is None:
-                if self._defender is None and self.params.defender is not None:
-                    self._defender = self._make_defender()
-                defender = self._defender
+                defender = self.defender
             if defender is not None and self.params.refine_rounds > 0:
-                judge = self._judge()
+                judge = self.judge
                 for scenario, queries in self.params.examples.items():
                     if queries:
                         self._refine(scenario, list(queries), target, defender, judge)
@@ -457,6 +439,4 @@ class AdaShield(Defense):
 
     def close(self) -> None:
         with self._lock:
-            if self._defender is not None:
-                self._defender.close()
-            self._defender = None
+            super().close()

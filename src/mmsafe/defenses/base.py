@@ -59,16 +59,18 @@ class Defense(Component):
         raise NotImplementedError
 
     def bind(self, store: Any) -> None:
-        """Receive the run's store: the judges this defense holds (a detector, a guard) get it, so a
-        model-backed judge caches its answers like any generation."""
-        from mmsafe.judges.base import Judge
-
-        for value in vars(self).values():
-            if isinstance(value, Judge):
-                value.bind(store)
-
-    def close(self) -> None:
-        """Release anything loaded (a detector or rewriter model)."""
+        """Receive the run's store: declared sub-components are bound (:meth:`Component.bind
+        <mmsafe.registry.Component.bind>`), and so is any judge the defense holds in an attribute of
+        its own (alone or in a list), so a model-backed judge caches its answers like any generation.
+        Any component will do (a plugin written before declarations existed holds a judge by hand):
+        the check is by the shared :class:`~mmsafe.registry.Component` base, not by stage."""
+        super().bind(store)
+        for key, value in vars(self).items():
+            if key in self._declared or key.startswith("_mmsafe_"):
+                continue
+            for item in value if isinstance(value, (list, tuple)) else (value,):
+                if isinstance(item, Component) and not isinstance(item, ModelBackend):
+                    item.bind(store)
 
 
 class DefendedModel(WrappedModel):

@@ -46,9 +46,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mmsafe.defenses.base import Defense, mark
 from mmsafe.defenses.output_guard import query_text
-from mmsafe.judges.untrusted import neutralise
 from mmsafe.plugin_meta import Paper
 from mmsafe.types import Generation, Message, Prompt
+from mmsafe.untrusted import neutralise
 
 if TYPE_CHECKING:
     from mmsafe.models.base import ModelBackend

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mmsafe.components import SubModel
 from mmsafe.config import ComponentField
 from mmsafe.defenses.base import Defense, mark
 from mmsafe.models.base import ModelBackend
@@ -101,15 +102,14 @@ class InferAligner(Defense):
     )
     Params: ClassVar[type[BaseModel]] = InferAlignerParams
     requires: ClassVar[frozenset[str]] = frozenset({"hidden_states"})
-    uses_registry: ClassVar[bool] = True
+    #: the guide model (None: the defended model itself), created and loaded on first use; read
+    #: for its activations, so it stays out of the response cache
+    guide: Any = SubModel("guide", cache=False)
 
     def __init__(self, params: Any = None, /, *, registry: Registry | None = None, **kwargs: Any) -> None:
-        super().__init__(params, **kwargs)
-        #: where ``guide`` is looked up on first use (None: a fresh default one)
-        self.registry: Registry | None = registry
+        super().__init__(params, registry=registry, **kwargs)
         self._lock = threading.RLock()
         self._fitted: dict[str, Any] = {}
-        self._guide: Any = None
 
     @property
     def p(self) -> InferAlignerParams:
@@ -148,16 +148,7 @@ class InferAligner(Defense):
         with self._lock:
             if key in self._fitted:
                 return self._fitted[key]
-            guide = model
-            if self.p.guide is not None:
-                if self._guide is None:
-                    from mmsafe.registry import registry_or_default
-
-                    self._guide = registry_or_default(self.registry).create(
-                        "model", self.p.guide.name, self.p.guide.params, where="inferaligner.params.guide"
-                    )
-                    self._guide.load()
-                guide = self._guide
+            guide = self.guide if self.p.guide is not None else model
             n_layers = len(model.decoder_layers())
             if len(guide.decoder_layers()) != n_layers:
                 raise ValueError("the guide model must have as many decoder layers as the defended model")
@@ -253,8 +244,3 @@ class InferAligner(Defense):
                     else mark(r, "steered", calls=1, gate=round(scores[i], 4), alpha=self.p.alpha)
                 )
         return [o if o is not None else RuntimeError("no result") for o in out]
-
-    def close(self) -> None:
-        if self._guide is not None:
-            self._guide.close()
-            self._guide = None

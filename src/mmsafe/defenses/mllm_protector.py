@@ -40,14 +40,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mmsafe.components import SubJudge, SubModel
 from mmsafe.config import ComponentField
 from mmsafe.defenses.base import Defense, mark
-from mmsafe.defenses.output_guard import create_judge, judge_answers, query_text, unsafe_verdict
-from mmsafe.judges.untrusted import neutralise
+from mmsafe.defenses.output_guard import judge_answers, query_text, unsafe_verdict
 from mmsafe.plugin_meta import Paper
 from mmsafe.types import Generation, Message, Prompt
+from mmsafe.untrusted import neutralise
 
 if TYPE_CHECKING:
+    from mmsafe.judges.base import Judge
     from mmsafe.models.base import ModelBackend
     from mmsafe.registry import Registry
 
@@ -124,41 +126,18 @@ class MLLMProtector(Defense):
     }
     version: ClassVar[str] = "3"  # 3: query and answer filled in one pass; 2: neutralised as in the llm judge
     Params: ClassVar[type[BaseModel]] = MLLMProtectorParams
-    uses_registry: ClassVar[bool] = True
     params: MLLMProtectorParams
+    #: the harm detector, created through the defense's registry; bound and closed with it
+    detector: Judge = SubJudge("detector")  # type: ignore[assignment]
+    #: the rewriter (None: the defended model), loaded on first use; its answers are cached
+    detoxifier: ModelBackend | None = SubModel("detoxifier", early=True)  # type: ignore[assignment]
 
     def __init__(self, params: Any = None, /, *, registry: Registry | None = None, **kwargs: Any) -> None:
-        from mmsafe.registry import registry_or_default
-
-        super().__init__(params, **kwargs)
+        super().__init__(params, registry=registry, **kwargs)
         self._lock = threading.Lock()
-        registry = registry_or_default(registry)
-        self.detector = create_judge(
-            self.params.detector, registry=registry, where="mllm-protector.params.detector"
-        )
-        self._detox: ModelBackend | None = None
-        self._detox_loaded = False
-        d = self.params.detoxifier
-        if d is not None:
-            self._detox = registry.create(  # type: ignore[assignment]
-                "model", d.name, d.params, where="mllm-protector.params.detoxifier"
-            )
 
     def _detoxifier(self, model: ModelBackend) -> ModelBackend:
-        if self._detox is None:
-            return model
-        with self._lock:
-            if not self._detox_loaded:
-                self._detox.load()
-                self._detox_loaded = True
-        return self._detox
-
-    def close(self) -> None:
-        self.detector.close()
-        with self._lock:
-            if self._detox is not None and self._detox_loaded:
-                self._detox.close()
-                self._detox_loaded = False
+        return self.detoxifier or model
 
     def rewrite_request(self, prompt: Prompt, answer: str) -> Prompt:
         """The detoxifier's prompt for ``answer`` to ``prompt`` (text only)."""

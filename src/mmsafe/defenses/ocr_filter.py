@@ -50,6 +50,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mmsafe.components import SubJudge
 from mmsafe.config import ComponentField
 from mmsafe.defenses.base import Defense, mark
 from mmsafe.limits import DEFAULT_REGEX_TIMEOUT_S, PatternTimeout, compile_pattern, regex_search
@@ -163,25 +164,9 @@ class OCRFilter(Defense):
 
     name: ClassVar[str] = "ocr-filter"
     Params: ClassVar[type[BaseModel]] = OCRFilterParams
-    uses_registry: ClassVar[bool] = True
     runtime_params: ClassVar[frozenset[str]] = frozenset({"regex_timeout_s"})
-
-    def __init__(self, params: Any = None, /, *, registry: Any = None, **kwargs: Any) -> None:
-        super().__init__(params, **kwargs)
-        p = self.params
-        assert isinstance(p, OCRFilterParams)
-        self.judge: Any = None
-        if p.detector != "keywords":
-            from mmsafe.judges.base import Judge
-            from mmsafe.registry import registry_or_default
-
-            cfg = p.detector
-            judge = registry_or_default(registry).create(
-                "judge", cfg.name, cfg.params, where="ocr-filter.params.detector"
-            )
-            if not isinstance(judge, Judge):
-                raise TypeError(f"ocr-filter.params.detector: '{cfg.name}' is not a judge")
-            self.judge = judge
+    #: the detector judge (None for ``detector: keywords``); bound and closed with the defense
+    judge: Any = SubJudge("detector")
 
     def read_text(self, prompt: Prompt) -> str:
         """The text Tesseract reads in every image of ``prompt``, normalised and joined."""
@@ -267,7 +252,3 @@ class OCRFilter(Defense):
             for i, r in zip(passing, answers, strict=True):
                 results[i] = r if isinstance(r, Exception) else mark(r, "passed", calls=1, **details[i])
         return [r for r in results if r is not None]
-
-    def close(self) -> None:
-        if self.judge is not None:
-            self.judge.close()

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mmsafe.components import SubJudge
 from mmsafe.config import ComponentField
 from mmsafe.defenses.base import Defense, mark
 from mmsafe.judges.base import Judge
@@ -135,16 +136,13 @@ class OutputGuard(Defense):
         "judge": {"name": "target-string", "params": {"preset": "instructions"}}
     }
     Params: ClassVar[type[BaseModel]] = OutputGuardParams
-    uses_registry: ClassVar[bool] = True
     params: OutputGuardParams
+    #: the checker, created through the defense's registry; bound and closed with it
+    judge: Judge = SubJudge("judge")  # type: ignore[assignment]
 
     def __init__(self, params: Any = None, /, *, registry: Registry | None = None, **kwargs: Any) -> None:
-        super().__init__(params, **kwargs)
+        super().__init__(params, registry=registry, **kwargs)
         self._lock = threading.Lock()
-        self.judge = create_judge(self.params.judge, registry=registry, where="output-guard.params.judge")
-
-    def close(self) -> None:
-        self.judge.close()
 
     def defend(
         self, prompts: Sequence[Prompt], seeds: Sequence[int], model: ModelBackend

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mmsafe.components import SubDefense
 from mmsafe.config import ComponentField
 from mmsafe.defenses.base import DefendedModel, Defense
 from mmsafe.errors import ConfigError
 from mmsafe.models.base import ModelBackend
-from mmsafe.registry import registry_or_default
 from mmsafe.types import Generation, Prompt
 
 if TYPE_CHECKING:
@@ -96,18 +96,12 @@ class StackDefense(Defense):
     }
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = StackParams
-    uses_registry: ClassVar[bool] = True
     params: StackParams
+    #: the layers, outermost first: created through the stack's registry, bound and closed with it
+    layers: list[Defense] = SubDefense("defenses", where="stack.params.defenses.{i}")  # type: ignore[assignment]
 
     def __init__(self, params: Any = None, /, *, registry: Registry | None = None, **kwargs: Any) -> None:
-        super().__init__(params, **kwargs)
-        reg = registry_or_default(registry)
-        self.layers: list[Defense] = []
-        for i, cfg in enumerate(self.params.defenses):
-            layer = reg.create("defense", cfg.name, cfg.params, where=f"stack.params.defenses.{i}")
-            if not isinstance(layer, Defense):
-                raise ConfigError(f"stack.params.defenses.{i}: '{cfg.name}' is not a defense")
-            self.layers.append(layer)
+        super().__init__(params, registry=registry, **kwargs)
         for i, layer in enumerate(self.layers[:-1]):
             if set(layer.requires) & _WHITE_BOX:
                 raise ConfigError(
@@ -115,14 +109,6 @@ class StackDefense(Defense):
                     f"({', '.join(sorted(set(layer.requires) & _WHITE_BOX))}): put it last (innermost)"
                 )
         self.requires = frozenset().union(*(layer.requires for layer in self.layers))  # type: ignore[misc]
-
-    def bind(self, store: Any) -> None:
-        for layer in self.layers:
-            layer.bind(store)
-
-    def close(self) -> None:
-        for layer in self.layers:
-            layer.close()
 
     def defend(
         self, prompts: Sequence[Prompt], seeds: Sequence[int], model: ModelBackend

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from mmsafe.errors import describe
 from mmsafe.registry import Component
 from mmsafe.types import Generation, Judgement, Prompt, Sample
-
-if TYPE_CHECKING:
-    from mmsafe.store.sqlite import Store
-
 
 #: What a judge's ``success`` rate is called in reports, by the construct the judge measures. "Did not
 #: refuse" is not "harmful": only judges that read the content for harm report an ASR.
@@ -33,9 +29,9 @@ def rate_name(construct: str) -> str:
 class Judge(Component):
     """Base of every judge. Override :meth:`judge`; batch judges may override :meth:`judge_batch`.
 
-    The runner calls :meth:`bind` with the run's store before the first verdict (judges backed by a
-    model wrap it in the store's response cache, so a rerun never asks the judge model twice) and
-    :meth:`close` at the end.
+    The runner calls :meth:`bind` with the run's store before the first verdict (a judge's declared
+    sub-models — :mod:`mmsafe.components` — then answer through the store's response cache, so a
+    rerun never asks the judge model twice) and :meth:`close` at the end.
     """
 
     kind: ClassVar[str] = "judge"
@@ -47,12 +43,6 @@ class Judge(Component):
     def construct_for(cls, params: Mapping[str, Any], *, registry: Any = None) -> str:
         """The construct of a judge with these params (a composite judge asks its members)."""
         return cls.construct
-
-    def bind(self, store: Store) -> None:
-        """Receive the run's store (default: nothing to do)."""
-
-    def close(self) -> None:
-        """Release anything loaded (a judge model)."""
 
     def judge(self, sample: Sample, prompt: Prompt, generation: Generation) -> Judgement:
         raise NotImplementedError

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mmsafe.components import SubJudge
 from mmsafe.config import ComponentField
 from mmsafe.judges.base import Judge
 from mmsafe.types import Generation, Judgement, Prompt, Sample
 
 if TYPE_CHECKING:
     from mmsafe.registry import Registry
-    from mmsafe.store.sqlite import Store
 
 __all__ = ["EnsembleJudge", "EnsembleJudgeParams", "combine", "member_judgements", "pairwise_agreement"]
 
@@ -113,31 +113,14 @@ class EnsembleJudge(Judge):
             found.add(reg.get("judge", cfg.name).construct_for(cfg.params, registry=reg))
         return found.pop() if len(found) == 1 else "mixed"
     Params: ClassVar[type[BaseModel]] = EnsembleJudgeParams
-    uses_registry: ClassVar[bool] = True
     params: EnsembleJudgeParams
+    #: the member judges, created through the ensemble's registry; bound and closed with it
+    members: list[Judge] = SubJudge("judges")  # type: ignore[assignment]
 
     def __init__(self, params: Any = None, /, *, registry: Registry | None = None, **kwargs: Any) -> None:
-        from mmsafe.registry import registry_or_default
-
-        super().__init__(params, **kwargs)
-        registry = registry_or_default(registry)
-        self.members: list[Judge] = []
-        for i, cfg in enumerate(self.params.judges):
-            # members that build sub-components (an LLM judge's model) get ``registry`` from it too
-            member = registry.create("judge", cfg.name, cfg.params, where=f"ensemble.params.judges[{i}]")
-            if not isinstance(member, Judge):
-                raise TypeError(f"ensemble.params.judges[{i}]: '{cfg.name}' is not a judge")
-            self.members.append(member)
+        super().__init__(params, registry=registry, **kwargs)
         names = [c.name for c in self.params.judges]
         self.labels: list[str] = [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
-
-    def bind(self, store: Store) -> None:
-        for m in self.members:
-            m.bind(store)
-
-    def close(self) -> None:
-        for m in self.members:
-            m.close()
 
     def judge(self, sample: Sample, prompt: Prompt, generation: Generation) -> Judgement:
         return self.judge_batch([(sample, prompt, generation)])[0]

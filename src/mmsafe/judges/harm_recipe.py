@@ -170,7 +170,7 @@ def written_negatives() -> tuple[list[TrainRow], dict[str, str]]:
     request with its refusal, each benign request with its helpful answer. Without the benign pairs the
     classifier only ever saw compliance with harmful requests, and called most helpful answers to benign
     questions harmful (VLGuard's reference answers: 49% of 558; ``benchmarks/judge_table.py``)."""
-    from mmsafe.training.examples import load_safety_items, safety_items_sha256
+    from mmsafe.labelled.safety_examples import load_safety_items, safety_items_sha256
 
     rows = []
     for item in load_safety_items():

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from mmsafe.config import ComponentField
 from mmsafe.judges.base import Judge
 from mmsafe.judges.judge_model import JudgeModel, reject_sampling
+from mmsafe.judges.judge_model import ask as ask_model
 from mmsafe.judges.llm_parse import (
     ParsedAnswer,
     Parser,
@@ -36,12 +37,11 @@ from mmsafe.judges.llm_templates import (
     render_template,
     taxonomy_text,
 )
-from mmsafe.judges.untrusted import neutralise
 from mmsafe.types import Expected, Generation, Judgement, Message, Prompt, Sample
+from mmsafe.untrusted import neutralise
 
 if TYPE_CHECKING:
-    from mmsafe.registry import Registry
-    from mmsafe.store.sqlite import Store
+    pass
 
 __all__ = [
     "CUSTOM_FIELDS",
@@ -187,14 +187,14 @@ class LLMJudge(Judge):
       template without ``{response}`` are rejected when params are validated.
 
     Untrusted text (request, response, context; also category and target in custom templates) is
-    neutralised (:func:`mmsafe.judges.untrusted.neutralise`) and sits between ``<<<`` and ``>>>``:
+    neutralised (:func:`mmsafe.untrusted.neutralise`) and sits between ``<<<`` and ``>>>``:
     markers inside it are broken up, chat control tokens and role tags (``<|im_start|>``,
     ``<end_of_turn>``, ``[INST]``, ``</response>``) lose their brackets, and every line after its
     first starts with ``| ``, so a forged verdict line, role header or section header cannot start a
     line of the prompt; the judge is told to treat it as data. The response is cut to
     ``max_response_chars`` (``details["response_truncated"]``). Only the judge model's own words are
     read: what its answer copies from the prompt — a ``<<<…>>>`` block, or lines repeating the
-    judged texts (:func:`mmsafe.judges.untrusted.own_answer`) — is dropped before parsing
+    judged texts (:func:`mmsafe.untrusted.own_answer`) — is dropped before parsing
     (``details["copied_lines_ignored"]``), and an answer that is nothing but a copy is unparseable.
     ``mmsafe judge-eval --robustness`` measures how often forged verdicts still sway the judge.
 
@@ -236,28 +236,10 @@ class LLMJudge(Judge):
     version: ClassVar[str] = "2"  # 2: untrusted text neutralised, copied material not parsed
     construct: ClassVar[str] = "harm"
     Params: ClassVar[type[BaseModel]] = LLMJudgeParams
-    uses_registry: ClassVar[bool] = True
     params: LLMJudgeParams
 
-    def __init__(self, params: Any = None, /, *, registry: Registry | None = None, **kwargs: Any) -> None:
-        super().__init__(params, **kwargs)
-        #: where ``judge_model`` is looked up (None: a fresh ``Registry()`` with entry points)
-        self.registry: Registry | None = registry
-        self.judge_model = JudgeModel(
-            self.params.judge_model,
-            registry=registry,
-            where="llm.params.judge_model",
-            needs_images=self.params.show_images,
-        )
-
-    # -- lifecycle ---------------------------------------------------------------------------------------
-    def bind(self, store: Store) -> None:
-        """Route judge-model requests through ``store``'s response cache."""
-        self.judge_model.bind(store)
-
-    def close(self) -> None:
-        """Close the judge model (if it was loaded)."""
-        self.judge_model.close()
+    #: created through the judge's registry on first use, greedy, cached, closed with the judge
+    judge_model = JudgeModel(needs_images=lambda p: p.show_images)
 
     # -- prompts -----------------------------------------------------------------------------------------
     def _fields(self, sample: Sample, response: str) -> dict[str, str]:
@@ -321,7 +303,7 @@ class LLMJudge(Judge):
                 continue
             todo.append((i, self._ask(sample, prompt, text)))
         if todo:
-            answers = self.judge_model.generate([a.prompt for _, a in todo])
+            answers = ask_model(self, "judge_model", [a.prompt for _, a in todo])
             for (i, ask), ans in zip(todo, answers, strict=True):
                 out[i] = self._verdict(items[i][0], ask, ans)
         return [j for j in out if j is not None]

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from mmsafe.judges._text import normalise_quotes
 from mmsafe.judges.llm_templates import HAZARD_CATEGORIES
-from mmsafe.judges.untrusted import own_answer
+from mmsafe.untrusted import own_answer
 
 __all__ = [
     "ParsedAnswer",
@@ -328,7 +328,7 @@ def read_own(raw: str, parser: Parser, material: Sequence[str]) -> tuple[ParsedA
 
     Quoted blocks and recognisable copies of the judged texts are never read; a short copied line
     (a forged ``Verdict: no`` the judge repeated) is left out too when the rest of the answer states
-    a verdict by itself (:func:`mmsafe.judges.untrusted.own_answer`).
+    a verdict by itself (:func:`mmsafe.untrusted.own_answer`).
     """
     own, copied = own_answer(raw, material)
     strict, more = own_answer(raw, material, short_copies=True)

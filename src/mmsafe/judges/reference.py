@@ -16,13 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mmsafe.config import ComponentField
 from mmsafe.judges.base import Judge
-from mmsafe.judges.judge_model import JudgeModel, reject_sampling
+from mmsafe.judges.judge_model import JudgeModel, ask, reject_sampling
 from mmsafe.judges.reference_sources import REFERENCES, load_reference, render_chat_template
 from mmsafe.types import Expected, Generation, Judgement, Message, Prompt, Sample, TextPart
 
 if TYPE_CHECKING:
     from mmsafe.registry import Registry
-    from mmsafe.store.sqlite import Store
 
 __all__ = ["PASSTHROUGH_CHAT_TEMPLATE", "ReferenceJudge", "ReferenceJudgeParams", "read_strongreject"]
 
@@ -146,7 +145,6 @@ class ReferenceJudge(Judge):
     version: ClassVar[str] = "1"
     construct: ClassVar[str] = "harm"
     Params: ClassVar[type[BaseModel]] = ReferenceJudgeParams
-    uses_registry: ClassVar[bool] = True
     params: ReferenceJudgeParams
 
     @classmethod
@@ -154,17 +152,12 @@ class ReferenceJudge(Judge):
         spec = REFERENCES.get(str(params.get("preset", "")))
         return spec.construct if spec is not None else cls.construct
 
+    judge_model = JudgeModel()
+
     def __init__(self, params: Any = None, /, *, registry: Registry | None = None, **kwargs: Any) -> None:
-        super().__init__(params, **kwargs)
+        super().__init__(params, registry=registry, **kwargs)
         p = self.params
         self.template = load_reference(p.preset, source=p.source, attribute=p.attribute)
-        self.judge_model = JudgeModel(p.judge_model, registry=registry, where="reference.params.judge_model")
-
-    def bind(self, store: Store) -> None:
-        self.judge_model.bind(store)
-
-    def close(self) -> None:
-        self.judge_model.close()
 
     # -- the prompt --------------------------------------------------------------------------------------
     def fields(self, sample: Sample, response: str) -> dict[str, str]:
@@ -201,7 +194,7 @@ class ReferenceJudge(Judge):
                 out[i] = Judgement(error=f"reference template could not be filled: {type(exc).__name__}: {exc}")
                 continue
             asks.append((i, Prompt(messages=(Message(role="user", content=(TextPart(text=text),)),))))
-        answers = self.judge_model.generate([p for _, p in asks]) if asks else []
+        answers = ask(self, "judge_model", [p for _, p in asks]) if asks else []
         for (i, _), ans in zip(asks, answers, strict=True):
             out[i] = self._verdict(items[i][0], items[i][2], ans)
         return [j for j in out if j is not None]

@@ -45,9 +45,9 @@ from mmsafe.errors import ConfigError, MmsafeError, describe
 from mmsafe.judges.base import Judge
 from mmsafe.limits import check_prompt, check_sample, request_deadline, within_deadline
 from mmsafe.models.base import ModelBackend
+from mmsafe.models.cached import CachedModel
 from mmsafe.registry import Registry
 from mmsafe.runner.aio import LoopThread, Worker
-from mmsafe.runner.cache import CachedModel
 from mmsafe.runner.grid import Grid, resolve
 from mmsafe.runner.progress import Progress
 from mmsafe.runner.records import UNSERIALISABLE, storable
@@ -214,10 +214,10 @@ class Runner:
             if result.skipped:
                 log.info("resuming: %d of %d records already in the store", result.skipped, cells_total)
             progress = Progress(total, label=self.config.name, enabled=self.show_progress)
-            for defense in self.grid.defenses:
-                defense.bind(store)
-            for judge in self.grid.judges:
-                judge.bind(store)
+            # every sub-model (PAIR's attacker, a defense's rewriter, a judge's model) answers
+            # through the store's response cache from here on: a rerun asks it nothing twice
+            for component in (*self.grid.attacks, *self.grid.defenses, *self.grid.judges):
+                component.bind(store)
             copy_judge_evals(store, [j.spec for j in self.grid.judges])  # what the report shows of them
             for model in self.grid.models:
                 if not owed[id(model)]:

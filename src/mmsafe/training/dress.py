@@ -279,7 +279,7 @@ def collect_feedback(
     critiques, answers not rated good are refined (by ``critic_model`` if given, else the reference;
     ``refine=False``: ratings only)."""
     from mmsafe.judges.judge_model import generate_all
-    from mmsafe.judges.untrusted import neutralise
+    from mmsafe.untrusted import neutralise
 
     prompts = [_user(e.request, condition=good_condition) for e in examples]
     gens = policy.generate(prompts, seeds=[seed] * len(prompts))

@@ -70,7 +70,7 @@ class Example:
 def load_examples(data: str, *, held_out_fraction: float, seed: int) -> tuple[list[Example], list[Example], str]:
     """(training examples, held-out examples, sha256 of the data) from ``builtin`` or a JSONL file."""
     if data == "builtin":
-        from mmsafe.training.examples import load_safety_items, safety_items_sha256, split_items
+        from mmsafe.labelled.safety_examples import load_safety_items, safety_items_sha256, split_items
 
         items = load_safety_items()
         train, held = split_items(items, held_out_fraction=held_out_fraction, seed=seed)

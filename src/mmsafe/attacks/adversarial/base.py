@@ -39,6 +39,7 @@ from pydantic import ConfigDict, Field
 
 from mmsafe.attacks.adversarial.engine import PGD, PGDConfig, PGDResult
 from mmsafe.attacks.base import Attack
+from mmsafe.components import SubModel
 from mmsafe.config import ComponentField
 from mmsafe.paths import default_cache_root
 from mmsafe.types import Image, Message, Prompt, Sample, stable_hash
@@ -85,19 +86,26 @@ def cache_dir() -> Path:
     return default_cache_root() / "adversarial"
 
 
+def _gives_gradients(model: Any, cfg: Any, where: str) -> None:
+    """A ``source`` model must be white-box with gradients (checked before it is loaded)."""
+    from mmsafe.models.base import WhiteBoxModel
+
+    if not isinstance(model, WhiteBoxModel) or "gradients" not in model.capabilities:
+        raise ValueError(f"source model '{cfg.name}' gives no gradients")
+
+
 class AdversarialAttack(Attack):
     """Base of white-box image attacks (see the module docstring)."""
 
     requires: ClassVar[frozenset[str]] = frozenset({"images", "gradients"})
     runtime_params: ClassVar[frozenset[str]] = frozenset({"batch_size", "checkpoint_every", "check_every"})
     Params: ClassVar[type[AdversarialParams]] = AdversarialParams
-    uses_registry: ClassVar[bool] = True
+    #: the white-box model to craft on (None: the grid's target), created, checked and loaded on
+    #: first use through the attack's registry, closed with it; read for gradients, never cached
+    source: WhiteBoxModel | None = SubModel("source", cache=False, check=_gives_gradients)  # type: ignore[assignment]
 
     def __init__(self, params: Any = None, /, *, registry: Registry | None = None, **kwargs: Any) -> None:
-        super().__init__(params, **kwargs)
-        #: where ``source`` is looked up on first use (None: a fresh default one)
-        self.registry: Registry | None = registry
-        self._source: WhiteBoxModel | None = None
+        super().__init__(params, registry=registry, **kwargs)
         self._lock = threading.Lock()
         if self.p.source is not None:  # transfer: the evaluated model only needs to take images
             self.requires = frozenset({"images"})  # type: ignore[misc]
@@ -114,18 +122,7 @@ class AdversarialAttack(Attack):
         from mmsafe.models.base import WhiteBoxModel
 
         if self.p.source is not None:
-            with self._lock:
-                if self._source is None:
-                    from mmsafe.registry import registry_or_default
-
-                    model = registry_or_default(self.registry).create(
-                        "model", self.p.source.name, self.p.source.params, where=f"{self.name}.params.source"
-                    )
-                    if not isinstance(model, WhiteBoxModel) or "gradients" not in model.capabilities:
-                        raise ValueError(f"source model '{self.p.source.name}' gives no gradients")
-                    model.load()
-                    self._source = model
-            return self._source
+            return self.source  # type: ignore[return-value]
         if target is None:
             raise ValueError(f"attack '{self.name}' needs a target model (white-box)")
         if not isinstance(target, WhiteBoxModel) or "gradients" not in target.capabilities:
@@ -134,11 +131,6 @@ class AdversarialAttack(Attack):
                 "(set params.source to craft on a white-box model and transfer)"
             )
         return target
-
-    def close(self) -> None:
-        if self._source is not None:
-            self._source.close()
-            self._source = None
 
     def model_key(self, model: ModelBackend) -> str:
         return model.spec.key

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mmsafe.aio import generate_all
 from mmsafe.attacks.base import Attack
+from mmsafe.components import SubJudge, SubModel
 from mmsafe.config import ComponentConfig, as_component
 from mmsafe.errors import ConfigError
 from mmsafe.plugin_meta import Paper
@@ -20,7 +20,6 @@ from mmsafe.types import Judgement, Message, Prompt, Sample, stable_hash
 if TYPE_CHECKING:
     from mmsafe.judges.base import Judge
     from mmsafe.models.base import ModelBackend
-    from mmsafe.registry import Registry
 
 __all__ = ["ATTACKER_SYSTEM_PROMPT", "PAIR", "PAIRParams", "parse_attacker_reply"]
 
@@ -137,7 +136,8 @@ class PAIR(Attack):
     are 1 stream × 5 iterations, not 20 × 3; the attacker sees text only (it is told how many images
     the target receives); seeds for each call are derived from ``seed``, so a run replays exactly
     when the backends are deterministic. The runner's own final generation on the returned prompt
-    is one query outside the budget (and is cached; PAIR's queries are not).
+    is one query outside the budget (and is cached, as are the attacker's answers once the runner
+    has bound the attack to its store; PAIR's queries to the target are not).
 
     Example::
 
@@ -164,38 +164,15 @@ class PAIR(Attack):
     Params: ClassVar[type[BaseModel]] = PAIRParams
     #: nothing beyond a target: the runner always passes the model under test as ``target``
     requires: ClassVar[frozenset[str]] = frozenset()
-    uses_registry: ClassVar[bool] = True
     params: PAIRParams
-
-    def __init__(self, params: Any = None, /, *, registry: Registry | None = None, **kwargs: Any) -> None:
-        super().__init__(params, **kwargs)
-        #: where ``attacker`` and ``judge`` are looked up on first use (None: a fresh default one)
-        self.registry: Registry | None = registry
-        self._lock = threading.Lock()
-        self._attacker: ModelBackend | None = None
-        self._judge: Judge | None = None
+    #: the attacker model, loaded on first use; after ``bind`` its answers are cached in the run
+    #: store (a rerun asks it nothing it answered before), closed with the attack
+    attacker: ModelBackend = SubModel("attacker")  # type: ignore[assignment]
+    #: scores the target's answers
+    judge: Judge = SubJudge("judge")  # type: ignore[assignment]
 
     def _components(self) -> tuple[ModelBackend, Judge]:
-        with self._lock:
-            if self._attacker is None or self._judge is None:
-                from mmsafe.registry import registry_or_default
-
-                reg = registry_or_default(self.registry)
-                p = self.params
-                judge = reg.create("judge", p.judge.name, p.judge.params, where="pair.params.judge")
-                attacker = reg.create(
-                    "model", p.attacker.name, p.attacker.params, where="pair.params.attacker"
-                )
-                attacker.load()  # type: ignore[attr-defined]
-                self._attacker, self._judge = attacker, judge  # type: ignore[assignment]
-            return self._attacker, self._judge  # type: ignore[return-value]
-
-    def close(self) -> None:
-        """Release the attacker model (if it was loaded)."""
-        with self._lock:
-            if self._attacker is not None:
-                self._attacker.close()
-            self._attacker = None
+        return self.attacker, self.judge
 
     # ------------------------------------------------------------------------------------------
     def _brief(self, sample: Sample) -> str:
