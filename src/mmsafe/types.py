@@ -15,6 +15,7 @@ import io
 import json
 import re
 import sys
+from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_valid
 __all__ = [
     "MAX_DECODE_PIXELS",
     "ComponentSpec",
+    "DefenseAccount",
+    "DefenseAction",
     "Expected",
     "Generation",
     "Image",
@@ -389,6 +392,42 @@ def surrogate_key(obj: Any, depth: int = 0) -> str | None:
             if found:
                 return found
     return None
+
+
+#: what a defense did with an item (:class:`DefenseAccount`)
+DefenseAction = Literal["passed", "blocked", "rewritten", "modified-input", "steered", "flagged"]
+DEFENSE_ACTIONS: tuple[str, ...] = ("passed", "blocked", "rewritten", "modified-input", "steered", "flagged")
+
+
+class DefenseAccount(BaseModel):
+    """A defense's account of one item, kept as ``Generation.metadata["defense"]``.
+
+    Defenses write it (``mmsafe.defenses.base.mark``; the defended model adds ``name`` and
+    ``seconds``; ``stack`` adds each layer's account in ``layers``, outermost first) and the report
+    reads it back with :meth:`of`, so both sides share one schema instead of string keys.
+    Defense-specific details (a guard's categories, a rewrite's reason) ride along as extra keys.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    action: DefenseAction = "passed"
+    #: model calls the item cost (1 = just the answer; a stack's is the mean over its batch)
+    calls: int | float = Field(1, ge=0)
+    name: str | None = None
+    #: the item's share of its batch's wall time
+    seconds: float | None = Field(None, ge=0)
+    layers: list[dict[str, Any]] | None = None
+
+    @classmethod
+    def of(cls, metadata: Mapping[str, Any] | None) -> DefenseAccount | None:
+        """The account in a generation's ``metadata``; None when there is none. Raises
+        ``ValueError`` (pydantic's ``ValidationError``) when there is one that does not fit."""
+        raw = (metadata or {}).get("defense")
+        return None if not raw else cls.model_validate(raw)
+
+    def to_metadata(self) -> dict[str, Any]:
+        """The JSON-able dict stored in ``metadata["defense"]`` (fields never set are left out)."""
+        return self.model_dump(exclude_unset=True)
 
 
 class Judgement(_Frozen):

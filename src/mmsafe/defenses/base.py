@@ -22,21 +22,22 @@ from typing import Any, ClassVar
 
 from mmsafe.models.base import ModelBackend, WrappedModel
 from mmsafe.registry import Component
-from mmsafe.types import Generation, Prompt
+from mmsafe.types import DEFENSE_ACTIONS, DefenseAccount, Generation, Prompt
 
 __all__ = ["DefendedModel", "Defense", "mark"]
 
-ACTIONS = frozenset({"passed", "blocked", "rewritten", "modified-input", "steered", "flagged"})
+ACTIONS = frozenset(DEFENSE_ACTIONS)
 
 
 def mark(gen: Generation, action: str, *, calls: int = 1, **details: Any) -> Generation:
-    """``gen`` with the defense's account of this item: ``action`` (one of :data:`ACTIONS`), model
-    ``calls`` spent on it (1 = just the answer), and JSON-able ``details``."""
+    """``gen`` with the defense's account of this item (a :class:`~mmsafe.types.DefenseAccount`):
+    ``action`` (one of :data:`ACTIONS`), model ``calls`` spent on it (1 = just the answer), and
+    JSON-able ``details``."""
     if action not in ACTIONS:
         raise ValueError(f"unknown defense action {action!r}; one of {sorted(ACTIONS)}")
     prior = dict(gen.metadata.get("defense") or {})
-    info = {**prior, **details, "action": action, "calls": int(calls)}
-    return gen.model_copy(update={"metadata": {**gen.metadata, "defense": info}})
+    info = DefenseAccount.model_validate({**prior, **details, "action": action, "calls": int(calls)})
+    return gen.model_copy(update={"metadata": {**gen.metadata, "defense": info.to_metadata()}})
 
 
 class Defense(Component):
@@ -97,9 +98,15 @@ class DefendedModel(WrappedModel):
             if isinstance(r, Exception):
                 out.append(r)
                 continue
-            info = dict(r.metadata.get("defense") or {"action": "passed", "calls": 1})
-            info.update({"name": self.defense.name, "seconds": round(share, 6)})
-            out.append(r.model_copy(update={"metadata": {**r.metadata, "defense": info}}))
+            try:  # the account's schema is checked here, once per item, so the report can trust it
+                account = DefenseAccount.of(r.metadata) or DefenseAccount(action="passed", calls=1)
+                info = DefenseAccount.model_validate(
+                    {**account.to_metadata(), "name": self.defense.name, "seconds": round(share, 6)}
+                )
+            except ValueError as exc:
+                out.append(ValueError(f"defense '{self.defense.name}' wrote an unreadable account: {exc}"))
+                continue
+            out.append(r.model_copy(update={"metadata": {**r.metadata, "defense": info.to_metadata()}}))
         return out
 
     async def agenerate(self, prompt: Prompt, *, seed: int) -> Generation:

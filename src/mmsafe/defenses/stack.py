@@ -12,7 +12,7 @@ from mmsafe.config import ComponentField
 from mmsafe.defenses.base import DefendedModel, Defense
 from mmsafe.errors import ConfigError
 from mmsafe.models.base import ModelBackend
-from mmsafe.types import Generation, Prompt
+from mmsafe.types import DefenseAccount, Generation, Prompt
 
 if TYPE_CHECKING:
     from mmsafe.registry import Registry
@@ -51,8 +51,9 @@ class _Layer(DefendedModel):
                 out.append(r)
                 continue
             meta = dict(r.metadata)
+            account = DefenseAccount.of(meta)  # checked by DefendedModel.generate above
             info = meta.pop("defense", None) or {}
-            self.calls += float(info.get("calls", 1))
+            self.calls += float(account.calls if account is not None else 1)
             meta["defense_layers"] = [info, *(meta.get("defense_layers") or [])]
             out.append(r.model_copy(update={"metadata": meta}))
         return out
@@ -128,8 +129,8 @@ class StackDefense(Defense):
                 continue
             meta = dict(r.metadata)
             layers = meta.pop("defense_layers", [])
-            taken = {str(info.get("action")) for info in layers}
+            taken = {DefenseAccount.model_validate(info).action for info in layers}
             action = next((a for a in PRECEDENCE if a in taken), "passed")
-            meta["defense"] = {"action": action, "calls": calls, "layers": layers}
+            meta["defense"] = DefenseAccount(action=action, calls=calls, layers=layers).to_metadata()
             out.append(r.model_copy(update={"metadata": meta}))
         return out

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, overload
 
 from mmsafe.metrics.rates import Outcome, outcome
-from mmsafe.types import ComponentSpec, Judgement, Record
+from mmsafe.types import ComponentSpec, DefenseAccount, Judgement, Record
 
 __all__ = ["AXES", "Cell", "CellOutcomes", "DefenseUse", "Tally"]
 
@@ -184,12 +184,15 @@ class Tally:
         if use.last_sample == sample_id:  # once per sample (a cell's records come in sample-id order)
             return
         use.last_sample = sample_id
-        info = ((generation or {}).get("metadata") or {}).get("defense") or {}
-        if info:
-            action = str(info.get("action"))
-            use.actions[action] = use.actions.get(action, 0) + 1
-            use.calls.append(float(info.get("calls", 1)))
-            use.seconds.append(float(info.get("seconds", 0.0)))
+        try:
+            account = DefenseAccount.of((generation or {}).get("metadata"))
+        except ValueError:  # a record written outside the schema (by hand, or by an old plugin)
+            use.actions["unreadable"] = use.actions.get("unreadable", 0) + 1
+            return
+        if account is not None:
+            use.actions[account.action] = use.actions.get(account.action, 0) + 1
+            use.calls.append(float(account.calls))
+            use.seconds.append(float(account.seconds or 0.0))
 
     def _add_members(self, judge_key: str, judgement: Judgement) -> None:
         from mmsafe.judges.ensemble import member_judgements
