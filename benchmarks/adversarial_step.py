@@ -57,7 +57,7 @@ def build(args: argparse.Namespace) -> HFModel:
         from mmsafe.models.gemma_llava import GemmaLlava
 
         return GemmaLlava(cpu_threads=args.threads)
-    from mmsafe.models.tiny import TinyLlava
+    from mmsafe.models.tiny_llava import TinyLlava
 
     if args.compare_apgd:
         return TinyLlava(cpu_threads=args.threads, init_std=0.1)

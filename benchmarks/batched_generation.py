@@ -21,7 +21,7 @@ from PIL import Image as PILImage
 from PIL import ImageDraw
 
 from mmsafe.models.hf import HFModel
-from mmsafe.models.tiny import TinyLlava
+from mmsafe.models.tiny_llava import TinyLlava
 from mmsafe.types import Generation, Image, Message, Prompt
 
 QUESTIONS = (

@@ -237,7 +237,7 @@ def main() -> None:
         bench_server("endpoint", args.base_url.rstrip("/"), args.model, images=args.images, args=args)
         return
 
-    from mmsafe.models.tiny import build_tiny_llava
+    from mmsafe.models.tiny_llava import build_tiny_llava
 
     with tempfile.TemporaryDirectory(prefix="mmsafe-http-bench-") as tmp:
         root = Path(tmp)

@@ -43,7 +43,7 @@ def build_tiny(root: Path) -> tuple[str, str]:
     import torch
     import transformers
 
-    from mmsafe.models.tiny import ensure_tiny_llava
+    from mmsafe.models.tiny_llava import ensure_tiny_llava
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(ensure_tiny_llava(root / "cache"))
     config = transformers.LlamaConfig(

@@ -202,7 +202,7 @@ def test_apgd_beats_pgd_on_the_tiny_llava_in_the_same_budget() -> None:
     pytest.importorskip("transformers")
     pil = pytest.importorskip("PIL.Image")
     from mmsafe.attacks.adversarial.adv_target import TargetedString
-    from mmsafe.models.tiny import TinyLlava
+    from mmsafe.models.tiny_llava import TinyLlava
     from mmsafe.types import Image, Sample
 
     model = TinyLlava(init_std=0.1)

@@ -16,7 +16,7 @@ PIL = pytest.importorskip("PIL.Image")
 from mmsafe.attacks.adversarial._decode import greedy_answers  # noqa: E402
 from mmsafe.attacks.adversarial.adv_caption import CaptionVQA, CaptionVQAParams  # noqa: E402
 from mmsafe.attacks.adversarial.adv_tool import ToolMisuse, ToolMisuseParams  # noqa: E402
-from mmsafe.models.tiny import TinyLlava  # noqa: E402
+from mmsafe.models.tiny_llava import TinyLlava  # noqa: E402
 from mmsafe.registry import Component, Registry  # noqa: E402
 from mmsafe.types import Image, Sample  # noqa: E402
 

@@ -17,8 +17,8 @@ PIL = pytest.importorskip("PIL.Image")
 from mmsafe.attacks.adversarial.adv_cropa import CroPA, _MinMax  # noqa: E402
 from mmsafe.attacks.adversarial.adv_embed import GENERIC_EVAL_TEXT, EmbeddingSpace  # noqa: E402
 from mmsafe.attacks.adversarial.adv_target import TargetedString  # noqa: E402
-from mmsafe.models.tiny import TinyLlava  # noqa: E402
-from mmsafe.models.tiny_families import TINY_FAMILIES, TinyModel  # noqa: E402
+from mmsafe.models.tiny import TINY_FAMILIES, TinyModel  # noqa: E402
+from mmsafe.models.tiny_llava import TinyLlava  # noqa: E402
 from mmsafe.types import Image, Message, Prompt, Sample  # noqa: E402
 
 #: Prompts never used while optimising CroPA's image (the first is the sample's own text).

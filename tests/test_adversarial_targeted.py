@@ -17,7 +17,7 @@ PIL = pytest.importorskip("PIL.Image")
 from mmsafe.attacks.adversarial.adv_target import TargetedString  # noqa: E402
 from mmsafe.attacks.adversarial.adv_universal import UniversalCorpus, load_corpus  # noqa: E402
 from mmsafe.config import load_config  # noqa: E402
-from mmsafe.models.tiny import TinyLlava  # noqa: E402
+from mmsafe.models.tiny_llava import TinyLlava  # noqa: E402
 from mmsafe.runner import run  # noqa: E402
 from mmsafe.store import Store  # noqa: E402
 from mmsafe.types import Image, Sample  # noqa: E402

@@ -73,10 +73,7 @@ def test_a_capability_typo_fails_when_the_plugin_class_is_defined(base, attr, va
 
 #: built-ins whose module is still named otherwise; the files are owned by work in flight (the tiny
 #: models are being merged, the adversarial attacks restructured) and are renamed after it lands
-NAME_FILE_EXCEPTIONS = {
-    ("model", "tiny-llava"),  # models/tiny.py
-    ("model", "tiny"),  # models/tiny_families.py
-}
+NAME_FILE_EXCEPTIONS: set[tuple[str, str]] = set()
 
 
 def test_registry_names_match_file_names():

@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 from mmsafe.defenses.inferaligner import HARMFUL_CALIBRATION, HARMLESS_CALIBRATION, InferAligner  # noqa: E402
 from mmsafe.errors import GridError  # noqa: E402
 from mmsafe.models.cached import CachedModel, request_key  # noqa: E402
-from mmsafe.models.tiny import TinyLlava  # noqa: E402
+from mmsafe.models.tiny_llava import TinyLlava  # noqa: E402
 from mmsafe.store import Store  # noqa: E402
 from mmsafe.types import Message, Prompt  # noqa: E402
 

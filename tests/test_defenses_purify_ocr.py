@@ -131,7 +131,7 @@ UNDOING = {
 def tiny():
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from mmsafe.models.tiny import TinyLlava
+    from mmsafe.models.tiny_llava import TinyLlava
 
     m = TinyLlava(init_std=0.1)
     m.load()

@@ -29,7 +29,7 @@ def tiny_lm(tmp_path_factory) -> str:
     import torch
     import transformers
 
-    from mmsafe.models.tiny import ensure_tiny_llava
+    from mmsafe.models.tiny_llava import ensure_tiny_llava
 
     root = tmp_path_factory.mktemp("tiny-lm")
     tokenizer = transformers.AutoTokenizer.from_pretrained(ensure_tiny_llava(root / "cache"))

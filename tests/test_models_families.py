@@ -24,7 +24,7 @@ PIL = pytest.importorskip("PIL.Image")
 import torch  # noqa: E402
 
 from mmsafe.models.hf import HFModel  # noqa: E402
-from mmsafe.models.tiny_families import (  # noqa: E402
+from mmsafe.models.tiny import (  # noqa: E402
     TINY_FAMILIES,
     TinyModel,
     ensure_tiny_family,
@@ -85,7 +85,7 @@ def _prompts(model: TinyModel) -> list[Prompt]:
 
 def test_import_is_light() -> None:
     code = (
-        "import sys, mmsafe.models.families, mmsafe.models.tiny_families, mmsafe.models.hf;"
+        "import sys, mmsafe.models.families, mmsafe.models.tiny, mmsafe.models.hf;"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

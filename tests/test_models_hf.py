@@ -25,7 +25,7 @@ pytest.importorskip("transformers")
 PIL = pytest.importorskip("PIL.Image")
 
 from mmsafe.models.hf import HFModel  # noqa: E402
-from mmsafe.models.tiny import TinyLlava, build_tiny_llava, ensure_tiny_llava  # noqa: E402
+from mmsafe.models.tiny_llava import TinyLlava, build_tiny_llava, ensure_tiny_llava  # noqa: E402
 
 MAX_NEW = 12
 
@@ -63,7 +63,7 @@ def tiny(cache_root: Path) -> TinyLlava:
 
 
 def test_import_is_light() -> None:
-    code = "import sys, mmsafe.models.hf, mmsafe.models.tiny; assert 'torch' not in sys.modules, 'torch'"
+    code = "import sys, mmsafe.models.hf, mmsafe.models.tiny_llava; assert 'torch' not in sys.modules, 'torch'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

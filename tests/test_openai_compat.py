@@ -106,7 +106,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     cmd = _serve_command()
     if cmd is None:
         pytest.skip("the `transformers` command is not installed")
-    from mmsafe.models.tiny import build_tiny_llava
+    from mmsafe.models.tiny_llava import build_tiny_llava
 
     root = tmp_path_factory.mktemp("openai-serve")
     model_dir = build_tiny_llava(root / "tiny-llava")

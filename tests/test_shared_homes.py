@@ -48,7 +48,7 @@ def _importers(module: str, names: set[str] | None = None) -> list[str]:
 def test_the_cache_root_is_not_taken_from_the_tiny_test_model():
     """Only the tiny test-model family imports the tiny model module; the cache root and the
     build-once helper come from :mod:`mmsafe.paths` and :mod:`mmsafe.models._build`."""
-    assert set(_importers("mmsafe.models.tiny")) <= {"mmsafe.models.tiny_families"}
+    assert set(_importers("mmsafe.models.tiny_llava")) <= {"mmsafe.models.tiny"}
     for module in ("mmsafe.models.gemma", "mmsafe.models.gemma_llava", "mmsafe.attacks.adversarial.base"):
         assert module in _importers("mmsafe.paths", {"default_cache_root"}), module
 
@@ -69,9 +69,9 @@ def test_every_cache_lives_under_the_one_cache_root(tmp_path, monkeypatch):
 
 def test_the_import_scan_sees_function_level_imports():
     """The scanner itself: a check that reads no import would pass for ever."""
-    f = SRC / "models" / "tiny_families.py"
-    assert ("mmsafe.models.tiny", "ensure_tiny_llava") in _imports(f)  # imported inside a function
-    assert "mmsafe.models.tiny_families" in _importers("mmsafe.models.tiny")
+    f = SRC / "models" / "tiny.py"
+    assert ("mmsafe.models.tiny_llava", "ensure_tiny_llava") in _imports(f)  # imported inside a function
+    assert "mmsafe.models.tiny" in _importers("mmsafe.models.tiny_llava")
 
 
 def test_fonts_and_the_rephraser_come_from_the_render_home():

@@ -1,6 +1,6 @@
 """Multimodal safety SFT (sft-vision): its effect on held-out typographic renders, and its adapter.
 
-The tiny random LLaVA of :mod:`mmsafe.models.tiny` (CLIP + Llama, real BPE tokenizer and chat
+The tiny random LLaVA of :mod:`mmsafe.models.tiny_llava` (CLIP + Llama, real BPE tokenizer and chat
 template), rebuilt at 96 px with 16 px patches: at its own 32 px a FigStep render's text is a grey
 smear that no vision tower could tell apart. Requests are built from "harmful" and "benign" verbs;
 every verb and object is trained on and a quarter of the verb–object pairs are held out. Every
@@ -52,7 +52,7 @@ def _build(dest: Path, cache: Path, *, seed: int) -> str:
     import torch
     import transformers
 
-    from mmsafe.models.tiny import ensure_tiny_llava
+    from mmsafe.models.tiny_llava import ensure_tiny_llava
 
     src = ensure_tiny_llava(cache, init_std=0.1)
     processor = transformers.AutoProcessor.from_pretrained(src)

@@ -213,7 +213,7 @@ def _t5_tokenizer() -> object:
     trained in-process on the tiny models' corpus (no sentencepiece model file needed)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    from mmsafe.models.tiny import _CORPUS
+    from mmsafe.models.tiny_llava import _CORPUS
 
     uni = Tokenizer(models.Unigram())
     uni.pre_tokenizer = pre_tokenizers.Metaspace()
@@ -395,7 +395,7 @@ def test_blip2_t5_target_loss_and_gradients(blip2_t5: HFModel) -> None:
 
 @pytest.fixture(scope="module")
 def llava_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mmsafe.models.tiny import ensure_tiny_llava
+    from mmsafe.models.tiny_llava import ensure_tiny_llava
 
     return ensure_tiny_llava(tmp_path_factory.mktemp("mmsafe-device-map"))
 

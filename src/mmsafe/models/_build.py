@@ -1,6 +1,6 @@
 """Build a model folder into the cache once: :func:`build_once` (any folder) and :func:`ensure_built`
-(``<cache_root>/models/<name>``), shared by the tiny test models (:mod:`mmsafe.models.tiny`,
-:mod:`mmsafe.models.tiny_families`), the converted Gemma-3-270M (:mod:`mmsafe.models.gemma`) and the
+(``<cache_root>/models/<name>``), shared by the tiny test models (:mod:`mmsafe.models.tiny_llava`,
+:mod:`mmsafe.models.tiny`), the converted Gemma-3-270M (:mod:`mmsafe.models.gemma`) and the
 Gemma LLaVA (:mod:`mmsafe.models.gemma_llava`).
 
 A folder is complete when its marker file is there (the builder writes it last). Building happens in

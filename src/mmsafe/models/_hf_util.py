@@ -23,7 +23,7 @@ from mmsafe.types import Generation, ImagePart, Message, Prompt, TextPart, Usage
 
 log = logging.getLogger(__name__)
 
-#: File that :func:`mmsafe.models.tiny.build_tiny_llava` writes next to the weights it invents.
+#: File that :func:`mmsafe.models.tiny_llava.build_tiny_llava` writes next to the weights it invents.
 RANDOM_WEIGHTS_MARKER = "mmsafe_random_weights.json"
 #: A note next to weights that are partly random (e.g. a random vision tower on a real LM): reports print it.
 MODEL_NOTE_FILE = "mmsafe_model_note.json"
