@@ -41,7 +41,7 @@ _SLOTS = "_mmsafe_sub_slots"
 
 def reject_sampling(params: Any, *, field: str = "judge_model") -> None:
     """Raise ``ValueError`` when a backend's params set temperature > 0 (for a pydantic validator)."""
-    gen = params.get("generation") if hasattr(params, "get") else None
+    gen: Any = params.get("generation") if hasattr(params, "get") else None
     t = gen.get("temperature") if hasattr(gen, "get") and "temperature" in gen else params.get("temperature")
     if isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0:
         raise ValueError(
@@ -266,14 +266,14 @@ class SubModel(Sub):
 
     def _make(self, obj: Any, cfg: Any, where: str) -> Any:
         model = _registry(obj).create("model", cfg.name, cfg.params, where=where)
-        gen = model.generation  # type: ignore[attr-defined]
+        gen = model.generation
         if self.greedy and not gen.greedy:
             raise ConfigError(
                 f"{where}: backend '{cfg.name}' decodes with temperature "
                 f"{gen.temperature:g}; a judge must decode greedily (temperature 0)"
             )
         images = self.needs_images(obj.params) if callable(self.needs_images) else self.needs_images
-        if images and "images" not in model.capabilities:  # type: ignore[attr-defined]
+        if images and "images" not in model.capabilities:
             raise ConfigError(f"{where}: judge model '{cfg.name}' does not accept images")
         if self.check is not None:
             self.check(model, cfg, where)

@@ -12,7 +12,7 @@ from mmsafe.config import ComponentField
 from mmsafe.defenses.base import DefendedModel, Defense
 from mmsafe.errors import ConfigError
 from mmsafe.models.base import ModelBackend
-from mmsafe.types import DefenseAccount, Generation, Prompt
+from mmsafe.types import DefenseAccount, DefenseAction, Generation, Prompt
 
 if TYPE_CHECKING:
     from mmsafe.registry import Registry
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["PRECEDENCE", "StackDefense", "StackParams"]
 
 #: which layer's action names the stacked item (the first of these any layer took)
-PRECEDENCE = ("blocked", "rewritten", "steered", "modified-input", "flagged", "passed")
+PRECEDENCE: tuple[DefenseAction, ...] = ("blocked", "rewritten", "steered", "modified-input", "flagged", "passed")
 
 #: capabilities a defense can only use on the model itself, not through another defense's wrapper
 _WHITE_BOX = frozenset({"hidden_states", "gradients"})
@@ -118,7 +118,7 @@ class StackDefense(Defense):
         innermost: _Layer | None = None
         for layer in reversed(self.layers):
             chain = _Layer(layer, chain)
-            innermost = innermost or chain  # type: ignore[assignment]
+            innermost = innermost or chain
         results = chain.generate(prompts, seeds=seeds)
         assert innermost is not None
         calls = round(innermost.calls / max(1, len(prompts)), 3)
@@ -130,7 +130,7 @@ class StackDefense(Defense):
             meta = dict(r.metadata)
             layers = meta.pop("defense_layers", [])
             taken = {DefenseAccount.model_validate(info).action for info in layers}
-            action = next((a for a in PRECEDENCE if a in taken), "passed")
+            action: DefenseAction = next((a for a in PRECEDENCE if a in taken), "passed")
             meta["defense"] = DefenseAccount(action=action, calls=calls, layers=layers).to_metadata()
             out.append(r.model_copy(update={"metadata": meta}))
         return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from itertools import combinations
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -110,7 +110,8 @@ class EnsembleJudge(Judge):
         reg = registry_or_default(registry)
         found = set()
         for cfg in EnsembleJudgeParams.model_validate(dict(params)).judges:
-            found.add(reg.get("judge", cfg.name).construct_for(cfg.params, registry=reg))
+            member = cast("type[Judge]", reg.get("judge", cfg.name))  # the registry's judge table holds judges
+            found.add(member.construct_for(cfg.params, registry=reg))
         return found.pop() if len(found) == 1 else "mixed"
     Params: ClassVar[type[BaseModel]] = EnsembleJudgeParams
     params: EnsembleJudgeParams

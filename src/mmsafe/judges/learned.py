@@ -294,7 +294,7 @@ class LearnedJudge(Judge):
         import numpy as np
 
         with self._lock:
-            got = {t: self._requests.get(t) for t in dict.fromkeys(texts)}
+            got: dict[str, Any] = {t: self._requests.get(t) for t in dict.fromkeys(texts)}
         missing = [t for t, e in got.items() if e is None]
         if missing:
             fresh = embedder.encode(missing)

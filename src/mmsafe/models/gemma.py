@@ -232,8 +232,9 @@ def _parse_gguf_once() -> Iterator[None]:
     duration of the block, readers are memoised per path. The patch is undone on exit; the
     conversion runs in one thread, and nothing else reads GGUF files meanwhile.
     """
-    import gguf
+    import gguf as gguf_module
 
+    gguf: Any = gguf_module  # its reader class is swapped for a memoising function below
     original = gguf.GGUFReader
     readers: dict[tuple[str, str], Any] = {}
 

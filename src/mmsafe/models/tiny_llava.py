@@ -221,7 +221,7 @@ class TinyHFModel(HFModel):
 
     def _hf_params(self) -> HFParams:
         p: Any = self.params
-        fixed = {"model_class": self.load_class} if self.load_class else {}
+        fixed: dict[str, Any] = {"model_class": self.load_class} if self.load_class else {}
         return HFParams(
             path=str(self._folder()),
             **fixed,

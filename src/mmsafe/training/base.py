@@ -72,6 +72,6 @@ class Trainer(Component):
             }
             path = save_adapter(out_dir, backend.module, settings=settings, card=card)  # type: ignore[attr-defined]
         finally:
-            backend.close()  # type: ignore[attr-defined]
+            backend.close()
         log_fn(f"adapter written to {path}")
         return read_card(path)

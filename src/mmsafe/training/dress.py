@@ -475,7 +475,7 @@ class DRESS(Trainer):
         finally:
             critic.close()
             if critic_model is not None:
-                critic_model.close()  # type: ignore[attr-defined]
+                critic_model.close()
         k = max(1, len(losses) // 10)
         fields = {
             "data": {

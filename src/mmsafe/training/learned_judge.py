@@ -143,7 +143,7 @@ def train_learned_judge(
         "n_positive_train": int(sum(y_train)),
         "split": split,
         # which behaviours were held out, so the held-out metrics can be reproduced
-        "heldout_groups": sorted({rows[i].group for i in val if rows[i].group is not None})
+        "heldout_groups": sorted({g for i in val if (g := rows[i].group) is not None})
         if split == "group"
         else None,
         "seed": seed,
