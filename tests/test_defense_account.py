@@ -27,7 +27,9 @@ class _HandWritten(Defense):
         for g in model.generate(prompts, seeds=seeds):
             assert isinstance(g, Generation)
             bad = "exploded" if "boom" in g.text else "passed"
-            out.append(g.model_copy(update={"metadata": {**g.metadata, "defense": {"action": bad, "calls": 1}}}))
+            out.append(
+                g.model_copy(update={"metadata": {**g.metadata, "defense": {"action": bad, "calls": 1}}})
+            )
         return out
 
 

@@ -20,7 +20,14 @@ if TYPE_CHECKING:
 __all__ = ["PRECEDENCE", "StackDefense", "StackParams"]
 
 #: which layer's action names the stacked item (the first of these any layer took)
-PRECEDENCE: tuple[DefenseAction, ...] = ("blocked", "rewritten", "steered", "modified-input", "flagged", "passed")
+PRECEDENCE: tuple[DefenseAction, ...] = (
+    "blocked",
+    "rewritten",
+    "steered",
+    "modified-input",
+    "flagged",
+    "passed",
+)
 
 #: capabilities a defense can only use on the model itself, not through another defense's wrapper
 _WHITE_BOX = frozenset({"hidden_states", "gradients"})
