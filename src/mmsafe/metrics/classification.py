@@ -296,8 +296,10 @@ def cohen_kappa_value(
     """Cohen's κ of :func:`cohen_kappa` without its interval; ``None`` where κ is undefined (no items,
     or p_e = 1: both raters put every item in one same category). Misaligned input raises ``ValueError``.
 
-    The one κ computation of the package: :func:`cohen_kappa` and
-    :func:`mmsafe.judges.ensemble.pairwise_agreement` both come down to it.
+    :func:`cohen_kappa` and judge evaluation come down to it. The ensemble judge's member-vs-member
+    κ (:func:`mmsafe.judges.ensemble.pairwise_agreement`) keeps its own two-class form of the same
+    definition, p_e = p_a·p_b + (1 − p_a)(1 − p_b): moving it here changes a stored report value in
+    its last bit (1 ulp), so it waits for a release that may move golden files.
     """
     _check_pair(y_true, y_pred, allow_empty=True)
     labs, t, p = _encode(y_true, y_pred, labels)
