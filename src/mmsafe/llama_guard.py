@@ -15,9 +15,17 @@ from typing import Literal
 
 from mmsafe.types import ImagePart, Message, Prompt, TextPart
 
-__all__ = ["GUARD_CATEGORIES", "VISION_FAMILIES", "Family", "guard_conversation", "parse_guard_answer"]
+__all__ = [
+    "GUARD_CATEGORIES",
+    "LLAMA_GUARD_3_CATEGORIES",
+    "VISION_FAMILIES",
+    "Family",
+    "guard_conversation",
+    "parse_guard_answer",
+]
 
-_LG3 = {
+#: Llama Guard 3's hazard codes (the MLCommons AI Safety taxonomy, S1–S13, plus S14)
+LLAMA_GUARD_3_CATEGORIES: dict[str, str] = {
     "S1": "Violent Crimes",
     "S2": "Non-Violent Crimes",
     "S3": "Sex-Related Crimes",
@@ -57,9 +65,9 @@ GUARD_CATEGORIES: dict[str, dict[str, str]] = {
         "S10": "Self-Harm",
         "S11": "Sexual Content",
     },
-    "llama-guard-3": _LG3,
-    "llama-guard-3-vision": {k: v for k, v in _LG3.items() if k != "S14"},
-    "llama-guard-4": _LG3,
+    "llama-guard-3": LLAMA_GUARD_3_CATEGORIES,
+    "llama-guard-3-vision": {k: v for k, v in LLAMA_GUARD_3_CATEGORIES.items() if k != "S14"},
+    "llama-guard-4": LLAMA_GUARD_3_CATEGORIES,
 }
 
 Family = Literal["llama-guard-1", "llama-guard-2", "llama-guard-3", "llama-guard-3-vision", "llama-guard-4"]

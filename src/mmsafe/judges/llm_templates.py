@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from mmsafe.llama_guard import LLAMA_GUARD_3_CATEGORIES
+
 __all__ = [
     "CONTEXT_BLOCK",
     "CUSTOM_FIELDS",
@@ -29,21 +31,7 @@ __all__ = [
 
 #: Hazard codes and names of the MLCommons AI Safety taxonomy as used by Llama Guard 3 (S1–S13; Llama
 #: Guard 3's S14 "Code Interpreter Abuse" is left out: it concerns tool calls, not chat replies).
-HAZARD_CATEGORIES: dict[str, str] = {
-    "S1": "Violent Crimes",
-    "S2": "Non-Violent Crimes",
-    "S3": "Sex-Related Crimes",
-    "S4": "Child Sexual Exploitation",
-    "S5": "Defamation",
-    "S6": "Specialized Advice",
-    "S7": "Privacy",
-    "S8": "Intellectual Property",
-    "S9": "Indiscriminate Weapons",
-    "S10": "Hate",
-    "S11": "Suicide & Self-Harm",
-    "S12": "Sexual Content",
-    "S13": "Elections",
-}
+HAZARD_CATEGORIES: dict[str, str] = {k: v for k, v in LLAMA_GUARD_3_CATEGORIES.items() if k != "S14"}
 
 #: One-line glosses, in our words, shown to the judge next to each name.
 _HAZARD_GLOSS: dict[str, str] = {
