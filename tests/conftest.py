@@ -19,16 +19,28 @@ SHARED_DATA = Path(os.environ.get("MMSAFE_SHARED_DATA", REPO.parent / "shared" /
 
 STRICT_SKIPS = os.environ.get("MMSAFE_STRICT_SKIPS", "") not in ("", "0")
 
+# A pytest-xdist worker (CI runs `-n 2`) shares the cores with the others: torch's default of one thread per core
+# in every worker would oversubscribe them. Set before any test module imports torch; an explicit value wins.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
+
 try:  # property-based tests (tests/test_properties.py): the same examples on every run, no saved database
     from hypothesis import HealthCheck, settings
 
-    _PROPERTY = dict(derandomize=True, database=None, deadline=None, print_blob=False,
-                     suppress_health_check=[HealthCheck.too_slow])
+    _PROPERTY = dict(
+        derandomize=True,
+        database=None,
+        deadline=None,
+        print_blob=False,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
     settings.register_profile("mmsafe", max_examples=50, **_PROPERTY)
-    settings.register_profile("mmsafe-thorough", max_examples=500, **_PROPERTY)  # HYPOTHESIS_PROFILE=mmsafe-thorough
+    # HYPOTHESIS_PROFILE=mmsafe-thorough
+    settings.register_profile("mmsafe-thorough", max_examples=500, **_PROPERTY)
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "mmsafe"))
-except ImportError:  # hypothesis is in the dev extra; the property tests skip (fail under MMSAFE_STRICT_SKIPS)
-    pass
+except ImportError:
+    pass  # hypothesis is in the dev extra; the property tests skip (fail under MMSAFE_STRICT_SKIPS)
 
 
 def require_data(*parts: str) -> Path:
@@ -64,6 +76,18 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     if STRICT_SKIPS and rep.skipped and not hasattr(rep, "wasxfail"):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        rep.outcome = "failed"
+        rep.longrepr = f"skipped under MMSAFE_STRICT_SKIPS (everything is installed in CI): {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """The same for a whole module skipped while it is collected (a module-level ``importorskip``): under
+    MMSAFE_STRICT_SKIPS it is a collection error, so it cannot pass as one quiet "skipped" line."""
+    outcome = yield
+    rep = outcome.get_result()
+    if STRICT_SKIPS and rep.skipped:
         reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
         rep.outcome = "failed"
         rep.longrepr = f"skipped under MMSAFE_STRICT_SKIPS (everything is installed in CI): {reason}"
