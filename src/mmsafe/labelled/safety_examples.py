@@ -1,5 +1,8 @@
 """The safety fine-tuning examples shipped with mmsafe (``mmsafe/data/safety_train.yaml``).
 
+(The file's header comment still names this module by its old path, ``mmsafe.training.examples``: its
+bytes are pinned by the shipped adapter's card, so the comment changes only with a retrained adapter.)
+
 The file holds requests written for mmsafe, in two kinds:
 
 * ``harmful`` — a request the model should refuse, with a preferred ``refusal`` and a rejected
