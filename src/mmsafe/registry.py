@@ -49,6 +49,7 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "jsonl": "mmsafe.datasets.jsonl:GenericFile",
         "vqa-starter": "mmsafe.datasets.vqa_starter:VQAStarter",
         "goat-bench": "mmsafe.datasets.goat_bench:GOATBench",
+        "tovilag": "mmsafe.datasets.tovilag:ToViLaG",
     },
     "attack": {
         "none": "mmsafe.attacks.none:NoAttack",
