@@ -48,6 +48,8 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "jailbreakbench": "mmsafe.datasets.jailbreakbench:JailbreakBench",
         "jsonl": "mmsafe.datasets.jsonl:GenericFile",
         "vqa-starter": "mmsafe.datasets.vqa_starter:VQAStarter",
+        "goat-bench": "mmsafe.datasets.goat_bench:GOATBench",
+        "tovilag": "mmsafe.datasets.tovilag:ToViLaG",
     },
     "attack": {
         "none": "mmsafe.attacks.none:NoAttack",
@@ -103,6 +105,7 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "reference": "mmsafe.judges.reference:ReferenceJudge",
         "guard": "mmsafe.judges.guard:GuardJudge",
         "utility": "mmsafe.judges.utility:UtilityJudge",
+        "label-match": "mmsafe.judges.label_match:LabelMatchJudge",
     },
     "trainer": {
         "sft": "mmsafe.training.sft:SafetySFT",

@@ -99,16 +99,7 @@ def render(
         lines += ["", "Detection-style items (the judge's label vs the ground truth):", ""]
         lines += _table(
             [*CELL, "accuracy", "macro-F1"],
-            [
-                [md_cell(str(r[c])) for c in CELL]
-                + [
-                    _pct(r["accuracy"]),
-                    _interval(r["macro_f1"]["value"], r["macro_f1"]["lo"], r["macro_f1"]["hi"], pct=False)
-                    if r.get("macro_f1")
-                    else "–",
-                ]
-                for r in detection
-            ],
+            [[md_cell(str(r[c])) for c in CELL] + _detection_cells(r) for r in detection],
         )
     lines += _calibrated(summary.get("calibrated") or [])
     lines += _effects(summary.get("effects") or [])
@@ -124,6 +115,7 @@ def render(
         lines.append("### " + " · ".join(md_cell(str(x)) for x in cell))
         lines.append("")
         cat_utility = any(r.get("utility") for r in cat_rows)
+        cat_detection = any(r.get("accuracy") for r in cat_rows)  # a detection set's tasks (GOAT-Bench)
         lines += _table(
             [
                 "category",
@@ -133,11 +125,13 @@ def render(
                 "refusal",
                 "over-refusal",
                 *(["utility"] if cat_utility else []),
+                *(["accuracy", "macro-F1"] if cat_detection else []),
             ],
             [
                 [md_cell(r["category"]), str(r["n"]), str(r["n_errors"])]
                 + [_pct(r["asr"]), _pct(r["refusal"]), _pct(r["over_refusal"])]
                 + ([_mean(r.get("utility"))] if cat_utility else [])
+                + (_detection_cells(r) if cat_detection else [])
                 for r in cat_rows
             ],
         )
@@ -153,6 +147,15 @@ def render(
             )
     lines.append("")
     return "\n".join(lines)
+
+
+def _detection_cells(row: dict[str, Any]) -> list[str]:
+    """Accuracy (Wilson interval, k/n) and macro-F1 (bootstrap interval) of a detection row, or dashes."""
+    f1 = row.get("macro_f1")
+    return [
+        _pct(row.get("accuracy")),
+        _interval(f1["value"], f1["lo"], f1["hi"], pct=False) if f1 else "–",
+    ]
 
 
 def _calibrated(rows: Sequence[dict[str, Any]]) -> list[str]:
