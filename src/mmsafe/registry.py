@@ -48,6 +48,9 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "jailbreakbench": "mmsafe.datasets.jailbreakbench:JailbreakBench",
         "jsonl": "mmsafe.datasets.jsonl:GenericFile",
         "vqa-starter": "mmsafe.datasets.vqa_starter:VQAStarter",
+        "vlsafe": "mmsafe.datasets.vlsafe:VLSafe",
+        "rtvlm": "mmsafe.datasets.rtvlm:RTVLM",
+        "auto-bench": "mmsafe.datasets.auto_bench:AutoBench",
     },
     "attack": {
         "none": "mmsafe.attacks.none:NoAttack",
