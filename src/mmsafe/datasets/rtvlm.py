@@ -147,6 +147,10 @@ class RTVLM(Benchmark):
     (a member over 256 MiB is never read); when the zip is absent, from the files beside it (the zip
     unpacked in its own folder). A missing image is an errored item naming it.
 
+    Which aspect each sub-task belongs to (:data:`TASKS`) follows the paper's four groups as its abstract
+    and the loader script's config descriptions give them; ``captcha`` under safety is our reading (the
+    script labels it neither way). Unverified against the paper's tables.
+
     Row formats (one JSON object a line) and the ``Sample`` each gives:
 
     - ``misleading`` (faithfulness): ``{index, questions: [...], refused_to_answer: [...], answers:
