@@ -386,3 +386,16 @@ def test_auto_bench_privacy_security_subset(tmp_path: Path):
         list(AutoBench(path=str(tmp_path / "ab")).load())
     with pytest.raises(ConfigError, match=r"auto_bench\.jsonl is missing"):
         list(AutoBench(path=str(tmp_path), image_dir=str(coco)).load())
+
+
+def test_vlsafe_caption_reaches_the_llm_judge_as_context():
+    """The COCO caption sits under the key the `llm` judge reads as the request's context."""
+    from mmsafe.judges.llm import LLMJudge
+
+    sample = load(VLSafe(path=str(dataset_dir("vlsafe")), image_source="caption"))[0]
+    fields = LLMJudge(judge_model="scripted")._fields(sample, "an answer")
+    assert (
+        fields["context"]
+        == sample.metadata["image_description"]
+        == source_row(dataset_dir("vlsafe"), sample)["caption"]
+    )
