@@ -399,3 +399,20 @@ def test_vlsafe_caption_reaches_the_llm_judge_as_context():
         == sample.metadata["image_description"]
         == source_row(dataset_dir("vlsafe"), sample)["caption"]
     )
+
+
+def test_rtvlm_runs_end_to_end_with_two_image_items_and_errored_rows(rtvlm_root: Path, tmp_path: Path):
+    """A run over every fixture sub-task: good items get a record, the two broken rows fail alone, and a rerun
+    redoes only those."""
+    import mmsafe
+
+    wanted = [t for t in TASKS if t not in ("visual_misleading_correct", "visual_orderB")]
+    bench = {"name": "rtvlm", "params": {"path": str(rtvlm_root), "subtasks": wanted}}
+    result = mmsafe.evaluate(
+        models="scripted", benchmarks=bench, judges="refusal", out=tmp_path / "run", progress=False
+    )
+    assert (result.n_records, result.errors) == (11, 2)  # racial: unknown label; face: image missing
+    again = mmsafe.evaluate(
+        models="scripted", benchmarks=bench, judges="refusal", out=tmp_path / "run", progress=False
+    )
+    assert (again.skipped, again.errors) == (9, 2)
