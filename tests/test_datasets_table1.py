@@ -382,6 +382,9 @@ def test_auto_bench_privacy_security_subset(tmp_path: Path):
     assert p2.error == "row 3: image not found: 000000000009.jpg" and not p2.images
     only = load(AutoBench(path=str(tmp_path / "ab"), image_dir=str(coco), subsets=["security"]))
     assert [s.id for s in only] == ["auto-bench/1"]
+    absolute = str(tmp_path / "ab" / "auto_bench.jsonl")  # provenance stays relative to the folder
+    (first, *_) = load(AutoBench(path=str(tmp_path / "ab"), file=absolute, image_dir=str(coco)))
+    assert first.metadata["source"] == {"file": "auto_bench.jsonl", "row": 0}
     with pytest.raises(ConfigError, match=r"needs params\.image_dir"):
         list(AutoBench(path=str(tmp_path / "ab")).load())
     with pytest.raises(ConfigError, match=r"auto_bench\.jsonl is missing"):

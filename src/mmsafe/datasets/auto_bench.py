@@ -88,7 +88,12 @@ class AutoBench(Benchmark):
         if not image_dir.is_dir():
             raise ConfigError(f"benchmark '{self.name}': image_dir {image_dir} is not a folder")
         wanted = set(self.params.subsets)
-        rel = self.params.file
+        # provenance names the file relative to the dataset folder, however params.file was spelt
+        rel = (
+            path.resolve().relative_to(root.resolve()).as_posix()
+            if path.resolve().is_relative_to(root.resolve())
+            else str(path)
+        )
 
         def to_sample(n: int, line: str) -> Sample | None:
             row = json_object(line)
