@@ -50,6 +50,9 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "vqa-starter": "mmsafe.datasets.vqa_starter:VQAStarter",
         "goat-bench": "mmsafe.datasets.goat_bench:GOATBench",
         "tovilag": "mmsafe.datasets.tovilag:ToViLaG",
+        "vlsafe": "mmsafe.datasets.vlsafe:VLSafe",
+        "rtvlm": "mmsafe.datasets.rtvlm:RTVLM",
+        "auto-bench": "mmsafe.datasets.auto_bench:AutoBench",
     },
     "attack": {
         "none": "mmsafe.attacks.none:NoAttack",
