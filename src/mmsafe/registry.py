@@ -48,6 +48,11 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "jailbreakbench": "mmsafe.datasets.jailbreakbench:JailbreakBench",
         "jsonl": "mmsafe.datasets.jsonl:GenericFile",
         "vqa-starter": "mmsafe.datasets.vqa_starter:VQAStarter",
+        "mossbench": "mmsafe.datasets.mossbench:MOSSBench",
+        "msts": "mmsafe.datasets.msts:MSTS",
+        "holisafe": "mmsafe.datasets.holisafe:HoliSafe",
+        "vlsu": "mmsafe.datasets.vlsu:VLSU",
+        "mssbench": "mmsafe.datasets.mssbench:MSSBench",
     },
     "attack": {
         "none": "mmsafe.attacks.none:NoAttack",
