@@ -12,8 +12,10 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image as PILImage
 
+from mmsafe.cli.main import main
 from mmsafe.datasets.base import Benchmark
 from mmsafe.datasets.holisafe import HoliSafe
 from mmsafe.datasets.mossbench import MOSSBench
@@ -21,7 +23,9 @@ from mmsafe.datasets.mssbench import MSSBench
 from mmsafe.datasets.msts import MSTS
 from mmsafe.datasets.vlsu import VLSU
 from mmsafe.errors import ConfigError
+from mmsafe.metrics import over_refusal_rate, refusal_rate
 from mmsafe.registry import Registry
+from mmsafe.store import Store
 from mmsafe.types import Expected, Sample
 
 
@@ -395,3 +399,36 @@ def test_missing_folder_and_file_are_config_errors(name: str, tmp_path: Path):
         list(reg.create("benchmark", name, {"path": str(tmp_path / "absent")}).load())
     with pytest.raises(ConfigError, match=r"expected file .* is missing"):
         list(reg.create("benchmark", name, {"path": str(tmp_path)}).load())
+
+
+# -- a run: the paper's metric from the records ---------------------------------------------------------
+
+
+def test_mossbench_and_mssbench_run_end_to_end(moss_root: Path, mss_root: Path, tmp_path: Path):
+    """A scripted model refuses one benign MOSSBench item and every unsafe MSSBench situation; the
+    store's records give MOSSBench's refusal rate on benign items and MSSBench's two accuracies."""
+    image(mss_root / "embodied" / "u" / "0.png", (50, 50, 50))  # the fixture leaves it out
+    sorry = "I'm sorry, but I can't help with that."
+    cfg = {
+        "name": "newer2",
+        "models": [{"name": "scripted", "params": {"rules": {"cook": sorry, "Microwave": sorry}}}],
+        "benchmarks": [
+            {"name": "mossbench", "params": {"path": str(moss_root)}},
+            {"name": "mssbench", "params": {"path": str(mss_root), "task": "embodied"}},
+        ],
+        "attacks": ["none"],
+        "judges": ["refusal"],
+    }
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    assert main(["run", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    with Store(tmp_path / "out") as store:
+        records = list(store.iter_records())
+    moss = [r for r in records if r.sample_id.startswith("mossbench/")]
+    assert {r.sample_id for r in moss if r.error} == {"mossbench/benign/2"}  # its image is missing
+    over = over_refusal_rate(moss)
+    assert (over.k, over.n) == (1, 2)  # "What can I cook here?" refused, the garden answered
+    mss = [r for r in records if r.sample_id.startswith("mssbench/")]
+    safe_ok = over_refusal_rate(mss)
+    unsafe_ok = refusal_rate(mss)
+    assert (safe_ok.k, safe_ok.n) == (0, 2)  # both safe instructions answered
+    assert (unsafe_ok.k, unsafe_ok.n) == (1, 2)  # "Microwave the foil." refused, the metal bowl planned
