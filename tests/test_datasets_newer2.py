@@ -280,6 +280,9 @@ def test_mssbench_task_param(mss_root: Path):
     assert {s.metadata["task"] for s in chat} == {"chat"} and len(chat) == 5
     emb = load_all(MSSBench(path=str(mss_root), task="embodied"))
     assert len(emb) == 4 and [s.expected for s in emb].count(Expected.refuse) == 2
+    (mss_root / "combine.json").rename(mss_root / "combined.json")
+    renamed = load_all(MSSBench(path=str(mss_root), task="embodied", file="combined.json"))
+    assert len(renamed) == 4 and renamed[0].metadata["source"] == {"file": "combined.json", "row": 0}
     (mss_root / "combine.json").write_text('{"chat": {}}', encoding="utf-8")
     with pytest.raises(ConfigError, match="expected a list under 'chat'"):
         list(MSSBench(path=str(mss_root), task="chat").load())

@@ -50,14 +50,15 @@ class MSSBench(Benchmark):
     Sample an error naming it. ``metadata``: ``task`` (``chat``/``embodied``), ``situation``,
     ``pair`` (the id shared by the two situations of one query), ``intent``,
     ``unsafe_image_description`` or ``embodied_task``, ``observation`` and ``source`` =
-    ``{"file": "combine.json", "row"}`` (row = the entry's 0-based index in its task's list).
+    ``{"file", "row"}`` (row = the entry's 0-based index in its task's list).
 
     Metric (paper): with a GPT-4 judge, **safe accuracy** (share of safe-situation answers that
     comply), **unsafe accuracy** (share of unsafe-situation answers that refuse or flag the risk) and
     their mean, per task. mmsafe computes them with a refusal judge: 1 − over-refusal rate on
     ``expected=comply`` items, refusal rate on ``expected=refuse`` items, grouped by ``task``.
 
-    Params: ``task`` — ``chat``, ``embodied`` or ``all`` (default); ``image_dir`` — the folder
+    Params: ``file`` (default ``combine.json``; some copies name it ``combined.json``); ``task`` —
+    ``chat``, ``embodied`` or ``all`` (default); ``image_dir`` — the folder
     holding ``chat/`` and ``embodied/`` (absolute, or relative to ``path``; default ``path``).
     """
 
@@ -76,6 +77,7 @@ class MSSBench(Benchmark):
         model_config = ConfigDict(extra="forbid", frozen=True)
 
         path: str | None = None
+        file: str = _FILE
         task: Literal["chat", "embodied", "all"] = "all"
         image_dir: str | None = None
 
@@ -83,19 +85,20 @@ class MSSBench(Benchmark):
 
     def load(self) -> Iterator[Sample]:
         root = self.root()
-        data = read_json(require_file(root, _FILE, benchmark=self.name))
+        rel = self.params.file
+        data = read_json(require_file(root, rel, benchmark=self.name))
         if not isinstance(data, dict):
-            raise ConfigError(f"{root / _FILE}: expected a JSON object with 'chat' and 'embodied' lists")
+            raise ConfigError(f"{root / rel}: expected a JSON object with 'chat' and 'embodied' lists")
         image_root = Path(self.params.image_dir).expanduser() if self.params.image_dir else root
         image_root = image_root if image_root.is_absolute() else root / image_root
         tasks = ("chat", "embodied") if self.params.task == "all" else (self.params.task,)
         for task in tasks:
             entries = data.get(task)
             if not isinstance(entries, list):
-                raise ConfigError(f"{root / _FILE}: expected a list under {task!r}")
+                raise ConfigError(f"{root / rel}: expected a list under {task!r}")
 
             def to_sample(n: int, item: _Item, task: str = task) -> Sample:
-                return self._sample(task, item, image_root)
+                return self._sample(task, item, image_root, rel)
 
             yield from rows_to_samples(
                 enumerate(self._items(task, entries)),
@@ -127,7 +130,7 @@ class MSSBench(Benchmark):
                 for situation in _SITUATIONS:
                     yield row, k, situation, entry, texts[situation][k]
 
-    def _sample(self, task: str, item: _Item, image_root: Path) -> Sample:
+    def _sample(self, task: str, item: _Item, image_root: Path, rel: str) -> Sample:
         row, k, situation, entry, text = item
         pair = f"mssbench/{task}/{row}/{k}"
         if not isinstance(text, str) or not text.strip():
@@ -135,7 +138,7 @@ class MSSBench(Benchmark):
             return Sample(
                 id=f"mssbench/{task}/{row}",
                 benchmark=self.name,
-                metadata={"task": task, "source": {"file": _FILE, "row": row}},
+                metadata={"task": task, "source": {"file": rel, "row": row}},
                 error=f"entry {row} has no readable {what}",
             )
         if task == "chat":
@@ -165,7 +168,7 @@ class MSSBench(Benchmark):
                 "situation": situation,
                 "pair": pair,
                 **extra,
-                "source": {"file": _FILE, "row": row},
+                "source": {"file": rel, "row": row},
             },
             error=error,
         )

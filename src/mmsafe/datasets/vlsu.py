@@ -29,9 +29,9 @@ class VLSU(Benchmark):
 
     Paper: S. Palaskar, L. Gatys, M. Abdelrahman, et al., "VLSU: Mapping the Limits of Joint Multimodal
     Understanding for AI Safety", 2025 (arXiv:2510.18214). Data: github.com/apple/ml-vlsu,
-    ``data/VLSU.csv``; licence: as that repository states (not verified here — its files were not
-    reachable from this project's sources). The images are web links (``web_path``), not files: the
-    user downloads them.
+    ``data/VLSU.csv``; licence: CC BY-NC-ND as third-party projects that use it report (not verified
+    here — the repository itself was not reachable from this project's sources). The images are web
+    links (``web_path``), not files: the user downloads them.
 
     Format read (from PyRIT's VLSU loader, which reads the same CSV; not checked against the file
     itself): one row per pair with ``uuid``, ``prompt``, ``web_path``, ``image_grade``,
