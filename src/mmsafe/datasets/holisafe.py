@@ -85,6 +85,8 @@ class HoliSafe(Benchmark):
         wanted = set(self.params.types or TYPES)
 
         def to_sample(n: int, rec: Any) -> Sample | None:
+            if not isinstance(rec, dict):
+                raise ValueError("the record is not a JSON object")
             kind = str(rec["type"]).strip().upper()
             if kind in TYPES and kind not in wanted:
                 return None
@@ -132,7 +134,8 @@ class HoliSafe(Benchmark):
 
 
 def _read_records(path: Path) -> list[Any]:
-    """The records of a JSON list file or a JSON Lines file (a bad line becomes a None record)."""
+    """The records of a JSON list file or a JSON Lines file (a line that is not JSON becomes None,
+    which ``to_sample`` turns into an errored Sample)."""
     if path.suffix.lower() == ".jsonl":
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
