@@ -53,6 +53,11 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "vlsafe": "mmsafe.datasets.vlsafe:VLSafe",
         "rtvlm": "mmsafe.datasets.rtvlm:RTVLM",
         "auto-bench": "mmsafe.datasets.auto_bench:AutoBench",
+        "mossbench": "mmsafe.datasets.mossbench:MOSSBench",
+        "msts": "mmsafe.datasets.msts:MSTS",
+        "holisafe": "mmsafe.datasets.holisafe:HoliSafe",
+        "vlsu": "mmsafe.datasets.vlsu:VLSU",
+        "mssbench": "mmsafe.datasets.mssbench:MSSBench",
     },
     "attack": {
         "none": "mmsafe.attacks.none:NoAttack",
