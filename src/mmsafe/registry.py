@@ -103,6 +103,7 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "reference": "mmsafe.judges.reference:ReferenceJudge",
         "guard": "mmsafe.judges.guard:GuardJudge",
         "utility": "mmsafe.judges.utility:UtilityJudge",
+        "choice": "mmsafe.judges.choice:ChoiceJudge",
     },
     "trainer": {
         "sft": "mmsafe.training.sft:SafetySFT",
