@@ -48,6 +48,10 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "jailbreakbench": "mmsafe.datasets.jailbreakbench:JailbreakBench",
         "jsonl": "mmsafe.datasets.jsonl:GenericFile",
         "vqa-starter": "mmsafe.datasets.vqa_starter:VQAStarter",
+        "siuo": "mmsafe.datasets.siuo:SIUO",
+        "jailbreakv-28k": "mmsafe.datasets.jailbreakv_28k:JailBreakV28K",
+        "vlguard": "mmsafe.datasets.vlguard:VLGuard",
+        "vlsbench": "mmsafe.datasets.vlsbench:VLSBench",
     },
     "attack": {
         "none": "mmsafe.attacks.none:NoAttack",
