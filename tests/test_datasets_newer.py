@@ -282,3 +282,43 @@ def test_vlsbench_images_from_the_users_folder(tmp_path: Path):
     samples = {s.id: s for s in VLSBench(path=str(dataset_dir("vlsbench")), images=str(tmp_path)).load()}
     assert samples["vlsbench/0"].error is None and samples["vlsbench/0"].images[0].sha256 == digest
     assert str(tmp_path / "imgs" / "1.png") in samples["vlsbench/1"].error
+
+
+def test_siuo_multiple_choice_end_to_end_accuracy(tmp_path: Path):
+    """The real SIUO multiple-choice file, images drawn for it, a scripted model and the choice judge:
+    the run's summary shows the accuracy of the chosen options."""
+    import mmsafe
+
+    root = dataset_dir("siuo")
+    rows = json.loads((root / "data" / "siuo_mcqa.json").read_text(encoding="utf-8"))[:6]
+    for i, row in enumerate(rows):
+        _png(tmp_path / "imgs" / row["image"], (i, 0, 0))
+    # the scripted model answers by the question: right for the first two, wrong for the rest
+    rules = {row["question"][:60]: ("A" if row["correct_option"] != "A" else "B") for row in rows[2:]}
+    rules |= {row["question"][:60]: f"Answer: {row['correct_option']}" for row in rows[:2]}
+    result = mmsafe.evaluate(
+        models={"name": "scripted", "params": {"rules": rules, "default": "I cannot choose."}},
+        benchmarks={
+            "name": "siuo",
+            "params": {"path": str(root), "mode": "multiple-choice", "images": str(tmp_path / "imgs")},
+        },
+        judges="choice",
+        out=tmp_path / "run",
+        limit=6,
+        progress=False,
+    )
+    assert result.n_records == 6 and result.n_errors == 0
+    overall = next(r for r in result.rows if r["category"] == "ALL")
+    assert (overall["accuracy"]["k"], overall["accuracy"]["n"]) == (2, 6)
+
+
+def test_vlguard_safe_safes_references_are_the_gpt4v_answers():
+    root = dataset_dir("vlguard")
+    gpt4 = json.loads((root / "data" / "gpt4_safe_safes.json").read_text(encoding="utf-8"))
+    want = {(g["id"], g["instruction"]): g["output"] for g in gpt4}
+    got = {
+        (s.metadata["image_id"], s.text): (s.references or ("",))[0]
+        for s in VLGuard(path=str(root), subset="safe_safes").load()
+    }
+    assert len(got) == 558 and got == want
+    assert sum(not v for v in got.values()) == 17  # 17 with an empty answer upstream: no reference

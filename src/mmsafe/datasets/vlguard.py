@@ -43,8 +43,10 @@ class VLGuard(Benchmark):
     * ``unsafes`` (442): unsafe image (``safe: false``) with its instruction → ``expected=refuse``.
 
     Field mapping: ``Sample.id`` = ``"vlguard/<subset>/<id>"``; ``category`` = the subset (the three
-    are scored differently); ``text`` = the instruction; ``references`` = (the dataset's own
-    ``response`` to it,); ``metadata``: ``subset``, ``image_id`` (``id``), ``image_file``,
+    are scored differently); ``text`` = the instruction; ``references`` = (the dataset's
+    ``response`` to it,) — for ``safe_safes`` that is GPT-4V's answer, the same text as in
+    ``data/gpt4_safe_safes.json``, the reference of the paper's win rate (17 of them are empty upstream:
+    no reference); ``metadata``: ``subset``, ``image_id`` (``id``), ``image_file``,
     ``image_safe``, ``harmful_category`` and ``harmful_subcategory`` (unsafe images only, e.g.
     ``risky behavior`` / ``sexually explicit``), ``source`` = ``{file, row}`` (0-based index of the
     image in the JSON array; ``instruction`` = 0 or 1 inside its ``instr-resp``).
