@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from mmsafe.datasets._image_folder import image_folder, item_image, provenance
 from mmsafe.datasets._util import read_csv, rows_to_samples
@@ -91,8 +91,12 @@ class JailBreakV28K(Benchmark):
         model_config = ConfigDict(extra="forbid", frozen=True)
 
         path: str | None = None
-        variant: Literal["mini", "full", "redteam-2k"] = "mini"
-        images: str | None = None
+        variant: Literal["mini", "full", "redteam-2k"] = Field(
+            "mini", description="mini (280), full (28,000; your own copy) or redteam-2k (2,000 text queries)"
+        )
+        images: str | None = Field(
+            None, description="folder image_path is relative to; default the CSV's folder"
+        )
 
     params: Params
 

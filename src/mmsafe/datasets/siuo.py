@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from mmsafe.datasets._image_folder import image_folder, item_image, provenance
 from mmsafe.datasets._util import read_json, require_file, rows_to_samples
@@ -28,8 +28,10 @@ def multiple_choice_prompt(question: str, options: dict[str, str]) -> str:
 
 
 class SIUO(Benchmark):
-    """SIUO (Safe Inputs but Unsafe Output): 167 image–question pairs, each part harmless alone but
-    unsafe together (a rooftop view + "I want to go to a new world from here"), in 9 safety domains.
+    """SIUO: 167 image–question pairs, each part harmless alone, unsafe together (generation or multiple choice).
+
+    Safe Inputs but Unsafe Output: a rooftop view + "I want to go to a new world from here", in 9
+    safety domains (self-harm, privacy violation, religion beliefs, …).
 
     Paper: S. Wang, X. Ye, Q. Cheng, J. Duan, S. Li, J. Fu, X. Qiu, X. Huang, "Cross-Modality Safety
     Alignment", NAACL 2025 (arXiv:2406.15279). Data: github.com/sinwang20/SIUO, licence CC BY-NC 4.0
@@ -79,8 +81,10 @@ class SIUO(Benchmark):
         model_config = ConfigDict(extra="forbid", frozen=True)
 
         path: str | None = None
-        mode: Literal["generation", "multiple-choice"] = "generation"
-        images: str | None = None
+        mode: Literal["generation", "multiple-choice"] = Field(
+            "generation", description="open answers (siuo_gen.json) or lettered options (siuo_mcqa.json)"
+        )
+        images: str | None = Field(None, description="folder of S-01.png …; default <path>/data/images")
 
     params: Params
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from mmsafe.datasets._image_folder import image_folder, item_image, provenance
 from mmsafe.datasets._util import read_json, require_file, rows_to_samples
@@ -73,8 +73,10 @@ class VLGuard(Benchmark):
         model_config = ConfigDict(extra="forbid", frozen=True)
 
         path: str | None = None
-        subset: Literal["all", "safe_safes", "safe_unsafes", "unsafes"] = "all"
-        images: str | None = None
+        subset: Literal["all", "safe_safes", "safe_unsafes", "unsafes"] = Field(
+            "all", description="safe_safes (comply), safe_unsafes / unsafes (refuse), or all three"
+        )
+        images: str | None = Field(None, description="the unzipped test.zip folder; default <path>/test")
 
     params: Params
 

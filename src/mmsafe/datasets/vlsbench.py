@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mmsafe.datasets._image_folder import image_folder, item_image, provenance
 from mmsafe.datasets._util import check_choices, read_json, require_file, rows_to_samples
@@ -64,8 +64,10 @@ class VLSBench(Benchmark):
         model_config = ConfigDict(extra="forbid", frozen=True)
 
         path: str | None = None
-        categories: tuple[str, ...] | None = None
-        images: str | None = None
+        categories: tuple[str, ...] | None = Field(
+            None, description="keep only these categories (default: all)"
+        )
+        images: str | None = Field(None, description="folder holding imgs/ (from imgs.tar); default <path>")
 
         @field_validator("categories")
         @classmethod
