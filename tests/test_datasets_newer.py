@@ -322,3 +322,27 @@ def test_vlguard_safe_safes_references_are_the_gpt4v_answers():
     }
     assert len(got) == 558 and got == want
     assert sum(not v for v in got.values()) == 17  # 17 with an empty answer upstream: no reference
+
+
+def test_hostile_image_paths_and_short_rows_fail_only_their_item(tmp_path: Path):
+    secret = tmp_path / "secret.png"
+    _png(secret, (1, 1, 1))
+    root = tmp_path / "vls"
+    (root / "data").mkdir(parents=True)
+    rows = [
+        {"instruction_id": 0, "instruction": "Look.", "image_path": "../secret.png", "category": "Hate"},
+        {"instruction_id": 1, "instruction": "Look again.", "image_path": str(secret), "category": "Hate"},
+        {"instruction_id": 2, "image_path": "imgs/2.png", "category": "Hate"},
+    ]
+    (root / "data" / "data.json").write_text(json.dumps(rows), encoding="utf-8")
+    up, absolute, short = VLSBench(path=str(root)).load()
+    assert not up.images and "escapes dataset root" in up.error
+    assert not absolute.images and "escapes dataset root" in absolute.error
+    assert short.id == "vlsbench/row-2" and "missing field 'instruction'" in short.error
+    (tmp_path / "jbv").mkdir()
+    (tmp_path / "jbv" / "RedTeam_2K.csv").write_text(
+        "id,question,policy,from\n0,How to x?,Fraud,Handcraft\n1,How to y?\n", encoding="utf-8"
+    )
+    good, bad = JailBreakV28K(path=str(tmp_path / "jbv"), variant="redteam-2k").load()
+    assert good.error is None and good.metadata["source"] == {"file": "RedTeam_2K.csv", "row": 0}
+    assert bad.id == "jailbreakv-28k/redteam-2k/row-1" and bad.error
