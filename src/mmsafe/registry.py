@@ -58,6 +58,10 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "holisafe": "mmsafe.datasets.holisafe:HoliSafe",
         "vlsu": "mmsafe.datasets.vlsu:VLSU",
         "mssbench": "mmsafe.datasets.mssbench:MSSBench",
+        "siuo": "mmsafe.datasets.siuo:SIUO",
+        "jailbreakv-28k": "mmsafe.datasets.jailbreakv_28k:JailBreakV28K",
+        "vlguard": "mmsafe.datasets.vlguard:VLGuard",
+        "vlsbench": "mmsafe.datasets.vlsbench:VLSBench",
     },
     "attack": {
         "none": "mmsafe.attacks.none:NoAttack",
@@ -114,6 +118,7 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "guard": "mmsafe.judges.guard:GuardJudge",
         "utility": "mmsafe.judges.utility:UtilityJudge",
         "label-match": "mmsafe.judges.label_match:LabelMatchJudge",
+        "choice": "mmsafe.judges.choice:ChoiceJudge",
     },
     "trainer": {
         "sft": "mmsafe.training.sft:SafetySFT",
