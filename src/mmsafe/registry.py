@@ -48,6 +48,7 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "jailbreakbench": "mmsafe.datasets.jailbreakbench:JailbreakBench",
         "jsonl": "mmsafe.datasets.jsonl:GenericFile",
         "vqa-starter": "mmsafe.datasets.vqa_starter:VQAStarter",
+        "privqa": "mmsafe.datasets.privqa:PrivQA",
     },
     "attack": {
         "none": "mmsafe.attacks.none:NoAttack",
