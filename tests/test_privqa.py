@@ -60,6 +60,8 @@ def test_real_population_groups_and_interleaving():
         "file": "population_protection_textual/rel=occupation-attr=judge.jsonl",
         "row": 0,
     }
+    bare = next(iter(PrivQA(path=str(root), groups=("judge",), instruction=False).load()))
+    assert bare.text == samples[0].metadata["question"]
     with pytest.raises(ConfigError, match="unknown group"):
         list(PrivQA(path=str(root), groups=("Atlantis",)).load())
 

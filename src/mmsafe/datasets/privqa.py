@@ -9,7 +9,7 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from mmsafe.datasets._util import ImageLoadError, clip_repr, load_image, resolve_inside
 from mmsafe.datasets.base import Benchmark
@@ -128,7 +128,7 @@ class PrivQA(Benchmark):
     #: metrics the report adds for this benchmark (see mmsafe.report)
     metrics: ClassVar[tuple[str, ...]] = ("protection_score",)
     example_params: ClassVar[dict[str, Any]] = {
-        "path": "../shared/data/privqa (the repository's files; tests build a tmp_path copy of its format)",
+        "path": "../shared/data/privqa",  # the staged repository files, from a checkout's root
         "modality": "textual",
         "subset": "population",
     }
@@ -137,11 +137,18 @@ class PrivQA(Benchmark):
         model_config = ConfigDict(extra="forbid", frozen=True)
 
         path: str | None = None
-        modality: Modality = "textual"
-        subset: Subset = "population"
-        groups: tuple[str, ...] | None = None
-        image_dir: str | None = None
-        instruction: bool = True
+        modality: Modality = Field(
+            "textual", description="textual questions, or visual ones (need image_dir)"
+        )
+        subset: Subset = Field("population", description="protected population, or protected information")
+        groups: tuple[str, ...] | None = Field(
+            None,
+            description="groups to keep (Italy, judge, Location_Information, …); default all of the subset",
+        )
+        image_dir: str | None = Field(None, description="the user's KVQA / OVEN image folder (visual only)")
+        instruction: bool = Field(
+            True, description="prefix each question with the access-control instruction"
+        )
 
     params: Params
 
