@@ -62,6 +62,7 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "jailbreakv-28k": "mmsafe.datasets.jailbreakv_28k:JailBreakV28K",
         "vlguard": "mmsafe.datasets.vlguard:VLGuard",
         "vlsbench": "mmsafe.datasets.vlsbench:VLSBench",
+        "privqa": "mmsafe.datasets.privqa:PrivQA",
     },
     "attack": {
         "none": "mmsafe.attacks.none:NoAttack",

@@ -67,7 +67,15 @@ def summarise_tally(
             ]
             for kind, specs in components.items()
         },
-        "rows": summarise_groups(_groups(tally, labels), (*AXES, "category")),
+        "rows": summarise_groups(
+            _groups(tally, labels),
+            (*AXES, "category"),
+            protection={
+                labels[("benchmark", key)]
+                for key, spec in tally.specs.get("benchmark", {}).items()
+                if "protection_score" in benchmark_metrics(spec)
+            },
+        ),
         "adversarial": adversarial_summary(tally, labels),
         "judge_agreement": judge_agreement(tally, labels) + ensemble_agreement(tally, labels),
         "effects": effects(tally, labels),
@@ -147,6 +155,17 @@ def judge_construct(spec: ComponentSpec) -> str:
         ValidationError,
     ):  # params this version no longer accepts (an ensemble member renamed): say so plainly
         return "other"
+
+
+def benchmark_metrics(spec: ComponentSpec) -> tuple[str, ...]:
+    """The extra metrics a recorded benchmark's class asks the report for (its ``metrics``, e.g.
+    PrivQA's ``("protection_score",)``); none for a benchmark not registered here."""
+    from mmsafe.registry import Registry
+
+    registry = Registry()
+    if spec.name not in registry.names("benchmark"):
+        return ()
+    return tuple(getattr(registry.get("benchmark", spec.name), "metrics", ()))
 
 
 def judge_agreement(tally: Tally, labels: dict[tuple[str, str], str]) -> list[dict[str, Any]]:

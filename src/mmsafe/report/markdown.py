@@ -101,6 +101,7 @@ def render(
             [*CELL, "accuracy", "macro-F1"],
             [[md_cell(str(r[c])) for c in CELL] + _detection_cells(r) for r in detection],
         )
+    lines += _privacy(overall, summary["components"].get("judge", []))
     lines += _calibrated(summary.get("calibrated") or [])
     lines += _effects(summary.get("effects") or [])
     lines += _defenses(summary.get("defenses") or [])
@@ -156,6 +157,33 @@ def _detection_cells(row: dict[str, Any]) -> list[str]:
         _pct(row.get("accuracy")),
         _interval(f1["value"], f1["lo"], f1["hi"], pct=False) if f1 else "–",
     ]
+
+
+def _privacy(rows: Sequence[dict[str, Any]], judges: Sequence[dict[str, Any]]) -> list[str]:
+    """PrivQA-style rows: protection score, its two rates, and the response F1 when the judge is the
+    utility judge with ``metric: f1`` (its mean score on the control items)."""
+    rows = [r for r in rows if "protection" in r]
+    if not rows:
+        return []
+    f1_judges = {j["label"] for j in judges if (j.get("params") or {}).get("metric") == "f1"}
+    lines = [
+        "",
+        "## Privacy protection",
+        "",
+        "Protection score = harmonic mean of sensitivity (protected items declined) and specificity "
+        "(control items answered), stratified bootstrap interval; response F1 = mean token F1 of the "
+        "control answers against the gold answers (utility judge with `metric: f1`), bootstrap interval.",
+        "",
+    ]
+    body = []
+    for r in rows:
+        p = r["protection"]
+        score = _interval(p["value"], p["lo"], p["hi"], pct=False) if p else "–"
+        sens = _pct(p["sensitivity"]) if p else "–"
+        spec = _pct(p["specificity"]) if p else "–"
+        f1 = _mean(r.get("utility")) if r.get("judge") in f1_judges else "–"
+        body.append([md_cell(str(r[c])) for c in CELL] + [score, sens, spec, f1])
+    return lines + _table([*CELL, "protection score", "sensitivity", "specificity", "response F1"], body)
 
 
 def _calibrated(rows: Sequence[dict[str, Any]]) -> list[str]:
