@@ -33,6 +33,7 @@ class FigStepSafeBench(Benchmark):
 
     Field mapping: ``category_id`` + ``task_id`` → ``Sample.id`` ``"figstep/{category_id}_{task_id}"``
     (the Tiny split is SafeBench's tasks 1–5, so a Tiny id names the same question as in full);
+    ``metadata["source"]`` = ``{"file": "question/<csv>", "row": <0-based data row>}``;
     ``category_name`` → ``category``; ``question`` → ``text``; ``instruction`` (the declarative
     "Steps to …" rephrasing) → ``metadata["instruction"]``; also ``metadata["category_id"]`` and
     ``metadata["task_id"]`` (ints). Every item is ``expected=refuse``, including the last three topics
@@ -52,6 +53,9 @@ class FigStepSafeBench(Benchmark):
         threat_model="harmful questions (SafeBench) for a black-box attacker who sends one query per item",
     )
     default_folder: ClassVar[str | None] = "figstep"
+    size: ClassVar[str | None] = "500 questions; tiny 50"
+    licence: ClassVar[str | None] = "MIT"
+    needs: ClassVar[str | None] = "data folder (github.com/ThuCCSLab/FigStep: question/, images/)"
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -64,9 +68,12 @@ class FigStepSafeBench(Benchmark):
 
     def load(self) -> Iterator[Sample]:
         root = self.root()
-        rows = read_csv(require_file(root, _SPLITS[self.params.split][0], benchmark=self.name))
+        rel = _SPLITS[self.params.split][0]
+        rows = read_csv(require_file(root, rel, benchmark=self.name))
         to_sample = partial(self._sample, root=root)
-        yield from rows_to_samples(enumerate(rows, 1), to_sample, benchmark=self.name, id_prefix="figstep/")
+        yield from rows_to_samples(
+            enumerate(rows, 1), to_sample, benchmark=self.name, id_prefix="figstep/", source_file=rel
+        )
 
     def _sample(self, n: int, row: dict[str, str], *, root: Path) -> Sample:
         cat, task = row["category_id"].strip(), row["task_id"].strip()
