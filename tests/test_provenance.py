@@ -59,10 +59,19 @@ def test_every_exception_is_a_builtin_with_a_reason():
     assert set(FIXTURES) <= set(BENCHMARKS) and not set(FIXTURES) & set(NOT_OFFLINE)
 
 
-@pytest.mark.parametrize("name", [n for n in BENCHMARKS if n not in NOT_OFFLINE])
-def test_every_sample_records_its_source_and_every_image_its_sha256(name, tmp_path):
+#: variants with images beyond the example params (each loader's images come from the shared copy)
+IMAGE_VARIANTS: list[tuple[str, dict[str, Any]]] = [
+    ("figstep", {"with_images": True}),
+    ("harmbench", {"subset": "multimodal"}),
+    ("mm-safetybench", {"tiny": True, "image_variant": "SD_TYPO", "scenarios": ["Fraud"]}),
+]
+CASES = [(n, {}) for n in BENCHMARKS if n not in NOT_OFFLINE] + IMAGE_VARIANTS
+
+
+@pytest.mark.parametrize(("name", "extra"), CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
+def test_every_sample_records_its_source_and_every_image_its_sha256(name, extra, tmp_path):
     cls = REG.get("benchmark", name)
-    bench = REG.create("benchmark", name, _offline_params(name, cls, tmp_path))
+    bench = REG.create("benchmark", name, {**_offline_params(name, cls, tmp_path), **extra})
     try:
         root: Path | None = bench.root()
     except ConfigError:  # package data: no folder
@@ -79,6 +88,8 @@ def test_every_sample_records_its_source_and_every_image_its_sha256(name, tmp_pa
         files.add(file)
         for image in s.images:
             assert image.sha256 == hashlib.sha256(image.data).hexdigest(), s.id
+    if extra:  # the image variants load their images
+        assert sum(len(s.images) for s in samples) >= len(samples) // 2, name
     if root is not None:  # the named files are the ones read, relative to the dataset root
         assert all((root / f).is_file() for f in files), (name, files)
 

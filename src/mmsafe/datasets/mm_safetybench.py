@@ -153,9 +153,9 @@ class MMSafetyBench(Benchmark):
             for qid, rec in sorted(records.items(), key=lambda kv: int(kv[0])):
                 if tiny_ids is not None and qid not in tiny_ids.get(scenario, ()):
                     continue
-                text, images, error = rec.get("Question", ""), (), None
-                if not rec.get("Question"):
-                    error = "record has no Question"
+                text: str = rec.get("Question", "")
+                images: tuple[Image, ...] = ()
+                error = None if text else "record has no Question"
                 if image_root is not None:
                     text, images, error = self._with_image(image_root, scenario, qid, rec, error)
                 yield Sample(
