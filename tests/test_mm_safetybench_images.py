@@ -109,6 +109,14 @@ def test_image_folder_param_and_a_missing_image(tmp_path):
     assert all(str(root / "imgs") in s.error for s in default.load())
 
 
+def test_an_image_folder_without_an_image_variant_is_a_config_error():
+    from mmsafe.errors import ConfigError
+    from mmsafe.registry import Registry
+
+    with pytest.raises(ConfigError, match="image_dir is read only with an image_variant"):
+        Registry(entry_points=False).create("benchmark", "mm-safetybench", {"image_dir": "/x"})
+
+
 def test_tiny_variants_end_to_end_on_tiny_llava(tmp_path):
     """SD+TYPO, TYPO and SD of the tiny set through the runner: the model receives the published image
     and the rephrased question; the records of each variant sit under their own benchmark spec key."""

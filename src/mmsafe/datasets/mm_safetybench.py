@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from mmsafe.datasets._util import ImageLoadError, check_choices, load_image, read_json, require_file
 from mmsafe.datasets.base import Benchmark
@@ -62,7 +62,8 @@ class MMSafetyBench(Benchmark):
 
     Field mapping: ``Sample.id`` = ``"mm-safetybench/<scenario>/<question_id>"`` (e.g.
     ``mm-safetybench/01-Illegal_Activitiy/0``); ``category`` = the scenario name without its number
-    (``Illegal_Activitiy``, upstream spelling); ``text`` = ``Question``; ``metadata``:
+    (``Illegal_Activitiy``, upstream spelling); ``text`` = ``Question`` (with an image: the rephrased
+    question paired with it, below); ``metadata``:
     ``scenario`` (full name), ``scenario_id`` (int), ``question_id`` (int), ``changed_question``
     (``Changed Question``), ``key_phrase``, ``phrase_type``, ``rephrased_question`` (the prompt paired
     with SD_TYPO/TYPO images), ``rephrased_question_sd`` (paired with SD images) and
@@ -81,9 +82,10 @@ class MMSafetyBench(Benchmark):
     gets an ``error`` naming the missing path (upstream publishes images for all 1,680 questions; the
     shared copy holds the tiny set's 504).
 
-    Metric (paper): attack success rate — the share of answers a GPT-4 judge rates unsafe (for 08 and
-    10–13, answers without the expected disclaimer); in mmsafe the ``refusal`` judge gives the
-    non-refusal rate and the ``harm`` / ``llm`` judges the harmful rate, per scenario via ``category``.
+    Metrics (paper): attack success rate (ASR, the share of answers a GPT-4 judge rates unsafe; for 08
+    and 10–13, answers without the expected caution) and refusal rate (RR), per scenario; in mmsafe the
+    ``harm`` / ``llm`` judges give the harmful rate (ASR) and the ``refusal`` judge the refusal and
+    non-refusal rates, per scenario via ``category``.
 
     Params: ``scenarios`` — full names or names without the number (default: all 13); ``tiny`` — keep
     only the official 168-question sample from ``TinyVersion_ID_List.json`` (the subset: ``False`` is
@@ -115,6 +117,12 @@ class MMSafetyBench(Benchmark):
         tiny: bool = False
         image_variant: ImageVariant = "none"
         image_dir: str | None = None
+
+        @model_validator(mode="after")
+        def _dir_needs_images(self) -> MMSafetyBench.Params:
+            if self.image_dir is not None and self.image_variant == "none":
+                raise ValueError("image_dir is read only with an image_variant (SD, SD_TYPO or TYPO)")
+            return self
 
         @field_validator("scenarios")
         @classmethod
