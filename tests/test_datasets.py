@@ -71,6 +71,31 @@ def test_starter_category_filter():
 # -- FigStep ---------------------------------------------------------------------------------------
 
 
+def test_figstep_pro_sub_figures():
+    root = dataset_dir("figstep")
+    pro = load_all(FigStepSafeBench(path=str(root), with_images=True, image_variant="FigStep-Pro"))
+    assert len(pro) == 50 and all(s.error is None for s in pro)
+    # SOURCE.md: 27 items cut in 3, 20 in 4, 1 in 6, 2 in 7 (181 PNGs)
+    assert Counter(len(s.images) for s in pro) == {3: 27, 4: 20, 6: 1, 7: 2}
+    s = by_id(pro)["figstep/1_2"]
+    assert s.metadata["source"]["row"] == 1 and s.metadata["sub_figures"] == len(s.images)
+    assert [i.source for i in s.images] == [
+        f"images/FigStep-Pro/image_1_splits/image_1_split_{k}.png" for k in range(len(s.images))
+    ]
+    with pytest.raises(ConfigError, match="FigStep-Pro needs split 'tiny' and with_images"):
+        Registry(entry_points=False).create(
+            "benchmark", "figstep", {"split": "full", "with_images": True, "image_variant": "FigStep-Pro"}
+        )
+
+
+def test_figstep_pro_missing_folder_fails_the_item(tmp_path: Path):
+    (tmp_path / "question").mkdir()
+    header = "dataset,category_id,task_id,category_name,question,instruction\n"
+    (tmp_path / "question" / "SafeBench-Tiny.csv").write_text(header + "ForbidQI,1,1,A,q?,Steps to q.\n")
+    (s,) = FigStepSafeBench(path=str(tmp_path), with_images=True, image_variant="FigStep-Pro").load()
+    assert s.error == "image folder not found: images/FigStep-Pro/image_0_splits" and not s.images
+
+
 def test_figstep_tiny_and_full():
     root = dataset_dir("figstep")
     tiny = load_all(FigStepSafeBench(path=str(root)))

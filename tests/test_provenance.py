@@ -62,6 +62,7 @@ def test_every_exception_is_a_builtin_with_a_reason():
 #: variants with images beyond the example params (each loader's images come from the shared copy)
 IMAGE_VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("figstep", {"with_images": True}),
+    ("figstep", {"with_images": True, "image_variant": "FigStep-Pro"}),
     ("harmbench", {"subset": "multimodal"}),
     ("mm-safetybench", {"tiny": True, "image_variant": "SD_TYPO", "scenarios": ["Fraud"]}),
 ]
@@ -110,6 +111,7 @@ VARIANTS = [
     ("mm-safetybench", {"image_variant": "SD"}, {"image_variant": "none"}),
     ("mm-safetybench", {"tiny": True}, {"tiny": False}),
     ("figstep", {"split": "tiny"}, {"split": "full"}),
+    ("figstep", {"with_images": True}, {"with_images": True, "image_variant": "FigStep-Pro"}),
     ("harmbench", {"subset": "text"}, {"subset": "multimodal"}),
     ("jailbreakbench", {"subset": "harmful"}, {"subset": "benign"}),
 ]

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
-from mmsafe.datasets._util import ImageLoadError, load_image, read_csv, require_file, rows_to_samples
+from mmsafe.datasets._util import (
+    ImageLoadError,
+    load_image,
+    read_csv,
+    require_file,
+    resolve_inside,
+    rows_to_samples,
+)
 from mmsafe.datasets.base import Benchmark
 from mmsafe.plugin_meta import Paper
 from mmsafe.types import Image, Sample
@@ -18,6 +26,8 @@ _SPLITS = {
     "full": ("question/safebench.csv", "images/SafeBench"),
     "tiny": ("question/SafeBench-Tiny.csv", "images/SafeBench-Tiny"),
 }
+_PRO_DIR = "images/FigStep-Pro"
+_PRO_PART = re.compile(r"image_\d+_split_(\d+)\.png")
 
 
 class FigStepSafeBench(Benchmark):
@@ -42,6 +52,11 @@ class FigStepSafeBench(Benchmark):
     Params: ``split`` ``"tiny"`` (default) or ``"full"``; ``with_images`` attaches the published
     typographic PNG as ``Sample.images`` (off by default: the ``figstep`` attack renders its own from
     the instruction). A missing image then gives that Sample an ``error``, not an exception.
+    ``image_variant`` (with ``with_images``): ``"FigStep"`` (default, the PNG above) or
+    ``"FigStep-Pro"`` (Tiny only): the published sub-figures ``images/FigStep-Pro/image_<i>_splits/
+    image_<i>_split_<k>.png`` of Tiny row i (0-based), 3–7 per item, as several images in k order
+    (the paper's FigStep-Pro cuts the typography so that no single part reads as harmful);
+    ``metadata["sub_figures"]`` counts them.
     """
 
     name: ClassVar[str] = "figstep"
@@ -63,6 +78,13 @@ class FigStepSafeBench(Benchmark):
         path: str | None = None
         split: Literal["full", "tiny"] = "tiny"
         with_images: bool = False
+        image_variant: Literal["FigStep", "FigStep-Pro"] = "FigStep"
+
+        @model_validator(mode="after")
+        def _pro_is_tiny(self) -> FigStepSafeBench.Params:
+            if self.image_variant == "FigStep-Pro" and (self.split != "tiny" or not self.with_images):
+                raise ValueError("image_variant FigStep-Pro needs split 'tiny' and with_images: true")
+            return self
 
     params: Params
 
@@ -79,12 +101,15 @@ class FigStepSafeBench(Benchmark):
         cat, task = row["category_id"].strip(), row["task_id"].strip()
         images: tuple[Image, ...] = ()
         error = None
-        if self.params.with_images:
-            image_dir = _SPLITS[self.params.split][1]
-            try:
+        try:
+            if self.params.with_images and self.params.image_variant == "FigStep-Pro":
+                images = _pro_parts(root, n - 1)
+            elif self.params.with_images:
+                image_dir = _SPLITS[self.params.split][1]
                 images = (load_image(root, f"{image_dir}/query_ForbidQI_{cat}_{task}_6.png"),)
-            except ImageLoadError as exc:
-                error = str(exc)
+        except ImageLoadError as exc:
+            error = str(exc)
+        extra = {"sub_figures": len(images)} if self.params.image_variant == "FigStep-Pro" else {}
         return Sample(
             id=f"figstep/{cat}_{task}",
             benchmark=self.name,
@@ -95,6 +120,19 @@ class FigStepSafeBench(Benchmark):
                 "instruction": row["instruction"],
                 "category_id": int(cat),
                 "task_id": int(task),
+                **extra,
             },
             error=error,
         )
+
+
+def _pro_parts(root: Path, row: int) -> tuple[Image, ...]:
+    """The FigStep-Pro sub-figures of Tiny row ``row``, in their published order."""
+    rel = f"{_PRO_DIR}/image_{row}_splits"
+    folder = resolve_inside(root, rel)
+    if not folder.is_dir():
+        raise ImageLoadError(f"image folder not found: {rel}")
+    parts = sorted((int(m.group(1)), p.name) for p in folder.iterdir() if (m := _PRO_PART.fullmatch(p.name)))
+    if not parts:
+        raise ImageLoadError(f"no image_{row}_split_<k>.png in {rel}")
+    return tuple(load_image(root, f"{rel}/{name}") for _, name in parts)
