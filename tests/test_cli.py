@@ -73,6 +73,49 @@ def test_bad_config_exits_2_with_field_and_allowed(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_list_shows_each_benchmarks_size_licence_and_needs(capsys, monkeypatch):
+    from mmsafe.datasets.base import Benchmark
+    from mmsafe.registry import Registry
+
+    class Unstated(Benchmark):
+        """A benchmark that states nothing about its data."""
+
+        name = "unstated"
+
+    class Hostile(Benchmark):
+        """A benchmark whose facts hold a terminal escape."""
+
+        name = "hostile"
+        size = "3 rows\x1b[2J"
+        licence = "MIT"
+
+    real_init = Registry.__init__
+
+    def with_extras(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self.register("benchmark", "unstated", Unstated)
+        self.register("benchmark", "hostile", Hostile)
+
+    monkeypatch.setattr(Registry, "__init__", with_extras)
+    assert main(["list", "benchmark"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == "benchmarks:" and "attacks:" not in out
+
+    def facts(name):
+        i = next(i for i, line in enumerate(lines) if line.split()[:1] == [name])
+        return lines[i + 1].strip()
+
+    assert facts("mm-safetybench") == (
+        "size: 1,680 questions × 3 image kinds; tiny 168 | licence: CC BY-NC 4.0 (research only) | "
+        "needs: data folder (processed_questions/); images: imgs/ folder (upstream zip)"
+    )
+    assert facts("xstest").startswith("size: 450 prompts (250 safe, 200 unsafe) | licence: CC BY 4.0 |")
+    assert facts("starter").endswith("needs: nothing (package data)")
+    assert facts("unstated") == "size: (not stated) | licence: (not stated) | needs: (not stated)"
+    assert "\x1b" not in out and facts("hostile").startswith("size: 3 rows")
+
+
 def test_list_shows_every_kind(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out

@@ -612,7 +612,25 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(f"{kind}s:")
         for name, summary in reg.describe(kind):
             print(f"  {name:<18} {summary}")
+            if kind == "benchmark":
+                print(f"  {'':<18}   {_benchmark_facts(reg, name)}")
     return 0
+
+
+#: the Benchmark class attributes ``mmsafe list`` shows under each benchmark, with their labels
+BENCHMARK_FACTS: tuple[tuple[str, str], ...] = (("size", "size"), ("licence", "licence"), ("needs", "needs"))
+
+
+def _benchmark_facts(reg: Any, name: str) -> str:
+    """``size: … | licence: … | needs: …`` of one benchmark (what is not stated says so), terminal-safe."""
+    try:
+        cls = reg.get("benchmark", name)
+    except Exception:  # its summary line already says it cannot load
+        return "(size, licence and needs unknown: the plugin cannot load)"
+    facts = [(label, getattr(cls, attr, None)) for attr, label in BENCHMARK_FACTS]
+    return " | ".join(
+        f"{label}: {_safe(str(value), 120) if value else '(not stated)'}" for label, value in facts
+    )
 
 
 def _cmd_describe(args: argparse.Namespace) -> int:

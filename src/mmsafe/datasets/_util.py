@@ -26,6 +26,7 @@ __all__ = [
     "rows_to_samples",
     "sample_problem",
     "value_problem",
+    "with_source",
 ]
 
 #: How deeply a value read from a data file may nest (lists/objects in lists/objects); deeper is a row error.
@@ -194,8 +195,13 @@ def rows_to_samples(
     benchmark: str,
     id_prefix: str = "",
     repeated_ids: Literal["keep", "mark"] = "keep",
+    source_file: str | None = None,
 ) -> Iterator[Sample]:
     """``to_sample(n, row)`` for each numbered row; a row it cannot map becomes an errored Sample.
+
+    Rows are numbered from 1 (a CSV data row, a JSONL line). With ``source_file`` (the file's path
+    relative to the dataset root) every Sample, errored ones included, records its provenance
+    ``metadata["source"] = {"file": source_file, "row": n - 1}`` (see :func:`with_source`).
 
     A row whose mapping raises (a missing column, a bad value) or whose Sample holds text that cannot
     be stored (see :func:`sample_problem`) yields ``Sample(id=f"{id_prefix}row-{n}", error=…)`` with
@@ -209,6 +215,8 @@ def rows_to_samples(
     # table at 20,000 ids), a dict's holds about a third of that; the loader lives as long as the run
     seen: dict[str, None] = {}
     for n, sample in _map_rows(rows, to_sample, benchmark=benchmark, id_prefix=id_prefix):
+        if source_file is not None:
+            sample = with_source(sample, file=source_file, row=n - 1)
         if repeated_ids == "mark":
             if sample.id in seen:
                 sample = sample.model_copy(
@@ -216,6 +224,13 @@ def rows_to_samples(
                 )
             seen[sample.id] = None
         yield sample
+
+
+def with_source(sample: Sample, *, file: str, row: int) -> Sample:
+    """``sample`` with its provenance ``metadata["source"] = {"file": file, "row": row}``: the data
+    file's path relative to the dataset root and the 0-based row (or item) index in that file. Every
+    built-in loader records it, so two runs can be shown to have read the same items."""
+    return sample.model_copy(update={"metadata": {**sample.metadata, "source": {"file": file, "row": row}}})
 
 
 def _map_rows(

@@ -20,12 +20,25 @@ class Benchmark(Component):
 
     ``load`` yields samples with ids that are stable across runs (resume depends on it). A row that
     cannot be read becomes a Sample with ``error`` set, so it is recorded as failed, not dropped.
-    Loaders read local files only; they never download.
+    Loaders read local files only; they never download. Every Sample records where it came from:
+    ``metadata["source"] = {"file": <path relative to the dataset root>, "row": <0-based index>}``
+    (:func:`mmsafe.datasets._util.with_source`); a dataset's variant, subset or split is a param, so
+    it is part of the benchmark's spec key.
+
+    What ``mmsafe list benchmark`` shows about a set, one short line each (None: not stated):
+    ``size`` (rows, e.g. "1,680 questions; tiny 168"), ``licence`` (of the data) and ``needs`` (what
+    the user supplies, e.g. "data folder; images: user folder (COCO)").
     """
 
     kind: ClassVar[str] = "benchmark"
     #: sub-folder name looked up under $MMSAFE_DATA_DIR when ``params.path`` is not given
     default_folder: ClassVar[str | None] = None
+    #: how many items the set holds, per variant ("1,680 questions; tiny 168")
+    size: ClassVar[str | None] = None
+    #: the data's licence ("CC BY-NC 4.0")
+    licence: ClassVar[str | None] = None
+    #: what the user must supply ("data folder (github.com/…); images: user folder (COCO)")
+    needs: ClassVar[str | None] = None
 
     def load(self) -> Iterator[Sample]:
         raise NotImplementedError

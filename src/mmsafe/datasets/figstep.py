@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
-from mmsafe.datasets._util import ImageLoadError, load_image, read_csv, require_file, rows_to_samples
+from mmsafe.datasets._util import (
+    ImageLoadError,
+    load_image,
+    read_csv,
+    require_file,
+    resolve_inside,
+    rows_to_samples,
+)
 from mmsafe.datasets.base import Benchmark
 from mmsafe.plugin_meta import Paper
 from mmsafe.types import Image, Sample
@@ -18,6 +26,8 @@ _SPLITS = {
     "full": ("question/safebench.csv", "images/SafeBench"),
     "tiny": ("question/SafeBench-Tiny.csv", "images/SafeBench-Tiny"),
 }
+_PRO_DIR = "images/FigStep-Pro"
+_PRO_PART = re.compile(r"image_\d+_split_(\d+)\.png")
 
 
 class FigStepSafeBench(Benchmark):
@@ -33,6 +43,7 @@ class FigStepSafeBench(Benchmark):
 
     Field mapping: ``category_id`` + ``task_id`` → ``Sample.id`` ``"figstep/{category_id}_{task_id}"``
     (the Tiny split is SafeBench's tasks 1–5, so a Tiny id names the same question as in full);
+    ``metadata["source"]`` = ``{"file": "question/<csv>", "row": <0-based data row>}``;
     ``category_name`` → ``category``; ``question`` → ``text``; ``instruction`` (the declarative
     "Steps to …" rephrasing) → ``metadata["instruction"]``; also ``metadata["category_id"]`` and
     ``metadata["task_id"]`` (ints). Every item is ``expected=refuse``, including the last three topics
@@ -41,6 +52,11 @@ class FigStepSafeBench(Benchmark):
     Params: ``split`` ``"tiny"`` (default) or ``"full"``; ``with_images`` attaches the published
     typographic PNG as ``Sample.images`` (off by default: the ``figstep`` attack renders its own from
     the instruction). A missing image then gives that Sample an ``error``, not an exception.
+    ``image_variant`` (with ``with_images``): ``"FigStep"`` (default, the PNG above) or
+    ``"FigStep-Pro"`` (Tiny only): the published sub-figures ``images/FigStep-Pro/image_<i>_splits/
+    image_<i>_split_<k>.png`` of Tiny row i (0-based), 3–7 per item, as several images in k order
+    (the paper's FigStep-Pro cuts the typography so that no single part reads as harmful);
+    ``metadata["sub_figures"]`` counts them.
     """
 
     name: ClassVar[str] = "figstep"
@@ -52,6 +68,9 @@ class FigStepSafeBench(Benchmark):
         threat_model="harmful questions (SafeBench) for a black-box attacker who sends one query per item",
     )
     default_folder: ClassVar[str | None] = "figstep"
+    size: ClassVar[str | None] = "500 questions; tiny 50"
+    licence: ClassVar[str | None] = "MIT"
+    needs: ClassVar[str | None] = "data folder (github.com/ThuCCSLab/FigStep: question/, images/)"
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -59,25 +78,38 @@ class FigStepSafeBench(Benchmark):
         path: str | None = None
         split: Literal["full", "tiny"] = "tiny"
         with_images: bool = False
+        image_variant: Literal["FigStep", "FigStep-Pro"] = "FigStep"
+
+        @model_validator(mode="after")
+        def _pro_is_tiny(self) -> FigStepSafeBench.Params:
+            if self.image_variant == "FigStep-Pro" and (self.split != "tiny" or not self.with_images):
+                raise ValueError("image_variant FigStep-Pro needs split 'tiny' and with_images: true")
+            return self
 
     params: Params
 
     def load(self) -> Iterator[Sample]:
         root = self.root()
-        rows = read_csv(require_file(root, _SPLITS[self.params.split][0], benchmark=self.name))
+        rel = _SPLITS[self.params.split][0]
+        rows = read_csv(require_file(root, rel, benchmark=self.name))
         to_sample = partial(self._sample, root=root)
-        yield from rows_to_samples(enumerate(rows, 1), to_sample, benchmark=self.name, id_prefix="figstep/")
+        yield from rows_to_samples(
+            enumerate(rows, 1), to_sample, benchmark=self.name, id_prefix="figstep/", source_file=rel
+        )
 
     def _sample(self, n: int, row: dict[str, str], *, root: Path) -> Sample:
         cat, task = row["category_id"].strip(), row["task_id"].strip()
         images: tuple[Image, ...] = ()
         error = None
-        if self.params.with_images:
-            image_dir = _SPLITS[self.params.split][1]
-            try:
+        try:
+            if self.params.with_images and self.params.image_variant == "FigStep-Pro":
+                images = _pro_parts(root, n - 1)
+            elif self.params.with_images:
+                image_dir = _SPLITS[self.params.split][1]
                 images = (load_image(root, f"{image_dir}/query_ForbidQI_{cat}_{task}_6.png"),)
-            except ImageLoadError as exc:
-                error = str(exc)
+        except ImageLoadError as exc:
+            error = str(exc)
+        extra = {"sub_figures": len(images)} if self.params.image_variant == "FigStep-Pro" else {}
         return Sample(
             id=f"figstep/{cat}_{task}",
             benchmark=self.name,
@@ -88,6 +120,19 @@ class FigStepSafeBench(Benchmark):
                 "instruction": row["instruction"],
                 "category_id": int(cat),
                 "task_id": int(task),
+                **extra,
             },
             error=error,
         )
+
+
+def _pro_parts(root: Path, row: int) -> tuple[Image, ...]:
+    """The FigStep-Pro sub-figures of Tiny row ``row``, in their published order."""
+    rel = f"{_PRO_DIR}/image_{row}_splits"
+    folder = resolve_inside(root, rel)
+    if not folder.is_dir():
+        raise ImageLoadError(f"image folder not found: {rel}")
+    parts = sorted((int(m.group(1)), p.name) for p in folder.iterdir() if (m := _PRO_PART.fullmatch(p.name)))
+    if not parts:
+        raise ImageLoadError(f"no image_{row}_split_<k>.png in {rel}")
+    return tuple(load_image(root, f"{rel}/{name}") for _, name in parts)

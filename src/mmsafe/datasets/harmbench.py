@@ -53,7 +53,8 @@ class HarmBench(Benchmark):
     Field mapping (both subsets): ``BehaviorID`` → ``Sample.id`` ``"harmbench/<BehaviorID>"``;
     ``SemanticCategory`` → ``category``; the ``optimizer_targets`` entry for the id ("Sure, here's …")
     → ``target`` (``None`` if absent); ``metadata``: ``behavior_id``, ``behavior`` (the raw request),
-    ``functional_category``, ``tags``. Every item is ``expected=refuse``.
+    ``functional_category``, ``tags``, ``source`` (``{"file": <CSV path>, "row": <0-based data
+    row>}``). Every item is ``expected=refuse``.
 
     Text subset: ``text`` = ``Behavior``; for a contextual behaviour it is ``ContextString``, a line
     ``---`` between blank lines, then ``Behavior`` — the layout HarmBench's own baselines use
@@ -83,6 +84,9 @@ class HarmBench(Benchmark):
         ),
     )
     default_folder: ClassVar[str | None] = "harmbench"
+    size: ClassVar[str | None] = "text 400 (test 320, val 80); multimodal 110"
+    licence: ClassVar[str | None] = "MIT (multimodal images: their own copyrights)"
+    needs: ClassVar[str | None] = "data folder (HarmBench's data/); images included"
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -128,7 +132,9 @@ class HarmBench(Benchmark):
             return self._sample(row, targets, text=text, metadata=meta)
 
         rows = read_csv(require_file(root, rel, benchmark=self.name))
-        yield from rows_to_samples(enumerate(rows, 1), to_sample, benchmark=self.name, id_prefix="harmbench/")
+        yield from rows_to_samples(
+            enumerate(rows, 1), to_sample, benchmark=self.name, id_prefix="harmbench/", source_file=rel
+        )
 
     def _multimodal(self, root: Path, targets: dict[str, Any]) -> Iterator[Sample]:
         def to_sample(n: int, row: dict[str, str]) -> Sample:
@@ -154,7 +160,9 @@ class HarmBench(Benchmark):
             return self._sample(row, targets, text=row["Behavior"], metadata=meta, images=images, error=error)
 
         rows = read_csv(require_file(root, _MM_FILE, benchmark=self.name))
-        yield from rows_to_samples(enumerate(rows, 1), to_sample, benchmark=self.name, id_prefix="harmbench/")
+        yield from rows_to_samples(
+            enumerate(rows, 1), to_sample, benchmark=self.name, id_prefix="harmbench/", source_file=_MM_FILE
+        )
 
     @staticmethod
     def _meta(row: dict[str, str], functional: str) -> dict[str, Any]:

@@ -33,7 +33,8 @@ class JailbreakBench(Benchmark):
     Field mapping: ``Index`` → ``Sample.id`` ``"jbb/harmful/<Index>"`` or ``"jbb/benign/<Index>"``;
     ``Goal`` → ``text``; ``Target`` ("Sure, here is …") → ``target``; ``Category`` (10 categories, the
     same for a harmful row and its benign counterpart) → ``category``; ``metadata``: ``subset``,
-    ``index`` (int), ``behavior``, ``source`` and ``pair_id`` (the id of the same-index row of the
+    ``index`` (int), ``behavior``, ``behavior_source`` (the ``Source`` column: where the behaviour
+    was taken from), ``source`` (provenance: ``{"file": <CSV>, "row": <0-based data row>}``) and ``pair_id`` (the id of the same-index row of the
     other subset: benign row i is the topic-matched control of harmful row i). Harmful rows are
     ``expected=refuse``, benign rows ``expected=comply``.
 
@@ -49,6 +50,9 @@ class JailbreakBench(Benchmark):
         threat_model="harmful behaviours and benign twins for black-box jailbreak attacks",
     )
     default_folder: ClassVar[str | None] = "jailbreakbench"
+    size: ClassVar[str | None] = "100 harmful + 100 benign behaviours"
+    licence: ClassVar[str | None] = "MIT"
+    needs: ClassVar[str | None] = "data folder (JBB-Behaviors CSVs); text only"
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -62,10 +66,13 @@ class JailbreakBench(Benchmark):
         root = self.root()
         subsets = ("harmful", "benign") if self.params.subset == "both" else (self.params.subset,)
         for subset in subsets:
-            rows = read_csv(require_file(root, _SUBSETS[subset][0], benchmark=self.name))
+            rel = _SUBSETS[subset][0]
+            rows = read_csv(require_file(root, rel, benchmark=self.name))
             to_sample = partial(self._sample, subset=subset)
             prefix = f"jbb/{subset}/"
-            yield from rows_to_samples(enumerate(rows, 1), to_sample, benchmark=self.name, id_prefix=prefix)
+            yield from rows_to_samples(
+                enumerate(rows, 1), to_sample, benchmark=self.name, id_prefix=prefix, source_file=rel
+            )
 
     def _sample(self, n: int, row: dict[str, str], *, subset: str) -> Sample:
         expected = _SUBSETS[subset][1]
@@ -82,7 +89,7 @@ class JailbreakBench(Benchmark):
                 "subset": subset,
                 "index": int(index),
                 "behavior": row.get("Behavior"),
-                "source": row.get("Source"),
+                "behavior_source": row.get("Source"),
                 "pair_id": f"jbb/{other}/{index}",
             },
         )

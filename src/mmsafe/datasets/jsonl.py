@@ -54,7 +54,10 @@ class GenericFile(Benchmark):
     - ``references`` [``answers``] → ``references`` (reference answers for the ``utility`` judge):
       in JSONL a string, a list of strings, or VQAv2-style ``[{"answer": …}, …]``; in CSV
       answers separated by ``|``. Items with references are normally ``expected: comply``.
-    - every other column → ``metadata`` (e.g. an ``instruction`` column for the FigStep attack).
+    - every other column → ``metadata`` (e.g. an ``instruction`` column for the FigStep attack); a
+      column named ``source`` goes to ``metadata["source_column"]``, because ``metadata["source"]``
+      is the provenance: ``{"file": <the file, relative to root when inside it>, "row": n - 1}``
+      (n = the line number in JSONL, the data-row number in CSV, as in the row ids).
 
     A row that cannot be read becomes an errored Sample whose error names the line (JSONL) or data
     row (CSV) and the reason, and the rows around it load as usual; blank lines are skipped. That
@@ -69,6 +72,9 @@ class GenericFile(Benchmark):
     """
 
     name: ClassVar[str] = "jsonl"
+    size: ClassVar[str | None] = "yours"
+    licence: ClassVar[str | None] = "yours"
+    needs: ClassVar[str | None] = "a JSONL/CSV file; images: user folder (params.root)"
     example_params: ClassVar[dict[str, Any]] = {"file": "items.jsonl"}
 
     class Params(BaseModel):
@@ -133,7 +139,13 @@ class GenericFile(Benchmark):
                 return Sample(id=sid, benchmark=self.name, error=problem)
             return self._sample(row, root, n=n, csv_mode=fmt == "csv")
 
-        yield from rows_to_samples(rows, to_sample, benchmark=self.name, repeated_ids="mark")
+        try:
+            source_file = path.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:  # the file lives outside the image root: name it as the user gave it
+            source_file = self.params.file
+        yield from rows_to_samples(
+            rows, to_sample, benchmark=self.name, repeated_ids="mark", source_file=source_file
+        )
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -208,6 +220,8 @@ class GenericFile(Benchmark):
         raw_id = row.get(p.id)
         sid = str(raw_id).strip() if raw_id not in (None, "") else f"row-{n}"
         metadata = {k: v for k, v in row.items() if k not in mapped}
+        if "source" in metadata:  # metadata["source"] is the provenance; the user's column moves aside
+            metadata["source_column"] = metadata.pop("source")
         errors: list[str] = []
 
         text = row.get(p.text)

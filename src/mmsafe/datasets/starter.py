@@ -59,12 +59,16 @@ class Starter(Benchmark):
 
     Field mapping: ``id`` → ``Sample.id`` as ``"starter/<id>"``; ``question`` → ``text``;
     ``instruction`` → ``metadata["instruction"]`` (the FigStep-style rephrasing a typographic
-    attack renders); ``target`` → ``target``; ``category`` → ``category``; ``expected`` → ``expected``.
+    attack renders); ``metadata["source"]`` = ``{"file": "starter.yaml", "row": <0-based index in
+    its items>}`` (relative to ``mmsafe/data/``); ``target`` → ``target``; ``category`` → ``category``; ``expected`` → ``expected``.
 
     Params: ``categories`` — keep only these categories (default: all).
     """
 
     name: ClassVar[str] = "starter"
+    size: ClassVar[str | None] = "40 requests (24 harmful, 16 benign)"
+    licence: ClassVar[str | None] = "Apache-2.0 (ships with mmsafe)"
+    needs: ClassVar[str | None] = "nothing (package data)"
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -78,7 +82,7 @@ class Starter(Benchmark):
 
     def load(self) -> Iterator[Sample]:
         wanted = set(self.params.categories) if self.params.categories else None
-        for item in _read_items():
+        for row, item in enumerate(_read_items()):
             if wanted is not None and item.category not in wanted:
                 continue
             yield Sample(
@@ -88,5 +92,9 @@ class Starter(Benchmark):
                 text=item.question,
                 expected=item.expected,
                 target=item.target,
-                metadata={"instruction": item.instruction, "benign": item.expected is Expected.comply},
+                metadata={
+                    "instruction": item.instruction,
+                    "benign": item.expected is Expected.comply,
+                    "source": {"file": "starter.yaml", "row": row},
+                },
             )

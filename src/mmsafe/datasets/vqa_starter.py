@@ -143,7 +143,8 @@ class VQAStarter(Benchmark):
     Categories: ``text_reading``, ``colour``, ``counting``, ``shape``, ``arithmetic``.
     Field mapping: ``id`` → ``Sample.id`` as ``"vqa-starter/<id>"``; ``question`` (+ the short-answer
     instruction) → ``text``; ``answers`` → ``references``; the drawn scene → one PNG image;
-    ``metadata`` = ``{"benign": True, "question": <question>}``.
+    ``metadata`` = ``{"benign": True, "question": <question>, "source": {"file": "vqa_starter.yaml",
+    "row": <0-based index in its items>}}``.
 
     Params: ``categories`` (default: all); ``short_answer`` (default ``True``: append
     :data:`SHORT_ANSWER_PROMPT` after the question); ``font_path`` (default: FreeMonoBold, else
@@ -151,6 +152,9 @@ class VQAStarter(Benchmark):
     """
 
     name: ClassVar[str] = "vqa-starter"
+    size: ClassVar[str | None] = "24 visual questions with answers"
+    licence: ClassVar[str | None] = "Apache-2.0 (ships with mmsafe)"
+    needs: ClassVar[str | None] = "nothing (package data; images drawn at load time)"
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -169,17 +173,25 @@ class VQAStarter(Benchmark):
 
         font_path, _ = find_font(self.params.font_path)
         wanted = set(self.params.categories) if self.params.categories else None
-        for item in _read_items():
+        for row, item in enumerate(_read_items()):
             if wanted is not None and item.category not in wanted:
                 continue
+            source = {"file": "vqa_starter.yaml", "row": row}
             text = f"{item.question}\n{SHORT_ANSWER_PROMPT}" if self.params.short_answer else item.question
             sid = f"vqa-starter/{item.id}"
             try:
                 image = Image.from_pil(render_scene(item.scene, font_path), source=sid)
             except Exception as exc:  # a font that cannot draw fails this item, not the run
-                yield Sample(id=sid, benchmark=self.name, category=item.category, text=text,
-                             expected=Expected.comply, references=item.answers,
-                             error=f"cannot draw the image: {type(exc).__name__}: {exc}")
+                yield Sample(
+                    id=sid,
+                    benchmark=self.name,
+                    category=item.category,
+                    text=text,
+                    expected=Expected.comply,
+                    references=item.answers,
+                    metadata={"source": source},
+                    error=f"cannot draw the image: {type(exc).__name__}: {exc}",
+                )
                 continue
             yield Sample(
                 id=sid,
@@ -189,5 +201,5 @@ class VQAStarter(Benchmark):
                 images=(image,),
                 expected=Expected.comply,
                 references=item.answers,
-                metadata={"benign": True, "question": item.question},
+                metadata={"benign": True, "question": item.question, "source": source},
             )

@@ -12,6 +12,7 @@ from mmsafe.datasets.base import Benchmark
 from mmsafe.plugin_meta import Paper
 from mmsafe.types import Expected, Sample
 
+_FILE = "xstest_prompts.csv"
 _EXPECTED = {"safe": Expected.comply, "unsafe": Expected.refuse}
 
 
@@ -27,7 +28,8 @@ class XSTest(Benchmark):
     Field mapping: ``id`` → ``Sample.id`` ``"xstest/<id>"``; ``prompt`` → ``text``; ``type`` (one of
     18, e.g. ``homonyms``, ``contrast_homonyms``) → ``category``; ``label`` (``safe``/``unsafe``) →
     ``label`` and ``expected`` (``safe`` → ``comply``, ``unsafe`` → ``refuse``); ``focus`` and
-    ``note`` → ``metadata``. A row with any other label gets an ``error``.
+    ``note`` → ``metadata``, with ``source`` (``{"file": "xstest_prompts.csv", "row": <0-based data
+    row>}``). A row with any other label gets an ``error``.
     """
 
     name: ClassVar[str] = "xstest"
@@ -39,6 +41,9 @@ class XSTest(Benchmark):
         threat_model="none: safe prompts that look unsafe (over-refusal), with unsafe contrast prompts",
     )
     default_folder: ClassVar[str | None] = "xstest"
+    size: ClassVar[str | None] = "450 prompts (250 safe, 200 unsafe)"
+    licence: ClassVar[str | None] = "CC BY 4.0"
+    needs: ClassVar[str | None] = "data folder (xstest_prompts.csv); text only"
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -48,8 +53,10 @@ class XSTest(Benchmark):
     params: Params
 
     def load(self) -> Iterator[Sample]:
-        rows = read_csv(require_file(self.root(), "xstest_prompts.csv", benchmark=self.name))
-        yield from rows_to_samples(enumerate(rows, 1), self._sample, benchmark=self.name, id_prefix="xstest/")
+        rows = read_csv(require_file(self.root(), _FILE, benchmark=self.name))
+        yield from rows_to_samples(
+            enumerate(rows, 1), self._sample, benchmark=self.name, id_prefix="xstest/", source_file=_FILE
+        )
 
     def _sample(self, n: int, row: dict[str, str]) -> Sample:
         label = row["label"].strip()
