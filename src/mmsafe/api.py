@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from mmsafe.metrics.summary import SummaryRow
     from mmsafe.registry import Component, Registry
+    from mmsafe.report import Summary
 
 __all__ = ["EvalResult", "create", "evaluate"]
 
@@ -39,8 +41,8 @@ class EvalResult:
     written: int
     skipped: int
     errors: int
-    rows: list[dict[str, Any]] = field(repr=False)
-    summary: dict[str, Any] = field(repr=False)
+    rows: list[SummaryRow] = field(repr=False)
+    summary: Summary = field(repr=False)
     files: dict[str, Path] = field(repr=False)
 
 
@@ -76,7 +78,7 @@ def evaluate(
     config = run_config(data)
     out_dir = Path(out) if out is not None else Path("mmsafe-out") / config.name
     result = run(config, out_dir, registry=registry, progress=progress)
-    summary = json.loads(result.files["summary"].read_text(encoding="utf-8"))
+    summary: Summary = json.loads(result.files["summary"].read_text(encoding="utf-8"))
     return EvalResult(
         out_dir=out_dir,
         n_records=int(summary["n_records"]),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from enum import Enum
 from itertools import chain
-from typing import Any
+from typing import Any, Literal, Required, TypedDict, cast
 
 from mmsafe.metrics.classification import accuracy, macro_f1
 from mmsafe.metrics.privacy import PrivacyItem, protection_score
@@ -19,7 +19,39 @@ from mmsafe.metrics.rates import Outcome, attack_success_rate, outcome, over_ref
 from mmsafe.metrics.utility import mean_utility
 from mmsafe.types import ComponentSpec, Expected, Record
 
-__all__ = ["ALL", "labels_of", "spec_labels", "summarise", "summarise_groups"]
+__all__ = ["ALL", "CellKey", "SummaryRow", "labels_of", "spec_labels", "summarise", "summarise_groups"]
+
+#: the labels that name a summary row's cell
+CellKey = Literal["model", "benchmark", "attack", "defense", "judge", "category"]
+
+
+class SummaryRow(TypedDict, total=False):
+    """One row of a summary (:func:`summarise`; ``summary.json``'s ``rows``): the cell's labels, its
+    counts and rates. Each rate is ``Rate.as_dict()`` (``{k, n, value, lo, hi}``); the others are
+    present only where they apply. The report adds ``construct`` and ``rate_name`` (what the judge's
+    success rate measures)."""
+
+    model: str
+    benchmark: str
+    attack: str
+    defense: str
+    judge: str
+    category: str
+    n: Required[int]
+    n_errors: Required[int]
+    asr: Required[dict[str, Any]]
+    refusal: Required[dict[str, Any]]
+    over_refusal: Required[dict[str, Any]]
+    #: detection-style items (``expected=label``): accuracy (Wilson) and macro-F1 (bootstrap)
+    accuracy: dict[str, Any]
+    macro_f1: dict[str, Any] | None
+    #: must-comply items scored by a utility judge: mean score with a bootstrap interval
+    utility: dict[str, Any]
+    #: benchmarks that ask for it (PrivQA): protection score, sensitivity, specificity
+    protection: dict[str, Any] | None
+    construct: str
+    rate_name: str
+
 
 #: Category label of the per-cell row that pools every category.
 ALL = "ALL"
@@ -69,18 +101,21 @@ def _label(value: Any, field: str, labels: dict[tuple[str, str], str]) -> str:
 
 def _row(
     cell: dict[str, str], items: Collection[Outcome], z: float, *, protection: bool = False
-) -> dict[str, Any]:
-    return {
-        **cell,
-        "n": len(items),
-        "n_errors": sum(o.error for o in items),
-        "asr": attack_success_rate(items, z=z).as_dict(),
-        "refusal": refusal_rate(items, z=z).as_dict(),
-        "over_refusal": over_refusal_rate(items, z=z).as_dict(),
-        **_detection(items, z),
-        **_utility(items),
-        **(_protection(items, z) if protection else {}),
-    }
+) -> SummaryRow:
+    return cast(
+        SummaryRow,
+        {
+            **cell,
+            "n": len(items),
+            "n_errors": sum(o.error for o in items),
+            "asr": attack_success_rate(items, z=z).as_dict(),
+            "refusal": refusal_rate(items, z=z).as_dict(),
+            "over_refusal": over_refusal_rate(items, z=z).as_dict(),
+            **_detection(items, z),
+            **_utility(items),
+            **(_protection(items, z) if protection else {}),
+        },
+    )
 
 
 def _protection(items: Collection[Outcome], z: float) -> dict[str, Any]:
@@ -133,7 +168,7 @@ def summarise(
     by: Sequence[str] = ("model", "benchmark", "attack", "defense", "judge", "category"),
     *,
     z: float = 1.96,
-) -> list[dict[str, Any]]:
+) -> list[SummaryRow]:
     """Group records by ``by`` and compute n, n_errors, ASR, refusal and over-refusal per group.
 
     Component fields (model, benchmark, attack, defense, judge) are labelled by spec name, with
@@ -157,7 +192,7 @@ def summarise_groups(
     *,
     z: float = 1.96,
     protection: Collection[str] = (),
-) -> list[dict[str, Any]]:
+) -> list[SummaryRow]:
     """The rows of :func:`summarise` from outcomes already grouped: ``groups`` maps the labels of
     ``by`` (in that order; a category is its text) to the group's outcomes, in the order
     :func:`summarise` would have met their records. A group may be any collection that can be
@@ -165,10 +200,10 @@ def summarise_groups(
     Rows whose ``benchmark`` label is in ``protection`` also get the protection score (``protection``)."""
     by = tuple(by)
 
-    def row(cell: dict[str, str], items: Collection[Outcome]) -> dict[str, Any]:
+    def row(cell: dict[str, str], items: Collection[Outcome]) -> SummaryRow:
         return _row(cell, items, z, protection=cell.get("benchmark") in protection)
 
-    rows: list[dict[str, Any]] = []
+    rows: list[SummaryRow] = []
     if "category" not in by:
         for key in sorted(groups):
             rows.append(row(dict(zip(by, key, strict=True)), groups[key]))

@@ -8,10 +8,11 @@ import time
 from collections.abc import Collection, Mapping
 from itertools import chain
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NotRequired, TypedDict, cast
 
 from mmsafe.judges.base import Judge, rate_name
 from mmsafe.metrics.rates import Outcome
+from mmsafe.metrics.summary import CellKey, SummaryRow
 from mmsafe.report.tally import AXES, CellOutcomes, DefenseUse, Tally
 from mmsafe.store.sqlite import Store
 from mmsafe.types import ComponentSpec
@@ -19,7 +20,33 @@ from mmsafe.types import ComponentSpec
 log = logging.getLogger("mmsafe.report")
 
 
-def build_summary(store: Store) -> dict[str, Any]:
+#: the labels of a summary row's cell, without its category
+CELL_KEYS: tuple[CellKey, ...] = ("benchmark", "model", "attack", "defense", "judge")
+
+
+class Summary(TypedDict):
+    """``summary.json``: what :func:`build_summary` reads from a store and every renderer reads."""
+
+    generated: float
+    runs: list[str]
+    n_records: int
+    n_errors: int
+    #: store rows that could not be read back (damaged, or from another mmsafe version): counted nowhere else
+    n_unreadable: int
+    unreadable: list[str]
+    models: list[dict[str, Any]]
+    components: dict[str, list[dict[str, Any]]]
+    rows: list[SummaryRow]
+    adversarial: list[dict[str, Any]]
+    judge_agreement: list[dict[str, Any]]
+    effects: list[dict[str, Any]]
+    defenses: list[dict[str, Any]]
+    judges: list[dict[str, Any]]
+    #: harm rates corrected for the judge's measured error (:func:`calibrated_rates`)
+    calibrated: NotRequired[list[dict[str, Any]]]
+
+
+def build_summary(store: Store) -> Summary:
     """The summary of every readable record of ``store``.
 
     The records are read once, slim and in cell order (see :meth:`Store.iter_records`), into a
@@ -41,14 +68,14 @@ def summarise_tally(
     runs: list[str],
     unreadable: dict[str, str],
     judge_evals: Mapping[str, list[dict[str, Any]]] | None = None,
-) -> dict[str, Any]:
+) -> Summary:
     """The summary of the records gathered in ``tally`` (see :func:`build_summary`); ``judge_evals``
     maps a judge's spec key to its evaluations recorded in the store (:meth:`Store.judge_evals`)."""
     from mmsafe.metrics import labels_of, summarise_groups
 
     labels = labels_of({axis: specs.values() for axis, specs in tally.specs.items()})
     components = tally.components
-    summary: dict[str, Any] = {
+    summary: Summary = {
         "generated": time.time(),
         "runs": runs,
         "n_records": tally.n_records,
@@ -107,7 +134,7 @@ def _groups(tally: Tally, labels: dict[tuple[str, str], str]) -> dict[tuple[str,
     return {key: parts[0] if len(parts) == 1 else list(chain(*parts)) for key, parts in groups.items()}
 
 
-def calibrated_rates(rows: list[dict[str, Any]], notes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def calibrated_rates(rows: list[SummaryRow], notes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """For each overall cell whose judge has a harm judge-eval on record: its rate corrected for the
     judge's measured sensitivity and specificity (Rogan-Gladen), naming the labelled data used. The
     evaluation with the most rows is used; refusal-construct evaluations never correct a harm rate."""
@@ -132,7 +159,7 @@ def calibrated_rates(rows: list[dict[str, Any]], notes: list[dict[str, Any]]) ->
         est = rogan_gladen(rate["k"], rate["n"], tp=tp, fn=fn, tn=tn, fp=fp)
         if est is None:
             continue
-        cell = {c: row[c] for c in ("benchmark", "model", "attack", "defense", "judge")}
+        cell: dict[str, str] = {c: row[c] for c in CELL_KEYS}
         out.append({**cell, **est, "data_name": ev.get("data_name"), "data_n": ev.get("n")})
     return out
 

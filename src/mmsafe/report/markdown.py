@@ -10,11 +10,15 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from mmsafe.metrics.summary import CellKey, SummaryRow
 from mmsafe.report.escape import md_cell
 
-CELL = ("benchmark", "model", "attack", "defense", "judge")
+if TYPE_CHECKING:
+    from mmsafe.report import Summary
+
+CELL: tuple[CellKey, ...] = ("benchmark", "model", "attack", "defense", "judge")
 
 
 def _pct(rate: dict[str, Any] | None) -> str:
@@ -30,7 +34,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def render(
-    summary: dict[str, Any],
+    summary: Summary,
     *,
     errors: Sequence[tuple[str, str, int, str]] = (),
     examples: Sequence[dict[str, Any]] = (),
@@ -108,7 +112,7 @@ def render(
     lines += _judges(summary.get("judges") or [], summary.get("judge_agreement") or [])
     lines += _adversarial(summary.get("adversarial") or [])
     lines += ["", "## Per category", ""]
-    by_cell: dict[tuple, list[dict]] = defaultdict(list)
+    by_cell: dict[tuple[str, ...], list[SummaryRow]] = defaultdict(list)
     for r in rows:
         if r["category"] != "ALL":
             by_cell[tuple(r[c] for c in CELL)].append(r)
@@ -150,7 +154,7 @@ def render(
     return "\n".join(lines)
 
 
-def _detection_cells(row: dict[str, Any]) -> list[str]:
+def _detection_cells(row: SummaryRow) -> list[str]:
     """Accuracy (Wilson interval, k/n) and macro-F1 (bootstrap interval) of a detection row, or dashes."""
     f1 = row.get("macro_f1")
     return [
@@ -159,7 +163,7 @@ def _detection_cells(row: dict[str, Any]) -> list[str]:
     ]
 
 
-def _privacy(rows: Sequence[dict[str, Any]], judges: Sequence[dict[str, Any]]) -> list[str]:
+def _privacy(rows: Sequence[SummaryRow], judges: Sequence[dict[str, Any]]) -> list[str]:
     """PrivQA-style rows: protection score, its two rates, and the response F1 when the judge is the
     utility judge with ``metric: f1`` (its mean score on the control items)."""
     rows = [r for r in rows if "protection" in r]
