@@ -66,7 +66,8 @@ SHARED = frozenset(
         "ocr",
         "store",
         "lora",  # LoRA adapters: trainers save them, model backends load them
-        "plugin_meta",
+        "plugin_meta",  # typed capabilities and paper metadata every plugin class declares
+        "papers",  # papers cited by more than one plugin
         "components",  # declared sub-components: the base classes create, load, cache and close them
         "llama_guard",  # the Llama Guard prompt format, read by the guard judge and the guard-input defense
         "embeddings",  # the MiniLM sentence embedder (learned judge, AdaShield, JailGuard, harm model)

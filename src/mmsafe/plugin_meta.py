@@ -72,6 +72,10 @@ class Paper(BaseModel):
     #: who attacks (or defends) with what access, in one line
     threat_model: str
 
+    def threat(self, threat_model: str) -> Paper:
+        """This paper, as cited by a plugin with its own ``threat_model`` (see :mod:`mmsafe.papers`)."""
+        return self.model_copy(update={"threat_model": threat_model})
+
 
 def _type_name(annotation: Any) -> str:
     """``tuple[str, ...] | None`` for a field's annotation, without ``Annotated`` validators."""

@@ -10,6 +10,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from mmsafe import papers
 from mmsafe.datasets._util import (
     ImageLoadError,
     load_image,
@@ -60,12 +61,8 @@ class FigStepSafeBench(Benchmark):
     """
 
     name: ClassVar[str] = "figstep"
-    paper: ClassVar[Paper | None] = Paper(
-        title="FigStep: Jailbreaking Large Vision-Language Models via Typographic Visual Prompts",
-        authors="Gong et al.",
-        year=2025,
-        url="https://arxiv.org/abs/2311.05608",
-        threat_model="harmful questions (SafeBench) for a black-box attacker who sends one query per item",
+    paper: ClassVar[Paper | None] = papers.FIGSTEP.threat(
+        "harmful questions (SafeBench) for a black-box attacker who sends one query per item"
     )
     default_folder: ClassVar[str | None] = "figstep"
     size: ClassVar[str | None] = "500 questions; tiny 50"

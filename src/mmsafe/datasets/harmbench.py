@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from mmsafe import papers
 from mmsafe.datasets._util import (
     ImageLoadError,
     load_image,
@@ -74,14 +75,8 @@ class HarmBench(Benchmark):
     """
 
     name: ClassVar[str] = "harmbench"
-    paper: ClassVar[Paper | None] = Paper(
-        title="HarmBench: A Standardized Evaluation Framework for Automated Red Teaming and Robust Refusal",
-        authors="Mazeika et al.",
-        year=2024,
-        url="https://arxiv.org/abs/2402.04249",
-        threat_model=(
-            "harmful behaviours for a red-teamer with query access to the target; text and multimodal"
-        ),
+    paper: ClassVar[Paper | None] = papers.HARMBENCH.threat(
+        "harmful behaviours for a red-teamer with query access to the target; text and multimodal"
     )
     default_folder: ClassVar[str | None] = "harmbench"
     size: ClassVar[str | None] = "text 400 (test 320, val 80); multimodal 110"

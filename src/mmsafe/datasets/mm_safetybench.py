@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+from mmsafe import papers
 from mmsafe.datasets._util import ImageLoadError, check_choices, load_image, read_json, require_file
 from mmsafe.datasets.base import Benchmark
 from mmsafe.errors import ConfigError
@@ -94,14 +95,8 @@ class MMSafetyBench(Benchmark):
     """
 
     name: ClassVar[str] = "mm-safetybench"
-    paper: ClassVar[Paper | None] = Paper(
-        title="MM-SafetyBench: A Benchmark for Safety Evaluation of Multimodal Large Language Models",
-        authors="Liu et al.",
-        year=2024,
-        url="https://arxiv.org/abs/2311.17600",
-        threat_model=(
-            "harmful requests whose key phrase is shown in a query-relevant image; black-box, one query"
-        ),
+    paper: ClassVar[Paper | None] = papers.MM_SAFETYBENCH.threat(
+        "harmful requests whose key phrase is shown in a query-relevant image; black-box, one query"
     )
     default_folder: ClassVar[str | None] = "mm-safetybench"
     size: ClassVar[str | None] = "1,680 questions × 3 image kinds; tiny 168"

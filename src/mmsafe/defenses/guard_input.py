@@ -53,6 +53,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mmsafe import papers
 from mmsafe.components import SubModel, ask, reject_sampling
 from mmsafe.config import ComponentField
 from mmsafe.defenses.base import Defense, mark
@@ -98,12 +99,8 @@ class GuardInput(Defense):
 
     name: ClassVar[str] = "guard-input"
     version: ClassVar[str] = "1"
-    paper: ClassVar[Paper | None] = Paper(
-        title="Llama Guard: LLM-based Input-Output Safeguard for Human-AI Conversations",
-        authors="Inan et al.",
-        year=2023,
-        url="https://arxiv.org/abs/2312.06674",
-        threat_model="the attacker controls the user's request (text and images); the guard sees it before the model",
+    paper: ClassVar[Paper | None] = papers.LLAMA_GUARD.threat(
+        "the attacker controls the user's request (text and images); the guard sees it before the model"
     )
     #: a scripted guard that calls requests about bombs unsafe (S9), everything else safe
     example_params: ClassVar[dict[str, Any]] = {

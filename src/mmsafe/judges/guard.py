@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mmsafe import papers
 from mmsafe.config import ComponentField
 from mmsafe.judges.base import Judge
 from mmsafe.judges.judge_model import JudgeModel, ask, reject_sampling
@@ -90,12 +91,8 @@ class GuardJudge(Judge):
     """
 
     name: ClassVar[str] = "guard"
-    paper: ClassVar[Paper | None] = Paper(
-        title="Llama Guard: LLM-based Input-Output Safeguard for Human-AI Conversations",
-        authors="Inan et al.",
-        year=2023,
-        url="https://arxiv.org/abs/2312.06674",
-        threat_model="none: a measuring instrument that reads the judged conversation as-is",
+    paper: ClassVar[Paper | None] = papers.LLAMA_GUARD.threat(
+        "none: a measuring instrument that reads the judged conversation as-is"
     )
     example_params: ClassVar[dict[str, Any]] = {"judge_model": "scripted"}
     version: ClassVar[str] = "1"

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mmsafe import papers
 from mmsafe.attacks.base import Attack
 from mmsafe.plugin_meta import Paper
 from mmsafe.render.fonts import find_font, load_font
@@ -161,12 +162,8 @@ class FigStep(Attack):
     """
 
     name: ClassVar[str] = "figstep"
-    paper: ClassVar[Paper | None] = Paper(
-        title="FigStep: Jailbreaking Large Vision-Language Models via Typographic Visual Prompts",
-        authors="Gong et al.",
-        year=2025,
-        url="https://arxiv.org/abs/2311.05608",
-        threat_model="black-box, one query: the request only as typography in the image, a benign text turn",
+    paper: ClassVar[Paper | None] = papers.FIGSTEP.threat(
+        "black-box, one query: the request only as typography in the image, a benign text turn"
     )
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = FigStepParams

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mmsafe import papers
 from mmsafe.attacks.base import Attack
 from mmsafe.plugin_meta import Paper
 from mmsafe.render.fonts import find_font, load_font
@@ -194,14 +195,8 @@ class MMSafetyBenchTypo(Attack):
     """
 
     name: ClassVar[str] = "mmsb-typo"
-    paper: ClassVar[Paper | None] = Paper(
-        title="MM-SafetyBench: A Benchmark for Safety Evaluation of Multimodal Large Language Models",
-        authors="Liu et al.",
-        year=2024,
-        url="https://arxiv.org/abs/2311.17600",
-        threat_model=(
-            "black-box, one query: the harmful key phrase only as typography, a text turn naming no harm"
-        ),
+    paper: ClassVar[Paper | None] = papers.MM_SAFETYBENCH.threat(
+        "black-box, one query: the harmful key phrase only as typography, a text turn naming no harm"
     )
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = MMSafetyBenchTypoParams

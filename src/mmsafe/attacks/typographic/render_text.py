@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mmsafe import papers
 from mmsafe.attacks.base import Attack
 from mmsafe.plugin_meta import Paper
 from mmsafe.render.fonts import find_font, load_font
@@ -123,14 +124,8 @@ class RenderText(Attack):
     """
 
     name: ClassVar[str] = "render-text"
-    paper: ClassVar[Paper | None] = Paper(
-        title="HarmBench: A Standardized Evaluation Framework for Automated Red Teaming and Robust Refusal",
-        authors="Mazeika et al.",
-        year=2024,
-        url="https://arxiv.org/abs/2402.04249",
-        threat_model=(
-            "black-box, one query: the request rendered as text in a plain image, a neutral text turn"
-        ),
+    paper: ClassVar[Paper | None] = papers.HARMBENCH.threat(
+        "black-box, one query: the request rendered as text in a plain image, a neutral text turn"
     )
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = RenderTextParams
