@@ -196,12 +196,15 @@ def rows_to_samples(
     id_prefix: str = "",
     repeated_ids: Literal["keep", "mark"] = "keep",
     source_file: str | None = None,
+    first_row: int = 1,
 ) -> Iterator[Sample]:
     """``to_sample(n, row)`` for each numbered row; a row it cannot map becomes an errored Sample.
 
-    Rows are numbered from 1 (a CSV data row, a JSONL line). With ``source_file`` (the file's path
-    relative to the dataset root) every Sample, errored ones included, records its provenance
-    ``metadata["source"] = {"file": source_file, "row": n - 1}`` (see :func:`with_source`).
+    Rows are numbered from ``first_row`` (1: a CSV data row, a JSONL line; 0: an index into a JSON
+    array). With ``source_file`` (the file's path relative to the dataset root) every Sample, errored
+    ones included, records its provenance ``metadata["source"] = {"file": source_file, "row":
+    n - first_row}`` (see :func:`with_source`); a Sample whose mapping recorded its own source (a row
+    that expands into several items, from several files) keeps it.
 
     A row whose mapping raises (a missing column, a bad value) or whose Sample holds text that cannot
     be stored (see :func:`sample_problem`) yields ``Sample(id=f"{id_prefix}row-{n}", error=…)`` with
@@ -215,8 +218,8 @@ def rows_to_samples(
     # table at 20,000 ids), a dict's holds about a third of that; the loader lives as long as the run
     seen: dict[str, None] = {}
     for n, sample in _map_rows(rows, to_sample, benchmark=benchmark, id_prefix=id_prefix):
-        if source_file is not None:
-            sample = with_source(sample, file=source_file, row=n - 1)
+        if source_file is not None and "source" not in sample.metadata:
+            sample = with_source(sample, file=source_file, row=n - first_row)
         if repeated_ids == "mark":
             if sample.id in seen:
                 sample = sample.model_copy(

@@ -124,4 +124,11 @@ class AutoBench(Benchmark):
                 error=error,
             )
 
-        yield from rows_to_samples(jsonl_rows(path), to_sample, benchmark=self.name, id_prefix="auto-bench/")
+        yield from rows_to_samples(
+            jsonl_rows(path),
+            to_sample,
+            benchmark=self.name,
+            id_prefix="auto-bench/",
+            source_file=rel,
+            first_row=0,
+        )

@@ -129,7 +129,12 @@ class GOATBench(Benchmark):
             return self._sample(n, line, rel=rel, images=images)
 
         yield from rows_to_samples(
-            lines, to_sample, benchmark=self.name, id_prefix=f"goat-bench/{task}/", repeated_ids="mark"
+            lines,
+            to_sample,
+            benchmark=self.name,
+            id_prefix=f"goat-bench/{task}/",
+            repeated_ids="mark",
+            source_file=rel,
         )
 
     def _sample(self, n: int, line: str, *, rel: str, images: Path) -> Sample:

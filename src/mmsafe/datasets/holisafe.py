@@ -129,7 +129,13 @@ class HoliSafe(Benchmark):
             )
 
         yield from rows_to_samples(
-            enumerate(records), to_sample, benchmark=self.name, id_prefix="holisafe/", repeated_ids="mark"
+            enumerate(records),
+            to_sample,
+            benchmark=self.name,
+            id_prefix="holisafe/",
+            repeated_ids="mark",
+            source_file=rel,
+            first_row=0,
         )
 
 

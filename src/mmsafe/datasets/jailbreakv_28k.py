@@ -85,7 +85,7 @@ class JailBreakV28K(Benchmark):
         threat_model="black-box user sending one jailbreak prompt (template, persuasion, logic) with an image attack or noise",
     )
     default_folder: ClassVar[str | None] = "jailbreakv-28k"
-    example_params: ClassVar[dict[str, Any]] = {"path": "jailbreakv-28k", "variant": "redteam-2k"}
+    example_params: ClassVar[dict[str, Any]] = {"variant": "redteam-2k"}
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -152,4 +152,11 @@ class JailBreakV28K(Benchmark):
                 error=error,
             )
 
-        yield from rows_to_samples(enumerate(rows), to_sample, benchmark=self.name, id_prefix=prefix)
+        yield from rows_to_samples(
+            enumerate(rows),
+            to_sample,
+            benchmark=self.name,
+            id_prefix=prefix,
+            source_file=file.relative_to(root).as_posix(),
+            first_row=0,
+        )

@@ -152,4 +152,6 @@ class MOSSBench(Benchmark):
             benchmark=self.name,
             id_prefix=f"mossbench/{subset}/",
             repeated_ids="mark",
+            source_file=rel,
+            first_row=0,
         )

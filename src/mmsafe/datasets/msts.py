@@ -138,7 +138,13 @@ class MSTS(Benchmark):
             )
 
         yield from rows_to_samples(
-            enumerate(rows), to_sample, benchmark=self.name, id_prefix=f"msts/{lang}/", repeated_ids="mark"
+            enumerate(rows),
+            to_sample,
+            benchmark=self.name,
+            id_prefix=f"msts/{lang}/",
+            repeated_ids="mark",
+            source_file=rel,
+            first_row=0,
         )
 
     def _image(self, image_root: Path, image_id: str) -> Image:

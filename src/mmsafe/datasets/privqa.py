@@ -128,7 +128,6 @@ class PrivQA(Benchmark):
     #: metrics the report adds for this benchmark (see mmsafe.report)
     metrics: ClassVar[tuple[str, ...]] = ("protection_score",)
     example_params: ClassVar[dict[str, Any]] = {
-        "path": "../shared/data/privqa",  # the staged repository files, from a checkout's root
         "modality": "textual",
         "subset": "population",
     }

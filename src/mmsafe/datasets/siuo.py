@@ -75,7 +75,7 @@ class SIUO(Benchmark):
         threat_model="none: a benign user whose harmless image and harmless question combine into an unsafe request",
     )
     default_folder: ClassVar[str | None] = "siuo"
-    example_params: ClassVar[dict[str, Any]] = {"path": "siuo", "mode": "multiple-choice"}
+    example_params: ClassVar[dict[str, Any]] = {"mode": "multiple-choice"}
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -132,4 +132,11 @@ class SIUO(Benchmark):
                 metadata=meta,
             )
 
-        yield from rows_to_samples(enumerate(rows), to_sample, benchmark=self.name, id_prefix=prefix)
+        yield from rows_to_samples(
+            enumerate(rows),
+            to_sample,
+            benchmark=self.name,
+            id_prefix=prefix,
+            source_file=_FILES[self.params.mode],
+            first_row=0,
+        )

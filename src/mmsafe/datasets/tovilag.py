@@ -86,7 +86,7 @@ class ToViLaG(Benchmark):
         threat_model="none: toxic images or texts as input; is the generated text toxic",
     )
     default_folder: ClassVar[str | None] = "tovilag"
-    example_params: ClassVar[dict[str, Any]] = {"path": "tovilag", "subset": "toxic-image"}
+    example_params: ClassVar[dict[str, Any]] = {"subset": "toxic-image"}
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -130,6 +130,7 @@ class ToViLaG(Benchmark):
             lambda n, line: self._sample(n, line, rel=rel, images=images),
             benchmark=self.name,
             id_prefix=prefix,
+            source_file=rel,
         )
 
     def _sample(self, n: int, line: str, *, rel: str, images: Path) -> Sample:

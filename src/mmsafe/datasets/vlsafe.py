@@ -89,7 +89,7 @@ class VLSafe(Benchmark):
         threat_model="none beyond a plain user: harmful questions about a benign everyday photo, one query",
     )
     default_folder: ClassVar[str | None] = "vlsafe"
-    example_params: ClassVar[dict[str, Any]] = {"path": "vlsafe", "image_source": "caption"}
+    example_params: ClassVar[dict[str, Any]] = {"image_source": "caption"}
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -167,5 +167,10 @@ class VLSafe(Benchmark):
             )
 
         yield from rows_to_samples(
-            jsonl_rows(path), to_sample, benchmark=self.name, id_prefix=f"vlsafe/{split}/"
+            jsonl_rows(path),
+            to_sample,
+            benchmark=self.name,
+            id_prefix=f"vlsafe/{split}/",
+            source_file=rel,
+            first_row=0,
         )

@@ -58,7 +58,7 @@ class VLSBench(Benchmark):
         threat_model="none: a user's harmless-looking instruction about an image that makes it unsafe",
     )
     default_folder: ClassVar[str | None] = "vlsbench"
-    example_params: ClassVar[dict[str, Any]] = {"path": "vlsbench", "categories": ["Privacy"]}
+    example_params: ClassVar[dict[str, Any]] = {"categories": ["Privacy"]}
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -111,4 +111,11 @@ class VLSBench(Benchmark):
                 error=error,
             )
 
-        yield from rows_to_samples(enumerate(rows), to_sample, benchmark=self.name, id_prefix="vlsbench/")
+        yield from rows_to_samples(
+            enumerate(rows),
+            to_sample,
+            benchmark=self.name,
+            id_prefix="vlsbench/",
+            source_file=rel,
+            first_row=0,
+        )

@@ -134,7 +134,13 @@ class VLSU(Benchmark):
             )
 
         yield from rows_to_samples(
-            enumerate(rows), to_sample, benchmark=self.name, id_prefix="vlsu/", repeated_ids="mark"
+            enumerate(rows),
+            to_sample,
+            benchmark=self.name,
+            id_prefix="vlsu/",
+            repeated_ids="mark",
+            source_file=rel,
+            first_row=0,
         )
 
     def _image(self, image_root: Path, uid: str) -> Image:
