@@ -564,6 +564,17 @@ def test_rows_to_samples_records_the_source_of_errored_rows_from_0_or_1():
             {"file": "d.json", "row": 1},  # the errored row too
             {"file": "other.json", "row": 9},  # a mapping's own source is kept
         ]
+    expanded = [(0, (5, {"id": "a"})), (1, (5, {})), (2, (6, {"id": "b"}))]  # items of entries 5 and 6
+    got = list(
+        rows_to_samples(
+            expanded,
+            lambda n, it: to_sample(n, it[1]),
+            benchmark="b",
+            source_file="d.json",
+            source_row=lambda n, it: it[0],
+        )
+    )
+    assert [s.metadata["source"]["row"] for s in got] == [5, 5, 6] and got[1].error
 
 
 def test_stable_hash_keeps_the_keys_of_valid_text_and_never_raises_on_surrogates_or_big_ints():

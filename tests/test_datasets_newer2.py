@@ -458,3 +458,16 @@ def test_mossbench_and_mssbench_run_end_to_end(moss_root: Path, mss_root: Path, 
     unsafe_ok = refusal_rate(mss)
     assert (safe_ok.k, safe_ok.n) == (0, 2)  # both safe instructions answered
     assert (unsafe_ok.k, unsafe_ok.n) == (1, 2)  # "Microwave the foil." refused, the metal bowl planned
+
+
+def test_mssbench_an_entry_that_cannot_be_mapped_keeps_its_source(mss_root: Path):
+    data = json.loads((mss_root / "combine.json").read_text(encoding="utf-8"))
+    del data["chat"][0]["unsafe_image_path"]  # its unsafe items raise KeyError in the mapping
+    (mss_root / "combine.json").write_text(json.dumps(data), encoding="utf-8")
+    errored = [
+        s
+        for s in load_all(MSSBench(path=str(mss_root), task="chat"))
+        if s.id.startswith("mssbench/chat/row-")
+    ]
+    assert errored and all("unsafe_image_path" in s.error for s in errored)
+    assert {s.metadata["source"]["row"] for s in errored} == {0}

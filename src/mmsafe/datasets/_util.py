@@ -197,14 +197,16 @@ def rows_to_samples(
     repeated_ids: Literal["keep", "mark"] = "keep",
     source_file: str | None = None,
     first_row: int = 1,
+    source_row: Callable[[int, Row], int] | None = None,
 ) -> Iterator[Sample]:
     """``to_sample(n, row)`` for each numbered row; a row it cannot map becomes an errored Sample.
 
     Rows are numbered from ``first_row`` (1: a CSV data row, a JSONL line; 0: an index into a JSON
     array). With ``source_file`` (the file's path relative to the dataset root) every Sample, errored
     ones included, records its provenance ``metadata["source"] = {"file": source_file, "row":
-    n - first_row}`` (see :func:`with_source`); a Sample whose mapping recorded its own source (a row
-    that expands into several items, from several files) keeps it.
+    n - first_row}`` (see :func:`with_source`), or ``source_row(n, row)`` when the numbered items are
+    not the file's rows (an entry that expands into several items); a Sample whose mapping recorded
+    its own source keeps it.
 
     A row whose mapping raises (a missing column, a bad value) or whose Sample holds text that cannot
     be stored (see :func:`sample_problem`) yields ``Sample(id=f"{id_prefix}row-{n}", error=…)`` with
@@ -217,9 +219,13 @@ def rows_to_samples(
     # every id read so far, as the keys of a dict: a set's table quadruples when it grows (2 MiB of
     # table at 20,000 ids), a dict's holds about a third of that; the loader lives as long as the run
     seen: dict[str, None] = {}
-    for n, sample in _map_rows(rows, to_sample, benchmark=benchmark, id_prefix=id_prefix):
+    for n, row in rows:
+        sample = _map_row(n, row, to_sample, benchmark=benchmark, id_prefix=id_prefix)
+        if sample is None:
+            continue
         if source_file is not None and "source" not in sample.metadata:
-            sample = with_source(sample, file=source_file, row=n - first_row)
+            at = source_row(n, row) if source_row is not None else n - first_row
+            sample = with_source(sample, file=source_file, row=at)
         if repeated_ids == "mark":
             if sample.id in seen:
                 sample = sample.model_copy(
@@ -236,30 +242,22 @@ def with_source(sample: Sample, *, file: str, row: int) -> Sample:
     return sample.model_copy(update={"metadata": {**sample.metadata, "source": {"file": file, "row": row}}})
 
 
-def _map_rows(
-    rows: Iterable[tuple[int, Row]],
-    to_sample: Callable[[int, Row], Sample | None],
-    *,
-    benchmark: str,
-    id_prefix: str,
-) -> Iterator[tuple[int, Sample]]:
-    for n, row in rows:
-        try:
-            sample = to_sample(n, row)
-        except MmsafeError:
-            raise
-        except Exception as exc:
-            error = f"row {n}: {_row_reason(exc)}"
-            yield n, Sample(id=f"{id_prefix}row-{n}", benchmark=benchmark, error=error)
-            continue
-        if sample is None:
-            continue
-        problem = sample_problem(sample)
-        if problem is not None:
-            sid = sample.id if value_problem(sample.id) is None else f"{id_prefix}row-{n}"
-            yield n, Sample(id=sid, benchmark=benchmark, error=f"row {n}: {problem}")
-        else:
-            yield n, sample
+def _map_row(
+    n: int, row: Row, to_sample: Callable[[int, Row], Sample | None], *, benchmark: str, id_prefix: str
+) -> Sample | None:
+    try:
+        sample = to_sample(n, row)
+    except MmsafeError:
+        raise
+    except Exception as exc:
+        return Sample(id=f"{id_prefix}row-{n}", benchmark=benchmark, error=f"row {n}: {_row_reason(exc)}")
+    if sample is None:
+        return None
+    problem = sample_problem(sample)
+    if problem is not None:
+        sid = sample.id if value_problem(sample.id) is None else f"{id_prefix}row-{n}"
+        return Sample(id=sid, benchmark=benchmark, error=f"row {n}: {problem}")
+    return sample
 
 
 def _row_reason(exc: Exception) -> str:

@@ -106,6 +106,8 @@ class MSSBench(Benchmark):
                 benchmark=self.name,
                 id_prefix=f"mssbench/{task}/",
                 repeated_ids="mark",
+                source_file=rel,
+                source_row=lambda n, item: item[0],  # the entry, of which each query is an item
             )
 
     @staticmethod

@@ -368,4 +368,11 @@ class RTVLM(Benchmark):
                 topic=task,
             )
 
-        yield from rows_to_samples(expanded(), to_sample, benchmark=self.name, id_prefix=f"rtvlm/{task}/")
+        yield from rows_to_samples(
+            expanded(),
+            to_sample,
+            benchmark=self.name,
+            id_prefix=f"rtvlm/{task}/",
+            source_file=spec.file,
+            first_row=0,
+        )
