@@ -619,6 +619,12 @@ def test_registry_creates_each_benchmark(name: str, tmp_path: Path):
     assert bench.spec.name == name
     assert type(bench).Params.model_config.get("extra") == "forbid"
     assert type(bench).Params.model_config.get("frozen") is True
+    for attr in ("size", "licence", "needs"):  # what `mmsafe list benchmark` shows: one short line each
+        value = getattr(type(bench), attr)
+        assert isinstance(value, str) and value.strip() and "\n" not in value and len(value) <= 120, (
+            name,
+            attr,
+        )
 
 
 @pytest.mark.parametrize(

@@ -63,6 +63,9 @@ class AutoBench(Benchmark):
         threat_model="none beyond a plain user: privacy- or security-violating questions about a photo",
     )
     default_folder: ClassVar[str | None] = "auto-bench"
+    size: ClassVar[str | None] = "privacy + security rows of the user's copy (not public)"
+    licence: ClassVar[str | None] = "unknown (data not released)"
+    needs: ClassVar[str | None] = "a JSONL file in this loader's format; images: user folder (COCO)"
     example_params: ClassVar[dict[str, Any]] = {"path": "auto-bench", "image_dir": "coco"}
 
     class Params(BaseModel):

@@ -63,6 +63,9 @@ class HoliSafe(Benchmark):
         threat_model="none: safe and unsafe images and queries in every combination; one black-box query",
     )
     default_folder: ClassVar[str | None] = "holisafe"
+    size: ClassVar[str | None] = "4,031 items in 5 safeness types"
+    licence: ClassVar[str | None] = "as the gated HF card states (not verified)"
+    needs: ClassVar[str | None] = "a JSON/JSONL export of HF etri-vilab/holisafe-bench; images: user folder"
     example_params: ClassVar[dict[str, Any]] = {"path": "holisafe", "file": "holisafe_bench.jsonl"}
 
     class Params(BaseModel):

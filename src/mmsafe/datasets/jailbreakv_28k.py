@@ -85,6 +85,11 @@ class JailBreakV28K(Benchmark):
         threat_model="black-box user sending one jailbreak prompt (template, persuasion, logic) with an image attack or noise",
     )
     default_folder: ClassVar[str | None] = "jailbreakv-28k"
+    size: ClassVar[str | None] = "mini 280; full 28,000; redteam-2k 2,000 (text)"
+    licence: ClassVar[str | None] = "MIT"
+    needs: ClassVar[str | None] = (
+        "data folder (HF JailbreakV-28K/JailBreakV-28k CSVs); images: user folder (its HF images)"
+    )
     example_params: ClassVar[dict[str, Any]] = {"variant": "redteam-2k"}
 
     class Params(BaseModel):

@@ -200,6 +200,9 @@ class RTVLM(Benchmark):
         threat_model="a user with one black-box query: misleading images or text, jailbreak images, sensitive faces",
     )
     default_folder: ClassVar[str | None] = "rtvlm"
+    size: ClassVar[str | None] = "11 sub-tasks (faithfulness, privacy, safety, fairness)"
+    licence: ClassVar[str | None] = "CC BY 4.0 (images: their own rights)"
+    needs: ClassVar[str | None] = "data folder (HF MMInstruction/RedTeamingVLM); images: its zips"
     example_params: ClassVar[dict[str, Any]] = {"path": "rtvlm", "subtasks": ["jailbreak"]}
 
     class Params(BaseModel):

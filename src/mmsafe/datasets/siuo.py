@@ -75,6 +75,11 @@ class SIUO(Benchmark):
         threat_model="none: a benign user whose harmless image and harmless question combine into an unsafe request",
     )
     default_folder: ClassVar[str | None] = "siuo"
+    size: ClassVar[str | None] = "167 pairs (generation; multiple-choice 167)"
+    licence: ClassVar[str | None] = "CC BY-NC 4.0 (research only)"
+    needs: ClassVar[str | None] = (
+        "data folder (github.com/sinwang20/SIUO data/); images: user folder (SIUO-images.zip)"
+    )
     example_params: ClassVar[dict[str, Any]] = {"mode": "multiple-choice"}
 
     class Params(BaseModel):

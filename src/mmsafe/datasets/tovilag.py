@@ -86,6 +86,13 @@ class ToViLaG(Benchmark):
         threat_model="none: toxic images or texts as input; is the generated text toxic",
     )
     default_folder: ClassVar[str | None] = "tovilag"
+    size: ClassVar[str | None] = (
+        "toxic-text 500, toxic-image 500, toxic-image-train 1,000, cotoxic 500 (AutoSteer's subsets)"
+    )
+    licence: ClassVar[str | None] = "none stated (AutoSteer code MIT; images: research use only)"
+    needs: ClassVar[str | None] = (
+        "data folder (github.com/zjunlp/AutoSteer dataset/ToViLaG/); images: user folder (COCO, NSFW)"
+    )
     example_params: ClassVar[dict[str, Any]] = {"subset": "toxic-image"}
 
     class Params(BaseModel):

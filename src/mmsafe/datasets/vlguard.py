@@ -67,6 +67,11 @@ class VLGuard(Benchmark):
         threat_model="none: a user sends an unsafe image, or an unsafe instruction about a safe image, in one query",
     )
     default_folder: ClassVar[str | None] = "vlguard"
+    size: ClassVar[str | None] = "1,558 pairs: safe_safes 558, safe_unsafes 558, unsafes 442"
+    licence: ClassVar[str | None] = "MIT (research use; Hateful Memes images: Facebook's licence)"
+    needs: ClassVar[str | None] = (
+        "data folder (test.json); images: user folder (HF ys-zong/VLGuard test.zip, gated)"
+    )
     example_params: ClassVar[dict[str, Any]] = {"subset": "safe_unsafes"}
 
     class Params(BaseModel):

@@ -89,6 +89,11 @@ class VLSafe(Benchmark):
         threat_model="none beyond a plain user: harmful questions about a benign everyday photo, one query",
     )
     default_folder: ClassVar[str | None] = "vlsafe"
+    size: ClassVar[str | None] = "eval 1,110, train 3,000"
+    licence: ClassVar[str | None] = "none stated (research only; COCO captions CC BY 4.0)"
+    needs: ClassVar[str | None] = (
+        "data folder (HF YangyiYY/LVLM_NLF VLSafe/); images: user folder (COCO train2017), or caption text-only"
+    )
     example_params: ClassVar[dict[str, Any]] = {"image_source": "caption"}
 
     class Params(BaseModel):

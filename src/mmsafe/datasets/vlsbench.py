@@ -58,6 +58,11 @@ class VLSBench(Benchmark):
         threat_model="none: a user's harmless-looking instruction about an image that makes it unsafe",
     )
     default_folder: ClassVar[str | None] = "vlsbench"
+    size: ClassVar[str | None] = "2,241 image–instruction pairs"
+    licence: ClassVar[str | None] = "Apache-2.0 (images: their sources' terms)"
+    needs: ClassVar[str | None] = (
+        "data folder (data.json); images: user folder (HF Foreshhh/vlsbench imgs.tar)"
+    )
     example_params: ClassVar[dict[str, Any]] = {"categories": ["Privacy"]}
 
     class Params(BaseModel):

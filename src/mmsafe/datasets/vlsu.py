@@ -70,6 +70,11 @@ class VLSU(Benchmark):
         threat_model="none: image+text pairs whose harm may arise only in combination; one black-box query",
     )
     default_folder: ClassVar[str | None] = "vlsu"
+    size: ClassVar[str | None] = "8,187 image+text pairs"
+    licence: ClassVar[str | None] = "CC BY-NC-ND (as reported; not verified)"
+    needs: ClassVar[str | None] = (
+        "data folder (github.com/apple/ml-vlsu data/VLSU.csv); images: user download (web_path)"
+    )
     example_params: ClassVar[dict[str, Any]] = {"path": "vlsu", "task": "response"}
 
     class Params(BaseModel):
