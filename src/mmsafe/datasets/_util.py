@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark loaders: reading CSV/JSON files and images without leaving the root."""
+"""Helpers shared by the benchmark loaders: reading CSV/JSON/JSON Lines files and images without leaving
+the root, turning rows into Samples that record their provenance."""
 
 from __future__ import annotations
 
@@ -17,7 +18,12 @@ __all__ = [
     "ImageLoadError",
     "check_choices",
     "clip_repr",
+    "image_folder",
+    "item_image",
+    "json_object",
+    "jsonl_rows",
     "load_image",
+    "provenance",
     "read_csv",
     "read_json",
     "read_packaged_items",
@@ -275,3 +281,61 @@ def check_choices(field: str, values: Iterable[str] | None, allowed: Iterable[st
     bad = [v for v in values or () if v not in allowed]
     if bad:
         raise ValueError(f"unknown {field} {', '.join(map(repr, bad))}; allowed: {', '.join(allowed)}")
+
+
+# -- JSON Lines: a published file read a row at a time, each row kept with its 0-based index --------------
+
+
+def jsonl_rows(path: Path) -> Iterator[tuple[int, str]]:
+    """``(row, line)`` for each non-blank line of ``path``, ``row`` counted from 0 over the non-blank
+    lines; the line is not parsed here, so a bad line fails only its own item (:func:`json_object`).
+    A file that cannot be opened is a :class:`ConfigError` naming it."""
+    try:
+        fh = path.open(encoding="utf-8", errors="surrogateescape", newline="")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with fh:
+        row = 0
+        for line in fh:
+            if line.strip():
+                yield row, line
+                row += 1
+
+
+def json_object(line: str) -> dict[str, Any]:
+    """The JSON object on one line; ``ValueError`` with a short reason otherwise."""
+    try:
+        value = json.loads(line)
+    except RecursionError:
+        raise ValueError("invalid JSON: nested deeper than Python can parse") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+# -- the user's image folder of a set whose images are not shipped with its text files ------------------
+# (SIUO, JailBreakV-28K, VLGuard and VLSBench publish their queries in a repository and their images in a
+# separate archive: a loader takes that folder as a param; an item whose image is not there still loads,
+# as a Sample whose ``error`` names the file it looked for)
+
+
+def image_folder(root: Path, param: str | None, default: str) -> Path:
+    """``param`` (a user path, ``~`` expanded), else ``root / default``; the folder need not exist."""
+    return Path(param).expanduser() if param else root / default
+
+
+def item_image(folder: Path, rel: str) -> tuple[tuple[Image, ...], str | None]:
+    """``((image,), None)`` for ``folder / rel``, or ``((), reason)`` naming the path when it cannot be read."""
+    if not rel:
+        return (), "row names no image file"
+    try:
+        return (load_image(folder, rel),), None
+    except ImageLoadError as exc:
+        return (), f"{exc} (looked for {folder / rel})"
+
+
+def provenance(root: Path, file: Path, row: int) -> dict[str, object]:
+    """``metadata["source"]``: the data file relative to the dataset root and the 0-based row in it."""
+    return {"file": file.relative_to(root).as_posix(), "row": row}

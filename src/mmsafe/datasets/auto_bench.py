@@ -8,8 +8,14 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mmsafe.datasets._lines import json_object, jsonl_rows
-from mmsafe.datasets._util import ImageLoadError, load_image, require_file, rows_to_samples
+from mmsafe.datasets._util import (
+    ImageLoadError,
+    json_object,
+    jsonl_rows,
+    load_image,
+    require_file,
+    rows_to_samples,
+)
 from mmsafe.datasets.base import Benchmark
 from mmsafe.errors import ConfigError
 from mmsafe.plugin_meta import Paper

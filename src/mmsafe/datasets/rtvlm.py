@@ -9,8 +9,15 @@ from typing import Any, ClassVar, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mmsafe.datasets._lines import json_object, jsonl_rows
-from mmsafe.datasets._util import ImageLoadError, clip_repr, load_image, require_file, rows_to_samples
+from mmsafe.datasets._util import (
+    ImageLoadError,
+    clip_repr,
+    json_object,
+    jsonl_rows,
+    load_image,
+    require_file,
+    rows_to_samples,
+)
 from mmsafe.datasets.base import Benchmark
 from mmsafe.limits import MAX_IMAGE_FILE_BYTES
 from mmsafe.plugin_meta import Paper

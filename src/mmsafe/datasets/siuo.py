@@ -7,8 +7,14 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mmsafe.datasets._image_folder import image_folder, item_image, provenance
-from mmsafe.datasets._util import read_json, require_file, rows_to_samples
+from mmsafe.datasets._util import (
+    image_folder,
+    item_image,
+    provenance,
+    read_json,
+    require_file,
+    rows_to_samples,
+)
 from mmsafe.datasets.base import Benchmark
 from mmsafe.errors import ConfigError
 from mmsafe.plugin_meta import Paper

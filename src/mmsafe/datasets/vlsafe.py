@@ -8,8 +8,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mmsafe.datasets._lines import json_object, jsonl_rows
-from mmsafe.datasets._util import ImageLoadError, load_image, rows_to_samples
+from mmsafe.datasets._util import ImageLoadError, json_object, jsonl_rows, load_image, rows_to_samples
 from mmsafe.datasets.base import Benchmark
 from mmsafe.errors import ConfigError
 from mmsafe.plugin_meta import Paper
