@@ -378,30 +378,90 @@ _AFTER = {"id": "after", "text": "last"}
 # (case, file name, hostile row as written to the file, id of the errored Sample, reason in its error)
 _HEAD = b'{"id": "x", "text": "t", "n": '
 HOSTILE_ROWS = [
-    ("int over 4300 digits", "b.jsonl", _HEAD + b"9" * 5000 + b"}",
-     "row-2", "line 2: invalid JSON: an integer longer than 4300 digits"),
-    ("JSON 1000 deep", "b.jsonl", _HEAD + b"[" * 1000 + b"]" * 1000 + b"}",
-     "row-2", "line 2: invalid JSON: nested deeper than Python can parse"),
-    ("JSON parsed but 100 deep", "b.jsonl", _HEAD + b"[" * 100 + b"]" * 100 + b"}",
-     "x", "row 2: column 'n' is nested deeper than 32 levels"),
-    ("NUL in image path", "b.jsonl", b'{"id": "x", "text": "t", "image": "imgs/a\\u0000.png"}',
-     "x", r"row 2: invalid image path 'imgs/a\x00.png': embedded null byte"),
-    ("symlink loop", "b.jsonl", b'{"id": "x", "text": "t", "image": "imgs/loop1"}',
-     "x", "row 2: image path 'imgs/loop1' is a symlink loop"),
-    ("image name too long", "b.jsonl", b'{"id": "x", "text": "t", "image": "imgs/' + b"n" * 300 + b'.png"}',
-     "x", "File name too long"),
-    ("lone surrogate in text", "b.jsonl", b'{"id": "x", "text": "ab\\ud800"}',
-     "x", "row 2: column 'text' holds a lone surrogate (U+D800) at char 2"),
-    ("lone surrogate in metadata", "b.jsonl", b'{"id": "x", "text": "t", "note": {"k": ["\\udc80"]}}',
-     "x", "row 2: column 'note' holds a lone surrogate (U+DC80) at char 0"),
-    ("lone surrogate in a column name", "b.jsonl", b'{"id": "x", "text": "t", "\\ud800": 1}',
-     "x", "row 2: a column name holds a lone surrogate (U+D800)"),
-    ("lone surrogate in id", "b.jsonl", b'{"id": "a\\udfffb", "text": "t"}',
-     "row-2", "row 2: column 'id' holds a lone surrogate (U+DFFF) at char 1"),
-    ("CSV cell over the limit", "b.csv", b"x,\"" + b"y" * (1 << 20) + b"\nstill the same cell\",",
-     "row-2", "row 2: column 'text' holds 1,048,596 characters (a CSV cell may hold 1,048,576)"),
-    ("non-UTF-8 byte in a CSV row", "b.csv", b"x,caf\xe9,",
-     "x", "row 2: column 'text' cannot be decoded as utf-8 (byte 0xe9 at char 3)"),
+    (
+        "int over 4300 digits",
+        "b.jsonl",
+        _HEAD + b"9" * 5000 + b"}",
+        "row-2",
+        "line 2: invalid JSON: an integer longer than 4300 digits",
+    ),
+    (
+        "JSON 1000 deep",
+        "b.jsonl",
+        _HEAD + b"[" * 1000 + b"]" * 1000 + b"}",
+        "row-2",
+        "line 2: invalid JSON: nested deeper than Python can parse",
+    ),
+    (
+        "JSON parsed but 100 deep",
+        "b.jsonl",
+        _HEAD + b"[" * 100 + b"]" * 100 + b"}",
+        "x",
+        "row 2: column 'n' is nested deeper than 32 levels",
+    ),
+    (
+        "NUL in image path",
+        "b.jsonl",
+        b'{"id": "x", "text": "t", "image": "imgs/a\\u0000.png"}',
+        "x",
+        r"row 2: invalid image path 'imgs/a\x00.png': embedded null byte",
+    ),
+    (
+        "symlink loop",
+        "b.jsonl",
+        b'{"id": "x", "text": "t", "image": "imgs/loop1"}',
+        "x",
+        "row 2: image path 'imgs/loop1' is a symlink loop",
+    ),
+    (
+        "image name too long",
+        "b.jsonl",
+        b'{"id": "x", "text": "t", "image": "imgs/' + b"n" * 300 + b'.png"}',
+        "x",
+        "File name too long",
+    ),
+    (
+        "lone surrogate in text",
+        "b.jsonl",
+        b'{"id": "x", "text": "ab\\ud800"}',
+        "x",
+        "row 2: column 'text' holds a lone surrogate (U+D800) at char 2",
+    ),
+    (
+        "lone surrogate in metadata",
+        "b.jsonl",
+        b'{"id": "x", "text": "t", "note": {"k": ["\\udc80"]}}',
+        "x",
+        "row 2: column 'note' holds a lone surrogate (U+DC80) at char 0",
+    ),
+    (
+        "lone surrogate in a column name",
+        "b.jsonl",
+        b'{"id": "x", "text": "t", "\\ud800": 1}',
+        "x",
+        "row 2: a column name holds a lone surrogate (U+D800)",
+    ),
+    (
+        "lone surrogate in id",
+        "b.jsonl",
+        b'{"id": "a\\udfffb", "text": "t"}',
+        "row-2",
+        "row 2: column 'id' holds a lone surrogate (U+DFFF) at char 1",
+    ),
+    (
+        "CSV cell over the limit",
+        "b.csv",
+        b'x,"' + b"y" * (1 << 20) + b'\nstill the same cell",',
+        "row-2",
+        "row 2: column 'text' holds 1,048,596 characters (a CSV cell may hold 1,048,576)",
+    ),
+    (
+        "non-UTF-8 byte in a CSV row",
+        "b.csv",
+        b"x,caf\xe9,",
+        "x",
+        "row 2: column 'text' cannot be decoded as utf-8 (byte 0xe9 at char 3)",
+    ),
 ]
 
 
@@ -486,6 +546,37 @@ def test_rows_to_samples_keeps_a_loaders_config_errors_and_skips_none():
         list(rows_to_samples([(1, "config")], to_sample, benchmark="b"))
 
 
+def test_rows_to_samples_records_the_source_of_errored_rows_from_0_or_1():
+    def to_sample(n: int, row: dict) -> Sample:
+        meta = {"source": {"file": "other.json", "row": 9}} if row.get("own") else {}
+        return Sample(id=row["id"], benchmark="b", metadata=meta)
+
+    rows = [{"id": "a"}, {}, {"id": "c", "own": True}]
+    for first in (0, 1):
+        got = list(
+            rows_to_samples(
+                enumerate(rows, first), to_sample, benchmark="b", source_file="d.json", first_row=first
+            )
+        )
+        assert got[1].error and got[1].id == f"row-{1 + first}"
+        assert [s.metadata["source"] for s in got] == [
+            {"file": "d.json", "row": 0},
+            {"file": "d.json", "row": 1},  # the errored row too
+            {"file": "other.json", "row": 9},  # a mapping's own source is kept
+        ]
+    expanded = [(0, (5, {"id": "a"})), (1, (5, {})), (2, (6, {"id": "b"}))]  # items of entries 5 and 6
+    got = list(
+        rows_to_samples(
+            expanded,
+            lambda n, it: to_sample(n, it[1]),
+            benchmark="b",
+            source_file="d.json",
+            source_row=lambda n, it: it[0],
+        )
+    )
+    assert [s.metadata["source"]["row"] for s in got] == [5, 5, 6] and got[1].error
+
+
 def test_stable_hash_keeps_the_keys_of_valid_text_and_never_raises_on_surrogates_or_big_ints():
     known = {  # computed with the code before surrogatepass (plain UTF-8): record keys must not move
         "": "12ae32cb1ec02d01eda3581b127c1fee3b0dc53572ed6baf239721a03d82e126",
@@ -528,6 +619,12 @@ def test_registry_creates_each_benchmark(name: str, tmp_path: Path):
     assert bench.spec.name == name
     assert type(bench).Params.model_config.get("extra") == "forbid"
     assert type(bench).Params.model_config.get("frozen") is True
+    for attr in ("size", "licence", "needs"):  # what `mmsafe list benchmark` shows: one short line each
+        value = getattr(type(bench), attr)
+        assert isinstance(value, str) and value.strip() and "\n" not in value and len(value) <= 120, (
+            name,
+            attr,
+        )
 
 
 @pytest.mark.parametrize(

@@ -72,8 +72,7 @@ def _moss_record(pid: str, over: str, question: str, *, benign: bool = True) -> 
     }
 
 
-@pytest.fixture()
-def moss_root(tmp_path: Path) -> Path:
+def write_moss(tmp_path: Path) -> Path:
     info = tmp_path / "data" / "images_information" / "information.json"
     info.parent.mkdir(parents=True)
     records = {
@@ -92,6 +91,11 @@ def moss_root(tmp_path: Path) -> Path:
     )
     image(tmp_path / "data_contrast" / "images" / "1.png", (0, 0, 200))
     return tmp_path
+
+
+@pytest.fixture()
+def moss_root(tmp_path: Path) -> Path:
+    return write_moss(tmp_path)
 
 
 def test_mossbench_benign_items_must_be_answered(moss_root: Path):
@@ -145,8 +149,7 @@ _MSTS_HEADER = [
 ]
 
 
-@pytest.fixture()
-def msts_root(tmp_path: Path) -> Path:
+def write_msts(tmp_path: Path) -> Path:
     prompts = tmp_path / "data" / "prompts"
     rows = [
         ["Cat A", "Sub A", "", "case_0001", "do this", "unsafe_image_0001", "Thing", "prompt_0001"],
@@ -180,6 +183,11 @@ def msts_root(tmp_path: Path) -> Path:
     image(tmp_path / "data" / "unsafe_images" / "unsafe_image_0001.png")
     image(tmp_path / "data" / "unsafe_images" / "unsafe_image_0002.jpg", (1, 2, 3))
     return tmp_path
+
+
+@pytest.fixture()
+def msts_root(tmp_path: Path) -> Path:
+    return write_msts(tmp_path)
 
 
 def test_msts_english_multimodal(msts_root: Path):
@@ -219,8 +227,7 @@ def test_msts_languages_and_text_only(msts_root: Path, tmp_path_factory: pytest.
 # -- MSSBench -----------------------------------------------------------------------------------------
 
 
-@pytest.fixture()
-def mss_root(tmp_path: Path) -> Path:
+def write_mss(tmp_path: Path) -> Path:
     data = {
         "chat": [
             {
@@ -251,6 +258,11 @@ def mss_root(tmp_path: Path) -> Path:
     image(tmp_path / "chat" / "unsafe" / "0.png", (255, 0, 0))
     image(tmp_path / "embodied" / "s" / "0.png", (0, 255, 0))
     return tmp_path
+
+
+@pytest.fixture()
+def mss_root(tmp_path: Path) -> Path:
+    return write_mss(tmp_path)
 
 
 def test_mssbench_pairs_safe_and_unsafe_situations(mss_root: Path):
@@ -291,8 +303,7 @@ def test_mssbench_task_param(mss_root: Path):
 # -- HoliSafe -----------------------------------------------------------------------------------------
 
 
-@pytest.fixture()
-def holi_root(tmp_path: Path) -> Path:
+def write_holi(tmp_path: Path) -> Path:
     keys = ("id", "image", "query", "subcategory", "type")
     rows = [
         "a1|img/a.png|What is this?|s1|SSS",
@@ -310,6 +321,11 @@ def holi_root(tmp_path: Path) -> Path:
     image(tmp_path / "img" / "a.png")
     image(tmp_path / "img" / "b.png", (9, 9, 9))
     return tmp_path
+
+
+@pytest.fixture()
+def holi_root(tmp_path: Path) -> Path:
+    return write_holi(tmp_path)
 
 
 def test_holisafe_expected_behaviour_per_type(holi_root: Path):
@@ -356,8 +372,7 @@ _VLSU_HEADER = [
 ]
 
 
-@pytest.fixture()
-def vlsu_root(tmp_path: Path) -> Path:
+def write_vlsu(tmp_path: Path) -> Path:
     write_csv(
         tmp_path / "data" / "VLSU.csv",
         _VLSU_HEADER,
@@ -374,6 +389,11 @@ def vlsu_root(tmp_path: Path) -> Path:
     image(tmp_path / "images" / "u1.jpg")
     image(tmp_path / "images" / "u2.png", (5, 5, 5))
     return tmp_path
+
+
+@pytest.fixture()
+def vlsu_root(tmp_path: Path) -> Path:
+    return write_vlsu(tmp_path)
 
 
 def test_vlsu_response_task(vlsu_root: Path):
@@ -438,3 +458,16 @@ def test_mossbench_and_mssbench_run_end_to_end(moss_root: Path, mss_root: Path, 
     unsafe_ok = refusal_rate(mss)
     assert (safe_ok.k, safe_ok.n) == (0, 2)  # both safe instructions answered
     assert (unsafe_ok.k, unsafe_ok.n) == (1, 2)  # "Microwave the foil." refused, the metal bowl planned
+
+
+def test_mssbench_an_entry_that_cannot_be_mapped_keeps_its_source(mss_root: Path):
+    data = json.loads((mss_root / "combine.json").read_text(encoding="utf-8"))
+    del data["chat"][0]["unsafe_image_path"]  # its unsafe items raise KeyError in the mapping
+    (mss_root / "combine.json").write_text(json.dumps(data), encoding="utf-8")
+    errored = [
+        s
+        for s in load_all(MSSBench(path=str(mss_root), task="chat"))
+        if s.id.startswith("mssbench/chat/row-")
+    ]
+    assert errored and all("unsafe_image_path" in s.error for s in errored)
+    assert {s.metadata["source"]["row"] for s in errored} == {0}

@@ -138,8 +138,7 @@ def _jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
-@pytest.fixture()
-def rtvlm_root(tmp_path: Path) -> Path:
+def write_rtvlm(tmp_path: Path) -> Path:
     root = tmp_path / "RedTeamingVLM"
     d = root / "data"
     # jailbreak: images at the zip's top level
@@ -247,6 +246,11 @@ def rtvlm_root(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture()
+def rtvlm_root(tmp_path: Path) -> Path:
+    return write_rtvlm(tmp_path)
+
+
 def test_rtvlm_reads_the_published_layout(rtvlm_root: Path):
     wanted = [t for t in TASKS if t not in ("visual_misleading_correct", "visual_orderB")]
     samples = load(RTVLM(path=str(rtvlm_root), subtasks=wanted))
@@ -341,7 +345,9 @@ def test_rtvlm_a_broken_misleading_row_fails_as_one_item(tmp_path: Path):
 # -- Auto-Bench: a fixture in the format this loader documents -------------------------------------------
 
 
-def test_auto_bench_privacy_security_subset(tmp_path: Path):
+def write_auto_bench(tmp_path: Path) -> Path:
+    """``ab/auto_bench.jsonl`` (two privacy rows, one security, one counting; one image missing) and
+    its COCO images in ``coco/``; returns the COCO folder."""
     coco = tmp_path / "coco"
     coco.mkdir()
     (coco / "000000000001.jpg").write_bytes(jpeg_bytes(1))
@@ -365,6 +371,11 @@ def test_auto_bench_privacy_security_subset(tmp_path: Path):
             {"id": "p2", "image": "000000000009.jpg", "question": "Who is the man?", "skill": "privacy"},
         ],
     )
+    return coco
+
+
+def test_auto_bench_privacy_security_subset(tmp_path: Path):
+    coco = write_auto_bench(tmp_path)
     samples = load(AutoBench(path=str(tmp_path / "ab"), image_dir=str(coco)))
     assert [s.id for s in samples] == ["auto-bench/p1", "auto-bench/1", "auto-bench/p2"]  # counting skipped
     p1, sec, p2 = samples

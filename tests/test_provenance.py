@@ -16,6 +16,9 @@ from conftest import dataset_dir
 from mmsafe.datasets.base import Benchmark
 from mmsafe.errors import ConfigError
 from mmsafe.registry import BUILTINS, Registry
+from test_datasets_newer2 import write_holi, write_moss, write_mss, write_msts, write_vlsu
+from test_datasets_table1 import write_auto_bench, write_rtvlm
+from test_goat_bench import write_fixture as write_goat_bench
 
 REG = Registry(entry_points=False)
 BENCHMARKS = sorted(BUILTINS["benchmark"])
@@ -38,8 +41,32 @@ def _jsonl_fixture(tmp_path: Path, params: dict[str, Any]) -> dict[str, Any]:
     return {**params, "file": str(tmp_path / params["file"])}
 
 
-#: built-ins whose example params name a file the test writes (in the dataset's published format)
-FIXTURES: dict[str, Callable[[Path, dict[str, Any]], dict[str, Any]]] = {"jsonl": _jsonl_fixture}
+def _in_folder(write: Callable[[Path], Path]) -> Callable[[Path, dict[str, Any]], dict[str, Any]]:
+    """The example params reading the folder ``write`` fills (a loader's own test fixture)."""
+    return lambda tmp_path, params: {**params, "path": str(write(tmp_path))}
+
+
+def _goat_bench(tmp_path: Path, params: dict[str, Any]) -> dict[str, Any]:
+    return {**params, "path": str(tmp_path), "images": str(write_goat_bench(tmp_path))}
+
+
+def _auto_bench(tmp_path: Path, params: dict[str, Any]) -> dict[str, Any]:
+    return {**params, "path": str(tmp_path / "ab"), "image_dir": str(write_auto_bench(tmp_path))}
+
+
+#: built-ins whose example params name a file the test writes (in the dataset's published format),
+#: with the fixture builders of the loaders' own tests
+FIXTURES: dict[str, Callable[[Path, dict[str, Any]], dict[str, Any]]] = {
+    "jsonl": _jsonl_fixture,
+    "auto-bench": _auto_bench,
+    "goat-bench": _goat_bench,
+    "holisafe": _in_folder(write_holi),
+    "mossbench": _in_folder(write_moss),
+    "msts": _in_folder(write_msts),
+    "mssbench": _in_folder(write_mss),
+    "rtvlm": _in_folder(write_rtvlm),
+    "vlsu": _in_folder(write_vlsu),
+}
 
 
 def _offline_params(name: str, cls: type[Benchmark], tmp_path: Path) -> dict[str, Any]:

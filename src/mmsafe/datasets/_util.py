@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark loaders: reading CSV/JSON files and images without leaving the root."""
+"""Helpers shared by the benchmark loaders: reading CSV/JSON/JSON Lines files and images without leaving
+the root, turning rows into Samples that record their provenance."""
 
 from __future__ import annotations
 
@@ -17,7 +18,12 @@ __all__ = [
     "ImageLoadError",
     "check_choices",
     "clip_repr",
+    "image_folder",
+    "item_image",
+    "json_object",
+    "jsonl_rows",
     "load_image",
+    "provenance",
     "read_csv",
     "read_json",
     "read_packaged_items",
@@ -196,12 +202,17 @@ def rows_to_samples(
     id_prefix: str = "",
     repeated_ids: Literal["keep", "mark"] = "keep",
     source_file: str | None = None,
+    first_row: int = 1,
+    source_row: Callable[[int, Row], int] | None = None,
 ) -> Iterator[Sample]:
     """``to_sample(n, row)`` for each numbered row; a row it cannot map becomes an errored Sample.
 
-    Rows are numbered from 1 (a CSV data row, a JSONL line). With ``source_file`` (the file's path
-    relative to the dataset root) every Sample, errored ones included, records its provenance
-    ``metadata["source"] = {"file": source_file, "row": n - 1}`` (see :func:`with_source`).
+    Rows are numbered from ``first_row`` (1: a CSV data row, a JSONL line; 0: an index into a JSON
+    array). With ``source_file`` (the file's path relative to the dataset root) every Sample, errored
+    ones included, records its provenance ``metadata["source"] = {"file": source_file, "row":
+    n - first_row}`` (see :func:`with_source`), or ``source_row(n, row)`` when the numbered items are
+    not the file's rows (an entry that expands into several items); a Sample whose mapping recorded
+    its own source keeps it.
 
     A row whose mapping raises (a missing column, a bad value) or whose Sample holds text that cannot
     be stored (see :func:`sample_problem`) yields ``Sample(id=f"{id_prefix}row-{n}", error=…)`` with
@@ -214,9 +225,13 @@ def rows_to_samples(
     # every id read so far, as the keys of a dict: a set's table quadruples when it grows (2 MiB of
     # table at 20,000 ids), a dict's holds about a third of that; the loader lives as long as the run
     seen: dict[str, None] = {}
-    for n, sample in _map_rows(rows, to_sample, benchmark=benchmark, id_prefix=id_prefix):
-        if source_file is not None:
-            sample = with_source(sample, file=source_file, row=n - 1)
+    for n, row in rows:
+        sample = _map_row(n, row, to_sample, benchmark=benchmark, id_prefix=id_prefix)
+        if sample is None:
+            continue
+        if source_file is not None and "source" not in sample.metadata:
+            at = source_row(n, row) if source_row is not None else n - first_row
+            sample = with_source(sample, file=source_file, row=at)
         if repeated_ids == "mark":
             if sample.id in seen:
                 sample = sample.model_copy(
@@ -233,30 +248,22 @@ def with_source(sample: Sample, *, file: str, row: int) -> Sample:
     return sample.model_copy(update={"metadata": {**sample.metadata, "source": {"file": file, "row": row}}})
 
 
-def _map_rows(
-    rows: Iterable[tuple[int, Row]],
-    to_sample: Callable[[int, Row], Sample | None],
-    *,
-    benchmark: str,
-    id_prefix: str,
-) -> Iterator[tuple[int, Sample]]:
-    for n, row in rows:
-        try:
-            sample = to_sample(n, row)
-        except MmsafeError:
-            raise
-        except Exception as exc:
-            error = f"row {n}: {_row_reason(exc)}"
-            yield n, Sample(id=f"{id_prefix}row-{n}", benchmark=benchmark, error=error)
-            continue
-        if sample is None:
-            continue
-        problem = sample_problem(sample)
-        if problem is not None:
-            sid = sample.id if value_problem(sample.id) is None else f"{id_prefix}row-{n}"
-            yield n, Sample(id=sid, benchmark=benchmark, error=f"row {n}: {problem}")
-        else:
-            yield n, sample
+def _map_row(
+    n: int, row: Row, to_sample: Callable[[int, Row], Sample | None], *, benchmark: str, id_prefix: str
+) -> Sample | None:
+    try:
+        sample = to_sample(n, row)
+    except MmsafeError:
+        raise
+    except Exception as exc:
+        return Sample(id=f"{id_prefix}row-{n}", benchmark=benchmark, error=f"row {n}: {_row_reason(exc)}")
+    if sample is None:
+        return None
+    problem = sample_problem(sample)
+    if problem is not None:
+        sid = sample.id if value_problem(sample.id) is None else f"{id_prefix}row-{n}"
+        return Sample(id=sid, benchmark=benchmark, error=f"row {n}: {problem}")
+    return sample
 
 
 def _row_reason(exc: Exception) -> str:
@@ -274,3 +281,61 @@ def check_choices(field: str, values: Iterable[str] | None, allowed: Iterable[st
     bad = [v for v in values or () if v not in allowed]
     if bad:
         raise ValueError(f"unknown {field} {', '.join(map(repr, bad))}; allowed: {', '.join(allowed)}")
+
+
+# -- JSON Lines: a published file read a row at a time, each row kept with its 0-based index --------------
+
+
+def jsonl_rows(path: Path) -> Iterator[tuple[int, str]]:
+    """``(row, line)`` for each non-blank line of ``path``, ``row`` counted from 0 over the non-blank
+    lines; the line is not parsed here, so a bad line fails only its own item (:func:`json_object`).
+    A file that cannot be opened is a :class:`ConfigError` naming it."""
+    try:
+        fh = path.open(encoding="utf-8", errors="surrogateescape", newline="")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with fh:
+        row = 0
+        for line in fh:
+            if line.strip():
+                yield row, line
+                row += 1
+
+
+def json_object(line: str) -> dict[str, Any]:
+    """The JSON object on one line; ``ValueError`` with a short reason otherwise."""
+    try:
+        value = json.loads(line)
+    except RecursionError:
+        raise ValueError("invalid JSON: nested deeper than Python can parse") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+# -- the user's image folder of a set whose images are not shipped with its text files ------------------
+# (SIUO, JailBreakV-28K, VLGuard and VLSBench publish their queries in a repository and their images in a
+# separate archive: a loader takes that folder as a param; an item whose image is not there still loads,
+# as a Sample whose ``error`` names the file it looked for)
+
+
+def image_folder(root: Path, param: str | None, default: str) -> Path:
+    """``param`` (a user path, ``~`` expanded), else ``root / default``; the folder need not exist."""
+    return Path(param).expanduser() if param else root / default
+
+
+def item_image(folder: Path, rel: str) -> tuple[tuple[Image, ...], str | None]:
+    """``((image,), None)`` for ``folder / rel``, or ``((), reason)`` naming the path when it cannot be read."""
+    if not rel:
+        return (), "row names no image file"
+    try:
+        return (load_image(folder, rel),), None
+    except ImageLoadError as exc:
+        return (), f"{exc} (looked for {folder / rel})"
+
+
+def provenance(root: Path, file: Path, row: int) -> dict[str, object]:
+    """``metadata["source"]``: the data file relative to the dataset root and the 0-based row in it."""
+    return {"file": file.relative_to(root).as_posix(), "row": row}

@@ -8,8 +8,14 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mmsafe.datasets._lines import json_object, jsonl_rows
-from mmsafe.datasets._util import ImageLoadError, load_image, require_file, rows_to_samples
+from mmsafe.datasets._util import (
+    ImageLoadError,
+    json_object,
+    jsonl_rows,
+    load_image,
+    require_file,
+    rows_to_samples,
+)
 from mmsafe.datasets.base import Benchmark
 from mmsafe.errors import ConfigError
 from mmsafe.plugin_meta import Paper
@@ -63,6 +69,9 @@ class AutoBench(Benchmark):
         threat_model="none beyond a plain user: privacy- or security-violating questions about a photo",
     )
     default_folder: ClassVar[str | None] = "auto-bench"
+    size: ClassVar[str | None] = "privacy + security rows of the user's copy (not public)"
+    licence: ClassVar[str | None] = "unknown (data not released)"
+    needs: ClassVar[str | None] = "a JSONL file in this loader's format; images: user folder (COCO)"
     example_params: ClassVar[dict[str, Any]] = {"path": "auto-bench", "image_dir": "coco"}
 
     class Params(BaseModel):
@@ -124,4 +133,11 @@ class AutoBench(Benchmark):
                 error=error,
             )
 
-        yield from rows_to_samples(jsonl_rows(path), to_sample, benchmark=self.name, id_prefix="auto-bench/")
+        yield from rows_to_samples(
+            jsonl_rows(path),
+            to_sample,
+            benchmark=self.name,
+            id_prefix="auto-bench/",
+            source_file=rel,
+            first_row=0,
+        )

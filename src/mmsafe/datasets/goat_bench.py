@@ -94,6 +94,11 @@ class GOATBench(Benchmark):
         threat_model="none: detection of hateful, misogynistic, offensive, sarcastic or harmful memes",
     )
     default_folder: ClassVar[str | None] = "goat-bench"
+    size: ClassVar[str | None] = (
+        "5 yes/no meme tasks (harmfulness, hatefulness, misogyny, offensiveness, sarcasm)"
+    )
+    licence: ClassVar[str | None] = "MIT (hatefulness: Facebook Hateful Memes terms)"
+    needs: ClassVar[str | None] = "data folder (HF HKBU-NLP/GOAT-Bench zips, unpacked); images in it"
     example_params: ClassVar[dict[str, Any]] = {"path": "goat-bench", "task": "harmfulness"}
 
     class Params(BaseModel):
@@ -129,7 +134,12 @@ class GOATBench(Benchmark):
             return self._sample(n, line, rel=rel, images=images)
 
         yield from rows_to_samples(
-            lines, to_sample, benchmark=self.name, id_prefix=f"goat-bench/{task}/", repeated_ids="mark"
+            lines,
+            to_sample,
+            benchmark=self.name,
+            id_prefix=f"goat-bench/{task}/",
+            repeated_ids="mark",
+            source_file=rel,
         )
 
     def _sample(self, n: int, line: str, *, rel: str, images: Path) -> Sample:

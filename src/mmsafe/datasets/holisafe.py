@@ -63,6 +63,9 @@ class HoliSafe(Benchmark):
         threat_model="none: safe and unsafe images and queries in every combination; one black-box query",
     )
     default_folder: ClassVar[str | None] = "holisafe"
+    size: ClassVar[str | None] = "4,031 items in 5 safeness types"
+    licence: ClassVar[str | None] = "as the gated HF card states (not verified)"
+    needs: ClassVar[str | None] = "a JSON/JSONL export of HF etri-vilab/holisafe-bench; images: user folder"
     example_params: ClassVar[dict[str, Any]] = {"path": "holisafe", "file": "holisafe_bench.jsonl"}
 
     class Params(BaseModel):
@@ -129,7 +132,13 @@ class HoliSafe(Benchmark):
             )
 
         yield from rows_to_samples(
-            enumerate(records), to_sample, benchmark=self.name, id_prefix="holisafe/", repeated_ids="mark"
+            enumerate(records),
+            to_sample,
+            benchmark=self.name,
+            id_prefix="holisafe/",
+            repeated_ids="mark",
+            source_file=rel,
+            first_row=0,
         )
 
 

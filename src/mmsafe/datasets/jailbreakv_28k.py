@@ -8,8 +8,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mmsafe.datasets._image_folder import image_folder, item_image, provenance
-from mmsafe.datasets._util import read_csv, rows_to_samples
+from mmsafe.datasets._util import image_folder, item_image, provenance, read_csv, rows_to_samples
 from mmsafe.datasets.base import Benchmark
 from mmsafe.errors import ConfigError
 from mmsafe.plugin_meta import Paper
@@ -85,7 +84,12 @@ class JailBreakV28K(Benchmark):
         threat_model="black-box user sending one jailbreak prompt (template, persuasion, logic) with an image attack or noise",
     )
     default_folder: ClassVar[str | None] = "jailbreakv-28k"
-    example_params: ClassVar[dict[str, Any]] = {"path": "jailbreakv-28k", "variant": "redteam-2k"}
+    size: ClassVar[str | None] = "mini 280; full 28,000; redteam-2k 2,000 (text)"
+    licence: ClassVar[str | None] = "MIT"
+    needs: ClassVar[str | None] = (
+        "data folder (HF JailbreakV-28K/JailBreakV-28k CSVs); images: user folder (its HF images)"
+    )
+    example_params: ClassVar[dict[str, Any]] = {"variant": "redteam-2k"}
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -152,4 +156,11 @@ class JailBreakV28K(Benchmark):
                 error=error,
             )
 
-        yield from rows_to_samples(enumerate(rows), to_sample, benchmark=self.name, id_prefix=prefix)
+        yield from rows_to_samples(
+            enumerate(rows),
+            to_sample,
+            benchmark=self.name,
+            id_prefix=prefix,
+            source_file=file.relative_to(root).as_posix(),
+            first_row=0,
+        )

@@ -75,6 +75,11 @@ class MOSSBench(Benchmark):
         threat_model="none: benign image+query pairs with visual stimuli that trigger needless refusals",
     )
     default_folder: ClassVar[str | None] = "mossbench"
+    size: ClassVar[str | None] = "300 benign; 244 contrast"
+    licence: ClassVar[str | None] = "CC BY-SA 4.0"
+    needs: ClassVar[str | None] = (
+        "data folder (github.com/xirui-li/MOSSBench data/, data_contrast/); images in it"
+    )
     example_params: ClassVar[dict[str, Any]] = {"path": "mossbench", "subset": "benign"}
 
     class Params(BaseModel):
@@ -152,4 +157,6 @@ class MOSSBench(Benchmark):
             benchmark=self.name,
             id_prefix=f"mossbench/{subset}/",
             repeated_ids="mark",
+            source_file=rel,
+            first_row=0,
         )

@@ -71,6 +71,11 @@ class MSSBench(Benchmark):
         threat_model="none: the same query is safe in one visual situation and unsafe in another",
     )
     default_folder: ClassVar[str | None] = "mssbench"
+    size: ClassVar[str | None] = "chat and embodied queries, each with a safe and an unsafe image"
+    licence: ClassVar[str | None] = "none stated (code MIT)"
+    needs: ClassVar[str | None] = (
+        "data folder (HF kzhou35/mssbench: combine.json, chat/, embodied/); images in it"
+    )
     example_params: ClassVar[dict[str, Any]] = {"path": "mssbench", "task": "chat"}
 
     class Params(BaseModel):
@@ -106,6 +111,8 @@ class MSSBench(Benchmark):
                 benchmark=self.name,
                 id_prefix=f"mssbench/{task}/",
                 repeated_ids="mark",
+                source_file=rel,
+                source_row=lambda n, item: item[0],  # the entry, of which each query is an item
             )
 
     @staticmethod

@@ -63,6 +63,11 @@ class MSTS(Benchmark):
         threat_model="none: unsafe requests whose meaning is completed by the image; one black-box query",
     )
     default_folder: ClassVar[str | None] = "msts"
+    size: ClassVar[str | None] = "English 400 multimodal + 400 text-only; 10 more languages 200 each"
+    licence: ClassVar[str | None] = "CC BY 4.0 (images: each one's own licence)"
+    needs: ClassVar[str | None] = (
+        "data folder (github.com/paul-rottger/msts-multimodal-safety); images: user download (unsafe_images.csv)"
+    )
     example_params: ClassVar[dict[str, Any]] = {"path": "msts", "language": "english"}
 
     class Params(BaseModel):
@@ -138,7 +143,13 @@ class MSTS(Benchmark):
             )
 
         yield from rows_to_samples(
-            enumerate(rows), to_sample, benchmark=self.name, id_prefix=f"msts/{lang}/", repeated_ids="mark"
+            enumerate(rows),
+            to_sample,
+            benchmark=self.name,
+            id_prefix=f"msts/{lang}/",
+            repeated_ids="mark",
+            source_file=rel,
+            first_row=0,
         )
 
     def _image(self, image_root: Path, image_id: str) -> Image:

@@ -125,10 +125,16 @@ class PrivQA(Benchmark):
         threat_model="none: an access-control instruction names what to protect; control questions must be answered",
     )
     default_folder: ClassVar[str | None] = "privqa"
+    size: ClassVar[str | None] = "2,000 visual + 4,678 textual questions"
+    licence: ClassVar[str | None] = (
+        "MIT (questions from PopQA/TriviaQA/Wikidata, KVQA, InfoSeek/OVEN: their terms)"
+    )
+    needs: ClassVar[str | None] = (
+        "data folder (github.com/ethanm88/llm-access-control); images: user folder (KVQA, OVEN), visual only"
+    )
     #: metrics the report adds for this benchmark (see mmsafe.report)
     metrics: ClassVar[tuple[str, ...]] = ("protection_score",)
     example_params: ClassVar[dict[str, Any]] = {
-        "path": "../shared/data/privqa",  # the staged repository files, from a checkout's root
         "modality": "textual",
         "subset": "population",
     }

@@ -9,8 +9,15 @@ from typing import Any, ClassVar, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mmsafe.datasets._lines import json_object, jsonl_rows
-from mmsafe.datasets._util import ImageLoadError, clip_repr, load_image, require_file, rows_to_samples
+from mmsafe.datasets._util import (
+    ImageLoadError,
+    clip_repr,
+    json_object,
+    jsonl_rows,
+    load_image,
+    require_file,
+    rows_to_samples,
+)
 from mmsafe.datasets.base import Benchmark
 from mmsafe.limits import MAX_IMAGE_FILE_BYTES
 from mmsafe.plugin_meta import Paper
@@ -200,6 +207,9 @@ class RTVLM(Benchmark):
         threat_model="a user with one black-box query: misleading images or text, jailbreak images, sensitive faces",
     )
     default_folder: ClassVar[str | None] = "rtvlm"
+    size: ClassVar[str | None] = "11 sub-tasks (faithfulness, privacy, safety, fairness)"
+    licence: ClassVar[str | None] = "CC BY 4.0 (images: their own rights)"
+    needs: ClassVar[str | None] = "data folder (HF MMInstruction/RedTeamingVLM); images: its zips"
     example_params: ClassVar[dict[str, Any]] = {"path": "rtvlm", "subtasks": ["jailbreak"]}
 
     class Params(BaseModel):
@@ -368,4 +378,11 @@ class RTVLM(Benchmark):
                 topic=task,
             )
 
-        yield from rows_to_samples(expanded(), to_sample, benchmark=self.name, id_prefix=f"rtvlm/{task}/")
+        yield from rows_to_samples(
+            expanded(),
+            to_sample,
+            benchmark=self.name,
+            id_prefix=f"rtvlm/{task}/",
+            source_file=spec.file,
+            first_row=0,
+        )

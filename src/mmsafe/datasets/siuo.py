@@ -7,8 +7,14 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mmsafe.datasets._image_folder import image_folder, item_image, provenance
-from mmsafe.datasets._util import read_json, require_file, rows_to_samples
+from mmsafe.datasets._util import (
+    image_folder,
+    item_image,
+    provenance,
+    read_json,
+    require_file,
+    rows_to_samples,
+)
 from mmsafe.datasets.base import Benchmark
 from mmsafe.errors import ConfigError
 from mmsafe.plugin_meta import Paper
@@ -75,7 +81,12 @@ class SIUO(Benchmark):
         threat_model="none: a benign user whose harmless image and harmless question combine into an unsafe request",
     )
     default_folder: ClassVar[str | None] = "siuo"
-    example_params: ClassVar[dict[str, Any]] = {"path": "siuo", "mode": "multiple-choice"}
+    size: ClassVar[str | None] = "167 pairs (generation; multiple-choice 167)"
+    licence: ClassVar[str | None] = "CC BY-NC 4.0 (research only)"
+    needs: ClassVar[str | None] = (
+        "data folder (github.com/sinwang20/SIUO data/); images: user folder (SIUO-images.zip)"
+    )
+    example_params: ClassVar[dict[str, Any]] = {"mode": "multiple-choice"}
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -132,4 +143,11 @@ class SIUO(Benchmark):
                 metadata=meta,
             )
 
-        yield from rows_to_samples(enumerate(rows), to_sample, benchmark=self.name, id_prefix=prefix)
+        yield from rows_to_samples(
+            enumerate(rows),
+            to_sample,
+            benchmark=self.name,
+            id_prefix=prefix,
+            source_file=_FILES[self.params.mode],
+            first_row=0,
+        )

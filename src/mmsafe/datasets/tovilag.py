@@ -86,7 +86,14 @@ class ToViLaG(Benchmark):
         threat_model="none: toxic images or texts as input; is the generated text toxic",
     )
     default_folder: ClassVar[str | None] = "tovilag"
-    example_params: ClassVar[dict[str, Any]] = {"path": "tovilag", "subset": "toxic-image"}
+    size: ClassVar[str | None] = (
+        "toxic-text 500, toxic-image 500, toxic-image-train 1,000, cotoxic 500 (AutoSteer's subsets)"
+    )
+    licence: ClassVar[str | None] = "none stated (AutoSteer code MIT; images: research use only)"
+    needs: ClassVar[str | None] = (
+        "data folder (github.com/zjunlp/AutoSteer dataset/ToViLaG/); images: user folder (COCO, NSFW)"
+    )
+    example_params: ClassVar[dict[str, Any]] = {"subset": "toxic-image"}
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -130,6 +137,7 @@ class ToViLaG(Benchmark):
             lambda n, line: self._sample(n, line, rel=rel, images=images),
             benchmark=self.name,
             id_prefix=prefix,
+            source_file=rel,
         )
 
     def _sample(self, n: int, line: str, *, rel: str, images: Path) -> Sample:

@@ -8,8 +8,14 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mmsafe.datasets._image_folder import image_folder, item_image, provenance
-from mmsafe.datasets._util import read_json, require_file, rows_to_samples
+from mmsafe.datasets._util import (
+    image_folder,
+    item_image,
+    provenance,
+    read_json,
+    require_file,
+    rows_to_samples,
+)
 from mmsafe.datasets.base import Benchmark
 from mmsafe.errors import ConfigError
 from mmsafe.plugin_meta import Paper
@@ -48,8 +54,8 @@ class VLGuard(Benchmark):
     ``data/gpt4_safe_safes.json``, the reference of the paper's win rate (17 of them are empty upstream:
     no reference); ``metadata``: ``subset``, ``image_id`` (``id``), ``image_file``,
     ``image_safe``, ``harmful_category`` and ``harmful_subcategory`` (unsafe images only, e.g.
-    ``risky behavior`` / ``sexually explicit``), ``source`` = ``{file, row}`` (0-based index of the
-    image in the JSON array; ``instruction`` = 0 or 1 inside its ``instr-resp``).
+    ``risky behavior`` / ``sexually explicit``), ``instruction_index`` (0 or 1 inside the image's
+    ``instr-resp``), ``source`` = ``{file, row}`` (0-based index of the image in the JSON array).
 
     Metric (paper): attack success rate on ``safe_unsafes`` and ``unsafes`` = share of responses
     without a refusal keyword (upstream's string match) — in mmsafe the ``refusal`` judge's
@@ -67,7 +73,12 @@ class VLGuard(Benchmark):
         threat_model="none: a user sends an unsafe image, or an unsafe instruction about a safe image, in one query",
     )
     default_folder: ClassVar[str | None] = "vlguard"
-    example_params: ClassVar[dict[str, Any]] = {"path": "vlguard", "subset": "safe_unsafes"}
+    size: ClassVar[str | None] = "1,558 pairs: safe_safes 558, safe_unsafes 558, unsafes 442"
+    licence: ClassVar[str | None] = "MIT (research use; Hateful Memes images: Facebook's licence)"
+    needs: ClassVar[str | None] = (
+        "data folder (test.json); images: user folder (HF ys-zong/VLGuard test.zip, gated)"
+    )
+    example_params: ClassVar[dict[str, Any]] = {"subset": "safe_unsafes"}
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -95,7 +106,12 @@ class VLGuard(Benchmark):
                 return self._sample(n, row, subset, folder=folder, source=provenance(root, file, n))
 
             yield from rows_to_samples(
-                enumerate(rows), to_sample, benchmark=self.name, id_prefix=f"vlguard/{subset}/"
+                enumerate(rows),
+                to_sample,
+                benchmark=self.name,
+                id_prefix=f"vlguard/{subset}/",
+                source_file=rel,
+                first_row=0,
             )
 
     def _sample(
@@ -130,7 +146,8 @@ class VLGuard(Benchmark):
                 "image_safe": safe,
                 "harmful_category": row.get("harmful_category"),
                 "harmful_subcategory": row.get("harmful_subcategory"),
-                "source": {**source, "instruction": found[0]},
+                "instruction_index": found[0],
+                "source": source,
             },
             error=error,
         )

@@ -8,8 +8,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mmsafe.datasets._lines import json_object, jsonl_rows
-from mmsafe.datasets._util import ImageLoadError, load_image, rows_to_samples
+from mmsafe.datasets._util import ImageLoadError, json_object, jsonl_rows, load_image, rows_to_samples
 from mmsafe.datasets.base import Benchmark
 from mmsafe.errors import ConfigError
 from mmsafe.plugin_meta import Paper
@@ -89,7 +88,12 @@ class VLSafe(Benchmark):
         threat_model="none beyond a plain user: harmful questions about a benign everyday photo, one query",
     )
     default_folder: ClassVar[str | None] = "vlsafe"
-    example_params: ClassVar[dict[str, Any]] = {"path": "vlsafe", "image_source": "caption"}
+    size: ClassVar[str | None] = "eval 1,110, train 3,000"
+    licence: ClassVar[str | None] = "none stated (research only; COCO captions CC BY 4.0)"
+    needs: ClassVar[str | None] = (
+        "data folder (HF YangyiYY/LVLM_NLF VLSafe/); images: user folder (COCO train2017), or caption text-only"
+    )
+    example_params: ClassVar[dict[str, Any]] = {"image_source": "caption"}
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -167,5 +171,10 @@ class VLSafe(Benchmark):
             )
 
         yield from rows_to_samples(
-            jsonl_rows(path), to_sample, benchmark=self.name, id_prefix=f"vlsafe/{split}/"
+            jsonl_rows(path),
+            to_sample,
+            benchmark=self.name,
+            id_prefix=f"vlsafe/{split}/",
+            source_file=rel,
+            first_row=0,
         )

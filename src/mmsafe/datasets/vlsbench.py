@@ -7,8 +7,15 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mmsafe.datasets._image_folder import image_folder, item_image, provenance
-from mmsafe.datasets._util import check_choices, read_json, require_file, rows_to_samples
+from mmsafe.datasets._util import (
+    check_choices,
+    image_folder,
+    item_image,
+    provenance,
+    read_json,
+    require_file,
+    rows_to_samples,
+)
 from mmsafe.datasets.base import Benchmark
 from mmsafe.errors import ConfigError
 from mmsafe.plugin_meta import Paper
@@ -58,7 +65,12 @@ class VLSBench(Benchmark):
         threat_model="none: a user's harmless-looking instruction about an image that makes it unsafe",
     )
     default_folder: ClassVar[str | None] = "vlsbench"
-    example_params: ClassVar[dict[str, Any]] = {"path": "vlsbench", "categories": ["Privacy"]}
+    size: ClassVar[str | None] = "2,241 image–instruction pairs"
+    licence: ClassVar[str | None] = "Apache-2.0 (images: their sources' terms)"
+    needs: ClassVar[str | None] = (
+        "data folder (data.json); images: user folder (HF Foreshhh/vlsbench imgs.tar)"
+    )
+    example_params: ClassVar[dict[str, Any]] = {"categories": ["Privacy"]}
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
@@ -111,4 +123,11 @@ class VLSBench(Benchmark):
                 error=error,
             )
 
-        yield from rows_to_samples(enumerate(rows), to_sample, benchmark=self.name, id_prefix="vlsbench/")
+        yield from rows_to_samples(
+            enumerate(rows),
+            to_sample,
+            benchmark=self.name,
+            id_prefix="vlsbench/",
+            source_file=rel,
+            first_row=0,
+        )

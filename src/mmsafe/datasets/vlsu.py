@@ -70,6 +70,11 @@ class VLSU(Benchmark):
         threat_model="none: image+text pairs whose harm may arise only in combination; one black-box query",
     )
     default_folder: ClassVar[str | None] = "vlsu"
+    size: ClassVar[str | None] = "8,187 image+text pairs"
+    licence: ClassVar[str | None] = "CC BY-NC-ND (as reported; not verified)"
+    needs: ClassVar[str | None] = (
+        "data folder (github.com/apple/ml-vlsu data/VLSU.csv); images: user download (web_path)"
+    )
     example_params: ClassVar[dict[str, Any]] = {"path": "vlsu", "task": "response"}
 
     class Params(BaseModel):
@@ -134,7 +139,13 @@ class VLSU(Benchmark):
             )
 
         yield from rows_to_samples(
-            enumerate(rows), to_sample, benchmark=self.name, id_prefix="vlsu/", repeated_ids="mark"
+            enumerate(rows),
+            to_sample,
+            benchmark=self.name,
+            id_prefix="vlsu/",
+            repeated_ids="mark",
+            source_file=rel,
+            first_row=0,
         )
 
     def _image(self, image_root: Path, uid: str) -> Image:
