@@ -256,6 +256,11 @@ class Prompt(_Frozen):
 
     messages: tuple[Message, ...]
     attack_metadata: dict[str, Any] = Field(default_factory=dict)
+    #: what the dataset knows about the request and the model is not shown — ``image_description``
+    #: (e.g. VLSafe's COCO caption) — for defenses that may use it (ECSO's ``caption_source:
+    #: dataset``). Set by the runner from the sample; never sent to a model, not in the fingerprint,
+    #: not stored with the record (it is the sample's, which the record names).
+    context: dict[str, str] = Field(default_factory=dict, exclude=True)
 
     @property
     def images(self) -> tuple[Image, ...]:

@@ -29,7 +29,11 @@ the item becomes an error (the answer judged harmful is not passed on).
 
 Parameters: ``check_prompt`` (fields ``{query}``, ``{answer}``), ``caption_prompt`` (``{query}``),
 ``answer_prompt`` (``{caption}``, ``{query}``), ``answer_prompt_no_image`` (``{query}``) — all our
-wording, below; ``max_answer_chars`` (4000), ``max_logged_chars`` (200).
+wording, below; ``max_answer_chars`` (4000), ``max_logged_chars`` (200); ``caption_source``
+(``model``, as the paper; ``dataset`` takes the dataset's own caption of the image from
+``prompt.context["image_description"]`` — VLSafe's COCO caption — instead of asking the model, so a
+rewrite costs 3 calls, and falls back to the model's caption for an item without one; details then
+say ``caption_source: dataset``).
 
 Where we differ from the paper: the prompts are ours, not the paper's; the self-check is sent
 without the images; prompts without images (ECSO is defined for image inputs) get the check and
@@ -40,7 +44,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -128,6 +132,11 @@ class ECSOParams(BaseModel):
     answer_prompt_no_image: str = Field(DEFAULT_ANSWER_PROMPT_NO_IMAGE, min_length=1, max_length=20_000)
     max_answer_chars: int = Field(4000, ge=100, le=200_000)
     max_logged_chars: int = Field(200, ge=0, le=10_000)
+    caption_source: Literal["model", "dataset"] = Field(
+        "model",
+        description="model: the model describes the image (the paper); dataset: use the dataset's own caption "
+        "(prompt.context['image_description'], e.g. VLSafe's COCO caption) and ask the model only where there is none",
+    )
 
     @model_validator(mode="after")
     def _fields_present(self) -> ECSOParams:
@@ -206,8 +215,14 @@ class ECSO(Defense):
         if not harmful:
             return out
 
-        # (3) query-aware captions, for the prompts that have images
-        with_img = [i for i in harmful if prompts[i].images]
+        # (3) query-aware captions, for the prompts that have images (or the dataset's own caption)
+        given: dict[int, str] = {}
+        if p.caption_source == "dataset":
+            for i in harmful:
+                text = prompts[i].context.get("image_description", "")
+                if prompts[i].images and text.strip():
+                    given[i] = text
+        with_img = [i for i in harmful if prompts[i].images and i not in given]
         caps = self._ask(
             model,
             [_fill(p.caption_prompt, query=query_text(prompts[i])) for i in with_img],
@@ -215,6 +230,7 @@ class ECSO(Defense):
             images=[prompts[i].images for i in with_img],
         )
         caption: dict[int, Generation | Exception] = dict(zip(with_img, caps, strict=True))
+        caption.update({i: Generation(text=text) for i, text in given.items()})
 
         # (4) safe re-answer without the image
         asks: list[Prompt] = []
@@ -243,7 +259,9 @@ class ECSO(Defense):
                 details["caption_error"] = f"{type(cap).__name__}: {cap}"
             elif cap is not None:
                 details["caption"] = cap.text[:cut]
-            calls = 4 if i in caption else 3
+            if i in given:
+                details["caption_source"] = "dataset"
+            calls = 4 if i in caption and i not in given else 3
             out[i] = mark(r, "rewritten", calls=calls, **details)
         return out
 

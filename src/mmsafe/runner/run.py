@@ -80,6 +80,17 @@ def item_seed(run_seed: int, sample_id: str, attack: Attack) -> int:
     return int(stable_hash([run_seed, sample_id, attack.spec.key])[:8], 16)
 
 
+#: sample metadata a defense may read from the prompt (:attr:`~mmsafe.types.Prompt.context`)
+CONTEXT_KEYS = ("image_description",)
+
+
+def _with_context(prompt: Prompt, sample: Sample) -> Prompt:
+    """``prompt`` carrying what the dataset says about the request that the model is not shown (a
+    caption of its image), for defenses that may use it; the model never sees it."""
+    context = {k: v for k in CONTEXT_KEYS if isinstance(v := sample.metadata.get(k), str) and v.strip()}
+    return prompt.model_copy(update={"context": context}) if context else prompt
+
+
 def _err(exc: BaseException) -> str:
     return describe(exc, limit=500)
 
@@ -383,7 +394,7 @@ class Runner:
                     item.error, item.stage = _err(res), "attack"
                     log.debug("attack failed on %s: %s", item.sample.id, item.error)
                 elif not self._over_limit(item, res):
-                    item.prompt = res
+                    item.prompt = _with_context(res, item.sample)
                 item.timings["attack_s"] = per_item
 
     def _finish(
