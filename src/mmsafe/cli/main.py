@@ -58,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="re-render summary.json and report.md from a run folder's store")
     rp.add_argument("dir")
 
+    cp = sub.add_parser(
+        "compare",
+        help="the cells two or more run folders share, rates side by side (markdown, from the stores)",
+    )
+    cp.add_argument("dirs", nargs="+", metavar="RUN", help="run folders; differences are against the first")
+    cp.add_argument("--out", help="write the markdown here instead of stdout")
+
     ex = sub.add_parser("export", help="write every record as JSONL or CSV")
     ex.add_argument("dir")
     ex.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
@@ -573,6 +580,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from mmsafe.report.compare import compare_runs, load_run, render_compare
+
+    if len(args.dirs) < 2:
+        raise ConfigError("compare needs at least two run folders")
+    text = render_compare(compare_runs([load_run(d) for d in args.dirs]))
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"comparison: {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from mmsafe.report.export import export
 
@@ -700,6 +721,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         "run": _cmd_run,
         "report": _cmd_report,
+        "compare": _cmd_compare,
         "export": _cmd_export,
         "list": _cmd_list,
         "describe": _cmd_describe,
