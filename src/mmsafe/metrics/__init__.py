@@ -14,6 +14,8 @@
 - :mod:`~mmsafe.metrics.compare` — the difference between two cells with a Newcombe interval.
 - :mod:`~mmsafe.metrics.agreement` — a judge's agreement with labels (accuracy, κ, F1, confusion),
   what judge evaluation and the learned judge report.
+- :mod:`~mmsafe.metrics.interrater` — agreement among several annotators: Fleiss' κ,
+  Krippendorff's nominal α and the per-item majority label.
 
 Every estimate comes with a 95% interval by default: a :class:`Rate` (Wilson) for proportions, an
 :class:`Estimate` (value, lo, hi, n and the interval's ``method``) for everything else. Bootstrap
@@ -34,6 +36,7 @@ from mmsafe.metrics.classification import (
     precision_recall_f1,
 )
 from mmsafe.metrics.compare import compare_rates, newcombe_interval, newcombe_paired_interval
+from mmsafe.metrics.interrater import fleiss_kappa, krippendorff_alpha, majority
 from mmsafe.metrics.privacy import PrivacyItem, ProtectionScore, protection_score
 from mmsafe.metrics.rates import (
     Item,
@@ -85,9 +88,12 @@ __all__ = [
     "corpus_bleu",
     "corpus_rouge_l",
     "defense_success_rate",
+    "fleiss_kappa",
     "hanley_mcneil_se",
+    "krippendorff_alpha",
     "labels_of",
     "macro_f1",
+    "majority",
     "mean_utility",
     "newcombe_interval",
     "newcombe_paired_interval",
