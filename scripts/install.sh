@@ -5,10 +5,10 @@
 #   bash scripts/install.sh --dev    # plus the test tools: requirements/dev.txt
 # Then: .venv/bin/mmsafe run   (or `source .venv/bin/activate` and plain `mmsafe`).
 #
-# Order matters: system packages (Tesseract OCR, FigStep's FreeMonoBold font, venv support) from apt when
-# missing; torch FIRST, pinned ($MMSAFE_TORCH_VERSION, default 2.13.0) and never from the lock, so the build
-# the machine needs is used (set MMSAFE_TORCH_INDEX_URL, e.g. https://download.pytorch.org/whl/cu128, to pick
-# one); then exactly the lock, every file checked against its sha256 (--require-hashes) and nothing else
+# Order matters: system packages (Tesseract OCR, FigStep's FreeMonoBold font, venv support; with --dev Chromium
+# and ChromeDriver for the browser tests) from apt when missing; torch FIRST, pinned ($MMSAFE_TORCH_VERSION,
+# default 2.13.0) and never from the lock, so the build the machine needs is used (set MMSAFE_TORCH_INDEX_URL,
+# e.g. https://download.pytorch.org/whl/cu128, to pick one); then exactly the lock, every file checked against its sha256 (--require-hashes) and nothing else
 # resolved (--no-deps); then mmsafe itself, editable; then `pip check`; then the wheels the reference judges read
 # their published templates from (requirements/reference/wheels.txt, hash-checked, not installed).
 set -euo pipefail
@@ -21,6 +21,11 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 need=()
 command -v tesseract >/dev/null 2>&1 || need+=(tesseract-ocr tesseract-ocr-eng)
 [ -f /usr/share/fonts/truetype/freefont/FreeMonoBold.ttf ] || need+=(fonts-freefont-ttf)
+# the browser tests (--dev) drive Debian's headless Chromium through its matching ChromeDriver (tests/browser.py)
+if [ "${1:-}" = "--dev" ]; then
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+fi
 [ -x "$venv/bin/python" ] || python3 -c "import ensurepip, venv" 2>/dev/null \
   || need+=("python3-venv" "python$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')-venv")
 if [ ${#need[@]} -gt 0 ]; then
