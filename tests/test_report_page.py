@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests._browser import browser
-
+from _browser import browser
 from mmsafe.report.page import csp, esc, json_text, page, source_hash
 
 HOSTILE = [
