@@ -15,6 +15,7 @@ that cannot be read back (damaged, or written by another mmsafe version) is skip
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import sqlite3
@@ -67,6 +68,15 @@ SLIM_DROPS = (
     "$.judgement.rationale",
 )
 _SPEC_FIELDS = ("model", "benchmark_spec", "attack", "defense", "judge")
+
+
+def generation_id(model: str, benchmark: str, attack: str, defense: str, sample_id: str) -> str:
+    """The id of one generation: the spec keys of model, benchmark, attack and defense, and the sample id.
+
+    The records of one generation (one per judge) share it; the sample browser shows one item per generation and
+    human labels are stored against it, so a label names the answer it was given for, whatever judged it."""
+    text = "\x1f".join((model, benchmark, attack, defense, sample_id))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _intern(record: Record, texts: tuple[Any, ...], interned: dict[str, ComponentSpec]) -> Record:
