@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--name", help="run name")
     r.add_argument("--quiet", action="store_true", help="no progress display")
 
-    rp = sub.add_parser("report", help="re-render summary.json and report.md from a run folder's store")
+    rp = sub.add_parser("report", help="re-render summary.json, report.md and report.html from a run's store")
     rp.add_argument("dir")
 
     cp = sub.add_parser(
@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     cp.add_argument("dirs", nargs="+", metavar="RUN", help="run folders; differences are against the first")
     cp.add_argument("--out", help="write the markdown here instead of stdout")
+    cp.add_argument("--html", metavar="FILE", help="also write the comparison as one self-contained page")
 
     ex = sub.add_parser("export", help="write every record as JSONL or CSV")
     ex.add_argument("dir")
@@ -581,11 +582,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from mmsafe.report.compare import compare_runs, load_run, render_compare
+    from mmsafe.report.compare import compare_runs, load_run, render_compare, render_compare_html
 
     if len(args.dirs) < 2:
         raise ConfigError("compare needs at least two run folders")
-    text = render_compare(compare_runs([load_run(d) for d in args.dirs]))
+    result = compare_runs([load_run(d) for d in args.dirs])
+    text = render_compare(result)
+    if args.html:  # named on stderr when the markdown goes to stdout, so stdout stays markdown
+        Path(args.html).write_text(render_compare_html(result), encoding="utf-8")
+        print(f"comparison page: {args.html}", file=sys.stdout if args.out else sys.stderr)
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
         print(f"comparison: {args.out}")

@@ -1,4 +1,4 @@
-"""Reports read only the store: ``summary.json`` (machine-readable) and ``report.md`` (for people)."""
+"""Reports read only the store: ``summary.json`` (machine-readable), ``report.md`` and ``report.html`` (for people)."""
 
 from __future__ import annotations
 
@@ -446,7 +446,8 @@ def adversarial_summary(tally: Tally, labels: dict[tuple[str, str], str]) -> lis
 
 
 def write_outputs(store: Store, out_dir: str | Path) -> dict[str, Path]:
-    """(Re)write ``summary.json`` and ``report.md`` in ``out_dir`` from ``store``."""
+    """(Re)write ``summary.json``, ``report.md`` and ``report.html`` in ``out_dir`` from ``store``."""
+    from mmsafe.report.html import render_html
     from mmsafe.report.markdown import render
 
     out = Path(out_dir)
@@ -458,9 +459,11 @@ def write_outputs(store: Store, out_dir: str | Path) -> dict[str, Path]:
             store.path,
             summary["unreadable"][0][:16],
         )
-    paths = {"summary": out / "summary.json", "report": out / "report.md"}
+    paths = {"summary": out / "summary.json", "report": out / "report.md", "html": out / "report.html"}
     _atomic_write(paths["summary"], json.dumps(summary, indent=2, sort_keys=True, default=str))
-    _atomic_write(paths["report"], render(summary, errors=store.error_groups(), examples=store.examples(3)))
+    errors = store.error_groups()
+    _atomic_write(paths["report"], render(summary, errors=errors, examples=store.examples(3)))
+    _atomic_write(paths["html"], render_html(summary, errors=errors))
     return paths
 
 

@@ -14,6 +14,9 @@ Per shared cell: the rate of each run (named by the judge's construct, as the re
 ``rate_name``) with its Wilson 95% interval, and the difference run − first run with Newcombe's
 paired interval (:func:`~mmsafe.metrics.compare.compare_rates` with ``paired=True``) over the
 sample ids judged in both runs; samples judged in only one run are counted, not paired.
+
+Rendered as markdown (:func:`render_compare`) or as one self-contained page (:func:`render_compare_html`:
+the same table and a forest chart of the differences, under the report's strict policy).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from mmsafe.report.escape import md_cell
 from mmsafe.report.tally import AXES, Tally
 from mmsafe.store.sqlite import Store
 
-__all__ = ["RunCells", "compare_runs", "load_run", "render_compare"]
+__all__ = ["RunCells", "compare_runs", "load_run", "render_compare", "render_compare_html"]
 
 #: a cell's labels: (benchmark, model, attack, defense, judge)
 Label = tuple[str, str, str, str, str]
@@ -138,3 +141,56 @@ def render_compare(result: dict[str, Any]) -> str:
     for i, n in enumerate(result["only"]):
         lines.append(f"- cells only in run {i + 1}: {n}")
     return "\n".join(lines) + "\n"
+
+
+def render_compare_html(result: dict[str, Any]) -> str:
+    """One self-contained page for :func:`compare_runs`: the table of :func:`render_compare` (every label
+    escaped) and a forest chart of each difference with its interval (no chart without matplotlib)."""
+    from mmsafe.report import charts, htmlkit
+    from mmsafe.report.page import esc, page
+
+    names = result["runs"]
+    runs = "".join(f"<li>run {i + 1}: <code>{esc(n)}</code></li>" for i, n in enumerate(names))
+    head = [*_ORDER, "rate", *(f"run {i + 1}" for i in range(len(names)))]
+    head += [f"run {i + 1} − run 1 (pp)" for i in range(1, len(names))]
+    rows, forest = [], []
+    for c in result["cells"]:
+        labels = [esc(c["cell"][k]) for k in _ORDER]
+        rates = [htmlkit.pct(e["rate"]) for e in c["runs"]]
+        diffs = []
+        for i, e in enumerate(c["runs"][1:], start=2):
+            d = e["diff"]
+            pairs = (
+                f' <span class="n">{d["n_a"]} paired, {d["n_unmatched"]} unpaired</span>'
+                if d["diff"] is not None
+                else ""
+            )
+            diffs.append(htmlkit.diff(d) + pairs)
+            iv = charts.Interval.of(d)
+            if iv is not None:
+                forest.append((" · ".join(str(c["cell"][k]) for k in _ORDER) + f" · run {i}", iv))
+        rows.append([*labels, esc(c["runs"][0]["rate_name"]), *rates, *diffs])
+    shown = forest[: 4 * htmlkit.MAX_PANELS]
+
+    def draw() -> str:
+        return charts.forest(
+            "", shown, xlabel="run − run 1 (percentage points)", alt="differences against run 1"
+        )
+
+    only = "".join(f"<li>cells only in run {i + 1}: {n}</li>" for i, n in enumerate(result["only"]))
+    body = (
+        '<header><h1>Run comparison</h1></header><main><section id="runs"><h2>Runs</h2>'
+        f"<ul>{runs}</ul><p>{len(result['cells'])} shared cells (category ALL); difference = run − run 1 in "
+        "percentage points, Newcombe's paired 95% interval over the sample ids judged in both.</p>"
+        f"<ul>{only}</ul></section>"
+        f'<section id="cells"><h2>Shared cells</h2>{htmlkit.table(head, rows)}</section>'
+        '<section id="differences"><h2>Differences</h2>'
+        + (
+            htmlkit.panel("run − run 1, per cell", htmlkit.chart(draw))
+            if shown
+            else "<p>No paired difference.</p>"
+        )
+        + htmlkit.left_out(len(forest) - len(shown))
+        + "</section></main>"
+    )
+    return page("mmsafe run comparison", body, css=htmlkit.css())

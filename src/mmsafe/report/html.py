@@ -1,0 +1,514 @@
+"""``report.html``: the run's numbers as one self-contained page — matrices, charts and tables, no script.
+
+Built from the summary alone (:func:`mmsafe.report.build_summary`) plus the failed-item groups, with
+:func:`mmsafe.report.page.page`, so it opens offline under a strict Content-Security-Policy. Sections, in order:
+overview (runs, counts, errors, model notes), attack × defense matrices, rates per category, the safety–utility
+plane of each defense, judges (agreement between judges, judge-evals, human labels when present), cost,
+effects against the baselines, then any extra :class:`Section` (the sample browser).
+
+Every label — benchmark, category, model, attack, defense and judge names, error messages — comes from configs,
+datasets or model outputs and is attacker-controlled: all of it goes through :func:`~mmsafe.report.page.esc`.
+Rates are named as the markdown report names them (``rate_name``: a refusal judge's rate is a *non-refusal rate*,
+never "harmful"), and a model's note (e.g. "random weights") is printed beside every number from that model.
+Charts come from :mod:`mmsafe.report.charts` (matplotlib, the ``report`` extra); without it each chart's place
+holds a sentence saying what to install, and every table is still there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from mmsafe.report import charts
+from mmsafe.report.charts import Bar, Interval, Point
+from mmsafe.report.htmlkit import (
+    MAX_PANELS,
+    chart,
+    css,
+    diff,
+    kappa,
+    left_out,
+    num,
+    panel,
+    pct,
+    q,
+    table,
+    uniq,
+)
+from mmsafe.report.page import esc, page
+
+if TYPE_CHECKING:
+    from mmsafe.report import Summary
+
+__all__ = ["Section", "render_html"]
+
+
+#: at most this many charts per section; the tables always hold every number
+class Section(Protocol):
+    """An extra part of the page (the sample browser's ``mmsafe.report.browser.Section`` fits)."""
+
+    id: str
+    title: str
+    html: str
+    js: str
+    data: dict[str, Any]
+
+
+class _Ctx:
+    """What every section reads: the summary's overall rows and each model's note."""
+
+    def __init__(self, summary: Summary) -> None:
+        self.summary = summary
+        self.overall = [r for r in summary["rows"] if r["category"] == "ALL"]
+        self.notes = {m["label"]: m["note"] for m in summary.get("models", []) if m.get("note")}
+        self.rate_names = {r.get("judge", ""): r.get("rate_name", "success rate") for r in summary["rows"]}
+
+    def note(self, model: str) -> str:
+        """The model's warning, printed beside its numbers (as ``report.md`` does)."""
+        if model not in self.notes:
+            return ""
+        return (
+            f'<p class="modelnote"><strong>Warning: model {esc(model)}: {esc(self.notes[model])}.</strong> '
+            "Read these numbers as a test of the pipeline only.</p>"
+        )
+
+    def rate_name(self, judge: str) -> str:
+        return self.rate_names.get(judge, "success rate")
+
+
+def _overview(ctx: _Ctx, errors: Sequence[tuple[str, str, int, str]]) -> str:
+    s = ctx.summary
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(s["generated"]))
+    stats = "".join(
+        f'<div class="stat"><span class="big">{esc(v)}</span><span>{esc(k)}</span></div>'
+        for k, v in (
+            ("records", s["n_records"]),
+            ("failed items", s["n_errors"]),
+            ("unreadable rows", s.get("n_unreadable", 0)),
+            ("cells", len(ctx.overall)),
+        )
+    )
+    out = f'<p class="muted">Runs: {esc(", ".join(s["runs"]) or "run")} · generated {esc(when)}</p>'
+    out += f'<div class="stats">{stats}</div>'
+    out += "".join(ctx.note(m) for m in ctx.notes)
+    if s.get("n_unreadable"):
+        keys = ", ".join(f"<code>{esc(k[:16])}…</code>" for k in s.get("unreadable", [])[:3])
+        out += (
+            f'<p class="warn">{s["n_unreadable"]} unreadable record(s) left out (key {keys}): the store holds rows '
+            "this mmsafe cannot read (damaged, or written by another version); they are in no number here.</p>"
+        )
+    out += (
+        "<p>Rate = the judge's success rate on must-refuse items, named by what the judge measures: "
+        "<em>harmful rate (ASR)</em> for judges that read the answer for harm; <em>non-refusal rate</em> for the "
+        "refusal rules, which count every answer that did not refuse (an evasive or harmless one included), so it "
+        "is not an ASR; <em>target-string rate</em> when the attacker's string appeared. Over-refusal = share of "
+        "must-comply (benign) items refused. Brackets: 95% Wilson interval; k/n after. Failed items are excluded "
+        "from rates and counted as errors.</p>"
+    )
+    if errors:
+        out += "<h3>Errors</h3><p>Failed items are retried by rerunning the same command.</p>"
+        out += table(
+            ["stage", "benchmark", "count", "first example"],
+            [
+                [esc(st), esc(b), esc(n), f'<span class="clip">{esc(ex[:300])}</span>']
+                for st, b, n, ex in errors
+            ],
+        )
+    else:
+        out += "<p>No failed items.</p>"
+    return out
+
+
+def _matrices(ctx: _Ctx) -> str:
+    groups: dict[tuple[str, str, str], list[Any]] = {}
+    for r in ctx.overall:
+        groups.setdefault((r["benchmark"], r["model"], r["judge"]), []).append(r)
+    if not groups:
+        return "<p>No results.</p>"
+    out = [
+        "<p>Rows: attacks; columns: defenses. Each cell: the rate with its 95% interval and k/n, coloured by the "
+        "rate (light = low, dark = high); below it, over-refusal of the cell's must-comply items where it has any.</p>"
+        '<p class="legend">' + "".join(f'<span class="q{i}">{10 * i}%</span>' for i in range(11)) + "</p>"
+    ]
+    for (bench, model, judge), rows in groups.items():
+        attacks = uniq(r["attack"] for r in rows)
+        defenses = uniq(r["defense"] for r in rows)
+        cell = {(r["attack"], r["defense"]): r for r in rows}
+        name = rows[0].get("rate_name", "success rate")
+        head = "".join(f'<th scope="col">{esc(d)}</th>' for d in defenses)
+        body = []
+        for a in attacks:
+            tds = []
+            for d in defenses:
+                r = cell.get((a, d))
+                if r is None:
+                    tds.append('<td class="na">–</td>')
+                    continue
+                text = f'<div class="rate">{pct(r["asr"])}</div>'
+                if (r.get("over_refusal") or {}).get("n"):
+                    text += f'<div class="or">over-refusal {pct(r["over_refusal"])}</div>'
+                tds.append(f'<td class="{q(r["asr"].get("value"))}">{text}</td>')
+            body.append(f'<tr><th scope="row">{esc(a)}</th>{"".join(tds)}</tr>')
+        caption = f"{esc(bench)} · {esc(model)} · judge {esc(judge)}: <em>{esc(name)}</em>"
+        out.append(
+            f'<div class="matrix"><table class="mx"><caption>{caption}</caption><thead><tr>'
+            f'<th class="corner">attack ＼ defense</th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+            f"{ctx.note(model)}</div>"
+        )
+    return "".join(out)
+
+
+def _categories(ctx: _Ctx) -> str:
+    groups: dict[tuple[str, str, str], list[Any]] = {}
+    for r in ctx.summary["rows"]:
+        if r["category"] != "ALL" and r["defense"] == "none":
+            groups.setdefault((r["benchmark"], r["model"], r["judge"]), []).append(r)
+    if not groups:
+        return "<p>No per-category rows with defense <code>none</code>.</p>"
+    out = ["<p>The rate per category without a defense, one bar per attack, with its 95% interval.</p>"]
+    for i, ((bench, model, judge), rows) in enumerate(groups.items()):
+        if i >= MAX_PANELS:
+            out.append(left_out(len(groups) - MAX_PANELS))
+            break
+        cats = uniq(r["category"] for r in rows)
+        attacks = uniq(r["attack"] for r in rows)
+        by = {(r["category"], r["attack"]): r for r in rows}
+        series = [Bar(a, [Interval.of((by.get((c, a)) or {}).get("asr")) for c in cats]) for a in attacks]
+        name = ctx.rate_name(judge)
+        title = f"{bench} · {model} · judge {judge}"
+
+        def draw(
+            title: str = title, cats: list[str] = cats, series: list[Bar] = series, name: str = name
+        ) -> str:
+            return charts.bars("", cats, series, xlabel=name, alt=f"{name} per category by attack: {title}")
+
+        cap = f"{esc(title)}: <em>{esc(name)}</em>"
+        out.append(panel(cap, chart(draw) + ctx.note(model)))
+    return "".join(out)
+
+
+def _plane(ctx: _Ctx) -> str:
+    panels: dict[tuple[str, str, str, str], list[Point]] = {}
+    util = any(d.get("utility") for d in ctx.summary.get("defenses", []))
+    for r in ctx.overall:
+        if r["defense"] != "none":
+            continue
+        y = Interval.of(r["asr"])
+        x = _price(r.get("utility"), r.get("over_refusal"), util)
+        if y is not None and x is not None:
+            key = (r["benchmark"], r["model"], r["attack"], r["judge"])
+            panels.setdefault(key, []).append(Point("none (baseline)", x, y.flipped(), baseline=True))
+    for d in ctx.summary.get("defenses", []):
+        y = Interval.of(d.get("defense_success"))
+        x = _price(d.get("utility"), d.get("over_refusal"), util)
+        if y is not None and x is not None:
+            key = (d["benchmark"], d["model"], d["attack"], d["judge"])
+            panels.setdefault(key, []).append(Point(d["defense"], x, y))
+    panels = {k: v for k, v in panels.items() if any(not p.baseline for p in v)}
+    if not panels:
+        return "<p>No defended cell with both must-refuse and must-comply items.</p>"
+    xlabel = "1 − utility on must-comply items" if util else "over-refusal on must-comply items"
+    out = [
+        f"<p>Each defense as a point: up = more must-refuse items held (defense success = 1 − rate), right = higher "
+        f"price ({esc(xlabel)}); the undefended cell (<code>none</code>) is the hollow square. Bars: 95% intervals. "
+        'Top left is best.</p><div class="grid">'
+    ]
+    for i, ((bench, model, attack, judge), points) in enumerate(panels.items()):
+        if i >= MAX_PANELS:
+            out.append("</div>" + left_out(len(panels) - MAX_PANELS) + '<div class="grid">')
+            break
+        title = f"{bench} · {model} · attack {attack} · judge {judge}"
+        ylabel = f"defense success (1 − {ctx.rate_name(judge)})"
+
+        def draw(title: str = title, points: list[Point] = points, ylabel: str = ylabel) -> str:
+            return charts.plane(
+                "", points, xlabel=xlabel, ylabel=ylabel, alt=f"safety–utility plane: {title}"
+            )
+
+        out.append(panel(esc(title), chart(draw) + ctx.note(model)))
+    return "".join(out) + "</div>"
+
+
+def _price(
+    utility: Mapping[str, Any] | None, over_refusal: Mapping[str, Any] | None, util: bool
+) -> Interval | None:
+    if util:
+        u = Interval.of(utility)
+        return None if u is None else u.flipped()
+    return Interval.of(over_refusal)
+
+
+def _judges(ctx: _Ctx) -> str:
+    s = ctx.summary
+    out = []
+    agreement = s.get("judge_agreement") or []
+    if agreement:
+        out.append(
+            "<h3>Agreement between judges</h3><p>On the same responses, success verdicts; κ with its interval.</p>"
+        )
+        out.append(
+            table(
+                ["judge A", "judge B", "n", "agree", "κ", "only A says success", "only B says success"],
+                [
+                    [esc(a["a"]), esc(a["b"]), esc(a["n"]), pct(a["agreement"]), kappa(a.get("kappa"))]
+                    + [esc(a.get("only_a", "–")), esc(a.get("only_b", "–"))]
+                    for a in agreement
+                ],
+            )
+        )
+    notes = s.get("judges") or []
+    if notes:
+        out.append(
+            "<h3>Judge-evals on record</h3><p>Each judge's agreement with labelled data, where "
+            "<code>mmsafe judge-eval --record</code> had measured this exact configuration.</p>"
+        )
+        rows = []
+        for n in notes:
+            evals = n.get("evals") or []
+            head = [esc(n["label"]), esc(n.get("version", "")), esc(n.get("rate_name", ""))]
+            if not evals:
+                rows.append([*head, '<span class="muted">no judge-eval on record</span>', "–", "–", "–"])
+            for e in evals:
+                construct = "refusal labels" if e.get("construct") == "refusal" else "harm labels"
+                rows.append(
+                    [*head, esc(e.get("data_name", "labelled data")), esc(construct), esc(e.get("n", "?"))]
+                    + [pct(e.get("accuracy"), n=False) + " · κ " + kappa(e.get("kappa"))]
+                )
+        out.append(table(["judge", "version", "rate", "labelled data", "labels", "n", "accuracy · κ"], rows))
+    calibrated = s.get("calibrated") or []
+    if calibrated:
+        out.append(
+            "<h3>Corrected for the judge's measured errors</h3><p>Rogan–Gladen estimate of the true harmful rate from "
+            "the observed rate and the judge's sensitivity and specificity on the named labelled data.</p>"
+        )
+        out.append(
+            table(
+                [
+                    "benchmark",
+                    "model",
+                    "attack",
+                    "defense",
+                    "judge",
+                    "observed",
+                    "sens. / spec. (data, n)",
+                    "corrected",
+                ],
+                [
+                    [esc(c[k]) for k in ("benchmark", "model", "attack", "defense", "judge")]
+                    + [f"{100 * c['observed']:.1f}%"]
+                    + [
+                        f"{c['sensitivity']:.2f} / {c['specificity']:.2f} ({esc(c.get('data_name'))}, n={esc(c.get('data_n'))})"
+                    ]
+                    + [pct(c, n=False)]
+                    for c in calibrated
+                ],
+            )
+        )
+    if s.get("human"):
+        out.append(_human(s["human"]))
+    return "".join(out) or "<p>No judges.</p>"
+
+
+def _human(h: Mapping[str, Any]) -> str:
+    """``summary["human"]`` (human labels, see docs/human-evaluation.md): agreement among the annotators,
+    each judge against their majority, and the rate by human majority beside the judges' on the same items."""
+    ir = h.get("interrater") or {}
+    alpha, fleiss = ir.get("krippendorff_alpha"), ir.get("fleiss_kappa")
+    out = [
+        f"<h3>Human evaluation</h3><p>Scheme <code>{esc(h.get('scheme', ''))}</code>: {esc(h.get('n_items', 0))} "
+        f"items labelled by {esc(', '.join(h.get('annotators') or []))}. Between annotators (n={esc(ir.get('n', 0))}): "
+        f"Fleiss κ {num(fleiss, '.2f')}, Krippendorff α {num(alpha, '.2f')}.</p>"
+    ]
+    pairs = ir.get("pairs") or []
+    if pairs:
+        out.append(
+            table(
+                ["annotator A", "annotator B", "n", "agreement", "Cohen κ"],
+                [
+                    [
+                        esc(p["a"]),
+                        esc(p["b"]),
+                        esc(p["n"]),
+                        num(p.get("agreement"), ".1%"),
+                        num(p.get("kappa"), ".2f"),
+                    ]
+                    for p in pairs
+                ],
+            )
+        )
+    judges = h.get("judges") or []
+    if judges:
+        out.append("<p>Each judge against the human majority label:</p>")
+        out.append(
+            table(
+                ["judge", "n", "agreement", "κ"],
+                [
+                    [esc(j["judge"]), esc(j["n"]), pct(j.get("agreement")), kappa(j.get("kappa"))]
+                    for j in judges
+                ],
+            )
+        )
+    rows = h.get("rows") or []
+    if rows:
+        names = uniq(name for r in rows for name in (r.get("judges") or {}))
+        out.append("<p>The rate by human majority beside each judge's rate on the same items:</p>")
+        out.append(
+            table(
+                ["model", "benchmark", "attack", "defense", "n", "human majority", *names],
+                [
+                    [esc(r[k]) for k in ("model", "benchmark", "attack", "defense")]
+                    + [esc(r["n"]), pct(r.get("human"))]
+                    + [pct((r.get("judges") or {}).get(name)) for name in names]
+                    for r in rows
+                ],
+            )
+        )
+    return "".join(out)
+
+
+def _cost(ctx: _Ctx) -> str:
+    s = ctx.summary
+    seen: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    for d in s.get("defenses", []):  # a defense's cost is one per generation cell, whichever judge scored it
+        seen.setdefault((d["model"], d["benchmark"], d["attack"], d["defense"]), d)
+    out = []
+    if seen:
+        out.append(
+            "<p>What each defense spent per item: model calls (1 = the answer alone) and its wall time "
+            "(its share of each batch, model calls included), and what it did.</p>"
+        )
+        rows = list(seen.values())
+        out.append(
+            table(
+                ["model", "benchmark", "attack", "defense", "calls/item", "s/item", "actions"],
+                [
+                    [esc(d[k]) for k in ("model", "benchmark", "attack", "defense")]
+                    + [num(d.get("calls_per_item"), ".2f"), num(d.get("seconds_per_item"), ".3f")]
+                    + [esc(", ".join(f"{k} {v}" for k, v in sorted((d.get("actions") or {}).items())) or "–")]
+                    for d in rows
+                ],
+            )
+        )
+        shown = rows[: 4 * MAX_PANELS]
+        labels = [f"{d['defense']} · {d['attack']} · {d['model']}" for d in shown]
+
+        def draw() -> str:
+            secs = [d.get("seconds_per_item") for d in shown]
+            calls = [d.get("calls_per_item") for d in shown]
+            return charts.cost("", labels, secs, calls, alt="seconds and model calls per item")
+
+        out.append(panel("defense · attack · model", chart(draw)) + left_out(len(rows) - len(shown)))
+    adv = s.get("adversarial") or []
+    if adv:
+        out.append(
+            "<h3>Adversarial images</h3><p>Per image, once: the optimisation's steps and seconds (a universal image's "
+            "fit counted once), its own success test, and how far the image moved (L∞, L2 in [0, 1]; SSIM; PSNR dB).</p>"
+        )
+        out.append(
+            table(
+                [
+                    "model",
+                    "benchmark",
+                    "attack",
+                    "defense",
+                    "images",
+                    "success",
+                    "norm",
+                    "ε",
+                    "steps",
+                    "s/image",
+                ]
+                + ["max L∞", "L2", "SSIM", "PSNR"],
+                [
+                    [esc(a[k]) for k in ("model", "benchmark", "attack", "defense")]
+                    + [esc(a["images"]), pct(a.get("success")), esc(a.get("norm")), num(a.get("eps"), ".4f")]
+                    + [
+                        num(a.get("steps"), ".0f"),
+                        num(a.get("seconds"), ".2f") + (" (fit, once)" if a.get("universal") else ""),
+                    ]
+                    + [num(a.get("linf_max"), ".4f"), num(a.get("l2"), ".3f"), num(a.get("ssim"), ".3f")]
+                    + [num(a.get("psnr"), ".1f")]
+                    for a in adv
+                ],
+            )
+        )
+    return (
+        "".join(out)
+        or "<p>No defense or adversarial attack in this run: nothing but the model's own calls.</p>"
+    )
+
+
+def _effects(ctx: _Ctx) -> str:
+    rows = ctx.summary.get("effects") or []
+    if not rows:
+        return "<p>No cell has a <code>none</code> baseline to compare with.</p>"
+    out = [
+        "<p>The rate of a cell minus the rate of the same cell with the baseline (<code>none</code> defense or "
+        "<code>none</code> attack), in percentage points, paired by sample (Newcombe's paired 95% interval). "
+        "Grey: the interval holds 0.</p>"
+    ]
+    out.append(
+        table(
+            ["axis", "model", "benchmark", "attack", "defense", "judge", "vs", "Δ rate (pp)", "pairs"],
+            [
+                [esc(r[k]) for k in ("axis", "model", "benchmark", "attack", "defense", "judge", "baseline")]
+                + [diff(r), esc(r.get("n_a"))]
+                for r in rows
+            ],
+        )
+    )
+    panels: dict[tuple[str, str, str], list[tuple[str, Interval]]] = {}
+    for r in rows:
+        iv = Interval.of(r)
+        if iv is None:
+            continue
+        label = (
+            f"defense {r['defense']} (attack {r['attack']})"
+            if r["axis"] == "defense"
+            else f"attack {r['attack']} (defense {r['defense']})"
+        )
+        panels.setdefault((r["benchmark"], r["model"], r["judge"]), []).append((label, iv))
+    for i, ((bench, model, judge), items) in enumerate(panels.items()):
+        if i >= MAX_PANELS:
+            out.append(left_out(len(panels) - MAX_PANELS))
+            break
+        title = f"{bench} · {model} · judge {judge}"
+        xlabel = f"Δ {ctx.rate_name(judge)} vs none (percentage points)"
+
+        def draw(title: str = title, items: list[tuple[str, Interval]] = items, xlabel: str = xlabel) -> str:
+            return charts.forest("", items, xlabel=xlabel, alt=f"effects against the baselines: {title}")
+
+        out.append(panel(esc(title), chart(draw) + ctx.note(model)))
+    return "".join(out)
+
+
+def render_html(
+    summary: Summary,
+    *,
+    errors: Sequence[tuple[str, str, int, str]] = (),
+    sections: Sequence[Section] = (),
+    server: bool = False,
+) -> str:
+    """``report.html`` from the summary, the failed-item groups (:meth:`Store.error_groups`) and extra
+    ``sections`` appended after the report's own (their ``js`` joins the page's scripts, ``data`` its blocks)."""
+    ctx = _Ctx(summary)
+    parts: list[tuple[str, str, str]] = [
+        ("overview", "Overview", _overview(ctx, errors)),
+        ("matrices", "Attack × defense", _matrices(ctx)),
+        ("categories", "By category", _categories(ctx)),
+        ("plane", "Safety vs price", _plane(ctx)),
+        ("judges", "Judges", _judges(ctx)),
+        ("cost", "Cost", _cost(ctx)),
+        ("effects", "Effects", _effects(ctx)),
+    ]
+    parts += [(s.id, s.title, s.html) for s in sections]
+    nav = "".join(f'<a href="#{esc(i)}">{esc(t)}</a>' for i, t, _ in parts)
+    body = "".join(f'<section id="{esc(i)}"><h2>{esc(t)}</h2>{h}</section>' for i, t, h in parts)
+    title = f"mmsafe report: {', '.join(summary['runs']) or 'run'}"
+    body = f"<header><h1>{esc(title)}</h1><nav>{nav}</nav></header><main>{body}</main>"
+    data: dict[str, Any] = {}
+    for s in sections:
+        data.update(s.data or {})
+    scripts = [s.js for s in sections if s.js]
+    return page(title, body, css=css(), scripts=scripts, data=data, server=server)
