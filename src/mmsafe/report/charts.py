@@ -21,7 +21,7 @@ import base64
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from mmsafe.report.page import esc
 
@@ -29,7 +29,7 @@ __all__ = ["Bar", "ChartsUnavailable", "Interval", "Point", "bars", "forest", "p
 
 #: Okabe & Ito's colour-blind-safe palette (their order, black left out)
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#999999")
-_RC = {
+_RC: dict[str, Any] = {
     "text.parse_math": False,
     "svg.hashsalt": "mmsafe-report",
     "svg.fonttype": "none",
@@ -117,7 +117,7 @@ def _rc() -> Any:
         import matplotlib
     except ImportError as e:
         raise ChartsUnavailable("charts need matplotlib: pip install 'mmsafe[report]'") from e
-    return matplotlib.rc_context(_RC)
+    return matplotlib.rc_context(cast(Any, _RC))
 
 
 def _img(fig: Any, alt: str, css: str = "chart") -> str:
@@ -125,6 +125,12 @@ def _img(fig: Any, alt: str, css: str = "chart") -> str:
     fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": "mmsafe"})
     data = base64.b64encode(buf.getvalue()).decode("ascii")
     return f'<img class="{esc(css)}" src="data:image/svg+xml;base64,{data}" alt="{esc(alt)}">'
+
+
+def short(label: str, limit: int = 44) -> str:
+    """A tick or legend label cut to ``limit`` characters (the page's caption and tables hold the full text)."""
+    label = " ".join(str(label).split())
+    return label if len(label) <= limit else label[: limit - 1] + "…"
 
 
 def _title(ax: Any, title: str) -> None:
@@ -149,7 +155,9 @@ def bars(title: str, groups: Sequence[str], series: Sequence[Bar], *, xlabel: st
         ax = fig.add_subplot()
         step = 0.8 / k
         for i, s in enumerate(series):
-            ys, xs, errs = [], [], ([], [])
+            ys: list[float] = []
+            xs: list[float] = []
+            errs: tuple[list[float], list[float]] = ([], [])
             for g, iv in enumerate(s.values):
                 if iv is None:
                     continue
@@ -159,14 +167,14 @@ def bars(title: str, groups: Sequence[str], series: Sequence[Bar], *, xlabel: st
                 errs[0].append(lo)
                 errs[1].append(hi)
             colour = PALETTE[i % len(PALETTE)]
-            ax.barh(ys, xs, height=step * 0.9, color=colour, label=s.name)
+            ax.barh(ys, xs, height=step * 0.9, color=colour, label=short(s.name, 28))
             ax.errorbar(xs, ys, xerr=errs, fmt="none", ecolor="#333333", elinewidth=0.8, capsize=2)
-        ax.set_yticks(range(len(groups)), [str(g) for g in groups])
+        ax.set_yticks(range(len(groups)), [short(g) for g in groups])
         ax.invert_yaxis()
         ax.set_xlim(0, 1)
         _pct_axis(ax.xaxis)
         ax.grid(axis="y", visible=False)
-        ax.set_xlabel(xlabel)
+        ax.set_xlabel(short(xlabel, 80))
         _title(ax, title)
         if len(series) > 1:
             fig.legend(loc="outside upper center", ncols=min(4, len(series)), fontsize=8)
@@ -193,14 +201,14 @@ def plane(title: str, points: Sequence[Point], *, xlabel: str, ylabel: str, alt:
                 ms=7,
                 elinewidth=1,
                 capsize=3,
-                label=p.label,
+                label=short(p.label, 28),
             )
         ax.set_xlim(-0.03, 1.03)
         ax.set_ylim(-0.03, 1.03)
         _pct_axis(ax.xaxis)
         _pct_axis(ax.yaxis)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
+        ax.set_xlabel(short(xlabel, 80))
+        ax.set_ylabel(short(ylabel, 50))
         _title(ax, title)
         fig.legend(loc="outside lower center", ncols=2, fontsize=8)
         return _img(fig, alt, "chart small")
@@ -219,14 +227,14 @@ def forest(
             colour = "#777777" if crosses else (PALETTE[5] if iv.value > 0 else PALETTE[0])
             ax.errorbar([iv.value], [y], xerr=[[lo], [hi]], fmt="D", color=colour, ms=5, capsize=3)
         ax.axvline(0, color="#333333", linewidth=0.8)
-        ax.set_yticks(range(len(rows)), [label for label, _ in rows])
+        ax.set_yticks(range(len(rows)), [short(label, 60) for label, _ in rows])
         ax.invert_yaxis()
         ax.grid(axis="y", visible=False)
         if pct:
             from matplotlib.ticker import FuncFormatter
 
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{100 * v:+.0f} pp"))
-        ax.set_xlabel(xlabel)
+        ax.set_xlabel(short(xlabel, 80))
         _title(ax, title)
         return _img(fig, alt)
 
@@ -254,7 +262,7 @@ def cost(
             ax.set_xlabel(name)
             ax.xaxis.set_major_locator(MaxNLocator(4))
             ax.grid(axis="y", visible=False)
-        left.set_yticks(ys, list(labels))
+        left.set_yticks(ys, [short(label) for label in labels])
         left.invert_yaxis()
         _title(left, title)
         return _img(fig, alt)

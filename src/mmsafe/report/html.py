@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from mmsafe.report import charts
 from mmsafe.report.charts import Bar, Interval, Point
@@ -29,6 +29,7 @@ from mmsafe.report.htmlkit import (
     diff,
     kappa,
     left_out,
+    none_first,
     num,
     panel,
     pct,
@@ -41,7 +42,7 @@ from mmsafe.report.page import esc, page
 if TYPE_CHECKING:
     from mmsafe.report import Summary
 
-__all__ = ["Section", "render_html"]
+__all__ = ["Section", "plane_points", "render_html"]
 
 
 #: at most this many charts per section; the tables always hold every number
@@ -132,8 +133,8 @@ def _matrices(ctx: _Ctx) -> str:
         '<p class="legend">' + "".join(f'<span class="q{i}">{10 * i}%</span>' for i in range(11)) + "</p>"
     ]
     for (bench, model, judge), rows in groups.items():
-        attacks = uniq(r["attack"] for r in rows)
-        defenses = uniq(r["defense"] for r in rows)
+        attacks = none_first(r["attack"] for r in rows)
+        defenses = none_first(r["defense"] for r in rows)
         cell = {(r["attack"], r["defense"]): r for r in rows}
         name = rows[0].get("rate_name", "success rate")
         head = "".join(f'<th scope="col">{esc(d)}</th>' for d in defenses)
@@ -141,14 +142,14 @@ def _matrices(ctx: _Ctx) -> str:
         for a in attacks:
             tds = []
             for d in defenses:
-                r = cell.get((a, d))
-                if r is None:
+                row = cell.get((a, d))
+                if row is None:
                     tds.append('<td class="na">–</td>')
                     continue
-                text = f'<div class="rate">{pct(r["asr"])}</div>'
-                if (r.get("over_refusal") or {}).get("n"):
-                    text += f'<div class="or">over-refusal {pct(r["over_refusal"])}</div>'
-                tds.append(f'<td class="{q(r["asr"].get("value"))}">{text}</td>')
+                text = f'<div class="rate">{pct(row["asr"])}</div>'
+                if (row.get("over_refusal") or {}).get("n"):
+                    text += f'<div class="or">over-refusal {pct(row["over_refusal"])}</div>'
+                tds.append(f'<td class="{q(row["asr"].get("value"))}">{text}</td>')
             body.append(f'<tr><th scope="row">{esc(a)}</th>{"".join(tds)}</tr>')
         caption = f"{esc(bench)} · {esc(model)} · judge {esc(judge)}: <em>{esc(name)}</em>"
         out.append(
@@ -172,7 +173,7 @@ def _categories(ctx: _Ctx) -> str:
             out.append(left_out(len(groups) - MAX_PANELS))
             break
         cats = uniq(r["category"] for r in rows)
-        attacks = uniq(r["attack"] for r in rows)
+        attacks = none_first(r["attack"] for r in rows)
         by = {(r["category"], r["attack"]): r for r in rows}
         series = [Bar(a, [Interval.of((by.get((c, a)) or {}).get("asr")) for c in cats]) for a in attacks]
         name = ctx.rate_name(judge)
@@ -188,55 +189,69 @@ def _categories(ctx: _Ctx) -> str:
     return "".join(out)
 
 
-def _plane(ctx: _Ctx) -> str:
-    panels: dict[tuple[str, str, str, str], list[Point]] = {}
-    util = any(d.get("utility") for d in ctx.summary.get("defenses", []))
-    for r in ctx.overall:
-        if r["defense"] != "none":
-            continue
+PlaneKey = tuple[str, str, str, str]
+
+
+def plane_points(summary: Summary) -> dict[PlaneKey, tuple[str, list[Point]]]:
+    """The safety–utility plane's panels by (benchmark, model, attack, judge): the x axis's name and one
+    point per defense, plus the undefended baseline. y = defense success (``summary["defenses"]``: must-refuse
+    items the attack did not get through); for ``none`` the same count from its row, 1 − rate (the Wilson
+    interval of the complement is the mirrored interval). x = over-refusal on must-comply items, or
+    1 − mean utility when every point of the panel has a utility score. Panels without a defense are left out."""
+    raw: dict[PlaneKey, list[tuple[str, Any, Any, Interval, bool]]] = {}
+    for r in summary["rows"]:
         y = Interval.of(r["asr"])
-        x = _price(r.get("utility"), r.get("over_refusal"), util)
-        if y is not None and x is not None:
+        if r["category"] == "ALL" and r["defense"] == "none" and y is not None:
             key = (r["benchmark"], r["model"], r["attack"], r["judge"])
-            panels.setdefault(key, []).append(Point("none (baseline)", x, y.flipped(), baseline=True))
-    for d in ctx.summary.get("defenses", []):
+            raw.setdefault(key, []).append(
+                ("none (baseline)", r.get("utility"), r.get("over_refusal"), y.flipped(), True)
+            )
+    for d in summary.get("defenses") or []:
         y = Interval.of(d.get("defense_success"))
-        x = _price(d.get("utility"), d.get("over_refusal"), util)
-        if y is not None and x is not None:
+        if y is not None:
             key = (d["benchmark"], d["model"], d["attack"], d["judge"])
-            panels.setdefault(key, []).append(Point(d["defense"], x, y))
-    panels = {k: v for k, v in panels.items() if any(not p.baseline for p in v)}
+            raw.setdefault(key, []).append((d["defense"], d.get("utility"), d.get("over_refusal"), y, False))
+    out: dict[PlaneKey, tuple[str, list[Point]]] = {}
+    for key, entries in raw.items():
+        util = all(Interval.of(u) is not None for _, u, _, _, _ in entries)
+        points = []
+        for label, u, over, y, baseline in entries:
+            uv = Interval.of(u)
+            x = uv.flipped() if util and uv is not None else Interval.of(over)
+            if x is not None:
+                points.append(Point(label, x, y, baseline=baseline))
+        if any(not p.baseline for p in points):
+            name = "1 − utility on must-comply items" if util else "over-refusal on must-comply items"
+            out[key] = (name, points)
+    return out
+
+
+def _plane(ctx: _Ctx) -> str:
+    panels = plane_points(ctx.summary)
     if not panels:
         return "<p>No defended cell with both must-refuse and must-comply items.</p>"
-    xlabel = "1 − utility on must-comply items" if util else "over-refusal on must-comply items"
     out = [
-        f"<p>Each defense as a point: up = more must-refuse items held (defense success = 1 − rate), right = higher "
-        f"price ({esc(xlabel)}); the undefended cell (<code>none</code>) is the hollow square. Bars: 95% intervals. "
-        'Top left is best.</p><div class="grid">'
+        "<p>Each defense as a point: up = more must-refuse items held (defense success = 1 − rate), right = higher "
+        "price (over-refusal on must-comply items, or 1 − utility where a utility judge scored them); the "
+        "undefended cell (<code>none</code>) is the hollow square. Bars: 95% intervals. Top left is best.</p>"
+        '<div class="grid">'
     ]
-    for i, ((bench, model, attack, judge), points) in enumerate(panels.items()):
+    for i, ((bench, model, attack, judge), (xlabel, points)) in enumerate(panels.items()):
         if i >= MAX_PANELS:
             out.append("</div>" + left_out(len(panels) - MAX_PANELS) + '<div class="grid">')
             break
         title = f"{bench} · {model} · attack {attack} · judge {judge}"
         ylabel = f"defense success (1 − {ctx.rate_name(judge)})"
 
-        def draw(title: str = title, points: list[Point] = points, ylabel: str = ylabel) -> str:
+        def draw(
+            points: list[Point] = points, xlabel: str = xlabel, ylabel: str = ylabel, title: str = title
+        ) -> str:
             return charts.plane(
                 "", points, xlabel=xlabel, ylabel=ylabel, alt=f"safety–utility plane: {title}"
             )
 
         out.append(panel(esc(title), chart(draw) + ctx.note(model)))
     return "".join(out) + "</div>"
-
-
-def _price(
-    utility: Mapping[str, Any] | None, over_refusal: Mapping[str, Any] | None, util: bool
-) -> Interval | None:
-    if util:
-        u = Interval.of(utility)
-        return None if u is None else u.flipped()
-    return Interval.of(over_refusal)
 
 
 def _judges(ctx: _Ctx) -> str:
@@ -305,8 +320,9 @@ def _judges(ctx: _Ctx) -> str:
                 ],
             )
         )
-    if s.get("human"):
-        out.append(_human(s["human"]))
+    human = cast(Mapping[str, Any], s).get("human")  # added by the human-evaluation part when labels exist
+    if human:
+        out.append(_human(human))
     return "".join(out) or "<p>No judges.</p>"
 
 

@@ -49,10 +49,10 @@ def chart(draw: Callable[[], str]) -> str:
 
 
 def q(value: float | None) -> str:
-    """The colour class of a rate in [0, 1]: ``q0`` … ``q10`` (tenths, rounded), ``na`` without a value."""
+    """The colour class of a rate in [0, 1]: ``q0`` … ``q10`` (tenths, rounded half up), ``na`` without a value."""
     if value is None:
         return "na"
-    return f"q{min(10, max(0, round(10 * value)))}"
+    return f"q{min(10, max(0, int(10 * value + 0.5)))}"
 
 
 def pct(rate: Mapping[str, Any] | None, *, n: bool = True) -> str:
@@ -92,7 +92,14 @@ def table(head: Sequence[str], rows: Iterable[Sequence[str]], *, cls: str = "") 
 
 
 def uniq(values: Iterable[str]) -> list[str]:
+    """``values`` without repeats, in first-seen order."""
     return list(dict.fromkeys(values))
+
+
+def none_first(values: Iterable[str]) -> list[str]:
+    """:func:`uniq`, with the baseline ``none`` (no attack, no defense) moved to the front."""
+    out = uniq(values)
+    return sorted(out, key=lambda v: v != "none")
 
 
 def left_out(n: int) -> str:
