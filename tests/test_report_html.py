@@ -85,7 +85,7 @@ def test_browser_shows_each_matrix_with_the_summary_numbers_and_links_resolve(ru
     with browser() as b:
         b.open(out / "report.html")
         tables = b.js(
-            "return [...document.querySelectorAll('table.mx')].map(t => ({caption: t.caption.textContent,"
+            "return [...document.querySelectorAll('table.mx')].map(t => ({caption: t.previousElementSibling.textContent,"
             " cols: [...t.tHead.rows[0].cells].slice(1).map(c => c.textContent),"
             " rows: [...t.tBodies[0].rows].map(r => [r.cells[0].textContent,"
             " [...r.cells].slice(1).map(c => [c.className, c.querySelector('.rate').textContent])])}))"

@@ -168,7 +168,19 @@ def bars(title: str, groups: Sequence[str], series: Sequence[Bar], *, xlabel: st
                 errs[1].append(hi)
             colour = PALETTE[i % len(PALETTE)]
             ax.barh(ys, xs, height=step * 0.9, color=colour, label=short(s.name, 28))
-            ax.errorbar(xs, ys, xerr=errs, fmt="none", ecolor="#333333", elinewidth=0.8, capsize=2)
+            ax.errorbar(
+                xs,
+                ys,
+                xerr=errs,
+                fmt="o",
+                ms=3,
+                mfc=colour,
+                mec="#333333",
+                mew=0.5,
+                ecolor="#333333",
+                elinewidth=0.8,
+                capsize=2,
+            )
         ax.set_yticks(range(len(groups)), [short(g) for g in groups])
         ax.invert_yaxis()
         ax.set_xlim(0, 1)

@@ -65,14 +65,17 @@ class _Ctx:
         self.notes = {m["label"]: m["note"] for m in summary.get("models", []) if m.get("note")}
         self.rate_names = {r.get("judge", ""): r.get("rate_name", "success rate") for r in summary["rows"]}
 
-    def note(self, model: str) -> str:
-        """The model's warning, printed beside its numbers (as ``report.md`` does)."""
+    def note(self, model: str, *, full: bool = False) -> str:
+        """The model's warning: in full in the overview (as ``report.md`` has it), and short beside every
+        matrix and chart of its numbers."""
         if model not in self.notes:
             return ""
-        return (
-            f'<p class="modelnote"><strong>Warning: model {esc(model)}: {esc(self.notes[model])}.</strong> '
-            "Read these numbers as a test of the pipeline only.</p>"
-        )
+        if full:
+            return (
+                f'<p class="warn"><strong>Warning: model {esc(model)}: {esc(self.notes[model])}.</strong> '
+                "Read these numbers as a test of the pipeline only.</p>"
+            )
+        return f'<p class="modelnote">⚠ Model {esc(model)}: {esc(self.notes[model])}.</p>'
 
     def rate_name(self, judge: str) -> str:
         return self.rate_names.get(judge, "success rate")
@@ -92,7 +95,7 @@ def _overview(ctx: _Ctx, errors: Sequence[tuple[str, str, int, str]]) -> str:
     )
     out = f'<p class="muted">Runs: {esc(", ".join(s["runs"]) or "run")} · generated {esc(when)}</p>'
     out += f'<div class="stats">{stats}</div>'
-    out += "".join(ctx.note(m) for m in ctx.notes)
+    out += "".join(ctx.note(m, full=True) for m in ctx.notes)
     if s.get("n_unreadable"):
         keys = ", ".join(f"<code>{esc(k[:16])}…</code>" for k in s.get("unreadable", [])[:3])
         out += (
@@ -151,13 +154,13 @@ def _matrices(ctx: _Ctx) -> str:
                     text += f'<div class="or">over-refusal {pct(row["over_refusal"])}</div>'
                 tds.append(f'<td class="{q(row["asr"].get("value"))}">{text}</td>')
             body.append(f'<tr><th scope="row">{esc(a)}</th>{"".join(tds)}</tr>')
-        caption = f"{esc(bench)} · {esc(model)} · judge {esc(judge)}: <em>{esc(name)}</em>"
+        title = f"{esc(bench)} · {esc(model)} · judge {esc(judge)}: <em>{esc(name)}</em>"
         out.append(
-            f'<div class="matrix"><table class="mx"><caption>{caption}</caption><thead><tr>'
-            f'<th class="corner">attack ＼ defense</th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+            f'<div class="matrix"><div class="mxtitle">{title}</div><table class="mx"><thead><tr>'
+            f'<th class="corner">attack ↓ defense →</th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
             f"{ctx.note(model)}</div>"
         )
-    return "".join(out)
+    return out[0] + '<div class="matrices">' + "".join(out[1:]) + "</div>"
 
 
 def _categories(ctx: _Ctx) -> str:
@@ -400,7 +403,7 @@ def _cost(ctx: _Ctx) -> str:
                 ["model", "benchmark", "attack", "defense", "calls/item", "s/item", "actions"],
                 [
                     [esc(d[k]) for k in ("model", "benchmark", "attack", "defense")]
-                    + [num(d.get("calls_per_item"), ".2f"), num(d.get("seconds_per_item"), ".3f")]
+                    + [num(d.get("calls_per_item"), ".2f"), num(d.get("seconds_per_item"), ".3g")]
                     + [esc(", ".join(f"{k} {v}" for k, v in sorted((d.get("actions") or {}).items())) or "–")]
                     for d in rows
                 ],
