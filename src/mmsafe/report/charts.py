@@ -102,6 +102,8 @@ class Point:
     x: Interval
     y: Interval
     baseline: bool = False
+    #: index into the palette, so one defense has one colour in every panel
+    colour: int = 0
 
 
 def _figure(width: float, height: float) -> Any:
@@ -150,7 +152,7 @@ def bars(title: str, groups: Sequence[str], series: Sequence[Bar], *, xlabel: st
     (e.g. attack) with its interval as an error bar; a missing value is left blank. x runs 0–100%."""
     with _rc():
         k = max(1, len(series))
-        height = 0.9 + len(groups) * (0.16 * k + 0.14)
+        height = 0.9 + len(groups) * (0.1 * k + 0.12)
         fig = _figure(7.2, height)
         ax = fig.add_subplot()
         step = 0.8 / k
@@ -199,8 +201,8 @@ def plane(title: str, points: Sequence[Point], *, xlabel: str, ylabel: str, alt:
     with _rc():
         fig = _figure(4.6, 3.9)
         ax = fig.add_subplot()
-        for i, p in enumerate(points):
-            colour = "#444444" if p.baseline else PALETTE[i % len(PALETTE)]
+        for p in points:
+            colour = "#444444" if p.baseline else PALETTE[p.colour % len(PALETTE)]
             xe, ye = p.x.err(), p.y.err()
             ax.errorbar(
                 [p.x.value],

@@ -31,7 +31,7 @@ __all__ = [
     "uniq",
 ]
 
-MAX_PANELS = 24
+MAX_PANELS = 12
 NO_CHARTS = "charts need <code>pip install 'mmsafe[report]'</code>"
 
 
