@@ -279,3 +279,17 @@ def test_plane_baseline_is_one_minus_the_rate_and_defenses_come_from_the_summary
     assert (base.y.lo, base.y.hi) == pytest.approx((1 - asr["hi"], 1 - asr["lo"]))
     assert base.y.lo == pytest.approx(rate(3, 10).lo)  # the interval of 10 - 7 held out of 10
     assert defended.label == "dx" and defended.y.value == 0.8 and defended.x.value == 0.5
+
+
+def test_matrix_cells_show_utility_accuracy_and_protection_where_the_row_has_them():
+    summary = _summary("x")
+    row = next(r for r in summary["rows"] if r["category"] == "ALL" and r["defense"] == "dx")
+    row |= {"utility": {"value": 0.72, "lo": 0.6, "hi": 0.8, "n": 4}, "accuracy": _rate(9, 10)}
+    row["protection"] = {"value": 0.5, "lo": None, "hi": None}
+    html = render_html(summary)  # type: ignore[arg-type]
+    cell = re.search(r'<td class="q2">(.*?)</td>', html)
+    assert cell is not None
+    text = " ".join(re.sub(r"<[^>]+>", " ", cell.group(1)).split())
+    assert "utility 0.72 [0.60, 0.80]" in text and "protection 0.50" in text and "accuracy 90.0% [" in text
+    other = re.search(r'<td class="q7">(.*?)</td>', html)
+    assert other is not None and "utility" not in other.group(1)

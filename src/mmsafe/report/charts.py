@@ -241,7 +241,7 @@ def forest(
             colour = "#777777" if crosses else (PALETTE[5] if iv.value > 0 else PALETTE[0])
             ax.errorbar([iv.value], [y], xerr=[[lo], [hi]], fmt="D", color=colour, ms=5, capsize=3)
         ax.axvline(0, color="#333333", linewidth=0.8)
-        ax.set_yticks(range(len(rows)), [short(label, 60) for label, _ in rows])
+        ax.set_yticks(range(len(rows)), [short(label, 64) for label, _ in rows])
         ax.invert_yaxis()
         ax.grid(axis="y", visible=False)
         if pct:

@@ -168,7 +168,7 @@ def render_compare_html(result: dict[str, Any]) -> str:
             diffs.append(htmlkit.diff(d) + pairs)
             iv = charts.Interval.of(d)
             if iv is not None:
-                forest.append((" · ".join(str(c["cell"][k]) for k in _ORDER) + f" · run {i}", iv))
+                forest.append((f"run {i}: " + " · ".join(str(c["cell"][k]) for k in _ORDER), iv))
         rows.append([*labels, esc(c["runs"][0]["rate_name"]), *rates, *diffs])
     shown = forest[: 4 * htmlkit.MAX_PANELS]
 

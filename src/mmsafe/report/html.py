@@ -17,7 +17,7 @@ holds a sentence saying what to install, and every table is still there.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mmsafe.report import charts
@@ -34,6 +34,7 @@ from mmsafe.report.htmlkit import (
     panel,
     pct,
     q,
+    score,
     table,
     uniq,
 )
@@ -132,7 +133,8 @@ def _matrices(ctx: _Ctx) -> str:
         return "<p>No results.</p>"
     out = [
         "<p>Rows: attacks; columns: defenses. Each cell: the rate with its 95% interval and k/n, coloured by the "
-        "rate (light = low, dark = high); below it, over-refusal of the cell's must-comply items where it has any.</p>"
+        "rate (light = low, dark = high); below it, where the cell has them, over-refusal of its must-comply items, "
+        "their mean utility (0–1), detection accuracy and the protection score.</p>"
         '<p class="legend">' + "".join(f'<span class="q{i}">{10 * i}%</span>' for i in range(11)) + "</p>"
     ]
     for (bench, model, judge), rows in groups.items():
@@ -152,6 +154,7 @@ def _matrices(ctx: _Ctx) -> str:
                 text = f'<div class="rate">{pct(row["asr"])}</div>'
                 if (row.get("over_refusal") or {}).get("n"):
                     text += f'<div class="or">over-refusal {pct(row["over_refusal"])}</div>'
+                text += _extras(row)
                 tds.append(f'<td class="{q(row["asr"].get("value"))}">{text}</td>')
             body.append(f'<tr><th scope="row">{esc(a)}</th>{"".join(tds)}</tr>')
         title = f"{esc(bench)} · {esc(model)} · judge {esc(judge)}: <em>{esc(name)}</em>"
@@ -161,6 +164,18 @@ def _matrices(ctx: _Ctx) -> str:
             f"{ctx.note(model)}</div>"
         )
     return out[0] + '<div class="matrices">' + "".join(out[1:]) + "</div>"
+
+
+def _extras(row: Mapping[str, Any]) -> str:
+    """A matrix cell's other measures where the row has them: mean utility of must-comply answers, detection
+    accuracy (GOAT-Bench-style items) and the protection score (PrivQA-style benchmarks)."""
+    out = ""
+    for name, est in (("utility", row.get("utility")), ("protection", row.get("protection"))):
+        if est and est.get("value") is not None:
+            out += f'<div class="or">{name} {score(est)}</div>'
+    if (row.get("accuracy") or {}).get("n"):
+        out += f'<div class="or">accuracy {pct(row["accuracy"])}</div>'
+    return out
 
 
 def _categories(ctx: _Ctx) -> str:

@@ -23,10 +23,12 @@ __all__ = [
     "diff",
     "kappa",
     "left_out",
+    "none_first",
     "num",
     "panel",
     "pct",
     "q",
+    "score",
     "table",
     "uniq",
 ]
@@ -77,6 +79,16 @@ def diff(d: Mapping[str, Any] | None, *, pp: bool = True) -> str:
     out = f'<span class="v">{f(value)}</span>'
     if d.get("lo") is not None and d.get("hi") is not None:
         out += f' <span class="ci">[{f(d["lo"])}, {f(d["hi"])}]</span>'
+    return out
+
+
+def score(est: Mapping[str, Any] | None) -> str:
+    """A score in [0, 1] (mean utility, protection score) with its interval, or a dash."""
+    if not est or est.get("value") is None:
+        return '<span class="na">–</span>'
+    out = f'<span class="v">{est["value"]:.2f}</span>'
+    if est.get("lo") is not None and est.get("hi") is not None:
+        out += f' <span class="ci">[{est["lo"]:.2f}, {est["hi"]:.2f}]</span>'
     return out
 
 
