@@ -249,6 +249,8 @@ def plane_points(summary: Summary) -> dict[PlaneKey, tuple[str, list[Point]]]:
 
 def _plane(ctx: _Ctx) -> str:
     panels = plane_points(ctx.summary)
+    if not ctx.summary.get("defenses"):
+        return "<p>No defense in this run (only <code>none</code>): nothing to place on the plane.</p>"
     if not panels:
         return "<p>No defended cell with both must-refuse and must-comply items.</p>"
     out = [
