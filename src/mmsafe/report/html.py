@@ -11,7 +11,10 @@ datasets or model outputs and is attacker-controlled: all of it goes through :fu
 Rates are named as the markdown report names them (``rate_name``: a refusal judge's rate is a *non-refusal rate*,
 never "harmful"), and a model's note (e.g. "random weights") is printed beside every number from that model.
 Charts come from :mod:`mmsafe.report.charts` (matplotlib, the ``report`` extra); without it each chart's place
-holds a sentence saying what to install, and every table is still there.
+holds a sentence saying what to install, and every table is still there. The judges section lives in
+:mod:`mmsafe.report.html_judges`; the pieces ``compare.html`` shares (numbers, tables, panels) in
+:mod:`mmsafe.report.htmlkit`. At most :data:`~mmsafe.report.htmlkit.MAX_PANELS` charts per section, saying how many
+were left out.
 """
 
 from __future__ import annotations
