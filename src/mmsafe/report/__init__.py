@@ -44,6 +44,8 @@ class Summary(TypedDict):
     judges: list[dict[str, Any]]
     #: harm rates corrected for the judge's measured error (:func:`calibrated_rates`)
     calibrated: NotRequired[list[dict[str, Any]]]
+    #: human labels vs each other and vs the judges (:func:`mmsafe.report.human.human_summary`), when any are stored
+    human: NotRequired[dict[str, Any]]
 
 
 def build_summary(store: Store) -> Summary:
@@ -53,13 +55,18 @@ def build_summary(store: Store) -> Summary:
     :class:`~mmsafe.report.tally.Tally` that keeps a few small values per record, never the records:
     memory grows with the number of verdicts, not with what each record holds. Cell order makes the
     summary independent of the order the records were written in."""
+    from mmsafe.report.human import human_summary
+
     tally = Tally()
     for record in store.iter_records(slim=True, by_cell=True):
         tally.add(record)
     evals = {key: store.judge_evals(key) for key in tally.components.get("judge", {})}
-    return summarise_tally(
+    summary = summarise_tally(
         tally, runs=[r["name"] for r in store.runs()], unreadable=store.unreadable, judge_evals=evals
     )
+    if (human := human_summary(store, tally)) is not None:
+        summary["human"] = human
+    return summary
 
 
 def summarise_tally(

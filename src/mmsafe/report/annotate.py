@@ -246,7 +246,8 @@ def export_items(
         "allocation_rule": "one per non-empty cell, the rest in proportion to N_c - 1 by largest remainder; "
         "n < cells: n cells drawn, one item each",
         "items": [
-            {"id": i["id"], "sample_id": i["sample_id"], "expected": i["expected"], **i["cell"]} for i in items
+            {"id": i["id"], "sample_id": i["sample_id"], "expected": i["expected"], **i["cell"]}
+            for i in items
         ],
         "created": time.time(),
         "mmsafe_version": __version__,
@@ -284,7 +285,10 @@ def _write_images(store: Store, items: list[dict[str, Any]], folder: Path) -> di
                     continue
                 name = f"{img.sha256}.{kind[0]}"
                 (folder / name).write_bytes(img.data)
-                out[sha] = {"file": name, "uri": f"data:{kind[1]};base64,{base64.b64encode(img.data).decode()}"}
+                out[sha] = {
+                    "file": name,
+                    "uri": f"data:{kind[1]};base64,{base64.b64encode(img.data).decode()}",
+                }
     return out
 
 
@@ -292,11 +296,15 @@ def _prompt_text(item: dict[str, Any]) -> str:
     turns = []
     for turn in item["prompt"]:
         text = "\n".join(p["text"] for p in turn["parts"] if p["type"] == "text")
-        turns.append(text if turn["role"] == "user" and len(item["prompt"]) == 1 else f"[{turn['role']}] {text}")
+        turns.append(
+            text if turn["role"] == "user" and len(item["prompt"]) == 1 else f"[{turn['role']}] {text}"
+        )
     return "\n\n".join(turns)
 
 
-def _write_csv(path: Path, sch: Scheme, items: list[dict[str, Any]], images: dict[str, dict[str, str]]) -> None:
+def _write_csv(
+    path: Path, sch: Scheme, items: list[dict[str, Any]], images: dict[str, dict[str, str]]
+) -> None:
     """``items.csv``: id, scheme, prompt, response, image files, then the empty label columns, note, annotator."""
     label_cols = list(sch.field_names)
     with path.open("w", encoding="utf-8", newline="") as fh:
@@ -342,8 +350,8 @@ def render_form(
         f"<details open><summary>Instructions</summary><p>{esc(sch.instructions)}</p>{''.join(guide)}"
         "<p>Your labels stay in this browser (they survive a reload) until you press <b>Save labels</b>, which "
         "downloads a file to send back. <b>Load labels</b> continues from a saved file.</p></details>"
-        '<div class=bar><label>Your name <input id=annotator autocomplete=off maxlength=100></label>'
-        '<span id=progress></span><button id=save type=button>Save labels</button>'
+        "<div class=bar><label>Your name <input id=annotator autocomplete=off maxlength=100></label>"
+        "<span id=progress></span><button id=save type=button>Save labels</button>"
         '<label class=load>Load labels <input id=load type=file accept=".json,application/json"></label>'
         "<span id=status></span></div></header>"
         '<main id=items></main><div id=viewer class=hidden><img id=viewer-img alt=""></div>'
@@ -353,7 +361,8 @@ def render_form(
         "scheme": sch.as_dict(),
         "show_cells": show_cells,
         "items": [
-            {k: item[k] for k in ("id", "prompt", "response")} | ({"cell": item["cell"]} if show_cells else {})
+            {k: item[k] for k in ("id", "prompt", "response")}
+            | ({"cell": item["cell"]} if show_cells else {})
             for item in items
         ],
         "images": {sha: v.get("uri", "") for sha, v in images.items()},

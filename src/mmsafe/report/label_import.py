@@ -83,7 +83,9 @@ def read_label_file(
         res.errors.append(f"{path}: not UTF-8 text (byte {exc.start})")
         return res
     mtime = path.stat().st_mtime
-    if path.suffix.lower() == ".csv" or (not text.lstrip().startswith(("{", "[")) and path.suffix.lower() != ".json"):
+    if path.suffix.lower() == ".csv" or (
+        not text.lstrip().startswith(("{", "[")) and path.suffix.lower() != ".json"
+    ):
         _read_csv(path, text, res, valid_ids=valid_ids, annotator=annotator, scheme=scheme, mtime=mtime)
     else:
         _read_json(path, text, res, valid_ids=valid_ids, annotator=annotator, mtime=mtime)

@@ -63,7 +63,9 @@ class Scheme:
         """The stored label of ``values`` (field → label): the value itself for a one-field scheme, else JSON."""
         if len(self.fields) == 1:
             return values[self.fields[0].name]
-        return json.dumps({f.name: values[f.name] for f in self.fields}, sort_keys=True, separators=(",", ":"))
+        return json.dumps(
+            {f.name: values[f.name] for f in self.fields}, sort_keys=True, separators=(",", ":")
+        )
 
     def decode(self, label: str) -> dict[str, str] | None:
         """field → label of a stored label, or None when it is not one this scheme allows."""
@@ -89,7 +91,9 @@ class Scheme:
                 return f"{f.name} label {v!r} is not one of {', '.join(f.labels)}"
         extra = sorted(set(values) - set(self.field_names))
         if extra:
-            return f"unknown field(s) {', '.join(extra)} (scheme {self.name} has {', '.join(self.field_names)})"
+            return (
+                f"unknown field(s) {', '.join(extra)} (scheme {self.name} has {', '.join(self.field_names)})"
+            )
         return None
 
     def as_dict(self) -> dict[str, object]:
