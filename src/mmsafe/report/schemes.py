@@ -88,7 +88,7 @@ class Scheme:
             if v is None or v == "":
                 return f"no {f.name} label"
             if v not in f.labels:
-                return f"{f.name} label {v!r} is not one of {', '.join(f.labels)}"
+                return f"{f.name} {v!r} is not one of {', '.join(f.labels)}"
         extra = sorted(set(values) - set(self.field_names))
         if extra:
             return (
