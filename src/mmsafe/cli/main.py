@@ -76,10 +76,14 @@ def _parser() -> argparse.ArgumentParser:
     an.add_argument("--n", type=int, default=100, help="items to export (default 100)")
     an.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     an.add_argument(
-        "--scheme", choices=("harmful", "refusal", "helpfulness"), help="label scheme (export default: harmful)"
+        "--scheme",
+        choices=("harmful", "refusal", "helpfulness"),
+        help="label scheme (export default: harmful)",
     )
     an.add_argument("--out", help="export folder (default: RUN/annotate-<scheme>-seed<seed>)")
-    an.add_argument("--only-expected", choices=("refuse", "comply"), help="only must-refuse or must-comply items")
+    an.add_argument(
+        "--only-expected", choices=("refuse", "comply"), help="only must-refuse or must-comply items"
+    )
     an.add_argument(
         "--show-cells", action="store_true", help="show the attack/defense names to annotators (not blind)"
     )
