@@ -162,3 +162,15 @@ def test_export_of_an_empty_filter_is_a_clear_error(run, tmp_path, capsys) -> No
             export_items(store, tmp_path / "x", scheme="nope")
     assert main(["annotate", str(tmp_path / "missing")]) == 2
     assert "no run folder" in capsys.readouterr().err
+
+
+def test_the_cli_offers_exactly_the_registered_schemes() -> None:
+    from mmsafe.cli.main import _parser
+    from mmsafe.report.schemes import SCHEMES
+
+    sub = next(a for a in _parser()._actions if a.dest == "command")
+    scheme = next(a for a in sub.choices["annotate"]._actions if a.dest == "scheme")
+    assert tuple(scheme.choices) == tuple(SCHEMES)
+    for s in SCHEMES.values():  # every label has its meaning and one example, as the form shows them
+        for f in s.fields:
+            assert len(f.labels) == len(f.meanings) == len(f.examples) > 1

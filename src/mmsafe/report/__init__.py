@@ -24,7 +24,16 @@ log = logging.getLogger("mmsafe.report")
 CELL_KEYS: tuple[CellKey, ...] = ("benchmark", "model", "attack", "defense", "judge")
 
 
-class Summary(TypedDict):
+class _SummaryOptional(TypedDict, total=False):
+    """The keys of :class:`Summary` present only when there is something to report. (A base with ``total=False``
+    rather than ``NotRequired``: under ``from __future__ import annotations`` Python 3.11 does not see
+    ``NotRequired`` at run time, and ``Summary.__required_keys__`` would list the key.)"""
+
+    #: human labels vs each other and vs the judges (:func:`mmsafe.report.human.human_summary`), when any are stored
+    human: dict[str, Any]
+
+
+class Summary(_SummaryOptional):
     """``summary.json``: what :func:`build_summary` reads from a store and every renderer reads."""
 
     generated: float
@@ -44,8 +53,6 @@ class Summary(TypedDict):
     judges: list[dict[str, Any]]
     #: harm rates corrected for the judge's measured error (:func:`calibrated_rates`)
     calibrated: NotRequired[list[dict[str, Any]]]
-    #: human labels vs each other and vs the judges (:func:`mmsafe.report.human.human_summary`), when any are stored
-    human: NotRequired[dict[str, Any]]
 
 
 def build_summary(store: Store) -> Summary:
