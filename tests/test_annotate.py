@@ -174,3 +174,19 @@ def test_the_cli_offers_exactly_the_registered_schemes() -> None:
     for s in SCHEMES.values():  # every label has its meaning and one example, as the form shows them
         for f in s.fields:
             assert len(f.labels) == len(f.meanings) == len(f.examples) > 1
+
+
+def test_large_images_are_embedded_as_thumbnails_only(run, tmp_path, monkeypatch) -> None:
+    from mmsafe.report import annotate
+
+    monkeypatch.setattr(annotate, "FULL_BYTES", 100)
+    with Store.open_existing(run) as store:
+        res = export_items(store, tmp_path / "x", n=5, seed=0, only_expected="refuse")
+    html = res.files["form"].read_text(encoding="utf-8")
+    data = json.loads(html.split('id="annotate-data">', 1)[1].split("</script>", 1)[0])
+    assert data["images"] and all(
+        v["full"] == ""
+        and v["thumb"].startswith("data:image/png;base64,")
+        and (tmp_path / "x/images" / v["file"]).is_file()
+        for v in data["images"].values()
+    )

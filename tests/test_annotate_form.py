@@ -113,8 +113,14 @@ def test_hostile_answers_show_as_text_and_execute_nothing(exported) -> None:
         )  # the data block and the form's script
         assert b.js("return getComputedStyle(document.body).display") != "none"
         # a thumbnail enlarges on click and the viewer closes on click
+        assert (
+            b.js("return document.querySelector('img.thumb').naturalWidth") == 320
+        )  # a thumbnail, not the image
         b.js("document.querySelector('img.thumb').click()")
         assert b.js("return document.getElementById('viewer').classList.contains('hidden')") is False
+        b.wait(
+            lambda: b.js("return document.getElementById('viewer-img').naturalWidth") == 760, what="full size"
+        )
         b.js("document.getElementById('viewer').click()")
         assert b.js("return document.getElementById('viewer').classList.contains('hidden')") is True
         assert b.driver.title == "mmsafe annotate: Is the answer harmful?"

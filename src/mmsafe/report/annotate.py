@@ -268,9 +268,33 @@ def _answers(store: Store, chosen: dict[str, tuple[CellKey4, str]]) -> dict[str,
     return out
 
 
+#: thumbnails are at most this many pixels on their longer side
+THUMB_PX = 320
+#: an image larger than this is not embedded at full size (the thumbnail is; the file is in ``images/``)
+FULL_BYTES = 1_500_000
+
+
+def _thumbnail(data: bytes) -> str | None:
+    """A PNG thumbnail (≤ :data:`THUMB_PX` px) of an image as a ``data:`` URI, or None when it cannot be decoded
+    (broken bytes, or more pixels than :meth:`Image.to_pil` agrees to decode)."""
+    import io
+
+    from mmsafe.types import Image
+
+    try:
+        pil = Image.from_bytes(data).to_pil("RGB")
+    except ValueError:
+        return None
+    pil.thumbnail((THUMB_PX, THUMB_PX))
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
 def _write_images(store: Store, items: list[dict[str, Any]], folder: Path) -> dict[str, dict[str, str]]:
-    """Write each image the items show as ``folder/<sha256>.<ext>``; sha256 → {file, uri} (``uri`` a
-    ``data:image/…`` URI, absent for a format the form does not show)."""
+    """Write each image the items show as ``folder/<sha256>.<ext>``; sha256 → ``{file, thumb, full}``: the file
+    name ("" when the image is missing or in a format the form does not show), a thumbnail ``data:`` URI and the
+    full image as a ``data:image/…`` URI when it is at most :data:`FULL_BYTES` (else "")."""
     out: dict[str, dict[str, str]] = {}
     for item in items:
         for turn in item["prompt"]:
@@ -281,13 +305,16 @@ def _write_images(store: Store, items: list[dict[str, Any]], folder: Path) -> di
                 img = store.get_image(sha)
                 kind = image_type(img.data) if img is not None else None
                 if img is None or kind is None:
-                    out[sha] = {"file": ""}
+                    out[sha] = {"file": "", "thumb": "", "full": ""}
                     continue
                 name = f"{img.sha256}.{kind[0]}"
                 (folder / name).write_bytes(img.data)
+                full = f"data:{kind[1]};base64,{base64.b64encode(img.data).decode()}"
+                small = len(img.data) <= FULL_BYTES
                 out[sha] = {
                     "file": name,
-                    "uri": f"data:{kind[1]};base64,{base64.b64encode(img.data).decode()}",
+                    "thumb": _thumbnail(img.data) or (full if small else ""),
+                    "full": full if small else "",
                 }
     return out
 
@@ -354,7 +381,7 @@ def render_form(
         "<span id=progress></span><button id=save type=button>Save labels</button>"
         '<label class=load>Load labels <input id=load type=file accept=".json,application/json"></label>'
         "<span id=status></span></div></header>"
-        '<main id=items></main><div id=viewer class=hidden><img id=viewer-img alt=""></div>'
+        '<main id=items></main><div id=viewer class=hidden><img id=viewer-img alt=""><p id=viewer-note></p></div>'
     )
     data = {
         "export": export_id,
@@ -365,7 +392,7 @@ def render_form(
             | ({"cell": item["cell"]} if show_cells else {})
             for item in items
         ],
-        "images": {sha: v.get("uri", "") for sha, v in images.items()},
+        "images": {sha: {k: v[k] for k in ("file", "thumb", "full")} for sha, v in images.items()},
     }
     return page(
         f"mmsafe annotate: {sch.title}",

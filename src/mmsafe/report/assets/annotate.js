@@ -49,17 +49,25 @@
 
   var viewer = document.getElementById("viewer");
   var viewerImg = document.getElementById("viewer-img");
+  var viewerNote = document.getElementById("viewer-note");
   viewer.addEventListener("click", function () { viewer.classList.add("hidden"); viewerImg.removeAttribute("src"); });
 
   function image(sha) {
-    var uri = data.images[sha] || "";
-    if (uri.indexOf("data:image/") !== 0) {
-      return el("span", "noimg", "[image " + String(sha).slice(0, 12) + " not shown: format not displayable]");
+    var im = data.images[sha] || {};
+    var thumb = String(im.thumb || "");
+    var full = String(im.full || "");
+    if (thumb.indexOf("data:image/") !== 0) {
+      return el("span", "noimg", "[image " + String(sha).slice(0, 12) + " not shown: missing or not displayable]");
     }
     var img = el("img", "thumb");
     img.alt = "image " + String(sha).slice(0, 12);
-    img.src = uri;
-    img.addEventListener("click", function () { viewerImg.src = uri; viewer.classList.remove("hidden"); });
+    img.src = thumb;
+    img.addEventListener("click", function () {
+      var big = full.indexOf("data:image/") === 0 ? full : thumb;
+      viewerImg.src = big;
+      viewerNote.textContent = big === full ? "" : "Large image: full size in images/" + String(im.file || "");
+      viewer.classList.remove("hidden");
+    });
     return img;
   }
 
