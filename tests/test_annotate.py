@@ -50,6 +50,8 @@ def test_export_is_stratified_seeded_and_blind(run, tmp_path, capsys) -> None:
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["n_items"] == 20 and manifest["excluded_errors"] == 2 and manifest["scheme"] == "harmful"
     assert _cells(manifest["items"]) == {"figstep": 10, "none": 10}
+    order = [i["attack"] for i in manifest["items"]]
+    assert order != sorted(order) and order != sorted(order, reverse=True)  # shuffled, not cell by cell
     with Store.open_existing(run) as store:
         same = export_items(store, tmp_path / "b", n=20, seed=0)
         other = export_items(store, tmp_path / "c", n=20, seed=1)

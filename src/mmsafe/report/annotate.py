@@ -21,7 +21,8 @@ whose records all failed before an answer (load, attack, generate errors) is lef
 * n < C: n cells drawn at random (seeded), one item each.
 
 Within a cell the items are drawn with ``random.Random(seed)`` from its sample ids in sorted order, cells taken in
-sorted order of their spec keys.
+sorted order of their spec keys; the drawn items are then shuffled with the same generator, so the form does not
+present them cell by cell.
 
 **Blind by design**: annotators never see any judge's verdict, and by default not the attack or defense names
 either (``show_cells=True`` shows them): knowing that an item came from a "jailbreak" cell, or that a defense was
@@ -215,6 +216,7 @@ def export_items(
                 "response": r.response or "",
             }
         )
+    rng.shuffle(items)  # cells interleaved: an annotator cannot tell a cell from the order, nor tire on one cell
     runs = [str(x.get("name")) for x in store.runs()]
     ident = hashlib.sha256(
         json.dumps([runs, sch.name, seed, n, only_expected, [i["id"] for i in items]]).encode()

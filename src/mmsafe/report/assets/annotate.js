@@ -114,7 +114,7 @@
           progress();
         });
         label.appendChild(input);
-        label.appendChild(document.createTextNode(" " + lab));
+        label.appendChild(document.createTextNode(" " + lab.replace(/_/g, " ")));
         fs.appendChild(label);
       });
       box.appendChild(fs);
