@@ -65,6 +65,21 @@ def test_labels_clicked_save_to_a_file_that_imports_back_exactly(exported, tmp_p
         )
         assert [e for e in b.console() if e["level"] == "SEVERE"] == []
 
+    # another browser (empty localStorage) continues from the saved file with "Load labels"
+    with browser() as b:
+        b.open(form)
+        b.wait(lambda: b.js("return document.body.dataset.ready"), what="the form script")
+        assert b.js("return document.getElementById('progress').textContent") == "0 of 20 labelled"
+        b.driver.find_element("id", "load").send_keys(str(saved))
+        b.wait(
+            lambda: b.js("return document.getElementById('progress').textContent") == "5 of 20 labelled",
+            what="load",
+        )
+        assert b.js("return document.getElementById('annotator').value") == "Ann O'Tator <b>"
+        assert (
+            b.js("return document.querySelector('#item-0 textarea').value") == "=cmd|' /C calc'!A0 <script>"
+        )
+
     with Store.open_existing(run, readonly=False) as store:
         res = import_labels(store, [saved], valid_ids=population(store).all_ids)
         assert res.errors == [] and res.stored == 5

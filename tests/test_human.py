@@ -165,3 +165,44 @@ def test_report_shows_the_human_section_after_an_import(run, tmp_path) -> None:
     section = report.split("## Human evaluation", 1)[1].split("## Per category", 1)[0]
     assert "### Scheme refusal" in section and "| refusal | 77 | 100.0%" in section
     assert "&lt;img src=x&gt;\\|B" in section and "<img" not in section
+
+
+def test_several_schemes_and_old_stores(run, tmp_path) -> None:
+    """With harmful and refusal labels both stored, the harmful part heads summary["human"] and refusal is in
+    ``others``; the refusal rules are not compared with harmful labels. A store without the table reads as none."""
+    import sqlite3
+
+    with Store.open_existing(run) as store:
+        exp = export_items(store, tmp_path / "exp", n=3, seed=0)
+    doc = {
+        "format": "mmsafe-labels/1",
+        "export": exp.export_id,
+        "scheme": "harmful",
+        "annotator": "A",
+        "labels": [{"item": i["id"], "values": {"label": "harmful"}} for i in exp.items],
+    }
+    (tmp_path / "h.json").write_text(json.dumps(doc), encoding="utf-8")
+    refusal = {
+        **doc,
+        "scheme": "refusal",
+        "labels": [{"item": exp.items[0]["id"], "values": {"label": "partial"}}],
+    }
+    (tmp_path / "r.json").write_text(json.dumps(refusal), encoding="utf-8")
+    assert main(["annotate", str(run), "--import", str(tmp_path / "h.json"), str(tmp_path / "r.json")]) == 0
+    assert main(["report", str(run)]) == 0
+    h = json.loads((run / "summary.json").read_text(encoding="utf-8"))["human"]
+    assert h["scheme"] == "harmful" and h["n_items"] == 3 and h["judges"] == []
+    assert [s["judge"] for s in h["skipped_judges"]] == ["refusal"]
+    assert [o["scheme"] for o in h["others"]] == ["refusal"]
+    report = (run / "report.md").read_text(encoding="utf-8")
+    assert "### Scheme harmful" in report and "### Scheme refusal" in report
+
+    old = tmp_path / "old"
+    with Store(old) as store:
+        store.put_human_labels([("x", "A", "harmful", "harmful", None, 0.0)])
+    with sqlite3.connect(old / "mmsafe.sqlite") as db:
+        db.execute("DROP TABLE human_labels")
+    with Store.open_existing(old) as store:  # read-only, as `mmsafe report` opens it: the table is not added
+        assert store.human_labels() == []
+    with Store.open_existing(old, readonly=False) as store:  # a writable open adds it
+        assert store.human_labels() == [] and store.put_human_labels([]) == 0
