@@ -167,11 +167,12 @@ def test_report_shows_the_human_section_after_an_import(run, tmp_path) -> None:
     assert "&lt;img src=x&gt;\\|B" in section and "<img" not in section
 
 
-def test_several_schemes_and_old_stores(run, tmp_path) -> None:
+def test_several_schemes_and_old_stores(tmp_path) -> None:
     """With harmful and refusal labels both stored, the harmful part heads summary["human"] and refusal is in
     ``others``; the refusal rules are not compared with harmful labels. A store without the table reads as none."""
     import sqlite3
 
+    run = make_run(tmp_path / "run")  # its own run: the module's has refusal labels of another test
     with Store.open_existing(run) as store:
         exp = export_items(store, tmp_path / "exp", n=3, seed=0)
     doc = {
