@@ -216,7 +216,8 @@ def export_items(
                 "response": r.response or "",
             }
         )
-    rng.shuffle(items)  # cells interleaved: an annotator cannot tell a cell from the order, nor tire on one cell
+    # cells interleaved: an annotator cannot tell a cell from the order, nor tire on one cell
+    rng.shuffle(items)
     runs = [str(x.get("name")) for x in store.runs()]
     ident = hashlib.sha256(
         json.dumps([runs, sch.name, seed, n, only_expected, [i["id"] for i in items]]).encode()
@@ -322,6 +323,7 @@ def _write_images(store: Store, items: list[dict[str, Any]], folder: Path) -> di
 
 
 def _prompt_text(item: dict[str, Any]) -> str:
+    """The prompt's text for the CSV: a lone user turn as it is, else every turn after its ``[role]``."""
     turns = []
     for turn in item["prompt"]:
         text = "\n".join(p["text"] for p in turn["parts"] if p["type"] == "text")
