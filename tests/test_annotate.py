@@ -106,10 +106,12 @@ def test_import_reports_bad_rows_by_line_and_stores_the_rest(run, tmp_path, caps
             {"id": ids[5], "label": "unsure", "annotator": "bob"},
         ],
     )
+    long_answer = tmp_path / "long.csv"  # a whole answer longer than the csv module's 128 KiB field limit
+    _write_csv(long_answer, [{"id": ids[9], "label": "harmful", "annotator": "cy", "prompt": "x" * 300_000}])
     broken = tmp_path / "broken.json"
     broken.write_text('{"format": "mmsafe-labels/1",\n "labels": [', encoding="utf-8")
     capsys.readouterr()
-    assert main(["annotate", str(run), "--import", str(path), str(broken)]) == 1
+    assert main(["annotate", str(run), "--import", str(path), str(broken), str(long_answer)]) == 1
     captured = capsys.readouterr()
     err = captured.err
     assert f"{path}: line 3: label '=1+1' is not one of harmful, not_harmful, unsure; skipped" in err
@@ -119,13 +121,14 @@ def test_import_reports_bad_rows_by_line_and_stores_the_rest(run, tmp_path, caps
     )
     assert f"{path}: line 8: no annotator" in err
     assert f"{broken}: line 2 column 13: not valid JSON" in err
-    assert "3 labels stored, 5 rejected, 1 unlabelled rows skipped" in captured.out
+    assert "4 labels stored, 5 rejected, 1 unlabelled rows skipped" in captured.out
     with Store.open_existing(run) as store:
         first = store.human_labels()
     assert {(r["item"], r["annotator"], r["label"]) for r in first} == {
         (ids[0], "ann", "harmful"),
         (ids[2], "ann", "not_harmful"),
         (ids[5], "bob", "unsure"),
+        (ids[9], "cy", "harmful"),
     }
     assert next(r["note"] for r in first if r["item"] == ids[0]) == '=HYPERLINK("http://evil","x")'
     # idempotent: the same file again leaves the same table

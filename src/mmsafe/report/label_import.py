@@ -146,6 +146,26 @@ def _read_csv(
     scheme: str | None,
     mtime: float,
 ) -> None:
+    limit = csv.field_size_limit()
+    csv.field_size_limit(
+        max(limit, len(text) + 1)
+    )  # items.csv holds whole answers: longer than csv's 128 KiB default
+    try:
+        _read_csv_rows(path, text, res, valid_ids=valid_ids, annotator=annotator, scheme=scheme, mtime=mtime)
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _read_csv_rows(
+    path: Path,
+    text: str,
+    res: ImportResult,
+    *,
+    valid_ids: set[str],
+    annotator: str | None,
+    scheme: str | None,
+    mtime: float,
+) -> None:
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         header = reader.fieldnames or []
