@@ -66,6 +66,33 @@ def _parser() -> argparse.ArgumentParser:
     cp.add_argument("--out", help="write the markdown here instead of stdout")
     cp.add_argument("--html", metavar="FILE", help="also write the comparison as one self-contained page")
 
+    an = sub.add_parser(
+        "annotate",
+        help="human evaluation: export a stratified sample for annotators (HTML form + CSV), or --import labels",
+        description="Export a seeded sample of a run's answers, stratified by cell (model × benchmark × attack × "
+        "defense), as a local HTML form and a CSV for annotators; with --import, read their label files back "
+        "into the run store, where `mmsafe report` compares them with the judges. See docs/human-evaluation.md.",
+    )
+    an.add_argument("dir", metavar="RUN", help="run folder")
+    an.add_argument("--n", type=int, default=100, help="items to export (default 100)")
+    an.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    an.add_argument(
+        "--scheme",
+        choices=("harmful", "refusal", "helpfulness"),
+        help="label scheme (export default: harmful)",
+    )
+    an.add_argument("--out", help="export folder (default: RUN/annotate-<scheme>-seed<seed>)")
+    an.add_argument(
+        "--only-expected", choices=("refuse", "comply"), help="only must-refuse or must-comply items"
+    )
+    an.add_argument(
+        "--show-cells", action="store_true", help="show the attack/defense names to annotators (not blind)"
+    )
+    an.add_argument(
+        "--import", dest="import_files", nargs="+", metavar="FILE", help="label files to import (JSON or CSV)"
+    )
+    an.add_argument("--annotator", help="--import: the annotator of CSV rows without an 'annotator' column")
+
     ex = sub.add_parser("export", help="write every record as JSONL or CSV")
     ex.add_argument("dir")
     ex.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
@@ -599,6 +626,52 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_annotate(args: argparse.Namespace) -> int:
+    from mmsafe.report.annotate import export_items, population
+    from mmsafe.report.label_import import import_labels
+    from mmsafe.store.sqlite import Store
+
+    if args.import_files:
+        with Store.open_existing(args.dir, readonly=False) as store:  # importing writes: not read-only
+            res = import_labels(
+                store,
+                args.import_files,
+                valid_ids=population(store).all_ids,
+                annotator=args.annotator,
+                scheme=args.scheme,
+            )
+        for err in res.errors:
+            print(f"mmsafe: {_safe(err, 400)}", file=sys.stderr)
+        print(
+            f"{res.stored} labels stored, {len(res.errors)} rejected, {res.unlabelled} unlabelled rows skipped; "
+            f"`mmsafe report {_safe(args.dir)}` shows them"
+        )
+        return 1 if res.errors else 0
+    scheme = args.scheme or "harmful"
+    out = Path(args.out) if args.out else Path(args.dir) / f"annotate-{scheme}-seed{args.seed}"
+    with Store.open_existing(args.dir) as store:
+        try:
+            result = export_items(
+                store,
+                out,
+                n=args.n,
+                seed=args.seed,
+                scheme=scheme,
+                only_expected=args.only_expected,
+                show_cells=args.show_cells,
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    print(
+        f"{len(result.items)} items from {len(result.allocation)} cells (export {result.export_id}); "
+        f"{result.excluded_errors} generations without an answer left out"
+        + (f", {result.excluded_expected} of the other expected kind" if args.only_expected else "")
+    )
+    for name, path in result.files.items():
+        print(f"{name}: {_safe(path)}")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from mmsafe.report.export import export
 
@@ -728,6 +801,7 @@ def main(argv: list[str] | None = None) -> int:
         "report": _cmd_report,
         "compare": _cmd_compare,
         "export": _cmd_export,
+        "annotate": _cmd_annotate,
         "list": _cmd_list,
         "describe": _cmd_describe,
         "judge-train": _cmd_judge_train,

@@ -1,4 +1,5 @@
-"""Agreement among several annotators: Fleiss' κ, Krippendorff's nominal α and the per-item majority.
+"""Agreement among several annotators: Fleiss' κ, Krippendorff's α (nominal, ordinal, interval) and the
+per-item majority.
 
 Human evaluation has more than two annotators label each item; these functions say how far they
 agree with one another (beyond chance) and give the majority label a judge can be compared with.
@@ -13,7 +14,7 @@ character). Every function is pure; bootstrap intervals resample items with a pr
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 from mmsafe.metrics._common import Estimate, bootstrap_indices, bootstrap_method, check_bootstrap_args
 
@@ -103,8 +104,32 @@ def fleiss_kappa(
     return Estimate(value=value, lo=lo, hi=hi, n=n, method=bootstrap_method(n_resamples, seed, used))
 
 
-def _alpha_from(coincidences: list[dict[tuple[Label, Label], float]], idx: Sequence[int]) -> float | None:
-    """Nominal α from the items' coincidence contributions; None when D_e = 0 (one value only)."""
+def _delta2(metric: str, n_c: Counter[Label]) -> Callable[[Label, Label], float]:
+    """Krippendorff's squared difference δ²(c, k) for ``metric``, given the value counts ``n_c``.
+
+    nominal: 0 if c = k else 1; interval: (c − k)²; ordinal: (Σ_{g from c to k} n_g − (n_c + n_k)/2)², the
+    values ranked by their order (numbers, or labels that sort)."""
+    if metric == "nominal":
+        return lambda c, k: 0.0 if c == k else 1.0
+    if metric == "interval":
+        return lambda c, k: (float(c) - float(k)) ** 2  # type: ignore[arg-type]
+    order = sorted(n_c)  # type: ignore[type-var]
+    cum = [0.0]
+    for v in order:
+        cum.append(cum[-1] + n_c[v])
+    rank = {v: i for i, v in enumerate(order)}
+
+    def ordinal(c: Label, k: Label) -> float:
+        i, j = sorted((rank[c], rank[k]))
+        return (cum[j + 1] - cum[i] - (n_c[c] + n_c[k]) / 2) ** 2
+
+    return ordinal
+
+
+def _alpha_from(
+    coincidences: list[dict[tuple[Label, Label], float]], idx: Sequence[int], metric: str = "nominal"
+) -> float | None:
+    """α from the items' coincidence contributions; None when D_e = 0 (one value only)."""
     o: Counter[tuple[Label, Label]] = Counter()
     for i in idx:
         o.update(coincidences[i])
@@ -112,28 +137,37 @@ def _alpha_from(coincidences: list[dict[tuple[Label, Label], float]], idx: Seque
     for (c, _k), v in o.items():
         n_c[c] += v
     n = sum(n_c.values())
-    disagree = sum(v for (c, k), v in o.items() if c != k)
-    expected = n * n - sum(v * v for v in n_c.values())  # Σ_{c≠k} n_c·n_k
+    d = _delta2(metric, n_c)
+    disagree = sum(v * d(c, k) for (c, k), v in o.items() if c != k)
+    expected = sum(n_c[c] * n_c[k] * d(c, k) for c in n_c for k in n_c if c != k)
     if expected <= 0:
         return None
     return 1.0 - (n - 1) * disagree / expected
 
 
+METRICS = ("nominal", "ordinal", "interval")
+
+
 def krippendorff_alpha(
     ratings: Sequence[Sequence[Label | None]],
     *,
+    metric: str = "nominal",
     n_resamples: int = 2000,
     seed: int = 0,
     confidence: float = 0.95,
 ) -> Estimate:
-    """Krippendorff's α for nominal labels, missing ratings allowed, with a bootstrap interval.
+    """Krippendorff's α (nominal by default; ``metric`` "ordinal" or "interval" for rating scales such as
+    1–5), missing ratings allowed, with a bootstrap interval.
 
     Definition (Krippendorff 2011, "Computing Krippendorff's alpha-reliability", Annenberg School
     for Communication, University of Pennsylvania; nominal metric): an item u with m_u ≥ 2 ratings
     adds n_uc·(n_uk − [c = k]) / (m_u − 1) to the coincidence o_ck of every pair of values (c, k),
     where n_uc counts its ratings of value c; items with fewer than 2 ratings are dropped (they
     cannot be paired). With n_c = Σ_k o_ck and n = Σ_c n_c, D_o = Σ_{c≠k} o_ck / n,
-    D_e = Σ_{c≠k} n_c·n_k / (n(n − 1)) and α = 1 − D_o / D_e.
+    D_e = Σ_{c≠k} n_c·n_k / (n(n − 1)) and α = 1 − D_o / D_e. The ordinal and interval forms weight each
+    pair (c, k) in D_o and D_e by Krippendorff's δ²(c, k) (ordinal: (Σ_{g=c..k} n_g − (n_c + n_k)/2)²;
+    interval: (c − k)²); the nominal δ² is 1 for every c ≠ k. Ordinal labels must sort (numbers, or
+    strings that sort in the scale's order); interval labels must be numbers.
 
     ``None`` in an item is a rater who did not rate it. ``n`` of the result counts the pairable
     items. Raises ``ValueError`` when no item has 2 ratings or α is undefined (D_e = 0: one single
@@ -143,6 +177,8 @@ def krippendorff_alpha(
     """
     items = _items(ratings, "krippendorff_alpha")
     check_bootstrap_args(n_resamples, confidence)
+    if metric not in METRICS:
+        raise ValueError(f"krippendorff_alpha: metric must be one of {', '.join(METRICS)}, got {metric!r}")
     coincidences: list[dict[tuple[Label, Label], float]] = []
     for item in items:
         values = Counter(x for x in item if x is not None)
@@ -159,12 +195,12 @@ def krippendorff_alpha(
     n = len(coincidences)
     if n == 0:
         raise ValueError("krippendorff_alpha: no item has at least 2 ratings")
-    value = _alpha_from(coincidences, range(n))
+    value = _alpha_from(coincidences, range(n), metric)
     if value is None:
         raise ValueError("Krippendorff's alpha is undefined: every pairable rating is one same value")
     lo, hi, used = bootstrap_indices(
         [range(n)],
-        lambda idx: _alpha_from(coincidences, idx),
+        lambda idx: _alpha_from(coincidences, idx, metric),
         n_resamples=n_resamples,
         seed=seed,
         confidence=confidence,

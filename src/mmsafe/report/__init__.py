@@ -24,7 +24,16 @@ log = logging.getLogger("mmsafe.report")
 CELL_KEYS: tuple[CellKey, ...] = ("benchmark", "model", "attack", "defense", "judge")
 
 
-class Summary(TypedDict):
+class _SummaryOptional(TypedDict, total=False):
+    """The keys of :class:`Summary` present only when there is something to report. (A base with ``total=False``
+    rather than ``NotRequired``: under ``from __future__ import annotations`` Python 3.11 does not see
+    ``NotRequired`` at run time, and ``Summary.__required_keys__`` would list the key.)"""
+
+    #: human labels vs each other and vs the judges (:func:`mmsafe.report.human.human_summary`), when any are stored
+    human: dict[str, Any]
+
+
+class Summary(_SummaryOptional):
     """``summary.json``: what :func:`build_summary` reads from a store and every renderer reads."""
 
     generated: float
@@ -53,13 +62,18 @@ def build_summary(store: Store) -> Summary:
     :class:`~mmsafe.report.tally.Tally` that keeps a few small values per record, never the records:
     memory grows with the number of verdicts, not with what each record holds. Cell order makes the
     summary independent of the order the records were written in."""
+    from mmsafe.report.human import human_summary
+
     tally = Tally()
     for record in store.iter_records(slim=True, by_cell=True):
         tally.add(record)
     evals = {key: store.judge_evals(key) for key in tally.components.get("judge", {})}
-    return summarise_tally(
+    summary = summarise_tally(
         tally, runs=[r["name"] for r in store.runs()], unreadable=store.unreadable, judge_evals=evals
     )
+    if (human := human_summary(store, tally)) is not None:
+        summary["human"] = human
+    return summary
 
 
 def summarise_tally(

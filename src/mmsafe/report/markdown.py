@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from mmsafe.metrics.summary import CellKey, SummaryRow
 from mmsafe.report.escape import md_cell
+from mmsafe.report.human_md import human_section
 
 if TYPE_CHECKING:
     from mmsafe.report import Summary
@@ -111,6 +112,7 @@ def render(
     lines += _defenses(summary.get("defenses") or [])
     lines += _judges(summary.get("judges") or [], summary.get("judge_agreement") or [])
     lines += _adversarial(summary.get("adversarial") or [])
+    lines += human_section(summary.get("human"))
     lines += ["", "## Per category", ""]
     by_cell: dict[tuple[str, ...], list[SummaryRow]] = defaultdict(list)
     for r in rows:

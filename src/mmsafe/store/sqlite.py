@@ -54,6 +54,9 @@ CREATE INDEX IF NOT EXISTS records_cell ON records (model, benchmark, attack, de
 CREATE TABLE IF NOT EXISTS judge_evals (
     judge TEXT NOT NULL, ident TEXT NOT NULL, entry TEXT NOT NULL, created REAL NOT NULL,
     PRIMARY KEY (judge, ident));
+CREATE TABLE IF NOT EXISTS human_labels (
+    item TEXT NOT NULL, annotator TEXT NOT NULL, scheme TEXT NOT NULL, label TEXT NOT NULL, note TEXT,
+    created REAL NOT NULL, PRIMARY KEY (item, annotator, scheme));
 """
 
 STORE_FILE = "mmsafe.sqlite"
@@ -491,6 +494,41 @@ class Store:
                     "a judge evaluation of judge %s in %s cannot be read; skipped", judge_key, self.path
                 )
         return out
+
+    # -- human labels (mmsafe annotate) ----------------------------------------------------------------------
+    @_sql
+    def put_human_labels(self, rows: Iterable[tuple[str, str, str, str, str | None, float]]) -> int:
+        """Store human labels ``(item, annotator, scheme, label, note, created)`` in one transaction; ``item`` is
+        a :func:`generation_id`. A label for the same (item, annotator, scheme) replaces the old one, so
+        importing one file twice leaves the table as it was. Returns the number of rows written."""
+        rows = list(rows)
+        if rows:
+            with self._tx():
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO human_labels (item, annotator, scheme, label, note, created) "
+                    "VALUES (?,?,?,?,?,?)",
+                    rows,
+                )
+        return len(rows)
+
+    @_sql
+    def human_labels(self, scheme: str | None = None) -> list[dict[str, Any]]:
+        """The stored human labels (of one ``scheme``, or all), ordered by scheme, item and annotator: dicts with
+        ``item, annotator, scheme, label, note, created``. ``[]`` for a store that predates the table (opened
+        read-only, it was never added)."""
+        has = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='human_labels'"
+        ).fetchone()
+        if not has:
+            return []
+        q = "SELECT item, annotator, scheme, label, note, created FROM human_labels"
+        args: tuple[str, ...] = ()
+        if scheme is not None:
+            q += " WHERE scheme=?"
+            args = (scheme,)
+        q += " ORDER BY scheme, item, annotator"
+        cols = ("item", "annotator", "scheme", "label", "note", "created")
+        return [dict(zip(cols, row, strict=True)) for row in self._db.execute(q, args)]
 
     # -- internals -------------------------------------------------------------------------------------------
     def _tx(self) -> _Transaction:
