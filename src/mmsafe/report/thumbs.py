@@ -1,0 +1,128 @@
+"""Images for the sample browser: a thumbnail and a larger view of each stored image, as ``data:image/`` URIs.
+
+Each distinct image (by sha256) is decoded once with Pillow, after its header says it is not a decompression
+bomb (:data:`mmsafe.types.MAX_DECODE_PIXELS`), scaled down to :data:`THUMB_SIDE` px (thumbnail) and
+:data:`FULL_SIDE` px (larger view) on its longer side, and encoded as whichever of PNG, JPEG and WebP is
+smallest — typographic attack images (flat colours, text) come out as small PNGs, photos as JPEG or WebP. A
+larger view that needs no scaling and is already a PNG, JPEG, GIF or WebP keeps its own bytes.
+
+Bytes that do not decode give ``{"error": "image unreadable: …"}`` (the page shows a placeholder), an image the
+store does not hold ``{"error": "image missing from the store"}``: never an exception.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import sqlite3
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+from mmsafe.types import MAX_DECODE_PIXELS
+
+__all__ = ["FULL_SIDE", "THUMB_SIDE", "image_mime", "image_views", "views"]
+
+THUMB_SIDE = 160
+FULL_SIDE = 1024
+#: an image this big or bigger is always re-encoded for the larger view, even when it needs no scaling
+_KEEP_ORIGINAL_BYTES = 400_000
+
+
+def image_mime(data: bytes) -> str | None:
+    """The Content-Type of ``data`` by its magic number, for the four formats a browser is given; else None."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def _uri(mime: str, data: bytes) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _decode(data: bytes, max_side: int) -> tuple[Any, tuple[int, int]]:
+    """``data`` decoded and scaled to fit ``max_side`` (RGB, or RGBA when it has transparency), and its size
+    before scaling; ``ValueError`` when it does not decode or is too large to."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            size = img.size
+            if size[0] * size[1] > MAX_DECODE_PIXELS:
+                raise ValueError(f"{size[0]}×{size[1]} px, too many to decode")
+            img.draft("RGB", (max_side, max_side))  # JPEG: decode at a reduced scale when it can
+            alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+            img = img.convert("RGBA" if alpha else "RGB")
+        img.thumbnail((max_side, max_side), reducing_gap=3.0)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ValueError(str(exc) or type(exc).__name__) from exc
+    return img, size
+
+
+def _smallest(img: Any) -> tuple[str, bytes]:
+    """``img`` encoded as the smallest of PNG (a palette PNG when it has at most 256 colours, as typographic
+    images do), WebP and, for an opaque image of many colours, JPEG."""
+    out: list[tuple[str, bytes]] = []
+
+    def save(mime: str, im: Any, fmt: str, **kw: Any) -> None:
+        buf = io.BytesIO()
+        im.save(buf, format=fmt, **kw)
+        out.append((mime, buf.getvalue()))
+
+    colours = img.getcolors(256)
+    if colours is not None and img.mode == "RGB":
+        save("image/png", img.quantize(len(colours)), "PNG")  # exact: as many palette entries as colours
+    else:
+        save("image/png", img, "PNG")
+    save("image/webp", img, "WEBP", quality=80, method=4)
+    if colours is None and img.mode == "RGB":  # a flat image loses its edges in JPEG; a photo is what it is for
+        save("image/jpeg", img, "JPEG", quality=82, optimize=True)
+    return min(out, key=lambda c: len(c[1]))
+
+
+def views(data: bytes, *, full: bool) -> tuple[str, str | None]:
+    """The thumbnail URI of ``data`` and (with ``full``) its larger view's, from one decode; ``ValueError``
+    when it does not decode. A larger view that already fits, in a browser format and not too large, keeps
+    its own bytes."""
+    img, size = _decode(data, FULL_SIDE)
+    big = None
+    if full:
+        mime = image_mime(data)
+        keep = mime and len(data) < _KEEP_ORIGINAL_BYTES and max(size) <= FULL_SIDE
+        big = _uri(mime, data) if mime and keep else _uri(*_smallest(img))
+    img.thumbnail((THUMB_SIDE, THUMB_SIDE), reducing_gap=3.0)
+    return _uri(*_smallest(img)), big
+
+
+def image_views(
+    db: sqlite3.Connection, hashes: Iterable[str], *, budget_bytes: int
+) -> dict[str, dict[str, Any]]:
+    """For each distinct sha256 in ``hashes`` (first-seen order): ``{"thumb": uri, "full": uri | None}``, or
+    ``{"error": why}``. Larger views are made while their URIs total at most ``budget_bytes``; after that
+    ``full`` is None (the page then shows the thumbnail and points to ``mmsafe view``)."""
+    out: dict[str, dict[str, Any]] = {}
+    spent = 0
+    for sha in dict.fromkeys(hashes):
+        row = db.execute("SELECT data FROM images WHERE sha256=?", (sha,)).fetchone()
+        if row is None or not isinstance(row[0], bytes):
+            out[sha] = {"error": "image missing from the store"}
+            continue
+        data = row[0]
+        try:
+            thumb, full = views(data, full=spent < budget_bytes)
+        except ValueError as exc:
+            out[sha] = {"error": f"image unreadable: {str(exc)[:200]}"}
+            continue
+        if full is not None and spent + len(full) > budget_bytes:
+            full = None
+        spent += len(full or "")
+        out[sha] = {"thumb": thumb, "full": full}
+    return out
