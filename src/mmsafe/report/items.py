@@ -174,6 +174,7 @@ class ItemReader:
         self.path = p / "mmsafe.sqlite" if p.is_dir() else p
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
+        self._idle: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         #: rows skipped by the last full pass (:meth:`light_items` or :meth:`items`)
         self.unreadable = 0
@@ -182,21 +183,35 @@ class ItemReader:
         self.labels = self._labels()
 
     def conn(self) -> sqlite3.Connection:
-        """This thread's read-only connection."""
+        """This thread's read-only connection (an idle one given back by :meth:`release`, or a new one)."""
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, timeout=30.0)
-            db.execute("PRAGMA query_only=1")
-            self._local.db = db
             with self._lock:
-                self._conns.append(db)
+                db = self._idle.pop() if self._idle else None
+            if db is None:
+                # one thread at a time uses it (check_same_thread off: a pool hands it on, close() closes it)
+                uri = self.path.resolve().as_uri() + "?mode=ro"
+                db = sqlite3.connect(uri, uri=True, timeout=30.0, check_same_thread=False)
+                db.execute("PRAGMA query_only=1")
+                with self._lock:
+                    self._conns.append(db)
+            self._local.db = db
         return db
+
+    def release(self) -> None:
+        """Give this thread's connection back for another thread (a server's request thread, when it is done)."""
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            self._local.db = None
+            with self._lock:
+                self._idle.append(db)
 
     def close(self) -> None:
         with self._lock:
             for db in self._conns:
                 db.close()
             self._conns.clear()
+            self._idle.clear()
         self._local = threading.local()
 
     def _labels(self) -> dict[tuple[str, str], str]:
