@@ -66,7 +66,9 @@ def record(
         prompt={"messages": [{"role": "user", "content": content}], "attack_metadata": attack_metadata or {}},
         image_hashes=tuple(i.sha256 for i in images),
         response=None if error_stage else response,
-        judgement=None if error_stage else (judgement or Judgement(success=True, refused=False, label="comply")),
+        judgement=None
+        if error_stage
+        else (judgement or Judgement(success=True, refused=False, label="comply")),
         error=error,
         error_stage=error_stage,
     )

@@ -24,7 +24,17 @@ MODEL = f"{{name: scripted, params: {{rules: {{'steal': '{REFUSAL}', 'Wi-Fi': '{
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("browse") / "run"
-    argv = ["run", "--model", MODEL, "--benchmark", "starter", "--judge", "refusal", "--judge", "target-string"]
+    argv = [
+        "run",
+        "--model",
+        MODEL,
+        "--benchmark",
+        "starter",
+        "--judge",
+        "refusal",
+        "--judge",
+        "target-string",
+    ]
     argv += ["--attack", "none", "--attack", "figstep", "--out", str(out), "--quiet"]
     assert main(argv) == 0
     return out
@@ -57,13 +67,21 @@ def test_one_item_per_generation_with_every_verdict(run) -> None:
     items = section.data["mmsafe-browser-data"]["items"]
     with Store.open_existing(run) as store:
         records = list(store.iter_records())
-    generations = {(r.model.key, r.benchmark_spec.key, r.attack.key, r.defense.key, r.sample_id) for r in records}
+    generations = {
+        (r.model.key, r.benchmark_spec.key, r.attack.key, r.defense.key, r.sample_id) for r in records
+    }
     assert len(items) == len(generations) == len(records) // 2 == 80
     by_id = {it["id"]: it for it in items}
     assert len(by_id) == len(items)
     for r in records:
-        item = by_id[generation_id(r.model.key, r.benchmark_spec.key, r.attack.key, r.defense.key, r.sample_id)]
-        assert (item["attack"], item["category"], item["expected"]) == (r.attack.name, r.category, r.expected.value)
+        item = by_id[
+            generation_id(r.model.key, r.benchmark_spec.key, r.attack.key, r.defense.key, r.sample_id)
+        ]
+        assert (item["attack"], item["category"], item["expected"]) == (
+            r.attack.name,
+            r.category,
+            r.expected.value,
+        )
         assert item["response"] == r.response
         assert [p["text"] for p in item["prompt"]] == [
             p["text"] for m in r.prompt["messages"] for p in m["content"] if p["type"] == "text"
@@ -81,7 +99,9 @@ def test_one_item_per_generation_with_every_verdict(run) -> None:
     figstep = [it for it in items if it["attack"] == "figstep"]
     assert all(len(it["images"]) == 1 and it["attack_meta"]["attack"] == "figstep" for it in figstep)
     images = section.data["mmsafe-browser-data"]["images"]
-    assert all(v["thumb"].startswith("data:image/") and v["full"].startswith("data:image/") for v in images.values())
+    assert all(
+        v["thumb"].startswith("data:image/") and v["full"].startswith("data:image/") for v in images.values()
+    )
 
 
 def test_filters_pager_and_lightbox_in_chromium(run, tmp_path) -> None:
@@ -91,9 +111,13 @@ def test_filters_pager_and_lightbox_in_chromium(run, tmp_path) -> None:
     index = ItemIndex(reader)
     refused = len(index.select(Filters(judge="refusal", verdict="refused")))
     assert 0 < refused < len(items)
-    assert refused == sum(any(v["judge"] == "refusal" and v["refused"] for v in it["verdicts"]) for it in items)
+    assert refused == sum(
+        any(v["judge"] == "refusal" and v["refused"] for v in it["verdicts"]) for it in items
+    )
     errors = len(index.select(Filters(verdict="error", attack="figstep")))
-    assert errors == sum(it["attack"] == "figstep" and any(v["error"] for v in it["verdicts"]) for it in items)
+    assert errors == sum(
+        it["attack"] == "figstep" and any(v["error"] for v in it["verdicts"]) for it in items
+    )
     reader.close()
     path = _write_page(section, tmp_path / "p.html")
     with browser() as b:
@@ -121,7 +145,9 @@ def test_filters_pager_and_lightbox_in_chromium(run, tmp_path) -> None:
         _set(b, "verdict", "refused")
         _set(b, "judge", "refusal")
         b.wait(lambda: _count(b) == f"{refused} items of 80", what="the judge + verdict filter")
-        b.js("const s=document.getElementById('mb-search'); s.value='WI-FI'; s.dispatchEvent(new Event('input'))")
+        b.js(
+            "const s=document.getElementById('mb-search'); s.value='WI-FI'; s.dispatchEvent(new Event('input'))"
+        )
         b.wait(lambda: _count(b) == "2 items of 80", what="the search")  # none + figstep of malware-02
 
         _set(b, "judge", "")
@@ -154,7 +180,9 @@ def test_budget_max_items_and_cut_responses(run, tmp_path) -> None:
         _ready(b)
         assert "more chars" in b.js("return document.querySelector('.mb-cut').textContent")
         b.js("document.querySelector('.mb-thumb').click()")
-        assert b.js("return document.getElementById('mb-lightbox-note').textContent") == "full size: mmsafe view"
+        assert (
+            b.js("return document.getElementById('mb-lightbox-note').textContent") == "full size: mmsafe view"
+        )
         src = b.js("return document.getElementById('mb-lightbox-img').getAttribute('src')")
         assert src == data["images"][next(iter(data["images"]))]["thumb"]
 
@@ -170,11 +198,25 @@ def test_broken_image_bytes_and_unreadable_rows(run, tmp_path) -> None:
     db.execute(
         "UPDATE records SET record=json_set(record, '$.expected', 'maybe') WHERE rowid=(SELECT MAX(rowid) FROM records)"
     )
+    odd = "SELECT rowid FROM records WHERE json_valid(record) ORDER BY rowid LIMIT 1 OFFSET ?"
+    for n, (path, value) in enumerate(
+        [
+            ("$.prompt.messages", "5"),
+            ("$.prompt", '"text"'),
+            ("$.judgement", '"str"'),
+            ("$.image_hashes", "{}"),
+        ]
+    ):  # valid JSON of shapes mmsafe never writes: shown as far as they go, never a crash
+        db.execute(
+            f"UPDATE records SET record=json_set(record, '{path}', json(?)) WHERE rowid=({odd})",
+            (value, 10 + n),
+        )
     db.commit()
     db.close()
     section = browser_section(copy)
     data = section.data["mmsafe-browser-data"]
     assert data["n_unreadable"] == 2 and "2 records could not be read" in section.html
+    assert len(data["items"]) == 80  # the two bad rows were verdicts of items that have another
     assert data["images"][shas[0]]["error"].startswith("image unreadable")
     assert data["images"][shas[1]] == {"error": "image missing from the store"}
     path = _write_page(section, tmp_path / "p.html")

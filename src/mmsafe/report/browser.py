@@ -110,10 +110,14 @@ def browser_section(
         reader.close()
     notes = []
     if len(items) < n_total:
-        notes.append(f"The first {len(items):,} of {n_total:,} items are in this file; `mmsafe view` shows all.")
+        notes.append(
+            f"The first {len(items):,} of {n_total:,} items are in this file; `mmsafe view` shows all."
+        )
     no_full = sum(1 for v in images.values() if "thumb" in v and not v.get("full"))
     if no_full:
-        notes.append(f"{no_full:,} images are here as thumbnails only (size budget); `mmsafe view` shows them full size.")
+        notes.append(
+            f"{no_full:,} images are here as thumbnails only (size budget); `mmsafe view` shows them full size."
+        )
     if unreadable:
         notes.append(f"{unreadable:,} records could not be read and are not shown.")
     data = {"items": items, "images": images, "facets": facets, "n_unreadable": unreadable}

@@ -140,15 +140,16 @@ def _prompt_parts(prompt_json: str | None) -> tuple[list[dict[str, str]], dict[s
     if not isinstance(prompt, dict):
         return [], {}
     parts: list[dict[str, str]] = []
-    for m in prompt.get("messages") or []:
-        if not isinstance(m, dict):
-            continue
-        for p in m.get("content") or []:
+    messages = prompt.get("messages")
+    for m in messages if isinstance(messages, list) else ():
+        content = m.get("content") if isinstance(m, dict) else None
+        for p in content if isinstance(content, list) else ():
             if isinstance(p, dict) and p.get("type") == "text":
                 parts.append({"role": str(m.get("role", "")), "text": str(p.get("text", ""))})
     meta: dict[str, Any] = {}
     raw = prompt.get("attack_metadata")
-    for k, v in (raw.items() if isinstance(raw, dict) else ()):
+    raw = raw if isinstance(raw, dict) else {}
+    for k, v in raw.items():
         if len(meta) >= _META_KEYS:
             meta["…"] = f"{len(raw) - _META_KEYS} more"
             break
@@ -249,7 +250,9 @@ class ItemReader:
         yield from self.conn().execute(q, tuple(params))
 
     def _count_invalid(self) -> int:
-        return int(self.conn().execute("SELECT COUNT(*) FROM records WHERE NOT json_valid(record)").fetchone()[0])
+        return int(
+            self.conn().execute("SELECT COUNT(*) FROM records WHERE NOT json_valid(record)").fetchone()[0]
+        )
 
     def _grouped(self, rows: Iterable[tuple[Any, ...]], *, count: bool) -> Iterator[list[tuple[Any, ...]]]:
         """Rows of one generation together (rows come sorted by cell and sample); bad rows left out (and with
@@ -284,7 +287,9 @@ class ItemReader:
         """Every item's head (id, labels, sample, category, expected), verdict marks and record rowids."""
         self.unreadable = self._count_invalid()
         for group in self._grouped(self._rows(heavy=False), count=True):
-            verdicts = [(self.label("judge", r[5]), _verdict_codes(r[9], r[10], r[11] or r[12])) for r in group]
+            verdicts = [
+                (self.label("judge", r[5]), _verdict_codes(r[9], r[10], r[11] or r[12])) for r in group
+            ]
             yield self._head(group), _marks(verdicts), tuple(r[0] for r in group)
 
     def items(
@@ -387,7 +392,9 @@ class ItemIndex:
         self.marks: list[frozenset[str]] = []
         self.rowids: list[tuple[int, ...]] = []
         for head, marks, rowids in reader.light_items():
-            self.heads.append({k: strings.setdefault(v, v) if isinstance(v, str) else v for k, v in head.items()})
+            self.heads.append(
+                {k: strings.setdefault(v, v) if isinstance(v, str) else v for k, v in head.items()}
+            )
             self.marks.append(shared.setdefault(marks, marks))
             self.rowids.append(rowids)
         self.position = {h["id"]: i for i, h in enumerate(self.heads)}

@@ -55,7 +55,9 @@ def _page(store: Store) -> str:
     runs = ", ".join(str(r.get("name", "")) for r in store.runs()) or store.path.parent.name
     section = browser_section(store, server=True)
     body = f'<header class="mb-top"><h1>mmsafe view</h1><p>run: {esc(runs)}</p></header>{section.html}'
-    return page(f"mmsafe view: {runs}", body, css=BROWSER_CSS, scripts=[section.js], data=section.data, server=True)
+    return page(
+        f"mmsafe view: {runs}", body, css=BROWSER_CSS, scripts=[section.js], data=section.data, server=True
+    )
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -66,7 +68,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.app = app
         super().__init__(*args, **kwargs)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
     def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str]) -> None:
@@ -88,10 +90,10 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {"Cache-Control": "no-store", "Content-Security-Policy": _BARE_CSP}
         self._send(status, text.encode("utf-8"), "text/plain; charset=utf-8", headers)
 
-    def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+    def do_HEAD(self) -> None:
         self.do_GET()
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         if self.headers.get("Host") not in self.app.hosts:
             self._text(403, "forbidden: this server answers only to 127.0.0.1 or localhost on its own port\n")
             return
@@ -105,6 +107,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(200, self.app.facets())
             elif url.path == "/api/items":
                 self._items(url.query)
+            elif url.path == "/favicon.ico":  # browsers ask; nothing to give (a 404 would fill their console)
+                self._send(204, b"", "image/x-icon", {"Content-Security-Policy": _BARE_CSP})
             elif m := _IMG.fullmatch(url.path):
                 self._image(m.group(1))
             else:
@@ -186,4 +190,3 @@ class ViewServer:
         self.httpd.server_close()
         self.reader.close()
         self.store.close()
-

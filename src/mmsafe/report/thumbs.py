@@ -54,13 +54,15 @@ def _decode(data: bytes, max_side: int) -> tuple[Any, tuple[int, int]]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            size = img.size
+            opened = Image.open(io.BytesIO(data))
+            size = opened.size
             if size[0] * size[1] > MAX_DECODE_PIXELS:
                 raise ValueError(f"{size[0]}×{size[1]} px, too many to decode")
-            img.draft("RGB", (max_side, max_side))  # JPEG: decode at a reduced scale when it can
-            alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
-            img = img.convert("RGBA" if alpha else "RGB")
+            opened.draft("RGB", (max_side, max_side))  # JPEG: decode at a reduced scale when it can
+            alpha = opened.mode in ("RGBA", "LA", "PA") or (
+                opened.mode == "P" and "transparency" in opened.info
+            )
+            img = opened.convert("RGBA" if alpha else "RGB")
         img.thumbnail((max_side, max_side), reducing_gap=3.0)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ValueError(str(exc) or type(exc).__name__) from exc
@@ -83,7 +85,9 @@ def _smallest(img: Any) -> tuple[str, bytes]:
     else:
         save("image/png", img, "PNG")
     save("image/webp", img, "WEBP", quality=80, method=4)
-    if colours is None and img.mode == "RGB":  # a flat image loses its edges in JPEG; a photo is what it is for
+    if (
+        colours is None and img.mode == "RGB"
+    ):  # a flat image loses its edges in JPEG; a photo is what it is for
         save("image/jpeg", img, "JPEG", quality=82, optimize=True)
     return min(out, key=lambda c: len(c[1]))
 
