@@ -73,7 +73,11 @@ def _markup(title: str, notes: list[str]) -> str:
 
 
 def _store_path(store: Store | str | Path) -> Path:
-    return store.path if isinstance(store, Store) else Path(store)
+    """The store file; a folder or file that is not an mmsafe store raises :class:`~mmsafe.errors.StoreError`."""
+    if isinstance(store, Store):
+        return store.path
+    with Store.open_existing(store) as opened:
+        return opened.path
 
 
 def browser_section(

@@ -219,8 +219,7 @@ class ItemReader:
         """The report's labels of every spec in the store, from the first readable record of each spec key."""
         specs: dict[str, list[ComponentSpec]] = {}
         db = self.conn()
-        for axis, path in _SPEC_PATHS.items():
-            col = "benchmark" if axis == "benchmark" else axis
+        for col, path in _SPEC_PATHS.items():  # the records table's column of each axis is named after it
             q = (
                 f"SELECT {col}, IIF(json_valid(record), json_extract(record, '$.{path}'), NULL) FROM records "
                 f"WHERE rowid IN (SELECT MIN(rowid) FROM records GROUP BY {col})"
@@ -238,7 +237,7 @@ class ItemReader:
                 except ValueError:
                     spec = None
                 if spec is not None and spec.key == key:
-                    specs.setdefault(axis, []).append(spec)
+                    specs.setdefault(col, []).append(spec)
         return labels_of(specs)
 
     def label(self, axis: str, key: str) -> str:

@@ -3,8 +3,8 @@
 Each distinct image (by sha256) is decoded once with Pillow, after its header says it is not a decompression
 bomb (:data:`mmsafe.types.MAX_DECODE_PIXELS`), scaled down to :data:`THUMB_SIDE` px (thumbnail) and
 :data:`FULL_SIDE` px (larger view) on its longer side, and encoded as whichever of PNG, JPEG and WebP is
-smallest — typographic attack images (flat colours, text) come out as small PNGs, photos as JPEG or WebP. A
-larger view that needs no scaling and is already a PNG, JPEG, GIF or WebP keeps its own bytes.
+smallest — typographic attack images (black text on white) come out as 8-bit grey PNGs, photos as JPEG or WebP.
+A larger view that needs no scaling keeps the image's own bytes when they are a browser format and smaller.
 
 Bytes that do not decode give ``{"error": "image unreadable: …"}`` (the page shows a placeholder), an image the
 store does not hold ``{"error": "image missing from the store"}``: never an exception.
@@ -25,8 +25,6 @@ __all__ = ["FULL_SIDE", "THUMB_SIDE", "image_mime", "image_views", "views"]
 
 THUMB_SIDE = 160
 FULL_SIDE = 1024
-#: an image this big or bigger is always re-encoded for the larger view, even when it needs no scaling
-_KEEP_ORIGINAL_BYTES = 400_000
 
 
 def image_mime(data: bytes) -> str | None:
@@ -69,9 +67,23 @@ def _decode(data: bytes, max_side: int) -> tuple[Any, tuple[int, int]]:
     return img, size
 
 
-def _smallest(img: Any) -> tuple[str, bytes]:
-    """``img`` encoded as the smallest of PNG (a palette PNG when it has at most 256 colours, as typographic
-    images do), WebP and, for an opaque image of many colours, JPEG."""
+def _is_grey(img: Any) -> bool:
+    """Whether every pixel of an RGB image is a shade of grey (black text on white, as typographic attacks draw)."""
+    from PIL import ImageChops
+
+    if img.mode != "RGB":
+        return False
+    r, g, b = img.split()
+    return ImageChops.difference(r, g).getbbox() is None and ImageChops.difference(g, b).getbbox() is None
+
+
+def _smallest(img: Any, *, grey: bool, thumb: bool) -> tuple[str, bytes]:
+    """``img`` encoded in the candidate formats that suit it, the smallest kept.
+
+    Grey images: an 8-bit grey PNG (lossless; about half the RGB PNG of a FigStep image). A thumbnail: also a
+    palette PNG when it has at most 256 colours, WebP, and JPEG for an opaque one of many colours. A larger view
+    (where WebP and palette quantisation cost tens of milliseconds): PNG when it has at most 256 colours, else
+    JPEG (opaque) or WebP (transparent)."""
     out: list[tuple[str, bytes]] = []
 
     def save(mime: str, im: Any, fmt: str, **kw: Any) -> None:
@@ -79,31 +91,43 @@ def _smallest(img: Any) -> tuple[str, bytes]:
         im.save(buf, format=fmt, **kw)
         out.append((mime, buf.getvalue()))
 
+    if grey:
+        save("image/png", img.convert("L"), "PNG")
     colours = img.getcolors(256)
-    if colours is not None and img.mode == "RGB":
-        save("image/png", img.quantize(len(colours)), "PNG")  # exact: as many palette entries as colours
-    else:
-        save("image/png", img, "PNG")
-    save("image/webp", img, "WEBP", quality=80, method=4)
-    if (
-        colours is None and img.mode == "RGB"
-    ):  # a flat image loses its edges in JPEG; a photo is what it is for
-        save("image/jpeg", img, "JPEG", quality=82, optimize=True)
+    if thumb:
+        if not grey:
+            few = colours is not None and img.mode == "RGB"
+            save("image/png", img.quantize(len(colours)) if few and colours else img, "PNG")
+        save("image/webp", img, "WEBP", quality=80, method=4)
+        if (
+            colours is None and img.mode == "RGB"
+        ):  # a flat image loses its edges in JPEG; a photo is what it is for
+            save("image/jpeg", img, "JPEG", quality=82, optimize=True)
+    elif not grey:
+        if colours is not None:
+            save("image/png", img, "PNG")
+        elif img.mode == "RGB":
+            save("image/jpeg", img, "JPEG", quality=85, optimize=True)
+        else:
+            save("image/webp", img, "WEBP", quality=85, method=2)
     return min(out, key=lambda c: len(c[1]))
 
 
 def views(data: bytes, *, full: bool) -> tuple[str, str | None]:
     """The thumbnail URI of ``data`` and (with ``full``) its larger view's, from one decode; ``ValueError``
-    when it does not decode. A larger view that already fits, in a browser format and not too large, keeps
-    its own bytes."""
+    when it does not decode. The larger view is the image's own bytes when they are a browser format, fit and
+    are smaller than a re-encoding."""
     img, size = _decode(data, FULL_SIDE)
+    grey = _is_grey(img)
     big = None
     if full:
-        mime = image_mime(data)
-        keep = mime and len(data) < _KEEP_ORIGINAL_BYTES and max(size) <= FULL_SIDE
-        big = _uri(mime, data) if mime and keep else _uri(*_smallest(img))
+        mime, encoded = _smallest(img, grey=grey, thumb=False)
+        own = image_mime(data)
+        if own and max(size) <= FULL_SIDE and len(data) <= len(encoded):
+            mime, encoded = own, data
+        big = _uri(mime, encoded)
     img.thumbnail((THUMB_SIDE, THUMB_SIDE), reducing_gap=3.0)
-    return _uri(*_smallest(img)), big
+    return _uri(*_smallest(img, grey=grey, thumb=True)), big
 
 
 def image_views(
