@@ -96,3 +96,34 @@ def test_hostile_text_is_shown_verbatim_and_executes_nothing(hostile_run, tmp_pa
         assert b.js("return document.querySelectorAll('img').length") == 1  # the lightbox's, empty
         assert b.js("return getComputedStyle(document.getElementById('mb-list')).display") != "none"
         assert [e for e in b.console() if e["level"] == "SEVERE"] == []
+
+
+def test_image_sources_other_than_data_uris_are_refused(tmp_path) -> None:
+    """Defence in depth: even if the data block held another URL, the script sets no such src."""
+    from _browse_data import grid_store
+
+    grid_store(tmp_path / "run", n_samples=5).close()
+    section = browser_section(tmp_path / "run")
+    data = section.data["mmsafe-browser-data"]
+    bad = [
+        "https://example.invalid/x.png",
+        "javascript:window.__pwned=1",
+        "data:text/html,<script>1</script>",
+    ]
+    shas = list(data["images"])
+    for sha, url in zip(shas, bad, strict=False):
+        data["images"][sha] = {"thumb": url, "full": url}
+    doc = page("browser", section.html, css=BROWSER_CSS, scripts=[section.js], data=section.data)
+    path = tmp_path / "p.html"
+    path.write_text(doc, encoding="utf-8")
+    with browser() as b:
+        b.open(path)
+        b.wait(lambda: b.js("return document.getElementById('browser').dataset.ready"), what="the browser")
+        srcs = b.js("return [...document.querySelectorAll('img')].map(e => e.getAttribute('src'))")
+        assert srcs and all(s is None or s.startswith("data:image/") for s in srcs), srcs
+        n_bad = sum(1 for it in data["items"] for h in it["images"] if h in shas[: len(bad)])
+        marks = b.js("return document.querySelectorAll('.mb-noimg').length")
+        assert n_bad > 0 and marks == n_bad
+        assert b.js("return window.__pwned") is None
+        # never even tried: no load blocked by the page's policy, no failed request
+        assert [e for e in b.console() if e["level"] == "SEVERE"] == []

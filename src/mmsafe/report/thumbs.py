@@ -60,7 +60,9 @@ def _decode(data: bytes, max_side: int) -> tuple[Any, tuple[int, int]]:
             alpha = opened.mode in ("RGBA", "LA", "PA") or (
                 opened.mode == "P" and "transparency" in opened.info
             )
-            img = opened.convert("RGBA" if alpha else "RGB")
+            mode = "RGBA" if alpha else "RGB"
+            opened.load()
+            img: Image.Image = opened if opened.mode == mode else opened.convert(mode)  # no copy when it can
         img.thumbnail((max_side, max_side), reducing_gap=3.0)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ValueError(str(exc) or type(exc).__name__) from exc
@@ -118,16 +120,16 @@ def views(data: bytes, *, full: bool) -> tuple[str, str | None]:
     when it does not decode. The larger view is the image's own bytes when they are a browser format, fit and
     are smaller than a re-encoding."""
     img, size = _decode(data, FULL_SIDE)
-    grey = _is_grey(img)
     big = None
     if full:
+        grey = _is_grey(img)
         mime, encoded = _smallest(img, grey=grey, thumb=False)
         own = image_mime(data)
         if own and max(size) <= FULL_SIDE and len(data) <= len(encoded):
             mime, encoded = own, data
         big = _uri(mime, encoded)
     img.thumbnail((THUMB_SIDE, THUMB_SIDE), reducing_gap=3.0)
-    return _uri(*_smallest(img, grey=grey, thumb=True)), big
+    return _uri(*_smallest(img, grey=_is_grey(img), thumb=True)), big
 
 
 def image_views(
