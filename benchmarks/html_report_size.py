@@ -25,6 +25,7 @@ import http.client
 import os
 import random
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -175,6 +176,42 @@ def _http(port: int, path: str) -> bytes:
     return body
 
 
+def _chromium(path: Path) -> list[tuple[str, str]]:
+    """Time the static page in headless Chromium (the tests' driver, ``tests/_browser.py``; Chromium and
+    ChromeDriver come with ``scripts/install.sh --dev``): load to first page shown, then one filter."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    try:
+        import selenium  # noqa: F401
+
+        from _browser import CHROMEDRIVER, CHROMIUM, browser
+    except ImportError:
+        return [("static: Chromium timings", "skipped (no selenium)")]
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        return [("static: Chromium timings", "skipped (no chromium/chromedriver)")]
+    ready = "return document.getElementById('browser') && document.getElementById('browser').dataset.ready"
+    count = "return document.getElementById('mb-count').textContent"
+    try:
+        with browser() as b:
+            t = time.perf_counter()
+            b.open(path)
+            b.wait(lambda: b.js(ready), timeout=120, what="the browser")
+            load_s = time.perf_counter() - t
+            before = b.js(count)
+            t = time.perf_counter()
+            b.js(
+                "const s=document.getElementById('mb-f-verdict'); s.value='refused';"
+                "s.dispatchEvent(new Event('change'))"
+            )
+            b.wait(lambda: b.js(count) != before, timeout=60, what="the filter")
+            filter_s = time.perf_counter() - t
+    except Exception as exc:  # a missing Chromium skips this part only
+        return [("static: Chromium timings", f"skipped ({type(exc).__name__})")]
+    return [
+        ("static: Chromium, open to first page shown", f"{load_s:.1f} s"),
+        ("static: Chromium, one filter change (verdict)", f"{filter_s * 1000:.0f} ms"),
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, help="folder for the two stores (default: a temporary folder)")
@@ -231,6 +268,9 @@ def main() -> None:
         ),
     ]
 
+    html_path = out / "browser.html"
+    html_path.write_text(str(doc), encoding="utf-8")
+    rows += _chromium(html_path)
     del doc, section, data
     gc.collect()
     before = _rss_mb()

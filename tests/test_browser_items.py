@@ -96,3 +96,22 @@ def test_index_facets_and_selection(tmp_path) -> None:
         v["judge"] for v in page["items"][1]["verdicts"]
     ]
     reader.close()
+
+
+def test_larger_views_stop_at_the_budget_in_order(tmp_path) -> None:
+    import sqlite3
+
+    from mmsafe.report.thumbs import image_views
+
+    grid_store(tmp_path / "run", n_samples=5).close()
+    db = sqlite3.connect(tmp_path / "run" / "mmsafe.sqlite")
+    shas = [r[0] for r in db.execute("SELECT sha256 FROM images ORDER BY sha256")]
+    everything = image_views(db, shas, budget_bytes=10**9)
+    sizes = [len(everything[s]["full"]) for s in shas]
+    budget = sizes[0] + sizes[1] + sizes[2] - 1  # room for two and most of a third
+    limited = image_views(db, [*shas, shas[0]], budget_bytes=budget)
+    assert list(limited) == shas  # each image once, in first-seen order
+    assert [limited[s]["full"] is not None for s in shas] == [True, True, False, False, False]
+    assert all(limited[s]["thumb"] == everything[s]["thumb"] for s in shas)
+    assert all(v["full"] is None for v in image_views(db, shas, budget_bytes=0).values())
+    db.close()

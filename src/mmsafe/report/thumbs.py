@@ -136,10 +136,12 @@ def image_views(
     db: sqlite3.Connection, hashes: Iterable[str], *, budget_bytes: int
 ) -> dict[str, dict[str, Any]]:
     """For each distinct sha256 in ``hashes`` (first-seen order): ``{"thumb": uri, "full": uri | None}``, or
-    ``{"error": why}``. Larger views are made while their URIs total at most ``budget_bytes``; after that
-    ``full`` is None (the page then shows the thumbnail and points to ``mmsafe view``)."""
+    ``{"error": why}``. Larger views are made in that order until the first that would take their URIs' total
+    over ``budget_bytes``; from there on ``full`` is None (the page shows the thumbnail and points to
+    ``mmsafe view``), and no more are encoded."""
     out: dict[str, dict[str, Any]] = {}
     spent = 0
+    room = budget_bytes > 0
     for sha in dict.fromkeys(hashes):
         row = db.execute("SELECT data FROM images WHERE sha256=?", (sha,)).fetchone()
         if row is None or not isinstance(row[0], bytes):
@@ -147,12 +149,12 @@ def image_views(
             continue
         data = row[0]
         try:
-            thumb, full = views(data, full=spent < budget_bytes)
+            thumb, full = views(data, full=room)
         except ValueError as exc:
             out[sha] = {"error": f"image unreadable: {str(exc)[:200]}"}
             continue
         if full is not None and spent + len(full) > budget_bytes:
-            full = None
+            full, room = None, False
         spent += len(full or "")
         out[sha] = {"thumb": thumb, "full": full}
     return out
