@@ -400,13 +400,19 @@ class ItemIndex:
         self.facets = facets_of(self.heads, reader.judges)
         self.unreadable = reader.unreadable
         self._search_cache: dict[str, set[str]] = {}
+        self._selections: dict[Filters, list[int]] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.heads)
 
     def select(self, filters: Filters) -> list[int]:
-        """Positions (in browser order) of the items that pass ``filters``."""
+        """Positions (in browser order) of the items that pass ``filters``. The last few selections are kept, so
+        paging through one filtered list filters once."""
+        with self._lock:
+            cached = self._selections.get(filters)
+        if cached is not None:
+            return cached
         found: set[str] | None = None
         if filters.search:
             with self._lock:
@@ -414,14 +420,23 @@ class ItemIndex:
             if found is None:
                 found = self.reader.search(filters.search)
                 with self._lock:
-                    if len(self._search_cache) > 16:
+                    if len(self._search_cache) >= 16:
                         self._search_cache.clear()
                     self._search_cache[filters.search] = found
-        return [
+        conds = [(n, w) for n in (*AXES, "category", "expected") if (w := getattr(filters, n)) is not None]
+        mark = filters.mark()
+        chosen = [
             i
             for i, (h, m) in enumerate(zip(self.heads, self.marks, strict=True))
-            if matches(h, m, filters) and (found is None or h["id"] in found)
+            if all(h[n] == w for n, w in conds)
+            and (mark is None or mark in m)
+            and (found is None or h["id"] in found)
         ]
+        with self._lock:
+            if len(self._selections) >= 16:
+                self._selections.clear()
+            self._selections[filters] = chosen
+        return chosen
 
     def page(
         self, filters: Filters, *, offset: int, limit: int, max_response_chars: int = 100_000
