@@ -156,3 +156,36 @@ def test_page_filters_and_pages_through_the_api_in_chromium(server) -> None:
             "/img/"
         )
         assert [e for e in b.console() if e["level"] == "SEVERE"] == []
+
+
+def test_cli_view_serves_and_stops_cleanly_on_ctrl_c(run) -> None:
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mmsafe", "view", str(run), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        m = re.search(r"serving http://127\.0\.0\.1:(\d+)/", line)
+        assert m and f"{2 * N:,} items indexed" in line, line
+        port = int(m.group(1))
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/api/facets")
+        assert json.loads(conn.getresponse().read())["n_items"] == 2 * N
+        conn.close()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "mmsafe view: stopped" in out and "Traceback" not in err
