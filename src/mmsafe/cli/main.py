@@ -73,8 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     vw = sub.add_parser(
         "view", help="browse a run's samples in a local web page (127.0.0.1 only; Ctrl-C stops)"
     )
-    vw.add_argument("dir", metavar="RUN", help="run folder (read-only; a run still being written may be viewed)")
-    vw.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0: any free one)")
+    vw.add_argument(
+        "dir", metavar="RUN", help="run folder (read-only; a run still being written may be viewed)"
+    )
+    vw.add_argument(
+        "--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0: any free one)"
+    )
 
     ls = sub.add_parser("list", help="list registered models, benchmarks, attacks, defenses and judges")
     ls.add_argument("kind", nargs="?", choices=[k for k, _ in KIND_OPTIONS])
