@@ -55,9 +55,7 @@ def test_every_attack_against_tiny_model(tmp_path):
 
 
 def test_every_white_box_attack_runs_in_a_grid_on_the_tiny_model(tmp_path):
-    assert {"adv-target", "adv-universal", "adv-caption", "adv-tool", "adv-embed", "adv-cropa"} <= set(
-        WHITE_BOX
-    )
+    assert {"adv-target", "adv-universal", "adv-caption", "adv-tool", "adv-embed", "adv-cropa"} <= set(WHITE_BOX)
     params = {n: {**WHITE_BOX_PARAMS, **WHITE_BOX_EXTRA.get(n, {})} for n in WHITE_BOX}
     res, recs, attacks = _grid(tmp_path, {"name": "tiny-llava"}, WHITE_BOX, params)
     _check(res, recs, attacks)

@@ -58,7 +58,8 @@ def test_the_report_corrects_a_harm_judges_rate_with_its_recorded_judge_eval(tmp
     # target-string measures 'target', not harm: its rate must NOT be corrected as a harmful rate
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
-        f"models: [scripted]\nbenchmarks: [starter]\nattacks: [text-only]\njudges: [{json.dumps(spec)}]\n"
+        "models: [scripted]\nbenchmarks: [starter]\nattacks: [text-only]\n"
+        f"judges: [{json.dumps(spec)}]\n"
     )
     assert main(["run", str(cfg), "--out", str(tmp_path / "out"), "--limit", "6"]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -66,20 +67,9 @@ def test_the_report_corrects_a_harm_judges_rate_with_its_recorded_judge_eval(tmp
     # the same evaluation recorded for a harm-construct judge corrects its rate
     from mmsafe.report import calibrated_rates
 
-    rows_ = [
-        {
-            "benchmark": "b",
-            "model": "m",
-            "attack": "a",
-            "defense": "none",
-            "judge": "h",
-            "category": "ALL",
-            "asr": {"k": 5, "n": 10},
-        }
-    ]
-    notes = [
-        {"label": "h", "construct": "harm", "evals": [{**result, "construct": "harm", "data_name": "l.csv"}]}
-    ]
+    rows_ = [{"benchmark": "b", "model": "m", "attack": "a", "defense": "none", "judge": "h", "category": "ALL",
+              "asr": {"k": 5, "n": 10}}]
+    notes = [{"label": "h", "construct": "harm", "evals": [{**result, "construct": "harm", "data_name": "l.csv"}]}]
     (row,) = calibrated_rates(rows_, notes)
     se, sp = 8 / 10, 9 / 10
     assert row["value"] == pytest.approx((0.5 + sp - 1) / (se + sp - 1))
@@ -97,15 +87,8 @@ def test_the_judges_section_says_what_each_recorded_evaluation_measured(construc
     note = {
         "label": "refusal",
         "version": "2",
-        "evals": [
-            {
-                "accuracy": {"value": 0.9},
-                "kappa": {"value": 0.8},
-                "data_name": "x.csv",
-                "n": 10,
-                "construct": construct,
-            }
-        ],
+        "evals": [{"accuracy": {"value": 0.9}, "kappa": {"value": 0.8}, "data_name": "x.csv", "n": 10,
+                   "construct": construct}],
     }
     text = "\n".join(_judges([note], []))
     assert f"on x.csv ({words}, n=10)" in text

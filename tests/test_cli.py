@@ -188,10 +188,7 @@ def test_unexpected_error_is_one_escaped_line_and_v_shows_the_traceback(tmp_path
     monkeypatch.setattr(cli, "_cmd_list", boom)
     assert main(["list"]) == 1
     err = capsys.readouterr().err
-    assert (
-        err
-        == "mmsafe: error: RuntimeError: bad <object object> here second line (rerun with -v for the traceback)\n"
-    )
+    assert err == "mmsafe: error: RuntimeError: bad <object object> here second line (rerun with -v for the traceback)\n"
     assert main(["-v", "list"]) == 1
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "in boom" in err
@@ -301,9 +298,7 @@ def test_yaml_limits_in_config_files_and_component_options(tmp_path, text, messa
     cfg.write_text(text)
     with pytest.raises(ConfigError, match=f"config file {re.escape(str(cfg))} .*{re.escape(message)}"):
         load_config(cfg)
-    with pytest.raises(
-        ConfigError, match="component .*" + re.escape(message)
-    ):  # the same as --model/--attack …
+    with pytest.raises(ConfigError, match="component .*" + re.escape(message)):  # the same as --model/--attack …
         parse_component(text)
 
 
@@ -321,19 +316,13 @@ def test_bad_hf_model_path_is_one_line(tmp_path, capsys, monkeypatch):
     (tmp_path / "badjson").mkdir()
     (tmp_path / "badjson" / "config.json").write_text("{not json")
     (tmp_path / "noweights").mkdir()
-    (tmp_path / "noweights" / "config.json").write_text(
-        '{"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}'
-    )
+    (tmp_path / "noweights" / "config.json").write_text('{"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}')
     cases = [
         ("hf", str(tmp_path / "missing" / "model"), "cannot load params.path '{path}': no such folder"),
         ("hf-text", str(tmp_path / "missing"), "cannot load params.path '{path}': no such folder"),
         ("hf", str(tmp_path / "badjson"), "config.json is not a readable config.json (JSONDecodeError: "),
         ("hf-text", str(tmp_path / "noweights"), "model 'hf-text': cannot load params.path '{path}': "),
-        (
-            "hf-text",
-            "no-such-org/no-such-model",
-            "model 'hf-text': cannot load params.path 'no-such-org/no-such-model': ",
-        ),
+        ("hf-text", "no-such-org/no-such-model", "model 'hf-text': cannot load params.path 'no-such-org/no-such-model': "),
     ]
     for name, path, text in cases:
         params = {"path": path, **({"chat_template": "{{ x }}"} if name == "hf-text" else {})}
@@ -341,9 +330,7 @@ def test_bad_hf_model_path_is_one_line(tmp_path, capsys, monkeypatch):
         assert main(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet", "--model", model]) == 2
         err = capsys.readouterr().err
         # one line (two when the grid check lists it under "invalid config:"), no traceback
-        assert err.startswith("mmsafe: error: ") and len(err.splitlines()) <= 2 and "Traceback" not in err, (
-            err
-        )
+        assert err.startswith("mmsafe: error: ") and len(err.splitlines()) <= 2 and "Traceback" not in err, err
         assert text.format(path=path) in err, err
 
 
@@ -371,9 +358,7 @@ def test_csv_cell(text, cell):
 
 def test_csv_export_neutralises_formulas_and_escapes(tmp_path):
     data = tmp_path / "items.jsonl"
-    data.write_text(
-        "".join(json.dumps({"id": f"r{i}", "text": t}) + "\n" for i, (t, _) in enumerate(CSV_CELLS))
-    )
+    data.write_text("".join(json.dumps({"id": f"r{i}", "text": t}) + "\n" for i, (t, _) in enumerate(CSV_CELLS)))
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(
         yaml.safe_dump(

@@ -361,9 +361,7 @@ def test_the_runner_hands_the_datasets_caption_to_defenses_but_never_to_the_mode
     from mmsafe.runner.run import _with_context
     from mmsafe.types import Sample
 
-    sample = Sample(
-        id="s", benchmark="b", text="q", metadata={"image_description": "a cat on a mat", "other": "x"}
-    )
+    sample = Sample(id="s", benchmark="b", text="q", metadata={"image_description": "a cat on a mat", "other": "x"})
     prompt = _with_context(_p("q"), sample)
     assert prompt.context == {"image_description": "a cat on a mat"}
     assert prompt.fingerprint() == _p("q").fingerprint() and "context" not in prompt.model_dump()

@@ -153,11 +153,7 @@ def test_a_prompt_over_the_context_is_one_errored_record_in_a_run(tiny_lm, tmp_p
     from mmsafe.store import Store
 
     data = tmp_path / "items.jsonl"
-    rows = [
-        {"id": "short", "text": "Say yes."},
-        {"id": "long", "text": "word " * 600},
-        {"id": "tail", "text": "Hi"},
-    ]
+    rows = [{"id": "short", "text": "Say yes."}, {"id": "long", "text": "word " * 600}, {"id": "tail", "text": "Hi"}]
     data.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
     params = {"path": tiny_lm, "chat_template": TEMPLATE, "generation": {"max_new_tokens": 8}}
     cfg = load_config(
@@ -196,9 +192,7 @@ def test_context_limit_reads_the_text_config_then_the_tokenizer():
     assert context_limit(SimpleNamespace(config=Config(n_positions=1024)), None) == 1024
     unknown = SimpleNamespace(config=Config())
     assert context_limit(unknown, SimpleNamespace(model_max_length=2048)) == 2048
-    assert (
-        context_limit(unknown, SimpleNamespace(model_max_length=int(1e30))) is None
-    )  # transformers' "unknown"
+    assert context_limit(unknown, SimpleNamespace(model_max_length=int(1e30))) is None  # transformers' "unknown"
 
 
 def test_ocr_text_enters_the_turn_and_is_read_once(tiny_lm, monkeypatch):

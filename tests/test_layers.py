@@ -93,7 +93,8 @@ REPORT_READS = frozenset(
 )
 
 #: (importer, imported) → why it is still here. Remove an entry when its import goes.
-KNOWN: dict[tuple[str, str], str] = {}
+KNOWN: dict[tuple[str, str], str] = {
+}
 
 
 @dataclass(frozen=True)

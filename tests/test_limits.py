@@ -95,10 +95,7 @@ def test_a_12500_px_png_is_refused_from_its_header(bomb, no_decoding):
     assert time.perf_counter() - t0 < 1.0
     # the limit may be raised up to the decoding ceiling (100 Mpx), not past it
     big = Sample(id="s", benchmark="b", images=(Image.from_bytes(huge_png(6000, 6000), source="36mpx.png"),))
-    assert (
-        check_sample(big, Limits())
-        == "image 36mpx.png is 6000×6000 px (36,000,000), over limits.image_pixels (25,000,000)"
-    )
+    assert check_sample(big, Limits()) == "image 36mpx.png is 6000×6000 px (36,000,000), over limits.image_pixels (25,000,000)"
     assert check_sample(big, Limits(image_pixels=100_000_000)) is None
     with pytest.raises(ValueError, match="less than or equal to 100000000"):
         Limits(image_pixels=200_000_000)
@@ -117,9 +114,7 @@ def test_small_and_corrupt_images_pass_the_checks_and_decode_as_before():
     assert check_sample(Sample(id="s", benchmark="b", images=(small,)), Limits()) is None
     assert small.to_pil().size == (8, 8)
     corrupt = Image.from_bytes(b"not an image", source="bad.png")
-    assert (
-        check_sample(Sample(id="s", benchmark="b", images=(corrupt,)), Limits()) is None
-    )  # the decoder says
+    assert check_sample(Sample(id="s", benchmark="b", images=(corrupt,)), Limits()) is None  # the decoder says
     with pytest.raises(ValueError, match=r"cannot decode image bad\.png"):
         corrupt.to_pil()
 
@@ -146,9 +141,7 @@ def test_prompt_chars_counts_every_turn():
     over = Prompt(messages=(Message.system("s" * 41), Message.user("u" * 60)))
     assert check_prompt(over, limits) == "prompt is 101 chars, over limits.prompt_chars (100)"
     sample = Sample(id="s", benchmark="b", text="x" * 1_048_576)
-    assert (
-        check_sample(sample, Limits()) == "sample text is 1,048,576 chars, over limits.prompt_chars (200,000)"
-    )
+    assert check_sample(sample, Limits()) == "sample text is 1,048,576 chars, over limits.prompt_chars (200,000)"
 
 
 @pytest.mark.parametrize(
@@ -234,11 +227,7 @@ def test_target_string_judge_gives_a_judgement_error_within_about_the_timeout():
     verdict = judge.judge(sample, prompt, Generation(text=ATTACK))
     assert time.perf_counter() - t0 < 3.0
     assert verdict.success is None
-    assert (
-        verdict.error is not None
-        and "took over 0.2 s" in verdict.error
-        and "regex_timeout_s" in verdict.error
-    )
+    assert verdict.error is not None and "took over 0.2 s" in verdict.error and "regex_timeout_s" in verdict.error
     fine = judge.judge(sample, prompt, Generation(text="Sure, here is how"))
     assert fine.error is None and fine.success is True
     # the timeout is how the judge runs, not what it computes: same identity
@@ -356,14 +345,8 @@ def test_items_over_a_limit_fail_alone_and_a_rerun_with_higher_limits_redoes_onl
     assert recs["ok-0"].error is None and recs["ok-5"].error is None and recs["ok-0"].response
     noisy = _noise_png()  # the benchmark's
     assert {k: (r.error_stage, r.error) for k, r in recs.items() if r.error} == {
-        "bomb-1": (
-            "limit",
-            "image bomb.png is 12500×12500 px (156,250,000), over limits.image_pixels (25,000,000)",
-        ),
-        "noisy-2": (
-            "limit",
-            f"image noise.png is {len(noisy.data):,} bytes, over limits.image_bytes (32,768 bytes)",
-        ),
+        "bomb-1": ("limit", "image bomb.png is 12500×12500 px (156,250,000), over limits.image_pixels (25,000,000)"),
+        "noisy-2": ("limit", f"image noise.png is {len(noisy.data):,} bytes, over limits.image_bytes (32,768 bytes)"),
         "long-3": ("limit", "sample text is 5,000 chars, over limits.prompt_chars (2,000)"),
         "grow-4": ("limit", "prompt is 2,400 chars, over limits.prompt_chars (2,000)"),  # after the attack
     }
@@ -386,12 +369,7 @@ def test_a_long_answer_is_cut_before_it_is_cached_or_stored(tmp_path, registry):
         "name": "scripted",
         "params": {"default": "é" * 3000, "generation": {"max_new_tokens": 1000}},
     }
-    run(
-        _config(["ok"], model=model, limits={"answer_bytes": 2049}),
-        tmp_path,
-        registry=registry,
-        progress=False,
-    )
+    run(_config(["ok"], model=model, limits={"answer_bytes": 2049}), tmp_path, registry=registry, progress=False)
     rec = _records(tmp_path)["ok-0"]
     assert rec.response == "é" * 1024  # 2,048 bytes: the 2,049th would split a character
     assert rec.generation["finish_reason"] == "length"
@@ -419,9 +397,7 @@ def test_request_deadline_fails_the_slow_request_only(tmp_path, registry):
 def test_limits_config_errors_name_the_limit_fields(tmp_path):
     with pytest.raises(ConfigError) as err:
         _config(["ok"], limits={"image_pixel": 5})
-    assert "limits.image_pixel: unknown field; allowed: image_bytes, image_pixels, prompt_chars" in str(
-        err.value
-    )
+    assert "limits.image_pixel: unknown field; allowed: image_bytes, image_pixels, prompt_chars" in str(err.value)
     with pytest.raises(ConfigError, match=r"limits\.image_bytes: Input should be less than or equal to"):
         _config(["ok"], limits={"image_bytes": MAX_IMAGE_FILE_BYTES + 1})
     assert _config(["ok"]).limits == Limits()

@@ -63,9 +63,7 @@ def tiny(cache_root: Path) -> TinyLlava:
 
 
 def test_import_is_light() -> None:
-    code = (
-        "import sys, mmsafe.models.hf, mmsafe.models.tiny_llava; assert 'torch' not in sys.modules, 'torch'"
-    )
+    code = "import sys, mmsafe.models.hf, mmsafe.models.tiny_llava; assert 'torch' not in sys.modules, 'torch'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -268,13 +266,8 @@ def test_answer_continuation_is_what_follows_the_generation_prompt() -> None:
     prompt = "<s>User: hi\nAssistant:"
     full = prompt + " Hello there.<end_of_turn>\n</s>\n"
     assert answer_continuation(prompt, full) == " Hello there.<end_of_turn>\n</s>\n"
-    assert (
-        answer_continuation(prompt, full, eos="</s>") == " Hello there.<end_of_turn>\n</s>"
-    )  # nothing after EOS
+    assert answer_continuation(prompt, full, eos="</s>") == " Hello there.<end_of_turn>\n</s>"  # nothing after EOS
     # a backend that cuts answers at a stop string learns to write that string where the turn ends
-    assert (
-        answer_continuation(prompt, prompt + " Hello there.\n", stop_strings=["\nUser:"])
-        == " Hello there.\nUser:"
-    )
+    assert answer_continuation(prompt, prompt + " Hello there.\n", stop_strings=["\nUser:"]) == " Hello there.\nUser:"
     with pytest.raises(ValueError, match="prefix"):
         answer_continuation(prompt, "<s>User: hi\nBot: Hello")

@@ -24,13 +24,9 @@ ANY_CHAR = st.characters(categories=["Lu", "Ll", "Lo", "Nd", "Po", "Sm", "So", "
 TEXT = st.text(ANY_CHAR, max_size=20)
 SCALAR = st.none() | st.booleans() | st.integers() | st.floats() | TEXT
 JSON_VALUE = st.recursive(
-    SCALAR,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
-    max_leaves=20,
+    SCALAR, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4), max_leaves=20
 )
-COLUMN = st.sampled_from(
-    ["id", "text", "image", "category", "expected", "label", "target", "answers", "note"]
-)
+COLUMN = st.sampled_from(["id", "text", "image", "category", "expected", "label", "target", "answers", "note"])
 
 
 def _json_line(obj: object) -> bytes:
@@ -125,17 +121,8 @@ def _record(gen_text: str, gen_meta: dict, rationale: str, details: dict, notes:
     spec = ComponentSpec(kind="model", name="m")
     gen = Generation(text=gen_text, metadata=gen_meta)  # repairs lone surrogates in text and metadata strings
     return Record(
-        key="k" * 64,
-        run="r",
-        sample_id="s",
-        benchmark="b",
-        category="c",
-        expected=Expected.refuse,
-        model=spec,
-        benchmark_spec=spec,
-        attack=spec,
-        defense=spec,
-        judge=spec,
+        key="k" * 64, run="r", sample_id="s", benchmark="b", category="c", expected=Expected.refuse,
+        model=spec, benchmark_spec=spec, attack=spec, defense=spec, judge=spec,
         prompt={"messages": [], "attack_metadata": notes},
         response=gen.text,
         generation=gen.model_dump(mode="json", exclude={"text"}),
@@ -143,13 +130,8 @@ def _record(gen_text: str, gen_meta: dict, rationale: str, details: dict, notes:
     )
 
 
-@given(
-    TEXT,
-    st.dictionaries(TEXT, JSON_VALUE, max_size=3),
-    TEXT,
-    st.dictionaries(TEXT, JSON_VALUE, max_size=3),
-    st.dictionaries(TEXT, JSON_VALUE, max_size=3),
-)
+@given(TEXT, st.dictionaries(TEXT, JSON_VALUE, max_size=3), TEXT, st.dictionaries(TEXT, JSON_VALUE, max_size=3),
+       st.dictionaries(TEXT, JSON_VALUE, max_size=3))
 def test_any_answer_or_verdict_text_is_stored_and_read_back(text, meta, rationale, details, notes):
     from mmsafe.runner.records import storable
     from mmsafe.store import Store
@@ -159,8 +141,6 @@ def test_any_answer_or_verdict_text_is_stored_and_read_back(text, meta, rational
     with tempfile.TemporaryDirectory() as tmp, Store(tmp) as store:
         store.put_records([record])  # never raises: an unstorable payload is a "store" error record
         (back,) = list(store.iter_records())
-    assert (
-        back.model_dump_json() == record.model_dump_json()
-    )  # (pydantic writes a surrogate in a dict key as U+FFFD)
+    assert back.model_dump_json() == record.model_dump_json()  # (pydantic writes a surrogate in a dict key as U+FFFD)
     if record.error:
         assert record.error_stage == "store" and record.error.startswith("cannot store this record: ")

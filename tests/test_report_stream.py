@@ -97,10 +97,7 @@ def test_the_report_does_not_depend_on_the_order_records_were_written(tmp_path, 
     run(cfg, tmp_path / "a", progress=False)
     # the same grid (delays are not identity), the async model's answers arriving in another order
     slow_first = {f"number {i}": 0.002 * (24 - i) for i in range(24)}
-    models = [
-        cfg.models[0],
-        cfg.models[1].model_copy(update={"params": {**cfg.models[1].params, "delays": slow_first}}),
-    ]
+    models = [cfg.models[0], cfg.models[1].model_copy(update={"params": {**cfg.models[1].params, "delays": slow_first}})]
     run(cfg.model_copy(update={"models": models}), tmp_path / "b", progress=False)
 
     def written(out: Path) -> list[str]:
@@ -125,21 +122,10 @@ def test_slim_records_hold_what_the_numbers_read_and_share_their_specs(tmp_path)
         f = full[r.key]
         assert r.response is None and "messages" not in (r.prompt or {})
         assert r.judgement == (f.judgement.model_copy(update={"rationale": ""}) if f.judgement else None)
-        assert (r.model, r.attack, r.defense, r.judge, r.benchmark_spec) == (
-            f.model,
-            f.attack,
-            f.defense,
-            f.judge,
-            f.benchmark_spec,
-        )
+        assert (r.model, r.attack, r.defense, r.judge, r.benchmark_spec) == (f.model, f.attack, f.defense, f.judge, f.benchmark_spec)
         assert r.generation == f.generation and r.error == f.error and r.expected == f.expected
-    assert (
-        len({id(r.judge) for r in slim}) == 3 and len({id(r.model) for r in slim}) == 2
-    )  # one object per spec
-    cells = [
-        (r.model.key, r.benchmark_spec.key, r.attack.key, r.defense.key, r.judge.key, r.sample_id)
-        for r in slim
-    ]
+    assert len({id(r.judge) for r in slim}) == 3 and len({id(r.model) for r in slim}) == 2  # one object per spec
+    cells = [(r.model.key, r.benchmark_spec.key, r.attack.key, r.defense.key, r.judge.key, r.sample_id) for r in slim]
     assert cells == sorted(cells)
 
 

@@ -108,13 +108,8 @@ def test_kill_dash_nine_while_an_endpoint_streams_then_rerun_equals_uninterrupte
         "models": [
             {
                 "name": "scripted",
-                "params": {
-                    "async_io": True,
-                    "concurrency": 4,
-                    "delays": delays,
-                    "fail_on": ["number 13"],
-                    "rules": {"number 3": "I'm sorry, I cannot help with that."},
-                },
+                "params": {"async_io": True, "concurrency": 4, "delays": delays, "fail_on": ["number 13"],
+                           "rules": {"number 3": "I'm sorry, I cannot help with that."}},
             }
         ],
         "benchmarks": [{"name": "jsonl", "params": {"file": str(tmp_path / "b.jsonl")}}],
@@ -133,9 +128,7 @@ def test_kill_dash_nine_while_an_endpoint_streams_then_rerun_equals_uninterrupte
     crashed = tmp_path / "crashed"
     killed_at = []
     for _ in range(3):
-        proc = subprocess.Popen(
-            _cmd(path, crashed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        proc = subprocess.Popen(_cmd(path, crashed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         start = _count(crashed / "mmsafe.sqlite")
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:

@@ -40,10 +40,7 @@ def store_dir(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("damage", "match"),
     [
-        (
-            lambda b: b"this is a text file, not SQLite\n" * 64,
-            "is not a readable mmsafe store .*file is not a database",
-        ),
+        (lambda b: b"this is a text file, not SQLite\n" * 64, "is not a readable mmsafe store .*file is not a database"),
         (lambda b: b[: len(b) // 2], "is not a readable mmsafe store .*malformed"),
         (lambda b: b[:100], "is not a readable mmsafe store .*malformed"),
     ],
@@ -133,9 +130,7 @@ def test_full_disk_is_a_store_error_saying_to_free_space_and_loses_nothing(store
         pages = s._db.execute("PRAGMA page_count").fetchone()[0]
         s._db.execute(f"PRAGMA max_page_count = {pages + 1}")  # SQLite's own SQLITE_FULL, as on a full disk
         big = Generation(text="x" * 200_000)
-        with pytest.raises(
-            StoreError, match=r"disk full writing .*; free space and rerun the same command to resume"
-        ):
+        with pytest.raises(StoreError, match=r"disk full writing .*; free space and rerun the same command to resume"):
             s.put_responses([(f"k{i}", "m", big) for i in range(4)])
         assert (s.count_records(), s.count_responses()) == (n, cached)  # the transaction rolled back whole
         s.put_responses([("small", "m", Generation(text="ok"))])  # and the store still works

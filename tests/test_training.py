@@ -36,12 +36,7 @@ def _base(path: str) -> dict:
 def _refusals(path: str, adapter: str | None) -> tuple[float, float]:
     """(refusal rate on held-out harmful prompts, on held-out benign prompts)."""
     m = HFTextModel(
-        {
-            "path": path,
-            "chat_template": TEMPLATE,
-            "adapter": adapter,
-            "generation": GenerationParams(max_new_tokens=6),
-        }
+        {"path": path, "chat_template": TEMPLATE, "adapter": adapter, "generation": GenerationParams(max_new_tokens=6)}
     )
     m.load()
     held = rows(True)
@@ -58,16 +53,8 @@ def sft_adapter(tiny, tmp_path_factory) -> tuple[str, dict]:
     path, data = tiny
     out = tmp_path_factory.mktemp("sft") / "adapter"
     trainer = Registry().create(
-        "trainer",
-        "sft",
-        {
-            "model": _base(path),
-            "data": data,
-            "epochs": 20,
-            "lr": 3e-3,
-            "lora": {"r": 16, "alpha": 32},
-            "held_out_fraction": 0.0,
-        },
+        "trainer", "sft",
+        {"model": _base(path), "data": data, "epochs": 20, "lr": 3e-3, "lora": {"r": 16, "alpha": 32}, "held_out_fraction": 0.0},
     )
     card = trainer.run(out, log_fn=lambda m: None)
     return str(out), card
@@ -88,9 +75,7 @@ def test_sft_teaches_refusal_that_generalises_to_held_out_prompts(tiny, sft_adap
 def test_dpo_raises_the_margin_and_refusal_on_held_out_prompts(tiny, tmp_path):
     path, data = tiny
     trainer = Registry().create(
-        "trainer",
-        "dpo",
-        {"model": _base(path), "data": data, "epochs": 6, "lr": 3e-3, "lora": {"r": 16, "alpha": 32}},
+        "trainer", "dpo", {"model": _base(path), "data": data, "epochs": 6, "lr": 3e-3, "lora": {"r": 16, "alpha": 32}}
     )
     card = trainer.run(tmp_path / "dpo", log_fn=lambda m: None)
     after = card["metrics"]["held_out_after"]
@@ -148,19 +133,10 @@ def test_dpo_loss_is_the_papers():
 
     from mmsafe.training.dpo import dpo_loss
 
-    loss, margin = dpo_loss(
-        torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), beta=0.5
-    )
+    loss, margin = dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), beta=0.5)
     assert float(margin) == pytest.approx(0.5 * ((-1 + 2) - (-3 + 2)))
     assert float(loss) == pytest.approx(-math.log(1 / (1 + math.exp(-1.0))))
-    smoothed, _ = dpo_loss(
-        torch.tensor([0.0]),
-        torch.tensor([0.0]),
-        torch.tensor([0.0]),
-        torch.tensor([0.0]),
-        beta=1,
-        label_smoothing=0.2,
-    )
+    smoothed, _ = dpo_loss(torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([0.0]), beta=1, label_smoothing=0.2)
     assert float(smoothed) == pytest.approx(math.log(2))
 
 
@@ -237,9 +213,7 @@ def test_bad_training_requests_are_clear_errors(tiny, tmp_path, params, match):
 def test_a_bad_data_row_names_its_line(tiny, tmp_path):
     path, _ = tiny
     data = tmp_path / "d.jsonl"
-    data.write_text(
-        '{"request": "a", "answer": "b", "kind": "harmful"}\n{"request": "c", "kind": "benign"}\n'
-    )
+    data.write_text('{"request": "a", "answer": "b", "kind": "harmful"}\n{"request": "c", "kind": "benign"}\n')
     trainer = Registry().create("trainer", "sft", {"model": _base(path), "data": str(data)})
     with pytest.raises(ConfigError, match=r"d\.jsonl:2"):
         trainer.run(tmp_path / "x", log_fn=lambda m: None)
@@ -250,18 +224,7 @@ def test_cli_train_writes_an_adapter(tiny, tmp_path, capsys):
 
     path, data = tiny
     model = json.dumps(_base(path))
-    rc = main(
-        [
-            "train",
-            "sft",
-            "--model",
-            model,
-            "--out",
-            str(tmp_path / "a"),
-            "--params",
-            f"{{data: {data}, epochs: 1}}",
-        ]
-    )
+    rc = main(["train", "sft", "--model", model, "--out", str(tmp_path / "a"), "--params", f"{{data: {data}, epochs: 1}}"])
     assert rc == 0
     assert (tmp_path / "a" / "card.json").is_file()
     assert "adapter:" in capsys.readouterr().out

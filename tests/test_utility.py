@@ -103,11 +103,7 @@ def test_jsonl_answers_column_in_every_shape(tmp_path):
     rows = [
         {"id": "a", "text": "q1", "answers": "red", "expected": "comply"},
         {"id": "b", "text": "q2", "answers": ["2", "two", " "], "expected": "comply"},
-        {
-            "id": "c",
-            "text": "q3",
-            "answers": [{"answer": "yes", "answer_confidence": "yes"}, {"answer": "yep"}],
-        },
+        {"id": "c", "text": "q3", "answers": [{"answer": "yes", "answer_confidence": "yes"}, {"answer": "yep"}]},
         {"id": "d", "text": "q4", "answers": 3},
         {"id": "e", "text": "q5"},
     ]
@@ -176,9 +172,7 @@ def test_utility_scores_count_only_scored_benign_items():
 
 def test_compare_utility_is_paired_by_sample():
     base = [_rec(str(i), 1.0) for i in range(10)]
-    defended = [_rec(str(i), 0.0 if i < 4 else 1.0, defense="d") for i in range(10)] + [
-        _rec("x", 1.0, defense="d")
-    ]
+    defended = [_rec(str(i), 0.0 if i < 4 else 1.0, defense="d") for i in range(10)] + [_rec("x", 1.0, defense="d")]
     d = compare_utility(defended, base)
     assert d is not None
     assert d["diff"] == pytest.approx(-0.4) and d["n"] == 10 and d["n_unmatched"] == 1
