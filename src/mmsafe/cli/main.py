@@ -98,6 +98,16 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     ex.add_argument("--output", "-o", help="file to write (default: DIR/records.<format>)")
 
+    vw = sub.add_parser(
+        "view", help="browse a run's samples in a local web page (127.0.0.1 only; Ctrl-C stops)"
+    )
+    vw.add_argument(
+        "dir", metavar="RUN", help="run folder (read-only; a run still being written may be viewed)"
+    )
+    vw.add_argument(
+        "--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0: any free one)"
+    )
+
     ls = sub.add_parser("list", help="list registered models, benchmarks, attacks, defenses and judges")
     ls.add_argument("kind", nargs="?", choices=[k for k, _ in KIND_OPTIONS])
 
@@ -672,6 +682,27 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_view(args: argparse.Namespace) -> int:
+    from mmsafe.report.serve import ViewServer
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be 0…65535, not {args.port}")
+    app = ViewServer(args.dir, port=args.port)
+    try:
+        print(
+            f"mmsafe view: {len(app.index):,} items indexed in {app.index_seconds:.1f} s"
+            + (f" ({app.index.unreadable} unreadable records skipped)" if app.index.unreadable else "")
+            + f"; serving {app.url} (Ctrl-C stops)",
+            flush=True,
+        )
+        app.serve_forever()
+    except KeyboardInterrupt:
+        print("mmsafe view: stopped", flush=True)
+    finally:
+        app.close()
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from mmsafe.report.export import export
 
@@ -802,6 +833,7 @@ def main(argv: list[str] | None = None) -> int:
         "compare": _cmd_compare,
         "export": _cmd_export,
         "annotate": _cmd_annotate,
+        "view": _cmd_view,
         "list": _cmd_list,
         "describe": _cmd_describe,
         "judge-train": _cmd_judge_train,

@@ -1,0 +1,134 @@
+"""The sample browser: a section of ``report.html`` (every item embedded) and the page of ``mmsafe view`` (items
+fetched from the local server), built from the same markup and script.
+
+:func:`browser_section` returns a :class:`Section` — markup, script (``assets/browser.js``) and JSON data blocks
+— that a page built with :func:`mmsafe.report.page.page` includes; its stylesheet is :data:`BROWSER_CSS`
+(``assets/browser.css``). The markup holds only constant text and numbers; every item's text reaches the page
+through the script's ``textContent`` (see the script's header and ``docs/browse.md``).
+
+Static size: every item is embedded (its response cut at :data:`~mmsafe.report.items.MAX_RESPONSE_CHARS`, with
+the count of cut characters shown), every image's thumbnail always, and larger views while their total stays
+under ``image_budget_bytes``; past it the lightbox shows the thumbnail and says "full size: mmsafe view".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from mmsafe.report.items import MAX_RESPONSE_CHARS, ItemReader, facets_of
+from mmsafe.report.page import esc
+from mmsafe.report.thumbs import image_views
+from mmsafe.store.sqlite import Store
+
+__all__ = ["BROWSER_CSS", "BROWSER_JS", "IMAGE_BUDGET_BYTES", "Section", "browser_section"]
+
+#: the larger views a static page embeds at most (base64 bytes); thumbnails are not counted
+IMAGE_BUDGET_BYTES = 30_000_000
+PAGE_SIZE = 50
+_FILTERS = ("model", "benchmark", "attack", "defense", "category", "expected", "judge", "verdict")
+
+
+def _asset(name: str) -> str:
+    return (resources.files("mmsafe.report") / "assets" / name).read_text(encoding="utf-8")
+
+
+BROWSER_JS = _asset("browser.js")
+BROWSER_CSS = _asset("browser.css")
+
+
+@dataclass(frozen=True)
+class Section:
+    """One section of a report page: ``html`` is trusted markup (constants and :func:`esc`-ed text), ``js`` a
+    script the page runs (named in its policy by hash), ``data`` the JSON blocks by element id."""
+
+    id: str
+    title: str
+    html: str
+    js: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def _markup(title: str, notes: list[str]) -> str:
+    selects = "".join(
+        f'<label>{esc(name)}<select id="mb-f-{esc(name)}"><option value="">all</option></select></label>'
+        for name in _FILTERS
+    )
+    note_html = "".join(f'<p class="mb-note">{esc(n)}</p>' for n in notes)
+    return (
+        f'<section id="browser" class="mb"><h2>{esc(title)}</h2>{note_html}'
+        f'<div class="mb-filters">{selects}'
+        '<label>search prompt and response<input type="search" id="mb-search" autocomplete="off"></label></div>'
+        '<div class="mb-bar"><span id="mb-count" class="mb-count" aria-live="polite"></span>'
+        '<button type="button" id="mb-prev">previous</button><span id="mb-page"></span>'
+        '<button type="button" id="mb-next">next</button><span id="mb-status" class="mb-status"></span></div>'
+        '<ol id="mb-list" class="mb-list"></ol>'
+        '<div id="mb-lightbox" class="mb-lightbox" hidden tabindex="-1" role="dialog" aria-label="image">'
+        '<figure><img id="mb-lightbox-img" alt="larger view"><figcaption id="mb-lightbox-note"></figcaption>'
+        "</figure></div>"
+        "<noscript><p>The sample browser needs JavaScript.</p></noscript></section>"
+    )
+
+
+def _store_path(store: Store | str | Path) -> Path:
+    """The store file; a folder or file that is not an mmsafe store raises :class:`~mmsafe.errors.StoreError`."""
+    if isinstance(store, Store):
+        return store.path
+    with Store.open_existing(store) as opened:
+        return opened.path
+
+
+def browser_section(
+    store: Store | str | Path,
+    *,
+    server: bool = False,
+    image_budget_bytes: int = IMAGE_BUDGET_BYTES,
+    max_items: int | None = None,
+    max_response_chars: int = MAX_RESPONSE_CHARS,
+    title: str = "Samples",
+) -> Section:
+    """The sample browser of the run in ``store`` (a :class:`Store`, a run folder or its ``mmsafe.sqlite``).
+
+    ``server``: the page of ``mmsafe view``, whose script asks ``/api`` (no item is embedded). Otherwise every
+    item (at most ``max_items``, first in browser order) with its images' thumbnails and, within
+    ``image_budget_bytes``, their larger views."""
+    config = {"mode": "server" if server else "static", "page_size": PAGE_SIZE}
+    if server:
+        return Section("browser", title, _markup(title, []), BROWSER_JS, {"mmsafe-browser-config": config})
+    reader = ItemReader(_store_path(store))
+    try:
+        items: list[dict[str, Any]] = []
+        n_total = 0
+        for item in reader.items(max_response_chars=max_response_chars):
+            n_total += 1
+            if max_items is None or len(items) < max_items:
+                items.append(item)
+        images = image_views(
+            reader.conn(), (h for it in items for h in it["images"]), budget_bytes=image_budget_bytes
+        )
+        facets = facets_of(items, reader.judges)
+        unreadable = reader.unreadable
+    finally:
+        reader.close()
+    notes = []
+    if len(items) < n_total:
+        notes.append(
+            f"The first {len(items):,} of {n_total:,} items are in this file; `mmsafe view` shows all."
+        )
+    no_full = sum(1 for v in images.values() if "thumb" in v and not v.get("full"))
+    if no_full:
+        notes.append(
+            f"{no_full:,} images are here as thumbnails only (size budget); `mmsafe view` shows them full size."
+        )
+    if unreadable:
+        notes.append(f"{unreadable:,} records could not be read and are not shown.")
+    data = {"items": items, "images": images, "facets": facets, "n_unreadable": unreadable}
+    return Section(
+        "browser",
+        title,
+        _markup(title, notes),
+        BROWSER_JS,
+        {"mmsafe-browser-config": config, "mmsafe-browser-data": data},
+    )
