@@ -8,7 +8,6 @@ import base64
 import json
 import re
 import sys
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from _browser import browser
 from mmsafe.cli.main import main
 from mmsafe.metrics.rates import rate
+from mmsafe.report.browser import Section
 from mmsafe.report.html import plane_points, render_html
 from mmsafe.report.htmlkit import NO_CHARTS, q
 
@@ -103,7 +103,7 @@ def test_browser_shows_each_matrix_with_the_summary_numbers_and_links_resolve(ru
                 want = f"{100 * asr['value']:.1f}% [{100 * asr['lo']:.1f}, {100 * asr['hi']:.1f}] {asr['k']}/{asr['n']}"
                 assert text == want
         links = b.js("return [...document.querySelectorAll('nav a')].map(a => a.getAttribute('href'))")
-        assert len(links) == 7
+        assert len(links) == 8 and links[-1] == "#browser"  # the report's 7 sections, then the sample browser
         assert all(b.js("return !!document.getElementById(arguments[0])", h[1:]) for h in links)
         assert b.js("return [...document.images].every(i => i.complete && i.naturalWidth > 0)")
         assert "scripted responses, not a model" in b.js(
@@ -200,21 +200,11 @@ def _summary(label: str) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class _Section:
-    id: str
-    title: str
-    html: str
-    js: str = ""
-    data: dict = field(default_factory=dict)
-
-
 def test_hostile_labels_stay_text_in_chromium(tmp_path):
     hostile = " ".join(HOSTILE)
     errors = [(f"stage{hostile}", f"b{hostile}", 1, f"s1: {hostile}")]
     js = "document.body.dataset.extra = JSON.parse(document.getElementById('extra-data').textContent).x;"
-    extra = _Section(id="browser", title=f"Samples {hostile}", html="<p id=extra>x</p>", js=js)
-    extra = _Section(extra.id, extra.title, extra.html, extra.js, {"extra-data": {"x": hostile}})
+    extra = Section("browser", f"Samples {hostile}", "<p id=extra>x</p>", js, {"extra-data": {"x": hostile}})
     html = render_html(_summary(hostile), errors=errors, sections=[extra])  # type: ignore[arg-type]
     svgs = _svgs(html)
     maths = _svgs(render_html(_summary("$\\alpha$")))  # type: ignore[arg-type]

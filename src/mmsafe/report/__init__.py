@@ -461,6 +461,7 @@ def adversarial_summary(tally: Tally, labels: dict[tuple[str, str], str]) -> lis
 
 def write_outputs(store: Store, out_dir: str | Path) -> dict[str, Path]:
     """(Re)write ``summary.json``, ``report.md`` and ``report.html`` in ``out_dir`` from ``store``."""
+    from mmsafe.report.browser import browser_section
     from mmsafe.report.html import render_html
     from mmsafe.report.markdown import render
 
@@ -477,7 +478,8 @@ def write_outputs(store: Store, out_dir: str | Path) -> dict[str, Path]:
     _atomic_write(paths["summary"], json.dumps(summary, indent=2, sort_keys=True, default=str))
     errors = store.error_groups()
     _atomic_write(paths["report"], render(summary, errors=errors, examples=store.examples(3)))
-    _atomic_write(paths["html"], render_html(summary, errors=errors))
+    html = render_html(summary, errors=errors, sections=[browser_section(store)])
+    _atomic_write(paths["html"], html)
     return paths
 
 

@@ -42,13 +42,15 @@ BROWSER_CSS = _asset("browser.css")
 @dataclass(frozen=True)
 class Section:
     """One section of a report page: ``html`` is trusted markup (constants and :func:`esc`-ed text), ``js`` a
-    script the page runs (named in its policy by hash), ``data`` the JSON blocks by element id."""
+    script the page runs (named in its policy by hash), ``data`` the JSON blocks by element id, ``css`` its stylesheet."""
 
     id: str
     title: str
     html: str
     js: str = ""
     data: dict[str, Any] = field(default_factory=dict)
+    #: the section's stylesheet, appended to the page's
+    css: str = ""
 
 
 def _markup(title: str, notes: list[str]) -> str:
@@ -96,7 +98,9 @@ def browser_section(
     ``image_budget_bytes``, their larger views."""
     config = {"mode": "server" if server else "static", "page_size": PAGE_SIZE}
     if server:
-        return Section("browser", title, _markup(title, []), BROWSER_JS, {"mmsafe-browser-config": config})
+        return Section(
+            "browser", title, _markup(title, []), BROWSER_JS, {"mmsafe-browser-config": config}, BROWSER_CSS
+        )
     reader = ItemReader(_store_path(store))
     try:
         items: list[dict[str, Any]] = []
@@ -131,4 +135,5 @@ def browser_section(
         _markup(title, notes),
         BROWSER_JS,
         {"mmsafe-browser-config": config, "mmsafe-browser-data": data},
+        BROWSER_CSS,
     )

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from mmsafe.report import charts
+from mmsafe.report.browser import Section
 from mmsafe.report.charts import Bar, Interval, Point
 from mmsafe.report.html_judges import judges_section
 from mmsafe.report.htmlkit import (
@@ -47,17 +48,6 @@ if TYPE_CHECKING:
     from mmsafe.report import Summary
 
 __all__ = ["Section", "plane_points", "render_html"]
-
-
-#: at most this many charts per section; the tables always hold every number
-class Section(Protocol):
-    """An extra part of the page (the sample browser's ``mmsafe.report.browser.Section`` fits)."""
-
-    id: str
-    title: str
-    html: str
-    js: str
-    data: dict[str, Any]
 
 
 class _Ctx:
@@ -424,4 +414,5 @@ def render_html(
     for s in sections:
         data.update(s.data or {})
     scripts = [s.js for s in sections if s.js]
-    return page(title, body, css=css(), scripts=scripts, data=data, server=server)
+    styles = css() + "".join(s.css for s in sections)
+    return page(title, body, css=styles, scripts=scripts, data=data, server=server)

@@ -2,7 +2,7 @@
 
 The server (stdlib :class:`~http.server.ThreadingHTTPServer`) answers GET and HEAD only:
 
-* ``/`` — the page (:func:`_page`: the browser section in server mode, built with :func:`mmsafe.report.page.page`);
+* ``/`` — the page (:func:`_page`: the run's report, as ``report.html``, with the sample browser in server mode);
 * ``/api/facets`` — the values each filter can take, the item count and when the index was built;
 * ``/api/items?offset=&limit=&model=&benchmark=&attack=&defense=&category=&expected=&judge=&verdict=&search=``
   — one page of whole items (``limit`` ≤ 500) and the filtered total;
@@ -33,9 +33,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from mmsafe.report.browser import BROWSER_CSS, browser_section
+from mmsafe.report.browser import browser_section
 from mmsafe.report.items import Filters, ItemIndex, ItemReader
-from mmsafe.report.page import esc, page
 from mmsafe.report.thumbs import image_mime
 from mmsafe.store.sqlite import Store
 
@@ -51,13 +50,14 @@ _BARE_CSP = "default-src 'none'; frame-ancestors 'none'"
 
 
 def _page(store: Store) -> str:
-    """The page ``/`` serves: the browser section in server mode under a plain header."""
-    runs = ", ".join(str(r.get("name", "")) for r in store.runs()) or store.path.parent.name
+    """The page ``/`` serves: the run's whole report (:func:`~mmsafe.report.html.render_html`, from the store as
+    ``mmsafe report`` builds it) with the sample browser in server mode, which fetches its items from the API."""
+    from mmsafe.report import build_summary
+    from mmsafe.report.html import render_html
+
+    summary = build_summary(store)
     section = browser_section(store, server=True)
-    body = f'<header class="mb-top"><h1>mmsafe view</h1><p>run: {esc(runs)}</p></header>{section.html}'
-    return page(
-        f"mmsafe view: {runs}", body, css=BROWSER_CSS, scripts=[section.js], data=section.data, server=True
-    )
+    return render_html(summary, errors=store.error_groups(), sections=[section], server=True)
 
 
 class _Handler(BaseHTTPRequestHandler):
