@@ -6,8 +6,9 @@ images by hash, response, verdicts):
 * **static**: 2 models × 1 benchmark of 1,250 samples × 2 attacks (FigStep, and FigStep of a reworded
   instruction) × 2 defenses × 2 judges = 10,000 items (an item is a generation: model × benchmark × attack ×
   defense × sample; each has 2 verdicts, so 20,000 records), with 2,500 distinct typographic images rendered by
-  mmsafe's FigStep renderer and ~600-character responses. Timed: :func:`browser_section` + :func:`page` (median
-  of ``--repeats``), and the page's bytes split into items, thumbnails and larger views.
+  mmsafe's FigStep renderer and ~600-character responses. Timed: the whole ``report.html`` as ``write_outputs``
+  writes it (summary, report sections, sample browser), and :func:`browser_section` + :func:`page` alone (medians
+  of ``--repeats``), with the browser page's bytes split into items, thumbnails and larger views.
 * **server**: 100,000 items the same way (8 models × 6,250 samples × 2 attacks × 1 defense, 1 judge: 100,000
   records; images reused from the first run). Timed: building the in-memory index at start; a page request
   (``/api/items``) with a new attack + judge + verdict + category filter each time (offset 100, limit 50), and the
@@ -35,7 +36,9 @@ from pathlib import Path
 
 from mmsafe.attacks.typographic.figstep import render_figstep
 from mmsafe.render.fonts import find_font
+from mmsafe.report import build_summary
 from mmsafe.report.browser import BROWSER_CSS, browser_section
+from mmsafe.report.html import render_html
 from mmsafe.report.items import ItemIndex, ItemReader
 from mmsafe.report.page import page
 from mmsafe.report.serve import ViewServer
@@ -243,6 +246,23 @@ def main() -> None:
         built[:] = [s]
         return page("report", s.html, css=BROWSER_CSS, scripts=[s.js], data=s.data)
 
+    def report() -> (
+        str
+    ):  # what write_outputs writes as report.html: the summary, its sections and the browser
+        with Store.open_existing(static_dir) as store:
+            summary = build_summary(store)
+            return render_html(summary, errors=store.error_groups(), sections=[browser_section(store)])
+
+    report_s, report_doc = _median(report, args.repeats)
+    (out / "report.html").write_text(report_doc, encoding="utf-8")
+    rows += [
+        (
+            f"static: whole report.html (summary + report + browser), median of {args.repeats}",
+            f"{report_s:.1f} s",
+        ),
+        ("static: whole report.html size", f"{len(report_doc.encode()) / 1e6:.1f} MB"),
+    ]
+    del report_doc
     seconds, doc = _median(build, args.repeats)
     section = built[0]
     data = section.data["mmsafe-browser-data"]

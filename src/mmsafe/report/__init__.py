@@ -459,6 +459,11 @@ def adversarial_summary(tally: Tally, labels: dict[tuple[str, str], str]) -> lis
     return out
 
 
+#: the sample browser of ``report.html`` holds at most this many items (the first in cell order; the page says
+#: so): about 30 MB of items at most, plus images. ``mmsafe view`` browses every item of any run.
+REPORT_MAX_ITEMS = 20_000
+
+
 def write_outputs(store: Store, out_dir: str | Path) -> dict[str, Path]:
     """(Re)write ``summary.json``, ``report.md`` and ``report.html`` in ``out_dir`` from ``store``."""
     from mmsafe.report.browser import browser_section
@@ -478,7 +483,7 @@ def write_outputs(store: Store, out_dir: str | Path) -> dict[str, Path]:
     _atomic_write(paths["summary"], json.dumps(summary, indent=2, sort_keys=True, default=str))
     errors = store.error_groups()
     _atomic_write(paths["report"], render(summary, errors=errors, examples=store.examples(3)))
-    html = render_html(summary, errors=errors, sections=[browser_section(store)])
+    html = render_html(summary, errors=errors, sections=[browser_section(store, max_items=REPORT_MAX_ITEMS)])
     _atomic_write(paths["html"], html)
     return paths
 
