@@ -104,6 +104,13 @@ def test_browser_shows_each_matrix_with_the_summary_numbers_and_links_resolve(ru
                 assert text == want
         links = b.js("return [...document.querySelectorAll('nav a')].map(a => a.getAttribute('href'))")
         assert len(links) == 8 and links[-1] == "#browser"  # the report's 7 sections, then the sample browser
+        assert b.js(
+            "const ids = [...document.querySelectorAll('[id]')].map(e => e.id);"
+            "return ids.length === new Set(ids).size"
+        )  # no id twice (the browser brings its own section)
+        b.wait(
+            lambda: b.js("return document.querySelectorAll('#mb-list > li').length") > 0, what="browser items"
+        )
         assert all(b.js("return !!document.getElementById(arguments[0])", h[1:]) for h in links)
         # every image with a source decodes (the sample browser's lightbox has none until a thumbnail is clicked)
         assert b.js(
@@ -208,7 +215,8 @@ def test_hostile_labels_stay_text_in_chromium(tmp_path):
     hostile = " ".join(HOSTILE)
     errors = [(f"stage{hostile}", f"b{hostile}", 1, f"s1: {hostile}")]
     js = "document.body.dataset.extra = JSON.parse(document.getElementById('extra-data').textContent).x;"
-    extra = Section("browser", f"Samples {hostile}", "<p id=extra>x</p>", js, {"extra-data": {"x": hostile}})
+    markup = '<section id="browser"><h2>Samples</h2><p id=extra>x</p></section>'
+    extra = Section("browser", f"Samples {hostile}", markup, js, {"extra-data": {"x": hostile}})
     html = render_html(_summary(hostile), errors=errors, sections=[extra])  # type: ignore[arg-type]
     svgs = _svgs(html)
     maths = _svgs(render_html(_summary("$\\alpha$")))  # type: ignore[arg-type]

@@ -394,7 +394,8 @@ def render_html(
     server: bool = False,
 ) -> str:
     """``report.html`` from the summary, the failed-item groups (:meth:`Store.error_groups`) and extra
-    ``sections`` appended after the report's own (their ``js`` joins the page's scripts, ``data`` its blocks)."""
+    ``sections`` appended after the report's own: each section's ``html`` is one whole ``<section id=…>`` with its
+    heading, its ``js`` joins the page's scripts, ``data`` its blocks and ``css`` the stylesheet."""
     ctx = _Ctx(summary)
     parts: list[tuple[str, str, str]] = [
         ("overview", "Overview", _overview(ctx, errors)),
@@ -405,9 +406,10 @@ def render_html(
         ("cost", "Cost", _cost(ctx)),
         ("effects", "Effects", _effects(ctx)),
     ]
-    parts += [(s.id, s.title, s.html) for s in sections]
     nav = "".join(f'<a href="#{esc(i)}">{esc(t)}</a>' for i, t, _ in parts)
+    nav += "".join(f'<a href="#{esc(s.id)}">{esc(s.title)}</a>' for s in sections)
     body = "".join(f'<section id="{esc(i)}"><h2>{esc(t)}</h2>{h}</section>' for i, t, h in parts)
+    body += "".join(s.html for s in sections)  # each a whole <section id=…> with its own heading
     title = f"mmsafe report: {', '.join(summary['runs']) or 'run'}"
     body = f"<header><h1>{esc(title)}</h1><nav>{nav}</nav></header><main>{body}</main>"
     data: dict[str, Any] = {}
