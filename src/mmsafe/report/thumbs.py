@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import sqlite3
 import warnings
 from collections.abc import Iterable
@@ -139,22 +140,40 @@ def image_views(
     ``{"error": why}``. Larger views are made in that order until the first that would take their URIs' total
     over ``budget_bytes``; from there on ``full`` is None (the page shows the thumbnail and points to
     ``mmsafe view``), and no more are encoded."""
+    from concurrent.futures import ThreadPoolExecutor
+    from itertools import islice
+
     out: dict[str, dict[str, Any]] = {}
     spent = 0
     room = budget_bytes > 0
-    for sha in dict.fromkeys(hashes):
-        row = db.execute("SELECT data FROM images WHERE sha256=?", (sha,)).fetchone()
-        if row is None or not isinstance(row[0], bytes):
-            out[sha] = {"error": "image missing from the store"}
-            continue
-        data = row[0]
-        try:
-            thumb, full = views(data, full=room)
-        except ValueError as exc:
-            out[sha] = {"error": f"image unreadable: {str(exc)[:200]}"}
-            continue
-        if full is not None and spent + len(full) > budget_bytes:
-            full, room = None, False
-        spent += len(full or "")
-        out[sha] = {"thumb": thumb, "full": full}
+    pending = iter(dict.fromkeys(hashes))
+    # Pillow decodes, scales and encodes with the GIL released: a chunk of images is made on every core, then
+    # taken in order against the budget (at most one chunk of larger views is made and not kept)
+    with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+        while chunk := list(islice(pending, _CHUNK)):
+            rows = [db.execute("SELECT data FROM images WHERE sha256=?", (sha,)).fetchone() for sha in chunk]
+            made = pool.map(lambda row, full=room: _views_or_error(row, full=full), rows)
+            for sha, (thumb, full, error) in zip(chunk, made, strict=True):
+                if error is not None:
+                    out[sha] = {"error": error}
+                    continue
+                if full is not None and (not room or spent + len(full) > budget_bytes):
+                    full, room = None, False
+                spent += len(full or "")
+                out[sha] = {"thumb": thumb, "full": full}
     return out
+
+
+_WORKERS = max(1, min(8, os.cpu_count() or 1))
+_CHUNK = 8 * _WORKERS
+
+
+def _views_or_error(row: tuple[Any, ...] | None, *, full: bool) -> tuple[str | None, str | None, str | None]:
+    """(thumbnail, larger view, None) of a stored image row, or (None, None, why) — never an exception."""
+    if row is None or not isinstance(row[0], bytes):
+        return None, None, "image missing from the store"
+    try:
+        thumb, big = views(row[0], full=full)
+    except ValueError as exc:
+        return None, None, f"image unreadable: {str(exc)[:200]}"
+    return thumb, big, None
