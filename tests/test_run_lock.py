@@ -27,9 +27,13 @@ HOLD = """
 import os, sys, time
 from mmsafe.store.lock import RunLock
 lock = RunLock(sys.argv[1]).acquire()
-if len(sys.argv) > 2 and os.fork() == 0:  # a forked helper that outlives its parent
-    time.sleep(15)
-    os._exit(0)
+if len(sys.argv) > 2:
+    r, w = os.pipe()
+    if os.fork() == 0:  # a forked helper that outlives its parent
+        os.write(w, b"1")  # fork() has returned here: the at-fork hooks have run in this child
+        time.sleep(15)
+        os._exit(0)
+    os.read(r, 1)  # "locked" is printed only once the child runs (else a loaded machine kills the parent first)
 print("locked", flush=True)
 sys.stdin.read()  # hold until killed or stdin closes
 """
