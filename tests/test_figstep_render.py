@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import csv
+import io
 import logging
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from mmsafe.errors import ConfigError
 from mmsafe.registry import Registry
 from mmsafe.render import fonts
 from mmsafe.render.rephrase import rephrase_as_statement
-from mmsafe.types import Image, ImagePart, Sample, TextPart
+from mmsafe.types import GREY_PNG_LEVEL, Image, ImagePart, Sample, TextPart
 
 FREEMONO = Path("/usr/share/fonts/truetype/freefont/FreeMonoBold.ttf")
 DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSansMono-Bold.ttf")
@@ -87,6 +89,85 @@ def test_render_matches_published_safebench_tiny(shared_data):
             mismatches.append((png.name, n))
     assert identical >= 40, mismatches
     assert all(n <= 50 for _, n in mismatches), mismatches
+
+
+@needs_freemono
+def test_attack_image_is_a_grey_png_with_the_rgb_renders_pixels(shared_data):
+    """The attack stores an 8-bit grey PNG; decoded to RGB it is today's RGB render (and FigStep's own
+    default-PNG file of it) pixel for pixel, so it matches the published images exactly as often."""
+    attack = FigStep(font_path=str(FREEMONO))
+    identical = 0
+    for r in _rows("SafeBench-Tiny.csv"):
+        sample = _sample(id=f"t{r['category_id']}_{r['task_id']}", metadata={"instruction": r["instruction"]})
+        (image,) = attack.apply(sample, seed=0).images
+        with PILImage.open(io.BytesIO(image.data)) as stored:
+            assert (stored.format, stored.mode, stored.size) == ("PNG", "L", (760, 760))
+        rgb = render_figstep(r["instruction"], font_path=str(FREEMONO))
+        buf = io.BytesIO()
+        rgb.save(buf, format="PNG")  # FigStep's generator: PIL's default PNG of the RGB canvas
+        ours = image.to_pil()
+        assert ours.mode == "RGB"
+        assert ours.tobytes() == rgb.tobytes() == PILImage.open(buf).convert("RGB").tobytes()
+        assert len(image.data) < 0.8 * buf.tell()  # and smaller than the RGB PNG
+        png = (
+            shared_data
+            / "figstep/images/SafeBench-Tiny"
+            / f"query_ForbidQI_{r['category_id']}_{r['task_id']}_6.png"
+        )
+        with PILImage.open(png) as ref:
+            identical += _differing_pixels(ours, ref) == 0
+    assert identical >= 40
+
+
+@needs_freemono
+def test_grey_canvas_render_equals_the_rgb_render():
+    for text in ("Steps to do X.", "Methods to áéí – a much longer instruction that wraps over lines."):
+        grey = render_figstep(text, font_path=str(FREEMONO), mode="L")
+        assert grey.mode == "L"
+        assert grey.convert("RGB").tobytes() == render_figstep(text, font_path=str(FREEMONO)).tobytes()
+
+
+# ------------------------------------------------------------------------------------------ encoding
+
+
+def _noise(mode: str, size: tuple[int, int] = (37, 23)) -> PILImage.Image:
+    bands = len(mode)
+    return PILImage.frombytes(
+        mode, size, bytes((i * 97 + 13) % 256 for i in range(size[0] * size[1] * bands))
+    )
+
+
+def test_from_pil_stores_grey_as_a_level_1_grey_png_that_decodes_to_the_same_rgb():
+    grey = _noise("L")
+    image = Image.from_pil(grey)
+    buf = io.BytesIO()
+    grey.save(buf, format="PNG", compress_level=GREY_PNG_LEVEL)
+    assert image.data == buf.getvalue() and GREY_PNG_LEVEL == 1
+    with PILImage.open(io.BytesIO(image.data)) as stored:
+        assert stored.mode == "L"
+    assert image.to_pil("RGB").tobytes() == grey.convert("RGB").tobytes()
+    assert image.to_pil("L").tobytes() == grey.tobytes()
+    assert image.sha256 == Image.from_pil(grey.copy()).sha256  # deterministic
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P"])
+def test_from_pil_keeps_pils_default_png_for_other_modes(mode):
+    img = _noise("RGB").convert(mode) if mode != "RGBA" else _noise("RGBA")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")  # PIL's default: level 6, the image's own mode
+    assert Image.from_pil(img).data == buf.getvalue()
+
+
+def test_openai_data_uri_of_a_grey_png_decodes_to_the_rgb_pixels():
+    from mmsafe.models.openai import image_data_url
+
+    grey = _noise("L")
+    image = Image.from_pil(grey)
+    for fmt in ("original", "png"):
+        url = image_data_url(image, image_format=fmt)
+        assert url.startswith("data:image/png;base64,")
+        with PILImage.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as sent:
+            assert sent.convert("RGB").tobytes() == grey.convert("RGB").tobytes()
 
 
 @needs_freemono

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
 __all__ = [
+    "GREY_PNG_LEVEL",
     "MAX_DECODE_PIXELS",
     "ComponentSpec",
     "DefenseAccount",
@@ -100,6 +101,13 @@ MAX_DECODE_PIXELS = 100_000_000
 _PIL_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
+#: zlib level of the 8-bit grey PNGs :meth:`Image.from_pil` writes. Measured on the 500 SafeBench FigStep
+#: images (benchmarks/typographic_render.py): level 1 encodes in about half the time of level 6 for ~20% more bytes
+#: (still ~35% fewer than today's RGB PNG); level 3 sits in between. Typography is rendered, stored once by hash
+#: and decoded by every model call, so encode time, not the last kilobytes, is what the attack pays for.
+GREY_PNG_LEVEL = 1
+
+
 class ImageTooLarge(ValueError):
     """An image with more pixels than a limit allows; ``pixels`` is its pixel count."""
 
@@ -148,9 +156,26 @@ class Image(_Frozen):
 
     @classmethod
     def from_pil(cls, img: Any, *, source: str | None = None) -> Image:
-        """Encode a PIL image losslessly as PNG (deterministic bytes for identical pixels)."""
+        """Encode a PIL image losslessly as PNG (deterministic bytes for identical pixels).
+
+        The encoding is chosen here, for every caller, by the image's mode. An 8-bit grey image (mode
+        ``"L"``: typography drawn grey, e.g. ``render_figstep(..., mode="L")``) is stored as an 8-bit grey
+        PNG at zlib level :data:`GREY_PNG_LEVEL` (1): for a FigStep image ~4× faster to encode than an RGB
+        PNG at PIL's default level 6, and ~35% smaller. It decodes to the same RGB pixels (R = G = B = the
+        grey value) wherever it is read: :meth:`to_pil`, hence OCR and the HF processors; the ``openai``
+        backend's data URI carries the PNG bytes as they are, and any PNG decoder expands grey the same
+        way. Any other mode keeps PIL's default PNG in that mode (level 6, unchanged since the first
+        release). A caller whose RGB image is grey by construction passes ``img.convert("L")`` (exact
+        when R = G = B); nothing here checks pixels, so the encoding costs no extra pass.
+
+        Encoding an image differently changes its bytes, hence its ``sha256``: a response cached for the
+        same pixels under the RGB encoding is not reused (the model is asked again, with identical pixels).
+        """
         buf = io.BytesIO()
-        img.save(buf, format="PNG", optimize=False)
+        if img.mode == "L":
+            img.save(buf, format="PNG", optimize=False, compress_level=GREY_PNG_LEVEL)
+        else:
+            img.save(buf, format="PNG", optimize=False)
         return cls.from_bytes(buf.getvalue(), source=source)
 
     @property
@@ -175,7 +200,9 @@ class Image(_Frozen):
         except PILImage.DecompressionBombError as exc:
             m = _PIL_BOMB_PIXELS.search(str(exc))
             pixels = int(m.group(1)) if m else 2 * (PILImage.MAX_IMAGE_PIXELS or 0) + 1
-            raise ImageTooLarge(f"image {self.name} is {pixels:,} px, too many to decode", pixels=pixels) from None
+            raise ImageTooLarge(
+                f"image {self.name} is {pixels:,} px, too many to decode", pixels=pixels
+            ) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise ValueError(f"cannot decode image {self.name}: {exc}") from exc
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -66,21 +66,30 @@ def render_figstep(
     xy: tuple[int, int] = TEXT_XY,
     spacing: int = LINE_SPACING,
     n_items: int = N_ITEMS,
+    mode: Literal["RGB", "L"] = "RGB",
 ) -> PILImage:
-    """Typeset ``text`` the FigStep way and return a ``canvas``×``canvas`` RGB PIL image.
+    """Typeset ``text`` the FigStep way and return a ``canvas``×``canvas`` PIL image in ``mode``.
 
     Black text on white, drawn with Pillow's default anchor at ``xy`` with ``spacing`` px between
     lines, after :func:`figstep_text` layout. Like upstream there is no overflow check: a long
     instruction runs off the bottom edge (see :func:`figstep_overflows`). With FreeMonoBold at the
     defaults the output is pixel-identical to most published SafeBench images.
+
+    ``mode="RGB"`` (the default) is upstream's canvas. ``mode="L"`` draws the same text on an 8-bit
+    grey canvas: black on white is grey by construction, and Pillow blends each channel of the RGB
+    canvas exactly as it blends the grey one, so ``render_figstep(t, mode="L").convert("RGB")`` equals
+    ``render_figstep(t)`` pixel for pixel (checked on all 500 SafeBench instructions by
+    ``benchmarks/typographic_render.py`` and on SafeBench-Tiny by the tests). It draws in half the time
+    and :meth:`Image.from_pil <mmsafe.types.Image.from_pil>` stores it as a fast grey PNG.
     """
     from PIL import Image as PILImageModule
     from PIL import ImageDraw
 
     font = load_font(font_path, font_size)
-    img = PILImageModule.new("RGB", (canvas, canvas), (255, 255, 255))
+    white, black = ((255, 255, 255), (0, 0, 0)) if mode == "RGB" else (255, 0)
+    img = PILImageModule.new(mode, (canvas, canvas), white)
     ImageDraw.Draw(img).text(
-        xy, figstep_text(text, width=width, n_items=n_items), fill=(0, 0, 0), font=font, spacing=spacing
+        xy, figstep_text(text, width=width, n_items=n_items), fill=black, font=font, spacing=spacing
     )
     return img
 
@@ -149,7 +158,12 @@ class FigStep(Attack):
 
     Rendering: :func:`render_figstep` — ``textwrap.fill(width)`` plus empty items "1. 2. 3.",
     FreeMonoBold at ``font_size`` on a ``canvas``² white image at (20, 10), line spacing 11. With
-    the defaults 43 of the 50 SafeBench-Tiny images are pixel-identical to the published ones.
+    the defaults 43 of the 50 SafeBench-Tiny images are pixel-identical to the published ones. The
+    image is drawn on a grey canvas and stored as an 8-bit grey PNG at zlib level 1
+    (:meth:`Image.from_pil <mmsafe.types.Image.from_pil>`): it decodes to exactly the RGB pixels of
+    the RGB render, and the attack runs ≥ 2× as fast as FigStep's own generator (render + PIL's
+    default RGB PNG; ``benchmarks/typographic_render.py``). Its bytes, hence its ``sha256``, differ
+    from the RGB PNG earlier versions stored, so answers cached for those images are not reused.
 
     Params: ``font_path`` (default: FreeMonoBold from the usual system paths, else
     DejaVuSansMono-Bold with a WARNING; the font used is recorded), ``font_size`` (80), ``width``
@@ -197,7 +211,7 @@ class FigStep(Attack):
             xy=TEXT_XY,
             spacing=LINE_SPACING,
         )
-        pil = render_figstep(instruction, **layout)
+        pil = render_figstep(instruction, mode="L", **layout)  # grey by construction: a fast grey PNG
         image = Image.from_pil(pil, source=f"figstep:{sample.id}")
         meta: dict[str, Any] = {
             "attack": self.name,
