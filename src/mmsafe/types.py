@@ -160,7 +160,7 @@ class Image(_Frozen):
 
         The encoding is chosen here, for every caller, by the image's mode. An 8-bit grey image (mode
         ``"L"``: typography drawn grey, e.g. ``render_figstep(..., mode="L")``) is stored as an 8-bit grey
-        PNG at zlib level :data:`GREY_PNG_LEVEL` (1): for a FigStep image ~4× faster to encode than an RGB
+        PNG at zlib level :data:`GREY_PNG_LEVEL` (1): for a FigStep image 4–5× faster to encode than an RGB
         PNG at PIL's default level 6, and ~35% smaller. It decodes to the same RGB pixels (R = G = B = the
         grey value) wherever it is read: :meth:`to_pil`, hence OCR and the HF processors; the ``openai``
         backend's data URI carries the PNG bytes as they are, and any PNG decoder expands grey the same
