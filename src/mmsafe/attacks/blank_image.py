@@ -53,7 +53,15 @@ class BlankImage(Attack):
         from PIL import Image as PILImageModule
 
         p = self.params
-        return Image.from_pil(PILImageModule.new("RGB", p.size, p.colour), source="blank-image")
+        # a grey colour (R = G = B, the default white) is drawn as a grey image: stored as a grey PNG,
+        # it decodes to the same RGB pixels (see Image.from_pil)
+        grey = len(set(p.colour)) == 1
+        img = (
+            PILImageModule.new("L", p.size, p.colour[0])
+            if grey
+            else PILImageModule.new("RGB", p.size, p.colour)
+        )
+        return Image.from_pil(img, source="blank-image")
 
     def apply(self, sample: Sample, *, seed: int, target: ModelBackend | None = None) -> Prompt:
         p = self.params

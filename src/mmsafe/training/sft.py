@@ -169,7 +169,7 @@ def typographic_prompt(example: Example) -> Any:
     from mmsafe.types import Image
 
     title = example.title or example.request
-    image = Image.from_pil(render_figstep(title, font_path=find_font()[0]), source="sft:typographic")
+    image = Image.from_pil(render_figstep(title, font_path=find_font()[0], mode="L"), source="sft:typographic")
     return text_prompt(FIGSTEP_PROMPT, [image])
 
 

@@ -173,7 +173,7 @@ def typographic_prompt(title: str, *, font_path: str | None = None) -> Prompt:
     from mmsafe.types import Image
 
     font = font_path or find_font()[0]
-    image = Image.from_pil(render_figstep(title, font_path=font), source="sft-vision:typographic")
+    image = Image.from_pil(render_figstep(title, font_path=font, mode="L"), source="sft-vision:typographic")
     return text_prompt(FIGSTEP_PROMPT, [image])
 
 

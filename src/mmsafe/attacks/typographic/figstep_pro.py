@@ -89,10 +89,15 @@ def cut_points(
     return sorted({c for c in cuts if 0 < c < n})
 
 
-def render_phrase_line(phrase: str, *, font_path: str, font_size: int = 80) -> tuple[PILImage, float]:
+def render_phrase_line(
+    phrase: str, *, font_path: str, font_size: int = 80, mode: Literal["RGB", "L"] = "RGB"
+) -> tuple[PILImage, float]:
     """``phrase`` on one line (black on white, ``LINE_HEIGHT`` px high); returns ``(image, advance_px)``.
 
     The font must be monospaced for the cuts to fall between glyphs (FreeMonoBold: 48 px advance).
+    ``mode="L"`` draws the same pixels on an 8-bit grey canvas (as :func:`render_figstep` does; the
+    attack uses it, and :meth:`Image.from_pil <mmsafe.types.Image.from_pil>` stores each piece as a
+    fast grey PNG that decodes to the RGB render's pixels).
     """
     from PIL import Image as PILImageModule
     from PIL import ImageDraw
@@ -101,8 +106,9 @@ def render_phrase_line(phrase: str, *, font_path: str, font_size: int = 80) -> t
     advance = font.getlength("M")
     width = round(advance * len(phrase)) + RIGHT_MARGIN
     height = max(LINE_HEIGHT, font_size + 40)
-    img = PILImageModule.new("RGB", (width, height), (255, 255, 255))
-    ImageDraw.Draw(img).text(LINE_XY, phrase, fill=(0, 0, 0), font=font)
+    white, black = ((255, 255, 255), (0, 0, 0)) if mode == "RGB" else (255, 0)
+    img = PILImageModule.new(mode, (width, height), white)
+    ImageDraw.Draw(img).text(LINE_XY, phrase, fill=black, font=font)
     return img, advance
 
 
@@ -180,7 +186,7 @@ class FigStepPro(Attack):
     def pieces(self, phrase: str) -> tuple[list[PILImage], list[int]]:
         """The sub-images for ``phrase`` and the character cuts used."""
         p = self.params
-        line, advance = render_phrase_line(phrase, font_path=self.font[0], font_size=p.font_size)
+        line, advance = render_phrase_line(phrase, font_path=self.font[0], font_size=p.font_size, mode="L")
         cuts = cut_points(phrase, strategy=p.split, n_pieces=p.n_pieces)
         return split_phrase_image(line, cuts, advance), cuts
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -97,19 +97,28 @@ def mmsb_wrap(text: str, *, font_path: str, font_size: int = 90, max_width: int 
     return out, lines
 
 
-def render_mmsb_typo(text: str, *, font_path: str, font_size: int = 90, max_width: int = 1024) -> PILImage:
+def render_mmsb_typo(
+    text: str,
+    *,
+    font_path: str,
+    font_size: int = 90,
+    max_width: int = 1024,
+    mode: Literal["RGB", "L"] = "RGB",
+) -> PILImage:
     """The TYPO image: black text on white, ``max_width`` wide, ``font_size * (lines + 1)`` high.
 
-    Drawn at ``(0, font_size / 2)`` with Pillow's default anchor and line spacing.
+    Drawn at ``(0, font_size / 2)`` with Pillow's default anchor and line spacing. ``mode="L"`` draws
+    the same pixels on an 8-bit grey canvas (the TYPO attack uses it: :meth:`Image.from_pil
+    <mmsafe.types.Image.from_pil>` stores it as a fast grey PNG that decodes to the RGB render's pixels;
+    :func:`vertical_concat` takes either).
     """
     from PIL import Image as PILImageModule
     from PIL import ImageDraw
 
     wrapped, lines = mmsb_wrap(text, font_path=font_path, font_size=font_size, max_width=max_width)
-    img = PILImageModule.new("RGB", (max_width, font_size * (lines + 1)), (255, 255, 255))
-    ImageDraw.Draw(img).text(
-        (0, font_size / 2.0), wrapped, fill=(0, 0, 0), font=load_font(font_path, font_size)
-    )
+    white, black = ((255, 255, 255), (0, 0, 0)) if mode == "RGB" else (255, 0)
+    img = PILImageModule.new(mode, (max_width, font_size * (lines + 1)), white)
+    ImageDraw.Draw(img).text((0, font_size / 2.0), wrapped, fill=black, font=load_font(font_path, font_size))
     return img
 
 
@@ -209,8 +218,10 @@ class MMSafetyBenchTypo(Attack):
         return find_sans_font(self.params.font_path)
 
     def _typo(self, phrase: str) -> PILImage:
+        """The TYPO image of ``phrase``, drawn grey (stored as a grey PNG; the same RGB pixels)."""
+        p = self.params
         return render_mmsb_typo(
-            phrase, font_path=self.font[0], font_size=self.params.font_size, max_width=self.params.max_width
+            phrase, font_path=self.font[0], font_size=p.font_size, max_width=p.max_width, mode="L"
         )
 
     def _meta(self, sample: Sample, phrase: str, source: str) -> dict[str, Any]:

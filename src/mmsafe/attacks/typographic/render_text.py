@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import textwrap
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -60,14 +60,27 @@ def render_text_image(
     xy: tuple[int, int],
     spacing: int = 4,
     background: tuple[int, int, int] = (255, 255, 255),
+    mode: Literal["RGB", "L"] = "RGB",
 ) -> PILImage:
-    """Black ``wrapped`` text drawn at ``xy`` on a plain ``size`` RGB image."""
+    """Black ``wrapped`` text drawn at ``xy`` on a plain ``size`` image in ``mode``.
+
+    ``mode="L"`` draws on an 8-bit grey canvas (``background`` must then be grey, R = G = B): black
+    text on a grey background is grey by construction, and Pillow blends the grey canvas exactly as
+    each channel of the RGB one, so ``.convert("RGB")`` of it equals the RGB render pixel for pixel;
+    :meth:`Image.from_pil <mmsafe.types.Image.from_pil>` stores it as a fast grey PNG."""
     from PIL import Image as PILImageModule
     from PIL import ImageDraw
 
-    img = PILImageModule.new("RGB", size, background)
+    if mode == "L":
+        if len(set(background)) != 1:
+            raise ValueError(f"a grey render needs a grey background (R = G = B), not {background}")
+        img = PILImageModule.new("L", size, background[0])
+        black: int | tuple[int, int, int] = 0
+    else:
+        img = PILImageModule.new("RGB", size, background)
+        black = (0, 0, 0)
     ImageDraw.Draw(img).multiline_text(
-        xy, wrapped, fill=(0, 0, 0), font=load_font(font_path, font_size), spacing=spacing
+        xy, wrapped, fill=black, font=load_font(font_path, font_size), spacing=spacing
     )
     return img
 
@@ -152,6 +165,7 @@ class RenderText(Attack):
             font_size=size,
             size=(p.image_width, p.image_height),
             xy=(p.roi_x, p.roi_y),
+            mode="L",  # black on white: stored as a grey PNG, decodes to the same RGB pixels
         )
         from PIL import ImageDraw
 
