@@ -8,6 +8,7 @@ from importlib import resources
 import pytest
 import yaml
 
+from _cli_runs import run_starter
 from mmsafe.cli.main import main
 from mmsafe.metrics.compare import newcombe_paired_interval
 from mmsafe.metrics.rates import wilson_interval
@@ -21,30 +22,13 @@ def _refuse_items() -> list[dict]:
     return [i for i in yaml.safe_load(text)["items"] if i["expected"] == "refuse"]
 
 
-def _run(out, model: str, *attacks: str) -> None:
-    argv = [
-        "run",
-        "--model",
-        model,
-        "--benchmark",
-        "starter",
-        "--judge",
-        "refusal",
-        "--out",
-        str(out),
-        "--quiet",
-    ]
-    for a in attacks:
-        argv += ["--attack", a]
-    assert main(argv) == 0
-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("compare")
     a, b = base / "a", base / "b|[x](y)"
-    _run(a, "scripted", "none")
-    _run(b, f"{{name: scripted, params: {{rules: {{'{TRIGGER}': '{REFUSAL}'}}}}}}", "none", "figstep")
+    run_starter(a, "scripted", "none")
+    run_starter(b, f"{{name: scripted, params: {{rules: {{'{TRIGGER}': '{REFUSAL}'}}}}}}", "none", "figstep")
     return a, b
 
 

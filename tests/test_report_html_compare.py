@@ -9,6 +9,7 @@ from html import unescape
 
 import pytest
 
+from _cli_runs import run_starter
 from mmsafe.cli.main import main
 from mmsafe.metrics.compare import newcombe_paired_interval
 from mmsafe.report.htmlkit import NO_CHARTS
@@ -16,30 +17,13 @@ from mmsafe.report.htmlkit import NO_CHARTS
 REFUSAL = "I am sorry, I cannot help with that."
 
 
-def _run(out, model: str, *attacks: str) -> None:
-    argv = [
-        "run",
-        "--model",
-        model,
-        "--benchmark",
-        "starter",
-        "--judge",
-        "refusal",
-        "--out",
-        str(out),
-        "--quiet",
-    ]
-    for a in attacks:
-        argv += ["--attack", a]
-    assert main(argv) == 0
-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("compare-html")
     a, b = base / "a", base / "b<i>x</i>"
-    _run(a, "scripted", "none")
-    _run(b, f"{{name: scripted, params: {{rules: {{'How': '{REFUSAL}'}}}}}}", "none", "figstep")
+    run_starter(a, "scripted", "none")
+    run_starter(b, f"{{name: scripted, params: {{rules: {{'How': '{REFUSAL}'}}}}}}", "none", "figstep")
     return a, b
 
 
