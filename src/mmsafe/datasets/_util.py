@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -16,12 +16,14 @@ from mmsafe.types import Image, Sample, lone_surrogate
 __all__ = [
     "MAX_DEPTH",
     "ImageLoadError",
+    "ImageNotFound",
     "check_choices",
     "clip_repr",
     "image_folder",
     "item_image",
     "json_object",
     "jsonl_rows",
+    "load_first_image",
     "load_image",
     "provenance",
     "read_csv",
@@ -62,6 +64,10 @@ def read_packaged_items(filename: str, file_model: Any) -> tuple[Any, ...]:
 
 class ImageLoadError(Exception):
     """An image a row names cannot be used; the message is the reason recorded on the Sample."""
+
+
+class ImageNotFound(ImageLoadError):
+    """The image a row names is not there (as opposed to there but unusable)."""
 
 
 def require_file(root: Path, rel: str, *, benchmark: str) -> Path:
@@ -121,7 +127,7 @@ def load_image(root: Path, rel: str | Path, *, source: str | None = None) -> Ima
     name = source if source is not None else str(rel)
     try:
         if not path.is_file():
-            raise ImageLoadError(f"image not found: {name}")
+            raise ImageNotFound(f"image not found: {name}")
         size = path.stat().st_size
         if size > MAX_IMAGE_FILE_BYTES:  # before reading a byte of it
             raise ImageLoadError(
@@ -131,6 +137,25 @@ def load_image(root: Path, rel: str | Path, *, source: str | None = None) -> Ima
         return Image.from_path(path, source=name)
     except OSError as exc:  # unreadable, a name too long, a loop (Python ≥ 3.13 resolves loops as missing)
         raise ImageLoadError(f"cannot read image {clip_repr(name)}: {_os_reason(exc)}") from None
+
+
+def load_first_image(
+    root: Path,
+    candidates: Sequence[str],
+    *,
+    source: Callable[[str], str] | None = None,
+    missing: str | None = None,
+) -> Image:
+    """The first of ``candidates`` (paths relative to ``root``, e.g. one name with several extensions) that
+    is there, read with :func:`load_image` (``source(candidate)`` names it). A candidate that is there but
+    unusable (escapes ``root``, too large, unreadable) fails at once, without trying the others; when none
+    is there, :class:`ImageNotFound` says ``image not found: <missing>`` (default: the first candidate)."""
+    for cand in candidates:
+        try:
+            return load_image(root, cand, source=source(cand) if source else None)
+        except ImageNotFound:
+            continue
+    raise ImageNotFound(f"image not found: {missing if missing is not None else root / candidates[0]}")
 
 
 def clip_repr(value: Any, limit: int = 80) -> str:

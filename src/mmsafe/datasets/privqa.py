@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mmsafe.datasets._util import ImageLoadError, clip_repr, load_image, resolve_inside
+from mmsafe.datasets._util import ImageLoadError, clip_repr, load_first_image
 from mmsafe.datasets.base import Benchmark
 from mmsafe.errors import ConfigError
 from mmsafe.plugin_meta import Paper
@@ -266,7 +266,4 @@ class PrivQA(Benchmark):
             candidates = [f"{image_id}{s}" for s in _IMAGE_SUFFIXES] + [
                 f"{shard}/{image_id}{s}" for s in _IMAGE_SUFFIXES
             ]
-        for cand in candidates:
-            if resolve_inside(image_dir, cand).is_file():
-                return load_image(image_dir, cand)
-        raise ImageLoadError(f"image not found: {image_dir / candidates[0]}")
+        return load_first_image(image_dir, candidates)

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from mmsafe.datasets._util import ImageLoadError, load_image, read_csv, require_file, rows_to_samples
+from mmsafe.datasets._util import ImageLoadError, load_first_image, read_csv, require_file, rows_to_samples
 from mmsafe.datasets.base import Benchmark
 from mmsafe.plugin_meta import Paper
 from mmsafe.types import Expected, Image, Sample
@@ -149,12 +149,10 @@ class VLSU(Benchmark):
         )
 
     def _image(self, image_root: Path, uid: str) -> Image:
-        for ext in _IMAGE_EXTENSIONS:
-            try:
-                return load_image(image_root, f"{uid}{ext}", source=f"{self.params.image_dir}/{uid}{ext}")
-            except ImageLoadError as exc:
-                if not str(exc).startswith("image not found"):
-                    raise
-        raise ImageLoadError(
-            f"image not found: {self.params.image_dir}/{uid}{{{','.join(_IMAGE_EXTENSIONS)}}}"
+        shown = self.params.image_dir
+        return load_first_image(
+            image_root,
+            [f"{uid}{ext}" for ext in _IMAGE_EXTENSIONS],
+            source=lambda rel: f"{shown}/{rel}",
+            missing=f"{shown}/{uid}{{{','.join(_IMAGE_EXTENSIONS)}}}",
         )
