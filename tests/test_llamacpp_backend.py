@@ -106,7 +106,7 @@ def test_prompt_text_and_tokens_equal_the_transformers_path(model, hf_tokenizer)
     prompts = [_prompt(q) for q in QUESTIONS]
     prompts += [_prompt("Be brief.", system="You are terse."), _prompt("What does it say?", images=[img])]
     for prompt in prompts:
-        text, read = model.render(prompt)
+        text, _ = model.render(prompt)
         messages, _ = model._ocr.messages(prompt)  # the shared OCR front end: same messages for both paths
         hf_text = hf_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         assert text == hf_text
@@ -155,7 +155,7 @@ def test_spec_names_file_and_engine_and_differs_from_the_transformers_path(cache
     assert spec.key != theirs.spec.key
     older = REG.create("model", "llamacpp", {"binding": "xllamacpp 2026.1.0"})
     assert older.spec.key != spec.key  # another engine version: other cache entries
-    with pytest.raises(ConfigError, match="2026.1.0"):
+    with pytest.raises(ConfigError, match=r"2026\.1\.0"):
         older.load()
     again = REG.create("model", "llamacpp", {**spec.params, **spec.runtime})
     assert again.spec.key == spec.key

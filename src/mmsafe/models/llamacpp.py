@@ -194,6 +194,12 @@ class LlamaCppModel(ModelBackend):
     llama.cpp runs as its embedded server: it listens on a random 127.0.0.1 port, guarded by a random
     API key made at load and never logged; tokenising and completions go through it.
 
+    Threads: ``n_threads`` defaults to the physical cores, fastest on an otherwise idle machine (63-68
+    tok/s here with 2 threads on 2 cores). llama.cpp's threads wait for each other at every layer, so
+    when other processes take a core they stall: with two other jobs running here, 2 threads gave 4-11
+    tok/s and 1 thread 20-44 tok/s (llama.cpp's spin setting, ``poll``, did not help). On a shared
+    machine set ``n_threads`` below the free cores.
+
     Black box: no gradients and no hidden states (use ``gemma-ocr`` for white-box methods).
 
     Params: ``path`` (None: the default model), ``gguf_sha256`` and ``binding`` (filled), ``n_ctx``
@@ -324,6 +330,8 @@ class LlamaCppModel(ModelBackend):
         fmt = p.prompt_format
         if fmt == "auto":
             fmt = "dialogue" if p.path is None else "gguf"
+        template: Any
+        stops: tuple[str, ...]
         if fmt == "gguf":
             template, stops = meta.get("tokenizer.chat_template"), ()
         else:
