@@ -161,8 +161,10 @@ def _checked_sha256(path: str) -> str:
 class LlamaCppModel(ModelBackend):
     """llama.cpp on the CPU for any local GGUF model (default: Gemma-3-270M), images read by OCR.
 
-    The engine is upstream llama.cpp (quantised kernels, ~6-8x the tokens/s of the default model on
-    transformers here: ``benchmarks/gguf_backend.py``) embedded in this process through ``xllamacpp``.
+    The engine is upstream llama.cpp (quantised kernels) embedded in this process through ``xllamacpp``.
+    ``benchmarks/gguf_backend.py`` (8 starter prompts, 64 greedy tokens, 2 cores shared with two other
+    jobs): 39.7 new tokens/s against 10.1 for ``gemma-ocr`` one prompt at a time (3.9x) and 30.6 for
+    ``gemma-ocr`` batching all 8; decoding alone reached 63-68 tokens/s when the cores were free.
     Binding chosen by measurement (2026-12, 2 cores): ``xllamacpp`` (Xorbits, MIT, upstream llama.cpp,
     monthly releases, one abi3 manylinux wheel for every CPython >= 3.10, installs in ~1 s) ran the
     default model at 63-68 tok/s; ``ik-llama-cpp-python`` (a single-maintainer fork, per-Python wheels)
@@ -183,8 +185,10 @@ class LlamaCppModel(ModelBackend):
     Identity: the spec holds the file's sha256 and the binding's name and version, so answers cached
     from another file, another engine version or the ``gemma-ocr`` (transformers) path never mix.
 
-    Generation: one sequence at a time (llama.cpp decodes one prompt per slot here; ``generate``
-    loops over its batch), prompt cache off, so an answer depends only on its prompt and seed.
+    Generation: one sequence at a time (one llama.cpp slot; ``generate`` loops over its batch; not
+    async), prompt cache off, so an answer depends only on its prompt and seed. llama.cpp can decode
+    several slots together, but measured here 8 parallel slots changed 6 of 16 greedy answers against
+    one at a time, so mmsafe does not use them.
     Greedy when ``temperature`` is 0; otherwise llama.cpp's sampler with ``temperature``, ``top_p``
     and the runner's per-item seed (top-k, min-p and penalties off) — reproducible, but not the same
     random draws as transformers. Answers end at the model's end-of-generation tokens or before the
@@ -212,14 +216,14 @@ class LlamaCppModel(ModelBackend):
     name: ClassVar[str] = "llamacpp"
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = LlamaCppParams
-    capabilities: ClassVar[frozenset[str]] = frozenset({"system_prompt"})
+    capabilities: ClassVar[frozenset[str]] = frozenset({"images", "system_prompt"})
     #: threads and where the GGUF is cached change how it runs, not what it computes
     runtime_params: ClassVar[frozenset[str]] = ModelBackend.runtime_params | {"n_threads", "cache_dir"}
 
     def __init__(self, params: BaseModel | dict[str, Any] | None = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
-        if self.p.image_input == "ocr":
-            self.capabilities = type(self).capabilities | {"images"}  # type: ignore[misc]
+        if self.p.image_input == "reject":
+            self.capabilities = type(self).capabilities - {"images"}  # type: ignore[misc]
         self._server: Any = None
         self._url = ""
         self._key = ""
@@ -247,7 +251,7 @@ class LlamaCppModel(ModelBackend):
         if self._server is not None:
             return
         p = self.p
-        xllamacpp = require(BINDING, extra=EXTRA, purpose="the llama.cpp backend")
+        xllamacpp = require("xllamacpp", extra=EXTRA, purpose="the llama.cpp backend")
         installed = _installed_binding()
         if p.binding is not None and installed != p.binding:
             raise ConfigError(
