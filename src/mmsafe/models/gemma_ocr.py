@@ -7,24 +7,16 @@ converted once by :func:`mmsafe.models.gemma.ensure_gemma3_270m`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmsafe.models._hf_util import AdapterFields
 from mmsafe.models.base import GenerationParams, ModelBackend
-from mmsafe.models.gemma import (
-    DIALOGUE_STOP,
-    GEMMA_CHAT_TEMPLATE,
-    GemmaDType,
-    dialogue_template,
-    ensure_gemma3_270m,
-)
+from mmsafe.models.gemma import GemmaDType, PromptFormat, ensure_gemma3_270m, gemma_prompt_format
 from mmsafe.models.hf_text import HFTextModel, HFTextParams
 
 __all__ = ["NOTE", "GemmaOCR", "GemmaOCRParams"]
-
-PromptFormat = Literal["dialogue", "gemma"]
 
 NOTE = (
     "Gemma-3-270M base: a real but small, unaligned base model read through OCR; its numbers show how "
@@ -108,7 +100,7 @@ class GemmaOCR(HFTextModel):
         p = self.params
         assert isinstance(p, GemmaOCRParams)
         path = ensure_gemma3_270m(Path(p.cache_dir) if p.cache_dir else None)  # bfloat16 on disk
-        dialogue = p.prompt_format == "dialogue"
+        template, stops = gemma_prompt_format(p.prompt_format)
         return HFTextParams(
             path=str(path),
             dtype=p.dtype,
@@ -116,8 +108,8 @@ class GemmaOCR(HFTextModel):
             batch_size=p.batch_size,
             generation=p.generation,
             system_prompt=p.system_prompt,
-            chat_template=dialogue_template() if dialogue else GEMMA_CHAT_TEMPLATE,
-            stop_strings=DIALOGUE_STOP if dialogue else (),
+            chat_template=template,
+            stop_strings=stops,
             image_input="ocr",
             ocr_lang=p.ocr_lang,
             cpu_threads=p.cpu_threads,

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mmsafe.errors import ConfigError, MissingDependency, require
+from mmsafe.errors import ConfigError, require
 from mmsafe.models._hf_util import (
     AdapterFields,
     BatchedHFGeneration,
@@ -27,30 +27,23 @@ from mmsafe.models._hf_util import (
     checkpoint_errors,
     cut_at_stop,
     layer_outputs,
-    to_conversation,
 )
 from mmsafe.models.base import GenerationParams, WhiteBoxModel
-from mmsafe.types import Image, Prompt
+from mmsafe.models.ocr_prompt import (
+    IMAGE_TEXT_FORMAT,
+    NO_TEXT,
+    ImageInput,
+    OCRFrontEnd,
+    format_image_text,
+    require_tesseract,
+)
+from mmsafe.types import Prompt
 
-__all__ = ["IMAGE_TEXT_FORMAT", "HFTextModel", "HFTextParams", "format_image_text"]
+__all__ = ["IMAGE_TEXT_FORMAT", "NO_TEXT", "HFTextModel", "HFTextParams", "format_image_text"]
 
 log = logging.getLogger(__name__)
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
-ImageInput = Literal["ocr", "reject"]
-
-#: How the OCR'd text of the n-th image (1-based, counted over the whole prompt) enters its turn.
-IMAGE_TEXT_FORMAT = "[Text in image {n}]: {text}"
-#: What stands in for the text of an image in which OCR found none.
-NO_TEXT = "(no text found)"
-
-
-def format_image_text(n: int, text: str) -> str:
-    """The line(s) that replace image ``n`` in a turn: :data:`IMAGE_TEXT_FORMAT` with the OCR text,
-    its lines stripped and blank lines dropped (a multi-line read stays multi-line)."""
-    lines = [line.strip() for line in text.splitlines()]
-    body = "\n".join(line for line in lines if line)
-    return IMAGE_TEXT_FORMAT.format(n=n, text=body or NO_TEXT)
 
 
 class HFTextParams(AdapterFields):
@@ -136,7 +129,7 @@ class HFTextModel(BatchedHFGeneration, WhiteBoxModel):
         self._device: Any = None
         self._eos_ids: frozenset[int] = frozenset()
         self._settings: HFTextParams | None = None
-        self._ocr_cache: dict[str, str] = {}  # image sha256 → OCR text, for this loaded model only
+        self._ocr: OCRFrontEnd | None = None  # images → their OCR text (cached), for this loaded model only
         #: the card of the adapter merged on load (``adapter`` param), else None
         self.adapter_card: dict[str, Any] | None = None
         self._stop_criteria: Any = None  # built once per loaded model (see _stopping_criteria)
@@ -157,15 +150,15 @@ class HFTextModel(BatchedHFGeneration, WhiteBoxModel):
         transformers = require("transformers", extra="hf", purpose="the Hugging Face text backend")
         s = self._text_params()
         if s.image_input == "ocr":
-            from mmsafe.ocr import tesseract_available
-
-            if not tesseract_available():
-                raise MissingDependency(
-                    "image_input='ocr' needs pytesseract and the tesseract binary: pip install "
-                    "'mmsafe[ocr]' and apt-get install tesseract-ocr tesseract-ocr-eng (or set "
-                    "image_input='reject')"
-                )
+            require_tesseract()
         self._settings = s
+        self._ocr = OCRFrontEnd(
+            model=self.name,
+            image_input=s.image_input,
+            lang=s.ocr_lang,
+            timeout_s=s.ocr_timeout_s,
+            system_prompt=s.system_prompt,
+        )
         t0 = time.perf_counter()
         device = s.device
         if device == "auto":
@@ -217,23 +210,14 @@ class HFTextModel(BatchedHFGeneration, WhiteBoxModel):
     def close(self) -> None:
         on_cuda = self._device is not None and self._device.type == "cuda"
         self._model = self._tokenizer = self._stop_criteria = None
-        self._ocr_cache.clear()
+        if self._ocr is not None:
+            self._ocr.clear()
         if on_cuda:
             import torch
 
             torch.cuda.empty_cache()
 
     # --------------------------------------------------------------- rendering
-
-    def _read_image(self, image: Image, pil: Any) -> str:
-        text = self._ocr_cache.get(image.sha256)
-        if text is None:
-            from mmsafe.ocr import ocr_image
-
-            assert self._settings is not None
-            text = ocr_image(pil, lang=self._settings.ocr_lang, timeout=self._settings.ocr_timeout_s)
-            self._ocr_cache[image.sha256] = text
-        return text
 
     def render(self, prompt: Prompt) -> tuple[str, list[str]]:
         """The templated text of ``prompt`` (generation prompt included) and the OCR text of each image.
@@ -246,28 +230,11 @@ class HFTextModel(BatchedHFGeneration, WhiteBoxModel):
         return text, image_texts
 
     def _messages(self, prompt: Prompt) -> tuple[list[dict[str, str]], list[str]]:
-        """Chat messages with string contents (each image replaced by its OCR text) and the OCR texts."""
+        """Chat messages with string contents (each image replaced by its OCR text) and the OCR texts
+        (:class:`~mmsafe.models.ocr_prompt.OCRFrontEnd`, shared with ``llamacpp``)."""
         self._ensure_loaded()
-        assert self._settings is not None
-        conversation, pil_images = to_conversation(prompt, system_prompt=self._settings.system_prompt)
-        if pil_images and self._settings.image_input == "reject":
-            raise ValueError(
-                f"{self.name} reads text only and image_input='reject': this prompt has "
-                f"{len(pil_images)} image(s) (set image_input='ocr' to read them with Tesseract)"
-            )
-        image_texts = [self._read_image(img, pil) for img, pil in zip(prompt.images, pil_images, strict=True)]
-        n = 0
-        messages = []
-        for turn in conversation:
-            pieces = []
-            for part in turn["content"]:
-                if part["type"] == "image":
-                    pieces.append(format_image_text(n + 1, image_texts[n]))
-                    n += 1
-                else:
-                    pieces.append(part["text"])
-            messages.append({"role": turn["role"], "content": "\n".join(pieces)})
-        return messages, image_texts
+        assert self._ocr is not None
+        return self._ocr.messages(prompt)
 
     def render_answer(self, prompt: Prompt, answer: str) -> tuple[str, str]:
         """(prompt text, the text the model should write after it) for training on ``answer``.
