@@ -31,6 +31,8 @@ class _SummaryOptional(TypedDict, total=False):
 
     #: human labels vs each other and vs the judges (:func:`mmsafe.report.human.human_summary`), when any are stored
     human: dict[str, Any]
+    #: what the outputs were written from (:func:`output_stamp`): equal stamps, equal outputs
+    stamp: str
 
 
 class Summary(_SummaryOptional):
@@ -464,14 +466,47 @@ def adversarial_summary(tally: Tally, labels: dict[tuple[str, str], str]) -> lis
 REPORT_MAX_ITEMS = 20_000
 
 
-def write_outputs(store: Store, out_dir: str | Path) -> dict[str, Path]:
-    """(Re)write ``summary.json``, ``report.md`` and ``report.html`` in ``out_dir`` from ``store``."""
+def output_stamp(store: Store) -> str | None:
+    """What the outputs of ``store`` are a function of: the store's content stamp
+    (:meth:`Store.content_stamp`, bumped by every write a report reads) and this mmsafe's version. None
+    when the store has no stamp (made before stamps, opened read-only since): its outputs are always rewritten."""
+    from mmsafe import __version__
+
+    content = store.content_stamp()
+    return None if content is None else f"{content}:mmsafe-{__version__}"
+
+
+def _current(paths: dict[str, Path], stamp: str | None) -> bool:
+    """Whether the outputs at ``paths`` all exist and ``summary.json`` was written under ``stamp``."""
+    if stamp is None or not all(p.is_file() for p in paths.values()):
+        return False
+    try:
+        with paths["summary"].open(encoding="utf-8") as fh:
+            written = json.load(fh).get("stamp")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return written == stamp
+
+
+def write_outputs(store: Store, out_dir: str | Path, *, force: bool = False) -> dict[str, Path]:
+    """(Re)write ``summary.json``, ``report.md`` and ``report.html`` in ``out_dir`` from ``store``.
+
+    Outputs that exist and were written under the store's current :func:`output_stamp` are left as they
+    are (the same store content and mmsafe version give the same outputs, but for ``generated``), unless
+    ``force``: a rerun of a finished run, or ``mmsafe report`` twice, rewrites nothing."""
     from mmsafe.report.browser import browser_section
     from mmsafe.report.html import render_html
     from mmsafe.report.markdown import render
 
     out = Path(out_dir)
+    paths = {"summary": out / "summary.json", "report": out / "report.md", "html": out / "report.html"}
+    stamp = output_stamp(store)
+    if not force and _current(paths, stamp):
+        log.info("outputs in %s are current (store %s); not rewritten", out, stamp)
+        return paths
     summary = build_summary(store)
+    if stamp is not None:
+        summary["stamp"] = stamp
     if summary["n_unreadable"]:
         log.warning(
             "%d record(s) of %s cannot be read and are left out of the report (key %r…)",
@@ -479,12 +514,12 @@ def write_outputs(store: Store, out_dir: str | Path) -> dict[str, Path]:
             store.path,
             summary["unreadable"][0][:16],
         )
-    paths = {"summary": out / "summary.json", "report": out / "report.md", "html": out / "report.html"}
-    _atomic_write(paths["summary"], json.dumps(summary, indent=2, sort_keys=True, default=str))
     errors = store.error_groups()
     _atomic_write(paths["report"], render(summary, errors=errors, examples=store.examples(3)))
     html = render_html(summary, errors=errors, sections=[browser_section(store, max_items=REPORT_MAX_ITEMS)])
     _atomic_write(paths["html"], html)
+    # last: its stamp says the other two are current (a crash before it leaves them to be rewritten)
+    _atomic_write(paths["summary"], json.dumps(summary, indent=2, sort_keys=True, default=str))
     return paths
 
 

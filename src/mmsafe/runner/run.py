@@ -166,18 +166,24 @@ class Runner:
         log.info("benchmark %s: %d samples", bench.name, len(ids))
         return ids
 
-    def _missing(
-        self, model: ModelBackend, cell: tuple[Benchmark, Attack, Defense], sample_id: str, done: set[str]
-    ) -> list[Judge]:
-        b, a, d = cell
-        return [j for j in self.grid.judges if record_key(model, b, sample_id, a, d, j) not in done]
+    def _judge_keys(self) -> list[tuple[Judge, str]]:
+        """Each judge of the grid with its spec key (a spec is built, and hashed, on every ``.spec``)."""
+        return [(j, j.spec.key) for j in self.grid.judges]
+
+    @staticmethod
+    def _missing(judges: list[tuple[Judge, str]], sample_id: str, done: set[tuple[str, str]]) -> list[Judge]:
+        """The judges still owing ``sample_id`` a completed record, given the cell's ``done`` (sample id, judge
+        key) pairs (:meth:`Store.done_pairs`): a record of the cell with that sample and judge has the key
+        :func:`record_key` gives them, so the pairs say what the keys would, without hashing a key per pair."""
+        return [j for j, key in judges if (sample_id, key) not in done]
 
     def _iter_items(self, model: ModelBackend, cell: _Cell, store: Store) -> Iterator[_Item]:
         """The items of ``cell`` still missing a completed record, made one at a time as they are needed."""
         b, a, d = cell.bench, cell.attack, cell.defense
-        done = store.done_keys(model.spec.key, b.spec.key, a.spec.key, d.spec.key)
+        done = store.done_pairs(model.spec.key, b.spec.key, a.spec.key, d.spec.key)
+        judge_keys = self._judge_keys()
         for s in self._samples(b):
-            judges = self._missing(model, (b, a, d), s.id, done)
+            judges = self._missing(judge_keys, s.id, done)
             if judges:
                 yield _Item(cell=cell, sample=s, judges=judges, seed=item_seed(self.config.seed, s.id, a))
 
@@ -200,12 +206,16 @@ class Runner:
         of ``index`` and the done keys read here would otherwise stay in memory for the whole run."""
         owed: dict[int, dict[tuple[Benchmark, Attack, Defense], int]] = {}
         cells_total = 0
+        judge_keys = self._judge_keys()
+        keys = {id(c): c.spec.key for c in (*self.grid.benchmarks, *self.grid.attacks, *self.grid.defenses)}
         for m in self.grid.models:
             owed[id(m)] = {}
+            model_key = m.spec.key
             for b, a, d in product(self.grid.benchmarks, self.grid.attacks, self.grid.defenses):
-                done = store.done_keys(m.spec.key, b.spec.key, a.spec.key, d.spec.key)
-                n = sum(len(self._missing(m, (b, a, d), sid, done)) for sid in index[b.spec.key])
-                cells_total += len(index[b.spec.key]) * len(self.grid.judges)
+                done = store.done_pairs(model_key, keys[id(b)], keys[id(a)], keys[id(d)])
+                ids = index[keys[id(b)]]
+                n = sum(len(self._missing(judge_keys, sid, done)) for sid in ids)
+                cells_total += len(ids) * len(judge_keys)
                 if n:
                     owed[id(m)][(b, a, d)] = n
         return owed, cells_total

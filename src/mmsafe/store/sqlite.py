@@ -21,6 +21,7 @@ import logging
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,6 +59,16 @@ CREATE TABLE IF NOT EXISTS human_labels (
     item TEXT NOT NULL, annotator TEXT NOT NULL, scheme TEXT NOT NULL, label TEXT NOT NULL, note TEXT,
     created REAL NOT NULL, PRIMARY KEY (item, annotator, scheme));
 """
+
+#: The tables a report reads. Every change to one of them, by mmsafe or by any other program writing the
+#: file, bumps ``meta.content_version`` through these triggers (:meth:`Store.content_stamp`).
+_WATCHED = ("records", "images", "human_labels", "judge_evals")
+_BUMP = "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = 'content_version'"
+_SCHEMA += "".join(
+    f"CREATE TRIGGER IF NOT EXISTS {table}_{op.lower()}_bumps AFTER {op} ON {table} BEGIN {_BUMP}; END;\n"
+    for table in _WATCHED
+    for op in ("INSERT", "UPDATE", "DELETE")
+)
 
 STORE_FILE = "mmsafe.sqlite"
 
@@ -194,7 +205,8 @@ class Store:
             self._wal()
             self._db.executescript(
                 f"BEGIN IMMEDIATE;{_SCHEMA}"
-                f"INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');COMMIT;"
+                f"INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');"
+                f"{self._stamp_sql()}COMMIT;"
             )
             return
         found = None
@@ -215,7 +227,15 @@ class Store:
             )
         if not self.readonly:  # only now that the file is known to be ours
             self._wal()
-            self._db.executescript(_SCHEMA)  # tables or indexes added since the store was made
+            # tables or indexes added since the store was made, and its content stamp (stores made before it)
+            self._db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}{self._stamp_sql()}COMMIT;")
+
+    @staticmethod
+    def _stamp_sql() -> str:
+        return (
+            f"INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', '{uuid.uuid4().hex}');"
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('content_version', '0');"
+        )
 
     def _wal(self) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -241,6 +261,26 @@ class Store:
     @_sql
     def set_meta(self, key: str, value: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # -- content stamp -------------------------------------------------------------------------------
+    @_sql
+    def content_stamp(self) -> str | None:
+        """``"<store id>:<content version>:<schema version>"``: the content version goes up with every row written to what a report reads
+        (records, images, human labels, judge evaluations: SQL triggers, so a change made by another program
+        counts too) and when the list of run names changes; never for the response cache. Equal stamps mean
+        equal report inputs, so outputs written from this store under a stamp are current while the stamp is
+        (see :func:`mmsafe.report.write_outputs`). None for a store made before stamps and not opened for
+        writing since (its triggers and counter are added then)."""
+        rows = dict(self._db.execute("SELECT key, value FROM meta WHERE key IN ('store_id', 'content_version')"))
+        if "store_id" not in rows or "content_version" not in rows:
+            return None
+        # SQLite's own count of schema changes: a table or trigger dropped or added by any program
+        schema = self._db.execute("PRAGMA schema_version").fetchone()[0]
+        return f"{rows['store_id']}:{rows['content_version']}:{schema}"
+
+    def _changed(self) -> None:
+        """Bump the content version where no trigger does (the list of runs, in ``meta``)."""
+        self._db.execute(_BUMP)
 
     # -- images --------------------------------------------------------------------------------------
     @_sql
@@ -340,6 +380,16 @@ class Store:
             "AND error IS NULL"
         )
         return {k for (k,) in self._db.execute(q, (model, benchmark, attack, defense))}
+
+    @_sql
+    def done_pairs(self, model: str, benchmark: str, attack: str, defense: str) -> set[tuple[str, str]]:
+        """(sample id, judge spec key) of the records of one cell that completed without error: the same
+        records as :meth:`done_keys`, named by the columns a record's key is made of (no key to rebuild)."""
+        q = (
+            "SELECT sample_id, judge FROM records WHERE model=? AND benchmark=? AND attack=? AND defense=? "
+            "AND error IS NULL"
+        )
+        return set(self._db.execute(q, (model, benchmark, attack, defense)))
 
     def iter_records(self, *, slim: bool = False, by_cell: bool = False) -> Iterator[Record]:
         """Every readable record, one at a time; a row that cannot be read is skipped and noted in
@@ -452,9 +502,15 @@ class Store:
         return json.loads(text) if text else []
 
     def add_run(self, info: dict[str, Any]) -> None:
-        with self._lock:
-            runs = [r for r in self.runs() if r.get("name") != info.get("name")] + [info]
-            self.set_meta("runs", json.dumps(runs))
+        """Record a run's ``info`` (its name, config, times), replacing the entry of the same name. The report
+        reads only the names: the content version goes up only when their list changes."""
+        with self._lock, _translated(self.path), self._tx():
+            row = self._db.execute("SELECT value FROM meta WHERE key='runs'").fetchone()
+            old = json.loads(row[0]) if row else []
+            runs = [r for r in old if r.get("name") != info.get("name")] + [info]
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('runs', ?)", (json.dumps(runs),))
+            if [r.get("name") for r in runs] != [r.get("name") for r in old]:
+                self._changed()
 
     # -- judge evaluations --------------------------------------------------------------------------------
     @_sql
