@@ -57,18 +57,27 @@ class Summary(_SummaryOptional):
     calibrated: NotRequired[list[dict[str, Any]]]
 
 
-def build_summary(store: Store) -> Summary:
+def build_summary(store: Store, *, reference: bool = False) -> Summary:
     """The summary of every readable record of ``store``.
 
-    The records are read once, slim and in cell order (see :meth:`Store.iter_records`), into a
-    :class:`~mmsafe.report.tally.Tally` that keeps a few small values per record, never the records:
-    memory grows with the number of verdicts, not with what each record holds. Cell order makes the
-    summary independent of the order the records were written in."""
+    The records are read once, in cell order, into a :class:`~mmsafe.report.tally.Tally` that keeps a few small
+    values per record, never the records: memory grows with the number of verdicts, not with what each record
+    holds. Cell order makes the summary independent of the order the records were written in. Each record comes
+    as the facts the store computed when it was written (:mod:`mmsafe.store.facts`, read without pydantic), or,
+    where it has none, or with ``reference``, as the slim record validated whole (:meth:`Store.iter_records`):
+    ``reference`` is the readable definition that tests compare the fast path with, number for number."""
     from mmsafe.report.human import human_summary
 
     tally = Tally()
-    for record in store.iter_records(slim=True, by_cell=True):
-        tally.add(record)
+    if reference:
+        for record in store.iter_records(slim=True, by_cell=True):
+            tally.add(record)
+    else:
+        for item in store.iter_facts():
+            if isinstance(item, tuple):
+                tally.add_facts(*item)
+            else:
+                tally.add(item)
     evals = {key: store.judge_evals(key) for key in tally.components.get("judge", {})}
     summary = summarise_tally(
         tally, runs=[r["name"] for r in store.runs()], unreadable=store.unreadable, judge_evals=evals

@@ -25,12 +25,15 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from pydantic import ValidationError
 
 from mmsafe.errors import StoreError
 from mmsafe.types import ComponentSpec, Generation, Image, Record
+
+if TYPE_CHECKING:
+    from mmsafe.store.facts import RecordFacts
 
 log = logging.getLogger("mmsafe.store")
 
@@ -58,6 +61,11 @@ CREATE TABLE IF NOT EXISTS judge_evals (
 CREATE TABLE IF NOT EXISTS human_labels (
     item TEXT NOT NULL, annotator TEXT NOT NULL, scheme TEXT NOT NULL, label TEXT NOT NULL, note TEXT,
     created REAL NOT NULL, PRIMARY KEY (item, annotator, scheme));
+CREATE TABLE IF NOT EXISTS record_facts (key TEXT PRIMARY KEY, facts TEXT NOT NULL);
+CREATE TRIGGER IF NOT EXISTS record_facts_stale AFTER UPDATE ON records
+    BEGIN DELETE FROM record_facts WHERE key = OLD.key OR key = NEW.key; END;
+CREATE TRIGGER IF NOT EXISTS record_facts_gone AFTER DELETE ON records
+    BEGIN DELETE FROM record_facts WHERE key = OLD.key; END;
 """
 
 #: The tables a report reads. Every change to one of them, by mmsafe or by any other program writing the
@@ -82,6 +90,8 @@ SLIM_DROPS = (
     "$.judgement.rationale",
 )
 _SPEC_FIELDS = ("model", "benchmark_spec", "attack", "defense", "judge")
+#: the records table's column of each spec field
+_COLUMNS = ("model", "benchmark", "attack", "defense", "judge")
 
 
 def generation_id(model: str, benchmark: str, attack: str, defense: str, sample_id: str) -> str:
@@ -171,6 +181,7 @@ class Store:
         #: record key → why it could not be read, for the rows the last :meth:`iter_records` skipped
         self.unreadable: dict[str, str] = {}
         self._lock = threading.RLock()
+        self._has_facts = False
         with _translated(p):
             if (
                 readonly
@@ -208,6 +219,7 @@ class Store:
                 f"INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');"
                 f"{self._stamp_sql()}COMMIT;"
             )
+            self._has_facts = True
             return
         found = None
         if "meta" in tables:
@@ -229,6 +241,29 @@ class Store:
             self._wal()
             # tables or indexes added since the store was made, and its content stamp (stores made before it)
             self._db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}{self._stamp_sql()}COMMIT;")
+            self._has_facts = True
+            if "record_facts" not in tables:  # a store made before facts: computed once for its records
+                self._backfill_facts()
+        else:
+            self._has_facts = "record_facts" in tables
+
+    def _backfill_facts(self) -> None:
+        """Write the facts of every readable record that has none (one pass, one transaction)."""
+        from mmsafe.store.facts import encode, record_facts
+
+        rows = self._db.execute(
+            "SELECT r.key, r.record FROM records r LEFT JOIN record_facts f ON f.key = r.key WHERE f.key IS NULL"
+        )
+        facts = []
+        for key, text in rows:
+            try:
+                facts.append((key, encode(record_facts(Record.model_validate_json(text)))))
+            except Exception:  # unreadable: the report reads it whole and counts it
+                continue
+        if facts:
+            with self._tx():
+                self._db.executemany("INSERT OR REPLACE INTO record_facts (key, facts) VALUES (?, ?)", facts)
+            log.info("computed the report facts of %d records of %s (once)", len(facts), self.path)
 
     @staticmethod
     def _stamp_sql() -> str:
@@ -236,6 +271,9 @@ class Store:
             f"INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', '{uuid.uuid4().hex}');"
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('content_version', '0');"
         )
+
+    def _table(self, name: str) -> bool:
+        return bool(self._db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone())
 
     def _wal(self) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -334,9 +372,17 @@ class Store:
     # -- records -----------------------------------------------------------------------------------------
     @_sql
     def put_records(self, records: Iterable[Record], images: Iterable[Image] = ()) -> None:
-        """Write records (and the images they name) in one transaction; a record with the same key is replaced."""
+        """Write records (and the images they name) in one transaction; a record with the same key is replaced.
+        Each record's :func:`~mmsafe.store.facts.record_facts` are written beside it, in the same transaction."""
+        from mmsafe.store.facts import encode, record_facts
+
         rows = []
+        fact_rows = []
         for r in records:
+            try:
+                fact_rows.append((r.key, encode(record_facts(r))))
+            except Exception as exc:  # a record the report will read whole (and report as it can)
+                log.debug("no facts for record %r (%s); the report reads it whole", r.key[:80], exc)
             err = r.error or (r.judgement.error if r.judgement else None)
             rows.append(
                 (
@@ -365,6 +411,8 @@ class Store:
                 "sample_id, category, error, record, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
+            if self._has_facts:
+                self._db.executemany("INSERT OR REPLACE INTO record_facts (key, facts) VALUES (?, ?)", fact_rows)
 
     @_sql
     def record_status(self) -> dict[str, bool]:
@@ -433,6 +481,79 @@ class Store:
             if slim:
                 record = _intern(record, row[2:], interned)
             yield record
+
+    def iter_facts(
+        self,
+    ) -> Iterator[tuple[tuple[str, str, str, str, str], list[ComponentSpec], RecordFacts] | Record]:
+        """Every readable record in cell order, as ``iter_records(slim=True, by_cell=True)`` gives them, each as
+        its spec keys (model, benchmark, attack, defense, judge), those specs and its facts
+        (:mod:`mmsafe.store.facts`) when the store has its facts, else as the slim :class:`Record` itself (read
+        and validated whole). Unreadable rows are skipped and noted in :attr:`unreadable`."""
+        from mmsafe.store.facts import decode
+
+        if not self._has_facts:  # a store from before facts, opened read-only
+            yield from self.iter_records(slim=True, by_cell=True)
+            return
+        self.unreadable = {}
+        drops = ", ".join(f"'{p}'" for p in SLIM_DROPS)
+        specs = ", ".join(f"IIF(f.facts IS NULL AND ok, json_extract(record, '$.{f}'), NULL)" for f in _SPEC_FIELDS)
+        query = (
+            "SELECT r.key, r.model, r.benchmark, r.attack, r.defense, r.judge, f.facts, "
+            f"IIF(f.facts IS NULL, IIF(ok, json_remove(record, {drops}), record), NULL), {specs} "
+            "FROM (SELECT *, json_valid(record) AS ok FROM records) r LEFT JOIN record_facts f ON f.key = r.key "
+            "ORDER BY r.model, r.benchmark, r.attack, r.defense, r.judge, r.sample_id, r.key"
+        )
+        strings: dict[str, str] = {}
+        interned: dict[str, ComponentSpec] = {}
+        known: dict[tuple[str, str], ComponentSpec | None] = {}
+        with self._lock, _translated(self.path):
+            rows = self._db.execute(query)
+        while True:
+            with self._lock, _translated(self.path):  # a damaged page shows up only when it is reached
+                batch = rows.fetchmany(512)
+            if not batch:
+                return
+            for row in batch:
+                key = str(row[0])
+                keys = (row[1], row[2], row[3], row[4], row[5])
+                facts = None if row[6] is None else decode(row[6], strings)
+                if facts is not None:
+                    found = [self._spec(known, col, k) for col, k in zip(_COLUMNS, keys, strict=True)]
+                    if all(found):
+                        yield keys, cast("list[ComponentSpec]", found), facts
+                        continue
+                text = row[7]
+                if text is None:  # facts that could not be used: the record, whole
+                    with self._lock, _translated(self.path):
+                        text = self._db.execute("SELECT record FROM records WHERE key=?", (key,)).fetchone()[0]
+                try:
+                    record = Record.model_validate_json(text)
+                except (ValueError, RecursionError) as exc:  # damaged, or written by another mmsafe version
+                    n = exc.error_count() if isinstance(exc, ValidationError) else 1
+                    self.unreadable[key] = f"{type(exc).__name__} ({n} error{'s' * (n != 1)})"
+                    continue
+                yield _intern(record, row[8:], interned)
+
+    def _spec(self, known: dict[tuple[str, str], ComponentSpec | None], col: str, key: str) -> ComponentSpec | None:
+        """The spec with ``key`` in records column ``col``, from a readable record that has it (a key names one
+        spec: a hash of it); None when no record of the key can be read."""
+        if (col, key) in known:
+            return known[(col, key)]
+        path = dict(zip(_COLUMNS, _SPEC_FIELDS, strict=True))[col]
+        q = f"SELECT json_extract(record, '$.{path}') FROM records WHERE {col}=? AND json_valid(record) LIMIT 8"
+        spec = None
+        with self._lock, _translated(self.path):
+            texts = [t for (t,) in self._db.execute(q, (key,))]
+        for text in texts:
+            try:
+                spec = ComponentSpec.model_validate_json(text) if isinstance(text, str) else None
+            except ValueError:
+                continue
+            if spec is not None and spec.key == key:
+                break
+            spec = None
+        known[(col, key)] = spec
+        return spec
 
     @_sql
     def error_groups(self) -> list[tuple[str, str, int, str]]:
