@@ -101,14 +101,18 @@ def build(work: Path, n_records: int) -> tuple[Path, Path]:
         for i in range(TEMPLATE, n_samples):
             sid = f"r{i:06d}"
             for r in by_sample[ids[i % TEMPLATE]]:
-                key = stable_hash([r.model.key, r.benchmark_spec.key, sid, r.attack.key, r.defense.key, r.judge.key])
+                key = stable_hash(
+                    [r.model.key, r.benchmark_spec.key, sid, r.attack.key, r.defense.key, r.judge.key]
+                )
                 batch.append(r.model_copy(update={"key": key, "sample_id": sid, "category": f"cat{i % 10}"}))
             if len(batch) >= 4000:
                 flush()
         for i in range(n_errors):  # rows since dropped from the file: failed, and in no plan
             r = template[i % len(template)]
             sid = f"gone{i:05d}"
-            key = stable_hash([r.model.key, r.benchmark_spec.key, sid, r.attack.key, r.defense.key, r.judge.key])
+            key = stable_hash(
+                [r.model.key, r.benchmark_spec.key, sid, r.attack.key, r.defense.key, r.judge.key]
+            )
             batch.append(r.model_copy(update={"key": key, "sample_id": sid, "error": "HTTP 503 (synthetic)",
                                               "error_stage": "generate", "judgement": None, "response": None,
                                               "generation": None}))  # fmt: skip
@@ -184,7 +188,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="10000,50000", help="records, comma-separated (default 10000,50000)")
     ap.add_argument("--repeat", type=int, default=3, help="timings per measurement (median; default 3)")
-    ap.add_argument("--profile", action="store_true", help="profile one report and one resume of the last size")
+    ap.add_argument(
+        "--profile", action="store_true", help="profile one report and one resume of the last size"
+    )
     ap.add_argument("--keep", help="work here and keep it; default: a temporary folder")
     args = ap.parse_args()
     work = h.work_dir(args.keep, "mmsafe-resume-")
@@ -224,7 +230,9 @@ def main() -> int:
                     f"{med['noop']:.2f} s (target <= {RESUME_TARGET_S} s)", failures)  # fmt: skip
             h.check(med["recompute"] <= REPORT_TARGET_S, f"mmsafe report (recompute) at {records:,} records: "
                     f"{med['recompute']:.2f} s (target <= {REPORT_TARGET_S} s)", failures)  # fmt: skip
-    print(f"\nwall seconds, median of {args.repeat} (each a fresh process; `import mmsafe.cli` alone: {start:.2f} s)")
+    print(
+        f"\nwall seconds, median of {args.repeat} (each a fresh process; `import mmsafe.cli` alone: {start:.2f} s)"
+    )
     print(
         h.table(
             ["records", "floor: keys", "resume no-op", "resume, outputs stale", "report recompute",

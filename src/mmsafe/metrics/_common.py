@@ -106,7 +106,7 @@ class _Draws:
     (the next ``B`` outputs, least significant first). Exact only while ``rng`` is used through it alone (it
     reads ahead); :func:`_draws_match` checks the equivalence on this interpreter before it is relied on."""
 
-    _BLOCK = 1 << 16
+    _BLOCK = 4096  # words read ahead at least: the buffer stays the size of one stratum
 
     def __init__(self, rng: random.Random) -> None:
         self._rng = rng

@@ -135,7 +135,9 @@ def _counts(t: Sequence[int], p: Sequence[int], k: int, idx: Sequence[int]) -> l
     return m
 
 
-def _resample_counts(t: Sequence[int], p: Sequence[int], k: int) -> Callable[[Sequence[int]], list[list[int]]]:
+def _resample_counts(
+    t: Sequence[int], p: Sequence[int], k: int
+) -> Callable[[Sequence[int]], list[list[int]]]:
     """``idx -> _counts(t, p, k, idx)``, the same integers, made for a bootstrap's thousands of resamples:
     with at most 256 cells, each item's cell is one byte, a resample's cells are gathered into a bytes
     object and each cell is counted by ``bytes.count`` (C loops: no Python step per item)."""

@@ -8,7 +8,7 @@ import time
 from collections.abc import Collection, Mapping
 from itertools import chain
 from pathlib import Path
-from typing import Any, NotRequired, TypedDict, cast
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 
 from mmsafe.judges.base import Judge, rate_name
 from mmsafe.metrics.rates import Outcome
@@ -16,6 +16,9 @@ from mmsafe.metrics.summary import CellKey, SummaryRow
 from mmsafe.report.tally import AXES, CellOutcomes, DefenseUse, Tally
 from mmsafe.store.sqlite import Store
 from mmsafe.types import ComponentSpec
+
+if TYPE_CHECKING:
+    from mmsafe.registry import Registry
 
 log = logging.getLogger("mmsafe.report")
 
@@ -97,7 +100,9 @@ def summarise_tally(
     """The summary of the records gathered in ``tally`` (see :func:`build_summary`); ``judge_evals``
     maps a judge's spec key to its evaluations recorded in the store (:meth:`Store.judge_evals`)."""
     from mmsafe.metrics import labels_of, summarise_groups
+    from mmsafe.registry import Registry
 
+    registry = Registry()
     labels = labels_of({axis: specs.values() for axis, specs in tally.specs.items()})
     components = tally.components
     summary: Summary = {
@@ -125,7 +130,7 @@ def summarise_tally(
             protection={
                 labels[("benchmark", key)]
                 for key, spec in tally.specs.get("benchmark", {}).items()
-                if "protection_score" in benchmark_metrics(spec)
+                if "protection_score" in benchmark_metrics(spec, registry=registry)
             },
         ),
         "adversarial": adversarial_summary(tally, labels),
@@ -135,7 +140,8 @@ def summarise_tally(
         "judges": judge_notes(components.get("judge", {}), labels, judge_evals or {}),
     }
     constructs = {
-        labels[("judge", k)]: judge_construct(spec) for k, spec in components.get("judge", {}).items()
+        labels[("judge", k)]: judge_construct(spec, registry=registry)
+        for k, spec in components.get("judge", {}).items()
     }
     for row in summary["rows"]:
         row["construct"] = constructs.get(row.get("judge", ""), "other")
@@ -189,14 +195,15 @@ def calibrated_rates(rows: list[SummaryRow], notes: list[dict[str, Any]]) -> lis
     return out
 
 
-def judge_construct(spec: ComponentSpec) -> str:
-    """What a recorded judge's ``success`` measures (its class's construct for these params)."""
+def judge_construct(spec: ComponentSpec, *, registry: Registry | None = None) -> str:
+    """What a recorded judge's ``success`` measures (its class's construct for these params). ``registry``: one
+    already made (making one reads every installed package's entry points)."""
     from pydantic import ValidationError
 
     from mmsafe.errors import ConfigError
     from mmsafe.registry import Registry
 
-    registry = Registry()
+    registry = registry or Registry()
     if spec.name not in registry.names("judge"):  # a judge not registered here: only a "success rate"
         return "other"
     try:
@@ -209,12 +216,12 @@ def judge_construct(spec: ComponentSpec) -> str:
         return "other"
 
 
-def benchmark_metrics(spec: ComponentSpec) -> tuple[str, ...]:
+def benchmark_metrics(spec: ComponentSpec, *, registry: Registry | None = None) -> tuple[str, ...]:
     """The extra metrics a recorded benchmark's class asks the report for (its ``metrics``, e.g.
     PrivQA's ``("protection_score",)``); none for a benchmark not registered here."""
     from mmsafe.registry import Registry
 
-    registry = Registry()
+    registry = registry or Registry()
     if spec.name not in registry.names("benchmark"):
         return ()
     return tuple(getattr(registry.get("benchmark", spec.name), "metrics", ()))

@@ -1,14 +1,13 @@
 """One pass over a store's records, keeping only what the report's numbers read.
 
-:class:`Tally` takes the records one at a time (:meth:`Store.iter_records` with ``by_cell=True``) and
-keeps, per grid cell, each record's :class:`~mmsafe.metrics.Outcome` (verdict bits, the sample's id,
-category and labels, a utility score) as two pointers: its sample id, a text shared by every record
-of the sample, and the rest, a tuple shared by every outcome with the same values
-(:class:`CellOutcomes`). Beyond that it keeps what a few tables need: the defense's actions and
-costs per defended cell, the white-box attack's figures once per image, an ensemble's member
-verdicts; component specs once each. So the report's memory grows by a few tens of bytes per record
-and a sample id per sample, never by a record (prompt metadata, generation metadata, judge details:
-kilobytes each).
+:class:`Tally` takes the records one at a time (:meth:`Store.iter_records` with ``by_cell=True``, or their facts:
+:meth:`Store.iter_facts`) and keeps, per grid cell, each record's :class:`~mmsafe.metrics.Outcome` (verdict bits,
+the sample's id, category and labels, a utility score) as two pointers: its sample id, a text shared by every
+record of the sample, and the rest, a tuple shared by every outcome with the same values (:class:`CellOutcomes`).
+Beyond that it keeps what a few tables need: the defense's actions and costs per defended cell, the white-box
+attack's figures once per image, an ensemble's member verdicts; component specs once each. So the report's memory
+grows by a few tens of bytes per record and a sample id per sample, never by a record (prompt metadata, generation
+metadata, judge details: kilobytes each).
 
 Everything is kept in the order the records came in, so the numbers computed from a tally are those
 computed from the list of records it was given (bootstrap resamples and float sums see their
@@ -37,6 +36,7 @@ Cell = tuple[str, str, str, str, str]
 
 #: An :class:`Outcome` without its sample id, one shared tuple per distinct value.
 _Rest = tuple[Any, ...]
+_new = tuple.__new__
 
 
 class CellOutcomes(Sequence[Outcome]):
@@ -65,8 +65,9 @@ class CellOutcomes(Sequence[Outcome]):
         return len(self._ids)
 
     def __iter__(self) -> Iterator[Outcome]:
+        # tuple.__new__ on the whole tuple: two thirds of the time of Outcome(*fields), for the same namedtuple
         for sample_id, rest in zip(self._ids, self._rests, strict=True):
-            yield Outcome(rest[0], sample_id, *rest[1:])
+            yield _new(Outcome, (rest[0], sample_id, *rest[1:]))
 
     @overload
     def __getitem__(self, i: int) -> Outcome: ...
@@ -145,11 +146,12 @@ class Tally:
         self.n_records += 1
         if facts.errored:
             self.n_errors += 1
-        for axis, key, spec in zip(AXES, keys, specs, strict=True):
-            self.specs[axis].setdefault(key, spec)
-            self.components.setdefault(spec.kind, {})[key] = spec
         cell: Cell = (keys[0], keys[1], keys[2], keys[3], keys[4])
-        self.model_notes.setdefault(cell[0], facts.model_note)
+        if cell not in self.cells:  # a cell's records come together: its specs are counted with its first
+            for axis, key, spec in zip(AXES, keys, specs, strict=True):
+                self.specs[axis].setdefault(key, spec)
+                self.components.setdefault(spec.kind, {}).setdefault(key, spec)
+            self.model_notes.setdefault(cell[0], facts.model_note)
         o = facts.outcome
         rest = (o[0], *o[2:])
         self.cells.setdefault(cell, CellOutcomes()).append(o.sample_id, self._rests.setdefault(rest, rest))

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 from mmsafe.metrics.rates import Outcome, outcome
 from mmsafe.types import DefenseAccount, Expected, Record
 
-__all__ = ["ADVERSARIAL_FIELDS", "RecordFacts", "decode", "encode", "record_facts"]
+__all__ = ["ADVERSARIAL_FIELDS", "RecordFacts", "decode", "defense_account", "encode", "record_facts"]
 
 #: What the adversarial table reads of a white-box attack's ``attack_metadata``.
 ADVERSARIAL_FIELDS = (
@@ -58,21 +58,23 @@ class RecordFacts(NamedTuple):
     members: tuple[tuple[str, bool | None], ...] | None
 
 
+def defense_account(generation: dict[str, Any] | None) -> tuple[Any, ...]:
+    """What the report counts of a defended record's account (:class:`~mmsafe.types.DefenseAccount` in its
+    generation's metadata): ``(action, calls, seconds)``, ``(None,)`` when there is none, ``("unreadable",)``
+    when it does not fit the schema."""
+    try:
+        account = DefenseAccount.of((generation or {}).get("metadata"))
+    except ValueError:  # a record written outside the schema (by hand, or by an old plugin)
+        return ("unreadable",)
+    if account is None:
+        return (None,)
+    return (account.action, float(account.calls), float(account.seconds or 0.0))
+
+
 def record_facts(r: Record, strings: dict[str, str] | None = None) -> RecordFacts:
     """The facts of ``r`` (``strings`` shares equal texts, as :func:`~mmsafe.metrics.rates.outcome` does)."""
     j = r.judgement
-    defense: tuple[Any, ...] | None = ()
-    if r.defense.name != "none":
-        try:
-            account = DefenseAccount.of((r.generation or {}).get("metadata"))
-        except ValueError:  # a record written outside the schema (by hand, or by an old plugin)
-            defense = ("unreadable",)
-        else:
-            defense = (
-                None
-                if account is None
-                else (account.action, float(account.calls), float(account.seconds or 0.0))
-            )
+    defense = defense_account(r.generation) if r.defense.name != "none" else ()
     meta = (r.prompt or {}).get("attack_metadata") or {}
     adversarial = {k: meta[k] for k in ADVERSARIAL_FIELDS if k in meta} if "adversarial" in meta else None
     members = None
@@ -87,7 +89,7 @@ def record_facts(r: Record, strings: dict[str, str] | None = None) -> RecordFact
         errored=bool(r.error or (j is not None and j.error)),
         model_note=r.model_note,
         outcome=outcome(r, strings),
-        defense=defense if defense is not None else (None,),
+        defense=defense,
         adversarial=adversarial,
         members=members,
     )

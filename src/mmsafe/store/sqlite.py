@@ -55,6 +55,11 @@ CREATE TABLE IF NOT EXISTS records (
     record TEXT NOT NULL,
     created REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS records_cell ON records (model, benchmark, attack, defense, judge);
+-- what a resume asks of each cell (Store.done_pairs), answered from the index alone
+CREATE INDEX IF NOT EXISTS records_done ON records (model, benchmark, attack, defense, sample_id, judge)
+    WHERE error IS NULL;
+-- the report's order (cell, then sample): Store.iter_facts walks it instead of sorting every row
+CREATE INDEX IF NOT EXISTS records_order ON records (model, benchmark, attack, defense, judge, sample_id, key);
 CREATE TABLE IF NOT EXISTS judge_evals (
     judge TEXT NOT NULL, ident TEXT NOT NULL, entry TEXT NOT NULL, created REAL NOT NULL,
     PRIMARY KEY (judge, ident));
@@ -272,9 +277,6 @@ class Store:
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('content_version', '0');"
         )
 
-    def _table(self, name: str) -> bool:
-        return bool(self._db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone())
-
     def _wal(self) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -309,7 +311,9 @@ class Store:
         equal report inputs, so outputs written from this store under a stamp are current while the stamp is
         (see :func:`mmsafe.report.write_outputs`). None for a store made before stamps and not opened for
         writing since (its triggers and counter are added then)."""
-        rows = dict(self._db.execute("SELECT key, value FROM meta WHERE key IN ('store_id', 'content_version')"))
+        rows = dict(
+            self._db.execute("SELECT key, value FROM meta WHERE key IN ('store_id', 'content_version')")
+        )
         if "store_id" not in rows or "content_version" not in rows:
             return None
         # SQLite's own count of schema changes: a table or trigger dropped or added by any program
@@ -412,7 +416,9 @@ class Store:
                 rows,
             )
             if self._has_facts:
-                self._db.executemany("INSERT OR REPLACE INTO record_facts (key, facts) VALUES (?, ?)", fact_rows)
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO record_facts (key, facts) VALUES (?, ?)", fact_rows
+                )
 
     @_sql
     def record_status(self) -> dict[str, bool]:
@@ -496,21 +502,27 @@ class Store:
             return
         self.unreadable = {}
         drops = ", ".join(f"'{p}'" for p in SLIM_DROPS)
-        specs = ", ".join(f"IIF(f.facts IS NULL AND ok, json_extract(record, '$.{f}'), NULL)" for f in _SPEC_FIELDS)
+        # CASE evaluates lazily: a record with facts is never parsed, only its row read from the index
+        specs = ", ".join(
+            f"CASE WHEN f.facts IS NULL AND json_valid(r.record) THEN json_extract(r.record, '$.{f}') END"
+            for f in _SPEC_FIELDS
+        )
         query = (
             "SELECT r.key, r.model, r.benchmark, r.attack, r.defense, r.judge, f.facts, "
-            f"IIF(f.facts IS NULL, IIF(ok, json_remove(record, {drops}), record), NULL), {specs} "
-            "FROM (SELECT *, json_valid(record) AS ok FROM records) r LEFT JOIN record_facts f ON f.key = r.key "
+            "CASE WHEN f.facts IS NOT NULL THEN NULL "
+            f"WHEN json_valid(r.record) THEN json_remove(r.record, {drops}) ELSE r.record END, {specs} "
+            "FROM records r LEFT JOIN record_facts f ON f.key = r.key "
             "ORDER BY r.model, r.benchmark, r.attack, r.defense, r.judge, r.sample_id, r.key"
         )
         strings: dict[str, str] = {}
         interned: dict[str, ComponentSpec] = {}
         known: dict[tuple[str, str], ComponentSpec | None] = {}
+        cell_specs: dict[tuple[str, ...], list[ComponentSpec | None]] = {}
         with self._lock, _translated(self.path):
             rows = self._db.execute(query)
         while True:
             with self._lock, _translated(self.path):  # a damaged page shows up only when it is reached
-                batch = rows.fetchmany(512)
+                batch = rows.fetchmany(32)  # few rows held at once: memory does not grow with the store
             if not batch:
                 return
             for row in batch:
@@ -518,14 +530,20 @@ class Store:
                 keys = (row[1], row[2], row[3], row[4], row[5])
                 facts = None if row[6] is None else decode(row[6], strings)
                 if facts is not None:
-                    found = [self._spec(known, col, k) for col, k in zip(_COLUMNS, keys, strict=True)]
+                    found = cell_specs.get(keys)
+                    if found is None:
+                        found = cell_specs[keys] = [
+                            self._spec(known, col, k) for col, k in zip(_COLUMNS, keys, strict=True)
+                        ]
                     if all(found):
                         yield keys, cast("list[ComponentSpec]", found), facts
                         continue
                 text = row[7]
                 if text is None:  # facts that could not be used: the record, whole
                     with self._lock, _translated(self.path):
-                        text = self._db.execute("SELECT record FROM records WHERE key=?", (key,)).fetchone()[0]
+                        text = self._db.execute("SELECT record FROM records WHERE key=?", (key,)).fetchone()[
+                            0
+                        ]
                 try:
                     record = Record.model_validate_json(text)
                 except (ValueError, RecursionError) as exc:  # damaged, or written by another mmsafe version
@@ -534,7 +552,9 @@ class Store:
                     continue
                 yield _intern(record, row[8:], interned)
 
-    def _spec(self, known: dict[tuple[str, str], ComponentSpec | None], col: str, key: str) -> ComponentSpec | None:
+    def _spec(
+        self, known: dict[tuple[str, str], ComponentSpec | None], col: str, key: str
+    ) -> ComponentSpec | None:
         """The spec with ``key`` in records column ``col``, from a readable record that has it (a key names one
         spec: a hash of it); None when no record of the key can be read."""
         if (col, key) in known:
@@ -629,7 +649,9 @@ class Store:
             row = self._db.execute("SELECT value FROM meta WHERE key='runs'").fetchone()
             old = json.loads(row[0]) if row else []
             runs = [r for r in old if r.get("name") != info.get("name")] + [info]
-            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('runs', ?)", (json.dumps(runs),))
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('runs', ?)", (json.dumps(runs),)
+            )
             if [r.get("name") for r in runs] != [r.get("name") for r in old]:
                 self._changed()
 
