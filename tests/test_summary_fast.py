@@ -265,3 +265,37 @@ def test_the_stamp_moves_with_what_a_report_reads_and_current_outputs_stay(
     with Store.open_existing(out) as store:
         write_outputs(store, out)
     assert paths["html"].is_file()
+
+
+def test_the_browser_is_made_again_only_when_records_or_images_change(
+    store_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from mmsafe.report import BROWSER_CACHE, REPORT_MAX_ITEMS, _browser
+    from mmsafe.report.browser import browser_section
+    from mmsafe.report.page import json_text
+
+    out = tmp_path / "run"
+    shutil.copytree(store_dir, out)
+
+    def same(a, b) -> bool:
+        return (a.id, a.title, a.html, a.js, a.css, json_text(a.data)) == (
+            b.id, b.title, b.html, b.js, b.css, json_text(b.data)
+        )  # fmt: skip
+
+    with Store(out) as store:
+        made = _browser(store, out)
+        assert (out / BROWSER_CACHE).is_file()
+        kept = json.loads((out / BROWSER_CACHE).read_text())["key"]
+        store.put_human_labels([("item", "zed", "harmful", "harmful", None, 3.0)])  # not a browser input
+        again = _browser(store, out)
+        assert same(again, made) and same(again, browser_section(store, max_items=REPORT_MAX_ITEMS))
+        assert json.loads((out / BROWSER_CACHE).read_text())["key"] == kept  # read back, not made again
+        store.put_records([next(iter(store.iter_records()))])  # the same record written again: made again
+        assert json.loads((out / BROWSER_CACHE).read_text())["key"] == kept
+        _browser(store, out)
+        assert json.loads((out / BROWSER_CACHE).read_text())["key"] != kept
+    (out / BROWSER_CACHE).write_text("{not json")  # a damaged cache is made again
+    with Store.open_existing(out) as store:
+        assert same(_browser(store, out), browser_section(store, max_items=REPORT_MAX_ITEMS))

@@ -19,6 +19,7 @@ from mmsafe.types import ComponentSpec
 
 if TYPE_CHECKING:
     from mmsafe.registry import Registry
+    from mmsafe.report.browser import Section
 
 log = logging.getLogger("mmsafe.report")
 
@@ -510,7 +511,6 @@ def write_outputs(store: Store, out_dir: str | Path, *, force: bool = False) -> 
     Outputs that exist and were written under the store's current :func:`output_stamp` are left as they
     are (the same store content and mmsafe version give the same outputs, but for ``generated``), unless
     ``force``: a rerun of a finished run, or ``mmsafe report`` twice, rewrites nothing."""
-    from mmsafe.report.browser import browser_section
     from mmsafe.report.html import render_html
     from mmsafe.report.markdown import render
 
@@ -532,11 +532,45 @@ def write_outputs(store: Store, out_dir: str | Path, *, force: bool = False) -> 
         )
     errors = store.error_groups()
     _atomic_write(paths["report"], render(summary, errors=errors, examples=store.examples(3)))
-    html = render_html(summary, errors=errors, sections=[browser_section(store, max_items=REPORT_MAX_ITEMS)])
+    html = render_html(summary, errors=errors, sections=[_browser(store, out)])
     _atomic_write(paths["html"], html)
     # last: its stamp says the other two are current (a crash before it leaves them to be rewritten)
     _atomic_write(paths["summary"], json.dumps(summary, indent=2, sort_keys=True, default=str))
     return paths
+
+
+#: where :func:`write_outputs` keeps the sample browser's data between reports (under the output folder)
+BROWSER_CACHE = Path(".mmsafe-cache") / "browser.json"
+
+
+def _browser(store: Store, out: Path) -> Section:
+    """The sample browser of ``report.html``: :func:`~mmsafe.report.browser.browser_section`, or the one made last
+    time when the records and images are as they were then (:meth:`Store.records_stamp`): a report redone for new
+    human labels or judge evaluations does not read every item again. The data is kept in :data:`BROWSER_CACHE`."""
+    from mmsafe import __version__
+    from mmsafe.report.browser import BROWSER_CSS, BROWSER_JS, Section, browser_section
+
+    stamp = store.records_stamp()
+    key = None if stamp is None else f"{stamp}:mmsafe-{__version__}:{REPORT_MAX_ITEMS}"
+    path = out / BROWSER_CACHE
+    if key is not None:
+        try:
+            with path.open(encoding="utf-8") as fh:
+                kept = json.load(fh)
+            if isinstance(kept, dict) and kept.get("key") == key:
+                part = kept["section"]
+                return Section(part["id"], part["title"], part["html"], BROWSER_JS, part["data"], BROWSER_CSS)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # none, or not one this mmsafe wrote: made again
+    section = browser_section(store, max_items=REPORT_MAX_ITEMS)
+    if key is not None:
+        part = {"id": section.id, "title": section.title, "html": section.html, "data": section.data}
+        try:
+            path.parent.mkdir(exist_ok=True)
+            _atomic_write(path, json.dumps({"key": key, "section": part}, ensure_ascii=False))
+        except OSError as exc:  # a report without the cache is still the report
+            log.warning("cannot keep the sample browser's data in %s: %s", path, exc)
+    return section
 
 
 def rerender(out_dir: str | Path) -> dict[str, Path]:

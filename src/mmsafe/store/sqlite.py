@@ -73,13 +73,26 @@ CREATE TRIGGER IF NOT EXISTS record_facts_gone AFTER DELETE ON records
     BEGIN DELETE FROM record_facts WHERE key = OLD.key; END;
 """
 
-#: The tables a report reads. Every change to one of them, by mmsafe or by any other program writing the
-#: file, bumps ``meta.content_version`` through these triggers (:meth:`Store.content_stamp`).
-_WATCHED = ("records", "images", "human_labels", "judge_evals")
-_BUMP = "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = 'content_version'"
+#: The tables a report reads, and the counters in ``meta`` a change to each bumps (through these triggers, so a
+#: change made by any program writing the file counts): ``content_version`` for all (:meth:`Store.content_stamp`),
+#: ``records_version`` for what the sample browser reads (:meth:`Store.records_stamp`).
+_WATCHED = {
+    "records": ("content_version", "records_version"),
+    "images": ("content_version", "records_version"),
+    "human_labels": ("content_version",),
+    "judge_evals": ("content_version",),
+}
+
+
+def _bump(counters: tuple[str, ...]) -> str:
+    names = ", ".join(f"'{c}'" for c in counters)
+    return f"UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key IN ({names})"
+
+
+_BUMP = _bump(("content_version",))
 _SCHEMA += "".join(
-    f"CREATE TRIGGER IF NOT EXISTS {table}_{op.lower()}_bumps AFTER {op} ON {table} BEGIN {_BUMP}; END;\n"
-    for table in _WATCHED
+    f"CREATE TRIGGER IF NOT EXISTS {table}_{op.lower()}_counts AFTER {op} ON {table} BEGIN {_bump(counters)}; END;\n"
+    for table, counters in _WATCHED.items()
     for op in ("INSERT", "UPDATE", "DELETE")
 )
 
@@ -275,6 +288,7 @@ class Store:
         return (
             f"INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', '{uuid.uuid4().hex}');"
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('content_version', '0');"
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('records_version', '0');"
         )
 
     def _wal(self) -> None:
@@ -305,20 +319,26 @@ class Store:
     # -- content stamp -------------------------------------------------------------------------------
     @_sql
     def content_stamp(self) -> str | None:
-        """``"<store id>:<content version>:<schema version>"``: the content version goes up with every row written to what a report reads
-        (records, images, human labels, judge evaluations: SQL triggers, so a change made by another program
-        counts too) and when the list of run names changes; never for the response cache. Equal stamps mean
-        equal report inputs, so outputs written from this store under a stamp are current while the stamp is
-        (see :func:`mmsafe.report.write_outputs`). None for a store made before stamps and not opened for
-        writing since (its triggers and counter are added then)."""
-        rows = dict(
-            self._db.execute("SELECT key, value FROM meta WHERE key IN ('store_id', 'content_version')")
-        )
-        if "store_id" not in rows or "content_version" not in rows:
+        """``"<store id>:<content version>:<schema version>"``. The content version goes up with every row written
+        to what a report reads (records, images, human labels, judge evaluations: SQL triggers, so a change made by
+        another program counts too) and when the list of run names changes, never for the response cache; the
+        schema version is SQLite's count of schema changes (a table or trigger dropped or added). Equal stamps
+        mean equal report inputs, so outputs written from this store under a stamp are current while it is (see
+        :func:`mmsafe.report.write_outputs`). None for a store made before stamps and not opened for writing
+        since (its triggers and counters are added then)."""
+        return self._stamp("content_version")
+
+    @_sql
+    def records_stamp(self) -> str | None:
+        """As :meth:`content_stamp`, for the records and images alone (what the sample browser reads)."""
+        return self._stamp("records_version")
+
+    def _stamp(self, counter: str) -> str | None:
+        rows = dict(self._db.execute("SELECT key, value FROM meta WHERE key IN ('store_id', ?)", (counter,)))
+        if "store_id" not in rows or counter not in rows:
             return None
-        # SQLite's own count of schema changes: a table or trigger dropped or added by any program
         schema = self._db.execute("PRAGMA schema_version").fetchone()[0]
-        return f"{rows['store_id']}:{rows['content_version']}:{schema}"
+        return f"{rows['store_id']}:{rows[counter]}:{schema}"
 
     def _changed(self) -> None:
         """Bump the content version where no trigger does (the list of runs, in ``meta``)."""
