@@ -16,11 +16,14 @@ a page of many images.
 
 Timed, each in a subprocess, ``--repeat`` times (median), side by side in one run:
 
-- **floor**: ``SELECT key FROM records`` in a fresh Python process minus that process's start-up (sqlite3 only);
+- **floor**: ``SELECT key FROM records`` in a fresh Python process, timed inside it (sqlite3 only, no start-up);
 - **resume (no-op)**: ``mmsafe run CONFIG --out DIR`` on the complete store (outputs already written and current);
-- **resume (outputs stale)**: the same after the store changed (a human label added), so the outputs are rewritten;
-- **report (recompute)**: ``mmsafe report DIR`` after the store changed (the summary is computed again);
-- **report (current)**: ``mmsafe report DIR`` again, nothing changed since.
+- **resume (outputs stale)**: the same after a human label was added, so the outputs are rewritten;
+- **report after a label**: ``mmsafe report DIR`` after a human label was added: the summary, report.md and
+  report.html are made again, the sample browser's items are those kept from the last report (records unchanged);
+- **report after a record**: ``mmsafe report DIR`` after one record was written again (same content, but a write):
+  everything is made again, the items too: the full recompute;
+- **report (current)**: ``mmsafe report DIR`` again, nothing changed since: the outputs are left as they are.
 
 With ``--profile`` the phases of one in-process report and resume are profiled (cProfile, top functions).
 
@@ -145,16 +148,20 @@ def timed(*args: str | Path) -> float:
 
 
 def touch(out: Path, i: int) -> None:
-    """Change the store without changing any record: one human label (the report then has to be recomputed)."""
-    import sqlite3
-
-    db = sqlite3.connect(out / "mmsafe.sqlite")
-    item = db.execute("SELECT model, benchmark, attack, defense, sample_id FROM records LIMIT 1").fetchone()
+    """Change the store without changing any record: one human label (the summary has to be made again)."""
     from mmsafe.store.sqlite import generation_id
 
     with Store(out) as store:
+        item = store._db.execute(
+            "SELECT model, benchmark, attack, defense, sample_id FROM records LIMIT 1"
+        ).fetchone()
         store.put_human_labels([(generation_id(*item), f"bench{i}", "harmful", "harmful", None, time.time())])
-    db.close()
+
+
+def rewrite_record(out: Path) -> None:
+    """Write one record again (the same content): every output, the sample browser too, has to be made again."""
+    with Store(out) as store:
+        store.put_records([next(iter(store.iter_records()))])
 
 
 def _python_startup() -> float:
@@ -171,11 +178,12 @@ def profile(out: Path, cfg: Path) -> None:
     from mmsafe.report import rerender
     from mmsafe.runner.run import Runner
 
-    for what, fn in (
-        ("mmsafe report (recompute)", lambda: rerender(out)),
-        ("mmsafe run (no-op resume)", lambda: Runner(load_config(cfg), out, progress=False).run()),
+    for what, change, fn in (
+        ("mmsafe report after a record (full recompute)", rewrite_record, lambda: rerender(out)),
+        ("mmsafe run (no-op resume)", None, lambda: Runner(load_config(cfg), out, progress=False).run()),
     ):
-        touch(out, 999)
+        if change is not None:
+            change(out)
         prof = cProfile.Profile()
         prof.enable()
         fn()
@@ -202,14 +210,16 @@ def main() -> int:
     for n in sizes:
         out, cfg = build(work, n)
         last = out, cfg
-        t: dict[str, list[float]] = {k: [] for k in ("floor", "noop", "stale", "recompute", "current")}
+        t: dict[str, list[float]] = {k: [] for k in ("floor", "noop", "stale", "label", "record", "current")}
         for i in range(args.repeat):
             t["floor"].append(floor_s(out))
             t["noop"].append(timed("run", cfg, "--out", out, "--quiet"))
             touch(out, 2 * i)
             t["stale"].append(timed("run", cfg, "--out", out, "--quiet"))
             touch(out, 2 * i + 1)
-            t["recompute"].append(timed("report", out))
+            t["label"].append(timed("report", out))
+            rewrite_record(out)
+            t["record"].append(timed("report", out))
             t["current"].append(timed("report", out))
         med = {k: statistics.median(v) for k, v in t.items()}
         records = h.count_records(out)
@@ -219,24 +229,27 @@ def main() -> int:
                 med["floor"],
                 med["noop"],
                 med["stale"],
-                med["recompute"],
+                med["label"],
+                med["record"],
                 med["current"],
                 med["noop"] / RESUME_TARGET_S,
-                med["recompute"] / REPORT_TARGET_S,
+                med["label"] / REPORT_TARGET_S,
+                med["record"] / REPORT_TARGET_S,
             ]
         )
         if n >= 50000:
             h.check(med["noop"] <= RESUME_TARGET_S, f"no-op resume at {records:,} records: "
                     f"{med['noop']:.2f} s (target <= {RESUME_TARGET_S} s)", failures)  # fmt: skip
-            h.check(med["recompute"] <= REPORT_TARGET_S, f"mmsafe report (recompute) at {records:,} records: "
-                    f"{med['recompute']:.2f} s (target <= {REPORT_TARGET_S} s)", failures)  # fmt: skip
+            for case in ("label", "record"):
+                h.check(med[case] <= REPORT_TARGET_S, f"mmsafe report after a {case} at {records:,} records: "
+                        f"{med[case]:.2f} s (target <= {REPORT_TARGET_S} s)", failures)  # fmt: skip
     print(
         f"\nwall seconds, median of {args.repeat} (each a fresh process; `import mmsafe.cli` alone: {start:.2f} s)"
     )
     print(
         h.table(
-            ["records", "floor: keys", "resume no-op", "resume, outputs stale", "report recompute",
-             "report current", "no-op / 1 s", "recompute / 3 s"],
+            ["records", "floor: keys", "resume no-op", "resume, stale", "report after label",
+             "report after record", "report current", "no-op / 1 s", "label / 3 s", "record / 3 s"],
             rows,
         )
     )  # fmt: skip
