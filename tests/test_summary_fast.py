@@ -299,3 +299,39 @@ def test_the_browser_is_made_again_only_when_records_or_images_change(
     (out / BROWSER_CACHE).write_text("{not json")  # a damaged cache is made again
     with Store.open_existing(out) as store:
         assert same(_browser(store, out), browser_section(store, max_items=REPORT_MAX_ITEMS))
+
+
+def test_kept_charts_and_items_give_the_same_page(
+    store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """report.html written from kept charts and items is the page written from nothing (but the time it says)."""
+    import re
+    import shutil
+
+    from mmsafe.report import BROWSER_CACHE, CHARTS_CACHE
+
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "run"
+    shutil.copytree(store_dir, out)
+
+    def page() -> str:
+        return re.sub(r"generated \d{4}-\d\d-\d\d \d\d:\d\d UTC", "", (out / "report.html").read_text())
+
+    with Store.open_existing(out) as store:
+        write_outputs(store, out, force=True)
+        fresh = page()
+        charts = json.loads((out / CHARTS_CACHE).read_text())
+        assert charts and all(v.startswith("<img") for v in charts.values())
+        with monkeypatch.context() as m:  # every chart and the items from the kept ones: nothing drawn
+            m.setattr("mmsafe.report.charts._figure", lambda *a: pytest.fail("a kept chart was drawn again"))
+            m.setattr(
+                "mmsafe.report.browser.browser_section",
+                lambda *a, **k: pytest.fail("kept items were read again"),
+            )
+            write_outputs(store, out, force=True)
+        assert page() == fresh
+        assert json.loads((out / CHARTS_CACHE).read_text()) == charts
+    shutil.rmtree(out / BROWSER_CACHE.parent)
+    with Store.open_existing(out) as store:
+        write_outputs(store, out, force=True)
+    assert page() == fresh

@@ -511,6 +511,7 @@ def write_outputs(store: Store, out_dir: str | Path, *, force: bool = False) -> 
     Outputs that exist and were written under the store's current :func:`output_stamp` are left as they
     are (the same store content and mmsafe version give the same outputs, but for ``generated``), unless
     ``force``: a rerun of a finished run, or ``mmsafe report`` twice, rewrites nothing."""
+    from mmsafe.report import charts
     from mmsafe.report.html import render_html
     from mmsafe.report.markdown import render
 
@@ -532,7 +533,9 @@ def write_outputs(store: Store, out_dir: str | Path, *, force: bool = False) -> 
         )
     errors = store.error_groups()
     _atomic_write(paths["report"], render(summary, errors=errors, examples=store.examples(3)))
-    html = render_html(summary, errors=errors, sections=[_browser(store, out)])
+    with charts.kept(charts.ChartStore(_read_json(out / CHARTS_CACHE))) as drawn:
+        html = render_html(summary, errors=errors, sections=[_browser(store, out)])
+    _keep_json(out / CHARTS_CACHE, drawn.used)
     _atomic_write(paths["html"], html)
     # last: its stamp says the other two are current (a crash before it leaves them to be rewritten)
     _atomic_write(paths["summary"], json.dumps(summary, indent=2, sort_keys=True, default=str))
@@ -541,6 +544,27 @@ def write_outputs(store: Store, out_dir: str | Path, *, force: bool = False) -> 
 
 #: where :func:`write_outputs` keeps the sample browser's data between reports (under the output folder)
 BROWSER_CACHE = Path(".mmsafe-cache") / "browser.json"
+#: where it keeps the charts it drew, by what they were drawn from (:class:`~mmsafe.report.charts.ChartStore`)
+CHARTS_CACHE = Path(".mmsafe-cache") / "charts.json"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """The JSON object kept at ``path``; ``{}`` when there is none or it cannot be read."""
+    try:
+        with path.open(encoding="utf-8") as fh:
+            value = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _keep_json(path: Path, value: dict[str, Any]) -> None:
+    """Keep ``value`` at ``path`` for the next report; a cache that cannot be written is only a warning."""
+    try:
+        path.parent.mkdir(exist_ok=True)
+        _atomic_write(path, json.dumps(value, ensure_ascii=False))
+    except OSError as exc:
+        log.warning("cannot keep %s for the next report: %s", path, exc)
 
 
 def _browser(store: Store, out: Path) -> Section:
@@ -554,22 +578,17 @@ def _browser(store: Store, out: Path) -> Section:
     key = None if stamp is None else f"{stamp}:mmsafe-{__version__}:{REPORT_MAX_ITEMS}"
     path = out / BROWSER_CACHE
     if key is not None:
+        kept = _read_json(path)
         try:
-            with path.open(encoding="utf-8") as fh:
-                kept = json.load(fh)
-            if isinstance(kept, dict) and kept.get("key") == key:
+            if kept.get("key") == key:
                 part = kept["section"]
                 return Section(part["id"], part["title"], part["html"], BROWSER_JS, part["data"], BROWSER_CSS)
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # none, or not one this mmsafe wrote: made again
+        except (KeyError, TypeError):
+            pass  # not one this mmsafe wrote: made again
     section = browser_section(store, max_items=REPORT_MAX_ITEMS)
     if key is not None:
         part = {"id": section.id, "title": section.title, "html": section.html, "data": section.data}
-        try:
-            path.parent.mkdir(exist_ok=True)
-            _atomic_write(path, json.dumps({"key": key, "section": part}, ensure_ascii=False))
-        except OSError as exc:  # a report without the cache is still the report
-            log.warning("cannot keep the sample browser's data in %s: %s", path, exc)
+        _keep_json(path, {"key": key, "section": part})
     return section
 
 
