@@ -335,3 +335,12 @@ def test_kept_charts_and_items_give_the_same_page(
     with Store.open_existing(out) as store:
         write_outputs(store, out, force=True)
     assert page() == fresh
+
+
+def test_examples_from_facts_are_the_reference_examples(store_dir: Path) -> None:
+    with Store.open_existing(store_dir) as store:
+        build_summary(store)  # as write_outputs does: the unreadable records are known
+        for k in (1, 3, 50):
+            fast = store.examples(k, max_chars=40)
+            assert fast == store.examples(k, max_chars=40, reference=True)
+        assert len({(e["model"], e["attack"], e["defense"], e["judge"]) for e in fast}) > 4

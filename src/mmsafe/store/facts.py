@@ -38,8 +38,9 @@ ADVERSARIAL_FIELDS = (
     "crafted_on",
 )
 
-#: the version of the encoding; facts of another version are not read (the record is read whole)
-FACTS_VERSION = 1
+#: the version of the encoding: facts of another version are not read (the record is read whole), and a store
+#: opened for writing computes its facts again (:meth:`~mmsafe.store.sqlite.Store.put_records`' table)
+FACTS_VERSION = 2
 
 
 class RecordFacts(NamedTuple):
@@ -96,14 +97,16 @@ def record_facts(r: Record, strings: dict[str, str] | None = None) -> RecordFact
 
 
 def encode(facts: RecordFacts) -> str:
-    """``facts`` as compact JSON (floats round-trip exactly: ``json`` writes their shortest repr)."""
+    """``facts`` as compact JSON (floats round-trip exactly: ``json`` writes their shortest repr). The sample id
+    and category are left out: they are the record row's own columns, and without them the facts of records with
+    the same verdicts are the same text, decoded once (:func:`decode`)."""
     o = facts.outcome
     return json.dumps(
         [
             FACTS_VERSION,
             facts.errored,
             facts.model_note,
-            [o.benchmark, o.sample_id, o.category, o.expected.value, *o[4:]],
+            [o.benchmark, o.expected.value, *o[4:]],
             list(facts.defense),
             facts.adversarial,
             None if facts.members is None else [list(m) for m in facts.members],
@@ -113,32 +116,48 @@ def encode(facts: RecordFacts) -> str:
     )
 
 
-def decode(text: str, strings: dict[str, str]) -> RecordFacts | None:
-    """The facts :func:`encode` wrote, texts shared through ``strings``; None for another version or damage."""
-    try:
-        version, errored, note, o, defense, adversarial, members = json.loads(text)
-    except (ValueError, TypeError):
-        return None
-    if version != FACTS_VERSION:
-        return None
-    share = strings.setdefault
-    bench, sample_id, category, expected, error, success, refused, label, predicted, utility = o
+#: what :func:`decode` keeps of a facts text: everything but the sample id and category
+_Decoded = tuple[bool, str | None, tuple[Any, ...], tuple[Any, ...], dict[str, Any] | None, Any]
+
+
+def decode(
+    text: str, sample_id: str, category: str, strings: dict[str, str], memo: dict[str, _Decoded]
+) -> RecordFacts | None:
+    """The facts :func:`encode` wrote for the record with ``sample_id`` and ``category`` (its row's columns), texts
+    shared through ``strings``; None for another version or damage. ``memo`` keeps decoded texts (equal verdicts
+    give equal texts): at most a few thousand, so it does not grow with the store."""
+    parts = memo.get(text)
+    if parts is None:
+        try:
+            version, errored, note, o, defense, adversarial, members = json.loads(text)
+            bench, expected, *verdict = o
+            if version != FACTS_VERSION or len(verdict) != 6:
+                return None
+            share = strings.setdefault
+            error, success, refused, label, predicted, utility = verdict
+            head = (share(bench, bench), Expected(expected))
+            rest = (
+                error,
+                success,
+                refused,
+                None if label is None else share(label, label),
+                None if predicted is None else share(predicted, predicted),
+                utility,
+            )
+            members = None if members is None else tuple((str(n), v) for n, v in members)
+        except (ValueError, TypeError):
+            return None
+        if len(memo) >= 4096:
+            memo.clear()
+        parts = memo[text] = (errored, note, (*head, *rest), tuple(defense), adversarial, members)
+    errored, note, o, defense, adversarial, members = parts
     return RecordFacts(
         errored=errored,
         model_note=note,
         outcome=Outcome(
-            share(bench, bench),
-            share(sample_id, sample_id),
-            share(category, category),
-            Expected(expected),
-            error,
-            success,
-            refused,
-            None if label is None else share(label, label),
-            None if predicted is None else share(predicted, predicted),
-            utility,
+            o[0], strings.setdefault(sample_id, sample_id), strings.setdefault(category, category), *o[1:]
         ),
-        defense=tuple(defense),
+        defense=defense,
         adversarial=adversarial,
-        members=None if members is None else tuple((str(n), v) for n, v in members),
+        members=members,
     )

@@ -230,12 +230,15 @@ class Store:
     def _open(self) -> None:
         self._db.execute("PRAGMA busy_timeout=30000")
         tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        from mmsafe.store.facts import FACTS_VERSION
+
         if not tables and not self.readonly:  # a new store: the schema and its version in one transaction
             self._wal()
             self._db.executescript(
                 f"BEGIN IMMEDIATE;{_SCHEMA}"
                 f"INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');"
-                f"{self._stamp_sql()}COMMIT;"
+                f"{self._stamp_sql()}"
+                f"INSERT OR IGNORE INTO meta (key, value) VALUES ('facts_version', '{FACTS_VERSION}');COMMIT;"
             )
             self._has_facts = True
             return
@@ -260,27 +263,31 @@ class Store:
             # tables or indexes added since the store was made, and its content stamp (stores made before it)
             self._db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}{self._stamp_sql()}COMMIT;")
             self._has_facts = True
-            if "record_facts" not in tables:  # a store made before facts: computed once for its records
-                self._backfill_facts()
+            stale = self.get_meta("facts_version") != str(FACTS_VERSION)  # made before facts, or other facts
+            if stale or "record_facts" not in tables:
+                self._backfill_facts(FACTS_VERSION)
         else:
             self._has_facts = "record_facts" in tables
 
-    def _backfill_facts(self) -> None:
-        """Write the facts of every readable record that has none (one pass, one transaction)."""
+    def _backfill_facts(self, version: int) -> None:
+        """Write the facts of every readable record (of this mmsafe's ``version``: any older ones are dropped),
+        one pass, one transaction; then ``meta.facts_version`` says they are there."""
         from mmsafe.store.facts import encode, record_facts
 
-        rows = self._db.execute(
-            "SELECT r.key, r.record FROM records r LEFT JOIN record_facts f ON f.key = r.key WHERE f.key IS NULL"
-        )
+        rows = self._db.execute("SELECT key, record FROM records")
         facts = []
         for key, text in rows:
             try:
                 facts.append((key, encode(record_facts(Record.model_validate_json(text)))))
             except Exception:  # unreadable: the report reads it whole and counts it
                 continue
+        with self._tx():
+            self._db.execute("DELETE FROM record_facts")
+            self._db.executemany("INSERT INTO record_facts (key, facts) VALUES (?, ?)", facts)
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('facts_version', ?)", (str(version),)
+            )
         if facts:
-            with self._tx():
-                self._db.executemany("INSERT OR REPLACE INTO record_facts (key, facts) VALUES (?, ?)", facts)
             log.info("computed the report facts of %d records of %s (once)", len(facts), self.path)
 
     @staticmethod
@@ -528,13 +535,14 @@ class Store:
             for f in _SPEC_FIELDS
         )
         query = (
-            "SELECT r.key, r.model, r.benchmark, r.attack, r.defense, r.judge, f.facts, "
+            "SELECT r.key, r.model, r.benchmark, r.attack, r.defense, r.judge, r.sample_id, r.category, f.facts, "
             "CASE WHEN f.facts IS NOT NULL THEN NULL "
             f"WHEN json_valid(r.record) THEN json_remove(r.record, {drops}) ELSE r.record END, {specs} "
             "FROM records r LEFT JOIN record_facts f ON f.key = r.key "
             "ORDER BY r.model, r.benchmark, r.attack, r.defense, r.judge, r.sample_id, r.key"
         )
         strings: dict[str, str] = {}
+        memo: dict[str, Any] = {}
         interned: dict[str, ComponentSpec] = {}
         known: dict[tuple[str, str], ComponentSpec | None] = {}
         cell_specs: dict[tuple[str, ...], list[ComponentSpec | None]] = {}
@@ -548,7 +556,7 @@ class Store:
             for row in batch:
                 key = str(row[0])
                 keys = (row[1], row[2], row[3], row[4], row[5])
-                facts = None if row[6] is None else decode(row[6], strings)
+                facts = None if row[8] is None else decode(row[8], row[6], row[7], strings, memo)
                 if facts is not None:
                     found = cell_specs.get(keys)
                     if found is None:
@@ -558,7 +566,7 @@ class Store:
                     if all(found):
                         yield keys, cast("list[ComponentSpec]", found), facts
                         continue
-                text = row[7]
+                text = row[9]
                 if text is None:  # facts that could not be used: the record, whole
                     with self._lock, _translated(self.path):
                         text = self._db.execute("SELECT record FROM records WHERE key=?", (key,)).fetchone()[
@@ -570,7 +578,7 @@ class Store:
                     n = exc.error_count() if isinstance(exc, ValidationError) else 1
                     self.unreadable[key] = f"{type(exc).__name__} ({n} error{'s' * (n != 1)})"
                     continue
-                yield _intern(record, row[8:], interned)
+                yield _intern(record, row[10:], interned)
 
     def _spec(
         self, known: dict[tuple[str, str], ComponentSpec | None], col: str, key: str
@@ -616,43 +624,83 @@ class Store:
         return [(s, b, n, example[(s, b)]) for (s, b), n in counts.items()]
 
     @_sql
-    def examples(self, k: int, *, max_chars: int = 1000) -> list[dict[str, Any]]:
+    def examples(self, k: int, *, max_chars: int = 1000, reference: bool = False) -> list[dict[str, Any]]:
         """Up to ``k`` answered must-refuse records per (benchmark, model, attack, defense, judge) name,
         the first in cell order: names, ``sample_id``, ``judgement`` (dict or None) and ``response``
-        (its first ``max_chars`` characters). Reads only these fields, never the whole store."""
-        q = (
+        (its first ``max_chars`` characters). Reads only these fields, never the whole store: with the records'
+        facts (:mod:`mmsafe.store.facts`), only of the records it shows or may show (must-refuse ones, in cells
+        not yet full); ``reference`` (or a store without facts) reads them from every record with SQL, the
+        definition the facts path is tested against."""
+        cols = (
             "SELECT key, json_extract(record, '$.benchmark'), json_extract(record, '$.model.name'), "
             "json_extract(record, '$.attack.name'), json_extract(record, '$.defense.name'), "
             "json_extract(record, '$.judge.name'), sample_id, json_extract(record, '$.judgement'), "
             f"substr(json_extract(record, '$.response'), 1, {int(max_chars)}) FROM records "
             "WHERE json_valid(record) AND json_extract(record, '$.expected') = 'refuse' "
             "AND json_extract(record, '$.response') IS NOT NULL "
-            "ORDER BY model, benchmark, attack, defense, judge, sample_id, key"
         )
         seen: dict[tuple[str, ...], int] = {}
         out: list[dict[str, Any]] = []
-        for key, bench, model, attack, defense, judge, sample_id, verdict, response in self._db.execute(q):
-            cell = (str(bench), str(model), str(attack), str(defense), str(judge))
-            if key in self.unreadable or seen.get(cell, 0) >= k:
+        if reference or not self._has_facts:
+            q = cols + "ORDER BY model, benchmark, attack, defense, judge, sample_id, key"
+            for row in self._db.execute(q):
+                self._example(row, k, seen, out)
+            return out
+        from mmsafe.store.facts import FACTS_VERSION
+
+        known: dict[tuple[str, str], ComponentSpec | None] = {}
+        cells: dict[tuple[str, ...], tuple[str | None, ...]] = {}
+        # the facts' version, benchmark name and expected behaviour (see facts.encode), read by SQLite's JSON code
+        q = (
+            "SELECT r.key, r.model, r.attack, r.defense, r.judge, f.facts IS NOT NULL AND "
+            f"json_valid(f.facts) AND json_extract(f.facts, '$[0]') = {int(FACTS_VERSION)}, "
+            "json_extract(f.facts, '$[3][0]') FROM records r LEFT JOIN record_facts f ON f.key = r.key "
+            "WHERE f.facts IS NULL OR NOT json_valid(f.facts) OR json_extract(f.facts, '$[0]') != ? "
+            "OR json_extract(f.facts, '$[3][1]') = 'refuse' "
+            "ORDER BY r.model, r.benchmark, r.attack, r.defense, r.judge, r.sample_id, r.key"
+        )
+        for key, *keys, has_facts, bench in self._db.execute(q, (FACTS_VERSION,)):
+            if key in self.unreadable:
                 continue
-            try:
-                judgement = json.loads(verdict) if verdict else None
-            except ValueError:
-                judgement = None
-            seen[cell] = seen.get(cell, 0) + 1
-            out.append(
-                {
-                    "benchmark": cell[0],
-                    "model": cell[1],
-                    "attack": cell[2],
-                    "defense": cell[3],
-                    "judge": cell[4],
-                    "sample_id": sample_id,
-                    "judgement": judgement if isinstance(judgement, dict) else None,
-                    "response": str(response),
-                }
-            )
+            if has_facts:  # a must-refuse record: read it only if its cell is not full
+                names = cells.get(tuple(keys))
+                if names is None:
+                    cols4 = ("model", "attack", "defense", "judge")
+                    specs = [self._spec(known, c, v) for c, v in zip(cols4, keys, strict=True)]
+                    names = cells[tuple(keys)] = tuple(None if sp is None else sp.name for sp in specs)
+                cell = (bench, *names)
+                if None not in cell and seen.get(cast("tuple[str, ...]", cell), 0) >= k:
+                    continue
+            row = self._db.execute(cols + "AND key = ?", (key,)).fetchone()
+            if row is not None:
+                self._example(row, k, seen, out)
         return out
+
+    def _example(
+        self, row: tuple[Any, ...], k: int, seen: dict[tuple[str, ...], int], out: list[dict[str, Any]]
+    ) -> None:
+        """Add the example of ``row`` (see :meth:`examples`) unless its record is unreadable or its cell is full."""
+        key, bench, model, attack, defense, judge, sample_id, verdict, response = row
+        cell = (str(bench), str(model), str(attack), str(defense), str(judge))
+        if key in self.unreadable or seen.get(cell, 0) >= k:
+            return
+        try:
+            judgement = json.loads(verdict) if verdict else None
+        except ValueError:
+            judgement = None
+        seen[cell] = seen.get(cell, 0) + 1
+        out.append(
+            {
+                "benchmark": cell[0],
+                "model": cell[1],
+                "attack": cell[2],
+                "defense": cell[3],
+                "judge": cell[4],
+                "sample_id": sample_id,
+                "judgement": judgement if isinstance(judgement, dict) else None,
+                "response": str(response),
+            }
+        )
 
     @_sql
     def count_records(self) -> int:
