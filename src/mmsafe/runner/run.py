@@ -206,18 +206,21 @@ class Runner:
         of ``index`` and the done keys read here would otherwise stay in memory for the whole run."""
         owed: dict[int, dict[tuple[Benchmark, Attack, Defense], int]] = {}
         cells_total = 0
-        judge_keys = self._judge_keys()
+        judge_keys = [key for _, key in self._judge_keys()]
         keys = {id(c): c.spec.key for c in (*self.grid.benchmarks, *self.grid.attacks, *self.grid.defenses)}
+        model_keys = {id(m): m.spec.key for m in self.grid.models}
+        grid = list(product(self.grid.models, self.grid.benchmarks, self.grid.attacks, self.grid.defenses))
+        done = store.count_done(
+            [(model_keys[id(m)], keys[id(b)], keys[id(a)], keys[id(d)]) for m, b, a, d in grid], index, judge_keys
+        )
+        for m, b, a, d in grid:
+            want = len(index[keys[id(b)]]) * len(judge_keys)
+            n = want - done[(model_keys[id(m)], keys[id(b)], keys[id(a)], keys[id(d)])]
+            cells_total += want
+            if n:
+                owed.setdefault(id(m), {})[(b, a, d)] = n
         for m in self.grid.models:
-            owed[id(m)] = {}
-            model_key = m.spec.key
-            for b, a, d in product(self.grid.benchmarks, self.grid.attacks, self.grid.defenses):
-                done = store.done_pairs(model_key, keys[id(b)], keys[id(a)], keys[id(d)])
-                ids = index[keys[id(b)]]
-                n = sum(len(self._missing(judge_keys, sid, done)) for sid in ids)
-                cells_total += len(ids) * len(judge_keys)
-                if n:
-                    owed[id(m)][(b, a, d)] = n
+            owed.setdefault(id(m), {})
         return owed, cells_total
 
     def _run(self) -> RunResult:

@@ -515,6 +515,35 @@ class Store:
                 record = _intern(record, row[2:], interned)
             yield record
 
+    @_sql
+    def count_done(
+        self, cells: Iterable[tuple[str, str, str, str]], sample_ids: dict[str, list[str]], judges: list[str]
+    ) -> dict[tuple[str, str, str, str], int]:
+        """For each cell (spec keys of model, benchmark, attack, defense): how many of its (sample, judge) pairs,
+        samples from ``sample_ids[benchmark]`` and judges from ``judges``, have a record that completed without
+        error: what :meth:`done_pairs` would hold of them, counted by SQLite (a record's key is a hash of its cell,
+        sample and judge, so each pair has at most one record). The sample ids go to a temporary table."""
+        out: dict[tuple[str, str, str, str], int] = {}
+        marks = ",".join("?" * len(judges))
+        self._db.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS plan_ids (bench TEXT, id TEXT, PRIMARY KEY (bench, id))"
+        )
+        try:
+            for bench, ids in sample_ids.items():
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO plan_ids (bench, id) VALUES (?, ?)", ((bench, i) for i in ids)
+                )
+            q = (
+                "SELECT COUNT(*) FROM records r JOIN plan_ids p ON p.bench = r.benchmark AND p.id = r.sample_id "
+                f"WHERE r.model=? AND r.benchmark=? AND r.attack=? AND r.defense=? AND r.error IS NULL "
+                f"AND r.judge IN ({marks})"
+            )
+            for cell in cells:
+                out[cell] = int(self._db.execute(q, (*cell, *judges)).fetchone()[0])
+        finally:
+            self._db.execute("DROP TABLE IF EXISTS temp.plan_ids")
+        return out
+
     def iter_facts(
         self,
     ) -> Iterator[tuple[tuple[str, str, str, str, str], list[ComponentSpec], RecordFacts] | Record]:
