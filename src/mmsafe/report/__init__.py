@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import time
@@ -483,14 +485,26 @@ def adversarial_summary(tally: Tally, labels: dict[tuple[str, str], str]) -> lis
 REPORT_MAX_ITEMS = 20_000
 
 
-def output_stamp(store: Store) -> str | None:
-    """What the outputs of ``store`` are a function of: the store's content stamp
-    (:meth:`Store.content_stamp`, bumped by every write a report reads) and this mmsafe's version. None
-    when the store has no stamp (made before stamps, opened read-only since): its outputs are always rewritten."""
+@functools.cache
+def code_version() -> str:
+    """This mmsafe: its version and a digest of its source files and assets (about 30 ms, once per process), so
+    outputs and kept parts made by other code, an edited checkout included, are made again."""
     from mmsafe import __version__
 
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".js", ".css") and p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return f"mmsafe-{__version__}-{digest.hexdigest()[:12]}"
+
+
+def output_stamp(store: Store) -> str | None:
+    """What the outputs of ``store`` are a function of: the store's content stamp
+    (:meth:`Store.content_stamp`, bumped by every write a report reads) and this mmsafe (:func:`code_version`).
+    None when the store has no stamp (made before stamps, opened read-only since): its outputs are always
+    rewritten."""
     content = store.content_stamp()
-    return None if content is None else f"{content}:mmsafe-{__version__}"
+    return None if content is None else f"{content}:{code_version()}"
 
 
 def _current(paths: dict[str, Path], stamp: str | None) -> bool:
@@ -562,7 +576,10 @@ def _keep_json(path: Path, value: dict[str, Any]) -> None:
     """Keep ``value`` at ``path`` for the next report; a cache that cannot be written is only a warning."""
     try:
         path.parent.mkdir(exist_ok=True)
-        _atomic_write(path, json.dumps(value, ensure_ascii=False))
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        with tmp.open("w", encoding="utf-8") as fh:  # streamed: no second copy of a page's worth of items
+            json.dump(value, fh, ensure_ascii=False)
+        tmp.replace(path)
     except OSError as exc:
         log.warning("cannot keep %s for the next report: %s", path, exc)
 
@@ -571,11 +588,10 @@ def _browser(store: Store, out: Path) -> Section:
     """The sample browser of ``report.html``: :func:`~mmsafe.report.browser.browser_section`, or the one made last
     time when the records and images are as they were then (:meth:`Store.records_stamp`): a report redone for new
     human labels or judge evaluations does not read every item again. The data is kept in :data:`BROWSER_CACHE`."""
-    from mmsafe import __version__
     from mmsafe.report.browser import BROWSER_CSS, BROWSER_JS, Section, browser_section
 
     stamp = store.records_stamp()
-    key = None if stamp is None else f"{stamp}:mmsafe-{__version__}:{REPORT_MAX_ITEMS}"
+    key = None if stamp is None else f"{stamp}:{code_version()}:{REPORT_MAX_ITEMS}"
     path = out / BROWSER_CACHE
     if key is not None:
         kept = _read_json(path)

@@ -134,7 +134,10 @@ def _kept(fn: _F) -> _F:
             version = store.matplotlib()
         except ImportError:
             return fn(*args, **kwargs)  # raises ChartsUnavailable
-        key = hashlib.sha256(repr((fn.__name__, version, args, sorted(kwargs.items()))).encode()).hexdigest()
+        from mmsafe.report import code_version
+
+        what = (fn.__name__, version, code_version(), args, sorted(kwargs.items()))
+        key = hashlib.sha256(repr(what).encode()).hexdigest()
         img = store.known.get(key)
         if img is None:
             img = fn(*args, **kwargs)
