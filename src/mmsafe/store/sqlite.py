@@ -6,6 +6,10 @@ keyed by the grid cell (model, benchmark, sample, attack, defense, judge), respo
 (model spec, request), images by the SHA-256 of their bytes. Nothing read back is ever executed or
 unpickled: everything is JSON text or raw image bytes.
 
+Beside each record the store keeps its facts (:mod:`mmsafe.store.facts`: what the report's numbers read, written in
+the record's transaction), and SQL triggers count every change to what a report reads (:meth:`Store.content_stamp`),
+so a report is made from what changed and not at all when nothing did (:func:`mmsafe.report.write_outputs`).
+
 Failures of the file itself (not an SQLite file, damaged, truncated, another program's database, a
 newer schema, a full disk) raise :class:`~mmsafe.errors.StoreError` with what to do. A record row
 that cannot be read back (damaged, or written by another mmsafe version) is skipped and counted in
@@ -55,7 +59,7 @@ CREATE TABLE IF NOT EXISTS records (
     record TEXT NOT NULL,
     created REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS records_cell ON records (model, benchmark, attack, defense, judge);
--- what a resume asks of each cell (Store.done_pairs), answered from the index alone
+-- what a resume asks of each cell (Store.count_done, Store.done_pairs), answered from the index alone
 CREATE INDEX IF NOT EXISTS records_done ON records (model, benchmark, attack, defense, sample_id, judge)
     WHERE error IS NULL;
 -- the report's order (cell, then sample): Store.iter_facts walks it instead of sorting every row
