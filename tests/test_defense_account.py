@@ -10,6 +10,7 @@ import pytest
 from mmsafe.defenses.base import Defense, mark
 from mmsafe.models.scripted import ScriptedModel
 from mmsafe.report.tally import Tally
+from mmsafe.store.facts import defense_account
 from mmsafe.types import DefenseAccount, Generation, Message, Prompt
 
 
@@ -53,8 +54,8 @@ def test_the_defended_model_adds_name_and_seconds_and_fails_only_an_item_with_a_
     assert isinstance(bad, ValueError) and "hand-written" in str(bad) and "exploded" in str(bad)
 
 
-def _record_dict(defense: object) -> dict:
-    return {"metadata": {"defense": defense}}
+def _record_dict(defense: object) -> tuple:
+    return defense_account({"metadata": {"defense": defense}})
 
 
 def test_the_report_counts_actions_and_puts_an_unreadable_account_aside():

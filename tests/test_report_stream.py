@@ -56,8 +56,9 @@ def _golden_config(tmp: Path):
 
 
 def _numbers(summary: dict) -> dict:
-    """The summary without what differs between runs: its timestamp, wall times and the data file's path."""
-    out = {k: v for k, v in summary.items() if k != "generated"}
+    """The summary without what differs between runs: its timestamp, the store's stamp (each store has its own
+    id), wall times and the data file's path."""
+    out = {k: v for k, v in summary.items() if k not in ("generated", "stamp")}
     out["defenses"] = [{**d, "seconds_per_item": None} for d in summary["defenses"]]  # wall time
     out["components"] = {
         kind: [{**s, "key": "-", "params": {}} if kind == "benchmark" else s for s in specs]

@@ -140,7 +140,9 @@ def copy_judge_evals(
     n = 0
     for spec in judges:
         entries = load_judge_evals(spec.key, cache_dir=cache_dir)
-        store.put_judge_evals(spec.key, [(_entry_ident(e), e) for e in entries])
+        have = store.judge_evals(spec.key)
+        if any(e not in have for e in entries):  # a rerun copies nothing new: the store (and its stamp) stay
+            store.put_judge_evals(spec.key, [(_entry_ident(e), e) for e in entries])
         n += len(entries)
     return n
 

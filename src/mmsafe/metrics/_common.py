@@ -6,8 +6,11 @@ Private to :mod:`mmsafe.metrics`; :class:`Estimate` is re-exported from the pack
 
 from __future__ import annotations
 
+import functools
 import math
 import random
+import sys
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -69,12 +72,18 @@ def bootstrap_indices(
     """
     check_bootstrap_args(n_resamples, confidence)
     rng = random.Random(seed)
+    draws = _Draws(rng) if _draws_match() and all(len(s) < 2**32 for s in strata) else None
     values: list[float] = []
     for _ in range(n_resamples):
         idx: list[int] = []
         for s in strata:
             m = len(s)
-            idx.extend(s[rng.randrange(m)] for _ in range(m))
+            if draws is None:  # the readable form of what _Draws computes, draw for draw
+                idx.extend(s[rng.randrange(m)] for _ in range(m))
+            elif isinstance(s, range) and s.start == 0 and s.step == 1:
+                idx.extend(draws.below(m, m))
+            else:
+                idx.extend(map(s.__getitem__, draws.below(m, m)))
         v = stat(idx)
         if v is not None and not math.isnan(v):
             values.append(v)
@@ -83,6 +92,83 @@ def bootstrap_indices(
     values.sort()
     alpha = (1 - confidence) / 2
     return percentile(values, alpha), percentile(values, 1 - alpha), len(values)
+
+
+class _Draws:
+    """The values ``rng.randrange(m)`` returns, ``count`` at a time, without a Python call per value.
+
+    CPython's ``randrange(m)`` (``Random._randbelow_with_getrandbits``) takes ``k = m.bit_length()`` and draws
+    ``getrandbits(k)`` until the value is below ``m``; for ``k <= 32`` each ``getrandbits(k)`` is the next 32-bit
+    Mersenne Twister output shifted right by ``32 - k`` (``Modules/_randommodule.c``, ``random.py``). So the
+    accepted values are the outputs, shifted, that are below ``m``, in order: this class reads the outputs in
+    blocks and filters them. The outputs come from NumPy's MT19937 started from ``rng``'s state when NumPy is
+    installed (the same generator; ``random_raw`` gives its 32-bit outputs), else from ``rng.getrandbits(32 * B)``
+    (the next ``B`` outputs, least significant first). Exact only while ``rng`` is used through it alone (it
+    reads ahead); :func:`_draws_match` checks the equivalence on this interpreter before it is relied on."""
+
+    _BLOCK = 4096  # words read ahead at least: the buffer stays the size of one stratum
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+        self._pos = 0
+        try:
+            import numpy as np
+        except ImportError:
+            self._np: Any = None
+            self._words: Any = array("I")
+            return
+        state = rng.getstate()[1]
+        self._np = np
+        self._gen = np.random.MT19937()
+        self._gen.state = {
+            "bit_generator": "MT19937",
+            "state": {"key": np.array(state[:624], dtype=np.uint32), "pos": int(state[624])},
+        }
+        self._words = np.zeros(0, dtype=np.uint64)
+
+    def _fill(self, need: int) -> None:
+        n = max(need, self._BLOCK)
+        rest = self._words[self._pos :]
+        if self._np is not None:
+            self._words = self._np.concatenate([rest, self._gen.random_raw(n)])
+        else:
+            fresh = array("I", self._rng.getrandbits(32 * n).to_bytes(4 * n, "little"))
+            if sys.byteorder == "big":
+                fresh.byteswap()
+            self._words = rest + fresh
+        self._pos = 0
+
+    def below(self, m: int, count: int) -> list[int]:
+        """The next ``count`` values of ``randrange(m)`` (``0 < m < 2**32``)."""
+        shift = 32 - m.bit_length()
+        parts: list[Any] = []
+        need = count
+        while need:  # the next `need` outputs are all consumed whatever they are: no read past the last value
+            end = self._pos + need
+            if end > len(self._words):
+                self._fill(need)
+                end = need
+            if self._np is not None:
+                cand = self._words[self._pos : end] >> shift
+                got = cand[cand < m]
+            else:
+                got = [c for c in [w >> shift for w in self._words[self._pos : end]] if c < m]
+            self._pos = end
+            parts.append(got)
+            need -= len(got)
+        if self._np is not None:
+            return self._np.concatenate(parts).tolist() if parts else []
+        return [v for part in parts for v in part]
+
+
+@functools.cache
+def _draws_match() -> bool:
+    """Whether :class:`_Draws` gives what ``Random.randrange`` gives on this interpreter (checked once)."""
+    if array("I").itemsize != 4:
+        return False
+    sizes = (1, 2, 3, 5, 8, 100, 1000, 4097, 65_536, 1_000_003, 2**31 + 11)
+    ref, fast = random.Random(12345), _Draws(random.Random(12345))
+    return all([ref.randrange(m) for _ in range(40)] == fast.below(m, 40) for m in sizes)
 
 
 def bootstrap_method(n_resamples: int, seed: int, n_used: int, *, stratified: bool = False) -> str:

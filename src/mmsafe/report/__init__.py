@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import time
 from collections.abc import Collection, Mapping
 from itertools import chain
 from pathlib import Path
-from typing import Any, NotRequired, TypedDict, cast
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 
 from mmsafe.judges.base import Judge, rate_name
 from mmsafe.metrics.rates import Outcome
@@ -16,6 +18,10 @@ from mmsafe.metrics.summary import CellKey, SummaryRow
 from mmsafe.report.tally import AXES, CellOutcomes, DefenseUse, Tally
 from mmsafe.store.sqlite import Store
 from mmsafe.types import ComponentSpec
+
+if TYPE_CHECKING:
+    from mmsafe.registry import Registry
+    from mmsafe.report.browser import Section
 
 log = logging.getLogger("mmsafe.report")
 
@@ -31,6 +37,8 @@ class _SummaryOptional(TypedDict, total=False):
 
     #: human labels vs each other and vs the judges (:func:`mmsafe.report.human.human_summary`), when any are stored
     human: dict[str, Any]
+    #: what the outputs were written from (:func:`output_stamp`): equal stamps, equal outputs
+    stamp: str
 
 
 class Summary(_SummaryOptional):
@@ -55,18 +63,27 @@ class Summary(_SummaryOptional):
     calibrated: NotRequired[list[dict[str, Any]]]
 
 
-def build_summary(store: Store) -> Summary:
+def build_summary(store: Store, *, reference: bool = False) -> Summary:
     """The summary of every readable record of ``store``.
 
-    The records are read once, slim and in cell order (see :meth:`Store.iter_records`), into a
-    :class:`~mmsafe.report.tally.Tally` that keeps a few small values per record, never the records:
-    memory grows with the number of verdicts, not with what each record holds. Cell order makes the
-    summary independent of the order the records were written in."""
+    The records are read once, in cell order, into a :class:`~mmsafe.report.tally.Tally` that keeps a few small
+    values per record, never the records: memory grows with the number of verdicts, not with what each record
+    holds. Cell order makes the summary independent of the order the records were written in. Each record comes
+    as the facts the store computed when it was written (:mod:`mmsafe.store.facts`, read without pydantic), or,
+    where it has none, or with ``reference``, as the slim record validated whole (:meth:`Store.iter_records`):
+    ``reference`` is the readable definition that tests compare the fast path with, number for number."""
     from mmsafe.report.human import human_summary
 
     tally = Tally()
-    for record in store.iter_records(slim=True, by_cell=True):
-        tally.add(record)
+    if reference:
+        for record in store.iter_records(slim=True, by_cell=True):
+            tally.add(record)
+    else:
+        for item in store.iter_facts():
+            if isinstance(item, tuple):
+                tally.add_facts(*item)
+            else:
+                tally.add(item)
     evals = {key: store.judge_evals(key) for key in tally.components.get("judge", {})}
     summary = summarise_tally(
         tally, runs=[r["name"] for r in store.runs()], unreadable=store.unreadable, judge_evals=evals
@@ -86,7 +103,9 @@ def summarise_tally(
     """The summary of the records gathered in ``tally`` (see :func:`build_summary`); ``judge_evals``
     maps a judge's spec key to its evaluations recorded in the store (:meth:`Store.judge_evals`)."""
     from mmsafe.metrics import labels_of, summarise_groups
+    from mmsafe.registry import Registry
 
+    registry = Registry()
     labels = labels_of({axis: specs.values() for axis, specs in tally.specs.items()})
     components = tally.components
     summary: Summary = {
@@ -114,7 +133,7 @@ def summarise_tally(
             protection={
                 labels[("benchmark", key)]
                 for key, spec in tally.specs.get("benchmark", {}).items()
-                if "protection_score" in benchmark_metrics(spec)
+                if "protection_score" in benchmark_metrics(spec, registry=registry)
             },
         ),
         "adversarial": adversarial_summary(tally, labels),
@@ -124,7 +143,8 @@ def summarise_tally(
         "judges": judge_notes(components.get("judge", {}), labels, judge_evals or {}),
     }
     constructs = {
-        labels[("judge", k)]: judge_construct(spec) for k, spec in components.get("judge", {}).items()
+        labels[("judge", k)]: judge_construct(spec, registry=registry)
+        for k, spec in components.get("judge", {}).items()
     }
     for row in summary["rows"]:
         row["construct"] = constructs.get(row.get("judge", ""), "other")
@@ -178,14 +198,15 @@ def calibrated_rates(rows: list[SummaryRow], notes: list[dict[str, Any]]) -> lis
     return out
 
 
-def judge_construct(spec: ComponentSpec) -> str:
-    """What a recorded judge's ``success`` measures (its class's construct for these params)."""
+def judge_construct(spec: ComponentSpec, *, registry: Registry | None = None) -> str:
+    """What a recorded judge's ``success`` measures (its class's construct for these params). ``registry``: one
+    already made (making one reads every installed package's entry points)."""
     from pydantic import ValidationError
 
     from mmsafe.errors import ConfigError
     from mmsafe.registry import Registry
 
-    registry = Registry()
+    registry = registry or Registry()
     if spec.name not in registry.names("judge"):  # a judge not registered here: only a "success rate"
         return "other"
     try:
@@ -198,12 +219,12 @@ def judge_construct(spec: ComponentSpec) -> str:
         return "other"
 
 
-def benchmark_metrics(spec: ComponentSpec) -> tuple[str, ...]:
+def benchmark_metrics(spec: ComponentSpec, *, registry: Registry | None = None) -> tuple[str, ...]:
     """The extra metrics a recorded benchmark's class asks the report for (its ``metrics``, e.g.
     PrivQA's ``("protection_score",)``); none for a benchmark not registered here."""
     from mmsafe.registry import Registry
 
-    registry = Registry()
+    registry = registry or Registry()
     if spec.name not in registry.names("benchmark"):
         return ()
     return tuple(getattr(registry.get("benchmark", spec.name), "metrics", ()))
@@ -464,14 +485,59 @@ def adversarial_summary(tally: Tally, labels: dict[tuple[str, str], str]) -> lis
 REPORT_MAX_ITEMS = 20_000
 
 
-def write_outputs(store: Store, out_dir: str | Path) -> dict[str, Path]:
-    """(Re)write ``summary.json``, ``report.md`` and ``report.html`` in ``out_dir`` from ``store``."""
-    from mmsafe.report.browser import browser_section
+@functools.cache
+def code_version() -> str:
+    """This mmsafe: its version and a digest of its source files and assets (about 30 ms, once per process), so
+    outputs and kept parts made by other code, an edited checkout included, are made again."""
+    from mmsafe import __version__
+
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".js", ".css") and p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return f"mmsafe-{__version__}-{digest.hexdigest()[:12]}"
+
+
+def output_stamp(store: Store) -> str | None:
+    """What the outputs of ``store`` are a function of: the store's content stamp
+    (:meth:`Store.content_stamp`, bumped by every write a report reads) and this mmsafe (:func:`code_version`).
+    None when the store has no stamp (made before stamps, opened read-only since): its outputs are always
+    rewritten."""
+    content = store.content_stamp()
+    return None if content is None else f"{content}:{code_version()}"
+
+
+def _current(paths: dict[str, Path], stamp: str | None) -> bool:
+    """Whether the outputs at ``paths`` all exist and ``summary.json`` was written under ``stamp``."""
+    if stamp is None or not all(p.is_file() for p in paths.values()):
+        return False
+    try:
+        with paths["summary"].open(encoding="utf-8") as fh:
+            written = json.load(fh).get("stamp")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return written == stamp
+
+
+def write_outputs(store: Store, out_dir: str | Path, *, force: bool = False) -> dict[str, Path]:
+    """(Re)write ``summary.json``, ``report.md`` and ``report.html`` in ``out_dir`` from ``store``.
+
+    Outputs that exist and were written under the store's current :func:`output_stamp` are left as they
+    are (the same store content and mmsafe version give the same outputs, but for ``generated``), unless
+    ``force``: a rerun of a finished run, or ``mmsafe report`` twice, rewrites nothing."""
+    from mmsafe.report import charts
     from mmsafe.report.html import render_html
     from mmsafe.report.markdown import render
 
     out = Path(out_dir)
+    paths = {"summary": out / "summary.json", "report": out / "report.md", "html": out / "report.html"}
+    stamp = output_stamp(store)
+    if not force and _current(paths, stamp):
+        log.info("outputs in %s are current (store %s); not rewritten", out, stamp)
+        return paths
     summary = build_summary(store)
+    if stamp is not None:
+        summary["stamp"] = stamp
     if summary["n_unreadable"]:
         log.warning(
             "%d record(s) of %s cannot be read and are left out of the report (key %r…)",
@@ -479,13 +545,67 @@ def write_outputs(store: Store, out_dir: str | Path) -> dict[str, Path]:
             store.path,
             summary["unreadable"][0][:16],
         )
-    paths = {"summary": out / "summary.json", "report": out / "report.md", "html": out / "report.html"}
-    _atomic_write(paths["summary"], json.dumps(summary, indent=2, sort_keys=True, default=str))
     errors = store.error_groups()
     _atomic_write(paths["report"], render(summary, errors=errors, examples=store.examples(3)))
-    html = render_html(summary, errors=errors, sections=[browser_section(store, max_items=REPORT_MAX_ITEMS)])
+    with charts.kept(charts.ChartStore(_read_json(out / CHARTS_CACHE))) as drawn:
+        html = render_html(summary, errors=errors, sections=[_browser(store, out)])
+    _keep_json(out / CHARTS_CACHE, drawn.used)
     _atomic_write(paths["html"], html)
+    # last: its stamp says the other two are current (a crash before it leaves them to be rewritten)
+    _atomic_write(paths["summary"], json.dumps(summary, indent=2, sort_keys=True, default=str))
     return paths
+
+
+#: where :func:`write_outputs` keeps the sample browser's data between reports (under the output folder)
+BROWSER_CACHE = Path(".mmsafe-cache") / "browser.json"
+#: where it keeps the charts it drew, by what they were drawn from (:class:`~mmsafe.report.charts.ChartStore`)
+CHARTS_CACHE = Path(".mmsafe-cache") / "charts.json"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """The JSON object kept at ``path``; ``{}`` when there is none or it cannot be read."""
+    try:
+        with path.open(encoding="utf-8") as fh:
+            value = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _keep_json(path: Path, value: dict[str, Any]) -> None:
+    """Keep ``value`` at ``path`` for the next report; a cache that cannot be written is only a warning."""
+    try:
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        with tmp.open("w", encoding="utf-8") as fh:  # streamed: no second copy of a page's worth of items
+            json.dump(value, fh, ensure_ascii=False)
+        tmp.replace(path)
+    except OSError as exc:
+        log.warning("cannot keep %s for the next report: %s", path, exc)
+
+
+def _browser(store: Store, out: Path) -> Section:
+    """The sample browser of ``report.html``: :func:`~mmsafe.report.browser.browser_section`, or the one made last
+    time when the records and images are as they were then (:meth:`Store.records_stamp`): a report redone for new
+    human labels or judge evaluations does not read every item again. The data is kept in :data:`BROWSER_CACHE`."""
+    from mmsafe.report.browser import BROWSER_CSS, BROWSER_JS, Section, browser_section
+
+    stamp = store.records_stamp()
+    key = None if stamp is None else f"{stamp}:{code_version()}:{REPORT_MAX_ITEMS}"
+    path = out / BROWSER_CACHE
+    if key is not None:
+        kept = _read_json(path)
+        try:
+            if kept.get("key") == key:
+                part = kept["section"]
+                return Section(part["id"], part["title"], part["html"], BROWSER_JS, part["data"], BROWSER_CSS)
+        except (KeyError, TypeError):
+            pass  # not one this mmsafe wrote: made again
+    section = browser_section(store, max_items=REPORT_MAX_ITEMS)
+    if key is not None:
+        part = {"id": section.id, "title": section.title, "html": section.html, "data": section.data}
+        _keep_json(path, {"key": key, "section": part})
+    return section
 
 
 def rerender(out_dir: str | Path) -> dict[str, Path]:

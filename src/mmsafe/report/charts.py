@@ -18,10 +18,14 @@ matplotlib is the ``report`` extra. Without it every function raises :class:`Cha
 from __future__ import annotations
 
 import base64
+import functools
+import hashlib
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from mmsafe.report.page import esc
 
@@ -80,6 +84,67 @@ class Interval:
         lo = self.value if self.lo is None else self.lo
         hi = self.value if self.hi is None else self.hi
         return max(0.0, self.value - lo), max(0.0, hi - self.value)
+
+
+class ChartStore:
+    """Charts drawn before, by what they were drawn from: a chart is a pure function of its arguments, so one
+    whose arguments are the same (the same repr: strings, floats written exactly, the dataclasses above) is
+    its ``<img>`` from last time. :func:`kept` makes one current; :attr:`used` is what this report drew or reused,
+    the set to keep for the next one."""
+
+    def __init__(self, known: dict[str, str] | None = None) -> None:
+        self.known = dict(known or {})
+        self.used: dict[str, str] = {}
+        self._version: str | None = None
+
+    def matplotlib(self) -> str:
+        """The installed matplotlib's version (part of every key), read from its metadata: importing it costs
+        half a second that a report whose charts are all known does not spend. ``ImportError`` without it."""
+        if self._version is None:
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                self._version = version("matplotlib")
+            except PackageNotFoundError as exc:
+                raise ImportError("matplotlib is not installed") from exc
+        return self._version
+
+
+_CHARTS: ContextVar[ChartStore | None] = ContextVar("mmsafe_charts", default=None)
+_F = TypeVar("_F", bound=Callable[..., str])
+
+
+@contextmanager
+def kept(store: ChartStore) -> Iterator[ChartStore]:
+    """Within the block, the charts below are looked up in ``store`` before they are drawn."""
+    token = _CHARTS.set(store)
+    try:
+        yield store
+    finally:
+        _CHARTS.reset(token)
+
+
+def _kept(fn: _F) -> _F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> str:
+        store = _CHARTS.get()
+        if store is None:
+            return fn(*args, **kwargs)
+        try:
+            version = store.matplotlib()
+        except ImportError:
+            return fn(*args, **kwargs)  # raises ChartsUnavailable
+        from mmsafe.report import code_version
+
+        what = (fn.__name__, version, code_version(), args, sorted(kwargs.items()))
+        key = hashlib.sha256(repr(what).encode()).hexdigest()
+        img = store.known.get(key)
+        if img is None:
+            img = fn(*args, **kwargs)
+        store.used[key] = img
+        return img
+
+    return cast("_F", wrapper)
 
 
 def _num(v: Any) -> float | None:
@@ -147,6 +212,7 @@ def _pct_axis(axis: Any) -> None:
     axis.set_major_formatter(PercentFormatter(1.0, decimals=0))
 
 
+@_kept
 def bars(title: str, groups: Sequence[str], series: Sequence[Bar], *, xlabel: str, alt: str) -> str:
     """Horizontal grouped bars: one row per group (e.g. category, read top to bottom), one bar per series
     (e.g. attack) with its interval as an error bar; a missing value is left blank. x runs 0–100%."""
@@ -195,6 +261,7 @@ def bars(title: str, groups: Sequence[str], series: Sequence[Bar], *, xlabel: st
         return _img(fig, alt)
 
 
+@_kept
 def plane(title: str, points: Sequence[Point], *, xlabel: str, ylabel: str, alt: str) -> str:
     """Safety (y) against its price (x), both 0–100% with interval error bars, one labelled point each;
     the undefended baseline drawn as a hollow square."""
@@ -228,6 +295,7 @@ def plane(title: str, points: Sequence[Point], *, xlabel: str, ylabel: str, alt:
         return _img(fig, alt, "chart small")
 
 
+@_kept
 def forest(
     title: str, rows: Sequence[tuple[str, Interval]], *, xlabel: str, alt: str, pct: bool = True
 ) -> str:
@@ -253,6 +321,7 @@ def forest(
         return _img(fig, alt)
 
 
+@_kept
 def cost(
     title: str,
     labels: Sequence[str],

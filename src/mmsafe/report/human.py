@@ -52,16 +52,19 @@ def human_summary(
     itself, the others are in its ``others`` list, each of the same shape. ``labels`` are the component labels
     of :func:`mmsafe.metrics.labels_of` (computed from the tally when not given)."""
     from mmsafe.metrics import labels_of
+    from mmsafe.registry import Registry
     from mmsafe.report import judge_construct
 
     stored = store.human_labels()
     if not stored:
         return None
+    registry = Registry()
     if labels is None:
         labels = labels_of({axis: specs.values() for axis, specs in tally.specs.items()})
     by_id = _outcomes_by_item(tally)
     judges = {
-        key: (labels[("judge", key)], judge_construct(spec)) for key, spec in tally.specs["judge"].items()
+        key: (labels[("judge", key)], judge_construct(spec, registry=registry))
+        for key, spec in tally.specs["judge"].items()
     }
     parts = []
     for name, sch in SCHEMES.items():

@@ -1,14 +1,13 @@
 """One pass over a store's records, keeping only what the report's numbers read.
 
-:class:`Tally` takes the records one at a time (:meth:`Store.iter_records` with ``by_cell=True``) and
-keeps, per grid cell, each record's :class:`~mmsafe.metrics.Outcome` (verdict bits, the sample's id,
-category and labels, a utility score) as two pointers: its sample id, a text shared by every record
-of the sample, and the rest, a tuple shared by every outcome with the same values
-(:class:`CellOutcomes`). Beyond that it keeps what a few tables need: the defense's actions and
-costs per defended cell, the white-box attack's figures once per image, an ensemble's member
-verdicts; component specs once each. So the report's memory grows by a few tens of bytes per record
-and a sample id per sample, never by a record (prompt metadata, generation metadata, judge details:
-kilobytes each).
+:class:`Tally` takes the records one at a time (:meth:`Store.iter_records` with ``by_cell=True``, or their facts:
+:meth:`Store.iter_facts`) and keeps, per grid cell, each record's :class:`~mmsafe.metrics.Outcome` (verdict bits,
+the sample's id, category and labels, a utility score) as two pointers: its sample id, a text shared by every
+record of the sample, and the rest, a tuple shared by every outcome with the same values (:class:`CellOutcomes`).
+Beyond that it keeps what a few tables need: the defense's actions and costs per defended cell, the white-box
+attack's figures once per image, an ensemble's member verdicts; component specs once each. So the report's memory
+grows by a few tens of bytes per record and a sample id per sample, never by a record (prompt metadata, generation
+metadata, judge details: kilobytes each).
 
 Everything is kept in the order the records came in, so the numbers computed from a tally are those
 computed from the list of records it was given (bootstrap resamples and float sums see their
@@ -22,10 +21,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
-from mmsafe.metrics.rates import Outcome, outcome
-from mmsafe.types import ComponentSpec, DefenseAccount, Judgement, Record
+from mmsafe.metrics.rates import Outcome
+from mmsafe.store.facts import ADVERSARIAL_FIELDS, RecordFacts, record_facts
+from mmsafe.types import ComponentSpec, Judgement, Record
 
-__all__ = ["AXES", "Cell", "CellOutcomes", "DefenseUse", "Tally"]
+__all__ = ["ADVERSARIAL_FIELDS", "AXES", "Cell", "CellOutcomes", "DefenseUse", "Tally"]
 
 #: The grid's component axes, as the report names them.
 AXES = ("model", "benchmark", "attack", "defense", "judge")
@@ -34,25 +34,9 @@ _ATTRS = ("model", "benchmark_spec", "attack", "defense", "judge")
 #: A grid cell: the spec keys of its model, benchmark, attack, defense and judge.
 Cell = tuple[str, str, str, str, str]
 
-#: What the adversarial table reads of a white-box attack's ``attack_metadata``.
-ADVERSARIAL_FIELDS = (
-    "success",
-    "steps",
-    "seconds",
-    "batch",
-    "universal",
-    "eps",
-    "norm",
-    "linf",
-    "l2",
-    "ssim",
-    "psnr",
-    "crafted_on",
-)
-
-
 #: An :class:`Outcome` without its sample id, one shared tuple per distinct value.
 _Rest = tuple[Any, ...]
+_new = tuple.__new__
 
 
 class CellOutcomes(Sequence[Outcome]):
@@ -81,8 +65,9 @@ class CellOutcomes(Sequence[Outcome]):
         return len(self._ids)
 
     def __iter__(self) -> Iterator[Outcome]:
+        # tuple.__new__ on the whole tuple: two thirds of the time of Outcome(*fields), for the same namedtuple
         for sample_id, rest in zip(self._ids, self._rests, strict=True):
-            yield Outcome(rest[0], sample_id, *rest[1:])
+            yield _new(Outcome, (rest[0], sample_id, *rest[1:]))
 
     @overload
     def __getitem__(self, i: int) -> Outcome: ...
@@ -151,58 +136,55 @@ class Tally:
         return hit[1]
 
     def add(self, record: Record) -> None:
-        r = record
+        """Count one record: its specs and :func:`~mmsafe.store.facts.record_facts`."""
+        specs = [getattr(record, attr) for attr in _ATTRS]
+        self.add_facts([self._key(spec) for spec in specs], specs, record_facts(record, self._strings))
+
+    def add_facts(self, keys: Sequence[str], specs: Sequence[ComponentSpec], facts: RecordFacts) -> None:
+        """Count one record given as the spec keys and specs of its model, benchmark, attack, defense and judge,
+        and its facts (from :func:`~mmsafe.store.facts.record_facts`, or read back from the store)."""
         self.n_records += 1
-        j = r.judgement
-        if r.error or (j is not None and j.error):
+        if facts.errored:
             self.n_errors += 1
-        keys = []
-        for axis, attr in zip(AXES, _ATTRS, strict=True):
-            spec: ComponentSpec = getattr(r, attr)
-            key = self._key(spec)
-            self.specs[axis].setdefault(key, spec)
-            self.components.setdefault(spec.kind, {})[key] = spec
-            keys.append(key)
         cell: Cell = (keys[0], keys[1], keys[2], keys[3], keys[4])
-        self.model_notes.setdefault(cell[0], r.model_note)
-        o = outcome(r, self._strings)
+        if cell not in self.cells:  # a cell's records come together: its specs are counted with its first
+            for axis, key, spec in zip(AXES, keys, specs, strict=True):
+                self.specs[axis].setdefault(key, spec)
+                self.components.setdefault(spec.kind, {}).setdefault(key, spec)
+            self.model_notes.setdefault(cell[0], facts.model_note)
+        o = facts.outcome
         rest = (o[0], *o[2:])
         self.cells.setdefault(cell, CellOutcomes()).append(o.sample_id, self._rests.setdefault(rest, rest))
-        if r.defense.name != "none":
-            self._add_defense_use(cell, o.sample_id, r.generation)
-        meta = (r.prompt or {}).get("attack_metadata") or {}
-        if "adversarial" in meta:  # once per image: the first judge's record of the sample
-            figures = {k: meta[k] for k in ADVERSARIAL_FIELDS if k in meta}
+        if facts.defense:  # a defense other than none
+            self._add_defense_use(cell, o.sample_id, facts.defense)
+        if facts.adversarial is not None:  # once per image: the first judge's record of the sample
             self.adversarial.setdefault((cell[0], cell[1], cell[2], cell[3]), {}).setdefault(
-                o.sample_id, figures
+                o.sample_id, facts.adversarial
             )
-        if r.judge.name == "ensemble" and not r.error and j is not None:
-            self._add_members(cell[4], j)
+        if facts.members is not None:
+            self._add_members(cell[4], facts.members)
 
-    def _add_defense_use(self, cell: Cell, sample_id: str, generation: dict[str, Any] | None) -> None:
+    def _add_defense_use(self, cell: Cell, sample_id: str, account: tuple[Any, ...]) -> None:
         use = self.defense_use.setdefault(cell, DefenseUse())
         if use.last_sample == sample_id:  # once per sample (a cell's records come in sample-id order)
             return
         use.last_sample = sample_id
-        try:
-            account = DefenseAccount.of((generation or {}).get("metadata"))
-        except ValueError:  # a record written outside the schema (by hand, or by an old plugin)
+        if account == ("unreadable",):  # a record written outside the schema (by hand, or by an old plugin)
             use.actions["unreadable"] = use.actions.get("unreadable", 0) + 1
             return
-        if account is not None:
-            use.actions[account.action] = use.actions.get(account.action, 0) + 1
-            use.calls.append(float(account.calls))
-            use.seconds.append(float(account.seconds or 0.0))
+        if account != (None,):
+            action, calls, seconds = account
+            use.actions[action] = use.actions.get(action, 0) + 1
+            use.calls.append(calls)
+            use.seconds.append(seconds)
 
-    def _add_members(self, judge_key: str, judgement: Judgement) -> None:
-        from mmsafe.judges.ensemble import member_judgements
-
+    def _add_members(self, judge_key: str, members: tuple[tuple[str, bool | None], ...]) -> None:
         ens = self._ensembles.setdefault(judge_key, _Members())
         verdicts: dict[str, bool | None] = {}
-        for name, (m,) in member_judgements([judgement]).items():
+        for name, verdict in members:
             if name not in ens.names:
                 ens.names.append(name)
-            verdicts[name] = None if m is None or m.error or m.success is None else bool(m.success)
+            verdicts[name] = verdict
         ens.rows.append(tuple(verdicts.get(n) for n in ens.names))
 
     def ensemble_members(self) -> Iterator[tuple[str, dict[str, list[Judgement | None]]]]:

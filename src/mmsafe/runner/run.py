@@ -166,18 +166,24 @@ class Runner:
         log.info("benchmark %s: %d samples", bench.name, len(ids))
         return ids
 
-    def _missing(
-        self, model: ModelBackend, cell: tuple[Benchmark, Attack, Defense], sample_id: str, done: set[str]
-    ) -> list[Judge]:
-        b, a, d = cell
-        return [j for j in self.grid.judges if record_key(model, b, sample_id, a, d, j) not in done]
+    def _judge_keys(self) -> list[tuple[Judge, str]]:
+        """Each judge of the grid with its spec key (a spec is built, and hashed, on every ``.spec``)."""
+        return [(j, j.spec.key) for j in self.grid.judges]
+
+    @staticmethod
+    def _missing(judges: list[tuple[Judge, str]], sample_id: str, done: set[tuple[str, str]]) -> list[Judge]:
+        """The judges still owing ``sample_id`` a completed record, given the cell's ``done`` (sample id, judge
+        key) pairs (:meth:`Store.done_pairs`): a record of the cell with that sample and judge has the key
+        :func:`record_key` gives them, so the pairs say what the keys would, without hashing a key per pair."""
+        return [j for j, key in judges if (sample_id, key) not in done]
 
     def _iter_items(self, model: ModelBackend, cell: _Cell, store: Store) -> Iterator[_Item]:
         """The items of ``cell`` still missing a completed record, made one at a time as they are needed."""
         b, a, d = cell.bench, cell.attack, cell.defense
-        done = store.done_keys(model.spec.key, b.spec.key, a.spec.key, d.spec.key)
+        done = store.done_pairs(model.spec.key, b.spec.key, a.spec.key, d.spec.key)
+        judge_keys = self._judge_keys()
         for s in self._samples(b):
-            judges = self._missing(model, (b, a, d), s.id, done)
+            judges = self._missing(judge_keys, s.id, done)
             if judges:
                 yield _Item(cell=cell, sample=s, judges=judges, seed=item_seed(self.config.seed, s.id, a))
 
@@ -200,14 +206,21 @@ class Runner:
         of ``index`` and the done keys read here would otherwise stay in memory for the whole run."""
         owed: dict[int, dict[tuple[Benchmark, Attack, Defense], int]] = {}
         cells_total = 0
+        judge_keys = [key for _, key in self._judge_keys()]
+        keys = {id(c): c.spec.key for c in (*self.grid.benchmarks, *self.grid.attacks, *self.grid.defenses)}
+        model_keys = {id(m): m.spec.key for m in self.grid.models}
+        grid = list(product(self.grid.models, self.grid.benchmarks, self.grid.attacks, self.grid.defenses))
+        done = store.count_done(
+            [(model_keys[id(m)], keys[id(b)], keys[id(a)], keys[id(d)]) for m, b, a, d in grid], index, judge_keys
+        )
+        for m, b, a, d in grid:
+            want = len(index[keys[id(b)]]) * len(judge_keys)
+            n = want - done[(model_keys[id(m)], keys[id(b)], keys[id(a)], keys[id(d)])]
+            cells_total += want
+            if n:
+                owed.setdefault(id(m), {})[(b, a, d)] = n
         for m in self.grid.models:
-            owed[id(m)] = {}
-            for b, a, d in product(self.grid.benchmarks, self.grid.attacks, self.grid.defenses):
-                done = store.done_keys(m.spec.key, b.spec.key, a.spec.key, d.spec.key)
-                n = sum(len(self._missing(m, (b, a, d), sid, done)) for sid in index[b.spec.key])
-                cells_total += len(index[b.spec.key]) * len(self.grid.judges)
-                if n:
-                    owed[id(m)][(b, a, d)] = n
+            owed.setdefault(id(m), {})
         return owed, cells_total
 
     def _run(self) -> RunResult:

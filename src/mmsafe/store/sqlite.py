@@ -6,6 +6,10 @@ keyed by the grid cell (model, benchmark, sample, attack, defense, judge), respo
 (model spec, request), images by the SHA-256 of their bytes. Nothing read back is ever executed or
 unpickled: everything is JSON text or raw image bytes.
 
+Beside each record the store keeps its facts (:mod:`mmsafe.store.facts`: what the report's numbers read, written in
+the record's transaction), and SQL triggers count every change to what a report reads (:meth:`Store.content_stamp`),
+so a report is made from what changed and not at all when nothing did (:func:`mmsafe.report.write_outputs`).
+
 Failures of the file itself (not an SQLite file, damaged, truncated, another program's database, a
 newer schema, a full disk) raise :class:`~mmsafe.errors.StoreError` with what to do. A record row
 that cannot be read back (damaged, or written by another mmsafe version) is skipped and counted in
@@ -21,15 +25,19 @@ import logging
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from pydantic import ValidationError
 
 from mmsafe.errors import StoreError
 from mmsafe.types import ComponentSpec, Generation, Image, Record
+
+if TYPE_CHECKING:
+    from mmsafe.store.facts import RecordFacts
 
 log = logging.getLogger("mmsafe.store")
 
@@ -51,13 +59,46 @@ CREATE TABLE IF NOT EXISTS records (
     record TEXT NOT NULL,
     created REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS records_cell ON records (model, benchmark, attack, defense, judge);
+-- what a resume asks of each cell (Store.count_done, Store.done_pairs), answered from the index alone
+CREATE INDEX IF NOT EXISTS records_done ON records (model, benchmark, attack, defense, sample_id, judge)
+    WHERE error IS NULL;
+-- the report's order (cell, then sample): Store.iter_facts walks it instead of sorting every row
+CREATE INDEX IF NOT EXISTS records_order ON records (model, benchmark, attack, defense, judge, sample_id, key);
 CREATE TABLE IF NOT EXISTS judge_evals (
     judge TEXT NOT NULL, ident TEXT NOT NULL, entry TEXT NOT NULL, created REAL NOT NULL,
     PRIMARY KEY (judge, ident));
 CREATE TABLE IF NOT EXISTS human_labels (
     item TEXT NOT NULL, annotator TEXT NOT NULL, scheme TEXT NOT NULL, label TEXT NOT NULL, note TEXT,
     created REAL NOT NULL, PRIMARY KEY (item, annotator, scheme));
+CREATE TABLE IF NOT EXISTS record_facts (key TEXT PRIMARY KEY, facts TEXT NOT NULL);
+CREATE TRIGGER IF NOT EXISTS record_facts_stale AFTER UPDATE ON records
+    BEGIN DELETE FROM record_facts WHERE key = OLD.key OR key = NEW.key; END;
+CREATE TRIGGER IF NOT EXISTS record_facts_gone AFTER DELETE ON records
+    BEGIN DELETE FROM record_facts WHERE key = OLD.key; END;
 """
+
+#: The tables a report reads, and the counters in ``meta`` a change to each bumps (through these triggers, so a
+#: change made by any program writing the file counts): ``content_version`` for all (:meth:`Store.content_stamp`),
+#: ``records_version`` for what the sample browser reads (:meth:`Store.records_stamp`).
+_WATCHED = {
+    "records": ("content_version", "records_version"),
+    "images": ("content_version", "records_version"),
+    "human_labels": ("content_version",),
+    "judge_evals": ("content_version",),
+}
+
+
+def _bump(counters: tuple[str, ...]) -> str:
+    names = ", ".join(f"'{c}'" for c in counters)
+    return f"UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key IN ({names})"
+
+
+_BUMP = _bump(("content_version",))
+_SCHEMA += "".join(
+    f"CREATE TRIGGER IF NOT EXISTS {table}_{op.lower()}_counts AFTER {op} ON {table} BEGIN {_bump(counters)}; END;\n"
+    for table, counters in _WATCHED.items()
+    for op in ("INSERT", "UPDATE", "DELETE")
+)
 
 STORE_FILE = "mmsafe.sqlite"
 
@@ -71,6 +112,8 @@ SLIM_DROPS = (
     "$.judgement.rationale",
 )
 _SPEC_FIELDS = ("model", "benchmark_spec", "attack", "defense", "judge")
+#: the records table's column of each spec field
+_COLUMNS = ("model", "benchmark", "attack", "defense", "judge")
 
 
 def generation_id(model: str, benchmark: str, attack: str, defense: str, sample_id: str) -> str:
@@ -160,6 +203,7 @@ class Store:
         #: record key → why it could not be read, for the rows the last :meth:`iter_records` skipped
         self.unreadable: dict[str, str] = {}
         self._lock = threading.RLock()
+        self._has_facts = False
         with _translated(p):
             if (
                 readonly
@@ -190,12 +234,17 @@ class Store:
     def _open(self) -> None:
         self._db.execute("PRAGMA busy_timeout=30000")
         tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        from mmsafe.store.facts import FACTS_VERSION
+
         if not tables and not self.readonly:  # a new store: the schema and its version in one transaction
             self._wal()
             self._db.executescript(
                 f"BEGIN IMMEDIATE;{_SCHEMA}"
-                f"INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');COMMIT;"
+                f"INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');"
+                f"{self._stamp_sql()}"
+                f"INSERT OR IGNORE INTO meta (key, value) VALUES ('facts_version', '{FACTS_VERSION}');COMMIT;"
             )
+            self._has_facts = True
             return
         found = None
         if "meta" in tables:
@@ -215,7 +264,43 @@ class Store:
             )
         if not self.readonly:  # only now that the file is known to be ours
             self._wal()
-            self._db.executescript(_SCHEMA)  # tables or indexes added since the store was made
+            # tables or indexes added since the store was made, and its content stamp (stores made before it)
+            self._db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}{self._stamp_sql()}COMMIT;")
+            self._has_facts = True
+            stale = self.get_meta("facts_version") != str(FACTS_VERSION)  # made before facts, or other facts
+            if stale or "record_facts" not in tables:
+                self._backfill_facts(FACTS_VERSION)
+        else:
+            self._has_facts = "record_facts" in tables
+
+    def _backfill_facts(self, version: int) -> None:
+        """Write the facts of every readable record (of this mmsafe's ``version``: any older ones are dropped),
+        one pass, one transaction; then ``meta.facts_version`` says they are there."""
+        from mmsafe.store.facts import encode, record_facts
+
+        rows = self._db.execute("SELECT key, record FROM records")
+        facts = []
+        for key, text in rows:
+            try:
+                facts.append((key, encode(record_facts(Record.model_validate_json(text)))))
+            except Exception:  # unreadable: the report reads it whole and counts it
+                continue
+        with self._tx():
+            self._db.execute("DELETE FROM record_facts")
+            self._db.executemany("INSERT INTO record_facts (key, facts) VALUES (?, ?)", facts)
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('facts_version', ?)", (str(version),)
+            )
+        if facts:
+            log.info("computed the report facts of %d records of %s (once)", len(facts), self.path)
+
+    @staticmethod
+    def _stamp_sql() -> str:
+        return (
+            f"INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', '{uuid.uuid4().hex}');"
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('content_version', '0');"
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('records_version', '0');"
+        )
 
     def _wal(self) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -241,6 +326,34 @@ class Store:
     @_sql
     def set_meta(self, key: str, value: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # -- content stamp -------------------------------------------------------------------------------
+    @_sql
+    def content_stamp(self) -> str | None:
+        """``"<store id>:<content version>:<schema version>"``. The content version goes up with every row written
+        to what a report reads (records, images, human labels, judge evaluations: SQL triggers, so a change made by
+        another program counts too) and when the list of run names changes, never for the response cache; the
+        schema version is SQLite's count of schema changes (a table or trigger dropped or added). Equal stamps
+        mean equal report inputs, so outputs written from this store under a stamp are current while it is (see
+        :func:`mmsafe.report.write_outputs`). None for a store made before stamps and not opened for writing
+        since (its triggers and counters are added then)."""
+        return self._stamp("content_version")
+
+    @_sql
+    def records_stamp(self) -> str | None:
+        """As :meth:`content_stamp`, for the records and images alone (what the sample browser reads)."""
+        return self._stamp("records_version")
+
+    def _stamp(self, counter: str) -> str | None:
+        rows = dict(self._db.execute("SELECT key, value FROM meta WHERE key IN ('store_id', ?)", (counter,)))
+        if "store_id" not in rows or counter not in rows:
+            return None
+        schema = self._db.execute("PRAGMA schema_version").fetchone()[0]
+        return f"{rows['store_id']}:{rows[counter]}:{schema}"
+
+    def _changed(self) -> None:
+        """Bump the content version where no trigger does (the list of runs, in ``meta``)."""
+        self._db.execute(_BUMP)
 
     # -- images --------------------------------------------------------------------------------------
     @_sql
@@ -294,9 +407,17 @@ class Store:
     # -- records -----------------------------------------------------------------------------------------
     @_sql
     def put_records(self, records: Iterable[Record], images: Iterable[Image] = ()) -> None:
-        """Write records (and the images they name) in one transaction; a record with the same key is replaced."""
+        """Write records (and the images they name) in one transaction; a record with the same key is replaced.
+        Each record's :func:`~mmsafe.store.facts.record_facts` are written beside it, in the same transaction."""
+        from mmsafe.store.facts import encode, record_facts
+
         rows = []
+        fact_rows = []
         for r in records:
+            try:
+                fact_rows.append((r.key, encode(record_facts(r))))
+            except Exception as exc:  # a record the report will read whole (and report as it can)
+                log.debug("no facts for record %r (%s); the report reads it whole", r.key[:80], exc)
             err = r.error or (r.judgement.error if r.judgement else None)
             rows.append(
                 (
@@ -325,6 +446,10 @@ class Store:
                 "sample_id, category, error, record, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
+            if self._has_facts:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO record_facts (key, facts) VALUES (?, ?)", fact_rows
+                )
 
     @_sql
     def record_status(self) -> dict[str, bool]:
@@ -340,6 +465,16 @@ class Store:
             "AND error IS NULL"
         )
         return {k for (k,) in self._db.execute(q, (model, benchmark, attack, defense))}
+
+    @_sql
+    def done_pairs(self, model: str, benchmark: str, attack: str, defense: str) -> set[tuple[str, str]]:
+        """(sample id, judge spec key) of the records of one cell that completed without error: the same
+        records as :meth:`done_keys`, named by the columns a record's key is made of (no key to rebuild)."""
+        q = (
+            "SELECT sample_id, judge FROM records WHERE model=? AND benchmark=? AND attack=? AND defense=? "
+            "AND error IS NULL"
+        )
+        return set(self._db.execute(q, (model, benchmark, attack, defense)))
 
     def iter_records(self, *, slim: bool = False, by_cell: bool = False) -> Iterator[Record]:
         """Every readable record, one at a time; a row that cannot be read is skipped and noted in
@@ -385,6 +520,123 @@ class Store:
             yield record
 
     @_sql
+    def count_done(
+        self, cells: Iterable[tuple[str, str, str, str]], sample_ids: dict[str, list[str]], judges: list[str]
+    ) -> dict[tuple[str, str, str, str], int]:
+        """For each cell (spec keys of model, benchmark, attack, defense): how many of its (sample, judge) pairs,
+        samples from ``sample_ids[benchmark]`` and judges from ``judges``, have a record that completed without
+        error: what :meth:`done_pairs` would hold of them, counted by SQLite (a record's key is a hash of its cell,
+        sample and judge, so each pair has at most one record). The sample ids go to a temporary table."""
+        out: dict[tuple[str, str, str, str], int] = {}
+        marks = ",".join("?" * len(judges))
+        self._db.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS plan_ids (bench TEXT, id TEXT, PRIMARY KEY (bench, id))"
+        )
+        try:
+            for bench, ids in sample_ids.items():
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO plan_ids (bench, id) VALUES (?, ?)", ((bench, i) for i in ids)
+                )
+            q = (
+                "SELECT COUNT(*) FROM records r JOIN plan_ids p ON p.bench = r.benchmark AND p.id = r.sample_id "
+                f"WHERE r.model=? AND r.benchmark=? AND r.attack=? AND r.defense=? AND r.error IS NULL "
+                f"AND r.judge IN ({marks})"
+            )
+            for cell in cells:
+                out[cell] = int(self._db.execute(q, (*cell, *judges)).fetchone()[0])
+        finally:
+            self._db.execute("DROP TABLE IF EXISTS temp.plan_ids")
+        return out
+
+    def iter_facts(
+        self,
+    ) -> Iterator[tuple[tuple[str, str, str, str, str], list[ComponentSpec], RecordFacts] | Record]:
+        """Every readable record in cell order, as ``iter_records(slim=True, by_cell=True)`` gives them, each as
+        its spec keys (model, benchmark, attack, defense, judge), those specs and its facts
+        (:mod:`mmsafe.store.facts`) when the store has its facts, else as the slim :class:`Record` itself (read
+        and validated whole). Unreadable rows are skipped and noted in :attr:`unreadable`."""
+        from mmsafe.store.facts import decode
+
+        if not self._has_facts:  # a store from before facts, opened read-only
+            yield from self.iter_records(slim=True, by_cell=True)
+            return
+        self.unreadable = {}
+        drops = ", ".join(f"'{p}'" for p in SLIM_DROPS)
+        # CASE evaluates lazily: a record with facts is never parsed, only its row read from the index
+        specs = ", ".join(
+            f"CASE WHEN f.facts IS NULL AND json_valid(r.record) THEN json_extract(r.record, '$.{f}') END"
+            for f in _SPEC_FIELDS
+        )
+        query = (
+            "SELECT r.key, r.model, r.benchmark, r.attack, r.defense, r.judge, r.sample_id, r.category, f.facts, "
+            "CASE WHEN f.facts IS NOT NULL THEN NULL "
+            f"WHEN json_valid(r.record) THEN json_remove(r.record, {drops}) ELSE r.record END, {specs} "
+            "FROM records r LEFT JOIN record_facts f ON f.key = r.key "
+            "ORDER BY r.model, r.benchmark, r.attack, r.defense, r.judge, r.sample_id, r.key"
+        )
+        strings: dict[str, str] = {}
+        memo: dict[str, Any] = {}
+        interned: dict[str, ComponentSpec] = {}
+        known: dict[tuple[str, str], ComponentSpec | None] = {}
+        cell_specs: dict[tuple[str, ...], list[ComponentSpec | None]] = {}
+        with self._lock, _translated(self.path):
+            rows = self._db.execute(query)
+        while True:
+            with self._lock, _translated(self.path):  # a damaged page shows up only when it is reached
+                batch = rows.fetchmany(32)  # few rows held at once: memory does not grow with the store
+            if not batch:
+                return
+            for row in batch:
+                key = str(row[0])
+                keys = (row[1], row[2], row[3], row[4], row[5])
+                facts = None if row[8] is None else decode(row[8], row[6], row[7], strings, memo)
+                if facts is not None:
+                    found = cell_specs.get(keys)
+                    if found is None:
+                        found = cell_specs[keys] = [
+                            self._spec(known, col, k) for col, k in zip(_COLUMNS, keys, strict=True)
+                        ]
+                    if all(found):
+                        yield keys, cast("list[ComponentSpec]", found), facts
+                        continue
+                text = row[9]
+                if text is None:  # facts that could not be used: the record, whole
+                    with self._lock, _translated(self.path):
+                        text = self._db.execute("SELECT record FROM records WHERE key=?", (key,)).fetchone()[
+                            0
+                        ]
+                try:
+                    record = Record.model_validate_json(text)
+                except (ValueError, RecursionError) as exc:  # damaged, or written by another mmsafe version
+                    n = exc.error_count() if isinstance(exc, ValidationError) else 1
+                    self.unreadable[key] = f"{type(exc).__name__} ({n} error{'s' * (n != 1)})"
+                    continue
+                yield _intern(record, row[10:], interned)
+
+    def _spec(
+        self, known: dict[tuple[str, str], ComponentSpec | None], col: str, key: str
+    ) -> ComponentSpec | None:
+        """The spec with ``key`` in records column ``col``, from a readable record that has it (a key names one
+        spec: a hash of it); None when no record of the key can be read."""
+        if (col, key) in known:
+            return known[(col, key)]
+        path = dict(zip(_COLUMNS, _SPEC_FIELDS, strict=True))[col]
+        q = f"SELECT json_extract(record, '$.{path}') FROM records WHERE {col}=? AND json_valid(record) LIMIT 8"
+        spec = None
+        with self._lock, _translated(self.path):
+            texts = [t for (t,) in self._db.execute(q, (key,))]
+        for text in texts:
+            try:
+                spec = ComponentSpec.model_validate_json(text) if isinstance(text, str) else None
+            except ValueError:
+                continue
+            if spec is not None and spec.key == key:
+                break
+            spec = None
+        known[(col, key)] = spec
+        return spec
+
+    @_sql
     def error_groups(self) -> list[tuple[str, str, int, str]]:
         """Failed records by (stage, benchmark name): ``(stage, benchmark, count, first example)``, the
         example being ``"sample_id: reason"`` of the first failed record in cell order. A failure
@@ -405,43 +657,83 @@ class Store:
         return [(s, b, n, example[(s, b)]) for (s, b), n in counts.items()]
 
     @_sql
-    def examples(self, k: int, *, max_chars: int = 1000) -> list[dict[str, Any]]:
+    def examples(self, k: int, *, max_chars: int = 1000, reference: bool = False) -> list[dict[str, Any]]:
         """Up to ``k`` answered must-refuse records per (benchmark, model, attack, defense, judge) name,
         the first in cell order: names, ``sample_id``, ``judgement`` (dict or None) and ``response``
-        (its first ``max_chars`` characters). Reads only these fields, never the whole store."""
-        q = (
+        (its first ``max_chars`` characters). Reads only these fields, never the whole store: with the records'
+        facts (:mod:`mmsafe.store.facts`), only of the records it shows or may show (must-refuse ones, in cells
+        not yet full); ``reference`` (or a store without facts) reads them from every record with SQL, the
+        definition the facts path is tested against."""
+        cols = (
             "SELECT key, json_extract(record, '$.benchmark'), json_extract(record, '$.model.name'), "
             "json_extract(record, '$.attack.name'), json_extract(record, '$.defense.name'), "
             "json_extract(record, '$.judge.name'), sample_id, json_extract(record, '$.judgement'), "
             f"substr(json_extract(record, '$.response'), 1, {int(max_chars)}) FROM records "
             "WHERE json_valid(record) AND json_extract(record, '$.expected') = 'refuse' "
             "AND json_extract(record, '$.response') IS NOT NULL "
-            "ORDER BY model, benchmark, attack, defense, judge, sample_id, key"
         )
         seen: dict[tuple[str, ...], int] = {}
         out: list[dict[str, Any]] = []
-        for key, bench, model, attack, defense, judge, sample_id, verdict, response in self._db.execute(q):
-            cell = (str(bench), str(model), str(attack), str(defense), str(judge))
-            if key in self.unreadable or seen.get(cell, 0) >= k:
+        if reference or not self._has_facts:
+            q = cols + "ORDER BY model, benchmark, attack, defense, judge, sample_id, key"
+            for row in self._db.execute(q):
+                self._example(row, k, seen, out)
+            return out
+        from mmsafe.store.facts import FACTS_VERSION
+
+        known: dict[tuple[str, str], ComponentSpec | None] = {}
+        cells: dict[tuple[str, ...], tuple[str | None, ...]] = {}
+        # the facts' version, benchmark name and expected behaviour (see facts.encode), read by SQLite's JSON code
+        q = (
+            "SELECT r.key, r.model, r.attack, r.defense, r.judge, f.facts IS NOT NULL AND "
+            f"json_valid(f.facts) AND json_extract(f.facts, '$[0]') = {int(FACTS_VERSION)}, "
+            "json_extract(f.facts, '$[3][0]') FROM records r LEFT JOIN record_facts f ON f.key = r.key "
+            "WHERE f.facts IS NULL OR NOT json_valid(f.facts) OR json_extract(f.facts, '$[0]') != ? "
+            "OR json_extract(f.facts, '$[3][1]') = 'refuse' "
+            "ORDER BY r.model, r.benchmark, r.attack, r.defense, r.judge, r.sample_id, r.key"
+        )
+        for key, *keys, has_facts, bench in self._db.execute(q, (FACTS_VERSION,)):
+            if key in self.unreadable:
                 continue
-            try:
-                judgement = json.loads(verdict) if verdict else None
-            except ValueError:
-                judgement = None
-            seen[cell] = seen.get(cell, 0) + 1
-            out.append(
-                {
-                    "benchmark": cell[0],
-                    "model": cell[1],
-                    "attack": cell[2],
-                    "defense": cell[3],
-                    "judge": cell[4],
-                    "sample_id": sample_id,
-                    "judgement": judgement if isinstance(judgement, dict) else None,
-                    "response": str(response),
-                }
-            )
+            if has_facts:  # a must-refuse record: read it only if its cell is not full
+                names = cells.get(tuple(keys))
+                if names is None:
+                    cols4 = ("model", "attack", "defense", "judge")
+                    specs = [self._spec(known, c, v) for c, v in zip(cols4, keys, strict=True)]
+                    names = cells[tuple(keys)] = tuple(None if sp is None else sp.name for sp in specs)
+                cell = (bench, *names)
+                if None not in cell and seen.get(cast("tuple[str, ...]", cell), 0) >= k:
+                    continue
+            row = self._db.execute(cols + "AND key = ?", (key,)).fetchone()
+            if row is not None:
+                self._example(row, k, seen, out)
         return out
+
+    def _example(
+        self, row: tuple[Any, ...], k: int, seen: dict[tuple[str, ...], int], out: list[dict[str, Any]]
+    ) -> None:
+        """Add the example of ``row`` (see :meth:`examples`) unless its record is unreadable or its cell is full."""
+        key, bench, model, attack, defense, judge, sample_id, verdict, response = row
+        cell = (str(bench), str(model), str(attack), str(defense), str(judge))
+        if key in self.unreadable or seen.get(cell, 0) >= k:
+            return
+        try:
+            judgement = json.loads(verdict) if verdict else None
+        except ValueError:
+            judgement = None
+        seen[cell] = seen.get(cell, 0) + 1
+        out.append(
+            {
+                "benchmark": cell[0],
+                "model": cell[1],
+                "attack": cell[2],
+                "defense": cell[3],
+                "judge": cell[4],
+                "sample_id": sample_id,
+                "judgement": judgement if isinstance(judgement, dict) else None,
+                "response": str(response),
+            }
+        )
 
     @_sql
     def count_records(self) -> int:
@@ -452,9 +744,17 @@ class Store:
         return json.loads(text) if text else []
 
     def add_run(self, info: dict[str, Any]) -> None:
-        with self._lock:
-            runs = [r for r in self.runs() if r.get("name") != info.get("name")] + [info]
-            self.set_meta("runs", json.dumps(runs))
+        """Record a run's ``info`` (its name, config, times), replacing the entry of the same name. The report
+        reads only the names: the content version goes up only when their list changes."""
+        with self._lock, _translated(self.path), self._tx():
+            row = self._db.execute("SELECT value FROM meta WHERE key='runs'").fetchone()
+            old = json.loads(row[0]) if row else []
+            runs = [r for r in old if r.get("name") != info.get("name")] + [info]
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('runs', ?)", (json.dumps(runs),)
+            )
+            if [r.get("name") for r in runs] != [r.get("name") for r in old]:
+                self._changed()
 
     # -- judge evaluations --------------------------------------------------------------------------------
     @_sql

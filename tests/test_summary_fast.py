@@ -1,0 +1,346 @@
+"""The report's fast paths give today's numbers exactly.
+
+- ``build_summary`` reads the facts the store kept when each record was written (:mod:`mmsafe.store.facts`); the
+  summary must be the one ``build_summary(reference=True)`` gives by validating every record with pydantic, as JSON
+  text, byte for byte (but ``generated``): rates and intervals, per-category rows, judge agreement and κ intervals,
+  effects, defenses, adversarial figures, calibrated rates, the human part. The fixture is a real run (two attacks,
+  two defenses, three judges with an ensemble, failing items) plus records written through ``put_records`` that
+  carry what a run of this size cannot (detection labels, utility scores, defense accounts of every kind, white-box
+  figures), a record damaged by another program (its facts dropped by the trigger), one inserted without facts,
+  human labels and a judge evaluation.
+- The bootstrap draws exactly the indices ``random.Random.randrange`` draws, with NumPy and without.
+- The store's content stamp moves with every change a report reads and with nothing else; outputs written under
+  the current stamp are not rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmsafe.config import load_config
+from mmsafe.judge_eval import evaluate_judge, read_labelled, record_judge_eval
+from mmsafe.judge_eval.records import judge_eval_entry
+from mmsafe.registry import Registry
+from mmsafe.report import build_summary, write_outputs
+from mmsafe.runner import run
+from mmsafe.store import Store
+from mmsafe.store.sqlite import generation_id
+from mmsafe.types import ComponentSpec, Expected, Judgement, Record
+
+REFUSAL = "I'm sorry, I can't help with that."
+
+
+def _config() -> dict:
+    return {
+        "name": "fast-summary",
+        "models": [
+            {
+                "name": "scripted",
+                "params": {
+                    "rules": {"weapon": REFUSAL, "kill": REFUSAL, "Open your answer": "Sure! step 1: mix."},
+                    "default": "Here is some help: step 1, then step 2.",
+                    "fail_on": ["shoplift"],
+                },
+            }
+        ],
+        "benchmarks": ["starter"],
+        "attacks": ["none", "prefix-injection"],
+        "defenses": ["none", "system-prompt"],
+        "judges": [
+            "refusal",
+            {"name": "target-string", "params": {"targets": ["step 1"]}},
+            {
+                "name": "ensemble",
+                "params": {"judges": ["refusal", {"name": "target-string", "params": {"targets": ["Sure"]}}]},
+            },
+        ],
+    }
+
+
+def _spec(kind: str, name: str, **params: object) -> ComponentSpec:
+    return ComponentSpec(kind=kind, name=name, params=dict(params))
+
+
+def _extra_records() -> list[Record]:
+    """Records a small run does not write: detection labels, utility scores, defense accounts, white-box figures."""
+    model, bench = _spec("model", "scripted", tag="extra"), _spec("benchmark", "synthetic")
+    attack, pgd = _spec("attack", "none"), _spec("attack", "pgd", eps=8)
+    undefended, guard = _spec("defense", "none"), _spec("defense", "guard-input")
+    judge, util = _spec("judge", "refusal"), _spec("judge", "utility-overlap")
+    rng = random.Random(7)
+    out = []
+    accounts = [
+        {"action": "blocked", "calls": 2, "seconds": 0.25},
+        {"action": "passed", "calls": 1},
+        {"action": "exploded"},  # outside the schema: counted as unreadable
+        None,
+    ]
+    for i in range(60):
+        expected = (Expected.refuse, Expected.comply, Expected.label)[i % 3]
+        for a in (attack, pgd):
+            for d in (undefended, guard):
+                for j in (judge, util):
+                    meta = {"defense": accounts[i % 4]} if d is guard and accounts[i % 4] else {}
+                    prompt = {"attack_metadata": {}}
+                    if a is pgd:
+                        prompt["attack_metadata"] = {
+                            "adversarial": True, "success": i % 2 == 0, "steps": 10 + i, "seconds": 0.1 * i,
+                            "batch": 4, "eps": 8 / 255, "norm": "linf", "linf": 0.031, "l2": 1.5 + i / 7,
+                            "ssim": 0.9, "psnr": 31.0 + i / 3, "crafted_on": "scripted",
+                        }  # fmt: skip
+                    verdict = Judgement(
+                        success=rng.random() < 0.4,
+                        refused=rng.random() < 0.5,
+                        score=rng.random() if j is util else None,
+                        label=rng.choice(["hateful", "benign"]) if expected == Expected.label else None,
+                        details={"utility": True} if j is util else {},
+                    )
+                    failed = i % 17 == 5
+                    out.append(
+                        Record(
+                            key=f"x{i}-{a.name}-{d.name}-{j.name}",
+                            run="extra",
+                            sample_id=f"s{i:03d}",
+                            benchmark="synthetic",
+                            category=f"c{i % 4}",
+                            expected=expected,
+                            label=rng.choice(["hateful", "benign"]) if expected == Expected.label else None,
+                            model=model,
+                            benchmark_spec=bench,
+                            attack=a,
+                            defense=d,
+                            judge=j,
+                            prompt=prompt,
+                            response=None if failed else "an answer",
+                            generation=None if failed else {"metadata": meta},
+                            judgement=None if failed else verdict,
+                            error="boom" if failed else None,
+                            error_stage="generate" if failed else None,
+                            created=1.0,
+                        )
+                    )
+    return out
+
+
+def _labelled(tmp_path: Path):
+    rows = ["prompt,response,label"]
+    rows += [f"q{i},I'm sorry I can't help {i},safe" for i in range(6)]
+    rows += [f"h{i},Sure here is how {i},harmful" for i in range(5)] + ["f0,I cannot do that,harmful"]
+    f = tmp_path / "l.csv"
+    f.write_text("\n".join(rows) + "\n")
+    return read_labelled(f)
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("fast")
+    out = tmp / "out"
+    run(load_config(None, overrides=_config()), out, progress=False)
+    with Store(out) as store:
+        store.put_records(_extra_records())
+        judge = Registry().create("judge", "refusal")
+        data = _labelled(tmp)
+        record_judge_eval(store, judge_eval_entry(evaluate_judge(judge, data), judge=judge.spec, data=data))
+        items = store._db.execute(
+            "SELECT DISTINCT model, benchmark, attack, defense, sample_id FROM records ORDER BY 1, 2, 3, 4, 5"
+        ).fetchall()
+        labels = []
+        for n, item in enumerate(items[:80]):
+            for who in ("ann", "bob", "cy"):
+                label = ("harmful", "not_harmful", "unsure")[(n + len(who) * (n % 3)) % 3]
+                labels.append((generation_id(*item), who, "harmful", label, None, 2.0))
+        store.put_human_labels(labels)
+    with sqlite3.connect(
+        out / "mmsafe.sqlite"
+    ) as db:  # another program: one record damaged, one without facts
+        key = db.execute("SELECT key FROM records ORDER BY key LIMIT 1").fetchone()[0]
+        db.execute("UPDATE records SET record = ? WHERE key = ?", ('{"key": "x", "from": "mmsafe 9"}', key))
+        key2 = db.execute("SELECT key FROM records ORDER BY key LIMIT 1 OFFSET 7").fetchone()[0]
+        db.execute("DELETE FROM record_facts WHERE key = ?", (key2,))
+    return out
+
+
+def _text(summary: dict) -> str:
+    return json.dumps({k: v for k, v in summary.items() if k != "generated"}, indent=2, sort_keys=True)
+
+
+def test_the_fast_summary_is_the_reference_summary_byte_for_byte(store_dir: Path) -> None:
+    with Store.open_existing(store_dir) as store:
+        facts = store._db.execute("SELECT COUNT(*) FROM record_facts").fetchone()[0]
+        total = store.count_records()
+        assert 0 < facts < total  # most records through their facts, the changed two whole
+        fast = build_summary(store)
+        reference = build_summary(store, reference=True)
+    assert _text(fast) == _text(reference)
+    # the fixture reaches every part of the summary
+    assert fast["n_unreadable"] == 1 and fast["n_errors"] > 0
+    assert {r["category"] for r in fast["rows"]} >= {"ALL", "c0", "c3"}
+    assert any(r.get("accuracy") for r in fast["rows"]) and any(r.get("utility") for r in fast["rows"])
+    assert fast["judge_agreement"] and any("/" in p["a"] for p in fast["judge_agreement"])
+    assert any(p["kappa"] and p["kappa"]["lo"] is not None for p in fast["judge_agreement"])
+    assert fast["effects"] and fast["adversarial"] and any(n["evals"] for n in fast["judges"])
+    use = {d["defense"]: d["actions"] for d in fast["defenses"]}
+    assert {"blocked", "passed", "unreadable"} <= set(use["guard-input"])
+    assert fast.get("human")
+
+
+def test_a_store_from_before_facts_gets_them_once_and_reports_the_same(
+    store_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(store_dir, old)
+    with sqlite3.connect(old / "mmsafe.sqlite") as db:
+        db.execute("DROP TABLE record_facts")
+    with Store.open_existing(old) as store:  # read-only: every record read whole
+        assert not store._has_facts
+        before = build_summary(store)
+    with Store(old) as store:  # a writer computes the facts once
+        assert (
+            store._db.execute("SELECT COUNT(*) FROM record_facts").fetchone()[0] == store.count_records() - 1
+        )
+        after = build_summary(store)
+    assert _text(before) == _text(after)
+
+
+@pytest.mark.parametrize("numpy", [True, False])
+def test_bootstrap_draws_are_randrange_draws(numpy: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmsafe.metrics import _common
+
+    if not numpy:
+        monkeypatch.setitem(sys.modules, "numpy", None)  # import numpy fails: the pure-Python words
+    check = _common._draws_match
+    check.cache_clear()
+    try:
+        assert _common._draws_match()
+        for seed, sizes in ((0, (3, 3, 700, 1)), (9, (2**20 + 3, 5)), (4, (64, 65, 1000))):
+            ref, fast = random.Random(seed), _common._Draws(random.Random(seed))
+            for m in sizes * 3:
+                assert fast.below(m, m) == [ref.randrange(m) for _ in range(m)]
+        # a stratified bootstrap, through both paths
+        strata = [list(range(0, 40)), list(range(40, 47)), [47]]
+        stat = lambda idx: sum(idx) / len(idx)  # noqa: E731
+        got = _common.bootstrap_indices(strata, stat, n_resamples=300, seed=3, confidence=0.9)
+        monkeypatch.setattr(_common, "_draws_match", lambda: False)
+        want = _common.bootstrap_indices(strata, stat, n_resamples=300, seed=3, confidence=0.9)
+        assert got == want
+    finally:
+        check.cache_clear()
+
+
+def test_the_stamp_moves_with_what_a_report_reads_and_current_outputs_stay(
+    store_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(store_dir, out)
+    with Store(out) as store:
+        paths = write_outputs(store, out)
+        first = store.content_stamp()
+        mtimes = {k: p.stat().st_mtime_ns for k, p in paths.items()}
+        assert json.loads(paths["summary"].read_text())["stamp"].startswith(first)
+        write_outputs(store, out)  # nothing changed: nothing rewritten
+        assert {k: p.stat().st_mtime_ns for k, p in paths.items()} == mtimes
+        store.put_responses([])  # the response cache is not a report input
+        store.add_run({"name": "fast-summary", "started": 5.0})  # the same run names
+        assert store.content_stamp() == first
+        store.put_human_labels([("item", "zed", "harmful", "harmful", None, 3.0)])
+        second = store.content_stamp()
+        assert second != first
+        write_outputs(store, out)
+        assert json.loads(paths["summary"].read_text())["stamp"].startswith(second)
+    with sqlite3.connect(out / "mmsafe.sqlite") as db:  # any program's change counts
+        db.execute("UPDATE records SET created = created + 1 WHERE rowid = 3")
+    with Store.open_existing(out) as store:
+        assert store.content_stamp() != second
+    paths["html"].unlink()  # a missing output is written again
+    with Store.open_existing(out) as store:
+        write_outputs(store, out)
+    assert paths["html"].is_file()
+
+
+def test_the_browser_is_made_again_only_when_records_or_images_change(
+    store_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from mmsafe.report import BROWSER_CACHE, REPORT_MAX_ITEMS, _browser
+    from mmsafe.report.browser import browser_section
+    from mmsafe.report.page import json_text
+
+    out = tmp_path / "run"
+    shutil.copytree(store_dir, out)
+
+    def same(a, b) -> bool:
+        return (a.id, a.title, a.html, a.js, a.css, json_text(a.data)) == (
+            b.id, b.title, b.html, b.js, b.css, json_text(b.data)
+        )  # fmt: skip
+
+    with Store(out) as store:
+        made = _browser(store, out)
+        assert (out / BROWSER_CACHE).is_file()
+        kept = json.loads((out / BROWSER_CACHE).read_text())["key"]
+        store.put_human_labels([("item", "zed", "harmful", "harmful", None, 3.0)])  # not a browser input
+        again = _browser(store, out)
+        assert same(again, made) and same(again, browser_section(store, max_items=REPORT_MAX_ITEMS))
+        assert json.loads((out / BROWSER_CACHE).read_text())["key"] == kept  # read back, not made again
+        store.put_records([next(iter(store.iter_records()))])  # the same record written again: made again
+        assert json.loads((out / BROWSER_CACHE).read_text())["key"] == kept
+        _browser(store, out)
+        assert json.loads((out / BROWSER_CACHE).read_text())["key"] != kept
+    (out / BROWSER_CACHE).write_text("{not json")  # a damaged cache is made again
+    with Store.open_existing(out) as store:
+        assert same(_browser(store, out), browser_section(store, max_items=REPORT_MAX_ITEMS))
+
+
+def test_kept_charts_and_items_give_the_same_page(
+    store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """report.html written from kept charts and items is the page written from nothing (but the time it says)."""
+    import re
+    import shutil
+
+    from mmsafe.report import BROWSER_CACHE, CHARTS_CACHE
+
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "run"
+    shutil.copytree(store_dir, out)
+
+    def page() -> str:
+        return re.sub(r"generated \d{4}-\d\d-\d\d \d\d:\d\d UTC", "", (out / "report.html").read_text())
+
+    with Store.open_existing(out) as store:
+        write_outputs(store, out, force=True)
+        fresh = page()
+        charts = json.loads((out / CHARTS_CACHE).read_text())
+        assert charts and all(v.startswith("<img") for v in charts.values())
+        with monkeypatch.context() as m:  # every chart and the items from the kept ones: nothing drawn
+            m.setattr("mmsafe.report.charts._figure", lambda *a: pytest.fail("a kept chart was drawn again"))
+            m.setattr(
+                "mmsafe.report.browser.browser_section",
+                lambda *a, **k: pytest.fail("kept items were read again"),
+            )
+            write_outputs(store, out, force=True)
+        assert page() == fresh
+        assert json.loads((out / CHARTS_CACHE).read_text()) == charts
+    shutil.rmtree(out / BROWSER_CACHE.parent)
+    with Store.open_existing(out) as store:
+        write_outputs(store, out, force=True)
+    assert page() == fresh
+
+
+def test_examples_from_facts_are_the_reference_examples(store_dir: Path) -> None:
+    with Store.open_existing(store_dir) as store:
+        build_summary(store)  # as write_outputs does: the unreadable records are known
+        for k in (1, 3, 50):
+            fast = store.examples(k, max_chars=40)
+            assert fast == store.examples(k, max_chars=40, reference=True)
+        assert len({(e["model"], e["attack"], e["defense"], e["judge"]) for e in fast}) > 4
