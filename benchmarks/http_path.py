@@ -67,6 +67,7 @@ class _Server:
         self.first_in: float | None = None
         self.last_out = 0.0
         self.in_flight = self.max_in_flight = self.served = 0
+        self.arrivals: list[float] = []
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -74,6 +75,7 @@ class _Server:
             "last_out": self.last_out,
             "max_in_flight": self.max_in_flight,
             "served": self.served,
+            "arrivals": self.arrivals,
         }
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -117,6 +119,7 @@ class _Server:
     async def complete(self, body: bytes) -> bytes:
         now = time.time()
         self.first_in = now if self.first_in is None else self.first_in
+        self.arrivals.append(now)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -189,7 +192,9 @@ class StubProcess:
             while b"\r\n\r\n" not in data:
                 data += s.recv(65536)
             head, _, rest = data.partition(b"\r\n\r\n")
-            length = int(next(x for x in head.split(b"\r\n") if x.lower().startswith(b"content-length")).split(b":")[1])
+            length = int(
+                next(x for x in head.split(b"\r\n") if x.lower().startswith(b"content-length")).split(b":")[1]
+            )
             while len(rest) < length:
                 rest += s.recv(65536)
         return json.loads(rest)
@@ -211,7 +216,9 @@ def request_body(text: str) -> dict[str, Any]:
     }
 
 
-async def _window(post: Callable[[dict[str, Any]], Awaitable[str]], bodies: list[dict[str, Any]], c: int) -> int:
+async def _window(
+    post: Callable[[dict[str, Any]], Awaitable[str]], bodies: list[dict[str, Any]], c: int
+) -> int:
     it = iter(bodies)
     answered = 0
 
@@ -269,11 +276,16 @@ async def run_raw(base_url: str, bodies: list[dict[str, Any]], c: int) -> tuple[
                 data = json.dumps(body).encode()
                 writer.write(
                     b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                    b"Content-Type: application/json\r\nContent-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data
+                    b"Content-Type: application/json\r\nContent-Length: "
+                    + str(len(data)).encode()
+                    + b"\r\n\r\n"
+                    + data
                 )
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = next(
-                    int(x.split(b":")[1]) for x in head.split(b"\r\n") if x.lower().startswith(b"content-length")
+                    int(x.split(b":")[1])
+                    for x in head.split(b"\r\n")
+                    if x.lower().startswith(b"content-length")
                 )
                 doc = json.loads(await reader.readexactly(length))
                 answered += bool(doc["choices"][0]["message"]["content"])
@@ -297,7 +309,9 @@ def run_mmsafe(h: Any, stub: StubProcess, rows: Path, out: Path, c: int) -> tupl
     """One ``mmsafe run`` into the fresh folder ``out``: (generation phase s, process wall s, records)."""
     config = {
         "name": "http-path",
-        "models": [{"name": "openai", "params": {"base_url": stub.base_url, "model": "stub", "concurrency": c}}],
+        "models": [
+            {"name": "openai", "params": {"base_url": stub.base_url, "model": "stub", "concurrency": c}}
+        ],
         "benchmarks": [{"name": "jsonl", "params": {"file": str(rows)}}],
         "judges": ["refusal"],
     }

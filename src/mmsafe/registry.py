@@ -207,6 +207,19 @@ class Component:
 
     @property
     def spec(self) -> ComponentSpec:
+        """The resolved spec. With frozen params it is built once and reused (with its cached
+        ``key``) while the params, name and version stay the same objects: the runner asks for it
+        for every record it writes."""
+        ident = (self.params, self.kind, self.name, self.version)
+        memo = self.__dict__.get("_spec_memo")
+        if memo is not None and all(a is b for a, b in zip(memo[0], ident, strict=True)):
+            return memo[1]
+        spec = self._build_spec()
+        if self.params.model_config.get("frozen"):
+            self.__dict__["_spec_memo"] = (ident, spec)
+        return spec
+
+    def _build_spec(self) -> ComponentSpec:
         dumped = self.params.model_dump(mode="json")
         return ComponentSpec(
             kind=self.kind,

@@ -395,7 +395,11 @@ class OpenAICompatModel(ModelBackend):
         data = _encode_json(self.build_body(prompt, seed=seed))
         client = self._client()
         # refused, reset or dropped connections, proxy failures, a malformed or cut-short response
-        retryable_exc = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError)
+        retryable_exc = (
+            aiohttp.ClientConnectionError,
+            aiohttp.ClientPayloadError,
+            aiohttp.ClientResponseError,
+        )
         loop = asyncio.get_running_loop()
         started = loop.time()
         # in a run, the runner's deadline (it cancels an attempt still running at the deadline, with
