@@ -210,13 +210,18 @@ class Component:
         """The resolved spec. With frozen params it is built once and reused (with its cached
         ``key``) while the params, name and version stay the same objects: the runner asks for it
         for every record it writes."""
-        ident = (self.params, self.kind, self.name, self.version)
         memo = self.__dict__.get("_spec_memo")
-        if memo is not None and all(a is b for a, b in zip(memo[0], ident, strict=True)):
-            return memo[1]
+        if (
+            memo is not None
+            and memo[0] is self.params
+            and memo[1] is self.kind
+            and memo[2] is self.name
+            and memo[3] is self.version
+        ):
+            return memo[4]
         spec = self._build_spec()
         if self.params.model_config.get("frozen"):
-            self.__dict__["_spec_memo"] = (ident, spec)
+            self.__dict__["_spec_memo"] = (self.params, self.kind, self.name, self.version, spec)
         return spec
 
     def _build_spec(self) -> ComponentSpec:

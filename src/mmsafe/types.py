@@ -349,6 +349,16 @@ class ComponentSpec(_Frozen):
         value changes neither equality nor serialisation."""
         return stable_hash(self.model_dump(mode="json", exclude={"runtime"}))[:16]
 
+    @functools.cached_property
+    def surrogate_key(self) -> str | None:
+        """:func:`surrogate_key` of ``params`` and then ``runtime`` (with the field's name), or None:
+        looked for once per spec (it is frozen), not once per record that carries it."""
+        for name in ("params", "runtime"):
+            where = surrogate_key(getattr(self, name))
+            if where:
+                return f"{name}: {where}"
+        return None
+
 
 class Usage(_Frozen):
     prompt_tokens: int | None = None

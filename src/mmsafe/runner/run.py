@@ -29,6 +29,7 @@ import asyncio
 import gc
 import logging
 import queue
+import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -307,7 +308,7 @@ class Runner:
         cache = _cache_of(cells)
         # a defended request runs its defense in a worker thread: as many threads as requests at once
         with (
-            _frozen_heap(),
+            _responsive_loop(),
             LoopThread(name=f"mmsafe-{model.name}", threads=max(1, model.concurrency)) as loop,
             Worker(name=f"mmsafe-judge-{model.name}") as judges,
             cache.buffered() if cache is not None else nullcontext(),
@@ -320,9 +321,12 @@ class Runner:
             judging: list[_Item] = []  # the group the judge thread has
             verdicts: Future[dict[tuple[int, str], Judgement]] | None = None
             exhausted = False
+            # refill once this many requests have finished (half the queue behind the running ones,
+            # which keeps the slots busy meanwhile): one lookup and one wake-up of the loop per refill
+            step = max(1, (window - max(1, model.concurrency)) // 2)
             while inflight or answered or judging or not exhausted:
                 held = len(inflight) + len(answered) + len(judging)
-                while not exhausted and len(inflight) < window and held < 2 * window:
+                while not exhausted and len(inflight) <= window - step and held <= 2 * window - step:
                     batch = list(islice(items, min(window - len(inflight), 2 * window - held)))
                     if not batch:
                         exhausted = True
@@ -389,6 +393,8 @@ class Runner:
             hits = cache.lookup(list(keys.values()))
             share = (time.perf_counter() - t0) / len(direct)
         answered: list[_Item] = []
+        sent: list[_Item] = []
+        requests = []
         for item in items:
             prompt = item.prompt
             if prompt is None:
@@ -402,9 +408,12 @@ class Runner:
                 call = partial(cache.afresh, prompt, seed=item.seed, key=key)
             else:
                 call = partial(item.cell.target.agenerate, prompt, seed=item.seed)
-            fut = loop.submit(_request(call, sem, deadline))
-            inflight[fut] = item
-            fut.add_done_callback(finished.put)
+            sent.append(item)
+            requests.append(_request(call, sem, deadline))
+        if requests:
+            for item, fut in zip(sent, loop.submit_many(requests), strict=True):  # one wake-up of the loop
+                inflight[fut] = item
+                fut.add_done_callback(finished.put)
         return answered
 
     def _generate_batch(self, target: ModelBackend, items: list[_Item]) -> None:
@@ -624,18 +633,31 @@ def _cache_of(cells: Sequence[_Cell]) -> CachedModel | None:
 
 
 @contextmanager
-def _frozen_heap() -> Iterator[None]:
-    """What exists before the window (imports, the models, the grid) lives for the session: it is
-    moved out of the garbage collector's view (:func:`gc.freeze`) while the window runs, so a full
-    collection walks only what the window made. Measured in ``benchmarks/http_path.py``: full
-    collections over the whole heap took 50-130 ms each, a stall of every request in flight (the
-    loop thread waits for the GIL); 10-30 ms with the heap frozen."""
+def _responsive_loop() -> Iterator[None]:
+    """While the window runs, the event-loop thread gets the GIL back quickly.
+
+    - What exists before the window (imports, the models, the grid) lives for the session: it is
+      moved out of the garbage collector's view (:func:`gc.freeze`), so a full collection walks only
+      what the window made. Measured in ``benchmarks/http_path.py``: full collections over the whole
+      heap took 50-130 ms each, a stall of every request in flight; 10-30 ms with the heap frozen.
+    - The interpreter's switch interval drops from 5 ms to 0.5 ms (:func:`sys.setswitchinterval`):
+      the loop thread releases the GIL at every socket call, and while the main thread stores
+      records or the judges run it waited up to the whole interval to get it back, once per call,
+      so the next requests went out a round late. Both are restored when the window closes.
+    """
+    interval = sys.getswitchinterval()
     gc.collect()
     gc.freeze()
+    sys.setswitchinterval(min(interval, _SWITCH_INTERVAL_S))
     try:
         yield
     finally:
+        sys.setswitchinterval(interval)
         gc.unfreeze()
+
+
+#: the GIL switch interval while an I/O model's window runs (:func:`_responsive_loop`)
+_SWITCH_INTERVAL_S = 0.0005
 
 
 def _drain(finished: queue.SimpleQueue[Future[Any]]) -> list[Future[Any]]:
