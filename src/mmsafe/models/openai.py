@@ -587,7 +587,10 @@ def _env_proxy(url: str) -> str | None:
 
     proxies = urllib.request.getproxies_environment()
     parts = urlsplit(url)
-    if not proxies or urllib.request.proxy_bypass_environment(parts.hostname or "", proxies):
+    # the environment's NO_PROXY only (urllib.request.proxy_bypass would also ask macOS/Windows
+    # settings, which httpx did not); not in typeshed, hence getattr
+    bypass = getattr(urllib.request, "proxy_bypass_environment")  # noqa: B009
+    if not proxies or bypass(parts.hostname or "", proxies):
         return None
     return proxies.get(parts.scheme) or proxies.get("all") or None
 

@@ -78,9 +78,11 @@ class LoopThread:
 
         def start() -> None:
             for coro, fut in zip(coros, futures, strict=True):
-                if not fut.set_running_or_notify_cancel():  # cancelled before it started
+                if fut.cancelled():  # cancelled before it started
                     coro.close()
                     continue
+                # the future stays pending while the task runs (as with run_coroutine_threadsafe),
+                # so cancelling it from the submitting thread cancels the task
                 task = self._loop.create_task(coro)
                 task.add_done_callback(partial(_settle, fut))
                 fut.add_done_callback(partial(_cancel_task, self._loop, task))
@@ -174,11 +176,12 @@ class Worker:
 
 def _settle(fut: concurrent.futures.Future[Any], task: asyncio.Task[Any]) -> None:
     """Copy a finished task's outcome into the future the submitting thread holds."""
-    if fut.done():
-        return
     if task.cancelled():
         fut.cancel()
-    elif (exc := task.exception()) is not None:
+        return
+    if not fut.set_running_or_notify_cancel():  # cancelled meanwhile
+        return
+    if (exc := task.exception()) is not None:
         fut.set_exception(exc)
     else:
         fut.set_result(task.result())

@@ -363,7 +363,7 @@ class Runner:
                         )
                         judging, verdicts = [], None  # the group's prompts and answers go
                     elif f in inflight:
-                        item = _answered(inflight.pop(f), f)  # type: ignore[arg-type]
+                        item = _answered(inflight.pop(f), f)
                         (answered if item.generation is not None else unjudged).append(item)
                 del done
                 if unjudged:  # a failed request: nothing to judge, stored at once
