@@ -163,8 +163,7 @@ def test_defended_items_share_the_window_and_the_cache(tmp_path: Path) -> None:
 
 
 def test_the_window_restores_the_interpreter(tmp_path: Path) -> None:
-    """The switch interval and the frozen heap are the window's only: both are back afterwards, also
-    when the run fails."""
+    """The switch interval and the frozen heap are the window's only: both are back afterwards."""
     bench = _bench(tmp_path / "data", 3)
     reg = Registry(entry_points=False)
     reg.register("model", "openai", OpenAICompatModel)
