@@ -32,7 +32,9 @@ from mmsafe.runner import run
 from mmsafe.store import Store
 from mmsafe.types import Generation, Image, Message, Prompt
 
-aiohttp = pytest.importorskip("aiohttp", reason="the openai backend needs aiohttp (pip install 'mmsafe[api]')")
+aiohttp = pytest.importorskip(
+    "aiohttp", reason="the openai backend needs aiohttp (pip install 'mmsafe[api]')"
+)
 httpx = pytest.importorskip("httpx", reason="the server fixture polls with httpx (pip install 'mmsafe[api]')")
 
 from _fault_proxy import FaultProxy  # noqa: E402

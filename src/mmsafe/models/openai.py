@@ -225,11 +225,13 @@ class OpenAICompatModel(ModelBackend):
 
     The HTTP client is aiohttp, chosen by measurement (``benchmarks/http_path.py``: 256 requests to a
     local server answering in 50 ms, a bare sliding-window client on each library, 2 cores). At
-    concurrency 8 / 32 / 64, aiohttp took about 1.8 / 0.55 / 0.33 s, within 10% of raw asyncio
-    sockets; httpx 0.29 took 1.9-2.1 / 2.7-2.9 / 4.5-5.4 s and burnt 0.6 / 1.3 / 2.5 s of CPU, nearly
-    all in httpcore's connection pool, which rescans every connection for every queued request on
-    each assignment (quadratic in the concurrency: encode/httpcore#1035, encode/httpx#3215).
-    aiohttp's connector hands a freed connection to the next waiter directly.
+    concurrency 8 / 32 / 64, aiohttp took 1.7-1.8 / 0.47-0.55 / 0.26-0.34 s, within 10% of raw
+    asyncio sockets (1.66 / 0.43 / 0.24 s); httpx 0.29 took 1.8-2.1 / 1.3-2.9 / 2.9-5.4 s and burnt
+    0.6 / 1.3 / 2.5 s of CPU (aiohttp: 0.2 / 0.07 / 0.06 s), nearly all in httpcore's connection
+    pool, which rescans every connection for every queued request on each assignment (quadratic in
+    the concurrency: encode/httpcore#1035, encode/httpx#3215). aiohttp's connector hands a freed
+    connection to the next waiter directly. Each attempt is one ``POST`` of compact UTF-8 JSON
+    (as httpx sent it); proxies come from the environment and TLS uses certifi's bundle, as with httpx.
 
     Needs ``aiohttp``: ``pip install 'mmsafe[api]'``.
     """
