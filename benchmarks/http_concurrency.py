@@ -2,8 +2,8 @@
 
 For each server it sends the same N equal-size chat requests (greedy, fixed ``max_tokens``) through
 :class:`~mmsafe.models.openai.OpenAICompatModel` at each concurrency, then the same requests
-with a bare ``httpx.AsyncClient`` at the same concurrency (no mmsafe: no message conversion, retries
-or result objects). Rows print side by side: mmsafe req/s, its ratio to concurrency 1, raw req/s and
+with a bare ``aiohttp`` client (the backend's own library) at the same concurrency (no mmsafe: no
+message conversion, retries or result objects). Rows print side by side: mmsafe req/s, its ratio to concurrency 1, raw req/s and
 mmsafe/raw (the backend's overhead; ~1.0 means the server is the limit). Each cell is the best of
 ``--repeat`` interleaved runs, after a warm-up at every concurrency.
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import io
 import os
 import platform
@@ -165,16 +166,22 @@ def via_mmsafe(base_url: str, model: str | None, prompts: list[Prompt], conc: in
     return len(prompts) / dt
 
 
-def via_raw_httpx(bodies: list[dict[str, Any]], base_url: str, conc: int) -> float:
+def via_raw(bodies: list[dict[str, Any]], base_url: str, conc: int) -> float:
+    """Req/s of a bare ``aiohttp`` client (the backend's own HTTP library) at ``conc`` in flight."""
+    import aiohttp
+
     async def main() -> float:
         sem = asyncio.Semaphore(conc)
-        limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
-        async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        timeout = aiohttp.ClientTimeout(total=300)
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=conc), timeout=timeout
+        ) as client:
 
             async def one(body: dict[str, Any]) -> None:
                 async with sem:
-                    r = await client.post(f"{base_url}/chat/completions", json=body)
-                    r.raise_for_status()
+                    async with client.post(f"{base_url}/chat/completions", json=body) as r:
+                        r.raise_for_status()
+                        await r.read()
 
             t0 = time.perf_counter()
             await asyncio.gather(*(one(b) for b in bodies))
@@ -190,10 +197,10 @@ def bench_server(
     builder = OpenAICompatModel(
         base_url=base_url, model=model, generation={"max_new_tokens": args.max_tokens}
     )
-    bodies = [builder.build_body(p, seed=0) for p in prompts]  # prebuilt: raw httpx does no conversion
+    bodies = [builder.build_body(p, seed=0) for p in prompts]  # prebuilt: the raw client does no conversion
     # warm-up at every level: a continuous-batching server is slow on its first batches of each size
     for conc in args.concurrency:
-        via_raw_httpx(bodies[: max(4, 2 * conc)], base_url, conc)
+        via_raw(bodies[: max(4, 2 * conc)], base_url, conc)
     print(
         f"\n{label}: {base_url}  N={args.n}  max_tokens={args.max_tokens}  images={'yes' if images else 'no'}"
     )
@@ -205,7 +212,7 @@ def bench_server(
         rps = raw = 0.0
         for _ in range(args.repeat):  # interleaved, best of each: a busy machine only slows things down
             rps = max(rps, via_mmsafe(base_url, model, prompts, conc, args.max_tokens))
-            raw = max(raw, via_raw_httpx(bodies, base_url, conc))
+            raw = max(raw, via_raw(bodies, base_url, conc))
         base = base or rps
         raw_base = raw_base or raw
         print(
@@ -213,8 +220,8 @@ def bench_server(
             flush=True,
         )
     top = max(args.concurrency) * 2
-    limit = max(via_raw_httpx(bodies, base_url, top) for _ in range(args.repeat))
-    print(f"server's own limit (raw httpx, concurrency {top}): {limit:.1f} req/s")
+    limit = max(via_raw(bodies, base_url, top) for _ in range(args.repeat))
+    print(f"server's own limit (raw aiohttp, concurrency {top}): {limit:.1f} req/s")
 
 
 def main() -> None:
@@ -230,7 +237,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32])
     args = ap.parse_args()
     print(
-        f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs; httpx {httpx.__version__}"
+        f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs; "
+        f"aiohttp {importlib.metadata.version('aiohttp')}"
     )
 
     if args.base_url:

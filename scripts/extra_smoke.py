@@ -146,7 +146,7 @@ def smoke_api(tmp: Path) -> str:
     (got,) = model.generate([Prompt(messages=(Message.user("hi"),))], seeds=[0])
     if not isinstance(got, Exception):
         raise RuntimeError(f"a closed port answered: {got}")
-    return f"openai backend ran (httpx); a closed port fails the item alone: {str(got)[:70]}"
+    return f"openai backend ran (aiohttp); a closed port fails the item alone: {str(got)[:70]}"
 
 
 def smoke_diffusion(tmp: Path) -> str:

@@ -32,7 +32,10 @@ from mmsafe.runner import run
 from mmsafe.store import Store
 from mmsafe.types import Generation, Image, Message, Prompt
 
-httpx = pytest.importorskip("httpx", reason="the openai backend needs httpx (pip install 'mmsafe[api]')")
+aiohttp = pytest.importorskip(
+    "aiohttp", reason="the openai backend needs aiohttp (pip install 'mmsafe[api]')"
+)
+httpx = pytest.importorskip("httpx", reason="the server fixture polls with httpx (pip install 'mmsafe[api]')")
 
 from _fault_proxy import FaultProxy  # noqa: E402
 from _stub_openai import StubOpenAI  # noqa: E402
@@ -474,16 +477,14 @@ def test_a_defended_model_shares_the_sessions_client(
 ) -> None:
     """A defense runs in a worker thread and calls the model's sync ``generate``: those calls go to
     the runner's session loop, so one HTTP client serves every request, defended or not."""
-    import httpx
-
     made: list[int] = []
+    real = aiohttp.ClientSession
 
-    class CountedClient(httpx.AsyncClient):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            made.append(1)
-            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def counted(*args: object, **kwargs: object) -> aiohttp.ClientSession:
+        made.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(httpx, "AsyncClient", CountedClient)
+    monkeypatch.setattr(aiohttp, "ClientSession", counted)
     bench = _write_bench(tmp_path / "data", 12)
     reg = Registry(entry_points=False)
     reg.register("model", "openai", OpenAICompatModel)
@@ -506,7 +507,7 @@ def test_a_defended_model_shares_the_sessions_client(
 
 
 def test_a_trickling_answer_is_cut_at_timeout_s() -> None:
-    # one byte every 0.05 s: httpx's per-read timeout never fires, and the whole body would take ~200 s
+    # one byte every 0.05 s: a per-read timeout never fires, and the whole body would take ~200 s
     with StubOpenAI(trickle_s=0.05, trickle_bytes=4096) as stub:
         m = OpenAICompatModel(base_url=stub.base_url, timeout_s=0.5, max_retries=0)
         res, took = _one(m, "q [stub:trickle]")

@@ -208,6 +208,24 @@ class Component:
 
     @property
     def spec(self) -> ComponentSpec:
+        """The resolved spec. With frozen params it is built once and reused (with its cached
+        ``key``) while the params, name and version stay the same objects: the runner asks for it
+        for every record it writes."""
+        memo = self.__dict__.get("_spec_memo")
+        if (
+            memo is not None
+            and memo[0] is self.params
+            and memo[1] is self.kind
+            and memo[2] is self.name
+            and memo[3] is self.version
+        ):
+            return memo[4]
+        spec = self._build_spec()
+        if self.params.model_config.get("frozen"):
+            self.__dict__["_spec_memo"] = (self.params, self.kind, self.name, self.version, spec)
+        return spec
+
+    def _build_spec(self) -> ComponentSpec:
         dumped = self.params.model_dump(mode="json")
         return ComponentSpec(
             kind=self.kind,

@@ -10,6 +10,7 @@ hash and the store can keep each distinct image once. Importing this module neve
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -341,10 +342,22 @@ class ComponentSpec(_Frozen):
     runtime: dict[str, Any] = Field(default_factory=dict)  # how it runs (batch size, threads): not identity
     version: str = "0"
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
-        """Stable 16-hex id of this configuration (kind, name, params, version; not ``runtime``)."""
+        """Stable 16-hex id of this configuration (kind, name, params, version; not ``runtime``).
+        Computed once per spec (it is frozen); pydantic compares and dumps fields only, so the cached
+        value changes neither equality nor serialisation."""
         return stable_hash(self.model_dump(mode="json", exclude={"runtime"}))[:16]
+
+    @functools.cached_property
+    def surrogate_key(self) -> str | None:
+        """:func:`surrogate_key` of ``params`` and then ``runtime`` (with the field's name), or None:
+        looked for once per spec (it is frozen), not once per record that carries it."""
+        for name in ("params", "runtime"):
+            where = surrogate_key(getattr(self, name))
+            if where:
+                return f"{name}: {where}"
+        return None
 
 
 class Usage(_Frozen):

@@ -17,6 +17,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any, TypeVar
 
 log = logging.getLogger("mmsafe.runner")
@@ -65,6 +66,29 @@ class LoopThread:
             coro.close()
             raise RuntimeError("the event loop thread is closed")
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def submit_many(self, coros: list[Coroutine[Any, Any, T]]) -> list[concurrent.futures.Future[T]]:
+        """:meth:`submit` for several coroutines at once: one wake-up of the loop starts them all
+        (one ``call_soon_threadsafe``, not one per coroutine), in order."""
+        if self._loop.is_closed() or not self._thread.is_alive():
+            for coro in coros:
+                coro.close()
+            raise RuntimeError("the event loop thread is closed")
+        futures: list[concurrent.futures.Future[T]] = [concurrent.futures.Future() for _ in coros]
+
+        def start() -> None:
+            for coro, fut in zip(coros, futures, strict=True):
+                if fut.cancelled():  # cancelled before it started
+                    coro.close()
+                    continue
+                # the future stays pending while the task runs (as with run_coroutine_threadsafe),
+                # so cancelling it from the submitting thread cancels the task
+                task = self._loop.create_task(coro)
+                task.add_done_callback(partial(_settle, fut))
+                fut.add_done_callback(partial(_cancel_task, self._loop, task))
+
+        self._loop.call_soon_threadsafe(start)
+        return futures
 
     def close(self, *, timeout: float = 30.0) -> None:
         """Cancel every task, wait (at most ``timeout`` s) for them and the loop's worker threads, stop."""
@@ -148,6 +172,27 @@ class Worker:
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         self.close(wait=exc_type is None)
+
+
+def _settle(fut: concurrent.futures.Future[Any], task: asyncio.Task[Any]) -> None:
+    """Copy a finished task's outcome into the future the submitting thread holds."""
+    if task.cancelled():
+        fut.cancel()
+        return
+    if not fut.set_running_or_notify_cancel():  # cancelled meanwhile
+        return
+    if (exc := task.exception()) is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(task.result())
+
+
+def _cancel_task(
+    loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], fut: concurrent.futures.Future[Any]
+) -> None:
+    """A future cancelled from another thread cancels its task on the loop."""
+    if fut.cancelled() and not loop.is_closed():
+        loop.call_soon_threadsafe(task.cancel)
 
 
 async def _shutdown() -> None:

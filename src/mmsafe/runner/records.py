@@ -85,8 +85,10 @@ def _no_surrogate_keys(record: Record) -> None:
         "judgement.details": record.judgement.details if isinstance(record.judgement, Judgement) else None,
     }
     for name in ("model", "benchmark_spec", "attack", "defense", "judge"):
-        spec = getattr(record, name)
-        fields[f"{name}.params"], fields[f"{name}.runtime"] = spec.params, spec.runtime
+        where = getattr(record, name).surrogate_key  # once per spec: a run shares a few
+        if where:
+            field, _, at = where.partition(": ")
+            raise ValueError(f"a key in {name}.{field} holds a lone surrogate ({at}), which JSON cannot hold")
     for name, value in fields.items():
         where = surrogate_key(value)
         if where:

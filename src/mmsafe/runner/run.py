@@ -26,12 +26,17 @@ with stage ``limit``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import queue
+import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import chain, islice, product
 from pathlib import Path
 from typing import Any
@@ -299,6 +304,12 @@ class Runner:
         (sent and not yet answered), at most ``concurrency`` of them running at once on one event loop
         (one HTTP client for the session), and each answer goes to the judges as soon as it arrives.
 
+        Each refill looks the new requests up in the response cache in one query, here in the main
+        thread; hits go straight to the judges and only misses are sent, so the event loop does no
+        SQLite work; their answers are cached in one transaction per judged group
+        (:meth:`CachedModel.buffered`). Finished requests arrive in a queue (a callback per request,
+        no scan of everything in flight), and every answer that has arrived is taken at once.
+
         The judges run in a thread of their own (one group of answered items at a time, each judge once
         over the group), so a slow judge does not stop the window from refilling; their records are
         written here, one transaction per judged group. Answered items waiting for or under the judges
@@ -307,32 +318,38 @@ class Runner:
         """
         window = self.config.window or 2 * max(1, model.concurrency)
         items = chain.from_iterable(self._iter_items(model, c, store) for c in cells)
+        cache = _cache_of(cells)
         # a defended request runs its defense in a worker thread: as many threads as requests at once
         with (
+            _responsive_loop(),
             LoopThread(name=f"mmsafe-{model.name}", threads=max(1, model.concurrency)) as loop,
             Worker(name=f"mmsafe-judge-{model.name}") as judges,
+            cache.buffered() if cache is not None else nullcontext(),
         ):
             sem = asyncio.Semaphore(max(1, model.concurrency))
             deadline = request_deadline(model, self.config.limits)
+            finished: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()  # requests and judged groups
             inflight: dict[Future[tuple[Generation, float]], _Item] = {}
             answered: list[_Item] = []  # waiting for the judge thread
             judging: list[_Item] = []  # the group the judge thread has
             verdicts: Future[dict[tuple[int, str], Judgement]] | None = None
             exhausted = False
+            # refill once this many requests have finished (half the queue behind the running ones,
+            # which keeps the slots busy meanwhile): one lookup and one wake-up of the loop per refill
+            step = max(1, (window - max(1, model.concurrency)) // 2)
             while inflight or answered or judging or not exhausted:
                 held = len(inflight) + len(answered) + len(judging)
-                while not exhausted and len(inflight) < window and held < 2 * window:
+                while not exhausted and len(inflight) <= window - step and held <= 2 * window - step:
                     batch = list(islice(items, min(window - len(inflight), 2 * window - held)))
                     if not batch:
                         exhausted = True
                         break
                     self._attack(batch, model)
-                    for item in batch:
-                        if item.prompt is not None:
-                            request = _request(item.cell.target, item.prompt, item.seed, sem, deadline)
-                            inflight[loop.submit(request)] = item
+                    live = [i for i in batch if i.prompt is not None]
                     failed = [i for i in batch if i.prompt is None]  # no load or no prompt: stored at once
                     del batch
+                    answered += self._send(live, cache, loop, sem, deadline, inflight, finished)
+                    del live
                     if failed:
                         self._store(failed, {}, model, store, progress, result)
                         del failed
@@ -340,29 +357,77 @@ class Runner:
                 if verdicts is None and answered:
                     judging, answered = answered, []
                     verdicts = judges.submit(self._judge, judging)
-                waiting: list[Future[Any]] = [*inflight, *([verdicts] if verdicts is not None else [])]
-                if not waiting:
+                    verdicts.add_done_callback(finished.put)
+                if not inflight and verdicts is None:
                     continue
-                done, _ = wait(waiting, return_when=FIRST_COMPLETED)
-                if verdicts is not None and verdicts in done:
-                    self._store(
-                        judging,
-                        _verdicts_of(verdicts, judging, self.grid.judges),
-                        model,
-                        store,
-                        progress,
-                        result,
-                    )
-                    judging, verdicts = [], None  # the group's prompts and answers go
+                done = _drain(finished)
                 unjudged: list[_Item] = []
                 for f in done:
-                    if f in inflight:
+                    if f is verdicts:
+                        if cache is not None:
+                            cache.flush()  # the group's fresh answers, one transaction
+                        self._store(
+                            judging,
+                            _verdicts_of(verdicts, judging, self.grid.judges),
+                            model,
+                            store,
+                            progress,
+                            result,
+                        )
+                        judging, verdicts = [], None  # the group's prompts and answers go
+                    elif f in inflight:
                         item = _answered(inflight.pop(f), f)
                         (answered if item.generation is not None else unjudged).append(item)
                 del done
                 if unjudged:  # a failed request: nothing to judge, stored at once
                     self._store(unjudged, {}, model, store, progress, result)
                     del unjudged
+
+    @staticmethod
+    def _send(
+        items: list[_Item],
+        cache: CachedModel | None,
+        loop: LoopThread,
+        sem: asyncio.Semaphore,
+        deadline: tuple[float, str],
+        inflight: dict[Future[tuple[Generation, float]], _Item],
+        finished: queue.SimpleQueue[Future[Any]],
+    ) -> list[_Item]:
+        """Send the requests of ``items`` (each with a prompt) to the loop, and return those the
+        response cache answered. Items whose target is the cache itself (no defense in front) are
+        looked up here in one query; a defended item's defense asks the cache from its own thread."""
+        direct = [i for i in items if cache is not None and i.cell.target is cache]
+        keys: dict[int, str] = {}
+        hits: dict[str, Generation] = {}
+        share = 0.0
+        if direct and cache is not None:
+            t0 = time.perf_counter()
+            keys = {id(i): cache.key(i.prompt, i.seed) for i in direct if i.prompt is not None}
+            hits = cache.lookup(list(keys.values()))
+            share = (time.perf_counter() - t0) / len(direct)
+        answered: list[_Item] = []
+        sent: list[_Item] = []
+        requests = []
+        for item in items:
+            prompt = item.prompt
+            if prompt is None:
+                continue
+            key = keys.get(id(item))
+            if key is not None and key in hits:
+                item.generation, item.timings["generate_s"] = hits[key], share
+                answered.append(item)
+                continue
+            if key is not None and cache is not None:
+                call = partial(cache.afresh, prompt, seed=item.seed, key=key)
+            else:
+                call = partial(item.cell.target.agenerate, prompt, seed=item.seed)
+            sent.append(item)
+            requests.append(_request(call, sem, deadline))
+        if requests:
+            for item, fut in zip(sent, loop.submit_many(requests), strict=True):  # one wake-up of the loop
+                inflight[fut] = item
+                fut.add_done_callback(finished.put)
+        return answered
 
     def _generate_batch(self, target: ModelBackend, items: list[_Item]) -> None:
         live = [(i, i.prompt) for i in items if i.prompt is not None]
@@ -557,15 +622,65 @@ def _check_verdicts(judge: Judge, verdicts: Any, n: int) -> list[Judgement]:
 
 
 async def _request(
-    target: ModelBackend, prompt: Prompt, seed: int, sem: asyncio.Semaphore, deadline: tuple[float, str]
+    call: Callable[[], Awaitable[Generation]], sem: asyncio.Semaphore, deadline: tuple[float, str]
 ) -> tuple[Generation, float]:
-    """One request on the session's loop, within the model's concurrency and, once sent, its request
-    deadline (:func:`~mmsafe.limits.request_deadline`: seconds and the setting): the answer and its seconds."""
+    """One request (``call()``, e.g. the target's ``agenerate`` of one prompt) on the session's loop,
+    within the model's concurrency and, once sent, its request deadline
+    (:func:`~mmsafe.limits.request_deadline`: seconds and the setting): the answer and its seconds."""
     seconds, setting = deadline
     async with sem:
         t0 = time.perf_counter()
-        gen = await within_deadline(target.agenerate(prompt, seed=seed), seconds, setting=setting)
+        gen = await within_deadline(call(), seconds, setting=setting)
         return gen, time.perf_counter() - t0
+
+
+def _cache_of(cells: Sequence[_Cell]) -> CachedModel | None:
+    """The response cache every cell's target answers through (directly, or behind defenses)."""
+    for cell in cells:
+        target: ModelBackend | None = cell.target
+        while target is not None and not isinstance(target, CachedModel):
+            target = getattr(target, "inner", None)
+        if target is not None:
+            return target
+    return None
+
+
+@contextmanager
+def _responsive_loop() -> Iterator[None]:
+    """While the window runs, the event-loop thread gets the GIL back quickly.
+
+    - What exists before the window (imports, the models, the grid) lives for the session: it is
+      moved out of the garbage collector's view (:func:`gc.freeze`), so a full collection walks only
+      what the window made. Measured in ``benchmarks/http_path.py``: full collections over the whole
+      heap took 50-130 ms each, a stall of every request in flight; 10-30 ms with the heap frozen.
+    - The interpreter's switch interval drops from 5 ms to 0.5 ms (:func:`sys.setswitchinterval`):
+      the loop thread releases the GIL at every socket call, and while the main thread stores
+      records or the judges run it waited up to the whole interval to get it back, once per call,
+      so the next requests went out a round late. Both are restored when the window closes.
+    """
+    interval = sys.getswitchinterval()
+    gc.collect()
+    gc.freeze()
+    sys.setswitchinterval(min(interval, _SWITCH_INTERVAL_S))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(interval)
+        gc.unfreeze()
+
+
+#: the GIL switch interval while an I/O model's window runs (:func:`_responsive_loop`)
+_SWITCH_INTERVAL_S = 0.0005
+
+
+def _drain(finished: queue.SimpleQueue[Future[Any]]) -> list[Future[Any]]:
+    """Every finished future in the queue: waits for the first, then takes all that are there."""
+    done = [finished.get()]
+    while True:
+        try:
+            done.append(finished.get_nowait())
+        except queue.Empty:
+            return done
 
 
 def _verdicts_of(
