@@ -173,6 +173,23 @@ def test_the_window_restores_the_interpreter(tmp_path: Path) -> None:
     assert sys.getswitchinterval() == interval and gc.get_freeze_count() == 0
 
 
+def test_a_host_processs_own_freeze_is_left_alone(tmp_path: Path) -> None:
+    """A process that froze its heap itself (a server before it forks) still has it frozen after a run."""
+    bench = _bench(tmp_path / "data", 3)
+    reg = Registry(entry_points=False)
+    reg.register("model", "openai", OpenAICompatModel)
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        with StubOpenAI() as stub:
+            run(_config(bench, stub.base_url), tmp_path / "out", registry=reg, progress=False)
+        # still frozen (objects freed by reference counting leave the count; an unfreeze would empty it)
+        assert gc.get_freeze_count() > frozen // 2
+    finally:
+        gc.unfreeze()
+
+
 # -- the HTTP client's environment ---------------------------------------------------------------------
 def test_the_proxy_comes_from_the_environment_once(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in (

@@ -657,16 +657,22 @@ def _responsive_loop() -> Iterator[None]:
       the loop thread releases the GIL at every socket call, and while the main thread stores
       records or the judges run it waited up to the whole interval to get it back, once per call,
       so the next requests went out a round late. Both are restored when the window closes.
+
+    A process that froze objects itself (``gc.get_freeze_count() > 0``, e.g. a server before it forks)
+    keeps its own freeze: the heap is then left as it is, since unfreezing would undo the host's.
     """
     interval = sys.getswitchinterval()
-    gc.collect()
-    gc.freeze()
+    freeze = gc.get_freeze_count() == 0
+    if freeze:
+        gc.collect()
+        gc.freeze()
     sys.setswitchinterval(min(interval, _SWITCH_INTERVAL_S))
     try:
         yield
     finally:
         sys.setswitchinterval(interval)
-        gc.unfreeze()
+        if freeze:
+            gc.unfreeze()
 
 
 #: the GIL switch interval while an I/O model's window runs (:func:`_responsive_loop`)
