@@ -80,11 +80,17 @@ def record_facts(r: Record, strings: dict[str, str] | None = None) -> RecordFact
     adversarial = {k: meta[k] for k in ADVERSARIAL_FIELDS if k in meta} if "adversarial" in meta else None
     members = None
     if r.judge.name == "ensemble" and not r.error and j is not None:
-        from mmsafe.judges.ensemble import member_judgements
-
+        # each member's verdict as the ensemble judge stores it in ``details["members"]`` (read here from
+        # the stored data, as judges.ensemble.member_judgements does: the store imports no judge)
+        stored = j.details.get("members") or {}
         members = tuple(
-            (name, None if m is None or m.error or m.success is None else bool(m.success))
-            for name, (m,) in member_judgements([j]).items()
+            (
+                name,
+                None
+                if not isinstance(m, dict) or m.get("error") or m.get("success") is None
+                else bool(m["success"]),
+            )
+            for name, m in stored.items()
         )
     return RecordFacts(
         errored=bool(r.error or (j is not None and j.error)),
