@@ -8,8 +8,11 @@ the same config twice into two folders:
 - **killed**: ``mmsafe run`` started ``--kills`` times (default 20) and each time sent SIGKILL at a
   seeded random moment. One kill in four lands while it starts (uniform in [0, s] after the start);
   the others land while records stream in: once this run's first record is in the store, after a
-  further delay uniform in [0, (T - s)·r/k] (r: the share of records still missing, k: the kills
-  still to come), so the store is still incomplete at the last kill. Then the same command once more
+  further delay uniform in [0, (T - s)·r/(2k)] (r: the share of records still missing, k: the kills
+  still to come), so the store is still incomplete at the last kill. (Half of the remaining time's
+  share, not all of it: a resumed run reuses the answers its killed predecessors cached, so it goes
+  faster than the uninterrupted one did, and with the whole share one kill in five or so came after the
+  run had finished.) Then the same command once more
   to the end. (Killing only after a fixed delay from the start put most kills of the async variant
   into its start-up, before any record landed.)
 
@@ -100,7 +103,9 @@ def killed(
         before = h.count_records(out)
         streaming = rng.random() >= 0.25
         delay = (
-            rng.uniform(0, work * (1 - before / total) / (kills - i)) if streaming else rng.uniform(0, first)
+            rng.uniform(0, work * (1 - before / total) / (2 * (kills - i)))
+            if streaming
+            else rng.uniform(0, first)
         )
         with (out.parent / f"{out.name}.stderr").open("a") as log:
             t0 = time.perf_counter()
