@@ -162,9 +162,10 @@ class LlamaCppModel(ModelBackend):
     """llama.cpp on the CPU for any local GGUF model (default: Gemma-3-270M), images read by OCR.
 
     The engine is upstream llama.cpp (quantised kernels) embedded in this process through ``xllamacpp``.
-    ``benchmarks/gguf_backend.py`` (8 starter prompts, 64 greedy tokens, 2 cores shared with two other
-    jobs): 39.7 new tokens/s against 10.1 for ``gemma-ocr`` one prompt at a time (3.9x) and 30.6 for
-    ``gemma-ocr`` batching all 8; decoding alone reached 63-68 tokens/s when the cores were free.
+    ``benchmarks/gguf_backend.py`` (8 starter prompts, 64 greedy tokens, an idle 2-core machine): 51.9
+    new tokens/s against 10.5 for ``gemma-ocr`` one prompt at a time (4.94x) and 37.8 for ``gemma-ocr``
+    batching all 8 (1.37x); a 64-token answer decodes at 63-68 tokens/s. With two other jobs on the
+    machine: 39.7 against 10.1 (3.9x).
     Binding chosen by measurement (2026-12, 2 cores): ``xllamacpp`` (Xorbits, MIT, upstream llama.cpp,
     monthly releases, one abi3 manylinux wheel for every CPython >= 3.10, installs in ~1 s) ran the
     default model at 63-68 tok/s; ``ik-llama-cpp-python`` (a single-maintainer fork, per-Python wheels)
