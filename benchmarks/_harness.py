@@ -7,6 +7,7 @@ is what a user gets. Nothing here is a test: the scripts print numbers and say w
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import resource
@@ -246,3 +247,15 @@ def finish(failures: list[str], work: Path, *, keep: str | None) -> int:
     if not keep:
         shutil.rmtree(work, ignore_errors=True)
     return 1 if failures else 0
+
+
+def list_schedule(durations: Sequence[float], slots: int) -> float:
+    """Makespan of greedy list scheduling in order: each request takes the first of ``slots`` that frees (what a
+    client that refills every slot the moment it frees would need for these request durations)."""
+    free = [0.0] * slots
+    end = 0.0
+    for d in durations:
+        start = heapq.heappop(free)
+        heapq.heappush(free, start + d)
+        end = max(end, start + d)
+    return end

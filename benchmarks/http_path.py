@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import heapq
 import json
 import math
 import socket
@@ -325,16 +324,6 @@ def run_mmsafe(h: Any, stub: StubProcess, rows: Path, out: Path, c: int) -> tupl
     return last - first_in, wall, n
 
 
-def greedy_makespan(durations: list[float], slots: int) -> float:
-    free = [0.0] * slots
-    end = 0.0
-    for d in durations:
-        start = heapq.heappop(free)
-        heapq.heappush(free, start + d)
-        end = max(end, start + d)
-    return end
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--serve", help=argparse.SUPPRESS)
@@ -402,7 +391,7 @@ def main() -> int:
             ratio = med[best] / med["mmsafe"]
             ratios.append(ratio)
             durations = [args.latency_s * (SLOW_FACTOR if slow and is_slow(t) else 1) for t in texts]
-            ideal = greedy_makespan(durations, c) if slow else math.ceil(args.n / c) * args.latency_s
+            ideal = h.list_schedule(durations, c) if slow else math.ceil(args.n / c) * args.latency_s
             rows_out.append(
                 [
                     c,

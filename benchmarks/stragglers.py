@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import heapq
 import json
 import time
 from pathlib import Path
@@ -73,20 +72,9 @@ class TimedStub(StubOpenAI):
             self.last_out = time.perf_counter()
 
 
-def list_schedule(durations: list[float], slots: int) -> float:
-    """Makespan of greedy list scheduling in order: each request takes the first slot that frees."""
-    free = [0.0] * slots
-    end = 0.0
-    for d in durations:
-        start = heapq.heappop(free)
-        heapq.heappush(free, start + d)
-        end = max(end, start + d)
-    return end
-
-
 def chunked(durations: list[float], slots: int, chunk: int) -> float:
     """Makespan when requests go in chunks of ``chunk`` that each wait for their slowest request."""
-    return sum(list_schedule(durations[i : i + chunk], slots) for i in range(0, len(durations), chunk))
+    return sum(h.list_schedule(durations[i : i + chunk], slots) for i in range(0, len(durations), chunk))
 
 
 def one_run(
@@ -145,10 +133,10 @@ def main() -> int:
         slow_run = one_run(stub, work, "slow", rows, args)
 
     durations = [t * (SLOW_FACTOR if _digest(x) in slow else 1) for x in texts]
-    fast_floor = list_schedule([t] * args.n, c)
+    fast_floor = h.list_schedule([t] * args.n, c)
     slot_bound = max(sum(durations) / c, max(durations))
     floor = slot_bound / fast_floor
-    greedy = list_schedule(durations, c) / fast_floor
+    greedy = h.list_schedule(durations, c) / fast_floor
     chunk_ratio = chunked(durations, c, 4 * c) / fast_floor
     ratio = slow_run["window"] / fast["window"]
 

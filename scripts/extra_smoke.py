@@ -156,30 +156,27 @@ def smoke_diffusion(tmp: Path) -> str:
     return f"diffusers {diffusers.__version__}: {AutoPipelineForText2Image.__name__} imports"
 
 
-def smoke_gemma(tmp: Path) -> str:
+def _answered(model: str, attack: str, tmp: Path) -> tuple[int, float]:
+    """``mmsafe run`` of ``model`` (4 new tokens) on 2 starter items under ``attack``: (records, seconds)."""
     t0 = time.perf_counter()
     s = _run_cli(
-        "models: [{name: gemma-ocr, params: {generation: {max_new_tokens: 4}}}]\n"
-        "benchmarks: [starter]\nattacks: [text-only]\njudges: [refusal]\n",
+        f"models: [{{name: {model}, params: {{generation: {{max_new_tokens: 4}}}}}}]\n"
+        f"benchmarks: [starter]\nattacks: [{attack}]\njudges: [refusal]\n",
         tmp,
         "--limit",
         "2",
     )
-    n = sum(r["n"] for r in s["rows"] if r["category"] == "ALL")
-    return f"Gemma-3-270M converted from GGUF and answered {n} text prompts in {time.perf_counter() - t0:.0f} s"
+    return sum(r["n"] for r in s["rows"] if r["category"] == "ALL"), time.perf_counter() - t0
+
+
+def smoke_gemma(tmp: Path) -> str:
+    n, seconds = _answered("gemma-ocr", "text-only", tmp)
+    return f"Gemma-3-270M converted from GGUF and answered {n} text prompts in {seconds:.0f} s"
 
 
 def smoke_llamacpp(tmp: Path) -> str:
-    t0 = time.perf_counter()
-    s = _run_cli(
-        "models: [{name: llamacpp, params: {generation: {max_new_tokens: 4}}}]\n"
-        "benchmarks: [starter]\nattacks: [figstep]\njudges: [refusal]\n",
-        tmp,
-        "--limit",
-        "2",
-    )
-    n = sum(r["n"] for r in s["rows"] if r["category"] == "ALL")
-    return f"llama.cpp answered {n} FigStep prompts (images read by OCR) with Gemma-3-270M in {time.perf_counter() - t0:.0f} s"
+    n, seconds = _answered("llamacpp", "figstep", tmp)
+    return f"llama.cpp answered {n} FigStep prompts (images read by OCR) with Gemma-3-270M in {seconds:.0f} s"
 
 
 def smoke_judges(tmp: Path) -> str:
