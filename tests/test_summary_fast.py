@@ -344,3 +344,57 @@ def test_examples_from_facts_are_the_reference_examples(store_dir: Path) -> None
             fast = store.examples(k, max_chars=40)
             assert fast == store.examples(k, max_chars=40, reference=True)
         assert len({(e["model"], e["attack"], e["defense"], e["judge"]) for e in fast}) > 4
+
+
+def test_a_kept_summary_gives_the_same_outputs_and_is_redone_when_its_inputs_change(
+    store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The records' part of the summary is kept (SUMMARY_CACHE): outputs made from it equal those made from
+    nothing and those rendered from the summary as computed; new human labels reuse it, a record written
+    again does not."""
+    import re
+    import shutil
+
+    from mmsafe import report
+    from mmsafe.report import SUMMARY_CACHE
+    from mmsafe.report.markdown import render
+
+    out = tmp_path / "run"
+    shutil.copytree(store_dir, out)
+
+    def texts() -> dict[str, str]:
+        summary = json.loads((out / "summary.json").read_text())
+        summary.pop("generated"), summary.pop("stamp")
+        md = re.sub(r".*\d{4}-\d\d-\d\d.*\n", "", (out / "report.md").read_text())
+        html = re.sub(r"generated \d{4}-\d\d-\d\d \d\d:\d\d UTC", "", (out / "report.html").read_text())
+        return {"summary": json.dumps(summary, sort_keys=True), "md": md, "html": html}
+
+    computed = []
+    real = report.summarise_tally
+    monkeypatch.setattr(report, "summarise_tally", lambda *a, **k: computed.append(1) or real(*a, **k))
+    with Store.open_existing(out) as store:
+        write_outputs(store, out, force=True)
+        assert computed == [1] and (out / SUMMARY_CACHE).is_file()
+        fresh = texts()
+        # the same page as rendering the summary computed without keeping (JSON's round trip changes nothing)
+        plain = build_summary(store)
+        assert len(computed) == 2
+        md = render(plain, errors=store.error_groups(), examples=store.examples(3))
+        assert re.sub(r".*\d{4}-\d\d-\d\d.*\n", "", md) == fresh["md"]
+        write_outputs(store, out, force=True)  # from the kept summary
+        assert len(computed) == 2 and texts() == fresh
+    with Store(out) as store:
+        n_before = len(store.human_labels())
+        store.put_human_labels([("item-x", "zed", "harmful", "harmful", None, 3.0)])
+        write_outputs(store, out)  # new labels: the records' part is reused, the human part is new
+        assert len(computed) == 2
+        assert len(store.human_labels()) == n_before + 1
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["human"] == build_summary(store, reference=True)["human"]
+        store.put_records([next(iter(store.iter_records()))])  # a record written again: computed again
+        write_outputs(store, out)
+        assert len(computed) == 4  # (the reference build above is the third)
+    (out / SUMMARY_CACHE).write_text("[1, 2")  # a damaged file is computed again
+    with Store.open_existing(out) as store:
+        write_outputs(store, out, force=True)
+    assert len(computed) == 5
