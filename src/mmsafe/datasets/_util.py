@@ -25,6 +25,7 @@ __all__ = [
     "jsonl_rows",
     "load_first_image",
     "load_image",
+    "load_image_by_stem",
     "provenance",
     "read_csv",
     "read_json",
@@ -156,6 +157,17 @@ def load_first_image(
         except ImageNotFound:
             continue
     raise ImageNotFound(f"image not found: {missing if missing is not None else root / candidates[0]}")
+
+
+def load_image_by_stem(root: Path, stem: str, extensions: Sequence[str], *, shown: str) -> Image:
+    """The image ``root/<stem><ext>`` for the first of ``extensions`` that is there (:func:`load_first_image`),
+    named ``<shown>/<file>`` (``shown``: how the user gave ``root``); missing, the error lists every extension."""
+    return load_first_image(
+        root,
+        [f"{stem}{ext}" for ext in extensions],
+        source=lambda rel: f"{shown}/{rel}",
+        missing=f"{shown}/{stem}{{{','.join(extensions)}}}",
+    )
 
 
 def clip_repr(value: Any, limit: int = 80) -> str:

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from mmsafe.datasets._util import ImageLoadError, load_first_image, read_csv, require_file, rows_to_samples
+from mmsafe.datasets._util import ImageLoadError, load_image_by_stem, read_csv, require_file, rows_to_samples
 from mmsafe.datasets.base import Benchmark
 from mmsafe.plugin_meta import Paper
 from mmsafe.types import Expected, Image, Sample
@@ -153,10 +153,4 @@ class MSTS(Benchmark):
         )
 
     def _image(self, image_root: Path, image_id: str) -> Image:
-        shown = self.params.image_dir
-        return load_first_image(
-            image_root,
-            [f"{image_id}{ext}" for ext in _IMAGE_EXTENSIONS],
-            source=lambda rel: f"{shown}/{rel}",
-            missing=f"{shown}/{image_id}{{{','.join(_IMAGE_EXTENSIONS)}}}",
-        )
+        return load_image_by_stem(image_root, image_id, _IMAGE_EXTENSIONS, shown=self.params.image_dir)

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from mmsafe.datasets._util import ImageLoadError, load_first_image, read_csv, require_file, rows_to_samples
+from mmsafe.datasets._util import ImageLoadError, load_image_by_stem, read_csv, require_file, rows_to_samples
 from mmsafe.datasets.base import Benchmark
 from mmsafe.plugin_meta import Paper
 from mmsafe.types import Expected, Image, Sample
@@ -149,10 +149,4 @@ class VLSU(Benchmark):
         )
 
     def _image(self, image_root: Path, uid: str) -> Image:
-        shown = self.params.image_dir
-        return load_first_image(
-            image_root,
-            [f"{uid}{ext}" for ext in _IMAGE_EXTENSIONS],
-            source=lambda rel: f"{shown}/{rel}",
-            missing=f"{shown}/{uid}{{{','.join(_IMAGE_EXTENSIONS)}}}",
-        )
+        return load_image_by_stem(image_root, uid, _IMAGE_EXTENSIONS, shown=self.params.image_dir)
