@@ -230,3 +230,75 @@ def test_end_to_end_mmsafe_run(tmp_path, cache_root, monkeypatch):
     assert {r["attack"] for r in summary["rows"]} == {"figstep", "text-only"}
     assert sum(r["n"] for r in summary["rows"] if r["category"] == "ALL") == 4
     assert any("not how safe" in (m["note"] or "") for m in summary["models"])
+
+
+def _pid_gone(pid: int, within_s: float) -> bool:
+    """Whether process ``pid`` has ended (a zombie not yet reaped counts as ended) within ``within_s``."""
+    import time
+
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return True
+        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_llama_cpp_runs_in_its_own_process_and_a_crash_fails_one_item(cache_root):
+    """The server is a child process, not this one; when it dies the item in hand fails with the reason, the
+    next one starts llama.cpp again and is answered; close() leaves no process behind."""
+    import signal
+
+    m = REG.create(
+        "model", "llamacpp", {"cache_dir": str(cache_root), "n_threads": 1, "generation": {"max_new_tokens": 4}}
+    )
+    prompt = Prompt(messages=(Message.user(QUESTIONS[0]),))
+    try:
+        first = m.generate([prompt], seeds=[0])[0]
+        assert not isinstance(first, Exception), first
+        pid = m._server._process.pid
+        assert pid != os.getpid()
+        os.kill(pid, signal.SIGKILL)
+        assert _pid_gone(pid, 10)
+        failed = m.generate([prompt], seeds=[0])[0]
+        assert isinstance(failed, Exception) and "process ended" in str(failed), failed
+        again = m.generate([prompt], seeds=[0])[0]
+        assert not isinstance(again, Exception), again
+        assert again.text == first.text
+        pid2 = m._server._process.pid
+        assert pid2 != pid
+    finally:
+        m.close()
+    assert _pid_gone(pid2, 10)
+
+
+def test_llama_cpp_process_ends_with_its_parent(tmp_path, cache_root):
+    """A parent killed with SIGKILL (no cleanup at all) does not leave llama.cpp running."""
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from mmsafe.registry import Registry\n"
+        "m = Registry(entry_points=False).create('model', 'llamacpp', "
+        f"{{'cache_dir': {str(cache_root)!r}, 'n_threads': 1}})\n"
+        "m.load()\n"
+        "print(m._server._process.pid, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        child = int(proc.stdout.readline())
+        os.kill(child, 0)  # running
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    assert _pid_gone(child, 10), "llama.cpp's process outlived its parent"

@@ -32,6 +32,7 @@ from mmsafe.models.gemma import (
 )
 from mmsafe.models.gemma_ocr import NOTE as GEMMA_NOTE
 from mmsafe.models.gguf_file import GGUFError, gguf_sha256, read_gguf_metadata
+from mmsafe.models.llama_server import LlamaServer, ServerOptions, ServerStartError
 from mmsafe.models.ocr_prompt import ImageInput, OCRFrontEnd, require_tesseract
 from mmsafe.types import Generation, Prompt, Usage
 
@@ -161,10 +162,10 @@ def _checked_sha256(path: str) -> str:
 class LlamaCppModel(ModelBackend):
     """llama.cpp on the CPU for any local GGUF model (default: Gemma-3-270M), images read by OCR.
 
-    The engine is upstream llama.cpp (quantised kernels) embedded in this process through ``xllamacpp``.
-    ``benchmarks/gguf_backend.py`` (8 starter prompts, 64 greedy tokens, an idle 2-core machine): 51.9
-    new tokens/s against 10.5 for ``gemma-ocr`` one prompt at a time (4.94x) and 37.8 for ``gemma-ocr``
-    batching all 8 (1.37x); a 64-token answer decodes at 63-68 tokens/s. With two other jobs on the
+    The engine is upstream llama.cpp (quantised kernels) through ``xllamacpp``, in a child process.
+    ``benchmarks/gguf_backend.py`` (8 starter prompts, 64 greedy tokens, an idle 2-core machine): 68.1
+    new tokens/s against 9.7 for ``gemma-ocr`` one prompt at a time (7.03x) and 44.9 for ``gemma-ocr``
+    batching all 8 (1.52x); a 64-token answer decodes at 63-68 tokens/s. With two other jobs on the
     machine: 39.7 against 10.1 (3.9x).
     Binding chosen by measurement (2026-12, 2 cores): ``xllamacpp`` (Xorbits, MIT, upstream llama.cpp,
     monthly releases, one abi3 manylinux wheel for every CPython >= 3.10, installs in ~1 s) ran the
@@ -196,8 +197,11 @@ class LlamaCppModel(ModelBackend):
     first stop string. A prompt that does not fit ``n_ctx`` with ``max_new_tokens`` fails alone with
     :class:`~mmsafe.limits.ContextTooLong`; a bad image fails its item only.
 
-    llama.cpp runs as its embedded server: it listens on a random 127.0.0.1 port, guarded by a random
-    API key made at load and never logged; tokenising and completions go through it.
+    llama.cpp runs as its embedded server in a child process (:mod:`mmsafe.models.llama_server`: in the
+    process that also runs PyTorch it lost a third of its speed here); it listens on a random 127.0.0.1
+    port, guarded by a random API key made at load and never logged; tokenising and completions go
+    through it. If that process dies, the item being answered fails with the reason and the next one
+    starts llama.cpp again.
 
     Threads: ``n_threads`` defaults to the physical cores, fastest on an otherwise idle machine (63-68
     tok/s here with 2 threads on 2 cores). llama.cpp's threads wait for each other at every layer, so
@@ -225,7 +229,7 @@ class LlamaCppModel(ModelBackend):
         super().__init__(params, **kwargs)
         if self.p.image_input == "reject":
             self.capabilities = type(self).capabilities - {"images"}  # type: ignore[misc]
-        self._server: Any = None
+        self._server: LlamaServer | None = None
         self._url = ""
         self._key = ""
         self._template = ""
@@ -252,7 +256,7 @@ class LlamaCppModel(ModelBackend):
         if self._server is not None:
             return
         p = self.p
-        xllamacpp = require("xllamacpp", extra=EXTRA, purpose="the llama.cpp backend")
+        require("xllamacpp", extra=EXTRA, purpose="the llama.cpp backend")
         installed = _installed_binding()
         if p.binding is not None and installed != p.binding:
             raise ConfigError(
@@ -265,23 +269,14 @@ class LlamaCppModel(ModelBackend):
         meta = self._header(path)
         self._set_prompt_format(meta)
         t0 = time.perf_counter()
-        params = xllamacpp.CommonParams()
-        params.model.path = str(path)
-        params.n_ctx = p.n_ctx
-        params.n_parallel = 1  # one slot: one sequence at a time
         threads = p.n_threads or physical_cores()
-        params.cpuparams.n_threads = threads
-        params.cpuparams_batch.n_threads = threads
-        params.warmup = False
-        params.verbosity = -1  # llama.cpp's own log lines off; mmsafe logs what matters
-        params.hostnames = ["127.0.0.1"]
         self._key = secrets.token_urlsafe(24)
-        params.api_keys = [self._key]
+        options = ServerOptions(model_path=str(path), n_ctx=p.n_ctx, n_threads=threads, api_key=self._key)
         try:
-            server = xllamacpp.Server(params)
-        except RuntimeError as exc:
-            raise ConfigError(f"model 'llamacpp': llama.cpp could not load {path} ({describe(exc)})") from None
-        self._server, self._url = server, str(server.listening_address).rstrip("/")
+            server = LlamaServer(options)  # in a child process: see mmsafe.models.llama_server
+        except ServerStartError as exc:
+            raise ConfigError(f"model 'llamacpp': llama.cpp could not load {path} ({exc})") from None
+        self._server, self._url = server, server.url
         self._ocr = OCRFrontEnd(
             model=self.name,
             image_input=p.image_input,
@@ -355,7 +350,7 @@ class LlamaCppModel(ModelBackend):
     def close(self) -> None:
         server, self._server = self._server, None
         if server is not None:
-            del server  # the embedded server stops when its object goes
+            server.close()
         if self._ocr is not None:
             self._ocr.clear()
         self._specials.clear()
@@ -383,6 +378,14 @@ class LlamaCppModel(ModelBackend):
             if err.get("type") == "exceed_context_size_error":
                 raise ContextTooLong(f"llama.cpp: {message}") from None
             raise RuntimeError(f"llama.cpp answered {exc.code} to {route}: {message}") from None
+        except (urllib.error.URLError, ConnectionError) as exc:
+            server = self._server
+            if server is not None and not server.alive:  # llama.cpp's process died: this item fails, the next
+                code = server.exitcode  # one starts it again
+                self._server = None
+                server.close()
+                raise RuntimeError(f"llama.cpp's process ended (exit code {code}); it is started again") from None
+            raise RuntimeError(f"llama.cpp did not answer {route}: {describe(exc)}") from None
         if not isinstance(out, dict):
             raise RuntimeError(f"llama.cpp answered {route} with {type(out).__name__}, not an object")
         return out
