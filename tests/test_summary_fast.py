@@ -267,38 +267,68 @@ def test_the_stamp_moves_with_what_a_report_reads_and_current_outputs_stay(
     assert paths["html"].is_file()
 
 
-def test_the_browser_is_made_again_only_when_records_or_images_change(
-    store_dir: Path, tmp_path: Path
+def test_kept_items_are_read_again_only_where_their_records_changed(
+    store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The browser's items are kept per item (ITEMS_CACHE): new human labels read no item again, a record
+    written again (same content, new write) reads its one item again, a record changed by another program (its
+    facts dropped) is read every time; the section always equals one made without keeping; a damaged cache
+    file is a warning, not an error."""
     import shutil
+    import sqlite3
 
-    from mmsafe.report import BROWSER_CACHE, REPORT_MAX_ITEMS, _browser
+    from mmsafe.report import ITEMS_CACHE, REPORT_MAX_ITEMS, _browser
     from mmsafe.report.browser import browser_section
+    from mmsafe.report.items import ItemReader
     from mmsafe.report.page import json_text
 
     out = tmp_path / "run"
     shutil.copytree(store_dir, out)
+    read: list[int] = []
+    real = ItemReader.items
 
-    def same(a, b) -> bool:
-        return (a.id, a.title, a.html, a.js, a.css, json_text(a.data)) == (
-            b.id, b.title, b.html, b.js, b.css, json_text(b.data)
-        )  # fmt: skip
+    def counting(self, *, rowids=None, **kw):
+        items = list(real(self, rowids=rowids, **kw))
+        read.append(len(items))
+        return iter(items)
+
+    monkeypatch.setattr(ItemReader, "items", counting)
+
+    def check(store: Store, expect_read: int) -> None:
+        read.clear()
+        made = _browser(store, out)
+        assert sum(read) == expect_read, read
+        plain = browser_section(store, max_items=REPORT_MAX_ITEMS)
+        assert (made.html, json_text(made.data)) == (plain.html, json_text(plain.data))
+
+    def unkept() -> tuple[int, int]:
+        """Items with a record that has no write sequence number (the fixture's records written by hand), and
+        a record of an item whose records all have one."""
+        groups = list(ItemReader(out).keyed_groups())
+        return sum(keys is None for _, _, keys in groups), next(rids[0] for _, rids, keys in groups if keys)
 
     with Store(out) as store:
-        made = _browser(store, out)
-        assert (out / BROWSER_CACHE).is_file()
-        kept = json.loads((out / BROWSER_CACHE).read_text())["key"]
+        n_items = len(browser_section(store).data["mmsafe-browser-data"]["items"])
+        base, rowid = unkept()
+        assert n_items > 10 and base < n_items // 2
+        check(store, n_items)  # nothing kept yet: every item read
+        assert (out / ITEMS_CACHE).is_file()
+        check(store, base)
         store.put_human_labels([("item", "zed", "harmful", "harmful", None, 3.0)])  # not a browser input
-        again = _browser(store, out)
-        assert same(again, made) and same(again, browser_section(store, max_items=REPORT_MAX_ITEMS))
-        assert json.loads((out / BROWSER_CACHE).read_text())["key"] == kept  # read back, not made again
-        store.put_records([next(iter(store.iter_records()))])  # the same record written again: made again
-        assert json.loads((out / BROWSER_CACHE).read_text())["key"] == kept
-        _browser(store, out)
-        assert json.loads((out / BROWSER_CACHE).read_text())["key"] != kept
-    (out / BROWSER_CACHE).write_text("{not json")  # a damaged cache is made again
+        check(store, base)
+        store.put_records([next(iter(store.iter_records()))])  # the same record written again: its item only
+        check(store, base + 1)
+        check(store, base)
+    with sqlite3.connect(out / "mmsafe.sqlite") as db:  # another program changes a record: no facts, no seq
+        db.execute("UPDATE records SET record = json_set(record, '$.response', 'changed!') WHERE rowid = ?", (rowid,))
     with Store.open_existing(out) as store:
-        assert same(_browser(store, out), browser_section(store, max_items=REPORT_MAX_ITEMS))
+        assert unkept()[0] == base + 1
+        check(store, base + 1)
+        check(store, base + 1)
+        assert "changed!" in json_text(_browser(store, out).data)
+    (out / ITEMS_CACHE).write_bytes(b"not a database at all" * 100)  # damaged: made from the store
+    with Store.open_existing(out) as store:
+        check(store, n_items)
 
 
 def test_kept_charts_and_items_give_the_same_page(
@@ -308,7 +338,8 @@ def test_kept_charts_and_items_give_the_same_page(
     import re
     import shutil
 
-    from mmsafe.report import BROWSER_CACHE, CHARTS_CACHE
+    from mmsafe.report import CHARTS_CACHE, ITEMS_CACHE
+    from mmsafe.report.items import ItemReader
 
     pytest.importorskip("matplotlib")
     out = tmp_path / "run"
@@ -324,14 +355,19 @@ def test_kept_charts_and_items_give_the_same_page(
         assert charts and all(v.startswith("<img") for v in charts.values())
         with monkeypatch.context() as m:  # every chart and the items from the kept ones: nothing drawn
             m.setattr("mmsafe.report.charts._figure", lambda *a: pytest.fail("a kept chart was drawn again"))
-            m.setattr(
-                "mmsafe.report.browser.browser_section",
-                lambda *a, **k: pytest.fail("kept items were read again"),
-            )
+            real = ItemReader.items
+            unkept = {r for _, rids, keys in ItemReader(out).keyed_groups() if keys is None for r in rids}
+
+            def items(self, *, rowids=None, **kw):  # only items with a record written by hand are read again
+                if rowids is None or not set(rowids) <= unkept:
+                    pytest.fail("kept items were read again")
+                return real(self, rowids=rowids, **kw)
+
+            m.setattr(ItemReader, "items", items)
             write_outputs(store, out, force=True)
         assert page() == fresh
         assert json.loads((out / CHARTS_CACHE).read_text()) == charts
-    shutil.rmtree(out / BROWSER_CACHE.parent)
+    shutil.rmtree(out / ITEMS_CACHE.parent)
     with Store.open_existing(out) as store:
         write_outputs(store, out, force=True)
     assert page() == fresh

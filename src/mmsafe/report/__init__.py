@@ -577,8 +577,8 @@ def write_outputs(store: Store, out_dir: str | Path, *, force: bool = False) -> 
     return paths
 
 
-#: where :func:`write_outputs` keeps the sample browser's data between reports (under the output folder)
-BROWSER_CACHE = Path(".mmsafe-cache") / "browser.json"
+#: where :func:`write_outputs` keeps the sample browser's items between reports (under the output folder)
+ITEMS_CACHE = Path(".mmsafe-cache") / "items.sqlite"
 #: where it keeps the charts it drew, by what they were drawn from (:class:`~mmsafe.report.charts.ChartStore`)
 CHARTS_CACHE = Path(".mmsafe-cache") / "charts.json"
 #: where it keeps the summary's part computed from the records, by what it was computed from (:func:`build_summary`)
@@ -609,27 +609,13 @@ def _keep_json(path: Path, value: dict[str, Any]) -> None:
 
 
 def _browser(store: Store, out: Path) -> Section:
-    """The sample browser of ``report.html``: :func:`~mmsafe.report.browser.browser_section`, or the one made last
-    time when the records and images are as they were then (:meth:`Store.records_stamp`): a report redone for new
-    human labels or judge evaluations does not read every item again. The data is kept in :data:`BROWSER_CACHE`."""
-    from mmsafe.report.browser import BROWSER_CSS, BROWSER_JS, Section, browser_section
+    """The sample browser of ``report.html`` (:func:`~mmsafe.report.browser.browser_section`), its items kept in
+    :data:`ITEMS_CACHE` between reports: a report reads again only the items whose records changed since the last
+    (:mod:`mmsafe.report.item_cache`), none after new human labels or judge evaluations."""
+    from mmsafe.report.browser import browser_section
 
-    stamp = store.records_stamp()
-    key = None if stamp is None else f"{stamp}:{code_version()}:{REPORT_MAX_ITEMS}"
-    path = out / BROWSER_CACHE
-    if key is not None:
-        kept = _read_json(path)
-        try:
-            if kept.get("key") == key:
-                part = kept["section"]
-                return Section(part["id"], part["title"], part["html"], BROWSER_JS, part["data"], BROWSER_CSS)
-        except (KeyError, TypeError):
-            pass  # not one this mmsafe wrote: made again
-    section = browser_section(store, max_items=REPORT_MAX_ITEMS)
-    if key is not None:
-        part = {"id": section.id, "title": section.title, "html": section.html, "data": section.data}
-        _keep_json(path, {"key": key, "section": part})
-    return section
+    salt = f"{store.get_meta('store_id')}:{code_version()}"
+    return browser_section(store, max_items=REPORT_MAX_ITEMS, keep=(out / ITEMS_CACHE, salt))
 
 
 def rerender(out_dir: str | Path) -> dict[str, Path]:

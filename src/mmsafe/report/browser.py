@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from mmsafe.report.item_cache import ItemCache
 from mmsafe.report.items import MAX_RESPONSE_CHARS, ItemReader, facets_of
 from mmsafe.report.page import esc
 from mmsafe.report.thumbs import image_views
@@ -51,6 +52,61 @@ class Section:
     data: dict[str, Any] = field(default_factory=dict)
     #: the section's stylesheet, appended to the page's
     css: str = ""
+
+
+def _kept_items(
+    reader: ItemReader, keep: tuple[Path, str], max_items: int | None, max_response_chars: int
+) -> tuple[list[dict[str, Any]], int]:
+    """The first ``max_items`` items, from those kept in ``keep`` where their records are as they were, the
+    rest read from the store (and kept); and the number of items there are."""
+    path, salt = keep
+    groups: list[tuple[str, list[int], tuple[tuple[str, int], ...] | None]] = []
+    n_total = 0
+    db = reader.conn()
+    db.execute("BEGIN")  # one snapshot of a store a run may be writing: the items read are those named
+    try:
+        for group in reader.keyed_groups():
+            n_total += 1
+            if max_items is None or len(groups) < max_items:
+                groups.append(group)
+        return _items_of(reader, groups, path, salt, max_response_chars), n_total
+    finally:
+        db.execute("COMMIT")
+
+
+def _items_of(
+    reader: ItemReader,
+    groups: list[tuple[str, list[int], tuple[tuple[str, int], ...] | None]],
+    path: Path,
+    salt: str,
+    max_response_chars: int,
+) -> list[dict[str, Any]]:
+    import json
+
+    labels = sorted(f"{axis}\0{key}\0{label}" for (axis, key), label in reader.labels.items())
+    cache = ItemCache(path, json.dumps([salt, max_response_chars, labels]))
+    try:
+        idents = [None if keys is None else cache.ident(keys) for _, _, keys in groups]
+        kept = cache.get({i for i in idents if i is not None})
+        missing = [rid for (_, rowids, _), i in zip(groups, idents, strict=True) if i not in kept for rid in rowids]
+        fresh = {
+            item["id"]: item for item in reader.items(rowids=missing, max_response_chars=max_response_chars)
+        } if missing else {}  # fmt: skip
+        texts = [kept[i] for i in idents if i is not None and i in kept]
+        parsed = iter(json.loads("[" + ",".join(texts) + "]"))
+        items: list[dict[str, Any]] = []
+        new: list[tuple[str, str]] = []
+        for (item_id, _, _), ident in zip(groups, idents, strict=True):
+            if ident is not None and ident in kept:
+                items.append(next(parsed))
+            elif (item := fresh.get(item_id)) is not None:  # None: its records went since the first query
+                items.append(item)
+                if ident is not None:
+                    new.append((ident, json.dumps(item, ensure_ascii=False)))
+        cache.put(new, used={i for i in idents if i is not None})
+    finally:
+        cache.close()
+    return items
 
 
 def _markup(title: str, notes: list[str]) -> str:
@@ -90,12 +146,15 @@ def browser_section(
     max_items: int | None = None,
     max_response_chars: int = MAX_RESPONSE_CHARS,
     title: str = "Samples",
+    keep: tuple[Path, str] | None = None,
 ) -> Section:
     """The sample browser of the run in ``store`` (a :class:`Store`, a run folder or its ``mmsafe.sqlite``).
 
     ``server``: the page of ``mmsafe view``, whose script asks ``/api`` (no item is embedded). Otherwise every
     item (at most ``max_items``, first in browser order) with its images' thumbnails and, within
-    ``image_budget_bytes``, their larger views."""
+    ``image_budget_bytes``, their larger views. With ``keep`` (a file and a salt naming what else the items are a
+    function of: the store, mmsafe's code), items are kept there between calls and only those whose records
+    changed are read again (:mod:`mmsafe.report.item_cache`): the same section either way."""
     config = {"mode": "server" if server else "static", "page_size": PAGE_SIZE}
     if server:
         return Section(
@@ -103,12 +162,15 @@ def browser_section(
         )
     reader = ItemReader(_store_path(store))
     try:
-        items: list[dict[str, Any]] = []
-        n_total = 0
-        for item in reader.items(max_response_chars=max_response_chars):
-            n_total += 1
-            if max_items is None or len(items) < max_items:
-                items.append(item)
+        if keep is None:
+            items: list[dict[str, Any]] = []
+            n_total = 0
+            for item in reader.items(max_response_chars=max_response_chars):
+                n_total += 1
+                if max_items is None or len(items) < max_items:
+                    items.append(item)
+        else:
+            items, n_total = _kept_items(reader, keep, max_items, max_response_chars)
         images = image_views(
             reader.conn(), (h for it in items for h in it["images"]), budget_bytes=image_budget_bytes
         )

@@ -291,6 +291,58 @@ class ItemReader:
             ]
             yield self._head(group), _marks(verdicts), tuple(r[0] for r in group)
 
+    def keyed_groups(self) -> Iterator[tuple[str, list[int], tuple[tuple[str, int], ...] | None]]:
+        """Every item as :meth:`items` would give it (same items, same order, same :attr:`unreadable` and
+        :attr:`judges` after the pass), but only its id, its records' rowids and, when each has one, their keys
+        with their write sequence numbers (``record_facts.seq``: a record written again gets a new one), which
+        name the item's content; None for an item with a record that has none (written before them, or changed
+        by another program). Reads no record's JSON but those without a sequence number, so it costs an index
+        walk: what :mod:`mmsafe.report.item_cache` needs to tell which items changed."""
+        db = self.conn()
+        has_seq = "seq" in {r[1] for r in db.execute("PRAGMA table_info(record_facts)")}
+        # two plain scans (the seqs, then the records in the browser's order) cost less than one joined query
+        seqs: dict[str, int] = dict(db.execute("SELECT key, seq FROM record_facts WHERE seq IS NOT NULL")) if has_seq else {}  # fmt: skip
+        rows = db.execute(
+            "SELECT rowid, model, benchmark, attack, defense, judge, sample_id, key FROM records "
+            "ORDER BY model, benchmark, attack, defense, sample_id, judge, key"
+        ).fetchall()
+        # a row with a seq was validated whole when written; any other is checked here, as items() checks it
+        others = [r[0] for r in rows if r[7] not in seqs]
+        expected_of: dict[int, Any] = {}
+        for i in range(0, len(others), 500):
+            chunk = others[i : i + 500]
+            expected_of.update(
+                db.execute(
+                    "SELECT rowid, IIF(json_valid(record), coalesce(json_extract(record, '$.expected'), ''), NULL) "
+                    f"FROM records WHERE rowid IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+            )
+        self.unreadable = 0
+        rowids: list[int] = []
+        keys: list[tuple[str, int]] | None = []
+        gkey: tuple[Any, ...] | None = None
+        judge_label = self.label
+        for rowid, model, bench, attack, defense, judge, sample_id, key in rows:
+            wseq = seqs.get(key)
+            if wseq is None and expected_of.get(rowid) not in EXPECTED:  # not JSON, or not a record mmsafe writes
+                self.unreadable += 1
+                continue
+            self.judges.setdefault(judge_label("judge", judge))
+            k = (model, bench, attack, defense, sample_id)
+            if k != gkey and rowids:
+                yield generation_id(*gkey), rowids, None if keys is None else tuple(keys)  # type: ignore[misc]
+                rowids, keys = [], []
+            gkey = k
+            rowids.append(rowid)
+            if keys is not None:
+                if wseq is None:
+                    keys = None
+                else:
+                    keys.append((key, int(wseq)))
+        if rowids:
+            yield generation_id(*gkey), rowids, None if keys is None else tuple(keys)  # type: ignore[misc]
+
     def items(
         self, *, rowids: Sequence[int] | None = None, max_response_chars: int = MAX_RESPONSE_CHARS
     ) -> Iterator[dict[str, Any]]:

@@ -70,7 +70,10 @@ CREATE TABLE IF NOT EXISTS judge_evals (
 CREATE TABLE IF NOT EXISTS human_labels (
     item TEXT NOT NULL, annotator TEXT NOT NULL, scheme TEXT NOT NULL, label TEXT NOT NULL, note TEXT,
     created REAL NOT NULL, PRIMARY KEY (item, annotator, scheme));
-CREATE TABLE IF NOT EXISTS record_facts (key TEXT PRIMARY KEY, facts TEXT NOT NULL);
+-- seq: the records_version the row was written under (Store.put_records), so (key, seq) names one content of a
+-- record for as long as the store lives: a record written again gets a larger seq, one changed by another program
+-- loses its facts (the triggers below); the report keeps its sample browser's items under it (report/item_cache.py)
+CREATE TABLE IF NOT EXISTS record_facts (key TEXT PRIMARY KEY, facts TEXT NOT NULL, seq INTEGER);
 CREATE TRIGGER IF NOT EXISTS record_facts_stale AFTER UPDATE ON records
     BEGIN DELETE FROM record_facts WHERE key = OLD.key OR key = NEW.key; END;
 CREATE TRIGGER IF NOT EXISTS record_facts_gone AFTER DELETE ON records
@@ -94,6 +97,8 @@ def _bump(counters: tuple[str, ...]) -> str:
 
 
 _BUMP = _bump(("content_version",))
+#: the write sequence number of a facts row (``record_facts.seq``): the records counter as it stands
+_SEQ = "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'records_version'"
 _SCHEMA += "".join(
     f"CREATE TRIGGER IF NOT EXISTS {table}_{op.lower()}_counts AFTER {op} ON {table} BEGIN {_bump(counters)}; END;\n"
     for table, counters in _WATCHED.items()
@@ -267,6 +272,11 @@ class Store:
             # tables or indexes added since the store was made, and its content stamp (stores made before it)
             self._db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}{self._stamp_sql()}COMMIT;")
             self._has_facts = True
+            if "seq" not in {r[1] for r in self._db.execute("PRAGMA table_info(record_facts)")}:
+                # facts written before their seq: every row there is of its record's current content
+                with self._tx():
+                    self._db.execute("ALTER TABLE record_facts ADD COLUMN seq INTEGER")
+                    self._db.execute(f"UPDATE record_facts SET seq = ({_SEQ})")
             stale = self.get_meta("facts_version") != str(FACTS_VERSION)  # made before facts, or other facts
             if stale or "record_facts" not in tables:
                 self._backfill_facts(FACTS_VERSION)
@@ -287,7 +297,7 @@ class Store:
                 continue
         with self._tx():
             self._db.execute("DELETE FROM record_facts")
-            self._db.executemany("INSERT INTO record_facts (key, facts) VALUES (?, ?)", facts)
+            self._db.executemany(f"INSERT INTO record_facts (key, facts, seq) VALUES (?, ?, ({_SEQ}))", facts)
             self._db.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('facts_version', ?)", (str(version),)
             )
@@ -446,9 +456,9 @@ class Store:
                 "sample_id, category, error, record, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
-            if self._has_facts:
+            if self._has_facts:  # after the records: their seq is the counter their writes bumped
                 self._db.executemany(
-                    "INSERT OR REPLACE INTO record_facts (key, facts) VALUES (?, ?)", fact_rows
+                    f"INSERT OR REPLACE INTO record_facts (key, facts, seq) VALUES (?, ?, ({_SEQ}))", fact_rows
                 )
 
     @_sql
