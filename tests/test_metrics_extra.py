@@ -8,6 +8,8 @@ the comment beside it) or taken from a published worked example (cited). Referen
 from __future__ import annotations
 
 import math
+import random
+import sys
 
 import pytest
 
@@ -16,11 +18,13 @@ from mmsafe.metrics import (
     Estimate,
     PrivacyItem,
     Rate,
+    _common,
     accuracy,
     auroc,
     bootstrap_text_metric,
     cider,
     cider_d,
+    classification,
     cohen_kappa,
     compare_rates,
     confusion_matrix,
@@ -249,6 +253,111 @@ def test_one_kappa_for_metrics_and_ensemble(a, b, want):
 def test_cohen_kappa_value_rejects_misaligned_input():
     with pytest.raises(ValueError, match="differ in length"):
         metrics.cohen_kappa_value([True], [True, False])
+
+
+# κ and macro-F1 count each resample's confusion cells through bootstrap_cell_counts; the intervals must be the ones
+# bootstrap_indices gives when every resample's confusion matrix is counted item by item, to the last bit.
+STATS = {cohen_kappa: classification._kappa_from, macro_f1: classification._macro_f1_from}
+
+
+def _item_by_item(metric, y_true, y_pred, *, n_resamples, seed):
+    """``metric``'s estimate as it was made before bootstrap_cell_counts, or the exception type it raises."""
+    stat = STATS[metric]
+    labs, t, p = classification._encode(y_true, y_pred, None)
+    k, n = len(labs), len(t)
+    value = stat(classification._counts(t, p, k, range(n)))
+    if value is None:
+        return ValueError
+    try:
+        lo, hi, used = _common.bootstrap_indices(
+            [range(n)], lambda idx: stat(classification._counts(t, p, k, idx)),
+            n_resamples=n_resamples, seed=seed, confidence=0.95,
+        )  # fmt: skip
+    except ValueError:
+        return ValueError
+    return Estimate(value=value, lo=lo, hi=hi, n=n, method=_common.bootstrap_method(n_resamples, seed, used))
+
+
+def _outcome(metric, y_true, y_pred, *, n_resamples, seed):
+    try:
+        return metric(y_true, y_pred, n_resamples=n_resamples, seed=seed)
+    except ValueError:
+        return ValueError
+
+
+def _random_pairs(n, k, seed):
+    r = random.Random(1000 * n + 10 * k + seed)
+    labels = "abc"[:k]
+    y_true = [r.choice(labels) for _ in range(n)]
+    return y_true, [v if r.random() < 0.7 else r.choice(labels) for v in y_true]
+
+
+def _same_as_item_by_item(n, k, monkeypatch) -> int:
+    """Compare both metrics with the item-by-item path on random labels; the number of undefined cases seen."""
+    resamples = 60 if n > 100 else 300
+    undefined = 0
+    for seed in (0, 7, 123):
+        y_true, y_pred = _random_pairs(n, k, seed)
+        for metric in STATS:
+            got = _outcome(metric, y_true, y_pred, n_resamples=resamples, seed=seed)
+            with monkeypatch.context() as m:  # the reference draws through Random.randrange itself
+                m.setattr(_common, "_draws_match", lambda: False)
+                want = _item_by_item(metric, y_true, y_pred, n_resamples=resamples, seed=seed)
+            assert got == want, (metric.__name__, n, k, seed)
+            # and through bootstrap_indices's own block draws
+            assert want == _item_by_item(metric, y_true, y_pred, n_resamples=resamples, seed=seed)
+            undefined += want is ValueError or "dropped" in want.method
+    return undefined
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("n", [1, 2, 17, 5000])
+def test_kappa_and_macro_f1_intervals_count_cells_with_the_same_draws(n, k, monkeypatch):
+    pytest.importorskip("numpy")
+    assert _common._draws_match()
+    calls = []
+    below_array = _common._Draws.below_array
+    monkeypatch.setattr(
+        _common._Draws, "below_array", lambda self, m, count: calls.append(m) or below_array(self, m, count)
+    )
+    undefined = _same_as_item_by_item(n, k, monkeypatch)
+    assert calls and set(calls) == {n}  # the NumPy path ran
+    if n <= 2:  # tiny inputs reach dropped resamples and undefined κ
+        assert undefined
+
+
+@pytest.mark.parametrize("without", ["numpy", "draws"])
+@pytest.mark.parametrize("n", [2, 17, 5000])
+def test_kappa_and_macro_f1_intervals_without_numpy_are_the_same(n, without, monkeypatch):
+    if without == "numpy":
+        monkeypatch.setitem(sys.modules, "numpy", None)  # import numpy fails
+    else:
+        monkeypatch.setattr(_common, "_draws_match", lambda: False)
+    monkeypatch.setattr(_common._Draws, "below_array", None)  # never reached
+    check = _common._draws_match if without == "numpy" else None
+    if check is not None:
+        check.cache_clear()
+    try:
+        _same_as_item_by_item(n, 2, monkeypatch)
+        _same_as_item_by_item(n, 3, monkeypatch)
+    finally:
+        if check is not None:
+            check.cache_clear()
+
+
+def test_bootstrap_cell_counts_keeps_the_bootstrap_contract():
+    with pytest.raises(ValueError, match="undefined in every"):
+        _common.bootstrap_cell_counts([0, 1, 1], 2, lambda c: None, n_resamples=5, seed=0, confidence=0.9)
+    with pytest.raises(ValueError, match="n_cells"):
+        _common.bootstrap_cell_counts([0, 1], 257, sum, n_resamples=5, seed=0, confidence=0.9)
+    with pytest.raises(ValueError, match="n_resamples"):
+        _common.bootstrap_cell_counts([0, 1], 2, sum, n_resamples=0, seed=0, confidence=0.9)
+    seen = []
+    lo, hi, used = _common.bootstrap_cell_counts(
+        [0, 1, 1, 2], 3, lambda c: seen.append(c) or c[0] / 4, n_resamples=40, seed=5, confidence=0.9
+    )
+    assert used == 40 and len(seen) == 40 and all(len(c) == 3 and sum(c) == 4 for c in seen)
+    assert 0 <= lo <= hi <= 1
 
 
 # AUROC by hand: the share of (positive, negative) pairs ranked right, ties counting ½.

@@ -13,9 +13,10 @@ import sys
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from operator import itemgetter
 from typing import Any
 
-__all__ = ["Estimate", "bootstrap_indices", "check_bootstrap_args", "percentile"]
+__all__ = ["Estimate", "bootstrap_cell_counts", "bootstrap_indices", "check_bootstrap_args", "percentile"]
 
 
 @dataclass(frozen=True)
@@ -84,14 +85,95 @@ def bootstrap_indices(
                 idx.extend(draws.below(m, m))
             else:
                 idx.extend(map(s.__getitem__, draws.below(m, m)))
-        v = stat(idx)
-        if v is not None and not math.isnan(v):
-            values.append(v)
+        _keep(values, stat(idx))
+    return _interval(values, confidence)
+
+
+def bootstrap_cell_counts(
+    cells: Sequence[int],
+    n_cells: int,
+    stat: Callable[[list[int]], float | None],
+    *,
+    n_resamples: int,
+    seed: int,
+    confidence: float,
+) -> tuple[float, float, int]:
+    """:func:`bootstrap_indices` over one stratum ``range(len(cells))`` for a statistic of category counts.
+
+    ``cells[i]`` is item ``i``'s category, in ``range(n_cells)`` with ``n_cells <= 256`` (a cell of a confusion
+    matrix of up to 16 labels, say; a category is a byte on the path without NumPy); ``stat`` gets a
+    resample's count of each category, ``[#{i drawn : cells[i] == c} for c in range(n_cells)]``. The resamples,
+    the dropped undefined ones, the percentiles, the error and the return value are those of
+    ``bootstrap_indices([range(len(cells))], lambda idx: stat(<counts of idx>), ...)``, bit for bit: with NumPy
+    the drawn indices stay a NumPy array (:meth:`_Draws.below_array`) and ``np.bincount`` counts their cells;
+    without NumPy, or where :func:`_draws_match` fails, it is that very call.
+
+    Speed: Cohen's κ (:func:`~mmsafe.metrics.cohen_kappa`) of 25,000 random binary pairs, 500 resamples, took
+    0.73 s the way it was made before (``bootstrap_indices``, a bytes object of each resample's cells and
+    ``bytes.count`` per cell; the old ``classification`` module loaded beside the new one) and 0.16 s through
+    this function (4.5x), best of 3 each, the two timed alternately in one Python run on a 2-core machine shared
+    with another job. About a third of what is left is MT19937 itself (``random_raw``); most of the rest is
+    keeping the draws below ``m`` and gathering their cells.
+    """
+    check_bootstrap_args(n_resamples, confidence)
+    if not 0 < n_cells <= 256:
+        raise ValueError(f"n_cells must be in [1, 256]; got {n_cells}")
+    n = len(cells)
+    np = _numpy()
+    if np is None or not _draws_match() or n >= 2**32:
+        count = _cell_counter(cells, n_cells)
+        return bootstrap_indices(
+            [range(n)], lambda idx: stat(count(idx)),
+            n_resamples=n_resamples, seed=seed, confidence=confidence,
+        )  # fmt: skip
+    codes = np.asarray(cells, dtype=np.uint8)
+    draws = _Draws(random.Random(seed))
+    values: list[float] = []
+    block = max(1, _CELL_BLOCK // max(n, 1))  # resamples drawn at once: their draws follow one another
+    for start in range(0, n_resamples, block):
+        b = min(block, n_resamples - start)
+        picked = codes[draws.below_array(n, n * b)].reshape(b, n)  # row r: the cells of resample start + r
+        for row in picked:
+            _keep(values, stat(np.bincount(row, minlength=n_cells).tolist()))
+    return _interval(values, confidence)
+
+
+_CELL_BLOCK = 1 << 20  # drawn indices bootstrap_cell_counts holds at once (4 MB of them, 1 MB of their cells)
+
+
+def _cell_counter(cells: Sequence[int], n_cells: int) -> Callable[[Sequence[int]], list[int]]:
+    """``idx -> [#{i in idx : cells[i] == c} for c in range(n_cells)]`` (``n_cells <= 256``): each item's
+    category is one byte, a resample's bytes are gathered by ``itemgetter`` and each category is counted by
+    ``bytes.count`` (C loops: no Python step per item)."""
+    table = bytes(cells)
+    probes = [bytes([c]) for c in range(n_cells)]
+
+    def count(idx: Sequence[int]) -> list[int]:
+        picked = bytes(itemgetter(*idx)(table)) if len(idx) > 1 else bytes(map(table.__getitem__, idx))
+        return [picked.count(c) for c in probes]
+
+    return count
+
+
+def _keep(values: list[float], v: float | None) -> None:
+    if v is not None and not math.isnan(v):
+        values.append(v)
+
+
+def _interval(values: list[float], confidence: float) -> tuple[float, float, int]:
     if not values:
         raise ValueError("the statistic is undefined in every bootstrap resample")
     values.sort()
     alpha = (1 - confidence) / 2
     return percentile(values, alpha), percentile(values, 1 - alpha), len(values)
+
+
+def _numpy() -> Any:
+    try:
+        import numpy as np
+    except ImportError:
+        return None
+    return np
 
 
 class _Draws:
@@ -124,30 +206,39 @@ class _Draws:
             "bit_generator": "MT19937",
             "state": {"key": np.array(state[:624], dtype=np.uint32), "pos": int(state[624])},
         }
-        self._words = np.zeros(0, dtype=np.uint64)
+        self._words = np.zeros(0, dtype=np.uint32)
 
     def _fill(self, need: int) -> None:
+        """Replace the spent buffer by the next ``max(need, _BLOCK)`` outputs."""
         n = max(need, self._BLOCK)
-        rest = self._words[self._pos :]
-        if self._np is not None:
-            self._words = self._np.concatenate([rest, self._gen.random_raw(n)])
+        if self._np is not None:  # 32-bit words: half the memory traffic of random_raw's uint64
+            self._words = self._gen.random_raw(n).astype(self._np.uint32)
         else:
-            fresh = array("I", self._rng.getrandbits(32 * n).to_bytes(4 * n, "little"))
+            self._words = array("I", self._rng.getrandbits(32 * n).to_bytes(4 * n, "little"))
             if sys.byteorder == "big":
-                fresh.byteswap()
-            self._words = rest + fresh
+                self._words.byteswap()
         self._pos = 0
 
     def below(self, m: int, count: int) -> list[int]:
         """The next ``count`` values of ``randrange(m)`` (``0 < m < 2**32``)."""
+        parts = self._parts(m, count)
+        if self._np is not None:
+            return self._np.concatenate(parts).tolist() if parts else []
+        return [v for part in parts for v in part]
+
+    def below_array(self, m: int, count: int) -> Any:
+        """:meth:`below` as a NumPy array of unsigned integers, without a Python int per value (NumPy only)."""
+        parts = self._parts(m, count)
+        return self._np.concatenate(parts) if parts else self._np.zeros(0, dtype=self._np.uint32)
+
+    def _parts(self, m: int, count: int) -> list[Any]:
         shift = 32 - m.bit_length()
         parts: list[Any] = []
         need = count
-        while need:  # the next `need` outputs are all consumed whatever they are: no read past the last value
-            end = self._pos + need
-            if end > len(self._words):
+        while need:  # at most `need` outputs consumed, whatever they are: no read past the last value
+            if self._pos == len(self._words):
                 self._fill(need)
-                end = need
+            end = min(self._pos + need, len(self._words))
             if self._np is not None:
                 cand = self._words[self._pos : end] >> shift
                 got = cand[cand < m]
@@ -156,9 +247,7 @@ class _Draws:
             self._pos = end
             parts.append(got)
             need -= len(got)
-        if self._np is not None:
-            return self._np.concatenate(parts).tolist() if parts else []
-        return [v for part in parts for v in part]
+        return parts
 
 
 @functools.cache

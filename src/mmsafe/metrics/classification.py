@@ -23,10 +23,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any, Literal
 
-from mmsafe.metrics._common import Estimate, bootstrap_indices, bootstrap_method, check_bootstrap_args
+from mmsafe.metrics._common import (
+    Estimate,
+    bootstrap_cell_counts,
+    bootstrap_indices,
+    bootstrap_method,
+    check_bootstrap_args,
+)
 from mmsafe.metrics.rates import Rate, rate
 
 #: names of a binary judge verdict's two classes, negative first (index 1, ``True``, is the positive
@@ -135,23 +140,33 @@ def _counts(t: Sequence[int], p: Sequence[int], k: int, idx: Sequence[int]) -> l
     return m
 
 
-def _resample_counts(
-    t: Sequence[int], p: Sequence[int], k: int
-) -> Callable[[Sequence[int]], list[list[int]]]:
-    """``idx -> _counts(t, p, k, idx)``, the same integers, made for a bootstrap's thousands of resamples:
-    with at most 256 cells, each item's cell is one byte, a resample's cells are gathered into a bytes
-    object and each cell is counted by ``bytes.count`` (C loops: no Python step per item)."""
+def _bootstrap_counts(
+    t: Sequence[int],
+    p: Sequence[int],
+    k: int,
+    stat: Callable[[list[list[int]]], float | None],
+    *,
+    n_resamples: int,
+    seed: int,
+    confidence: float,
+) -> tuple[float, float, int]:
+    """Percentile bootstrap over items of ``stat`` of each resample's confusion matrix, ``_counts(t, p, k, idx)``.
+    With at most 256 cells, each item's cell is a small integer and :func:`bootstrap_cell_counts` counts a
+    resample's cells without a Python step per item: the resamples of :func:`bootstrap_indices`, so its
+    interval to the last bit."""
     if k * k > 256:
-        return lambda idx: _counts(t, p, k, idx)
-    cells = bytes(a * k + b for a, b in zip(t, p, strict=True))
-    probes = [bytes([c]) for c in range(k * k)]
-
-    def counts(idx: Sequence[int]) -> list[list[int]]:
-        picked = bytes(itemgetter(*idx)(cells)) if len(idx) > 1 else bytes(map(cells.__getitem__, idx))
-        flat = [picked.count(c) for c in probes]
-        return [flat[r * k : (r + 1) * k] for r in range(k)]
-
-    return counts
+        return bootstrap_indices(
+            [range(len(t))], lambda idx: stat(_counts(t, p, k, idx)),
+            n_resamples=n_resamples, seed=seed, confidence=confidence,
+        )  # fmt: skip
+    return bootstrap_cell_counts(
+        [a * k + b for a, b in zip(t, p, strict=True)],
+        k * k,
+        lambda flat: stat([flat[r * k : (r + 1) * k] for r in range(k)]),
+        n_resamples=n_resamples,
+        seed=seed,
+        confidence=confidence,
+    )
 
 
 def _per_class(m: list[list[int]]) -> list[tuple[int, int, int]]:
@@ -263,13 +278,8 @@ def macro_f1(
     k, n = len(labs), len(t)
     value = _macro_f1_from(_counts(t, p, k, range(n)))
     assert value is not None  # n > 0, so some class occurs
-    counts = _resample_counts(t, p, k)
-    lo, hi, used = bootstrap_indices(
-        [range(n)],
-        lambda idx: _macro_f1_from(counts(idx)),
-        n_resamples=n_resamples,
-        seed=seed,
-        confidence=confidence,
+    lo, hi, used = _bootstrap_counts(
+        t, p, k, _macro_f1_from, n_resamples=n_resamples, seed=seed, confidence=confidence
     )
     return Estimate(value=value, lo=lo, hi=hi, n=n, method=bootstrap_method(n_resamples, seed, used))
 
@@ -301,13 +311,8 @@ def cohen_kappa(
     value = _kappa_from(_counts(t, p, k, range(n)))
     if value is None:
         raise ValueError("Cohen's kappa is undefined: both raters use one single category for every item")
-    counts = _resample_counts(t, p, k)
-    lo, hi, used = bootstrap_indices(
-        [range(n)],
-        lambda idx: _kappa_from(counts(idx)),
-        n_resamples=n_resamples,
-        seed=seed,
-        confidence=confidence,
+    lo, hi, used = _bootstrap_counts(
+        t, p, k, _kappa_from, n_resamples=n_resamples, seed=seed, confidence=confidence
     )
     return Estimate(value=value, lo=lo, hi=hi, n=n, method=bootstrap_method(n_resamples, seed, used))
 
