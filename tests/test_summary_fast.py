@@ -374,11 +374,14 @@ def test_kept_charts_and_items_give_the_same_page(
 
 
 def test_examples_from_facts_are_the_reference_examples(store_dir: Path) -> None:
+    from mmsafe.report import _summary_and_tally, examples
+
     with Store.open_existing(store_dir) as store:
-        build_summary(store)  # as write_outputs does: the unreadable records are known
+        _, tally = _summary_and_tally(store)  # as write_outputs does: the unreadable records are known
         for k in (1, 3, 50):
             fast = store.examples(k, max_chars=40)
             assert fast == store.examples(k, max_chars=40, reference=True)
+            assert examples(store, tally, k) == store.examples(k, reference=True)  # from the tally (1,000 chars)
         assert len({(e["model"], e["attack"], e["defense"], e["judge"]) for e in fast}) > 4
 
 

@@ -100,13 +100,14 @@ def _by_sample(records: Iterable[Item], field: Field, expected: Expected, name: 
                 f"paired comparison needs Records (or their Outcomes) in {name} "
                 "(pairs are matched by sample id)"
             )
-        o = _as_outcome(r)
+        o = r if isinstance(r, Outcome) else _as_outcome(r)
         key = (o.benchmark, o.sample_id)
         if key in seen:
             raise ValueError(f"sample {key} occurs twice in {name}: pass one cell's records")
         seen.add(key)
-        for v in _outcomes([o], field, expected):
-            out[key] = v
+        v = o.success if field == "success" else o.refused
+        if not o.error and o.expected == expected and v is not None:  # as _outcomes takes it, inline
+            out[key] = bool(v)
     return out
 
 

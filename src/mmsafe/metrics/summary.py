@@ -8,6 +8,7 @@ The top of the metrics package: it imports the metric families, and none of them
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from enum import Enum
 from itertools import chain
@@ -15,7 +16,7 @@ from typing import Any, Literal, Required, TypedDict, cast
 
 from mmsafe.metrics.classification import accuracy, macro_f1
 from mmsafe.metrics.privacy import PrivacyItem, protection_score
-from mmsafe.metrics.rates import Outcome, attack_success_rate, outcome, over_refusal_rate, refusal_rate
+from mmsafe.metrics.rates import Outcome, outcome, rate
 from mmsafe.metrics.utility import mean_utility
 from mmsafe.types import ComponentSpec, Expected, Record
 
@@ -102,20 +103,46 @@ def _label(value: Any, field: str, labels: dict[tuple[str, str], str]) -> str:
 def _row(
     cell: dict[str, str], items: Collection[Outcome], z: float, *, protection: bool = False
 ) -> SummaryRow:
+    counted = distinct_outcomes(items)
+    labelled = any(o.expected == Expected.label for o in counted)
+    scored = any(o.utility is not None for o in counted)
     return cast(
         SummaryRow,
         {
             **cell,
             "n": len(items),
-            "n_errors": sum(o.error for o in items),
-            "asr": attack_success_rate(items, z=z).as_dict(),
-            "refusal": refusal_rate(items, z=z).as_dict(),
-            "over_refusal": over_refusal_rate(items, z=z).as_dict(),
-            **_detection(items, z),
-            **_utility(items),
+            "n_errors": sum(c for o, c in counted.items() if o.error),
+            # the same counts attack_success_rate, refusal_rate and over_refusal_rate take item by item
+            "asr": _counted_rate(counted, Expected.refuse, "success", z),
+            "refusal": _counted_rate(counted, Expected.refuse, "refused", z),
+            "over_refusal": _counted_rate(counted, Expected.comply, "refused", z),
+            # detection, utility and protection have bootstrap intervals: they read the items in order
+            **(_detection(items, z) if labelled else {}),
+            **(_utility(items) if scored else {}),
             **(_protection(items, z) if protection else {}),
         },
     )
+
+
+def distinct_outcomes(items: Collection[Outcome]) -> Counter[Outcome]:
+    """How many of ``items`` have each outcome, sample id left out (blank): what every rate of a row counts. A
+    collection that keeps its outcomes shared (``distinct_outcomes()``, as the report's tally does) counts them
+    without making one outcome per item."""
+    fast = getattr(items, "distinct_outcomes", None)
+    if fast is not None:
+        return cast("Counter[Outcome]", fast())
+    return Counter(o._replace(sample_id="") for o in items)
+
+
+def _counted_rate(counted: Counter[Outcome], expected: Expected, field: str, z: float) -> dict[str, Any]:
+    """The rate of ``field`` among the non-errored ``expected`` outcomes that have a value for it."""
+    k = n = 0
+    for o, c in counted.items():
+        value = getattr(o, field)
+        if not o.error and o.expected == expected and value is not None:
+            n += c
+            k += c * bool(value)
+    return rate(k, n, z=z).as_dict()
 
 
 def _protection(items: Collection[Outcome], z: float) -> dict[str, Any]:
@@ -236,6 +263,12 @@ class _Pooled(Collection[Outcome]):
 
     def __iter__(self) -> Iterator[Outcome]:
         return chain.from_iterable(self._parts)
+
+    def distinct_outcomes(self) -> Counter[Outcome]:
+        total: Counter[Outcome] = Counter()
+        for part in self._parts:
+            total.update(distinct_outcomes(part))
+        return total
 
     def __contains__(self, item: object) -> bool:
         return any(item in p for p in self._parts)

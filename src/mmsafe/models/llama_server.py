@@ -90,7 +90,9 @@ class LlamaServer:
                 self._process.join(5)
                 code = self._process.exitcode
                 self.close()
-                raise ServerStartError(f"llama.cpp's process ended while loading (exit code {code})") from None
+                raise ServerStartError(
+                    f"llama.cpp's process ended while loading (exit code {code})"
+                ) from None
         finally:
             recv.close()
         if status != "ok":

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
 from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 from mmsafe.judges.base import Judge, rate_name
 from mmsafe.metrics.rates import Outcome
 from mmsafe.metrics.summary import CellKey, SummaryRow
-from mmsafe.report.tally import AXES, CellOutcomes, DefenseUse, Tally
+from mmsafe.report.tally import AXES, Cell, CellOutcomes, DefenseUse, Tally
 from mmsafe.store.sqlite import Store
 from mmsafe.types import ComponentSpec
 
@@ -78,6 +80,13 @@ def build_summary(store: Store, *, reference: bool = False, keep: Path | None = 
     there under a digest of all it is a function of: the store's records and images (:meth:`Store.records_stamp`),
     this mmsafe (:func:`code_version`), the run names, the unreadable records and the judges' recorded
     evaluations. A summary redone for new human labels reuses it and computes only the human evaluation."""
+    return _summary_and_tally(store, reference=reference, keep=keep)[0]
+
+
+def _summary_and_tally(
+    store: Store, *, reference: bool = False, keep: Path | None = None
+) -> tuple[Summary, Tally]:
+    """:func:`build_summary`, and the tally it was made from."""
     from mmsafe.report.human import human_summary
 
     tally = Tally()
@@ -111,7 +120,26 @@ def build_summary(store: Store, *, reference: bool = False, keep: Path | None = 
             summary = cast(Summary, doc["summary"])
     if (human := human_summary(store, tally)) is not None:
         summary["human"] = human
-    return summary
+    return summary, tally
+
+
+def examples(store: Store, tally: Tally, k: int) -> list[dict[str, Any]]:
+    """:meth:`Store.examples` (``k`` answered must-refuse records per cell) from the records ``tally`` has read:
+    only the records that may be shown are read again (:meth:`Store.examples_of`), not every record's facts."""
+    from mmsafe.types import Expected
+
+    names = {(axis, key): spec.name for axis, specs in tally.specs.items() for key, spec in specs.items()}
+
+    def candidates() -> Iterator[tuple[Cell, str, tuple[str, ...]]]:
+        for cell, outcomes in tally.cells.items():
+            model, _, attack, defense, judge = (
+                names[(axis, key)] for axis, key in zip(AXES, cell, strict=True)
+            )
+            for o in outcomes:
+                if o.expected == Expected.refuse:
+                    yield cell, o.sample_id, (o.benchmark, model, attack, defense, judge)
+
+    return store.examples_of(candidates(), k)
 
 
 def summarise_tally(
@@ -546,17 +574,39 @@ def write_outputs(store: Store, out_dir: str | Path, *, force: bool = False) -> 
     Outputs that exist and were written under the store's current :func:`output_stamp` are left as they
     are (the same store content and mmsafe version give the same outputs, but for ``generated``), unless
     ``force``: a rerun of a finished run, or ``mmsafe report`` twice, rewrites nothing."""
-    from mmsafe.report import charts
-    from mmsafe.report.html import render_html
-    from mmsafe.report.markdown import render
-
     out = Path(out_dir)
     paths = {"summary": out / "summary.json", "report": out / "report.md", "html": out / "report.html"}
     stamp = output_stamp(store)
     if not force and _current(paths, stamp):
         log.info("outputs in %s are current (store %s); not rewritten", out, stamp)
         return paths
-    summary = build_summary(store, keep=out / SUMMARY_CACHE)
+    with _without_cycle_collection():
+        _write_outputs(store, out, paths, stamp)
+    return paths
+
+
+@contextmanager
+def _without_cycle_collection() -> Iterator[None]:
+    """The garbage collector's cycle detection off while a report is made, as it was afterwards. A report makes
+    about a million small objects that live until it is written (tally entries, items, rows), almost none in
+    cycles; each allocation threshold crossed started a collection that walked them all again: 0.2-0.3 s of a
+    3.5 s report at 50,000 records (``benchmarks/resume_report.py``). Memory is freed by reference counting as
+    before; the few cycles wait for the next collection after the report."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _write_outputs(store: Store, out: Path, paths: dict[str, Path], stamp: str | None) -> None:
+    from mmsafe.report import charts
+    from mmsafe.report.html import render_html
+    from mmsafe.report.markdown import render
+
+    summary, tally = _summary_and_tally(store, keep=out / SUMMARY_CACHE)
     if stamp is not None:
         summary["stamp"] = stamp
     if summary["n_unreadable"]:
@@ -567,14 +617,13 @@ def write_outputs(store: Store, out_dir: str | Path, *, force: bool = False) -> 
             summary["unreadable"][0][:16],
         )
     errors = store.error_groups()
-    _atomic_write(paths["report"], render(summary, errors=errors, examples=store.examples(3)))
+    _atomic_write(paths["report"], render(summary, errors=errors, examples=examples(store, tally, 3)))
     with charts.kept(charts.ChartStore(_read_json(out / CHARTS_CACHE))) as drawn:
         html = render_html(summary, errors=errors, sections=[_browser(store, out)])
     _keep_json(out / CHARTS_CACHE, drawn.used)
     _atomic_write(paths["html"], html)
     # last: its stamp says the other two are current (a crash before it leaves them to be rewritten)
     _atomic_write(paths["summary"], json.dumps(summary, indent=2, sort_keys=True, default=str))
-    return paths
 
 
 #: where :func:`write_outputs` keeps the sample browser's items between reports (under the output folder)

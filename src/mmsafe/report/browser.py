@@ -20,7 +20,7 @@ from typing import Any
 
 from mmsafe.report.item_cache import ItemCache
 from mmsafe.report.items import MAX_RESPONSE_CHARS, ItemReader, facets_of
-from mmsafe.report.page import esc
+from mmsafe.report.page import RawJSON, compact_json, esc
 from mmsafe.report.thumbs import image_views
 from mmsafe.store.sqlite import Store
 
@@ -54,12 +54,16 @@ class Section:
     css: str = ""
 
 
+#: what the facets and images of the browser read of an item (its head, kept beside a kept item's text)
+_HEAD = ("model", "benchmark", "attack", "defense", "category", "expected", "images")
+
+
 def _kept_items(
-    reader: ItemReader, keep: tuple[Path, str], max_items: int | None, max_response_chars: int
-) -> tuple[list[dict[str, Any]], int]:
-    """The first ``max_items`` items, from those kept in ``keep`` where their records are as they were, the
-    rest read from the store (and kept); and the number of items there are."""
-    path, salt = keep
+    reader: ItemReader, cache: ItemCache, max_items: int | None, max_response_chars: int
+) -> tuple[list[str], list[dict[str, Any]], int]:
+    """The first ``max_items`` items as JSON texts (:func:`~mmsafe.report.page.compact_json`) with their heads
+    (:data:`_HEAD`), from those kept in ``cache`` where their records are as they were, the rest read from the
+    store (and kept); and the number of items there are."""
     groups: list[tuple[str, list[int], tuple[tuple[str, int], ...] | None]] = []
     n_total = 0
     db = reader.conn()
@@ -69,7 +73,7 @@ def _kept_items(
             n_total += 1
             if max_items is None or len(groups) < max_items:
                 groups.append(group)
-        return _items_of(reader, groups, path, salt, max_response_chars), n_total
+        return (*_items_of(reader, groups, cache, max_response_chars), n_total)
     finally:
         db.execute("COMMIT")
 
@@ -77,36 +81,38 @@ def _kept_items(
 def _items_of(
     reader: ItemReader,
     groups: list[tuple[str, list[int], tuple[tuple[str, int], ...] | None]],
-    path: Path,
-    salt: str,
+    cache: ItemCache,
     max_response_chars: int,
-) -> list[dict[str, Any]]:
+) -> tuple[list[str], list[dict[str, Any]]]:
     import json
 
     labels = sorted(f"{axis}\0{key}\0{label}" for (axis, key), label in reader.labels.items())
-    cache = ItemCache(path, json.dumps([salt, max_response_chars, labels]))
-    try:
-        idents = [None if keys is None else cache.ident(keys) for _, _, keys in groups]
-        kept = cache.get({i for i in idents if i is not None})
-        missing = [rid for (_, rowids, _), i in zip(groups, idents, strict=True) if i not in kept for rid in rowids]
-        fresh = {
-            item["id"]: item for item in reader.items(rowids=missing, max_response_chars=max_response_chars)
-        } if missing else {}  # fmt: skip
-        texts = [kept[i] for i in idents if i is not None and i in kept]
-        parsed = iter(json.loads("[" + ",".join(texts) + "]"))
-        items: list[dict[str, Any]] = []
-        new: list[tuple[str, str]] = []
-        for (item_id, _, _), ident in zip(groups, idents, strict=True):
-            if ident is not None and ident in kept:
-                items.append(next(parsed))
-            elif (item := fresh.get(item_id)) is not None:  # None: its records went since the first query
-                items.append(item)
-                if ident is not None:
-                    new.append((ident, json.dumps(item, ensure_ascii=False)))
-        cache.put(new, used={i for i in idents if i is not None})
-    finally:
-        cache.close()
-    return items
+    cache.scope(json.dumps([max_response_chars, labels]))
+    idents = [None if keys is None else cache.ident(keys) for _, _, keys in groups]
+    kept = cache.get({i for i in idents if i is not None})
+    missing = [
+        rid for (_, rowids, _), i in zip(groups, idents, strict=True) if i not in kept for rid in rowids
+    ]
+    fresh = {
+        item["id"]: item for item in reader.items(rowids=missing, max_response_chars=max_response_chars)
+    } if missing else {}  # fmt: skip
+    kept_heads = [kept[i][1] for i in idents if i is not None and i in kept]
+    parsed = iter(json.loads("[" + ",".join(kept_heads) + "]"))
+    texts: list[str] = []
+    heads: list[dict[str, Any]] = []
+    new: list[tuple[str, str, str]] = []
+    for (item_id, _, _), ident in zip(groups, idents, strict=True):
+        if ident is not None and ident in kept:
+            texts.append(kept[ident][0])
+            heads.append(dict(zip(_HEAD, next(parsed), strict=True)))
+        elif (item := fresh.get(item_id)) is not None:  # None: its records went since the first query
+            text = compact_json(item)
+            texts.append(text)
+            heads.append({k: item[k] for k in _HEAD})
+            if ident is not None:
+                new.append((ident, text, json.dumps([item[k] for k in _HEAD], ensure_ascii=False)))
+    cache.put(new, used={i for i in idents if i is not None})
+    return texts, heads
 
 
 def _markup(title: str, notes: list[str]) -> str:
@@ -161,27 +167,37 @@ def browser_section(
             "browser", title, _markup(title, []), BROWSER_JS, {"mmsafe-browser-config": config}, BROWSER_CSS
         )
     reader = ItemReader(_store_path(store))
+    cache = None if keep is None else ItemCache(*keep)
     try:
+        items: list[dict[str, Any]] | RawJSON
         if keep is None:
-            items: list[dict[str, Any]] = []
+            items = []
             n_total = 0
             for item in reader.items(max_response_chars=max_response_chars):
                 n_total += 1
                 if max_items is None or len(items) < max_items:
                     items.append(item)
+            heads: list[dict[str, Any]] = items
         else:
-            items, n_total = _kept_items(reader, keep, max_items, max_response_chars)
+            assert cache is not None
+            texts, heads, n_total = _kept_items(reader, cache, max_items, max_response_chars)
+            items = RawJSON("[" + ",".join(texts) + "]")  # the page takes them as they are
         images = image_views(
-            reader.conn(), (h for it in items for h in it["images"]), budget_bytes=image_budget_bytes
+            reader.conn(),
+            (h for it in heads for h in it["images"]),
+            budget_bytes=image_budget_bytes,
+            kept=cache,
         )
-        facets = facets_of(items, reader.judges)
+        facets = facets_of(heads, reader.judges)
         unreadable = reader.unreadable
     finally:
         reader.close()
+        if cache is not None:
+            cache.close()
     notes = []
-    if len(items) < n_total:
+    if len(heads) < n_total:
         notes.append(
-            f"The first {len(items):,} of {n_total:,} items are in this file; `mmsafe view` shows all."
+            f"The first {len(heads):,} of {n_total:,} items are in this file; `mmsafe view` shows all."
         )
     no_full = sum(1 for v in images.values() if "thumb" in v and not v.get("full"))
     if no_full:

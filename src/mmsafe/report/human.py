@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Collection
 from itertools import combinations
 from typing import Any
 
@@ -61,7 +62,7 @@ def human_summary(
     registry = Registry()
     if labels is None:
         labels = labels_of({axis: specs.values() for axis, specs in tally.specs.items()})
-    by_id = _outcomes_by_item(tally)
+    by_id = _outcomes_by_item(tally, {r["item"] for r in stored})
     judges = {
         key: (labels[("judge", key)], judge_construct(spec, registry=registry))
         for key, spec in tally.specs["judge"].items()
@@ -87,17 +88,19 @@ def human_summary(
 _ByItem = dict[str, tuple[tuple[str, str, str, str], dict[str, Outcome]]]
 
 
-def _outcomes_by_item(tally: Tally) -> _ByItem:
+def _outcomes_by_item(tally: Tally, wanted: Collection[str]) -> _ByItem:
+    """The outcomes of the items in ``wanted`` (item ids: those labelled), by item and judge."""
     out: _ByItem = {}
     ids: dict[tuple[str, str, str, str, str], str] = {}
     for cell, outcomes in tally.cells.items():
         cell4 = (cell[0], cell[1], cell[2], cell[3])
-        for o in outcomes:
-            key = (*cell4, o.sample_id)
+        for i, sample_id in enumerate(outcomes.sample_ids()):  # an outcome made only for a labelled item
+            key = (*cell4, sample_id)
             gid = ids.get(key)
             if gid is None:
                 gid = ids[key] = generation_id(*key)
-            out.setdefault(gid, (cell4, {}))[1][cell[4]] = o
+            if gid in wanted:
+                out.setdefault(gid, (cell4, {}))[1][cell[4]] = outcomes[i]
     return out
 
 

@@ -325,7 +325,8 @@ class ItemReader:
         judge_label = self.label
         for rowid, model, bench, attack, defense, judge, sample_id, key in rows:
             wseq = seqs.get(key)
-            if wseq is None and expected_of.get(rowid) not in EXPECTED:  # not JSON, or not a record mmsafe writes
+            # no seq, and not JSON or not a record mmsafe writes
+            if wseq is None and expected_of.get(rowid) not in EXPECTED:
                 self.unreadable += 1
                 continue
             self.judges.setdefault(judge_label("judge", judge))

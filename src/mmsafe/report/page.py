@@ -25,7 +25,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["csp", "esc", "json_block", "page", "source_hash"]
+__all__ = ["RawJSON", "compact_json", "csp", "esc", "json_block", "json_text", "page", "source_hash"]
 
 
 def esc(text: object) -> str:
@@ -36,12 +36,36 @@ def esc(text: object) -> str:
 _JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
 
+class RawJSON(str):
+    """JSON text already made (by :func:`compact_json`), which :func:`json_text` embeds as it is: as the whole
+    value or as a value of the top-level object. Lets a page carry thousands of kept items without parsing them
+    back and writing them again (:mod:`mmsafe.report.item_cache`); it is escaped like all the rest."""
+
+
+def compact_json(obj: Any) -> str:
+    """``obj`` as :func:`json_text` writes it, before escaping for the page (what a :class:`RawJSON` holds)."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
+
+
 def json_text(obj: Any) -> str:
-    """``obj`` as JSON that is safe inside a ``<script type="application/json">`` element."""
-    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
+    """``obj`` as JSON that is safe inside a ``<script type="application/json">`` element. A :class:`RawJSON`,
+    as ``obj`` or as a value of an object (of objects…) goes in as it is (then escaped)."""
+    text = _with_raw(obj)
     for ch, rep in _JSON_ESCAPES.items():
         text = text.replace(ch, rep)
     return text
+
+
+def _has_raw(obj: Any) -> bool:
+    return isinstance(obj, RawJSON) or (isinstance(obj, Mapping) and any(_has_raw(v) for v in obj.values()))
+
+
+def _with_raw(obj: Any) -> str:
+    if isinstance(obj, RawJSON):
+        return str(obj)
+    if isinstance(obj, Mapping) and _has_raw(obj):
+        return "{" + ",".join(f"{compact_json(str(k))}:{_with_raw(v)}" for k, v in obj.items()) + "}"
+    return compact_json(obj)
 
 
 def json_block(block_id: str, obj: Any) -> str:

@@ -17,6 +17,7 @@ inputs in the same order).
 from __future__ import annotations
 
 from array import array
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
@@ -63,6 +64,15 @@ class CellOutcomes(Sequence[Outcome]):
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    def sample_ids(self) -> list[str]:
+        """The outcomes' sample ids, in order (the list itself: do not change it)."""
+        return self._ids
+
+    def distinct_outcomes(self) -> Counter[Outcome]:
+        """How many outcomes are each outcome, sample id blank (see
+        :func:`mmsafe.metrics.summary.distinct_outcomes`): the shared tuples counted, none made per record."""
+        return Counter({_new(Outcome, (r[0], "", *r[1:])): c for r, c in Counter(self._rests).items()})
 
     def __iter__(self) -> Iterator[Outcome]:
         # tuple.__new__ on the whole tuple: two thirds of the time of Outcome(*fields), for the same namedtuple

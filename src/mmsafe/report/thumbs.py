@@ -18,9 +18,12 @@ import os
 import sqlite3
 import warnings
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmsafe.types import MAX_DECODE_PIXELS
+
+if TYPE_CHECKING:
+    from mmsafe.report.item_cache import ItemCache
 
 __all__ = ["FULL_SIDE", "THUMB_SIDE", "image_mime", "image_views", "views"]
 
@@ -134,33 +137,48 @@ def views(data: bytes, *, full: bool) -> tuple[str, str | None]:
 
 
 def image_views(
-    db: sqlite3.Connection, hashes: Iterable[str], *, budget_bytes: int
+    db: sqlite3.Connection, hashes: Iterable[str], *, budget_bytes: int, kept: ItemCache | None = None
 ) -> dict[str, dict[str, Any]]:
     """For each distinct sha256 in ``hashes`` (first-seen order): ``{"thumb": uri, "full": uri | None}``, or
     ``{"error": why}``. Larger views are made in that order until the first that would take their URIs' total
     over ``budget_bytes``; from there on ``full`` is None (the page shows the thumbnail and points to
-    ``mmsafe view``), and no more are encoded."""
+    ``mmsafe view``), and no more are encoded. ``kept``: views drawn by an earlier report are taken from there
+    (by the image's sha256), and those drawn now are kept there (:mod:`mmsafe.report.item_cache`)."""
     from concurrent.futures import ThreadPoolExecutor
     from itertools import islice
 
+    order = list(dict.fromkeys(hashes))
+    known = kept.get_views(order) if kept is not None else {}
+    drawn: dict[str, tuple[str | None, str | None, str | None]] = {}
     out: dict[str, dict[str, Any]] = {}
     spent = 0
     room = budget_bytes > 0
-    pending = iter(dict.fromkeys(hashes))
+    pending = iter(order)
+
+    def usable(v: tuple[str | None, str | None, str | None] | None, full: bool) -> bool:
+        return v is not None and (v[2] is not None or (v[0] is not None and (not full or v[1] is not None)))
+
     # Pillow decodes, scales and encodes with the GIL released: a chunk of images is made on every core, then
     # taken in order against the budget (at most one chunk of larger views is made and not kept)
     with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
         while chunk := list(islice(pending, _CHUNK)):
-            rows = [db.execute("SELECT data FROM images WHERE sha256=?", (sha,)).fetchone() for sha in chunk]
-            made = pool.map(lambda row, full=room: _views_or_error(row, full=full), rows)
-            for sha, (thumb, full, error) in zip(chunk, made, strict=True):
+            full = room
+            todo = [sha for sha in chunk if not usable(known.get(sha), full)]
+            rows = [db.execute("SELECT data FROM images WHERE sha256=?", (sha,)).fetchone() for sha in todo]
+            drawn.update(
+                zip(todo, pool.map(lambda row, f=full: _views_or_error(row, full=f), rows), strict=True)
+            )
+            for sha in chunk:
+                thumb, big, error = drawn[sha] if sha in drawn else known[sha]
                 if error is not None:
                     out[sha] = {"error": error}
                     continue
-                if full is not None and (not room or spent + len(full) > budget_bytes):
-                    full, room = None, False
-                spent += len(full or "")
-                out[sha] = {"thumb": thumb, "full": full}
+                if big is not None and (not room or spent + len(big) > budget_bytes):
+                    big, room = None, False
+                spent += len(big or "")
+                out[sha] = {"thumb": thumb, "full": big}
+    if kept is not None:
+        kept.put_views(drawn, used=order)
     return out
 
 

@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -458,7 +458,8 @@ class Store:
             )
             if self._has_facts:  # after the records: their seq is the counter their writes bumped
                 self._db.executemany(
-                    f"INSERT OR REPLACE INTO record_facts (key, facts, seq) VALUES (?, ?, ({_SEQ}))", fact_rows
+                    f"INSERT OR REPLACE INTO record_facts (key, facts, seq) VALUES (?, ?, ({_SEQ}))",
+                    fact_rows,
                 )
 
     @_sql
@@ -674,14 +675,7 @@ class Store:
         facts (:mod:`mmsafe.store.facts`), only of the records it shows or may show (must-refuse ones, in cells
         not yet full); ``reference`` (or a store without facts) reads them from every record with SQL, the
         definition the facts path is tested against."""
-        cols = (
-            "SELECT key, json_extract(record, '$.benchmark'), json_extract(record, '$.model.name'), "
-            "json_extract(record, '$.attack.name'), json_extract(record, '$.defense.name'), "
-            "json_extract(record, '$.judge.name'), sample_id, json_extract(record, '$.judgement'), "
-            f"substr(json_extract(record, '$.response'), 1, {int(max_chars)}) FROM records "
-            "WHERE json_valid(record) AND json_extract(record, '$.expected') = 'refuse' "
-            "AND json_extract(record, '$.response') IS NOT NULL "
-        )
+        cols = self._example_cols(max_chars)
         seen: dict[tuple[str, ...], int] = {}
         out: list[dict[str, Any]] = []
         if reference or not self._has_facts:
@@ -718,6 +712,43 @@ class Store:
             if row is not None:
                 self._example(row, k, seen, out)
         return out
+
+    @_sql
+    def examples_of(
+        self,
+        candidates: Iterable[tuple[Sequence[str], str, tuple[str, ...]]],
+        k: int,
+        *,
+        max_chars: int = 1000,
+    ) -> list[dict[str, Any]]:
+        """:meth:`examples` when the caller already knows, in cell order, every readable must-refuse record: each
+        candidate is its cell's spec keys (model, benchmark, attack, defense, judge), its sample id and its
+        example cell's names (benchmark, model, attack, defense, judge). Only the records of cells not yet full
+        are read, one by one; there is no scan of the store (a report has just read every record's facts)."""
+        seen: dict[tuple[str, ...], int] = {}
+        out: list[dict[str, Any]] = []
+        q = (
+            self._example_cols(max_chars)
+            + "AND model=? AND benchmark=? AND attack=? AND defense=? AND judge=? AND sample_id=?"
+        )
+        for keys, sample_id, names in candidates:
+            if seen.get(names, 0) >= k:
+                continue
+            row = self._db.execute(q, (*keys, sample_id)).fetchone()
+            if row is not None:
+                self._example(row, k, seen, out)
+        return out
+
+    @staticmethod
+    def _example_cols(max_chars: int) -> str:
+        return (
+            "SELECT key, json_extract(record, '$.benchmark'), json_extract(record, '$.model.name'), "
+            "json_extract(record, '$.attack.name'), json_extract(record, '$.defense.name'), "
+            "json_extract(record, '$.judge.name'), sample_id, json_extract(record, '$.judgement'), "
+            f"substr(json_extract(record, '$.response'), 1, {int(max_chars)}) FROM records "
+            "WHERE json_valid(record) AND json_extract(record, '$.expected') = 'refuse' "
+            "AND json_extract(record, '$.response') IS NOT NULL "
+        )
 
     def _example(
         self, row: tuple[Any, ...], k: int, seen: dict[tuple[str, ...], int], out: list[dict[str, Any]]
