@@ -21,8 +21,9 @@ Timed, each in a subprocess, ``--repeat`` times (median), side by side in one ru
 - **resume (outputs stale)**: the same after a human label was added, so the outputs are rewritten;
 - **report after a label**: ``mmsafe report DIR`` after a human label was added: the summary, report.md and
   report.html are made again, the sample browser's items are those kept from the last report (records unchanged);
-- **report after a record**: ``mmsafe report DIR`` after one record was written again (same content, but a write):
-  everything is made again, the items too: the full recompute;
+- **report after a record**: ``mmsafe report DIR`` after one record was written again (same content, but a write,
+  so a new write sequence number): the summary is computed in full (no part of it is kept) and that record's item
+  of the sample browser is read again, the other items being those kept: the full recompute;
 - **report (current)**: ``mmsafe report DIR`` again, nothing changed since: the outputs are left as they are.
 
 With ``--profile`` the phases of one in-process report and resume are profiled (cProfile, top functions).

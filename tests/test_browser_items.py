@@ -98,6 +98,50 @@ def test_index_facets_and_selection(tmp_path) -> None:
     reader.close()
 
 
+def test_kept_image_views_are_not_drawn_again_and_keep_the_budget(tmp_path, monkeypatch) -> None:
+    """Views kept by sha256 (item_cache) give the views drawn from nothing, under any budget; an image whose kept
+    views lack the larger one is drawn again when there is room for it."""
+    import sqlite3
+
+    from mmsafe.report import thumbs
+    from mmsafe.report.item_cache import ItemCache
+    from mmsafe.report.thumbs import image_views
+
+    grid_store(tmp_path / "run", n_samples=5).close()
+    db = sqlite3.connect(tmp_path / "run" / "mmsafe.sqlite")
+    shas = [r[0] for r in db.execute("SELECT sha256 FROM images ORDER BY sha256")]
+    everything = image_views(db, shas, budget_bytes=10**9)
+    budget = len(everything[shas[0]]["full"]) + len(everything[shas[1]]["full"]) + 1
+    fresh = {b: image_views(db, shas, budget_bytes=b) for b in (0, budget, 10**9)}
+    drawn: list[bool] = []
+    real = thumbs._views_or_error
+
+    def counting(row, *, full):
+        drawn.append(full)
+        return real(row, full=full)
+
+    monkeypatch.setattr(thumbs, "_views_or_error", counting)
+    cache = ItemCache(tmp_path / "out" / "items.sqlite", "salt")
+    assert image_views(db, shas, budget_bytes=0, kept=cache) == fresh[0]
+    assert drawn == [False] * len(shas)  # thumbnails only: kept without larger views
+    drawn.clear()
+    assert image_views(db, shas, budget_bytes=budget, kept=cache) == fresh[budget]
+    assert drawn and all(drawn) and len(drawn) < 2 * len(shas)  # the larger views there is room for
+    drawn.clear()
+    for b in (0, budget, 10**9):
+        got = image_views(db, shas, budget_bytes=b, kept=cache)
+        assert got == fresh[b]
+    assert drawn == [] or all(drawn)  # at most the larger views past the earlier budget
+    drawn.clear()
+    assert image_views(db, shas, budget_bytes=10**9, kept=cache) == fresh[10**9]
+    assert drawn == []  # every view kept now
+    other = ItemCache(tmp_path / "out" / "items.sqlite", "another mmsafe")
+    image_views(db, shas[:1], budget_bytes=0, kept=other)
+    assert drawn == [False]  # another salt (code, Pillow): drawn again
+    cache.close(), other.close()
+    db.close()
+
+
 def test_larger_views_stop_at_the_budget_in_order(tmp_path) -> None:
     import sqlite3
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from _browser import browser
-from mmsafe.report.page import csp, esc, json_text, page, source_hash
+from mmsafe.report.page import RawJSON, compact_json, csp, esc, json_text, page, source_hash
 
 HOSTILE = [
     "<script>document.title='pwned-script'</script>",
@@ -29,6 +29,20 @@ def test_json_text_cannot_close_its_block_and_round_trips() -> None:
     assert "<" not in text and ">" not in text and "&" not in text
     assert "\u2028" not in text and "\u2029" not in text
     assert json.loads(text) == {"items": HOSTILE}
+
+
+def test_raw_json_goes_in_as_made_and_is_escaped_like_the_rest() -> None:
+    """Kept items travel as their JSON text (RawJSON): the block is the one written from the objects, byte for
+    byte, and hostile text inside the raw part is escaped all the same."""
+    items = [{"text": h, "n": i} for i, h in enumerate(HOSTILE)]
+    raw = RawJSON("[" + ",".join(compact_json(it) for it in items) + "]")
+    nested = {"config": {"a": 1}, "data": {"items": raw, "images": {"x": [1, 2]}, "n": 3}}
+    plain = {"config": {"a": 1}, "data": {"items": items, "images": {"x": [1, 2]}, "n": 3}}
+    assert json_text(nested) == json_text(plain)
+    assert json_text(raw) == json_text(items)
+    text = json_text(nested)
+    assert "<" not in text and ">" not in text and "&" not in text and "\u2028" not in text
+    assert json.loads(text) == plain
 
 
 def test_policy_names_exactly_the_page_sources() -> None:

@@ -437,3 +437,31 @@ def test_a_kept_summary_gives_the_same_outputs_and_is_redone_when_its_inputs_cha
     with Store.open_existing(out) as store:
         write_outputs(store, out, force=True)
     assert len(computed) == 5
+
+
+def test_rows_counted_over_shared_outcomes_equal_rows_counted_item_by_item(store_dir: Path) -> None:
+    """summarise_groups counts a row's rates over distinct outcomes (distinct_outcomes); the same groups as
+    plain lists (counted by a Counter of outcomes) and the public item-by-item rates give the same numbers."""
+    from mmsafe.metrics import attack_success_rate, labels_of, over_refusal_rate, refusal_rate
+    from mmsafe.metrics.summary import summarise_groups
+    from mmsafe.report import _groups
+    from mmsafe.report.tally import Tally
+
+    tally = Tally()
+    with Store.open_existing(store_dir) as store:
+        for item in store.iter_facts():
+            tally.add_facts(*item) if isinstance(item, tuple) else tally.add(item)
+    labels = labels_of({axis: specs.values() for axis, specs in tally.specs.items()})
+    groups = _groups(tally, labels)
+    by = ("model", "benchmark", "attack", "defense", "judge", "category")
+    shared = summarise_groups(groups, by)
+    plain = summarise_groups({k: list(v) for k, v in groups.items()}, by)
+    assert shared == plain and len(shared) > 20
+    for row in shared:
+        if row["category"] == "ALL":
+            continue
+        items = list(groups[tuple(row[f] for f in by)])
+        assert row["asr"] == attack_success_rate(items).as_dict()
+        assert row["refusal"] == refusal_rate(items).as_dict()
+        assert row["over_refusal"] == over_refusal_rate(items).as_dict()
+        assert row["n_errors"] == sum(o.error for o in items)
