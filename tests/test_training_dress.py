@@ -81,7 +81,7 @@ def dress_adapter(tiny, tmp_path_factory) -> tuple[str, dict]:
     out = tmp_path_factory.mktemp("dress") / "adapter"
     trainer = _registry().create(
         "trainer", "dress",
-        {"model": hf_text(path), "data": data, "critic": "reference-critic", "epochs": 6, "lr": 3e-3,
+        {"model": hf_text(path), "data": data, "critic": "reference-critic", "epochs": 8, "lr": 3e-3,
          "lora": {"r": 16, "alpha": 32}, "held_out_fraction": 0.1, "batch_size": 16},
     )
     card = trainer.run(out, log_fn=lambda m: None)

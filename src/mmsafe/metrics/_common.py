@@ -138,7 +138,7 @@ def bootstrap_cell_counts(
     return _interval(values, confidence)
 
 
-_CELL_BLOCK = 1 << 20  # drawn indices bootstrap_cell_counts holds at once (4 MB of them, 1 MB of their cells)
+_CELL_BLOCK = 1 << 14  # drawn indices bootstrap_cell_counts holds at once, at most (more only for one resample of more items): a report's peak memory does not grow with the items of a small cell
 
 
 def _cell_counter(cells: Sequence[int], n_cells: int) -> Callable[[Sequence[int]], list[int]]:

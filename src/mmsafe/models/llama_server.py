@@ -104,6 +104,16 @@ class LlamaServer:
     def alive(self) -> bool:
         return not self._closed and self._process.is_alive()
 
+    def responds(self, timeout_s: float = 2.0) -> bool:
+        """Whether the server answers ``GET /health`` now (a process that died, however it was reaped, does not)."""
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=timeout_s) as resp:
+                return 200 <= resp.status < 300
+        except (OSError, ValueError):
+            return False
+
     @property
     def exitcode(self) -> int | None:
         return None if self._closed else self._process.exitcode

@@ -380,11 +380,13 @@ class LlamaCppModel(ModelBackend):
             raise RuntimeError(f"llama.cpp answered {exc.code} to {route}: {message}") from None
         except (urllib.error.URLError, ConnectionError) as exc:
             server = self._server
-            if server is not None and not server.alive:  # llama.cpp's process died: this item fails, the next
-                code = server.exitcode  # one starts it again
+            if server is not None and (not server.alive or not server.responds()):  # llama.cpp's process died:
+                code = server.exitcode  # this item fails, the next one starts it again
                 self._server = None
                 server.close()
-                raise RuntimeError(f"llama.cpp's process ended (exit code {code}); it is started again") from None
+                raise RuntimeError(
+                    f"llama.cpp's process ended or stopped answering (exit code {code}); it is started again"
+                ) from None
             raise RuntimeError(f"llama.cpp did not answer {route}: {describe(exc)}") from None
         if not isinstance(out, dict):
             raise RuntimeError(f"llama.cpp answered {route} with {type(out).__name__}, not an object")
