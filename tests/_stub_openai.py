@@ -88,6 +88,8 @@ class StubOpenAI(LoopbackServer):
         self.trickle_bytes = trickle_bytes
         self.huge_bytes = huge_bytes
         self.requests = 0
+        #: GET …/models asked (the backend's health check), answered with one model, "stub"
+        self.model_lists = 0
         self.served: Counter[str] = Counter()
         self._seen: Counter[str] = Counter()
 
@@ -117,6 +119,11 @@ class StubOpenAI(LoopbackServer):
                 request = await read_request(reader, self.io_timeout_s)
                 if request is None:
                     return
+                if request.lines[0].startswith("GET ") and request.lines[0].split()[1].endswith("/models"):
+                    self.model_lists += 1  # the backend's health check at load: not a completion request
+                    _send(writer, 200, _json({"object": "list", "data": [{"id": "stub", "object": "model"}]}))
+                    await writer.drain()
+                    continue
                 self.requests += 1
                 try:
                     doc = json.loads(request.body)

@@ -196,7 +196,9 @@ def _run_bench(tmp_path: Path, n: int, model_params: dict) -> list:
 # -- pure parts (no server) --------------------------------------------------------------------------
 def test_params_validate_and_key_stays_out_of_spec(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MMSAFE_TEST_KEY", SECRET)
-    m = OpenAICompatModel(base_url="http://127.0.0.1:9/v1/", api_key_env="MMSAFE_TEST_KEY", concurrency=3)
+    m = OpenAICompatModel(
+        base_url="http://127.0.0.1:9/v1/", api_key_env="MMSAFE_TEST_KEY", concurrency=3, health_check=False
+    )
     m.load()
     spec = m.spec
     assert spec.params["base_url"] == "http://127.0.0.1:9/v1"
@@ -577,7 +579,12 @@ def test_the_runs_deadline_stops_retries_that_cannot_finish(tmp_path: Path, defe
     Retry-After that would end past it is not waited out."""
     with FaultProxy(None, rate=1.0, modes=("429",), retry_after="3") as proxy:
         rec = _deadline_run(
-            tmp_path, proxy.base_url, limits={"request_deadline_s": 1}, defense=defense, max_retries=5
+            tmp_path,
+            proxy.base_url,
+            limits={"request_deadline_s": 1},
+            defense=defense,
+            max_retries=5,
+            health_check=False,  # every request is a 429 here, the health check's too
         )
         assert proxy.requests == 1
     assert rec.error_stage == "generate" and rec.error.startswith("EndpointError: ")
@@ -748,3 +755,50 @@ def test_faults_lose_nothing(server: Server, tmp_path: Path, max_retries: int) -
     else:
         assert not failed, [r.error for r in failed]
         assert sum(r.generation["metadata"]["retries"] for r in answered) == proxy.total_faults
+
+
+def test_the_health_check_stops_a_run_against_no_server_or_a_refused_key(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At load, before any item: GET {base_url}/models. Nothing listening, or a 401, is a ConfigError that says
+    what to do; a model the server does not list is a warning; health_check false skips it."""
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    dead = OpenAICompatModel(base_url=f"http://127.0.0.1:{port}/v1")
+    with pytest.raises(ConfigError, match=r"no answer from .*start the server first"):
+        dead.load()
+    OpenAICompatModel(base_url=f"http://127.0.0.1:{port}/v1", health_check=False).load()  # no check, no error
+    with StubOpenAI() as stub:
+        ok = OpenAICompatModel(base_url=stub.base_url, model="stub")
+        ok.load()
+        assert stub.model_lists == 1 and stub.requests == 0
+        assert ok.check_health() == ["stub"]
+        with caplog.at_level("WARNING", logger="mmsafe.models.openai"):
+            OpenAICompatModel(base_url=stub.base_url, model="llava-13b").load()
+        assert "does not list 'llava-13b'" in caplog.text
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Refuse(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("MMSAFE_TEST_KEY", "sk-test-secret-123")
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        with pytest.raises(ConfigError, match=r"refused the API key .*MMSAFE_TEST_KEY") as info:
+            OpenAICompatModel(base_url=url, api_key_env="MMSAFE_TEST_KEY").load()
+        assert "sk-test-secret-123" not in str(info.value)
+    finally:
+        server.shutdown()
+        server.server_close()

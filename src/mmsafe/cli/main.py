@@ -54,6 +54,55 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, help="run seed")
     r.add_argument("--name", help="run name")
     r.add_argument("--quiet", action="store_true", help="no progress display")
+    r.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="run only shard I of N (0 <= I < N) into --out; `mmsafe merge` joins the N folders (docs/scaling.md)",
+    )
+
+    mg = sub.add_parser(
+        "merge",
+        help="join the folders of a run's shards (`run --shard I/N`) into one run folder, checked unit by unit",
+        description="Merge the stores of the N shards of one run into OUT: every unit of the config's grid must "
+        "be in the shard that owns it and in no other; then OUT gets the records, images and caches, one run "
+        "entry and its report. Merging again (after shards were resumed) brings in what changed. docs/scaling.md",
+    )
+    mg.add_argument(
+        "out", metavar="OUT", help="the merged run folder (new, or an earlier merge of the same run)"
+    )
+    mg.add_argument("shards", nargs="+", metavar="SHARD_DIR", help="the shards' run folders")
+    mg.add_argument(
+        "--allow-missing", action="store_true", help="merge even when shards or units are missing (said so)"
+    )
+
+    sl = sub.add_parser(
+        "slurm",
+        help="write a Slurm job array (one shard per task) and the merge job that follows it",
+        description="Write OUT/slurm/shards.sbatch (an array of N tasks, task i runs `mmsafe run CONFIG --shard "
+        "i/N`), OUT/slurm/merge.sbatch (`mmsafe merge`, after every task succeeded) and OUT/slurm/submit.sh "
+        "(submits both). Nothing is submitted. docs/scaling.md",
+    )
+    sl.add_argument("config", help="YAML config")
+    sl.add_argument("--shards", type=int, required=True, help="number of shards (array tasks)")
+    sl.add_argument(
+        "--out", required=True, help="run folder: shards in OUT/shards/I, the merge in OUT/merged"
+    )
+    sl.add_argument("--partition", help="#SBATCH --partition")
+    sl.add_argument("--time", default="24:00:00", help="#SBATCH --time per shard (default 24:00:00)")
+    sl.add_argument("--cpus-per-task", type=int, default=4, help="#SBATCH --cpus-per-task (default 4)")
+    sl.add_argument("--mem", default="32G", help="#SBATCH --mem per shard (default 32G)")
+    sl.add_argument("--gpus-per-task", type=int, default=0, help="#SBATCH --gpus-per-task (default 0)")
+    sl.add_argument("--account", help="#SBATCH --account")
+    sl.add_argument(
+        "--setup",
+        action="append",
+        default=[],
+        metavar="LINE",
+        help="a shell line run before mmsafe in every job (repeatable), e.g. 'source .venv/bin/activate'",
+    )
+    sl.add_argument(
+        "--mmsafe", default="mmsafe", help="the command that runs mmsafe on the nodes (default: mmsafe)"
+    )
 
     rp = sub.add_parser("report", help="re-render summary.json, report.md and report.html from a run's store")
     rp.add_argument("dir")
@@ -141,7 +190,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     jt.add_argument("--harmbench", help="--method harm: the HarmBench data folder (constructed negatives)")
     jt.add_argument(
-        "--holdout-model", default="gpt-3.5-turbo-1106", help="--method harm: answering model held out for validation"
+        "--holdout-model",
+        default="gpt-3.5-turbo-1106",
+        help="--method harm: answering model held out for validation",
     )
     jt.add_argument("--epochs", type=int, default=3, help="--method harm: passes over the data (default 3)")
     jt.add_argument("--no-refit", action="store_true", help="--method harm: ship the validation run's model")
@@ -154,11 +205,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("method", help="training method: sft, dpo, … (`mmsafe list trainer`)")
     tr.add_argument(
-        "--model", help="base model: a name or a YAML mapping {name, params} (methods that train no chat model, "
-        "such as protector-detector, take none)"
+        "--model",
+        help="base model: a name or a YAML mapping {name, params} (methods that train no chat model, "
+        "such as protector-detector, take none)",
     )
     tr.add_argument("--out", required=True, help="directory to write the adapter and its card to")
-    tr.add_argument("--params", default="{}", help="the method's params as a YAML mapping, e.g. '{epochs: 2}'")
+    tr.add_argument(
+        "--params", default="{}", help="the method's params as a YAML mapping, e.g. '{epochs: 2}'"
+    )
 
     je = sub.add_parser(
         "judge-eval",
@@ -447,7 +501,9 @@ def _train_harm(args: argparse.Namespace) -> int:
     from mmsafe.judges.harm_recipe import train_harm_judge
 
     if not args.harmbench:
-        raise ConfigError("--method harm needs --harmbench (the HarmBench data folder, for constructed negatives)")
+        raise ConfigError(
+            "--method harm needs --harmbench (the HarmBench data folder, for constructed negatives)"
+        )
     card = train_harm_judge(
         args.labelled,
         args.harmbench,
@@ -459,7 +515,9 @@ def _train_harm(args: argparse.Namespace) -> int:
         refit=not args.no_refit,
         log=lambda line: print(_safe(line), flush=True),
     )
-    print(f"classifier: {_safe(args.out)} (sha256 {card['tensors_sha256']}); card: {_safe(str(Path(args.out).with_suffix('.json')))}")
+    print(
+        f"classifier: {_safe(args.out)} (sha256 {card['tensors_sha256']}); card: {_safe(str(Path(args.out).with_suffix('.json')))}"
+    )
     print(f"use it: --judge '{{name: harm, params: {{weights: {_safe(args.out)}}}}}'")
     return 0
 
@@ -600,13 +658,66 @@ def _cmd_run(args: argparse.Namespace) -> int:
             overrides[field] = [parse_component(v) for v in values]
     overrides.update({"limit": args.limit, "seed": args.seed, "name": args.name})
     config = load_config(args.config, overrides=overrides)
-    out = Path(args.out) if args.out else Path("mmsafe-out") / config.name
-    result = run(config, out, progress=not args.quiet)
+    shard = None
+    if args.shard:
+        from mmsafe.runner.shard import Shard
+
+        shard = Shard.parse(args.shard)
+    default = Path("mmsafe-out") / config.name
+    if shard is not None:
+        default = default / f"shard-{shard.index}-of-{shard.count}"
+    out = Path(args.out) if args.out else default
+    result = run(config, out, progress=not args.quiet, shard=shard)
     print(
         f"{result.written} records written, {result.skipped} already in the store, {result.errors} failed items"
     )
     for name, path in result.files.items():
         print(f"{name}: {path}")
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from mmsafe.runner.merge import merge
+
+    res = merge(args.out, args.shards, allow_missing=args.allow_missing)
+    print(
+        f"{res.present} of {res.planned} units of the grid in {_safe(str(res.out_dir))}: {res.written} records "
+        f"written, {res.unchanged} already there, {res.replaced} failed ones replaced"
+        + (
+            f"; {res.missing} units missing (shards not given: {', '.join(res.missing_shards) or 'none'})"
+            if res.missing
+            else ""
+        )
+        + (f"; {res.outside} records of no unit of the grid kept" if res.outside else "")
+    )
+    for name, path in res.files.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _cmd_slurm(args: argparse.Namespace) -> int:
+    from mmsafe.config import load_config
+    from mmsafe.runner.slurm import SlurmOptions, write_slurm
+
+    load_config(args.config)  # a broken config fails here, not on the cluster
+    paths = write_slurm(
+        args.config,
+        args.out,
+        SlurmOptions(
+            shards=args.shards,
+            partition=args.partition,
+            time=args.time,
+            cpus_per_task=args.cpus_per_task,
+            mem=args.mem,
+            gpus_per_task=args.gpus_per_task,
+            account=args.account,
+            setup=tuple(args.setup),
+            mmsafe=args.mmsafe,
+        ),
+    )
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    print(f"submit with: bash {_safe(str(paths['submit']))}")
     return 0
 
 
@@ -830,6 +941,8 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         "run": _cmd_run,
         "report": _cmd_report,
+        "merge": _cmd_merge,
+        "slurm": _cmd_slurm,
         "compare": _cmd_compare,
         "export": _cmd_export,
         "annotate": _cmd_annotate,

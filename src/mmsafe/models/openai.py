@@ -22,6 +22,8 @@ import re
 import ssl
 import threading
 import time
+import urllib.error
+import urllib.request
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +33,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mmsafe.aio import agenerate_all, run_sync
-from mmsafe.errors import ConfigError, MmsafeError, require
+from mmsafe.errors import ConfigError, MmsafeError, describe, require
 from mmsafe.limits import DEFAULT_REQUEST_DEADLINE_S, Deadline, current_deadline
 from mmsafe.models.base import GenerationParams, ModelBackend
 from mmsafe.types import Generation, Image, ImagePart, Message, Prompt, TextPart, Usage
@@ -141,6 +143,11 @@ class OpenAICompatParams(BaseModel):
     backoff_base_s: float = Field(0.5, ge=0.0, le=60.0, description="first backoff cap; doubles per attempt")
     backoff_max_s: float = Field(30.0, ge=0.0, le=600.0, description="largest backoff between attempts")
     retry_after_max_s: float = Field(60.0, ge=0.0, le=3600.0, description="cap on a server's Retry-After")
+    health_check: bool = Field(
+        True,
+        description="at load, before any item: GET {base_url}/models (10 s); an unreachable server or a refused "
+        "API key stops the run with the reason, a model the server does not list is a warning",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -243,6 +250,7 @@ class OpenAICompatModel(ModelBackend):
     capabilities: ClassVar[frozenset[str]] = frozenset({"images", "system_prompt", "async"})
     is_async: ClassVar[bool] = True
     runtime_params: ClassVar[frozenset[str]] = ModelBackend.runtime_params | {
+        "health_check",
         "api_key_env",
         "timeout_s",
         "deadline_s",
@@ -268,9 +276,58 @@ class OpenAICompatModel(ModelBackend):
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def load(self) -> None:
-        """Check aiohttp is installed and read the API key from ``api_key_env`` (no network I/O)."""
+        """Check aiohttp is installed, read the API key from ``api_key_env`` and, with ``health_check``, ask the
+        server for its models (:meth:`check_health`)."""
         require("aiohttp", extra="api", purpose="the OpenAI-compatible backend")
         self._load_key()
+        if self.params.health_check:
+            self.check_health()
+
+    def check_health(self, timeout_s: float = 10.0) -> list[str] | None:
+        """``GET {base_url}/models`` once, before any item is sent: the ids the server lists (None when it has no
+        such route). A server that cannot be reached, or that refuses the API key (401/403), is a
+        :class:`~mmsafe.errors.ConfigError` saying so: a run against it would fail every item. A ``model`` the
+        server does not list is a warning (some servers load models on demand). Every served endpoint of
+        docs/endpoints.md (vLLM, SGLang, Ollama, llama.cpp, LM Studio, ``transformers serve``, hosted APIs) answers
+        this route."""
+        url = f"{self.params.base_url}/models"
+        headers = {"Accept": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        proxy = _env_proxy(url)
+        handlers: list[Any] = [urllib.request.ProxyHandler({urlsplit(url).scheme: proxy} if proxy else {})]
+        if url.startswith("https:"):
+            handlers.append(urllib.request.HTTPSHandler(context=_ssl_context()))
+        opener = urllib.request.build_opener(*handlers)
+        where = self._redact(self.params.base_url)
+        try:
+            with opener.open(urllib.request.Request(url, headers=headers), timeout=timeout_s) as resp:
+                body = resp.read(self.params.max_response_bytes)
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                raise ConfigError(
+                    f"model 'openai': {where} refused the API key (HTTP {exc.code}); check "
+                    f"{self.params.api_key_env or 'params.api_key_env (none is set)'}"
+                ) from None
+            log.info("health check: %s answered HTTP %d to GET /models; going on", where, exc.code)
+            return None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ConfigError(
+                f"model 'openai': no answer from {where} ({self._redact(describe(reason))}); start the server "
+                "first (docs/endpoints.md), or set params.health_check: false to start the run anyway"
+            ) from None
+        try:
+            data = json.loads(body)
+            ids = [str(m["id"]) for m in data["data"] if isinstance(m, dict) and "id" in m]
+        except (ValueError, KeyError, TypeError):
+            log.info("health check: %s answered GET /models with no model list; going on", where)
+            return None
+        model = self.params.model
+        if model is not None and ids and model not in ids:
+            shown = ", ".join(repr(i) for i in ids[:5]) + (" …" if len(ids) > 5 else "")
+            log.warning("model 'openai': %s does not list %r among its models (%s)", where, model, shown)
+        return ids
 
     def _load_key(self) -> None:
         if self._key_loaded:

@@ -56,6 +56,7 @@ from mmsafe.runner.aio import LoopThread, Worker
 from mmsafe.runner.grid import Grid, resolve
 from mmsafe.runner.progress import Progress
 from mmsafe.runner.records import UNSERIALISABLE, storable
+from mmsafe.runner.shard import Shard
 from mmsafe.store.lock import RunLock
 from mmsafe.store.sqlite import Store
 from mmsafe.types import Generation, Judgement, Prompt, Record, Sample, stable_hash
@@ -134,11 +135,14 @@ class Runner:
         *,
         registry: Registry | None = None,
         progress: bool = True,
+        shard: Shard | None = None,
     ) -> None:
         self.config = config
         self.out_dir = Path(out_dir)
         self.registry = registry or Registry()
         self.show_progress = progress
+        #: run only this part of the grid (:mod:`mmsafe.runner.shard`); None: all of it
+        self.shard = shard
         self.grid: Grid = resolve(config, self.registry)  # every config / grid error surfaces here
 
     # -- samples -----------------------------------------------------------------------------------
@@ -148,7 +152,12 @@ class Runner:
         is a :class:`ConfigError` naming the benchmark and its data; rows it can read only in part are its
         own errored Samples and do not come here."""
         try:
-            yield from islice(bench.load(), self.config.limit)
+            samples = islice(bench.load(), self.config.limit)
+            if self.shard is None:
+                yield from samples
+            else:  # after the limit: the same first samples as one process, partitioned
+                key, shard = bench.spec.key, self.shard
+                yield from (s for s in samples if shard.owns(key, s.id))
         except MmsafeError:
             raise
         except Exception as exc:
@@ -216,7 +225,9 @@ class Runner:
         model_keys = {id(m): m.spec.key for m in self.grid.models}
         grid = list(product(self.grid.models, self.grid.benchmarks, self.grid.attacks, self.grid.defenses))
         done = store.count_done(
-            [(model_keys[id(m)], keys[id(b)], keys[id(a)], keys[id(d)]) for m, b, a, d in grid], index, judge_keys
+            [(model_keys[id(m)], keys[id(b)], keys[id(a)], keys[id(d)]) for m, b, a, d in grid],
+            index,
+            judge_keys,
         )
         for m, b, a, d in grid:
             want = len(index[keys[id(b)]]) * len(judge_keys)
@@ -236,6 +247,7 @@ class Runner:
         started = time.time()
         index = {b.spec.key: self._index(b) for b in self.grid.benchmarks}
         with Store(self.out_dir) as store:
+            self._claim_shard(store)
             owed, cells_total = self._plan(store, index)
             del index  # every sample id, and each cell's done keys, go before the first item is read
             total = sum(n for per in owed.values() for n in per.values())
@@ -275,10 +287,27 @@ class Runner:
                     "config": self.config.model_dump(mode="json"),
                     "started": started,
                     "finished": time.time(),
+                    **({"shard": str(self.shard)} if self.shard is not None else {}),
                 }
             )
             result.files = write_outputs(store, self.out_dir)
         return result
+
+    def _claim_shard(self, store: Store) -> None:
+        """Mark the store as holding this shard (or the whole grid), or stop when it holds another part: a
+        folder holds one part of one grid, so a resume never mixes two."""
+        mine = "all" if self.shard is None else str(self.shard)
+        held = store.get_meta("shard")
+        if held is None:
+            held = "all" if store.count_records() else None  # records from before shards: the whole grid
+        if held is not None and held != mine and not (held == "merged" and mine == "all"):
+            what = {"all": "the whole grid", "merged": "merged shards"}.get(held, f"shard {held}")
+            raise ConfigError(
+                f"{self.out_dir} holds {what} of a run; this run is "
+                f"{'the whole grid' if self.shard is None else f'shard {self.shard}'}: use another --out"
+            )
+        if held is None:
+            store.set_meta("shard", mine)
 
     def _run_batched(
         self, model: ModelBackend, cell: _Cell, store: Store, progress: Progress, result: RunResult
@@ -714,10 +743,16 @@ def _answered(item: _Item, fut: Future[tuple[Generation, float]]) -> _Item:
 
 
 def run(
-    config: RunConfig, out_dir: str | Path, *, registry: Registry | None = None, progress: bool = True
+    config: RunConfig,
+    out_dir: str | Path,
+    *,
+    registry: Registry | None = None,
+    progress: bool = True,
+    shard: Shard | None = None,
 ) -> RunResult:
-    """Run ``config`` into ``out_dir`` (resuming whatever is already there)."""
-    return Runner(config, out_dir, registry=registry, progress=progress).run()
+    """Run ``config`` (or its ``shard``: :mod:`mmsafe.runner.shard`) into ``out_dir``, resuming whatever is
+    already there."""
+    return Runner(config, out_dir, registry=registry, progress=progress, shard=shard).run()
 
 
 __all__ = ["RunResult", "Runner", "item_seed", "record_key", "run"]

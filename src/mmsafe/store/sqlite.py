@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -870,6 +870,88 @@ class Store:
         q += " ORDER BY scheme, item, annotator"
         cols = ("item", "annotator", "scheme", "label", "note", "created")
         return [dict(zip(cols, row, strict=True)) for row in self._db.execute(q, args)]
+
+    # -- merging stores (mmsafe merge) ------------------------------------------------------------------------
+    @_sql
+    def record_versions(self, keys: Iterable[str] | None = None) -> dict[str, tuple[bool, str]]:
+        """Record key → (failed, the record's stored text), of every record or of those of ``keys``: what a merge
+        compares a store's records with another's by."""
+        if keys is None:
+            rows = self._db.execute("SELECT key, error IS NOT NULL, record FROM records").fetchall()
+        else:
+            wanted = list(keys)
+            rows = []
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i : i + 500]
+                rows += self._db.execute(
+                    f"SELECT key, error IS NOT NULL, record FROM records WHERE key IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                ).fetchall()
+        return {key: (bool(failed), text) for key, failed, text in rows}
+
+    @_sql
+    def record_keys(self) -> list[str]:
+        return [key for (key,) in self._db.execute("SELECT key FROM records")]
+
+    def copy_from(self, src: Store, *, skip: Collection[str] = (), batch: int = 1000) -> int:
+        """Write ``src``'s records as they are stored (with their facts, under this store's write sequence), and
+        all its images, cached responses, human labels and judge evaluations (those this store lacks), into this
+        store; records whose key is in ``skip`` are left as they are here. One transaction per ``batch`` records.
+        Returns the number of records written."""
+        from mmsafe.store.facts import FACTS_VERSION
+
+        with src._lock, _translated(src.path):
+            facts_ok = src.get_meta("facts_version") == str(FACTS_VERSION)
+            tables = {r[0] for r in src._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            facts = "f.facts" if facts_ok and "record_facts" in tables else "NULL"
+            join = " LEFT JOIN record_facts f ON f.key = r.key" if facts != "NULL" else ""
+            cursor = src._db.execute(
+                "SELECT r.key, r.run, r.model, r.benchmark, r.attack, r.defense, r.judge, r.sample_id, r.category, "
+                f"r.error, r.record, r.created, {facts} FROM records r{join}"
+            )
+        written = 0
+        while True:
+            with src._lock, _translated(src.path):
+                fetched = cursor.fetchmany(batch)
+            if not fetched:
+                break
+            rows = [r for r in fetched if r[0] not in skip]
+            if not rows:
+                continue
+            with self._lock, _translated(self.path), self._tx():
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO records (key, run, model, benchmark, attack, defense, judge, "
+                    "sample_id, category, error, record, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    [r[:12] for r in rows],
+                )
+                self._db.executemany(
+                    f"INSERT OR REPLACE INTO record_facts (key, facts, seq) VALUES (?, ?, ({_SEQ}))",
+                    [(r[0], r[12]) for r in rows if r[12] is not None],
+                )
+            written += len(rows)
+        self._copy_table(src, "images", ("sha256", "data", "source"))
+        self._copy_table(src, "responses", ("key", "model_key", "generation", "created"))
+        self._copy_table(src, "human_labels", ("item", "annotator", "scheme", "label", "note", "created"))
+        self._copy_table(src, "judge_evals", ("judge", "ident", "entry", "created"))
+        return written
+
+    def _copy_table(self, src: Store, table: str, cols: tuple[str, ...], batch: int = 500) -> None:
+        """The rows of ``src``'s ``table`` this store lacks (by primary key), copied as they are."""
+        with src._lock, _translated(src.path):
+            has = src._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)
+            ).fetchone()
+            if not has:
+                return
+            cursor = src._db.execute(f"SELECT {', '.join(cols)} FROM {table}")
+        insert = f"INSERT OR IGNORE INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        while True:
+            with src._lock, _translated(src.path):
+                rows = cursor.fetchmany(batch)
+            if not rows:
+                return
+            with self._lock, _translated(self.path), self._tx():
+                self._db.executemany(insert, rows)
 
     # -- internals -------------------------------------------------------------------------------------------
     def _tx(self) -> _Transaction:
