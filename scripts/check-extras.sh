@@ -3,14 +3,14 @@
 # (requirements/extra-EXTRA.txt; core.txt for the package alone), torch first where the extra needs it, then
 # scripts/extra_smoke.py EXTRA: every mmsafe module imports, every third-party module the code imports for that
 # extra imports, and one real use of the extra runs. A requirement missing from an extra fails here.
-#   bash scripts/check-extras.sh                  # core hf ocr api diffusion gemma llamacpp judges train detoxify report
+#   bash scripts/check-extras.sh                  # core hf ocr api diffusion gemma llamacpp judges train detoxify report ray
 #   bash scripts/check-extras.sh gemma judges     # some of them
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 TORCH_VERSION="${MMSAFE_TORCH_VERSION:-2.13.0}"
 extras=("$@")
-[ ${#extras[@]} -eq 0 ] && extras=(core hf ocr api diffusion gemma llamacpp judges train detoxify report)
+[ ${#extras[@]} -eq 0 ] && extras=(core hf ocr api diffusion gemma llamacpp judges train detoxify report ray)
 scratch="$(mktemp -d "${TMPDIR:-/tmp}/mmsafe-extras.XXXXXX")"
 trap 'rm -rf "$scratch"' EXIT
 status=0

@@ -1,6 +1,6 @@
 """Does one extra, installed alone, give mmsafe everything its code imports for that extra?
 
-    python scripts/extra_smoke.py EXTRA        # core | hf | ocr | api | diffusion | gemma | llamacpp | judges | train | detoxify
+    python scripts/extra_smoke.py EXTRA        # core | hf | ocr | api | diffusion | gemma | llamacpp | judges | train | detoxify | ray
     python scripts/extra_smoke.py --declared   # every third-party import in src/ is declared in pyproject.toml
 
 Run by scripts/check-extras.sh inside a venv holding only that extra's lock (requirements/extra-EXTRA.txt,
@@ -203,6 +203,26 @@ def smoke_detoxify(tmp: Path) -> str:
     import detoxify
 
     return f"detoxify imports (its checkpoint downloads on first use: not exercised offline) from {detoxify.__file__}"
+
+
+def smoke_ray(tmp: Path) -> str:
+    import ray
+
+    from mmsafe.config import RunConfig
+    from mmsafe.runner.ray_executor import RayOptions
+    from mmsafe.runner.run import run
+
+    config = RunConfig.model_validate(
+        {"name": "smoke", "models": ["scripted"], "benchmarks": ["starter"], "judges": ["refusal"], "limit": 4}
+    )
+    t0 = time.perf_counter()
+    try:
+        res = run(config, tmp / "out", progress=False, ray=RayOptions(workers=1))
+    finally:
+        ray.shutdown()
+    if res.written != 4 or res.errors:
+        raise RuntimeError(f"{res.written} records, {res.errors} failed")
+    return f"ray {ray.__version__}: a local cluster's worker made {res.written} records in {time.perf_counter() - t0:.0f} s"
 
 
 def main(argv: list[str]) -> int:

@@ -49,7 +49,7 @@ for _ in 1 2 3; do
   compile requirements/dev.txt all dev
 done
 compile requirements/all.txt all            # scripts/install.sh
-for extra in hf ocr api diffusion gemma llamacpp judges train detoxify report; do
+for extra in hf ocr api diffusion gemma llamacpp judges train detoxify report ray; do
   compile "requirements/extra-$extra.txt" "$extra"   # one extra alone (scripts/check-extras.sh)
 done
 compile requirements/core.txt               # the package with no extra

@@ -15,7 +15,7 @@ lockcheck = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(lockcheck)
 
 EXPECTED_FILES = {"all.txt", "dev.txt", "core.txt"} | {
-    f"extra-{e}.txt" for e in ("hf", "ocr", "api", "diffusion", "gemma", "llamacpp", "judges", "train", "detoxify", "report")
+    f"extra-{e}.txt" for e in ("hf", "ocr", "api", "diffusion", "gemma", "llamacpp", "judges", "train", "detoxify", "report", "ray")
 }
 
 

@@ -55,6 +55,24 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--name", help="run name")
     r.add_argument("--quiet", action="store_true", help="no progress display")
     r.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="ray: local models run on Ray workers that keep them loaded (pip install 'mmsafe[ray]'; docs/scaling.md)",
+    )
+    r.add_argument(
+        "--ray-address", help="--executor ray: the cluster to join ('auto', HOST:PORT); none: a local one"
+    )
+    r.add_argument(
+        "--workers", type=int, help="--executor ray: model replicas (default: what the cluster fits)"
+    )
+    r.add_argument(
+        "--cpus-per-worker", type=float, default=1.0, help="--executor ray: CPUs per replica (default 1)"
+    )
+    r.add_argument(
+        "--gpus-per-worker", type=float, default=0.0, help="--executor ray: GPUs per replica (default 0)"
+    )
+    r.add_argument(
         "--shard",
         metavar="I/N",
         help="run only shard I of N (0 <= I < N) into --out; `mmsafe merge` joins the N folders (docs/scaling.md)",
@@ -667,7 +685,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if shard is not None:
         default = default / f"shard-{shard.index}-of-{shard.count}"
     out = Path(args.out) if args.out else default
-    result = run(config, out, progress=not args.quiet, shard=shard)
+    ray = None
+    if args.executor == "ray":
+        from mmsafe.runner.ray_executor import RayOptions
+
+        ray = RayOptions(
+            address=args.ray_address,
+            workers=args.workers,
+            cpus_per_worker=args.cpus_per_worker,
+            gpus_per_worker=args.gpus_per_worker,
+        )
+    result = run(config, out, progress=not args.quiet, shard=shard, ray=ray)
     print(
         f"{result.written} records written, {result.skipped} already in the store, {result.errors} failed items"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from typing import ClassVar
@@ -22,6 +23,11 @@ class ScriptedParams(BaseModel):
     see_system: bool = Field(False, description="rules also match the system message (defense tests)")
     echo: bool = Field(False, description="answer with the prompt text itself")
     fail_on: list[str] = Field(default_factory=list, description="prompt substrings that raise an error")
+    exit_on: list[str] = Field(
+        default_factory=list,
+        description="prompt substrings that end the process at once (os._exit(3)): a worker crash, for the "
+        "tests of executors that must survive one",
+    )
     delay_s: float = Field(0.0, ge=0.0, le=10.0, description="sleep per item (for crash/resume tests)")
     delays: dict[str, float] = Field(
         default_factory=dict,
@@ -47,7 +53,8 @@ class ScriptedModel(ModelBackend):
     params: ScriptedParams
     capabilities: ClassVar[frozenset[str]] = frozenset({"images", "system_prompt", "batched"})
     # per-prompt delays change when answers come, not what they are (and keep the keys of older stores)
-    runtime_params: ClassVar[frozenset[str]] = ModelBackend.runtime_params | {"delays"}
+    #: exit_on injects crashes: how a run goes, not what the model answers (not part of the spec)
+    runtime_params: ClassVar[frozenset[str]] = ModelBackend.runtime_params | {"delays", "exit_on"}
 
     @property
     def is_async(self) -> bool:  # type: ignore[override]
@@ -61,6 +68,8 @@ class ScriptedModel(ModelBackend):
         for bad in self.params.fail_on:
             if bad in text:
                 raise RuntimeError(f"scripted failure on {bad!r}")
+        if any(crash in text for crash in self.params.exit_on):
+            os._exit(3)  # a crash, not an exception: nothing is cleaned up, as when a worker is killed
         delay = self._delay(text)
         if delay:
             time.sleep(delay)

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from itertools import chain, islice, product
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmsafe.aio import generate_all
 from mmsafe.attacks.base import Attack
@@ -57,6 +57,9 @@ from mmsafe.runner.grid import Grid, resolve
 from mmsafe.runner.progress import Progress
 from mmsafe.runner.records import UNSERIALISABLE, storable
 from mmsafe.runner.shard import Shard
+
+if TYPE_CHECKING:
+    from mmsafe.runner.ray_executor import RayOptions
 from mmsafe.store.lock import RunLock
 from mmsafe.store.sqlite import Store
 from mmsafe.types import Generation, Judgement, Prompt, Record, Sample, stable_hash
@@ -136,8 +139,11 @@ class Runner:
         registry: Registry | None = None,
         progress: bool = True,
         shard: Shard | None = None,
+        ray: RayOptions | None = None,
     ) -> None:
         self.config = config
+        #: run local models on Ray workers (:mod:`mmsafe.runner.ray_executor`); None: in this process
+        self.ray = ray
         self.out_dir = Path(out_dir)
         self.registry = registry or Registry()
         self.show_progress = progress
@@ -262,6 +268,12 @@ class Runner:
             copy_judge_evals(store, [j.spec for j in self.grid.judges])  # what the report shows of them
             for model in self.grid.models:
                 if not owed[id(model)]:
+                    continue
+                if self.ray is not None and not model.is_async:  # loaded by the workers, not here
+                    from mmsafe.runner.ray_executor import run_model_on_ray
+
+                    cells = [_Cell(bench=b, attack=a, defense=d, target=model) for b, a, d in owed[id(model)]]
+                    run_model_on_ray(self, model, cells, store, progress, result, self.ray)
                     continue
                 log.info("loading model %s", model.name)
                 model.load()
@@ -749,10 +761,11 @@ def run(
     registry: Registry | None = None,
     progress: bool = True,
     shard: Shard | None = None,
+    ray: RayOptions | None = None,
 ) -> RunResult:
     """Run ``config`` (or its ``shard``: :mod:`mmsafe.runner.shard`) into ``out_dir``, resuming whatever is
     already there."""
-    return Runner(config, out_dir, registry=registry, progress=progress, shard=shard).run()
+    return Runner(config, out_dir, registry=registry, progress=progress, shard=shard, ray=ray).run()
 
 
 __all__ = ["RunResult", "Runner", "item_seed", "record_key", "run"]

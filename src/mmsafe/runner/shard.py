@@ -8,8 +8,9 @@ does), and the N shards partition the grid whatever the machine, the order or th
 after ``limit`` (the same first samples as one process, partitioned). :func:`mmsafe.runner.merge.merge` joins the
 shards' stores into one and checks that every unit of the grid is there once.
 
-What a shard changes: batches of a local model hold other samples than in one process (a padded batch can change
-a model's numbers in their last bits, as another ``batch_size`` would); an attack that fits something once per run
+What a shard changes: batches of a local model hold other samples than in one process (a padded batch moves a
+model's logits in their last bits, as another ``batch_size`` would, and can flip a greedy near-tie: 8 of 96 records
+of the tiny random model differed in ``benchmarks/scaling.py``); an attack that fits something once per run
 (a universal adversarial image) fits it in every shard (the same fit: its corpus and seed do not depend on the
 samples).
 """
