@@ -37,7 +37,9 @@ import _harness as h
 def config(rows: Path, max_new_tokens: int) -> dict:
     return {
         "name": "scaling",
-        "models": [{"name": "tiny", "params": {"generation": {"max_new_tokens": max_new_tokens}, "batch_size": 4}}],
+        "models": [
+            {"name": "tiny", "params": {"generation": {"max_new_tokens": max_new_tokens}, "batch_size": 4}}
+        ],
         "benchmarks": [{"name": "jsonl", "params": {"file": str(rows)}}],
         "attacks": ["none", "figstep"],
         "judges": ["refusal"],
@@ -47,7 +49,10 @@ def config(rows: Path, max_new_tokens: int) -> dict:
 def write_rows(path: Path, n: int) -> None:
     with path.open("w", encoding="utf-8") as fh:
         for i in range(n):
-            fh.write(json.dumps({"id": f"r{i:04d}", "text": f"Explain step {i} of making bread, in detail."}) + "\n")
+            fh.write(
+                json.dumps({"id": f"r{i:04d}", "text": f"Explain step {i} of making bread, in detail."})
+                + "\n"
+            )
 
 
 def timed(*args: str | Path) -> float:
@@ -110,7 +115,9 @@ def main() -> int:
     for k in args.workers:
         out = work / f"ray-{k}"
         t = timed("run", cfg, "--out", out, "--executor", "ray", "--workers", str(k))
-        table.append([f"Ray, {k} worker{'s' if k > 1 else ''}", t, generations / t, t_one / t, same(out, f"ray {k}")])
+        table.append(
+            [f"Ray, {k} worker{'s' if k > 1 else ''}", t, generations / t, t_one / t, same(out, f"ray {k}")]
+        )
 
     n = args.shards
     shard_dirs = [work / "shards" / str(i) for i in range(n)]
@@ -123,7 +130,9 @@ def main() -> int:
     t_merge2 = timed("merge", work / "merged-par", *par_dirs)
     table.append([f"{n} shards two at a time + merge", t_par + t_merge2, generations / (t_par + t_merge2),
                   t_one / (t_par + t_merge2), same(work / "merged-par", "parallel shards", batches_differ=True)])  # fmt: skip
-    print(f"\n{generations} generations (tiny model, {args.max_new_tokens} new tokens), wall seconds per command")
+    print(
+        f"\n{generations} generations (tiny model, {args.max_new_tokens} new tokens), wall seconds per command"
+    )
     print(h.table(["how", "seconds", "items/s", "speed-up vs one process", "records"], table))
     print(f"\nsharding overhead: {n} shards one after another + merge take {(t_seq + t_merge) / t_one:.2f}x one "
           f"process (the merge alone {t_merge:.1f} s)")  # fmt: skip

@@ -63,7 +63,8 @@ def test_a_worker_killed_mid_run_loses_and_doubles_nothing(cluster, tmp_path: Pa
     cfg = load_config(cfg_path)
     # delays and batch_size are runtime params: the same models (keys) as cfg's, only slower
     models = [
-        m.model_copy(update={"params": {**m.params, "delays": {"Explain": 0.04}, "batch_size": 4}}) for m in cfg.models
+        m.model_copy(update={"params": {**m.params, "delays": {"Explain": 0.04}, "batch_size": 4}})
+        for m in cfg.models
     ]
     slow = cfg.model_copy(update={"models": models})
     out = tmp_path / "killed"
@@ -113,7 +114,9 @@ def test_a_batch_whose_workers_keep_dying_is_recorded_failed_not_lost(cluster, t
     cfg = load_config(_config(tmp_path))
     model = cfg.models[0]
     poison = model.model_copy(update={"params": {**model.params, "exit_on": ["(0)"], "batch_size": 2}})
-    one = cfg.model_copy(update={"models": [poison], "attacks": cfg.attacks[:1], "defenses": cfg.defenses[:1]})
+    one = cfg.model_copy(
+        update={"models": [poison], "attacks": cfg.attacks[:1], "defenses": cfg.defenses[:1]}
+    )
     out = tmp_path / "poison"
     res = run(one, out, progress=False, ray=RayOptions(workers=2))
     with Store.open_existing(out) as st:
@@ -122,7 +125,9 @@ def test_a_batch_whose_workers_keep_dying_is_recorded_failed_not_lost(cluster, t
     assert {r.sample_id for r in failed} >= {"r000"} and len(failed) <= 2 * 2  # its batch of 2, both judges
     assert res.written == N_ROWS * 2 and res.errors == len(failed)
     # the crash injection is a runtime param: without it, the same model, whose rerun retries the failed items only
-    healed = one.model_copy(update={"models": [model.model_copy(update={"params": {**model.params, "batch_size": 2}})]})
+    healed = one.model_copy(
+        update={"models": [model.model_copy(update={"params": {**model.params, "batch_size": 2}})]}
+    )
     again = run(healed, out, progress=False, ray=RayOptions(workers=2))
     assert again.written == len(failed) and again.errors == 0
     assert json.loads((out / "summary.json").read_text())["n_errors"] == 0
@@ -134,3 +139,44 @@ def test_more_workers_than_cpus_share_them_instead_of_waiting_forever(cluster, t
     one = cfg.model_copy(update={"models": cfg.models[:1], "attacks": cfg.attacks[:1]})
     res = run(one, tmp_path / "six", progress=False, ray=RayOptions(workers=6))
     assert res.written == N_ROWS * 2 * 2 and res.errors == 0
+
+
+def test_a_killed_driver_resumes_from_the_store(cluster, tmp_path: Path) -> None:
+    """The driver (`mmsafe run --executor ray`, joining the test's cluster) SIGKILLed while records stream in: its
+    workers go with it (they are its actors); the same command again finishes the grid, every unit once."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg_path = _config(tmp_path)
+    doc = yaml.safe_load(cfg_path.read_text())
+    for m in doc["models"]:
+        m["params"].update({"delays": {"Explain": 0.05}, "batch_size": 2})  # runtime params: the same keys
+    slow = tmp_path / "slow.yaml"
+    slow.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    out = tmp_path / "driver"
+    cmd = [sys.executable, "-m", "mmsafe.cli", "run", str(slow), "--out", str(out), "--quiet",
+           "--executor", "ray", "--ray-address", cluster.address, "--workers", "2"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    n = 0
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with Store.open_existing(out) as st:
+                n = st.count_records()
+        except Exception:
+            n = 0
+        if n >= 40:
+            proc.kill()
+            break
+        time.sleep(0.05)
+    proc.wait(30)
+    assert 40 <= n < PLANNED, f"the driver was not killed mid-run ({n} records)"
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    keys = _keys(out)
+    assert len(keys) == len(set(keys)) == PLANNED
+    with Store.open_existing(out) as st:
+        assert not [r for r in st.iter_records() if r.error]

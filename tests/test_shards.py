@@ -33,7 +33,10 @@ def _config(tmp: Path, *, name: str = "shards", default: str = "Sure. 1. First, 
     cfg = {
         "name": name,
         "models": [
-            {"name": "scripted", "params": {"rules": {"phishing": "I can't help with that."}, "default": default}},
+            {
+                "name": "scripted",
+                "params": {"rules": {"phishing": "I can't help with that."}, "default": default},
+            },
             {"name": "scripted", "params": {"rules": {"lock": "I won't."}, "default": "Here: 1. Go."}},
         ],
         "benchmarks": [{"name": "jsonl", "params": {"file": str(rows)}}],
@@ -111,7 +114,9 @@ def test_merged_shards_report_what_one_process_reports(tmp_path: Path) -> None:
         assert st.count_records() == total
 
 
-def test_merge_refuses_missing_doubled_and_foreign_parts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_merge_refuses_missing_doubled_and_foreign_parts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = _config(tmp_path)
     shards = [tmp_path / f"s{i}" for i in range(3)]
     for i, d in enumerate(shards):
@@ -137,7 +142,9 @@ def test_merge_refuses_missing_doubled_and_foreign_parts(tmp_path: Path, capsys:
     with Store(shards[2]) as st:
         key = st.record_keys()[0]
         st._db.execute("DELETE FROM records WHERE key = ?", (key,))
-    fails(str(tmp_path / "m3"), *map(str, shards), says="1 unit(s) of the grid are in no shard (1 of shard 2/3)")
+    fails(
+        str(tmp_path / "m3"), *map(str, shards), says="1 unit(s) of the grid are in no shard (1 of shard 2/3)"
+    )
     assert main(["merge", str(tmp_path / "m3"), *map(str, shards), "--allow-missing"]) == 0
     assert "1 units missing" in capsys.readouterr().out
     # the shard resumed: the merge takes the unit in
@@ -147,7 +154,9 @@ def test_merge_refuses_missing_doubled_and_foreign_parts(tmp_path: Path, capsys:
     # another config's shard
     other = _config(tmp_path, default="Another answer.")
     _run(other, tmp_path / "o0", "--shard", "0/3")
-    fails(str(tmp_path / "m4"), str(tmp_path / "o0"), str(shards[1]), str(shards[2]), says="different configs")
+    fails(
+        str(tmp_path / "m4"), str(tmp_path / "o0"), str(shards[1]), str(shards[2]), says="different configs"
+    )
     # not a shard at all
     _run(cfg, tmp_path / "single")
     fails(str(tmp_path / "m5"), str(tmp_path / "single"), says="holds no shard")
@@ -176,14 +185,19 @@ def test_slurm_scripts_run_with_bash_do_the_whole_run(tmp_path: Path) -> None:
     shards = (out / "slurm" / "shards.sbatch").read_text()
     assert "#SBATCH --array=0-2" in shards and "#SBATCH --partition=gpu" in shards
     assert "#SBATCH --gpus-per-task=1" in shards and "export MMSAFE_TEST_SETUP=1" in shards
-    assert "sbatch --parsable --dependency=\"afterok:${array}\" merge.sbatch" in (out / "slurm" / "submit.sh").read_text()
+    assert (
+        'sbatch --parsable --dependency="afterok:${array}" merge.sbatch'
+        in (out / "slurm" / "submit.sh").read_text()
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     for i in range(3):
         subprocess.run(["bash", str(out / "slurm" / "shards.sbatch")], env={**env, "SLURM_ARRAY_TASK_ID": str(i)},
                        check=True, capture_output=True)  # fmt: skip
     subprocess.run(["bash", str(out / "slurm" / "merge.sbatch")], env=env, check=True, capture_output=True)
     assert _summary(out / "merged") == _summary(tmp_path / "single")
-    bad = subprocess.run(["bash", str(out / "slurm" / "shards.sbatch")], env=env, capture_output=True, text=True)
+    bad = subprocess.run(
+        ["bash", str(out / "slurm" / "shards.sbatch")], env=env, capture_output=True, text=True
+    )
     assert bad.returncode != 0 and "SLURM_ARRAY_TASK_ID" in bad.stderr
     with pytest.raises(ConfigError):
         from mmsafe.runner.slurm import SlurmOptions, write_slurm
