@@ -19,7 +19,8 @@ Failures:
 
 What differs from one process: sub-models of attacks, defenses and judges (a judge's LLM, PAIR's attacker) answer
 in the workers without the store's response cache (the driver's), so a rerun asks them again for the items it
-redoes; I/O models (``openai``) are not sent to workers: they stream from the driver as usual (serve a large model
+redoes; an attack that fits something once per run (a universal adversarial image) fits it once per worker;
+I/O models (``openai``) are not sent to workers: they stream from the driver as usual (serve a large model
 with vLLM or SGLang instead, docs/scaling.md). Samples travel to the workers in Ray's object store (so the data
 need only be readable by the driver); records come back as JSON and are validated by the driver.
 
