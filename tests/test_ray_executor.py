@@ -40,6 +40,15 @@ def cluster():
         c.shutdown()
 
 
+def _records_so_far(out: Path) -> int:
+    """Records in the store a run is writing (0 before it exists or while it cannot be opened)."""
+    try:
+        with Store.open_existing(out) as st:
+            return st.count_records()
+    except Exception:
+        return 0
+
+
 def _keys(out: Path) -> list[str]:
     with Store.open_existing(out) as st:
         return st.record_keys()
@@ -73,21 +82,16 @@ def test_a_worker_killed_mid_run_loses_and_doubles_nothing(cluster, tmp_path: Pa
     def killer() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if (out / "mmsafe.sqlite").exists():
-                try:
-                    with Store.open_existing(out) as st:
-                        n = st.count_records()
-                except Exception:
-                    n = 0
-                if n >= 40:
-                    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                             if a["name"].startswith("mmsafe-")]  # fmt: skip
-                    if names:
-                        actor = ray.get_actor(sorted(names)[0], namespace=NAMESPACE)
-                        pid = ray.get(actor.pid.remote())
-                        os.kill(pid, signal.SIGKILL)
-                        killed.update(pid=pid, at=n)
-                        return
+            n = _records_so_far(out)
+            if n >= 40:
+                names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                         if a["name"].startswith("mmsafe-")]  # fmt: skip
+                if names:
+                    actor = ray.get_actor(sorted(names)[0], namespace=NAMESPACE)
+                    pid = ray.get(actor.pid.remote())
+                    os.kill(pid, signal.SIGKILL)
+                    killed.update(pid=pid, at=n)
+                    return
             time.sleep(0.05)
 
     t = threading.Thread(target=killer, daemon=True)
@@ -163,11 +167,7 @@ def test_a_killed_driver_resumes_from_the_store(cluster, tmp_path: Path) -> None
     n = 0
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with Store.open_existing(out) as st:
-                n = st.count_records()
-        except Exception:
-            n = 0
+        n = _records_so_far(out)
         if n >= 40:
             proc.kill()
             break

@@ -379,9 +379,9 @@ def test_examples_from_facts_are_the_reference_examples(store_dir: Path) -> None
     with Store.open_existing(store_dir) as store:
         _, tally = _summary_and_tally(store)  # as write_outputs does: the unreadable records are known
         for k in (1, 3, 50):
-            fast = store.examples(k, max_chars=40)
-            assert fast == store.examples(k, max_chars=40, reference=True)
-            assert examples(store, tally, k) == store.examples(k, reference=True)  # from the tally (1,000 chars)
+            fast = examples(store, tally, k, max_chars=40)  # picked from the tally
+            assert fast == store.examples(k, max_chars=40)
+            assert examples(store, tally, k) == store.examples(k)  # 1,000 chars
         assert len({(e["model"], e["attack"], e["defense"], e["judge"]) for e in fast}) > 4
 
 

@@ -123,7 +123,7 @@ def _summary_and_tally(
     return summary, tally
 
 
-def examples(store: Store, tally: Tally, k: int) -> list[dict[str, Any]]:
+def examples(store: Store, tally: Tally, k: int, *, max_chars: int = 1000) -> list[dict[str, Any]]:
     """:meth:`Store.examples` (``k`` answered must-refuse records per cell) from the records ``tally`` has read:
     only the records that may be shown are read again (:meth:`Store.examples_of`), not every record's facts."""
     from mmsafe.types import Expected
@@ -139,7 +139,7 @@ def examples(store: Store, tally: Tally, k: int) -> list[dict[str, Any]]:
                 if o.expected == Expected.refuse:
                     yield cell, o.sample_id, (o.benchmark, model, attack, defense, judge)
 
-    return store.examples_of(candidates(), k)
+    return store.examples_of(candidates(), k, max_chars=max_chars)
 
 
 def summarise_tally(

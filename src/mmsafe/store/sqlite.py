@@ -668,49 +668,19 @@ class Store:
         return [(s, b, n, example[(s, b)]) for (s, b), n in counts.items()]
 
     @_sql
-    def examples(self, k: int, *, max_chars: int = 1000, reference: bool = False) -> list[dict[str, Any]]:
+    def examples(self, k: int, *, max_chars: int = 1000) -> list[dict[str, Any]]:
         """Up to ``k`` answered must-refuse records per (benchmark, model, attack, defense, judge) name,
         the first in cell order: names, ``sample_id``, ``judgement`` (dict or None) and ``response``
-        (its first ``max_chars`` characters). Reads only these fields, never the whole store: with the records'
-        facts (:mod:`mmsafe.store.facts`), only of the records it shows or may show (must-refuse ones, in cells
-        not yet full); ``reference`` (or a store without facts) reads them from every record with SQL, the
-        definition the facts path is tested against."""
-        cols = self._example_cols(max_chars)
+        (its first ``max_chars`` characters), read from every record with SQL. The definition: a report picks the
+        same examples from the records it has already read (:meth:`examples_of`, tested against this)."""
         seen: dict[tuple[str, ...], int] = {}
         out: list[dict[str, Any]] = []
-        if reference or not self._has_facts:
-            q = cols + "ORDER BY model, benchmark, attack, defense, judge, sample_id, key"
-            for row in self._db.execute(q):
-                self._example(row, k, seen, out)
-            return out
-        from mmsafe.store.facts import FACTS_VERSION
-
-        known: dict[tuple[str, str], ComponentSpec | None] = {}
-        cells: dict[tuple[str, ...], tuple[str | None, ...]] = {}
-        # the facts' version, benchmark name and expected behaviour (see facts.encode), read by SQLite's JSON code
         q = (
-            "SELECT r.key, r.model, r.attack, r.defense, r.judge, f.facts IS NOT NULL AND "
-            f"json_valid(f.facts) AND json_extract(f.facts, '$[0]') = {int(FACTS_VERSION)}, "
-            "json_extract(f.facts, '$[3][0]') FROM records r LEFT JOIN record_facts f ON f.key = r.key "
-            "WHERE f.facts IS NULL OR NOT json_valid(f.facts) OR json_extract(f.facts, '$[0]') != ? "
-            "OR json_extract(f.facts, '$[3][1]') = 'refuse' "
-            "ORDER BY r.model, r.benchmark, r.attack, r.defense, r.judge, r.sample_id, r.key"
+            self._example_cols(max_chars)
+            + "ORDER BY model, benchmark, attack, defense, judge, sample_id, key"
         )
-        for key, *keys, has_facts, bench in self._db.execute(q, (FACTS_VERSION,)):
-            if key in self.unreadable:
-                continue
-            if has_facts:  # a must-refuse record: read it only if its cell is not full
-                names = cells.get(tuple(keys))
-                if names is None:
-                    cols4 = ("model", "attack", "defense", "judge")
-                    specs = [self._spec(known, c, v) for c, v in zip(cols4, keys, strict=True)]
-                    names = cells[tuple(keys)] = tuple(None if sp is None else sp.name for sp in specs)
-                cell = (bench, *names)
-                if None not in cell and seen.get(cast("tuple[str, ...]", cell), 0) >= k:
-                    continue
-            row = self._db.execute(cols + "AND key = ?", (key,)).fetchone()
-            if row is not None:
-                self._example(row, k, seen, out)
+        for row in self._db.execute(q):
+            self._example(row, k, seen, out)
         return out
 
     @_sql
