@@ -60,6 +60,7 @@ def _numbers(summary: dict) -> dict:
     id), wall times and the data file's path."""
     out = {k: v for k, v in summary.items() if k not in ("generated", "stamp")}
     out["defenses"] = [{**d, "seconds_per_item": None} for d in summary["defenses"]]  # wall time
+    out["attacks"] = [{**a, "seconds_per_prompt": None} for a in summary.get("attacks", [])]  # wall time
     out["components"] = {
         kind: [{**s, "key": "-", "params": {}} if kind == "benchmark" else s for s in specs]
         for kind, specs in summary["components"].items()

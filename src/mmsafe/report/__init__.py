@@ -57,6 +57,8 @@ class Summary(_SummaryOptional):
     components: dict[str, list[dict[str, Any]]]
     rows: list[SummaryRow]
     adversarial: list[dict[str, Any]]
+    #: what each attack spent building its prompts (:func:`attack_summary`)
+    attacks: list[dict[str, Any]]
     judge_agreement: list[dict[str, Any]]
     effects: list[dict[str, Any]]
     defenses: list[dict[str, Any]]
@@ -186,6 +188,7 @@ def summarise_tally(
             },
         ),
         "adversarial": adversarial_summary(tally, labels),
+        "attacks": attack_summary(tally, labels),
         "judge_agreement": judge_agreement(tally, labels) + ensemble_agreement(tally, labels),
         "effects": effects(tally, labels),
         "defenses": defense_summary(tally, labels),
@@ -526,6 +529,30 @@ def adversarial_summary(tally: Tally, labels: dict[tuple[str, str], str]) -> lis
                 "crafted_on": sorted({str(m.get("crafted_on")) for m in metas}),
             }
         )
+    return out
+
+
+def attack_summary(tally: Tally, labels: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
+    """Per model × benchmark × attack ≠ none × defense: what building the prompts cost, once per prompt (records of
+    other judges on the same sample are not counted twice): the attack's wall seconds per prompt (its share of each
+    batch the runner gave it, sub-model calls included), the calls it made to the model under test while crafting
+    (``queries``: a query-based search; 0 for a one-shot attack) and to helper models (``aux_calls``: an attacker LLM,
+    a judge, an image generator), each a mean over the prompts whose attack reported it (``n_reported``)."""
+    out = []
+    for (model, bench, attack, defense), by_sample in tally.attack_use.items():
+        costs = list(by_sample.values())
+        row: dict[str, Any] = {
+            "model": labels[("model", model)],
+            "benchmark": labels[("benchmark", bench)],
+            "attack": labels[("attack", attack)],
+            "defense": labels[("defense", defense)],
+            "prompts": len(costs),
+        }
+        for i, name in enumerate(("seconds", "queries", "aux_calls")):
+            xs = [float(c[i]) for c in costs if len(c) > i and c[i] is not None]
+            row[f"{name}_per_prompt"] = sum(xs) / len(xs) if xs else None
+            row[f"{name}_reported"] = len(xs)
+        out.append(row)
     return out
 
 

@@ -302,6 +302,34 @@ def _cost(ctx: _Ctx) -> str:
             return charts.cost("", labels, secs, calls, alt="seconds and model calls per item")
 
         out.append(panel("defense · attack · model", chart(draw)) + left_out(len(rows) - len(shown)))
+    attacks = s.get("attacks") or []
+    if attacks:
+        out.append(
+            "<h3>Attacks</h3><p>What each attack spent per prompt, once: its wall seconds (its share of each batch, "
+            "helper-model calls included), the calls it made to the model under test while crafting (queries: a "
+            "query-based search; 0 for a one-shot attack) and to helper models (attacker LLM, judge, image "
+            "generator); – when the attack does not report it.</p>"
+        )
+        out.append(
+            table(
+                [
+                    "model",
+                    "benchmark",
+                    "attack",
+                    "defense",
+                    "prompts",
+                    "s/prompt",
+                    "queries/prompt",
+                    "aux calls/prompt",
+                ],
+                [
+                    [esc(a[k]) for k in ("model", "benchmark", "attack", "defense")]
+                    + [esc(a["prompts"]), num(a.get("seconds_per_prompt"), ".3g")]
+                    + [num(a.get("queries_per_prompt"), ".2f"), num(a.get("aux_calls_per_prompt"), ".2f")]
+                    for a in attacks
+                ],
+            )
+        )
     adv = s.get("adversarial") or []
     if adv:
         out.append(
@@ -336,10 +364,7 @@ def _cost(ctx: _Ctx) -> str:
                 ],
             )
         )
-    return (
-        "".join(out)
-        or "<p>No defense or adversarial attack in this run: nothing but the model's own calls.</p>"
-    )
+    return "".join(out) or "<p>No defense or attack in this run: nothing but the model's own calls.</p>"
 
 
 def _effects(ctx: _Ctx) -> str:

@@ -111,6 +111,7 @@ def render(
     lines += _effects(summary.get("effects") or [])
     lines += _defenses(summary.get("defenses") or [])
     lines += _judges(summary.get("judges") or [], summary.get("judge_agreement") or [])
+    lines += _attack_costs(summary.get("attacks") or [])
     lines += _adversarial(summary.get("adversarial") or [])
     lines += human_section(summary.get("human"))
     lines += ["", "## Per category", ""]
@@ -376,6 +377,45 @@ def _judges(notes: Sequence[dict[str, Any]], agreement: Sequence[dict[str, Any]]
                 for a in agreement
             ],
         )
+    return lines
+
+
+def _attack_costs(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """What each attack spent building its prompts (once per prompt)."""
+    if not rows:
+        return []
+
+    def num(v: Any, fmt: str) -> str:
+        return "–" if v is None else format(v, fmt)
+
+    lines = [
+        "",
+        "## Attack cost",
+        "",
+        "Per prompt, once: the attack's wall seconds (its share of each batch, helper-model calls included), the "
+        "calls it made to the model under test while crafting (*queries*: a query-based search; 0 for a one-shot "
+        "attack) and to helper models (*aux calls*: attacker LLM, judge, image generator); – when the attack does "
+        "not report it.",
+        "",
+    ]
+    lines += _table(
+        [
+            "model",
+            "benchmark",
+            "attack",
+            "defense",
+            "prompts",
+            "s/prompt",
+            "queries/prompt",
+            "aux calls/prompt",
+        ],
+        [
+            [md_cell(str(r[c])) for c in ("model", "benchmark", "attack", "defense")]
+            + [str(r["prompts"]), num(r.get("seconds_per_prompt"), ".3f")]
+            + [num(r.get("queries_per_prompt"), ".2f"), num(r.get("aux_calls_per_prompt"), ".2f")]
+            for r in rows
+        ],
+    )
     return lines
 
 

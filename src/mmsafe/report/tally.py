@@ -130,6 +130,8 @@ class Tally:
         self.defense_use: dict[Cell, DefenseUse] = {}
         #: (model, benchmark, attack, defense) → sample id → the white-box attack's figures for it
         self.adversarial: dict[tuple[str, str, str, str], dict[str, dict[str, Any]]] = {}
+        #: (model, benchmark, attack, defense) → sample id → ``(seconds, queries, aux_calls)`` the attack spent on it
+        self.attack_use: dict[tuple[str, str, str, str], dict[str, tuple[Any, ...]]] = {}
         self._ensembles: dict[str, _Members] = {}
         self._strings: dict[str, str] = {}
         self._rests: dict[_Rest, _Rest] = {}
@@ -170,6 +172,10 @@ class Tally:
         if facts.adversarial is not None:  # once per image: the first judge's record of the sample
             self.adversarial.setdefault((cell[0], cell[1], cell[2], cell[3]), {}).setdefault(
                 o.sample_id, facts.adversarial
+            )
+        if facts.attack:  # once per prompt: the first judge's record of the sample
+            self.attack_use.setdefault((cell[0], cell[1], cell[2], cell[3]), {}).setdefault(
+                o.sample_id, facts.attack
             )
         if facts.members is not None:
             self._add_members(cell[4], facts.members)

@@ -20,7 +20,15 @@ from typing import Any, NamedTuple
 from mmsafe.metrics.rates import Outcome, outcome
 from mmsafe.types import DefenseAccount, Expected, Record
 
-__all__ = ["ADVERSARIAL_FIELDS", "RecordFacts", "decode", "defense_account", "encode", "record_facts"]
+__all__ = [
+    "ADVERSARIAL_FIELDS",
+    "RecordFacts",
+    "attack_cost",
+    "decode",
+    "defense_account",
+    "encode",
+    "record_facts",
+]
 
 #: What the adversarial table reads of a white-box attack's ``attack_metadata``.
 ADVERSARIAL_FIELDS = (
@@ -40,7 +48,7 @@ ADVERSARIAL_FIELDS = (
 
 #: the version of the encoding: facts of another version are not read (the record is read whole), and a store
 #: opened for writing computes its facts again (:meth:`~mmsafe.store.sqlite.Store.put_records`' table)
-FACTS_VERSION = 2
+FACTS_VERSION = 3
 
 
 class RecordFacts(NamedTuple):
@@ -57,6 +65,9 @@ class RecordFacts(NamedTuple):
     adversarial: dict[str, Any] | None
     #: an ensemble judge's member verdicts ``(name, success or None)`` in member order, else None
     members: tuple[tuple[str, bool | None], ...] | None
+    #: what the attack spent on this record's prompt, ``(seconds, queries, aux_calls)`` (see :func:`attack_cost`);
+    #: ``()`` when the attack is ``none`` or the prompt was not built
+    attack: tuple[Any, ...] = ()
 
 
 def defense_account(generation: dict[str, Any] | None) -> tuple[Any, ...]:
@@ -72,12 +83,30 @@ def defense_account(generation: dict[str, Any] | None) -> tuple[Any, ...]:
     return (account.action, float(account.calls), float(account.seconds or 0.0))
 
 
+def _count(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def attack_cost(timings: dict[str, Any], attack_metadata: dict[str, Any]) -> tuple[Any, ...]:
+    """What an attack spent on one prompt: ``(seconds, queries, aux_calls)`` — its share of the runner's wall
+    time for the batch it built (``timings["attack_s"]``), the calls to the model under test it made while crafting
+    (``attack_metadata["queries"]``) and the calls to helper models (attacker LLM, judge, image generator:
+    ``attack_metadata["aux_calls"]``); each None when the record does not say."""
+    seconds = _count(timings.get("attack_s"))
+    return (
+        None if seconds is None else round(seconds, 6),
+        _count(attack_metadata.get("queries")),
+        _count(attack_metadata.get("aux_calls")),
+    )
+
+
 def record_facts(r: Record, strings: dict[str, str] | None = None) -> RecordFacts:
     """The facts of ``r`` (``strings`` shares equal texts, as :func:`~mmsafe.metrics.rates.outcome` does)."""
     j = r.judgement
     defense = defense_account(r.generation) if r.defense.name != "none" else ()
     meta = (r.prompt or {}).get("attack_metadata") or {}
     adversarial = {k: meta[k] for k in ADVERSARIAL_FIELDS if k in meta} if "adversarial" in meta else None
+    attack = attack_cost(r.timings, meta) if r.attack.name != "none" and r.prompt is not None else ()
     members = None
     if r.judge.name == "ensemble" and not r.error and j is not None:
         # each member's verdict as the ensemble judge stores it in ``details["members"]`` (read here from
@@ -99,6 +128,7 @@ def record_facts(r: Record, strings: dict[str, str] | None = None) -> RecordFact
         defense=defense,
         adversarial=adversarial,
         members=members,
+        attack=attack,
     )
 
 
@@ -116,6 +146,7 @@ def encode(facts: RecordFacts) -> str:
             list(facts.defense),
             facts.adversarial,
             None if facts.members is None else [list(m) for m in facts.members],
+            list(facts.attack),
         ],
         ensure_ascii=False,
         separators=(",", ":"),
@@ -123,7 +154,9 @@ def encode(facts: RecordFacts) -> str:
 
 
 #: what :func:`decode` keeps of a facts text: everything but the sample id and category
-_Decoded = tuple[bool, str | None, tuple[Any, ...], tuple[Any, ...], dict[str, Any] | None, Any]
+_Decoded = tuple[
+    bool, str | None, tuple[Any, ...], tuple[Any, ...], dict[str, Any] | None, Any, tuple[Any, ...]
+]
 
 
 def decode(
@@ -135,7 +168,7 @@ def decode(
     parts = memo.get(text)
     if parts is None:
         try:
-            version, errored, note, o, defense, adversarial, members = json.loads(text)
+            version, errored, note, o, defense, adversarial, members, attack = json.loads(text)
             bench, expected, *verdict = o
             if version != FACTS_VERSION or len(verdict) != 6:
                 return None
@@ -155,8 +188,16 @@ def decode(
             return None
         if len(memo) >= 4096:
             memo.clear()
-        parts = memo[text] = (errored, note, (*head, *rest), tuple(defense), adversarial, members)
-    errored, note, o, defense, adversarial, members = parts
+        parts = memo[text] = (
+            errored,
+            note,
+            (*head, *rest),
+            tuple(defense),
+            adversarial,
+            members,
+            tuple(attack),
+        )
+    errored, note, o, defense, adversarial, members, attack = parts
     return RecordFacts(
         errored=errored,
         model_note=note,
@@ -166,4 +207,5 @@ def decode(
         defense=defense,
         adversarial=adversarial,
         members=members,
+        attack=attack,
     )
