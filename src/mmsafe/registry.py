@@ -106,6 +106,7 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "adashield": "mmsafe.defenses.adashield:AdaShield",
         "jailguard": "mmsafe.defenses.jailguard:JailGuard",
         "stack": "mmsafe.defenses.stack:StackDefense",
+        "guard-filter": "mmsafe.defenses.guard_filter:GuardFilter",
     },
     "judge": {
         "refusal": "mmsafe.judges.refusal:RefusalJudge",

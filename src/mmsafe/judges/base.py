@@ -38,6 +38,13 @@ class Judge(Component):
     #: what ``success`` means: "harm" (the answer gives harmful help), "refusal" (the answer did not
     #: refuse), "target" (the attacker's string appears), "toxicity", "utility", or "other"
     construct: ClassVar[str] = "other"
+    #: the judge rates the request alone (its text and images), not an answer: it can screen inputs (the
+    #: ``guard-filter`` defense's ``input_judge``). Judges whose params decide it override :meth:`classifies_requests`.
+    request_classifier: ClassVar[bool] = False
+
+    def classifies_requests(self) -> bool:
+        """Whether this judge, with its params, rates requests rather than answers (see ``request_classifier``)."""
+        return type(self).request_classifier
 
     @classmethod
     def construct_for(cls, params: Mapping[str, Any], *, registry: Any = None) -> str:

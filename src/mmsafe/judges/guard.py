@@ -102,6 +102,9 @@ class GuardJudge(Judge):
 
     judge_model = JudgeModel(needs_images=lambda p: p.sends_images)
 
+    def classifies_requests(self) -> bool:
+        return self.params.classify == "request"
+
     def conversation(self, sample: Sample, prompt: Prompt, response: str) -> Prompt:
         """What the guard model receives for one item."""
         behavior = (sample.metadata or {}).get("behavior")
