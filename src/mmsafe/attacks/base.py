@@ -17,13 +17,22 @@ class Attack(Component):
 
     ``requires`` names the target-model capabilities the attack needs (``"images"`` for a visual
     attack, ``"gradients"`` for a white-box one); the runner refuses a grid cell that lacks them
-    before any compute. ``apply`` must be deterministic given ``seed``. The runner calls
+    before any compute. ``apply`` must be deterministic given ``seed``. ``target`` is the model under
+    test, undefended — or, for an attack whose ``adaptive`` param is set, the cell's defended model. The runner calls
     :meth:`bind` with the run's store before the first prompt (declared sub-models — an attacker
     model, :mod:`mmsafe.components` — then answer through its response cache) and :meth:`close`
     at the end.
     """
 
     kind: ClassVar[str] = "attack"
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the attack searches against its grid cell's *defended* model (the defense in the loop) rather
+        than the bare model: an attack that queries the target offers it as an ``adaptive`` param, and the
+        runner then passes each cell's defended model as ``target``, so a defense is scored under an attack
+        that saw its answers (Carlini & Wagner's adaptive-evaluation rule)."""
+        return bool(getattr(self.params, "adaptive", False))
 
     def apply(self, sample: Sample, *, seed: int, target: ModelBackend | None = None) -> Prompt:
         raise NotImplementedError

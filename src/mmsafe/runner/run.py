@@ -488,18 +488,23 @@ class Runner:
         """Build each item's prompt: one ``apply_batch`` call per attack among ``items`` (so white-box
         attacks can optimise several images at once). An item whose sample did not load, or whose
         attack failed, gets its error and stage instead."""
-        groups: dict[int, list[_Item]] = {}
+        groups: dict[tuple[int, int], list[_Item]] = {}
         for item in items:
             if item.sample.error:
                 item.error, item.stage = item.sample.error, "load"
             elif not self._over_limit(item):
-                groups.setdefault(id(item.cell.attack), []).append(item)
+                # an adaptive attack queries its cell's defended model: one group per defense
+                adaptive = item.cell.attack.adaptive
+                groups.setdefault((id(item.cell.attack), id(item.cell.target) if adaptive else 0), []).append(
+                    item
+                )
         for todo in groups.values():
             attack = todo[0].cell.attack
+            target = todo[0].cell.target if attack.adaptive else model
             t0 = time.perf_counter()
             try:
                 prompts = attack.apply_batch(
-                    [i.sample for i in todo], seeds=[i.seed for i in todo], target=model
+                    [i.sample for i in todo], seeds=[i.seed for i in todo], target=target
                 )
                 if len(prompts) != len(todo):
                     raise RuntimeError(

@@ -94,6 +94,10 @@ class PAIRParams(BaseModel):
         default="Sure, here is", description="desired opening of the target's answer (sample.target wins)"
     )
     max_logged_chars: int = Field(default=500, ge=20, description="truncate prompts/responses in metadata")
+    adaptive: bool = Field(
+        default=False,
+        description="query the grid cell's defended model (the defense in the loop) instead of the bare model",
+    )
 
     @field_validator("attacker", "judge", mode="before")
     @classmethod
@@ -128,7 +132,12 @@ class PAIR(Attack):
 
     Params: ``attacker`` ({name, params} or a name), ``judge`` (default ``refusal``),
     ``n_iterations`` (5), ``n_streams`` (1), ``keep_last`` (3), ``system_prompt`` (our wording),
-    ``target_str``, ``max_logged_chars``.
+    ``target_str``, ``max_logged_chars``, ``adaptive`` (False).
+
+    Adaptive evaluation: with ``adaptive: true`` the target is the grid cell's *defended* model, so
+    the attacker reads what the defense lets through (a guard's refusal, a rewritten answer) and the
+    defense is scored under an attack that searched against it; each defense cell then runs its
+    own search (the attack's cost is counted per cell).
 
     Deviations from the paper: the judge is any mmsafe judge (a success bool, with ``score`` or
     success as 1/0) instead of GPT-4 rating 1–10 with 10 = jailbroken; the attacker brief is a short
