@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from mmsafe.models.base import ModelBackend, WrappedModel
 from mmsafe.registry import Component
-from mmsafe.types import DEFENSE_ACTIONS, DefenseAccount, Generation, Prompt
+from mmsafe.types import DEFENSE_ACTIONS, DefenseAccount, Generation, Image, Prompt
 
 __all__ = ["DefendedModel", "Defense", "mark"]
 
@@ -58,6 +58,12 @@ class Defense(Component):
     ) -> list[Generation | Exception]:
         """Answer ``prompts`` through ``model`` under this defense (see the module docstring)."""
         raise NotImplementedError
+
+    def transform_image(self, image: Image, *, seed: int) -> Image | None:
+        """The image as this defense hands it to the model, for a defense that transforms input images
+        (purification); None for one that does not. An adaptive white-box attack optimises through it
+        (``through``: :mod:`mmsafe.attacks.adversarial.through`)."""
+        return None
 
     def bind(self, store: Any) -> None:
         """Receive the run's store: declared sub-components are bound (:meth:`Component.bind

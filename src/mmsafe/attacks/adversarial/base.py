@@ -39,8 +39,10 @@ from pydantic import ConfigDict, Field
 
 from mmsafe.attacks.adversarial.engine import PGD, PGDConfig, PGDResult
 from mmsafe.attacks.base import Attack
-from mmsafe.components import SubModel
+from mmsafe.components import SubDefense, SubModel
 from mmsafe.config import ComponentField
+from mmsafe.defenses.base import Defense
+from mmsafe.errors import ConfigError
 from mmsafe.paths import default_cache_root
 from mmsafe.types import Image, Message, Prompt, Sample, stable_hash
 
@@ -65,6 +67,14 @@ class AdversarialParams(PGDConfig):
     init_size: int = Field(224, ge=8, le=4096, description="side of that start image before the processor")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward (less memory)")
     batch_size: int = Field(4, ge=1, le=1024, description="images optimised together (runtime)")
+    through: ComponentField | None = Field(
+        None,
+        description="adaptive: optimise through this input-transforming defense ({name, params}, e.g. purify) — "
+        "its real transform forward, the identity backward (BPDA)",
+    )
+    eot_samples: int = Field(
+        1, ge=1, le=64, description="draws of a random `through` transform averaged per step (EOT)"
+    )
 
     def pgd(self) -> PGDConfig:
         return PGDConfig(**{k: getattr(self, k) for k in PGDConfig.model_fields})
@@ -103,12 +113,20 @@ class AdversarialAttack(Attack):
     #: the white-box model to craft on (None: the grid's target), created, checked and loaded on
     #: first use through the attack's registry, closed with it; read for gradients, never cached
     source: WhiteBoxModel | None = SubModel("source", cache=False, check=_gives_gradients)  # type: ignore[assignment]
+    #: adaptive evaluation: the defense whose image transform the optimisation passes through (BPDA/EOT)
+    through: Defense | None = SubDefense("through")  # type: ignore[assignment]
 
     def __init__(self, params: Any = None, /, *, registry: Registry | None = None, **kwargs: Any) -> None:
         super().__init__(params, registry=registry, **kwargs)
         self._lock = threading.Lock()
         if self.p.source is not None:  # transfer: the evaluated model only needs to take images
             self.requires = frozenset({"images"})  # type: ignore[misc]
+        defense = self.through
+        if defense is not None and type(defense).transform_image is Defense.transform_image:
+            raise ConfigError(
+                f"{self.name}: through '{defense.name}' does not transform images; optimise through a defense "
+                "that does (purify)"
+            )
 
     @property
     def p(self) -> AdversarialParams:
@@ -193,6 +211,9 @@ class AdversarialAttack(Attack):
         }
         if result.patch_boxes:
             meta["patch_box"] = list(result.patch_boxes[i])
+        if self.through is not None:  # adaptive: loss and success were those of the defended image
+            meta["through"] = self.through.name
+            meta["eot_samples"] = self.p.eot_samples
         image = Image.from_pil(pil_from_pixels(adv[i]), source=f"{self.name}.png")
         return image, meta
 
@@ -213,6 +234,12 @@ class AdversarialAttack(Attack):
     ) -> PGDResult:
         import contextlib
 
+        if self.through is not None:  # adaptive: the loss and the success test see the defended image
+            from mmsafe.attacks.adversarial.through import through_defense
+
+            loss_fn, success_fn = through_defense(
+                self.through, loss_fn, success_fn, samples=self.p.eot_samples, seed=seed
+            )
         ckpt = cache_dir() / f"{key}.npz"
         ctx = model.gradient_checkpointing() if self.p.gradient_checkpointing else contextlib.nullcontext()
         with ctx:
