@@ -126,7 +126,7 @@ def _first_success_after_one(**kw):
 
 
 def test_si_attack_stops_at_the_first_compliant_shuffle_and_counts_queries():
-    seed, img, prompt, target = _first_success_after_one()
+    _seed, img, prompt, target = _first_success_after_one()
     meta = prompt.attack_metadata
     texts = [h["text"] for h in meta["history"]]
     assert "delta gamma" in prompt.messages[0].text and "delta gamma" in texts[-1]

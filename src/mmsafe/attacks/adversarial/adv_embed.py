@@ -113,8 +113,8 @@ class EmbeddingSpace(PerSampleAttack):
 
     def render(self, text: str) -> Any:
         """``text`` drawn black on a white ``render_size`` square (a PIL image)."""
-        from mmsafe.render.typeset import fit_text, render_text_image
         from mmsafe.render.fonts import find_font
+        from mmsafe.render.typeset import fit_text, render_text_image
 
         size = self.ep.render_size
         margin = max(1, size // 16)
