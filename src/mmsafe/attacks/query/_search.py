@@ -88,8 +88,9 @@ def phrase_card(
     from mmsafe.types import Image
 
     phrase = sample.metadata.get("key_phrase")
-    which = "key_phrase" if isinstance(phrase, str) and phrase.strip() else "request"
-    text = " ".join((phrase if which == "key_phrase" else sample.text).split())  # type: ignore[union-attr]
+    use_phrase = isinstance(phrase, str) and bool(phrase.strip())
+    which = "key_phrase" if use_phrase else "request"
+    text = " ".join(str(phrase if use_phrase else sample.text).split())
     if not text:
         raise ValueError(f"sample {sample.id} has no image, no key phrase and no request text to typeset")
     font, _ = find_font(font_path)
