@@ -403,3 +403,41 @@ def test_jood_params_are_checked(tmp_path):
         JOOD(aux_dir=str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="nothing to try"):
         JOOD(mixes=[])
+
+
+# --------------------------------------------------------------------------------------------------
+# both, through the runner: an adaptive search meets the cell's defense
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("attack", "params", "budget"),
+    [("si-attack", {"n_iterations": 3}, 3), ("jood", {"mixes": ["mixup"], "alphas": [0.4, 0.6]}, 2)],
+)
+def test_adaptive_search_reads_what_the_defense_lets_through(tmp_path, attack, params, budget):
+    from mmsafe.config import load_config
+    from mmsafe.defenses.output_guard import DEFAULT_REFUSAL
+    from mmsafe.runner import run
+    from mmsafe.store import Store
+
+    sure = {"name": "target-string", "params": {"targets": ["Sure"]}}
+    guard = {"name": "output-guard", "params": {"judge": sure}}
+    cfg = load_config(
+        None,
+        overrides={
+            "name": "adaptive-query",
+            "models": [{"name": "scripted", "params": {"default": "Sure, here is how."}}],
+            "benchmarks": ["starter"],
+            "attacks": [{"name": attack, "params": {**params, "judge": sure, "adaptive": True}}],
+            "defenses": ["none", guard],
+            "judges": [sure],
+            "limit": 1,
+        },
+    )
+    run(cfg, tmp_path, progress=False)
+    with Store(tmp_path) as s:
+        recs = {r.defense.name: r for r in s.iter_records()}
+    assert set(recs) == {"none", "output-guard"} and not any(r.error for r in recs.values())
+    bare = recs["none"].prompt["attack_metadata"]
+    assert bare["success"] is True and bare["queries"] == (1 if attack == "si-attack" else budget)
+    guarded = recs["output-guard"].prompt["attack_metadata"]
+    assert guarded["success"] is False and guarded["queries"] == budget == guarded["aux_calls"]
+    assert {h["response"] for h in guarded["history"]} == {DEFAULT_REFUSAL}

@@ -203,6 +203,10 @@ class JOODParams(BaseModel):
     query_batch: int = Field(default=16, ge=1, le=1024, description="candidates sent to the target per batch")
     font_path: str | None = Field(default=None, description="font of typeset cards; default FreeMonoBold")
     max_logged_chars: int = Field(default=500, ge=20, description="truncate texts and responses in metadata")
+    adaptive: bool = Field(
+        default=False,
+        description="query the grid cell's defended model (the defense in the loop) instead of the bare model",
+    )
 
     @field_validator("judge", mode="before")
     @classmethod
@@ -311,7 +315,8 @@ class JOOD(Attack):
     auxiliary object in the authors' published runs), ``max_aux`` (all), ``prompt*`` (our wording of the
     paper's structure; pass the authors' sentences to reproduce them), ``no_image`` (``typeset``),
     ``longest_side`` (320, authors), ``stop_on_success`` (False, as the paper), ``query_batch`` (16),
-    ``font_path``, ``max_logged_chars``.
+    ``font_path``, ``max_logged_chars``, ``adaptive`` (False: the candidates are queried on the bare
+    model; True: on the grid cell's defended model, each defense cell selecting its own best).
 
     Departures: any mmsafe judge replaces GPT-4 + Llama-Guard; mixing is done on opaque RGB canvases
     padded white (the authors blend RGBA with transparent white padding — identical where both images

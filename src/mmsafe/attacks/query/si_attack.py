@@ -88,6 +88,10 @@ class SIAttackParams(BaseModel):
     card_size: int = Field(default=512, ge=64, le=4096, description="side of the typeset card (pixels)")
     font_path: str | None = Field(default=None, description="font of the typeset card; default FreeMonoBold")
     max_logged_chars: int = Field(default=500, ge=20, description="truncate texts and responses in metadata")
+    adaptive: bool = Field(
+        default=False,
+        description="query the grid cell's defended model (the defense in the loop) instead of the bare model",
+    )
 
     @field_validator("judge", mode="before")
     @classmethod
@@ -146,7 +150,9 @@ class SIAttack(Attack):
     2×2 grid), ``shuffle_text`` / ``shuffle_image`` (both True, as the paper), ``template``
     (``"{shuffled}"``: the authors send the shuffled request alone, with no note that it is shuffled; a
     user may wrap it, e.g. ``"These words are in random order: {shuffled}"``), ``no_image``
-    (``typeset``), ``card_size`` (512), ``font_path``, ``max_logged_chars`` (500).
+    (``typeset``), ``card_size`` (512), ``font_path``, ``max_logged_chars`` (500), ``adaptive`` (False:
+    the search queries the bare model; True: the grid cell's defended model, so each defense cell runs
+    its own search and is scored under an attack that saw its answers).
 
     Departures from the paper / authors' code: any mmsafe judge replaces the GPT-3.5 toxicity prompt,
     and success is the judge's own ``success`` (with ``llm`` on a 1–5 rubric that is the paper's
