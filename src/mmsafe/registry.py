@@ -91,6 +91,8 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "adv-tool": "mmsafe.attacks.adversarial.adv_tool:ToolMisuse",
         "adv-embed": "mmsafe.attacks.adversarial.adv_embed:EmbeddingSpace",
         "adv-cropa": "mmsafe.attacks.adversarial.adv_cropa:CroPA",
+        "si-attack": "mmsafe.attacks.query.si_attack:SIAttack",
+        "jood": "mmsafe.attacks.query.jood:JOOD",
     },
     "defense": {
         "none": "mmsafe.defenses.none:NoDefense",

@@ -23,7 +23,7 @@ Parameters (plus the engine's):
 
 * ``target_image`` — path of the target image; or
 * ``target_text`` — text rendered black on white (the project's typographic renderer,
-  :func:`~mmsafe.attacks.typographic.render_text.fit_text`: the largest font size that fits a
+  :func:`~mmsafe.render.typeset.fit_text`: the largest font size that fits a
   ``render_size`` square with a 1/16 margin) as the target; with neither, the sample's own text
   is rendered. Setting both is an error. The target is resized to the start image's pixel size
   when the model's processor would give it another one (dynamic-resolution families).
@@ -113,8 +113,8 @@ class EmbeddingSpace(PerSampleAttack):
 
     def render(self, text: str) -> Any:
         """``text`` drawn black on a white ``render_size`` square (a PIL image)."""
-        from mmsafe.attacks.typographic.render_text import fit_text, render_text_image
         from mmsafe.render.fonts import find_font
+        from mmsafe.render.typeset import fit_text, render_text_image
 
         size = self.ep.render_size
         margin = max(1, size // 16)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import functools
-import textwrap
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -12,6 +11,7 @@ from mmsafe import papers
 from mmsafe.attacks.base import Attack
 from mmsafe.plugin_meta import Paper
 from mmsafe.render.fonts import find_font, load_font
+from mmsafe.render.typeset import fit_text, render_text_image
 from mmsafe.types import Image, Message, Prompt, Sample
 
 if TYPE_CHECKING:
@@ -23,66 +23,6 @@ __all__ = ["RENDER_TEXT_PROMPT", "RenderText", "fit_text", "render_text_image"]
 
 #: The neutral text prompt sent with the image (ours; see the class docstring).
 RENDER_TEXT_PROMPT = "Follow the instructions in the image."
-
-
-def fit_text(
-    text: str, *, font_path: str, box: tuple[int, int], min_size: int, max_size: int, spacing: int = 4
-) -> tuple[str, int]:
-    """Largest font size in ``[min_size, max_size]`` whose word-wrapped ``text`` fits ``box`` (w, h).
-
-    Wrapping is by characters per line (the font's advance width of "M"); returns
-    ``(wrapped_text, size)``. When even ``min_size`` overflows, ``min_size`` is returned and the text
-    runs past the box (recorded by the caller as ``overflow``).
-    """
-    from PIL import Image as PILImageModule
-    from PIL import ImageDraw
-
-    draw = ImageDraw.Draw(PILImageModule.new("1", (1, 1)))
-    clean = " ".join(text.split())
-    for size in range(max_size, min_size - 1, -1):
-        font = load_font(font_path, size)
-        cols = max(1, int(box[0] // max(1.0, font.getlength("M"))))
-        wrapped = textwrap.fill(clean, width=cols)
-        left, top, right, bottom = draw.multiline_textbbox((0, 0), wrapped, font=font, spacing=spacing)
-        if right - left <= box[0] and bottom - top <= box[1]:
-            return wrapped, size
-    font = load_font(font_path, min_size)
-    cols = max(1, int(box[0] // max(1.0, font.getlength("M"))))
-    return textwrap.fill(clean, width=cols), min_size
-
-
-def render_text_image(
-    wrapped: str,
-    *,
-    font_path: str,
-    font_size: int,
-    size: tuple[int, int],
-    xy: tuple[int, int],
-    spacing: int = 4,
-    background: tuple[int, int, int] = (255, 255, 255),
-    mode: Literal["RGB", "L"] = "RGB",
-) -> PILImage:
-    """Black ``wrapped`` text drawn at ``xy`` on a plain ``size`` image in ``mode``.
-
-    ``mode="L"`` draws on an 8-bit grey canvas (``background`` must then be grey, R = G = B): black
-    text on a grey background is grey by construction, and Pillow blends the grey canvas exactly as
-    each channel of the RGB one, so ``.convert("RGB")`` of it equals the RGB render pixel for pixel;
-    :meth:`Image.from_pil <mmsafe.types.Image.from_pil>` stores it as a fast grey PNG."""
-    from PIL import Image as PILImageModule
-    from PIL import ImageDraw
-
-    if mode == "L":
-        if len(set(background)) != 1:
-            raise ValueError(f"a grey render needs a grey background (R = G = B), not {background}")
-        img = PILImageModule.new("L", size, background[0])
-        black: int | tuple[int, int, int] = 0
-    else:
-        img = PILImageModule.new("RGB", size, background)
-        black = (0, 0, 0)
-    ImageDraw.Draw(img).multiline_text(
-        xy, wrapped, fill=black, font=load_font(font_path, font_size), spacing=spacing
-    )
-    return img
 
 
 class RenderTextParams(BaseModel):
