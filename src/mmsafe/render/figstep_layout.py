@@ -15,7 +15,15 @@ from mmsafe.render.fonts import load_font
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
-__all__ = ["LINE_SPACING", "N_ITEMS", "TEXT_XY", "figstep_extent", "figstep_overflows", "figstep_text", "render_figstep"]
+__all__ = [
+    "LINE_SPACING",
+    "N_ITEMS",
+    "TEXT_XY",
+    "figstep_extent",
+    "figstep_overflows",
+    "figstep_text",
+    "render_figstep",
+]
 
 #: Fixed parts of the upstream layout (ThuCCSLab/FigStep ``src/generate_prompts.py``).
 TEXT_XY: tuple[int, int] = (20, 10)
