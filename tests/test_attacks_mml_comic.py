@@ -154,7 +154,7 @@ def test_mml_text_turn_variants_and_custom_template():
     wr = MML(transform="wr", prompt="MAP={} WORDS={}").apply(s, seed=0)
     meta = wr.attack_metadata
     assert wr.messages[0].text == f"MAP={json.dumps(meta['mapping'])} WORDS={json.dumps(meta['hint_words'])}"
-    assert meta["template"] == "custom" and full.attack_metadata["template"] == "mmsafe"
+    assert meta["template"] == "custom" and full.attack_metadata["template"] == "default"
     rot = MML(transform="rotate", prompt="W={words}").apply(s, seed=0)
     assert rot.messages[0].text == f"W={json.dumps(rot.attack_metadata['hint_words'])}"
 

@@ -59,8 +59,8 @@ _KEEP: frozenset[str] = frozenset(
     were be been being am do does did doing done have has had having can could should would will shall
     may might must not no all any each every some such own same other another more most much many few
     one two three i me my we us our you your he him his she her it its they them their someone something
-    anyone anything people person way ways step steps list lists method methods how-to detailed detail
-    details guide instructions instruction""".split()
+    anyone anything people person way ways step steps list lists method methods detailed detail details
+    guide instructions instruction""".split()
 )
 #: Closed list of adjectives common in harmful requests (the suffix rule below catches most others).
 _ADJECTIVES: frozenset[str] = frozenset(
@@ -299,8 +299,9 @@ class MML(Attack):
        :func:`~mmsafe.render.rephrase.rephrase_as_statement` of the text (``source="instruction"``);
        or the raw ``sample.text`` (``source="text"``).
     2. Encryption (``transform``), the paper's four: ``"wr"`` word replacement — the content words
-       are swapped for benign ones (adjectives → cheerful adjectives, other words → foods, as the
-       paper's candidate lists) and the map {visible word: original word} goes into the text
+       are swapped for benign ones (adjectives → cheerful adjectives, other words → foods: the kinds
+       of the paper's candidate lists, its Figures 1–2 as third-party ports quote them, e.g.
+       OmniSafeBench-MM's and OpenRT's MML) and the map {visible word: original word} goes into the text
        (:func:`replace_words`); ``"mirror"`` — the rendered image flipped left–right;
        ``"rotate"`` — the rendered image turned by 180°; ``"base64"`` — the title's Base64 typeset
        instead of the title.
@@ -417,7 +418,7 @@ class MML(Attack):
             "transform": p.transform,
             "evil_alignment": p.evil_alignment,
             "hint": p.hint,
-            "template": "custom" if p.prompt is not None else "mmsafe",
+            "template": "custom" if p.prompt is not None else "default",
             "title": title,
             "title_source": source,
             "shown_text": shown,
