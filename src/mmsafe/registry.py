@@ -93,6 +93,8 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "adv-cropa": "mmsafe.attacks.adversarial.adv_cropa:CroPA",
         "si-attack": "mmsafe.attacks.query.si_attack:SIAttack",
         "jood": "mmsafe.attacks.query.jood:JOOD",
+        "mml": "mmsafe.attacks.typographic.mml:MML",
+        "comic-jailbreak": "mmsafe.attacks.typographic.comic_jailbreak:ComicJailbreak",
     },
     "defense": {
         "none": "mmsafe.defenses.none:NoDefense",
