@@ -544,3 +544,10 @@ def test_in_a_run_image_requests_get_verdicts_text_only_ones_errors_and_a_rerun_
         ]
     assert len(again) == 3 and all(r.judgement.label == "unsafe" for r in again)
     assert ImageGuard.asked == []  # its guard answers came from the run store's response cache
+
+
+def test_shieldgemma2_refuses_to_generate_from_the_classifier_checkpoint_in_process(tiny_shieldgemma2: Path):
+    """Loaded as a generator (what the hf backend does), the checkpoint's language model stays random."""
+    judge = ShieldGemma2Judge(judge_model={"name": "hf", "params": {"path": str(tiny_shieldgemma2)}})
+    (j,) = judge.judge_batch([_item("red")])
+    assert j.error is not None and "would load the ShieldGemma 2 classifier checkpoint" in j.error

@@ -11,14 +11,16 @@ import hashlib
 import re
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mmsafe.components import SubModel
 from mmsafe.config import ComponentField
 from mmsafe.errors import ConfigError, describe, require
 from mmsafe.judges.base import Judge
-from mmsafe.judges.judge_model import JudgeModel, ask, reject_sampling
+from mmsafe.judges.judge_model import ask, reject_sampling
 from mmsafe.plugin_meta import Paper
 from mmsafe.types import Expected, Generation, Image, ImagePart, Judgement, Message, Prompt, Sample, TextPart
 
@@ -59,6 +61,23 @@ _Rated = tuple[dict[str, float], list[str]]
 
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _not_the_classifier_in_process(model: Any, cfg: Any, where: str) -> None:
+    """Refuse a local backend (``hf``, ``hf-text``) pointed at a ShieldGemma 2 checkpoint folder: its weights
+    sit under the classifier's ``model.`` prefix, so loading it as a generator leaves the language model
+    randomly initialised, with only a warning (transformers 5.25 on the tiny test checkpoint: the
+    language model's 29 tensors reported missing)."""
+    from mmsafe.models._hf_util import read_architecture
+
+    path = getattr(getattr(model, "params", None), "path", None)
+    arch = read_architecture(Path(path).expanduser()) if isinstance(path, str) else None
+    if arch is not None and ("ShieldGemma2ForImageClassification" in arch[0] or arch[1] == "shieldgemma2"):
+        raise ConfigError(
+            f"{where}: backend '{cfg.name}' would load the ShieldGemma 2 classifier checkpoint {path!r} as a "
+            "generator, leaving its language model randomly initialised; give the checkpoint to the "
+            "judge's path param instead (it runs ShieldGemma2ForImageClassification)"
+        )
 
 
 class ShieldGemma2Params(BaseModel):
@@ -166,7 +185,10 @@ class ShieldGemma2Judge(Judge):
       then the policy text — to a backend that serves the checkpoint as a chat model with its own chat
       template (which writes the instructions around the policy); the answer must start with Yes or No
       (:func:`parse_yes_no_answer`), anything else is an error. Greedy; answers cached in the run
-      store. It gives no probabilities (``score`` 1/0) and the threshold does not apply.
+      store. It gives no probabilities (``score`` 1/0) and the threshold does not apply. mmsafe's own
+      ``hf`` backend cannot serve the checkpoint (loaded as a generator, its language-model weights do
+      not match their names and stay random): a local backend pointed at a ShieldGemma 2 folder is
+      refused; use ``path``, or a server that loads the checkpoint as Gemma 3 (not tested here).
 
     Policy texts: the classifier path uses the checkpoint's own (Google's, from its processor config)
     unless ``policy_texts`` replaces them. The generate path cannot read the checkpoint's processor,
@@ -213,7 +235,10 @@ class ShieldGemma2Judge(Judge):
     params: ShieldGemma2Params
     runtime_params: ClassVar[frozenset[str]] = frozenset({"batch_size", "device"})
 
-    judge_model = JudgeModel(needs_images=True)
+    #: the generate path's backend: greedy, takes images, and not the classifier checkpoint loaded in-process
+    judge_model = SubModel(
+        "judge_model", greedy=True, needs_images=True, check=_not_the_classifier_in_process
+    )
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
