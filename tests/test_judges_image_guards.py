@@ -551,3 +551,25 @@ def test_shieldgemma2_refuses_to_generate_from_the_classifier_checkpoint_in_proc
     judge = ShieldGemma2Judge(judge_model={"name": "hf", "params": {"path": str(tiny_shieldgemma2)}})
     (j,) = judge.judge_batch([_item("red")])
     assert j.error is not None and "would load the ShieldGemma 2 classifier checkpoint" in j.error
+
+
+@pytest.mark.parametrize(
+    ("judge", "unsafe_rule"),
+    [("llavaguard", {"unsafe-img|": UNSAFE_O2}), ("shieldgemma2", {"unsafe-img|Violent": "Yes"})],
+)
+def test_as_the_guard_filters_input_judge_unsafe_images_are_blocked_and_imageless_requests_flagged(
+    judge, unsafe_rule
+):
+    from mmsafe.defenses.guard_filter import GuardFilter
+
+    default = SAFE if judge == "llavaguard" else "No"
+    guard = {"name": "image-guard", "params": {"rules": unsafe_rule, "default": default}}
+    defense = GuardFilter(input_judge={"name": judge, "params": {"judge_model": guard}}, registry=REG)
+    model = ScriptedModel(default="MODEL ANSWER")
+    prompts = [_item(s)[1] for s in ("unsafe-img", "safe-img")] + [_item()[1]]
+    blocked, passed, unchecked = defense.wrap(model).generate(prompts, seeds=[0, 0, 0])
+    assert blocked.metadata["defense"]["action"] == "blocked" and blocked.text != "MODEL ANSWER"
+    assert passed.metadata["defense"]["action"] == "passed" and passed.text == "MODEL ANSWER"
+    # no image: the judge gives no verdict, so the filter's no_verdict rule (default pass) flags it, never "safe"
+    info = unchecked.metadata["defense"]
+    assert info["action"] == "flagged" and "no image to rate" in info["input_error"]
