@@ -126,6 +126,8 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "utility": "mmsafe.judges.utility:UtilityJudge",
         "label-match": "mmsafe.judges.label_match:LabelMatchJudge",
         "choice": "mmsafe.judges.choice:ChoiceJudge",
+        "llavaguard": "mmsafe.judges.llavaguard:LlavaGuardJudge",
+        "shieldgemma2": "mmsafe.judges.shieldgemma2:ShieldGemma2Judge",
     },
     "trainer": {
         "sft": "mmsafe.training.sft:SafetySFT",
