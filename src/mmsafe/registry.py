@@ -91,6 +91,8 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "adv-tool": "mmsafe.attacks.adversarial.adv_tool:ToolMisuse",
         "adv-embed": "mmsafe.attacks.adversarial.adv_embed:EmbeddingSpace",
         "adv-cropa": "mmsafe.attacks.adversarial.adv_cropa:CroPA",
+        "cs-dj": "mmsafe.attacks.typographic.cs_dj:CSDJ",
+        "viscra": "mmsafe.attacks.typographic.viscra:VisCRA",
     },
     "defense": {
         "none": "mmsafe.defenses.none:NoDefense",
