@@ -217,13 +217,47 @@ def test_viscra_masks_where_the_white_box_gradient_is():
     assert (out[keep] == src[keep]).all()
 
 
+class PatchNormModel(WhiteBoxModel):
+    """A hidden-states-only stand-in whose vision encoder gives a class token and a 4×4 patch grid,
+    the patch at row 2, column 1 with the largest norm."""
+
+    name: ClassVar[str] = "patch-norm"
+    capabilities: ClassVar[frozenset[str]] = frozenset({"images", "hidden_states"})
+
+    def to_pixels(self, image: Image) -> Any:
+        import torch
+
+        return torch.zeros(3, 32, 32)
+
+    def image_features(self, pixels: Any, *, space: str = "encoder") -> Any:
+        import torch
+
+        feats = torch.ones(1, 17, 4)
+        feats[0, 0] = 100.0  # the class token: dropped
+        feats[0, 1 + 2 * 4 + 1] = 10.0
+        return feats
+
+
+def test_viscra_feature_saliency_masks_the_strongest_patch():
+    image = _gradient_image()  # 128 px: each of the 4×4 patches is 32 px
+    attack = VisCRA(candidates=1, mask_fraction=1 / 16)
+    meta = attack.apply(_sample(images=(image,)), seed=0, target=PatchNormModel()).attack_metadata
+    assert meta["saliency"] == "features" and meta["saliency_model"] == "patch-norm"
+    x0, y0, x1, y1 = meta["mask_box"]
+    assert abs(x0 - 32) <= 8 and abs(y0 - 64) <= 8 and (x1 - x0, y1 - y0) == (32, 32)
+
+
 @pytest.mark.parametrize(("size", "fraction"), [((1024, 1024), 0.11), ((640, 480), 0.05), ((300, 100), 0.8)])
 def test_viscra_mask_covers_the_configured_fraction(size, fraction):
     w, h = mask_size(*size, fraction)
     assert w <= size[0] and h <= size[1]
     assert w * h / (size[0] * size[1]) == pytest.approx(fraction, rel=0.01)
     img = Image.from_pil(PILImage.new("RGB", size, (250, 250, 250)))
-    meta = VisCRA(saliency="spectral", mask_fraction=fraction).apply(_sample(images=(img,)), seed=0).attack_metadata
+    meta = (
+        VisCRA(saliency="spectral", mask_fraction=fraction)
+        .apply(_sample(images=(img,)), seed=0)
+        .attack_metadata
+    )
     assert meta["mask_fraction"] == pytest.approx(fraction, rel=0.01)
 
 

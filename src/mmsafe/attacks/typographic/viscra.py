@@ -494,7 +494,8 @@ class VisCRA(Attack):
         if method == "region":
             assert p.region is not None
             x0, y0, x1, y1 = p.region
-            box = [round(x0 * width), round(y0 * height), round(x1 * width), round(y1 * height)]
+            left, top = min(round(x0 * width), width - 1), min(round(y0 * height), height - 1)
+            box = [left, top, max(left + 1, round(x1 * width)), max(top + 1, round(y1 * height))]
             drawn = 0
         else:
             sal = self.saliency_map(method, model, image, query)
