@@ -95,6 +95,8 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "jood": "mmsafe.attacks.query.jood:JOOD",
         "mml": "mmsafe.attacks.typographic.mml:MML",
         "comic-jailbreak": "mmsafe.attacks.typographic.comic_jailbreak:ComicJailbreak",
+        "cs-dj": "mmsafe.attacks.typographic.cs_dj:CSDJ",
+        "viscra": "mmsafe.attacks.typographic.viscra:VisCRA",
     },
     "defense": {
         "none": "mmsafe.defenses.none:NoDefense",
