@@ -153,7 +153,11 @@ def test_a_prompt_over_the_context_is_one_errored_record_in_a_run(tiny_lm, tmp_p
     from mmsafe.store import Store
 
     data = tmp_path / "items.jsonl"
-    rows = [{"id": "short", "text": "Say yes."}, {"id": "long", "text": "word " * 600}, {"id": "tail", "text": "Hi"}]
+    rows = [
+        {"id": "short", "text": "Say yes."},
+        {"id": "long", "text": "word " * 600},
+        {"id": "tail", "text": "Hi"},
+    ]
     data.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
     params = {"path": tiny_lm, "chat_template": TEMPLATE, "generation": {"max_new_tokens": 8}}
     cfg = load_config(
@@ -192,7 +196,9 @@ def test_context_limit_reads_the_text_config_then_the_tokenizer():
     assert context_limit(SimpleNamespace(config=Config(n_positions=1024)), None) == 1024
     unknown = SimpleNamespace(config=Config())
     assert context_limit(unknown, SimpleNamespace(model_max_length=2048)) == 2048
-    assert context_limit(unknown, SimpleNamespace(model_max_length=int(1e30))) is None  # transformers' "unknown"
+    assert (
+        context_limit(unknown, SimpleNamespace(model_max_length=int(1e30))) is None
+    )  # transformers' "unknown"
 
 
 def test_ocr_text_enters_the_turn_and_is_read_once(tiny_lm, monkeypatch):
@@ -300,3 +306,15 @@ def test_import_is_light():
     code += "print('torch' in sys.modules or 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_logit_lens_of_the_last_layer_is_the_next_token_logits(tiny_lm):
+    import torch
+
+    m = _model(tiny_lm)
+    hs = m.hidden_states(PROMPTS[0], layers=[-1])[-1]
+    enc = m._pad([m._token_ids(m.render(PROMPTS[0])[0])])
+    with torch.no_grad():
+        logits = m._model(**enc).logits[0, -1].float()
+    assert torch.allclose(m.logit_lens(hs[-1]), logits, atol=1e-4)
+    assert tuple(m.logit_lens(hs).shape) == (hs.shape[0], logits.shape[0])  # every position at once

@@ -113,6 +113,7 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "jailguard": "mmsafe.defenses.jailguard:JailGuard",
         "stack": "mmsafe.defenses.stack:StackDefense",
         "guard-filter": "mmsafe.defenses.guard_filter:GuardFilter",
+        "hidden-detect": "mmsafe.defenses.hidden_detect:HiddenDetect",
     },
     "judge": {
         "refusal": "mmsafe.judges.refusal:RefusalJudge",

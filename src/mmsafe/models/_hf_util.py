@@ -462,3 +462,28 @@ class AdapterFields(BaseModel):
         from mmsafe.lora import pin_adapter
 
         return pin_adapter(values)
+
+
+def logit_lens(model: Any, layers: Sequence[Any], hidden: Any) -> Any:
+    """``hidden`` (``[..., d]``) through ``model``'s final norm and output head: the norm is the one owned by the
+    module that holds the decoder ``layers`` (``norm``, ``final_layer_norm`` or ``ln_f``), the head
+    ``model.get_output_embeddings()``. Computed in the head's dtype, returned as float32."""
+    import torch
+
+    first = layers[0]
+    owner = next(
+        (
+            m
+            for m in model.modules()
+            for child in m.children()
+            if isinstance(child, torch.nn.ModuleList) and len(child) and child[0] is first
+        ),
+        None,
+    )
+    norm = next((getattr(owner, n) for n in ("norm", "final_layer_norm", "ln_f") if hasattr(owner, n)), None)
+    head = model.get_output_embeddings()
+    if owner is None or norm is None or head is None:
+        raise NotImplementedError(f"cannot find the final norm and output head of {type(model).__name__}")
+    with torch.no_grad():
+        x = hidden.to(device=head.weight.device, dtype=head.weight.dtype)
+        return head(norm(x)).float()

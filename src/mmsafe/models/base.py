@@ -168,3 +168,9 @@ class WhiteBoxModel(ModelBackend):
     def decoder_layers(self) -> Sequence[Any]:
         """The language model's decoder layers (``torch.nn.Module``), for forward hooks (steering)."""
         raise NotImplementedError
+
+    def logit_lens(self, hidden: Any) -> Any:
+        """Vocabulary logits ``[..., vocab]`` of residual-stream states ``[..., hidden]`` (from
+        :meth:`hidden_states`): the language model's final norm and output head applied to them, as
+        the last layer's are (the "logit lens"). HiddenDetect reads refusal this way at every layer."""
+        raise NotImplementedError

@@ -507,6 +507,11 @@ class HFModel(BatchedHFGeneration, WhiteBoxModel):
         self._ensure_loaded()
         return self._family.decoder_layers()
 
+    def logit_lens(self, hidden: Any) -> Any:
+        from mmsafe.models._hf_util import logit_lens
+
+        return logit_lens(self._model, self.decoder_layers(), hidden)
+
 
 def _mps_available(torch: Any) -> bool:
     mps = getattr(torch.backends, "mps", None)

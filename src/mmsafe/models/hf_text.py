@@ -317,6 +317,11 @@ class HFTextModel(BatchedHFGeneration, WhiteBoxModel):
         decoder = self._model.get_decoder() if hasattr(self._model, "get_decoder") else self._model.model
         return decoder.layers
 
+    def logit_lens(self, hidden: Any) -> Any:
+        from mmsafe.models._hf_util import logit_lens
+
+        return logit_lens(self._model, self.decoder_layers(), hidden)
+
 
 #: the old home of :func:`~mmsafe.models._hf_util.cut_at_stop` (shared with ``hf`` now)
 _cut_at_stop = cut_at_stop
