@@ -59,6 +59,9 @@ class Defense(Component):
         """Answer ``prompts`` through ``model`` under this defense (see the module docstring)."""
         raise NotImplementedError
 
+    #: the defense transforms input images (:meth:`transform_image` is real): adaptive attacks may optimise through it
+    transforms_images: ClassVar[bool] = False
+
     def transform_image(self, image: Image, *, seed: int) -> Image | None:
         """The image as this defense hands it to the model, for a defense that transforms input images
         (purification); None for one that does not. An adaptive white-box attack optimises through it

@@ -179,6 +179,8 @@ class ImagePurification(Defense):
         src = image.source or "image"
         return Image.from_pil(purify_pil(image.to_pil("RGB"), p, seed=seed), source=f"{src}#purified")
 
+    transforms_images: ClassVar[bool] = True
+
     def transform_image(self, image: Image, *, seed: int) -> Image:
         return self.purify(image, seed=seed)
 

@@ -41,7 +41,6 @@ from mmsafe.attacks.adversarial.engine import PGD, PGDConfig, PGDResult
 from mmsafe.attacks.base import Attack
 from mmsafe.components import SubDefense, SubModel
 from mmsafe.config import ComponentField
-from mmsafe.defenses.base import Defense
 from mmsafe.errors import ConfigError
 from mmsafe.paths import default_cache_root
 from mmsafe.types import Image, Message, Prompt, Sample, stable_hash
@@ -114,7 +113,7 @@ class AdversarialAttack(Attack):
     #: first use through the attack's registry, closed with it; read for gradients, never cached
     source: WhiteBoxModel | None = SubModel("source", cache=False, check=_gives_gradients)  # type: ignore[assignment]
     #: adaptive evaluation: the defense whose image transform the optimisation passes through (BPDA/EOT)
-    through: Defense | None = SubDefense("through")  # type: ignore[assignment]
+    through: Any = SubDefense("through")
 
     def __init__(self, params: Any = None, /, *, registry: Registry | None = None, **kwargs: Any) -> None:
         super().__init__(params, registry=registry, **kwargs)
@@ -122,7 +121,7 @@ class AdversarialAttack(Attack):
         if self.p.source is not None:  # transfer: the evaluated model only needs to take images
             self.requires = frozenset({"images"})  # type: ignore[misc]
         defense = self.through
-        if defense is not None and type(defense).transform_image is Defense.transform_image:
+        if defense is not None and not getattr(defense, "transforms_images", False):
             raise ConfigError(
                 f"{self.name}: through '{defense.name}' does not transform images; optimise through a defense "
                 "that does (purify)"

@@ -21,12 +21,18 @@ success only if it still works after the defense. The defense is any mmsafe defe
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from mmsafe.types import Image, stable_hash
 
-if TYPE_CHECKING:
-    from mmsafe.defenses.base import Defense
+
+class Defense(Protocol):
+    """What this module needs of a defense (the attack stage does not import the defense stage): its name and its
+    image transform (:meth:`mmsafe.defenses.base.Defense.transform_image`)."""
+
+    name: str
+
+    def transform_image(self, image: Image, *, seed: int) -> Image | None: ...
 
 __all__ = ["through_defense", "transformed"]
 
