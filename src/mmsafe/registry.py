@@ -113,6 +113,7 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "jailguard": "mmsafe.defenses.jailguard:JailGuard",
         "stack": "mmsafe.defenses.stack:StackDefense",
         "guard-filter": "mmsafe.defenses.guard_filter:GuardFilter",
+        "cider": "mmsafe.defenses.cider:CIDER",
     },
     "judge": {
         "refusal": "mmsafe.judges.refusal:RefusalJudge",
