@@ -119,6 +119,12 @@ def test_a_broken_image_fails_its_item_only_and_text_only_prompts_pass(model, de
     }
 
 
+def test_an_image_without_query_text_is_checked_and_says_so(model, defense):
+    info = defense.check(model, _prompt(_clean(), text=""), seed=0)
+    assert info["empty_query"] is True and len(info["similarities"][0]) == 8
+    assert "empty_query" not in defense.check(model, _prompt(_clean()), seed=0)
+
+
 def test_a_model_without_embeddings_fails_with_the_fix_named():
     scripted = ScriptedModel()
     (r,) = CIDER(threshold=0.01).wrap(scripted).generate([_prompt(_clean())], seeds=[0])

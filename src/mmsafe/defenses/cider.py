@@ -18,6 +18,8 @@ Algorithm as implemented (per prompt; prompts without images pass unchecked):
 1. E_text: the embedding of the query (the user turns' text) in the encoder's language-model input
    space — the query tokenised with the tokenizer's default special tokens, looked up in the LM's
    input embedding table, **mean-pooled over tokens** (the authors' ``LlavaEncoder.embed_text``).
+   A prompt without user text is still checked (against the special tokens alone, or a zero vector
+   whose similarities are all 0, so nothing can drop); its details say ``empty_query``.
 2. For every image, views v_0 (the image as the encoder sees it) and v_1…v_n (``steps`` denoised
    copies); E_img(v): ``path="vision"`` (white-box ``hf`` / ``tiny-llava`` / ``tiny``) — the view
    is the model's own pixel view (:meth:`~mmsafe.models.base.WhiteBoxModel.to_pixels`: resized and
@@ -572,7 +574,8 @@ class CIDER(Defense):
         enc = self.encoder_for(model)
         path = self.path_for(enc)
         tau, source = self.threshold_for(model)
-        query = self.embed_text(enc, _user_text(prompt))
+        text = _user_text(prompt)
+        query = self.embed_text(enc, text)
         sims, drops, flagged = [], [], []
         for j, image in enumerate(prompt.images):
             s = self.similarities(enc, path, query, image, seed=int(stable_hash([seed, "cider", j])[:8], 16))
@@ -594,6 +597,8 @@ class CIDER(Defense):
         }
         if p.denoiser in STAND_INS:
             details["stand_in"] = p.denoiser
+        if not text.strip():  # nothing to compare the image with: the check is weak (recorded)
+            details["empty_query"] = True
         return details
 
     def defend(
