@@ -94,12 +94,12 @@ Measured (2026-12-06, shared 2-core CPU). Tiny random LLaVA (``python benchmarks
 --cider --skip-adashield --skip-jailguard``; 8 held-out clean images × 8 queries, and the same after a
 20-step PGD at L∞ 16/255 toward each query): τ at r = 90 / 95 / 99% is 0.012 / 0.016 / 0.022;
 held-out clean pairs flagged 19 / 8 / 0%, PGD pairs flagged 100 / 100 / 100%. A random encoder, so
-this shows the mechanism (the perturbation lifts s_0 from ≈0.05 to ≈0.55 and seven blur steps take
-it back to ≈0.05), not a real model's rates. ``gemma-ocr-safe`` (OCR-text path): calibration on
-the 16 built-in images took 62 s (τ 0.019; the median clean drop is 0 — blur rarely changes what
-Tesseract reads); four FigStep renders all passed with drop 0 (typography survives denoising:
-CIDER is not a defense against it), at about 27 s per item, eight OCR passes of a 760 px image
-being most of it — lower ``steps`` to pay less.
+this shows the mechanism (PGD at 16/255 lifted one clean scene's s_0 from −0.03 to 0.54; seven blur
+steps brought it to 0.05), not a real model's rates. ``gemma-ocr-safe`` (OCR-text path):
+calibration on the 16 built-in images took 62 s (τ 0.019; the median clean drop is 0 — blur rarely
+changes what Tesseract reads); four FigStep renders all passed with drop 0 (typography survives
+denoising: CIDER is not a defense against it), at about 27 s per item including its answer, most of
+it the eight OCR passes of a 760 px image (not timed apart) — lower ``steps`` to pay less.
 """
 
 from __future__ import annotations
