@@ -114,6 +114,7 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "stack": "mmsafe.defenses.stack:StackDefense",
         "guard-filter": "mmsafe.defenses.guard_filter:GuardFilter",
         "hidden-detect": "mmsafe.defenses.hidden_detect:HiddenDetect",
+        "cider": "mmsafe.defenses.cider:CIDER",
     },
     "judge": {
         "refusal": "mmsafe.judges.refusal:RefusalJudge",
