@@ -57,24 +57,11 @@ class CallLog:
         self.queries = 0
 
     def ask(
-        self,
-        role: str,
-        model: ModelBackend,
-        text: str,
-        *,
-        seed: int,
-        images: Sequence[Image] = (),
-        system: str | None = None,
+        self, role: str, model: ModelBackend, text: str, *, seed: int, images: Sequence[Image] = ()
     ) -> str:
-        """One call to a helper ``model``; its text, or raise what the backend raised."""
-        msgs: tuple[Message, ...] = (Message.user(text, tuple(images)),)
-        if system:
-            if "system_prompt" in model.capabilities:
-                msgs = (Message.system(system), *msgs)
-            else:
-                msgs = (Message.user(system + "\n\n" + text, tuple(images)),)
+        """One user turn to a helper ``model`` (counted under ``role``); its text, or raise what it raised."""
         self.aux[role] += 1
-        (out,) = generate_all(model, [Prompt(messages=msgs)], [seed])
+        (out,) = generate_all(model, [Prompt(messages=(Message.user(text, tuple(images)),))], [seed])
         if isinstance(out, Exception):
             raise out
         return out.text

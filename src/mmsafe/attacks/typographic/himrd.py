@@ -315,8 +315,11 @@ class HIMRD(Attack):
     round for the whole dataset, re-querying only the items still failing — per-item keeps the attack
     a function of one sample and its seed); the attacker is called once per rewrite (no retry loop);
     the understanding check uses our :data:`REFUSAL_MARKERS` (plus the judge's ``refused``) instead of
-    the authors' list of deny prefixes; three-line typography is drawn at the smaller size the authors'
-    code computes (their code keeps drawing at 30 pt, overflowing 100 px).
+    the authors' list of deny prefixes; the authors' shorter text for GPT-4o (no inducing part) is
+    not a mode here (set ``inducing_prompt``); the request is the sample's text (a question in most
+    benchmarks), where the authors split SafeBench's short behaviour phrases; three-line typography is
+    drawn at the smaller size the authors' code computes (their code keeps drawing at 30 pt,
+    overflowing 100 px).
     """
 
     name: ClassVar[str] = "himrd"
