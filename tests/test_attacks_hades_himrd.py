@@ -220,6 +220,7 @@ def test_hades_config_errors() -> None:
         HADES(opt_rounds=2, attacker=_scripted())
     with pytest.raises(ConfigError, match="target"):
         _searching(1).apply(_sample(), seed=0)
+    assert _searching(1).adaptive is False and HADES(adaptive=True).adaptive is True  # runner: defended target
 
 
 # ===================================================================== HIMRD

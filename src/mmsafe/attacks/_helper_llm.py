@@ -1,5 +1,6 @@
 """Small pieces shared by attacks that drive a helper LLM (attacker, captioner, scorer): one call, a JSON
-reply, the stand-in label and the cost tally. Not a plugin."""
+reply, the stand-in label and the cost tally. Not a plugin; target queries go through the query
+attacks' :func:`~mmsafe.attacks.query._search.query_and_judge`."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from mmsafe.aio import generate_all
-from mmsafe.types import Message, Prompt, stable_hash
+from mmsafe.attacks.query._search import Outcome, query_and_judge, sub_seed
+from mmsafe.types import Message, Prompt
 
 if TYPE_CHECKING:
     from mmsafe.config import ComponentConfig
+    from mmsafe.judges.base import Judge
     from mmsafe.models.base import ModelBackend
-    from mmsafe.types import Image
+    from mmsafe.types import Image, Sample
 
-__all__ = ["CallLog", "json_object", "stand_in_label", "sub_seed"]
+__all__ = ["CallLog", "Outcome", "json_object", "stand_in_label", "sub_seed"]
 
 _FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.IGNORECASE)
 
@@ -37,11 +40,6 @@ def json_object(reply: str) -> dict[str, Any] | None:
         if isinstance(obj, dict):
             return obj
     return None
-
-
-def sub_seed(seed: int, *parts: Any) -> int:
-    """A seed for one helper call, derived from the item seed and the call's role / round."""
-    return int(stable_hash([seed, *parts])[:8], 16)
 
 
 def stand_in_label(cfg: ComponentConfig | None) -> str | None:
@@ -66,11 +64,15 @@ class CallLog:
             raise out
         return out.text
 
-    def query(self, target: ModelBackend, prompt: Prompt, *, seed: int) -> Any:
-        """One call to the model under test: its :class:`~mmsafe.types.Generation` or the exception."""
+    def query(
+        self, target: ModelBackend, judge: Judge, sample: Sample, prompt: Prompt, *, seed: int
+    ) -> Outcome:
+        """One call to the model under test and the judge's verdict on it (counted as a query and, when the
+        judge was asked, one auxiliary call); never raises for the item."""
         self.queries += 1
-        (out,) = generate_all(target, [prompt], [seed])
-        return out
+        (outcome,) = query_and_judge(target, judge, sample, [prompt], [prompt], [seed])
+        self.aux["judge"] += int(outcome.judged)
+        return outcome
 
     def cost(self) -> dict[str, Any]:
         """The standard cost keys for ``attack_metadata``."""

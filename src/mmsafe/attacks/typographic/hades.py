@@ -17,7 +17,7 @@ from mmsafe.errors import ConfigError
 from mmsafe.plugin_meta import Paper
 from mmsafe.render.imagegen import ImageGenerator, ImageGenParams
 from mmsafe.render.typography import find_sans_font, render_mmsb_typo, vertical_concat
-from mmsafe.types import Image, Judgement, Message, Prompt, Sample
+from mmsafe.types import Image, Message, Prompt, Sample
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -140,6 +140,10 @@ class HADESParams(BaseModel):
     score_prompt: str = Field(default=SCORE_PROMPT, description="harmfulness rating brief; {caption}")
     rewrite_prompt: str = Field(default=REWRITE_PROMPT, description="image-prompt rewriting brief; {history}")
     max_logged_chars: int = Field(default=400, ge=20, description="truncate texts in metadata")
+    adaptive: bool = Field(
+        default=False,
+        description="search against the grid cell's defended model (the defense in the loop), not the bare model",
+    )
 
     @field_validator("attacker", "captioner", "scorer", "judge", mode="before")
     @classmethod
@@ -206,7 +210,8 @@ class HADES(Attack):
     ``image`` (placeholder, 1024², "A photo of {key_phrase}"), ``font_path`` / ``font_size`` (90) /
     ``max_width`` (1024), ``adv_image`` (None), and the templates ``text_template``, ``pointers``,
     ``extract_prompt``, ``caption_prompt``, ``score_prompt``, ``rewrite_prompt`` (our wording; pass
-    the authors' text to reproduce them exactly), ``max_logged_chars``.
+    the authors' text to reproduce them exactly), ``max_logged_chars``, ``adaptive`` (False: the search
+    queries the bare model; True: the cell's defended model, as PAIR).
 
     Departures and why: the first image prompt is the ``image.prompt`` template on the keyword, not the
     authors' two GPT-3.5 calls (instruction → scene caption → diffusion prompt) — one template keeps
@@ -328,10 +333,6 @@ class HADES(Attack):
             band = adv.convert("RGB").resize((body.width, max(1, body.height // 3)))
         return vertical_concat(band, body), [band.width, band.height]
 
-    @staticmethod
-    def _score(j: Judgement) -> float:
-        return float(j.score) if j.score is not None else (1.0 if j.success else 0.0)
-
     def apply(self, sample: Sample, *, seed: int, target: ModelBackend | None = None) -> Prompt:
         p = self.params
         if not sample.text.strip():
@@ -353,7 +354,7 @@ class HADES(Attack):
         image_prompt = self.images.image_prompt(keyword) if p.image.generator != "folder" else ""
         rounds: list[dict[str, Any]] = []
         history: list[str] = []
-        best: tuple[tuple[bool, float, int], Prompt, int, dict[str, Any]] | None = None
+        best: tuple[tuple[bool, float, int], Prompt, int, dict[str, Any]] | None = None  # (rank, …)
         success = False
         for r in range(p.opt_rounds + 1):
             harmful, notes = self.images.generate(
@@ -378,20 +379,16 @@ class HADES(Attack):
                 rounds.append(row)
                 break
             assert target is not None
-            ans = log.query(target, prompt, seed=sub_seed(seed, "target", r))
-            if isinstance(ans, Exception):
-                verdict = Judgement(error=f"generate: {type(ans).__name__}: {ans}")
-                row["response"] = ""
-            else:
-                row["response"] = trunc(ans.text)
-                log.aux["judge"] += 1
-                try:
-                    verdict = self.judge.judge(sample, prompt, ans)
-                except Exception as exc:  # a judge failure scores the round as a failure
-                    verdict = Judgement(error=f"judge: {type(exc).__name__}: {exc}")
-            ok, score = bool(verdict.success), self._score(verdict)
-            row.update(success=verdict.success, score=score, label=verdict.label, error=verdict.error)
-            rank = (ok, score, r)
+            oc = log.query(target, self.judge, sample, prompt, seed=sub_seed(seed, "target", r))
+            ok, score, verdict = oc.success, oc.score, oc.verdict
+            row.update(
+                response=trunc(oc.response),
+                success=verdict.success,
+                score=score,
+                label=verdict.label,
+                error=verdict.error,
+            )
+            rank = (*oc.rank, r)
             if best is None or rank > best[0]:
                 best = (rank, prompt, r, parts)
             rounds.append(row)

@@ -19,7 +19,7 @@ from mmsafe.plugin_meta import Paper
 from mmsafe.render.fonts import find_font, load_font
 from mmsafe.render.imagegen import ImageGenerator, ImageGenParams
 from mmsafe.render.typography import vertical_concat
-from mmsafe.types import Image, Judgement, Message, Prompt, Sample
+from mmsafe.types import Image, Message, Prompt, Sample
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -251,6 +251,10 @@ class HIMRDParams(BaseModel):
         default=REWRITE_INDUCING, description="inducing rewrite brief; {original}, {n}, {prompts}"
     )
     max_logged_chars: int = Field(default=400, ge=20, description="truncate texts in metadata")
+    adaptive: bool = Field(
+        default=False,
+        description="search against the grid cell's defended model (the defense in the loop), not the bare model",
+    )
 
     @field_validator("attacker", "judge", mode="before")
     @classmethod
@@ -309,7 +313,8 @@ class HIMRD(Attack):
     ``image`` (placeholder, 512²), ``font_path`` (DejaVu Sans), ``font_size`` (30), ``top_height`` (100),
     and the prompts ``understanding_prompt``, ``inducing_prompt``, ``split_prompt``, ``scene_prompt``,
     ``rewrite_understanding``, ``rewrite_inducing`` (our wording, same structure; pass the authors'
-    text to reproduce theirs), ``max_logged_chars``.
+    text to reproduce theirs), ``max_logged_chars``, ``adaptive`` (False: the search queries the bare
+    model; True: the cell's defended model, as PAIR).
 
     Departures and why: the search runs per item (the authors rewrite one universal template per
     round for the whole dataset, re-querying only the items still failing — per-item keeps the attack
@@ -450,22 +455,14 @@ class HIMRD(Attack):
             nonlocal best
             text = (prefix.replace("***", text_part) + " " + suffix).strip()
             prompt = Prompt(messages=(Message.user(text, (image,)),))
-            ans = log.query(target, prompt, seed=sub_seed(seed, "target", len(attempts)))
-            if isinstance(ans, Exception):
-                verdict, response = Judgement(error=f"generate: {type(ans).__name__}: {ans}"), ""
-            else:
-                response = ans.text
-                log.aux["judge"] += 1
-                try:
-                    verdict = self.judge.judge(sample, prompt, ans)
-                except Exception as exc:  # a judge failure scores the attempt as a failure
-                    verdict = Judgement(error=f"judge: {type(exc).__name__}: {exc}")
-            ok = bool(verdict.success)
+            oc = log.query(target, self.judge, sample, prompt, seed=sub_seed(seed, "target", len(attempts)))
+            ok, verdict, response = oc.success, oc.verdict, oc.response
             understood = ok or (
-                len(response.split()) <= p.min_words or verdict.refused is True or has_refusal(response)
+                oc.judged
+                and (len(response.split()) <= p.min_words or verdict.refused is True or has_refusal(response))
             )
-            score = float(verdict.score) if verdict.score is not None else (1.0 if ok else 0.0)
-            rank = (ok, score, len(attempts))
+            score = oc.score
+            rank = (*oc.rank, len(attempts))
             if best is None or rank > best[0]:
                 best = (rank, text, len(attempts))
             attempts.append(
