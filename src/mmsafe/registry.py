@@ -97,6 +97,8 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "comic-jailbreak": "mmsafe.attacks.typographic.comic_jailbreak:ComicJailbreak",
         "cs-dj": "mmsafe.attacks.typographic.cs_dj:CSDJ",
         "viscra": "mmsafe.attacks.typographic.viscra:VisCRA",
+        "hades": "mmsafe.attacks.typographic.hades:HADES",
+        "himrd": "mmsafe.attacks.typographic.himrd:HIMRD",
     },
     "defense": {
         "none": "mmsafe.defenses.none:NoDefense",

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -16,7 +14,7 @@ from mmsafe.attacks.typographic.mmsb_typo import (
     _phrase_and_prompt,
     vertical_concat,
 )
-from mmsafe.errors import ConfigError, MissingDependency
+from mmsafe.render.imagegen import ImageGenerator, ImageGenParams
 from mmsafe.types import Image, Message, Prompt, Sample
 
 if TYPE_CHECKING:
@@ -25,8 +23,6 @@ if TYPE_CHECKING:
     from mmsafe.models.base import ModelBackend
 
 __all__ = ["MMSafetyBenchSDTypo"]
-
-logger = logging.getLogger(__name__)
 
 
 class MMSafetyBenchSDTypoParams(MMSafetyBenchTypoParams):
@@ -42,9 +38,6 @@ class MMSafetyBenchSDTypoParams(MMSafetyBenchTypoParams):
     sd_prompt: str = Field(default="A photo of {key_phrase}", description="diffusers prompt template")
     steps: int = Field(default=30, gt=0, le=1000, description="diffusers inference steps")
     device: str = Field(default="cpu", description="diffusers device")
-
-
-_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 
 
 class MMSafetyBenchSDTypo(MMSafetyBenchTypo):
@@ -78,6 +71,9 @@ class MMSafetyBenchSDTypo(MMSafetyBenchTypo):
       ``nsfw_content_detected`` when the pipeline has a safety checker (it returns a black image
       for what it flags; upstream's SDXL has none).
 
+    The image comes from the shared image source :class:`mmsafe.render.imagegen.ImageGenerator`
+    (``sd_prompt`` is its prompt template).
+
     Params: those of :class:`MMSafetyBenchTypo` plus ``generator``, ``image_size`` (1024),
     ``image_dir``, ``model_path``, ``sd_prompt`` ("A photo of {key_phrase}"), ``steps`` (30),
     ``device`` ("cpu").
@@ -91,107 +87,41 @@ class MMSafetyBenchSDTypo(MMSafetyBenchTypo):
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         p = self.params
-        if p.generator == "folder" and not p.image_dir:
-            raise ConfigError("mmsb-sd-typo: generator 'folder' needs params.image_dir")
-        if p.generator == "diffusers" and not p.model_path:
-            raise ConfigError(
-                "mmsb-sd-typo: generator 'diffusers' needs params.model_path (a local model folder)"
-            )
-        if p.generator == "diffusers" and p.image_size % 8:
-            raise ConfigError(
-                f"mmsb-sd-typo: generator 'diffusers' needs image_size divisible by 8, got {p.image_size}"
-            )
-
-    # -- generators --------------------------------------------------------------------------------
-
-    def _placeholder(self, phrase: str) -> tuple[PILImage, dict[str, Any]]:
-        from PIL import Image as PILImageModule
-
-        digest = hashlib.sha256(phrase.encode("utf-8")).digest()
-        colour = (digest[0], digest[1], digest[2])
-        size = self.params.image_size
-        return PILImageModule.new("RGB", (size, size), colour), {"placeholder_colour": list(colour)}
+        #: the shared image source (:mod:`mmsafe.render.imagegen`), configured from this attack's params
+        self.images = ImageGenerator(
+            ImageGenParams(
+                generator=p.generator,
+                image_size=p.image_size,
+                image_dir=p.image_dir,
+                model_path=p.model_path,
+                prompt=p.sd_prompt,
+                steps=p.steps,
+                device=p.device,
+            ),
+            owner=self.name,
+        )
 
     def folder_candidates(self, sample: Sample) -> list[Path]:
         """Paths tried, in order, for ``sample`` by the ``folder`` generator."""
-        root = Path(self.params.image_dir or "").expanduser()
-        stems: list[Path] = []
-        scenario, qid = sample.metadata.get("scenario"), sample.metadata.get("question_id")
-        if scenario is not None and qid is not None:
-            stems += [root / str(scenario) / "SD" / str(qid), root / str(scenario) / str(qid)]
-        stems.append(root / sample.id.replace("/", "_"))
-        return [s.with_name(s.name + ext) for s in stems for ext in _IMAGE_EXTS]
-
-    def _folder(self, sample: Sample) -> tuple[PILImage, dict[str, Any]]:
-        from PIL import Image as PILImageModule
-
-        tried = self.folder_candidates(sample)
-        for path in tried:
-            if path.is_file():
-                with PILImageModule.open(path) as img:
-                    return img.convert("RGB"), {"image_path": str(path)}
-        raise FileNotFoundError(
-            f"mmsb-sd-typo: no image for {sample.id} in {self.params.image_dir!r}; tried "
-            + ", ".join(str(p) for p in tried[:: len(_IMAGE_EXTS)])
-            + f" (extensions {', '.join(_IMAGE_EXTS)})"
-        )
+        return self.images.folder_candidates(sample)
 
     @functools.cached_property
     def _pipeline(self) -> Any:
-        try:
-            import diffusers
-            import torch  # noqa: F401
-        except ImportError as exc:
-            raise MissingDependency(
-                "mmsb-sd-typo generator 'diffusers' needs diffusers and torch: pip install 'mmsafe[diffusion]'"
-            ) from exc
-
-        path = Path(self.params.model_path or "").expanduser()
-        if not path.exists():
-            raise ConfigError(f"mmsb-sd-typo: model_path {str(path)!r} does not exist")
-        # the text-to-image pipeline named by the folder's model_index.json: StableDiffusionPipeline
-        # for SD 1.x/2.x, StableDiffusionXLPipeline for SDXL (upstream's generator), …
-        pipe = diffusers.AutoPipelineForText2Image.from_pretrained(str(path), local_files_only=True)
-        pipe.set_progress_bar_config(disable=True)  # one bar per item would flood the run's log
-        return pipe.to(self.params.device)
-
-    def _diffusers(self, phrase: str, seed: int) -> tuple[PILImage, dict[str, Any]]:
-        import torch
-
-        p = self.params
-        prompt = p.sd_prompt.format(key_phrase=phrase)
-        pipe = self._pipeline
-        gen = torch.Generator(device=p.device).manual_seed(seed)
-        out = pipe(
-            prompt, num_inference_steps=p.steps, height=p.image_size, width=p.image_size, generator=gen
-        )
-        notes: dict[str, Any] = {
-            "sd_prompt": prompt,
-            "model_path": p.model_path,
-            "pipeline": type(pipe).__name__,
-            "steps": p.steps,
-        }
-        nsfw = getattr(out, "nsfw_content_detected", None)
-        if nsfw is not None:  # a pipeline with a safety checker blacks out what it flags: say so
-            notes["nsfw_content_detected"] = bool(nsfw[0])
-            if nsfw[0]:
-                logger.warning(
-                    "mmsb-sd-typo: the pipeline's safety checker blacked out the image for %r", phrase
-                )
-        return out.images[0].convert("RGB"), notes
+        """The diffusion pipeline (loaded by the shared image source on first use)."""
+        return self.images.pipeline
 
     def close(self) -> None:
         """Drop the diffusion pipeline (it is reloaded on next use)."""
+        self.images.close()
         self.__dict__.pop("_pipeline", None)
 
     def generate_image(self, sample: Sample, phrase: str, *, seed: int) -> tuple[PILImage, dict[str, Any]]:
         """The upper image and notes on how it was made (see the class docstring)."""
-        kind = self.params.generator
-        if kind == "placeholder":
-            return self._placeholder(phrase)
-        if kind == "folder":
-            return self._folder(sample)
-        return self._diffusers(phrase, seed)
+        img, notes = self.images.generate(phrase, seed=seed, sample=sample)
+        # this attack's own keys (unchanged since v1): the stand-in is said by generator / diffusion_image /
+        # note, and the diffusers prompt is "sd_prompt"
+        renamed = {"sd_prompt" if k == "image_prompt" else k: v for k, v in notes.items() if k != "stand_in"}
+        return img, renamed
 
     def apply(self, sample: Sample, *, seed: int, target: ModelBackend | None = None) -> Prompt:
         phrase, text, source = _phrase_and_prompt(sample, self.params.prompt)
