@@ -62,7 +62,10 @@ SAMPLE = Sample(id="s", benchmark="t", text="Tell me something")
 def test_behaviours_load_from_advbench_csv_jsonl_and_split_with_a_held_out_part(tmp_path: Path) -> None:
     csv = tmp_path / "harmful_behaviors.csv"
     csv.write_text('goal,target\n"Do a, b",Sure here is a b\nDo c,Sure here is c\n')
-    assert load_behaviors(csv) == [Behavior("Do a, b", "Sure here is a b"), Behavior("Do c", "Sure here is c")]
+    assert load_behaviors(csv) == [
+        Behavior("Do a, b", "Sure here is a b"),
+        Behavior("Do c", "Sure here is c"),
+    ]
     jl = tmp_path / "b.jsonl"
     jl.write_text('{"prompt": "Do d", "target": "Sure, d"}\n{"target": "Sure, e"}\n')
     assert load_behaviors(jl) == [Behavior("Do d", "Sure, d"), Behavior(None, "Sure, e")]
@@ -116,7 +119,9 @@ def test_deltajp_stays_in_its_eps_ball_on_every_sample_image(llava: TinyLlava) -
         ImgJP(variant="deltajp", norm="none")
 
 
-def test_the_universal_image_is_fitted_once_and_reused(llava: TinyLlava, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_universal_image_is_fitted_once_and_reused(
+    llava: TinyLlava, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[int] = []
     fit = ImgJP.fit
 
@@ -132,7 +137,9 @@ def test_the_universal_image_is_fitted_once_and_reused(llava: TinyLlava, monkeyp
     assert len(calls) == 1 and a.images[0].sha256 == b.images[0].sha256
     assert b.messages[0].content[-1].text == "Other"
     c = ImgJP(**params).apply(SAMPLE, seed=9, target=llava)  # a rerun reads the cached PNG
-    assert len(calls) == 1 and c.attack_metadata["reused"] is True and c.images[0].sha256 == a.images[0].sha256
+    assert (
+        len(calls) == 1 and c.attack_metadata["reused"] is True and c.images[0].sha256 == a.images[0].sha256
+    )
 
 
 # --------------------------------------------------------------------- GCG
@@ -141,7 +148,9 @@ def test_the_universal_image_is_fitted_once_and_reused(llava: TinyLlava, monkeyp
 def test_gcg_candidates_swap_one_allowed_token_each_and_the_lowest_loss_wins() -> None:
     ids = torch.tensor([5, 5, 5, 5])
     grad = torch.randn(4, 20, generator=torch.Generator().manual_seed(0))
-    cands = gcg.sample_candidates(ids, grad, num=12, topk=3, generator=torch.Generator().manual_seed(1), not_allowed=[0, 1])
+    cands = gcg.sample_candidates(
+        ids, grad, num=12, topk=3, generator=torch.Generator().manual_seed(1), not_allowed=[0, 1]
+    )
     changed = (cands != ids).sum(1)
     assert bool((changed <= 1).all()) and cands.shape == (12, 4)
     assert not bool(torch.isin(cands, torch.tensor([0, 1])).any())
@@ -162,7 +171,9 @@ def test_gcg_candidates_swap_one_allowed_token_each_and_the_lowest_loss_wins() -
     assert best.losses == list(table.values())
 
 
-def test_a_gcg_round_keeps_the_best_candidate_and_its_loss_is_the_retokenised_prompts(qwen: TinyModel) -> None:
+def test_a_gcg_round_keeps_the_best_candidate_and_its_loss_is_the_retokenised_prompts(
+    qwen: TinyModel,
+) -> None:
     attack = UMK(query_batch=3, candidates=12, topk=8, candidate_batch=4, suffix_init="! ! ! !")
     train = list(BUILTIN_BEHAVIORS[:5])
     image = _noise(3, 32)
@@ -197,7 +208,9 @@ def test_a_gcg_round_keeps_the_best_candidate_and_its_loss_is_the_retokenised_pr
     with torch.no_grad():
         redo = float(fresh([[x[0].detach()]] * len(batch)).mean())
     assert redo == pytest.approx(sel.loss, abs=1e-4)
-    assert in_context_ids(qwen.tokenizer, (batch[0].goal or "") + " | ", suffix.text)[1] == cands[sel.index][0]
+    assert (
+        in_context_ids(qwen.tokenizer, (batch[0].goal or "") + " | ", suffix.text)[1] == cands[sel.index][0]
+    )
 
 
 # --------------------------------------------------------------------- UMK
@@ -206,8 +219,17 @@ def test_a_gcg_round_keeps_the_best_candidate_and_its_loss_is_the_retokenised_pr
 @pytest.mark.parametrize("family", ["llava", "qwen"])
 def test_umk_lowers_the_loss_with_image_and_suffix_and_appends_the_suffix(family: str, request) -> None:
     model = request.getfixturevalue(family)
-    attack = UMK(steps=6, prefix_steps=4, text_every=3, candidates=16, topk=16, query_batch=4,
-                 step_size=4 / 255, suffix_init="! ! ! !", evaluate=False)
+    attack = UMK(
+        steps=6,
+        prefix_steps=4,
+        text_every=3,
+        candidates=16,
+        topk=16,
+        query_batch=4,
+        step_size=4 / 255,
+        suffix_init="! ! ! !",
+        evaluate=False,
+    )
     p = attack.apply(SAMPLE, seed=0, target=model)
     meta = p.attack_metadata
     assert meta["gcg_rounds"] == 2 and meta["prefix_steps"] == 4 and meta["steps"] == 6
@@ -217,9 +239,19 @@ def test_umk_lowers_the_loss_with_image_and_suffix_and_appends_the_suffix(family
     assert p.messages[0].content[-1].text == "Tell me something | " + meta["suffix"]
 
 
-def test_umk_and_imgjp_are_deterministic(qwen: TinyModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    params = {"steps": 4, "prefix_steps": 2, "text_every": 2, "candidates": 8, "topk": 8, "query_batch": 3,
-              "suffix_init": "! ! !", "evaluate": False}
+def test_umk_and_imgjp_are_deterministic(
+    qwen: TinyModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = {
+        "steps": 4,
+        "prefix_steps": 2,
+        "text_every": 2,
+        "candidates": 8,
+        "topk": 8,
+        "query_batch": 3,
+        "suffix_init": "! ! !",
+        "evaluate": False,
+    }
     runs = []
     for i in range(2):
         monkeypatch.setenv("MMSAFE_CACHE_DIR", str(tmp_path / f"c{i}"))

@@ -69,7 +69,9 @@ class Selection:
     losses: list[float]
 
 
-def select_best(candidates: Sequence[Any], evaluate: Callable[[Sequence[Any]], Sequence[float]], *, chunk: int) -> Selection:
+def select_best(
+    candidates: Sequence[Any], evaluate: Callable[[Sequence[Any]], Sequence[float]], *, chunk: int
+) -> Selection:
     """Evaluate ``candidates`` ``chunk`` at a time with ``evaluate`` (→ one loss each) and return
     the lowest (the first one on ties)."""
     if not candidates:

@@ -87,18 +87,26 @@ GREY = 128 / 255
 class ImgJPParams(AdversarialParams):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    variant: Literal["imgjp", "deltajp"] = Field("imgjp", description="imgjp: the image; deltajp: an added ε-bounded δ")
+    variant: Literal["imgjp", "deltajp"] = Field(
+        "imgjp", description="imgjp: the image; deltajp: an added ε-bounded δ"
+    )
     norm: Literal["linf", "l2", "none", "patch", "moving-patch"] = Field(
         "none", description="imgjp: none (unconstrained); deltajp default: linf"
     )
     eps: float = Field(16 / 255, description="deltajp's radius (pixel units)")
     steps: int = Field(5000, ge=1, le=1_000_000, description="imgjp 5000, deltajp 12500 (release)")
     early_stop: bool = Field(False, description="a fixed budget, as in the paper")
-    behaviors_file: str | None = Field(None, description="AdvBench/HarmBench goal,target .csv/.jsonl (default: built-in)")
+    behaviors_file: str | None = Field(
+        None, description="AdvBench/HarmBench goal,target .csv/.jsonl (default: built-in)"
+    )
     train_behaviors: int = Field(25, ge=1, le=100_000, description="behaviours fitted on (release: 25)")
-    test_behaviors: int = Field(100, ge=0, le=100_000, description="held-out behaviours scored (release: 100)")
+    test_behaviors: int = Field(
+        100, ge=0, le=100_000, description="held-out behaviours scored (release: 100)"
+    )
     behavior_batch: int = Field(1, ge=1, le=4096, description="behaviours per step (release: 1)")
-    fit_images: tuple[str, ...] = Field((), description="deltajp: images δ is fitted over (default: the start image)")
+    fit_images: tuple[str, ...] = Field(
+        (), description="deltajp: images δ is fitted over (default: the start image)"
+    )
     init_image: str | None = Field(None, description="start image path (default: the init colour image)")
     evaluate: bool = Field(True, description="greedy success on the training and held-out behaviours")
     seed: int = Field(0, description="behaviour shuffle/split and random start")
@@ -149,7 +157,9 @@ class ImgJP(UniversalAttack):
         pairs: Sequence[Behavior] = (
             load_behaviors(self.ip.behaviors_file) if self.ip.behaviors_file else BUILTIN_BEHAVIORS
         )
-        return split_behaviors(pairs, train=self.ip.train_behaviors, heldout=self.ip.test_behaviors, seed=self.ip.seed)
+        return split_behaviors(
+            pairs, train=self.ip.train_behaviors, heldout=self.ip.test_behaviors, seed=self.ip.seed
+        )
 
     def start(self) -> Image:
         if self.ip.init_image:
@@ -216,7 +226,9 @@ class ImgJP(UniversalAttack):
         targets = [b.target for _ in images for b in chunk]
         return model.teacher_forced(prompts, targets), len(chunk)
 
-    def _scores(self, model: Any, images: list[Image], split: BehaviorSplit, clean: Any, adv: Any) -> dict[str, Any]:
+    def _scores(
+        self, model: Any, images: list[Image], split: BehaviorSplit, clean: Any, adv: Any
+    ) -> dict[str, Any]:
         """Mean target loss (start vs fitted) and greedy success on the training and held-out splits."""
         out: dict[str, Any] = {"train_size": len(split.train), "heldout_size": len(split.heldout)}
         for name, part in (("train", split.train), ("heldout", split.heldout)):
@@ -269,12 +281,20 @@ class ImgJP(UniversalAttack):
         resized = tuple(delta.shape[-2:]) != tuple(clean.shape[-2:])
         d = delta.unsqueeze(0)
         if resized:
-            d = torch.nn.functional.interpolate(d, size=clean.shape[-2:], mode="bilinear", align_corners=False)
+            d = torch.nn.functional.interpolate(
+                d, size=clean.shape[-2:], mode="bilinear", align_corners=False
+            )
         threat = ThreatModel(self.p.pgd())
         clean = threat.prepare(clean)
         adv = threat.round(clean, threat.project(clean, clean + d))
-        result = PGDResult(adversarial=adv, losses=[], final_loss=[float("nan")], success=[False],
-                           steps_run=int(meta.get("steps", 0)), seconds=0.0)
+        result = PGDResult(
+            adversarial=adv,
+            losses=[],
+            final_loss=[float("nan")],
+            success=[False],
+            steps_run=int(meta.get("steps", 0)),
+            seconds=0.0,
+        )
         image, own = self.output(clean, adv, result, 0, model, tested=False)
         for k in ("final_loss", "steps", "seconds", "batch", "resumed_from"):
             own.pop(k, None)

@@ -63,7 +63,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -79,6 +79,7 @@ from mmsafe.attacks.adversarial._behaviors import (
     split_behaviors,
 )
 from mmsafe.attacks.adversarial.base import AdversarialParams, UniversalAttack, cache_dir
+from mmsafe.attacks.adversarial.engine import Norm
 from mmsafe.plugin_meta import Paper
 from mmsafe.types import Image, Message, Prompt, Sample
 
@@ -91,22 +92,34 @@ __all__ = ["UMK", "UMKParams", "in_context_ids", "suffix_text_for"]
 class UMKParams(AdversarialParams):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    norm: Any = Field("none", description="image threat model (paper: unconstrained)")
+    norm: Norm = Field("none", description="image threat model (paper: unconstrained)")
     steps: int = Field(5000, ge=1, le=1_000_000, description="stage (b) image steps (release: 5000)")
     early_stop: bool = Field(False, description="a fixed budget, as in the paper")
-    init: Any = Field("noise", description="stage (a) starts from random noise (paper)")
+    init: Literal["grey", "white", "noise"] = Field("noise", description="stage (a) starts from random noise (paper)")
     prefix_steps: int | None = Field(None, ge=1, le=1_000_000, description="stage (a) steps (default: steps)")
-    prefix_corpus_file: str | None = Field(None, description="stage (a) targets .txt/.csv/.jsonl (default: training targets)")
-    prefix_batch: int = Field(8, ge=1, le=4096, description="stage (a) corpus targets per step (Qi et al.: 8)")
-    behaviors_file: str | None = Field(None, description="AdvBench/HarmBench goal,target .csv/.jsonl (default: built-in)")
+    prefix_corpus_file: str | None = Field(
+        None, description="stage (a) targets .txt/.csv/.jsonl (default: training targets)"
+    )
+    prefix_batch: int = Field(
+        8, ge=1, le=4096, description="stage (a) corpus targets per step (Qi et al.: 8)"
+    )
+    behaviors_file: str | None = Field(
+        None, description="AdvBench/HarmBench goal,target .csv/.jsonl (default: built-in)"
+    )
     train_behaviors: int = Field(66, ge=1, le=100_000, description="behaviours fitted on (release: 66)")
     test_behaviors: int = Field(100, ge=0, le=100_000, description="held-out behaviours scored")
     query_batch: int = Field(8, ge=1, le=4096, description="behaviours per stage (b) step (release: 8)")
-    suffix_init: str = Field(" ".join(["!"] * 20), min_length=1, description="initial suffix (release: 20 '!')")
+    suffix_init: str = Field(
+        " ".join(["!"] * 20), min_length=1, description="initial suffix (release: 20 '!')"
+    )
     separator: str = Field(" | ", description="between the query and the suffix (release: ' | ')")
     text_every: int = Field(10, ge=1, description="image steps per GCG round (release: 10)")
-    candidates: int = Field(250, ge=1, le=100_000, description="one-token swaps evaluated per round (release: 250)")
-    topk: int = Field(256, ge=1, le=100_000, description="tokens per position from the gradient (release: 256)")
+    candidates: int = Field(
+        250, ge=1, le=100_000, description="one-token swaps evaluated per round (release: 250)"
+    )
+    topk: int = Field(
+        256, ge=1, le=100_000, description="tokens per position from the gradient (release: 256)"
+    )
     candidate_batch: int = Field(8, ge=1, le=4096, description="candidates per forward pass (runtime)")
     allow_non_ascii: bool = Field(True, description="propose tokens with non-ASCII text")
     evaluate: bool = Field(True, description="greedy success on the training and held-out behaviours")
@@ -133,7 +146,7 @@ def suffix_text_for(tokenizer: Any, kept: Sequence[int], ids: Sequence[int], *, 
         return None
     text = text[len(base) :]
     # the head's trailing whitespace may have been merged into the suffix's first token
-    options = [text, text[1:]] if text[:1].isspace() else [text]
+    options = [text[1:], text] if text[:1].isspace() else [text]
     for option in options:
         if option and in_context_ids(tokenizer, head, option)[1] == list(ids):
             return option
@@ -186,7 +199,9 @@ class UMK(UniversalAttack):
         pairs: Sequence[Behavior] = (
             load_behaviors(self.up.behaviors_file) if self.up.behaviors_file else BUILTIN_BEHAVIORS
         )
-        return split_behaviors(pairs, train=self.up.train_behaviors, heldout=self.up.test_behaviors, seed=self.up.seed)
+        return split_behaviors(
+            pairs, train=self.up.train_behaviors, heldout=self.up.test_behaviors, seed=self.up.seed
+        )
 
     # ------------------------------------------------------------------ fit
 
@@ -232,19 +247,25 @@ class UMK(UniversalAttack):
         # stage (b): image + GCG suffix, jointly
         suffix = _Suffix(self.up.suffix_init)
         joint = _Joint(self, model, split.train, start, suffix, seed)
-        stage_b = self._run(model, stage_a.adversarial, joint, steps=self.up.steps, seed=seed, checkpoint=None)
+        stage_b = self._run(
+            model, stage_a.adversarial, joint, steps=self.up.steps, seed=seed, checkpoint=None
+        )
 
         image, meta = self.output(clean, stage_b.adversarial, stage_b, 0, model, tested=False)
         meta.pop("final_loss", None)
         with torch.no_grad():
             meta.update(
-                self._scores(model, split, start, clean, self.up.suffix_init, stage_b.adversarial, suffix.text)
+                self._scores(
+                    model, split, start, clean, self.up.suffix_init, stage_b.adversarial, suffix.text
+                )
             )
         meta.update(
             {
                 "universal": True,
                 "suffix": suffix.text,
-                "suffix_tokens": len(in_context_ids(model.tokenizer, "x" + self.up.separator, suffix.text)[1]),
+                "suffix_tokens": len(
+                    in_context_ids(model.tokenizer, "x" + self.up.separator, suffix.text)[1]
+                ),
                 "separator": self.up.separator,
                 "gcg_rounds": suffix.rounds,
                 "gcg_accepted": suffix.accepted,
@@ -315,7 +336,9 @@ class _Joint:
         view = model.whitebox_view()
         self.embeddings = view.module.get_input_embeddings().weight.detach()
         self.generator = torch.Generator().manual_seed(seed)
-        self.not_allowed = _not_allowed(self.tok, int(self.embeddings.shape[0]), view.image_token, self.p.allow_non_ascii)
+        self.not_allowed = _not_allowed(
+            self.tok, int(self.embeddings.shape[0]), view.image_token, self.p.allow_non_ascii
+        )
 
     def batch(self, step: int) -> list[Behavior]:
         k = min(self.p.query_batch, len(self.train))
@@ -328,7 +351,9 @@ class _Joint:
         import torch
 
         batch = self.batch(step)
-        objective = self.model.teacher_forced(self.prompts(batch, self.suffix.text), [b.target for b in batch])
+        objective = self.model.teacher_forced(
+            self.prompts(batch, self.suffix.text), [b.target for b in batch]
+        )
         pixels = [[x[0]]] * len(batch)
         due = step % self.p.text_every == 0 and torch.is_grad_enabled() and x.requires_grad
         if not due:
@@ -349,13 +374,19 @@ class _Joint:
         kept, ids = in_context_ids(self.tok, heads[0], sfx.text)
         if not ids:
             raise ValueError("umk: the suffix has no tokens")
-        starts = [_locate(objective.batch["input_ids"][i], ids, objective.prompt_mask[i]) for i in range(len(batch))]
+        starts = [
+            _locate(objective.batch["input_ids"][i], ids, objective.prompt_mask[i]) for i in range(len(batch))
+        ]
         span = torch.stack([grad[i, s : s + len(ids)] for i, s in enumerate(starts)]).mean(0)
         token_grad = gcg.token_gradients(span, self.embeddings)
         current_ids = torch.tensor(ids)
         cands = gcg.sample_candidates(
-            current_ids, token_grad, num=self.p.candidates, topk=self.p.topk,
-            generator=self.generator, not_allowed=self.not_allowed,
+            current_ids,
+            token_grad,
+            num=self.p.candidates,
+            topk=self.p.topk,
+            generator=self.generator,
+            not_allowed=self.not_allowed,
         )
         valid: list[tuple[list[int], str]] = []
         seen: set[tuple[int, ...]] = set()
@@ -372,7 +403,7 @@ class _Joint:
         if not valid:
             return
         k = max(1, min(self.p.candidate_batch, len(valid)))
-        rows = [p for p in self.prompts(batch, sfx.text)] * k
+        rows = self.prompts(batch, sfx.text) * k
         multi = self.model.teacher_forced(rows, [b.target for b in batch] * k)
         n = len(batch)
         pixels = [[x[0]]] * len(rows)
@@ -410,7 +441,9 @@ def _locate(row: Any, ids: Sequence[int], mask: Any) -> int:
     )
 
 
-def _not_allowed(tokenizer: Any, vocab_rows: int, image_token: int | None, allow_non_ascii: bool) -> list[int]:
+def _not_allowed(
+    tokenizer: Any, vocab_rows: int, image_token: int | None, allow_non_ascii: bool
+) -> list[int]:
     """Ids GCG never proposes: special and added tokens, the image token, rows past the tokenizer's
     vocabulary, and (unless allowed) tokens whose text is not printable ASCII."""
     bad = set(tokenizer.all_special_ids)
