@@ -86,7 +86,8 @@ def test_behaviours_load_from_advbench_csv_jsonl_and_split_with_a_held_out_part(
 @pytest.mark.parametrize("family", ["llava", "qwen"])
 def test_imgjp_lowers_the_training_loss_and_scores_held_out_behaviours(family: str, request) -> None:
     model = request.getfixturevalue(family)
-    attack = ImgJP(steps=12, behavior_batch=16, step_size=4 / 255)
+    evaluate = family == "qwen"  # greedy decoding of every behaviour once is enough
+    attack = ImgJP(steps=12, behavior_batch=16, step_size=4 / 255, evaluate=evaluate)
     meta = attack.apply(SAMPLE, seed=0, target=model).attack_metadata
     assert meta["variant"] == "imgjp" and meta["norm"] == "none" and meta["steps"] == 12
     assert meta["train_loss_final"] < meta["train_loss_clean"] - 0.02, meta
@@ -94,7 +95,10 @@ def test_imgjp_lowers_the_training_loss_and_scores_held_out_behaviours(family: s
     # the held-out behaviours were never fitted on; their loss and greedy success are recorded
     assert meta["heldout_size"] == 3 and meta["train_size"] == 9 and "split_note" in meta
     assert isinstance(meta["heldout_loss_final"], float) and isinstance(meta["heldout_loss_clean"], float)
-    assert meta["heldout_success"]["n"] == 3 and meta["train_success"]["n"] == 9
+    if evaluate:
+        assert meta["heldout_success"]["n"] == 3 and meta["train_success"]["n"] == 9
+    else:
+        assert meta["heldout_success"] is None
 
 
 def test_deltajp_stays_in_its_eps_ball_on_every_sample_image(llava: TinyLlava) -> None:
