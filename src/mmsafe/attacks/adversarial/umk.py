@@ -95,7 +95,9 @@ class UMKParams(AdversarialParams):
     norm: Norm = Field("none", description="image threat model (paper: unconstrained)")
     steps: int = Field(5000, ge=1, le=1_000_000, description="stage (b) image steps (release: 5000)")
     early_stop: bool = Field(False, description="a fixed budget, as in the paper")
-    init: Literal["grey", "white", "noise"] = Field("noise", description="stage (a) starts from random noise (paper)")
+    init: Literal["grey", "white", "noise"] = Field(
+        "noise", description="stage (a) starts from random noise (paper)"
+    )
     prefix_steps: int | None = Field(None, ge=1, le=1_000_000, description="stage (a) steps (default: steps)")
     prefix_corpus_file: str | None = Field(
         None, description="stage (a) targets .txt/.csv/.jsonl (default: training targets)"
