@@ -99,6 +99,8 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "viscra": "mmsafe.attacks.typographic.viscra:VisCRA",
         "hades": "mmsafe.attacks.typographic.hades:HADES",
         "himrd": "mmsafe.attacks.typographic.himrd:HIMRD",
+        "imgjp": "mmsafe.attacks.adversarial.imgjp:ImgJP",
+        "umk": "mmsafe.attacks.adversarial.umk:UMK",
     },
     "defense": {
         "none": "mmsafe.defenses.none:NoDefense",
