@@ -218,11 +218,11 @@ def test_viscra_masks_where_the_white_box_gradient_is():
 
 
 class PatchNormModel(WhiteBoxModel):
-    """A hidden-states-only stand-in whose vision encoder gives a class token and a 4×4 patch grid,
-    the patch at row 2, column 1 with the largest norm."""
+    """A stand-in whose vision encoder gives a class token and a 4×4 patch grid, the patch at row 2, column 1 with
+    the largest norm (no loss: only feature saliency works on it)."""
 
     name: ClassVar[str] = "patch-norm"
-    capabilities: ClassVar[frozenset[str]] = frozenset({"images", "hidden_states"})
+    capabilities: ClassVar[frozenset[str]] = frozenset({"images", "gradients"})
 
     def to_pixels(self, image: Image) -> Any:
         import torch
@@ -240,11 +240,26 @@ class PatchNormModel(WhiteBoxModel):
 
 def test_viscra_feature_saliency_masks_the_strongest_patch():
     image = _gradient_image()  # 128 px: each of the 4×4 patches is 32 px
-    attack = VisCRA(candidates=1, mask_fraction=1 / 16)
+    attack = VisCRA(candidates=1, mask_fraction=1 / 16, saliency="features")
     meta = attack.apply(_sample(images=(image,)), seed=0, target=PatchNormModel()).attack_metadata
     assert meta["saliency"] == "features" and meta["saliency_model"] == "patch-norm"
     x0, y0, x1, y1 = meta["mask_box"]
     assert abs(x0 - 32) <= 8 and abs(y0 - 64) <= 8 and (x1 - x0, y1 - y0) == (32, 32)
+
+
+class OCRReader(PatchNormModel):
+    """A model that reads images by OCR: hidden states of its language model, no image features or gradients."""
+
+    name: ClassVar[str] = "ocr-reader"
+    capabilities: ClassVar[frozenset[str]] = frozenset({"images", "hidden_states"})
+
+    def image_features(self, pixels: Any, *, space: str = "encoder") -> Any:
+        raise NotImplementedError("reads images by OCR")
+
+
+def test_viscra_on_a_model_that_reads_images_by_ocr_uses_the_labelled_stand_in():
+    meta = VisCRA().apply(_sample(images=(_gradient_image(),)), seed=0, target=OCRReader()).attack_metadata
+    assert meta["saliency"] == "spectral" and meta["stand_in"] == "spectral_residual_saliency"
 
 
 @pytest.mark.parametrize(("size", "fraction"), [((1024, 1024), 0.11), ((640, 480), 0.05), ((300, 100), 0.8)])

@@ -347,6 +347,9 @@ class MML(Attack):
     )
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = MMLParams
+    #: the plain framing: the villain-game framing under a defense's shield prompt overruns the tiny test LLaVA's
+    #: 1,024-token context (the default keeps the paper's framing)
+    example_params: ClassVar[dict[str, Any]] = {"evil_alignment": False}
     requires: ClassVar[frozenset[str]] = frozenset({"images"})
     params: MMLParams
 

@@ -216,14 +216,13 @@ def spectral_residual_saliency(img: PILImage, *, scale: int = 64) -> np.ndarray:
 
 
 def _white_box(model: Any, cfg: Any, where: str) -> None:
-    """A ``source`` model must be white-box (gradients or hidden states; checked before loading)."""
+    """A ``source`` model must see pixels white-box (``gradients``: a vision encoder in pixel space; checked before
+    loading). Hidden states alone are not enough: a model that reads images by OCR has them but no image features."""
     from mmsafe.models.base import WhiteBoxModel
 
     caps: frozenset[str] = getattr(model, "capabilities", frozenset())
-    if not isinstance(model, WhiteBoxModel) or not ({"gradients", "hidden_states"} & set(caps)):
-        raise ValueError(
-            f"{where}: source model '{cfg.name}' is not white-box (no gradients or hidden states)"
-        )
+    if not isinstance(model, WhiteBoxModel) or "gradients" not in caps:
+        raise ValueError(f"{where}: source model '{cfg.name}' gives no pixel gradients or image features")
 
 
 class VisCRAParams(BaseModel):
@@ -453,13 +452,13 @@ class VisCRA(Attack):
                 )
             return "gradient", model, role
         if p.saliency == "features":
-            if not ({"gradients", "hidden_states"} & caps):
-                raise ValueError("viscra: saliency='features' needs a white-box model (source or target)")
+            if "gradients" not in caps:  # image features come with a vision encoder in pixel space
+                raise ValueError(
+                    "viscra: saliency='features' needs a model with a vision encoder (source or target)"
+                )
             return "features", model, role
-        if "gradients" in caps:
+        if "gradients" in caps:  # a model that reads images by OCR has hidden states but no image features
             return "gradient", model, role
-        if "hidden_states" in caps:
-            return "features", model, role
         if p.fallback == "error":
             raise ValueError(
                 "viscra: no white-box model to read saliency from (set source, or saliency='region'/'spectral')"
