@@ -262,3 +262,37 @@ def test_config_errors():
 def test_default_post_judge_is_the_shipped_harm_classifier():
     eta = REG.create("defense", "eta", {})
     assert eta.post_judge.name == "harm" and eta.pre_judge is None
+
+
+def test_in_a_run_the_records_carry_the_account(tmp_path):
+    # through the runner (response cache, store): a scripted model that gives instructions to everything;
+    # it is greedy, so the cache serves one answer to all N candidates and the details say so
+    from mmsafe.config import load_config
+    from mmsafe.runner import run
+    from mmsafe.store import Store
+
+    model = {
+        "name": "scripted",
+        "params": {"rules": {"exact words": "Refused. Step 1: no."}, "default": HARMFUL},
+    }
+    eta = {"name": "eta", "params": {"post_judge": "refusal", "n_candidates": 3}}
+    cfg = load_config(
+        None,
+        overrides={
+            "name": "eta-run",
+            "models": [model],
+            "benchmarks": ["starter"],
+            "defenses": [eta],
+            "judges": ["refusal"],
+            "limit": 2,
+        },
+    )
+    run(cfg, tmp_path, registry=REG, progress=False)
+    with Store(tmp_path) as s:
+        recs = list(s.iter_records())
+    assert recs and not [r.error for r in recs if r.error]
+    for r in recs:
+        acc = r.generation["metadata"]["defense"]
+        assert acc["name"] == "eta" and acc["action"] == "rewritten" and acc["calls"] == 4
+        assert acc["distinct_candidates"] == 1 and acc["prefix_followed"] == 0
+        assert r.response == f"{DEFAULT_PREFIX} Refused. Step 1: no."
