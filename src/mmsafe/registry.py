@@ -119,6 +119,7 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "guard-filter": "mmsafe.defenses.guard_filter:GuardFilter",
         "hidden-detect": "mmsafe.defenses.hidden_detect:HiddenDetect",
         "cider": "mmsafe.defenses.cider:CIDER",
+        "eta": "mmsafe.defenses.eta:ETA",
     },
     "judge": {
         "refusal": "mmsafe.judges.refusal:RefusalJudge",
