@@ -120,6 +120,7 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "hidden-detect": "mmsafe.defenses.hidden_detect:HiddenDetect",
         "cider": "mmsafe.defenses.cider:CIDER",
         "eta": "mmsafe.defenses.eta:ETA",
+        "uniguard": "mmsafe.defenses.uniguard:UniGuard",
     },
     "judge": {
         "refusal": "mmsafe.judges.refusal:RefusalJudge",

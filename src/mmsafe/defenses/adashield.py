@@ -118,9 +118,10 @@ from mmsafe.defenses._adashield_prompts import (
     DEFENDER_BRIEF,
 )
 from mmsafe.defenses.base import Defense, mark
+from mmsafe.defenses.edit import with_user_text
 from mmsafe.plugin_meta import Paper
 from mmsafe.retrieval import EmbeddingIndex, TfidfIndex
-from mmsafe.types import Generation, Message, Prompt, Sample, TextPart, stable_hash
+from mmsafe.types import Generation, Message, Prompt, Sample, stable_hash
 
 if TYPE_CHECKING:
     from mmsafe.judges.base import Judge
@@ -171,29 +172,6 @@ def _minilm() -> Any:
     from mmsafe.embeddings import shared_embedder
 
     return shared_embedder("the adashield 'minilm' retriever")
-
-
-def with_user_text(prompt: Prompt, text: str, *, position: str = "after") -> Prompt:
-    """``prompt`` with ``text`` added to its last user turn (after or before that turn's text)."""
-    messages = list(prompt.messages)
-    idx = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
-    if idx is None:
-        messages.append(Message.user(text))
-        return prompt.model_copy(update={"messages": tuple(messages)})
-    parts = list(messages[idx].content)
-    t_idx = [i for i, p in enumerate(parts) if isinstance(p, TextPart)]
-    if not t_idx:
-        parts.append(TextPart(text=text))
-    elif position == "after":
-        i = t_idx[-1]
-        old = parts[i].text  # type: ignore[union-attr]
-        parts[i] = TextPart(text=f"{old}\n\n{text}" if old else text)
-    else:
-        i = t_idx[0]
-        old = parts[i].text  # type: ignore[union-attr]
-        parts[i] = TextPart(text=f"{text}\n\n{old}" if old else text)
-    messages[idx] = messages[idx].model_copy(update={"content": tuple(parts)})
-    return prompt.model_copy(update={"messages": tuple(messages)})
 
 
 def _user_text(prompt: Prompt) -> str:

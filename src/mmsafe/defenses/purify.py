@@ -36,16 +36,17 @@ Parameters: ``methods`` (ordered list among ``jpeg``, ``resize``, ``bits``, ``no
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mmsafe.defenses.base import Defense, mark
+from mmsafe.defenses.edit import map_images
 from mmsafe.models.base import ModelBackend
 from mmsafe.plugin_meta import Paper
-from mmsafe.types import Generation, Image, ImagePart, Prompt
+from mmsafe.types import Generation, Image, Prompt
 
 __all__ = [
     "ImagePurification",
@@ -148,15 +149,6 @@ def purify_pil(pil: Any, params: ImagePurificationParams, *, seed: int) -> Any:
         else:  # pragma: no cover - the params validator rejects anything else
             raise ValueError(f"unknown purification method {method!r}")
     return out
-
-
-def map_images(prompt: Prompt, fn: Callable[[Image], Image]) -> Prompt:
-    """``prompt`` with every image (in any message) replaced by ``fn(image)``; text parts unchanged."""
-    messages = []
-    for m in prompt.messages:
-        parts = tuple(ImagePart(image=fn(p.image)) if isinstance(p, ImagePart) else p for p in m.content)
-        messages.append(m.model_copy(update={"content": parts}))
-    return prompt.model_copy(update={"messages": tuple(messages)})
 
 
 class ImagePurification(Defense):
