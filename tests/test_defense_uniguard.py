@@ -156,3 +156,15 @@ def test_params_read_fractions_and_bound_eps():
 def test_png_form_round_trips():
     v = torch.round((torch.rand(3, 5, 7) * 2 - 1) * 127) / 255
     assert torch.equal(ug._decode(ug._encode(v)), v.float())
+
+
+def test_an_adaptive_attack_sees_the_guarded_image_through_it(model, fitted):
+    from mmsafe.attacks.adversarial.through import transformed
+
+    d = UniGuard(**FIT, fit_model={"name": "tiny-llava", "params": {"init_std": 0.1}})
+    x = torch.round(model.to_pixels(_photo(seed=3)).float().cpu().unsqueeze(0) * 255) / 255
+    seen = transformed(d, x, seed=0)  # what `through: uniguard` hands the attack's loss
+    assert float((seen - (x + fitted[0]).clamp(0, 1)).abs().max()) <= 0.5 / 255 + 1e-6
+    d.close()
+    with pytest.raises(ValueError, match="fit_model"):
+        UniGuard(**FIT).transform_image(_photo(), seed=0)

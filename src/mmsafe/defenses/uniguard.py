@@ -66,6 +66,10 @@ Each item is marked ``modified-input`` with ``images`` (how many got the noise),
 without and with the noise), ``fitted_on``, ``reused`` (loaded from the cache) and ``text_guardrail``
 (its position, or None).
 
+Adaptive evaluation: :meth:`UniGuard.transform_image` is the image guardrail, so a white-box attack can
+optimise through it (``through: {name: uniguard, params: {fit_model: …}}``; adding a fixed noise is
+exactly differentiable, so the straight-through backward is exact here). It needs ``fit_model``.
+
 Departures from the paper / the authors' code: the text guardrail is not optimised here (see
 above); the built-in corpus is ours (use ``corpus_file`` for theirs); minibatches are fixed and
 visited in turn rather than drawn at random, so a resumed fit continues the same sequence; the
@@ -398,6 +402,21 @@ class UniGuard(Defense):
         guarded = (torch.round(x * 255) / 255 + v).clamp(0.0, 1.0)
         src = image.source or "image"
         return Image.from_pil(pil_from_pixels(guarded), source=f"{src}#uniguard"), resized
+
+    def transform_image(self, image: Image, *, seed: int) -> Image:
+        """The image as the defended model gets it (the noise added), so an adaptive attack can optimise
+        through the image guardrail (``through: {name: uniguard, params: {fit_model: …}}``). Needs
+        ``fit_model``: outside :meth:`defend` the defended model is not known."""
+        if not self.p.image_guardrail:
+            return image
+        if self.p.fit_model is None:
+            raise ValueError(
+                "uniguard's image transform needs params.fit_model (outside a defended call the model "
+                "to fit on is not known)"
+            )
+        model = self.fitting_model(None)
+        noise, _ = self.fit(model)
+        return self.guard_image(image, noise, model)[0]
 
     def guard_prompt(
         self, prompt: Prompt, noise: Any, model: WhiteBoxModel | None
