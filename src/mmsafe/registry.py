@@ -101,6 +101,8 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "himrd": "mmsafe.attacks.typographic.himrd:HIMRD",
         "imgjp": "mmsafe.attacks.adversarial.imgjp:ImgJP",
         "umk": "mmsafe.attacks.adversarial.umk:UMK",
+        "image-scaling": "mmsafe.attacks.typographic.image_scaling:ImageScaling",
+        "alpha-blend": "mmsafe.attacks.typographic.alpha_blend:AlphaBlend",
     },
     "defense": {
         "none": "mmsafe.defenses.none:NoDefense",
