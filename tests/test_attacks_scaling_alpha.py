@@ -186,6 +186,10 @@ def test_family_resize_is_probed_and_shows_the_payload(llava112):
     # Pillow's resize is antialiased: every full-size pixel counts, so the payload cannot hide
     # (Quiring et al. 2020); the record says so with a low full-size PSNR
     assert meta["psnr_full_vs_decoy"] < 15
+    # the operator is probed once per (model, size): the next sample reuses it, on record
+    assert meta["probe_cached"] is False
+    again = att.apply(sample(), seed=1, target=llava112)
+    assert again.attack_metadata["probe_cached"] is True and again.images[0].sha256 == prompt.images[0].sha256
 
 
 def test_image_scaling_is_deterministic():

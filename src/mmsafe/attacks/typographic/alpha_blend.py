@@ -1,4 +1,4 @@
-"""Transparency (alpha-channel) attack: an RGBA image that shows a decoy over white and the typed request without alpha."""
+"""Transparency (alpha-channel) attack: an RGBA image, a decoy over white, the typed request once alpha is dropped."""
 
 from __future__ import annotations
 

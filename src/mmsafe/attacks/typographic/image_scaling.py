@@ -1,4 +1,4 @@
-"""Image-scaling (camouflage) attack: a decoy at full resolution whose downscale by the target shows the typed request."""
+"""Image-scaling (camouflage) attack: a decoy at full size whose downscale by the target shows the typed request."""
 
 from __future__ import annotations
 
@@ -460,14 +460,18 @@ class ImageScaling(Attack):
         return view
 
     def _operator(self, target: Any, size: tuple[int, int]) -> tuple[Any, Any, dict[str, Any]]:
+        """The probed operator of ``target`` at input ``size``, probed once per (model spec, size)."""
         key = (target.spec.key, size[0], size[1])
         with self._lock:
             hit = self._operators.get(key)
-        if hit is None:
-            hit = probe_resize_operator(self._view(target), size, max_error=self.params.max_probe_error)
-            with self._lock:
-                self._operators[key] = hit
-        return hit
+        if hit is not None:
+            return hit[0], hit[1], {**hit[2], "probe_cached": True}
+        left, right, info = probe_resize_operator(
+            self._view(target), size, max_error=self.params.max_probe_error
+        )
+        with self._lock:
+            self._operators[key] = (left, right, info)
+        return left, right, {**info, "probe_cached": False}
 
     def _decoy(self, sample: Sample) -> tuple[PILImage, str]:
         p = self.params
