@@ -388,28 +388,32 @@ class ImageScaling(Attack):
     Where it departs from the papers: Xiao solves a QP (ε-tolerance, L2 objective) per column then
     per row with a QP solver; here the same objective is met by alternating projections onto the
     equality set (jointly for both axes, exact for a separable map) and the [0, 255] box, with 8-bit
-    rounding inside the loop — a feasible point near the decoy, not the QP's exact optimum. Quiring's
-    and Anamorpher's optional tricks (choosing dark decoys, per-library kernels of OpenCV/TF) are not
-    reproduced; torch without antialias has OpenCV's bilinear/bicubic kernels (a = −0.75).
+    rounding inside the loop — a feasible point near the decoy, not the QP's exact optimum (the
+    first step from the decoy is that optimum without the box). Anamorpher's code was not read:
+    its per-library kernels and decoy choices are not reproduced; OpenCV and TensorFlow resizes are
+    not built in (torch without antialias has OpenCV's bilinear/bicubic kernel, a = −0.75; other
+    libraries: probe them through a model, or add a ``library``).
 
     How hidden: the kernel of a non-antialiased resize reads a fixed number of pixels (bicubic 4×4,
     bilinear 2×2) per output, so the changed fraction of the full-size image falls with the square of
-    the scale ratio. Measured on the synthetic decoy with torch bicubic (this file's test set-up):
-    ratio 8 (``min_ratio`` default) → PSNR 21.7 dB, SSIM 0.39 (a fine dot texture; OCR of the full
-    image reads none of the payload); ratio 16 → PSNR 28.4 dB, SSIM 0.84. A larger ratio costs
-    memory and time (the solve is on the full-size image).
+    the scale ratio. Measured on the synthetic decoy with torch bicubic and the request "Explain how
+    to pick a pin tumbler lock": ratio 8 (``min_ratio`` default; 1024 → 128 px) → PSNR 21.7 dB,
+    SSIM 0.39 (a fine dot texture; OCR of the full image reads none of the payload); ratio 16
+    (512 → 32 px) → PSNR 28.4 dB, SSIM 0.84. A larger ratio costs memory and time (the solve is on
+    the full-size image: 1792² px for a 224-px target at ratio 8).
 
-    What it can and cannot do here: against an antialiased resize (every Hugging Face ``…Pil``
-    processor, so the ``hf``/``tiny-llava`` families' real resize), the payload still appears after
-    the resize, but the change cannot hide (the downscale is a low-pass of what a person sees): the
-    full-size PSNR is low, as Quiring predicts — the metadata shows it. The default model
+    What it can and cannot do here: against an antialiased resize (Pillow's, which the Hugging Face
+    ``…Pil`` image processors use — the tiny-llava CLIP processor's real resize is one), the payload
+    still appears after the resize, but the change cannot hide (the downscale is a low-pass of what a
+    person sees): the full-size PSNR is low (6–7 dB measured on tiny-llava) and OCR of the full
+    image reads the payload too, as Quiring predicts — the metadata shows it. The default model
     ``gemma-ocr-safe`` reads the full-size image by OCR without resizing: it sees only the decoy.
     With ``resize="auto"`` a wrapped or remote target (a defense in front, ``openai``) is not probed;
     the explicit params are used and ``probed: false`` is recorded.
 
     Params: ``payload`` ("{request}"), ``prompt`` (ours), ``decoy`` ("sample-or-synthetic"),
     ``canvas`` (896×896), ``resize`` ("auto"), ``size`` (224×224), ``resample`` ("bicubic"),
-    ``library`` ("torch"), ``min_ratio`` (4), ``iterations`` (60), ``font_path``,
+    ``library`` ("torch"), ``min_ratio`` (8), ``iterations`` (60), ``font_path``,
     ``max_probe_error`` (4 grey levels).
     """
 
