@@ -221,6 +221,9 @@ def test_alpha_blend_white_composite_is_the_decoy_and_dropped_alpha_is_the_paylo
     dropped = image.to_pil("RGB")
     dropped_words = read(dropped)
     assert dropped_words >= WORDS and not dropped_words & DECOY_WORDS
+    # composited over black instead: not the payload
+    over_black = PILImage.fromarray((composite(rgba, 0.0) * 255).round().astype(np.uint8))
+    assert not read(over_black) & WORDS
     assert meta["queries"] == 0 and meta["aux_calls"] == 0
 
 

@@ -125,7 +125,9 @@ class AlphaBlend(Attack):
     the OCR front end of ``gemma-ocr``/``gemma-ocr-safe``/``llamacpp`` receive the payload view.
     :class:`~mmsafe.types.Image` keeps the RGBA PNG bytes unchanged (sha256 of those bytes), and the
     ``openai`` backend sends them as they are (``image_format="original"``): there the server's
-    decoder decides which view the model gets. Objective: the model reads and follows the payload.
+    decoder decides which view the model gets. A pipeline that composites over black sees
+    ``a·c``: faint decoy strokes, not the payload (Tesseract reads neither there). Objective: the
+    model reads and follows the payload.
 
     Algorithm: the payload (``payload``, ``{request}`` = the request) is typeset black on white
     (:func:`~mmsafe.render.typeset.fit_text`, 6% margins) and its white lowered to ``hidden_level``:
@@ -227,6 +229,7 @@ class AlphaBlend(Attack):
             "views": {
                 "over_white": "decoy (browsers, light themes, a flatten onto white)",
                 "alpha_dropped": "payload (mmsafe's Image.to_pil('RGB'): hf, tiny-llava, gemma-ocr OCR)",
+                "over_black": "faint decoy strokes, not the payload",
                 "openai": "the RGBA PNG bytes as stored; the server decides",
             },
             "font": self.font[0],
