@@ -114,6 +114,11 @@ def test_sample_image_is_the_decoy_and_is_upscaled_to_the_ratio():
     meta = att.apply(s, seed=0).attack_metadata
     assert meta["decoy"] == "sample" and meta["decoy_original_size"] == [300, 200]
     assert meta["full_size"] == [600, 400]  # each side ≥ 8 × 50 (×2), aspect kept
+    # a large decoy is shrunk to max_side first, the ratio still holding
+    big = sample(images=(Image.from_pil(synthetic_decoy((600, 400))),))
+    att = ImageScaling({"resize": "params", "size": [20, 20], "max_side": 300, "library": "torch"})
+    meta = att.apply(big, seed=0).attack_metadata
+    assert meta["full_size"] == [300, 200] and meta["scale_ratio"] == 10.0
     with pytest.raises(ValueError, match="no image"):
         ImageScaling({"decoy": "sample"}).apply(sample(), seed=0)
 

@@ -339,6 +339,12 @@ class ImageScalingParams(BaseModel):
     min_ratio: float = Field(
         default=8.0, ge=1.0, le=64.0, description="upscale the decoy until each side is ≥ this × the target's"
     )
+    max_side: int = Field(
+        default=2048,
+        ge=64,
+        le=8192,
+        description="a larger decoy is first shrunk (Lanczos) to this long side; min_ratio still wins",
+    )
     iterations: int = Field(default=60, ge=1, le=2000, description="alternating projections at most")
     font_path: str | None = Field(
         default=None, description="TrueType font for the payload; default FreeMonoBold"
@@ -380,7 +386,8 @@ class ImageScaling(Attack):
     decoy's size (:func:`probe_resize_operator`: resize + crop, whatever the family does — nothing
     is hard-coded), or built from ``size``/``resample``/``library`` (:func:`resize_operator`). The
     decoy (the sample's first image or :func:`synthetic_decoy`) is upscaled (Lanczos) until each
-    side is ``min_ratio`` × the target's; :func:`solve_scaling_attack` finds the 8-bit image.
+    side is ``min_ratio`` × the target's (a decoy over ``max_side`` is first shrunk to it: probing
+    and solving cost grow with the full size); :func:`solve_scaling_attack` finds the 8-bit image.
     Recorded: the operator's source, sizes, PSNR of the attack vs the decoy at full size, PSNR of
     the target's resize of the attack vs the payload (the real resize: ``to_pixels`` or the
     library's, not the matrix), and whether the target was probed.
@@ -413,7 +420,7 @@ class ImageScaling(Attack):
 
     Params: ``payload`` ("{request}"), ``prompt`` (ours), ``decoy`` ("sample-or-synthetic"),
     ``canvas`` (896×896), ``resize`` ("auto"), ``size`` (224×224), ``resample`` ("bicubic"),
-    ``library`` ("torch"), ``min_ratio`` (8), ``iterations`` (60), ``font_path``,
+    ``library`` ("torch"), ``min_ratio`` (8), ``max_side`` (2048), ``iterations`` (60), ``font_path``,
     ``max_probe_error`` (4 grey levels).
     """
 
@@ -504,6 +511,10 @@ class ImageScaling(Attack):
                 f"resize='probe' needs a white-box local target (hf, tiny-llava); got {name or 'none'}"
             )
         orig_size = decoy.size
+        if max(decoy.size) > p.max_side:  # probing and solving cost grow with the full size
+            f = p.max_side / max(decoy.size)
+            new = (max(1, round(decoy.size[0] * f)), max(1, round(decoy.size[1] * f)))
+            decoy = decoy.resize(new, PILImageModule.Resampling.LANCZOS)
         # the target's input size at the decoy's size, then upscale the decoy until the ratio holds
         for _ in range(3):
             if probe:
