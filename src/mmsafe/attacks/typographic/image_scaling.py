@@ -415,8 +415,9 @@ class ImageScaling(Attack):
     person sees): the full-size PSNR is low (6–7 dB measured on tiny-llava) and OCR of the full
     image reads the payload too, as Quiring predicts — the metadata shows it. The default model
     ``gemma-ocr-safe`` reads the full-size image by OCR without resizing: it sees only the decoy.
-    With ``resize="auto"`` a wrapped or remote target (a defense in front, ``openai``) is not probed;
-    the explicit params are used and ``probed: false`` is recorded.
+    With ``resize="auto"`` a target that is not a local white-box model (``openai``, ``gemma-ocr``)
+    is not probed: the explicit params are used and ``probed: false`` is recorded. The runner passes
+    the undefended model as ``target``, so a defense in the cell does not stop the probe.
 
     Params: ``payload`` ("{request}"), ``prompt`` (ours), ``decoy`` ("sample-or-synthetic"),
     ``canvas`` (896×896), ``resize`` ("auto"), ``size`` (224×224), ``resample`` ("bicubic"),
