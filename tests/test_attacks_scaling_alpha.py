@@ -197,6 +197,32 @@ def test_family_resize_is_probed_and_shows_the_payload(llava112):
     assert again.attack_metadata["probe_cached"] is True and again.images[0].sha256 == prompt.images[0].sha256
 
 
+@pytest.mark.parametrize("family", ["qwen2_vl", "idefics3"])
+def test_other_families_resizes_are_probed(family):
+    # Qwen2-VL: resize to multiples of 28 px keeping the aspect; Idefics3: longest edge, then zero padding
+    model = REG.create("model", "tiny", {"family": family})
+    model.load()
+    try:
+        att = ImageScaling({"canvas": [256, 192], "min_ratio": 4, "iterations": 20})
+        prompt = att.apply(sample(), seed=0, target=model)
+        meta = prompt.attack_metadata
+        seen = model.to_pixels(prompt.images[0]).numpy() * 255.0
+    finally:
+        model.close()
+    assert meta["probed"] is True and meta["operator_source"] == f"probed:tiny:{family}"
+    assert (
+        meta["probe_max_error"] <= 4.0 and meta["psnr_scaled_vs_reachable"] > 30
+    )  # measured 35.1 (idefics3), 39.6
+    w, h = meta["model_input_size"]
+    assert seen.shape == (3, h, w) and meta["payload_box"] == [0, 0, w, h]
+    if family == "idefics3":  # 256×192 → 32×24 (longest edge), then → 32×32: rank 24 of 32 rows
+        assert (w, h) == (32, 32) and meta["operator_rank"] == [24, 32]
+        assert meta["psnr_scaled_vs_payload"] < meta["psnr_scaled_vs_reachable"]
+    else:  # 256×192 → a multiple of 28 keeping the aspect: every output line reachable
+        assert w > h and meta["operator_rank"] == [h, w]
+        assert meta["psnr_scaled_vs_payload"] == meta["psnr_scaled_vs_reachable"] > 35
+
+
 def test_image_scaling_is_deterministic():
     att = ImageScaling({"resize": "params", "size": [40, 40], "canvas": [160, 160], "library": "torch"})
     a, b = att.apply(sample(), seed=0), att.apply(sample(), seed=1)

@@ -126,7 +126,7 @@ def probe_resize_operator(
        tails of a wide antialiased kernel).
 
     Coefficients are read from 8-bit outputs (± 0.5/127 each). The result is checked on a seeded
-    random RGB image: the largest gap between ``view`` and ``L X Rᵀ`` (in grey levels) is returned
+    random RGB image with values in [32, 223] (so no overshoot is clipped): the largest gap between ``view`` and ``L X Rᵀ`` (in grey levels) is returned
     in ``info["probe_max_error"]``; over ``max_error`` raises ``ValueError`` (the resize is not such
     an operator: padding with a colour, per-channel differences, a non-linear step).
     """
@@ -210,7 +210,7 @@ def probe_resize_operator(
     left, d_rows = axis(0)
     right, d_cols = axis(1)
     rng = np.random.default_rng(0)
-    test = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    test = rng.integers(_RAMP[0], _RAMP[1] + 1, size=(height, width, 3), dtype=np.uint8)  # no 8-bit clipping
     calls += 1
     seen = np.asarray(view(PILImageModule.fromarray(test, mode="RGB")), dtype=np.float64)
     pred = left @ test.transpose(2, 0, 1).astype(np.float64) @ right.T
@@ -248,11 +248,17 @@ def solve_scaling_attack(
         ``{A : L A Rᵀ = payload}`` (``A + L⁺ (payload − L A Rᵀ) (R⁺)ᵀ``, the least-squares change; from
         the decoy it is the QP's optimum without bounds), then the box [0, 255]; from the first third of
         the iterations on, each iterate is rounded to 8 bits, so the projection corrects the rounding it
-        will undergo. Stops when the largest scaled error is under ``tolerance`` grey levels, or when
+        will undergo. Errors are measured on the part of the payload the operator can reach (its range:
+    all of it unless the resize has lower rank than its output). Stops when the largest scaled error is under ``tolerance`` grey levels, or when
     ten iterations have not lowered it by 1% (no exact solution inside the box)."""
     import numpy as np
 
-    lp, rp = np.linalg.pinv(left), np.linalg.pinv(right)
+    # singular values under 5% of the largest are dropped: a probed operator of lower rank (see below)
+    # shows them as 8-bit probe noise (~1-2%), which a full pseudo-inverse would amplify 50-fold
+    lp, rp = np.linalg.pinv(left, rcond=_RCOND), np.linalg.pinv(right, rcond=_RCOND)
+    # projectors onto the operator's range: a resize of lower rank than its output (two resizes in a
+    # row, e.g. Idefics3's) reaches only that part of the payload; errors are measured there
+    lr, rr = left @ lp, right @ rp
 
     def scaled(a: np.ndarray) -> np.ndarray:
         return left @ a @ right.T
@@ -262,7 +268,7 @@ def solve_scaling_attack(
     history: list[float] = []
     for it in range(iterations):
         res = payload - scaled(a)
-        err = float(np.abs(res).max())
+        err = float(np.abs(lr @ res @ rr.T).max())
         history.append(err)
         if err <= tolerance and it > 0:
             break
@@ -273,8 +279,24 @@ def solve_scaling_attack(
             a = np.round(a)
         done = it + 1
     a = np.round(np.clip(a, 0.0, 255.0))
-    err = float(np.abs(payload - scaled(a)).max())
-    return a.astype(np.uint8), {"iterations": done, "operator_max_error": round(err, 3)}
+    err = float(np.abs(lr @ (payload - scaled(a)) @ rr.T).max())
+    rank = [_rank(left), _rank(right)]
+    return a.astype(np.uint8), {
+        "iterations": done,
+        "operator_max_error": round(err, 3),
+        "operator_rank": rank,
+    }
+
+
+#: relative cut-off of the pseudo-inverses (singular values under it count as zero)
+_RCOND = 0.05
+
+
+def _rank(op: np.ndarray) -> int:
+    import numpy as np
+
+    sv = np.linalg.svd(op, compute_uv=False)
+    return int((sv > _RCOND * sv[0]).sum()) if sv.size else 0
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -388,6 +410,11 @@ class ImageScaling(Attack):
     decoy (the sample's first image or :func:`synthetic_decoy`) is upscaled (Lanczos) until each
     side is ``min_ratio`` × the target's (a decoy over ``max_side`` is first shrunk to it: probing
     and solving cost grow with the full size); :func:`solve_scaling_attack` finds the 8-bit image.
+    A resize of lower rank than its output (Idefics3: longest edge to the encoder size, then a second
+    resize to a multiple of it) can show only the payload's projection on its range; the record
+    gives ``operator_rank`` and ``psnr_scaled_vs_reachable`` next to ``psnr_scaled_vs_payload``.
+    Output lines that no input pixel reaches (a resize that pads, as Idefics3's does) keep their
+    fixed value; the payload is typeset inside the reachable box (``payload_box``).
     Recorded: the operator's source, sizes, PSNR of the attack vs the decoy at full size, PSNR of
     the target's resize of the attack vs the payload (the real resize: ``to_pixels`` or the
     library's, not the matrix), and whether the target was probed.
@@ -539,10 +566,21 @@ class ImageScaling(Attack):
             right = resize_operator(decoy.size[0], out[0], resample=p.resample, library=p.library)
             info = {}
             source = f"params:{p.library}:{p.resample}"
-        payload, layout = self.payload_image(text, out)
+        # output lines the image reaches (a padded resize adds lines no input pixel moves: they stay 0)
+        rows = np.flatnonzero(np.abs(left.sum(axis=1)) > 0.5)
+        cols = np.flatnonzero(np.abs(right.sum(axis=1)) > 0.5)
+        if rows.size == 0 or cols.size == 0:
+            raise ValueError("the target's resize ignores the image (no output line depends on it)")
+        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        payload, layout = self.payload_image(text, (c1 - c0, r1 - r0))
+        q = np.zeros((3, out[1], out[0]))
+        q[:, r0:r1, c0:c1] = np.asarray(payload.convert("RGB"), dtype=np.float64).transpose(2, 0, 1)
         d = np.asarray(decoy, dtype=np.float64).transpose(2, 0, 1)
-        q = np.asarray(payload.convert("RGB"), dtype=np.float64).transpose(2, 0, 1)
         attack, solved = solve_scaling_attack(d, q, left, right, iterations=p.iterations)
+        reach_l, reach_r = (
+            left @ np.linalg.pinv(left, rcond=_RCOND),
+            right @ np.linalg.pinv(right, rcond=_RCOND),
+        )
         attack_pil = PILImageModule.fromarray(attack.transpose(1, 2, 0), mode="RGB")
         if probe:
             seen = self._view(target)(attack_pil)
@@ -556,6 +594,7 @@ class ImageScaling(Attack):
             "decoy_original_size": list(orig_size),
             "full_size": list(decoy.size),
             "model_input_size": list(out),
+            "payload_box": [c0, r0, c1, r1],
             "scale_ratio": round(min(decoy.size[0] / out[0], decoy.size[1] / out[1]), 3),
             "probed": probe,
             "operator_source": source,
@@ -566,6 +605,7 @@ class ImageScaling(Attack):
             **solved,
             "psnr_full_vs_decoy": round(psnr(attack.astype(np.float64), d), 2),
             "psnr_scaled_vs_payload": round(psnr(seen, q), 2),
+            "psnr_scaled_vs_reachable": round(psnr(seen, np.clip(reach_l @ q @ reach_r.T, 0, 255)), 2),
             **layout,
             "font": self.font[0],
             "prompt": p.prompt,
