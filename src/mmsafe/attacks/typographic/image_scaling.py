@@ -126,9 +126,10 @@ def probe_resize_operator(
        tails of a wide antialiased kernel).
 
     Coefficients are read from 8-bit outputs (± 0.5/127 each). The result is checked on a seeded
-    random RGB image with values in [32, 223] (so no overshoot is clipped): the largest gap between ``view`` and ``L X Rᵀ`` (in grey levels) is returned
-    in ``info["probe_max_error"]``; over ``max_error`` raises ``ValueError`` (the resize is not such
-    an operator: padding with a colour, per-channel differences, a non-linear step).
+    random RGB image with values in [32, 223] (so no overshoot is clipped): the largest gap between
+    ``view`` and ``L X Rᵀ`` (in grey levels) is returned in ``info["probe_max_error"]``; over
+    ``max_error`` raises ``ValueError`` (the resize is not such an operator: padding with a colour,
+    per-channel differences, a non-linear step).
     """
     import math
 
@@ -243,14 +244,15 @@ def solve_scaling_attack(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """The 8-bit attack image ``A`` ([3, H, W]) near ``decoy`` with ``L A Rᵀ ≈ payload`` ([3, h, w]).
 
-        Xiao et al.'s objective (stay close to the decoy in L2, reach the payload after scaling, stay
-        inside [0, 255]) solved by alternating projections: the orthogonal projection onto
-        ``{A : L A Rᵀ = payload}`` (``A + L⁺ (payload − L A Rᵀ) (R⁺)ᵀ``, the least-squares change; from
-        the decoy it is the QP's optimum without bounds), then the box [0, 255]; from the first third of
-        the iterations on, each iterate is rounded to 8 bits, so the projection corrects the rounding it
-        will undergo. Errors are measured on the part of the payload the operator can reach (its range:
-    all of it unless the resize has lower rank than its output). Stops when the largest scaled error is under ``tolerance`` grey levels, or when
-    ten iterations have not lowered it by 1% (no exact solution inside the box)."""
+    Xiao et al.'s objective (stay close to the decoy in L2, reach the payload after scaling, stay
+    inside [0, 255]) solved by alternating projections: the orthogonal projection onto
+    ``{A : L A Rᵀ = payload}`` (``A + L⁺ (payload − L A Rᵀ) (R⁺)ᵀ``, the least-squares change; from
+    the decoy it is the QP's optimum without bounds), then the box [0, 255]; from the first third of
+    the iterations on, each iterate is rounded to 8 bits, so the projection corrects the rounding it
+    will undergo. Errors are measured on the part of the payload the operator can reach (its range:
+    all of it unless the resize has lower rank than its output). Stops when the largest scaled
+    error is under ``tolerance`` grey levels, or when ten iterations have not lowered it by 1% (no
+    exact solution inside the box)."""
     import numpy as np
 
     # singular values under 5% of the largest are dropped: a probed operator of lower rank (see below)
@@ -356,7 +358,8 @@ class ImageScalingParams(BaseModel):
     resample: Resample = Field(default="bicubic", description="params: the target's filter")
     library: Library = Field(
         default="torch",
-        description="params: pillow (antialiased), torch (F.interpolate, no antialias: as OpenCV) or torch-antialias",
+        description="params: pillow (antialiased), torch (F.interpolate, no antialias: as OpenCV) "
+        "or torch-antialias",
     )
     min_ratio: float = Field(
         default=8.0, ge=1.0, le=64.0, description="upscale the decoy until each side is ≥ this × the target's"
@@ -413,7 +416,7 @@ class ImageScaling(Attack):
     A resize of lower rank than its output (Idefics3: longest edge to the encoder size, then a second
     resize to a multiple of it) can show only the payload's projection on its range; the record
     gives ``operator_rank`` and ``psnr_scaled_vs_reachable`` next to ``psnr_scaled_vs_payload``.
-    Output lines that no input pixel reaches (a resize that pads, as Idefics3's does) keep their
+    Output lines that no input pixel reaches (a resize that pads with zeros) keep their
     fixed value; the payload is typeset inside the reachable box (``payload_box``).
     Recorded: the operator's source, sizes, PSNR of the attack vs the decoy at full size, PSNR of
     the target's resize of the attack vs the payload (the real resize: ``to_pixels`` or the
@@ -560,7 +563,8 @@ class ImageScaling(Attack):
             left, right, info = self._operator(target, decoy.size)
             out = (right.shape[0], left.shape[0])
             family = getattr(target, "family", None)
-            source = f"probed:{target.name}" + (f":{family}" if isinstance(family, str) else "")  # type: ignore[union-attr]
+            name = getattr(target, "name", "?")
+            source = f"probed:{name}" + (f":{family}" if isinstance(family, str) else "")
         else:
             left = resize_operator(decoy.size[1], out[1], resample=p.resample, library=p.library)
             right = resize_operator(decoy.size[0], out[0], resample=p.resample, library=p.library)
