@@ -4,6 +4,7 @@ at success and keep the judge's best, target and helper calls are counted exactl
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import ClassVar
 
@@ -86,7 +87,9 @@ def _pixels(model, image: Image):
 def _grey(model):
     from PIL import Image as PILImage
 
-    return torch.round(model.to_pixels(Image.from_pil(PILImage.new("RGB", (224, 224), (128,) * 3))) * 255) / 255
+    return (
+        torch.round(model.to_pixels(Image.from_pil(PILImage.new("RGB", (224, 224), (128,) * 3))) * 255) / 255
+    )
 
 
 # ---------------------------------------------------------------- the image stages
@@ -143,7 +146,7 @@ def test_jps_refit_continues_from_the_previous_image(llava: TinyLlava, monkeypat
         SAMPLE, seed=0, target=llava
     )
     assert len(seen) == 3 and seen[0][0] is None
-    for (_, before), (start, _) in zip(seen, seen[1:]):
+    for (_, before), (start, _) in itertools.pairwise(seen):
         assert start is not None and torch.equal(start, before)
 
 
@@ -167,7 +170,9 @@ def test_the_universal_image_is_fitted_once_and_reused(llava: TinyLlava, monkeyp
     assert calls == ["bap"] and a.images[0].sha256 == b.images[0].sha256
     # a new text loop (other rounds, judge, attacker) reuses the image fitted on disk
     c = BAP(steps=2, rounds=3, attacker={"name": "scripted"}).apply(SAMPLE, seed=0, target=llava)
-    assert calls == ["bap"] and c.attack_metadata["reused"] is True and c.images[0].sha256 == a.images[0].sha256
+    assert (
+        calls == ["bap"] and c.attack_metadata["reused"] is True and c.images[0].sha256 == a.images[0].sha256
+    )
     BAP(steps=3, rounds=1, attacker=ATTACKER).apply(SAMPLE, seed=0, target=llava)  # an image param: refit
     assert calls == ["bap", "bap"]
 
@@ -187,7 +192,11 @@ def _bap_loop(llava, judge: TextScore, rounds: int = 4):
     attack = BAP(steps=1, rounds=rounds, source={"name": "tiny-llava"}, attacker={"name": "scripted"})
     attack.source = llava  # craft on the white-box model; query the scripted target
     attack.attacker = Counting(
-        rules={'ASKED: "q0': "The frame failed. @@q1@@", 'ASKED: "q1': "@@x@@ then @@q2@@", 'ASKED: "q2': "q3"}
+        rules={
+            'ASKED: "q0': "The frame failed. @@q1@@",
+            'ASKED: "q1': "@@x@@ then @@q2@@",
+            'ASKED: "q2': "q3",
+        }
     )
     attack.judge = judge
     target = Counting(rules={"q1": "5", "q2": "9", "q3": "2"}, default="1")

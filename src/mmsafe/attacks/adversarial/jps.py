@@ -279,13 +279,12 @@ class JPS(UniversalAttack):
             pick = len(pairs) - 1
         x, steer, _ = pairs[pick]
         image, meta = self.output(clean, x, result, 0, model, tested=False)
-        for k in ("final_loss", "steps", "seconds", "batch", "resumed_from"):
-            meta.pop(k, None)
+        for drop in ("final_loss", "seconds", "batch", "resumed_from"):  # "steps": those of one fit
+            meta.pop(drop, None)
         cost = log.cost()
         meta.update(
             {
                 "universal": True,
-                "steps_per_fit": p.steps,
                 "image_fits": len(rounds),
                 "revisions_run": len(rounds) - 1,
                 "selected": pick,
