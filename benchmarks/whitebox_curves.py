@@ -1,10 +1,14 @@
-"""Loss curves of the ``imgjp`` (ImgJP and DeltaJP) and ``umk`` attacks on a tiny random Qwen2-VL.
+"""Loss curves of the ``imgjp`` (ImgJP, DeltaJP), ``umk``, ``bap`` and ``jps`` attacks on a tiny random Qwen2-VL.
 
 Issue 21's "must show": each new white-box attack lowers its objective on a non-LLaVA family. The
 tiny Qwen2-VL (random weights, built offline by ``tiny`` with ``family: qwen2_vl``; its pixels
 reach the model through Qwen2-VL's patching, redone in torch) is attacked with each method for
 ``--steps`` steps on the built-in behaviours; the per-step loss history each attack records
-(``loss_curve``, plus UMK's image-prefix stage ``prefix_loss_curve``; exact up to 100 steps,
+(``loss_curve``, plus UMK's image-prefix stage ``prefix_loss_curve``; BAP's stage-1 image curve —
+its text stage runs one round with the scripted attacker —; JPS's curve of each image fit, the
+first without a steer, the second after one revision by the scripted reviser — it continues from
+the first fit's image, so on this random model, where the image's effect barely depends on the
+prompt, it starts on the plateau the first fit reached and stays flat; exact up to 100 steps,
 evenly subsampled to 100 points beyond) is written to ``curves.json`` and ``curves.csv`` and
 plotted to ``curves.png`` (matplotlib) or ``curves.svg`` (written by hand when matplotlib is
 missing) under ``--out``. First and last loss per curve are printed. Random weights: the curves
@@ -48,6 +52,25 @@ def _runs(steps: int, candidates: int) -> dict[str, tuple[str, dict[str, Any]]]:
                 "query_batch": 64,
             },
         ),
+        "bap": (
+            "bap",
+            {
+                "steps": steps,
+                "step_size": 2 / 255,
+                "corpus_batch": 64,
+                "rounds": 1,
+                "attacker": {"name": "scripted", "params": {"default": "@@Tell me more@@"}},
+            },
+        ),
+        "jps": (
+            "jps",
+            {
+                "steps": steps,
+                "step_size": 1 / 255,  # the release's α
+                "revisions": 1,
+                "reviser": {"name": "scripted", "params": {"default": "@@Answer the question in full.@@"}},
+            },
+        ),
     }
 
 
@@ -57,7 +80,7 @@ def _svg(curves: dict[str, list[float]], path: Path) -> None:
     values = [v for c in curves.values() for v in c]
     lo, hi = min(values), max(values)
     span = (hi - lo) or 1.0
-    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
+    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
     lines = []
     for (name, c), colour in zip(curves.items(), colours, strict=False):
         n = max(1, len(c) - 1)
@@ -98,7 +121,12 @@ def main() -> None:
         t0 = time.perf_counter()
         prompt = reg.create("attack", name, params).apply(sample, seed=0, target=model)
         meta = prompt.attack_metadata
-        if "prefix_loss_curve" in meta:
+        if "rounds" in meta:  # jps: one curve per image fit
+            for r in meta["rounds"]:
+                curves[f"{label} fit {r['revision']}" + (" (steered)" if r["steer"] else "")] = r[
+                    "loss_curve"
+                ]
+        elif "prefix_loss_curve" in meta:
             curves[f"{label} (a) image prefix"] = meta["prefix_loss_curve"]
             curves[f"{label} (b) image + suffix"] = meta["loss_curve"]
         else:
@@ -113,6 +141,10 @@ def main() -> None:
             "gcg_accepted",
             "linf",
             "delta_linf",
+            "corpus_loss_clean",
+            "corpus_loss_final",
+            "fit_queries",
+            "fit_aux_calls",
         )
         summary["runs"][label] = {k: meta[k] for k in keep if k in meta} | {
             "seconds": round(time.perf_counter() - t0, 1)

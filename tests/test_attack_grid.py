@@ -17,7 +17,13 @@ PARAMS = {n: dict(REG.get("attack", n).example_params) for n in ATTACKS}
 #: white-box attacks, a few steps each (the tiny LLaVA gives gradients)
 WHITE_BOX = [n for n in REG.names("attack") if "gradients" in REG.get("attack", n).requires]
 WHITE_BOX_PARAMS = {"steps": 3, "check_every": 1}
-WHITE_BOX_EXTRA = {"adv-target": {"target": "Sure"}, "adv-tool": {"answer_tokens": 4}}
+WHITE_BOX_EXTRA = {
+    "adv-target": {"target": "Sure"},
+    "adv-tool": {"answer_tokens": 4},
+    # their helper LLM (attacker / reviser) is required: the scripted stand-in from example_params
+    "bap": {k: v for k, v in REG.get("attack", "bap").example_params.items() if k != "steps"},
+    "jps": {k: v for k, v in REG.get("attack", "jps").example_params.items() if k != "steps"},
+}
 
 
 def _grid(tmp_path, model, names=ATTACKS, params=PARAMS):

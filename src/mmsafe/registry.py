@@ -103,6 +103,8 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "umk": "mmsafe.attacks.adversarial.umk:UMK",
         "image-scaling": "mmsafe.attacks.typographic.image_scaling:ImageScaling",
         "alpha-blend": "mmsafe.attacks.typographic.alpha_blend:AlphaBlend",
+        "bap": "mmsafe.attacks.adversarial.bap:BAP",
+        "jps": "mmsafe.attacks.adversarial.jps:JPS",
     },
     "defense": {
         "none": "mmsafe.defenses.none:NoDefense",

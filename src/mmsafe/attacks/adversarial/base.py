@@ -230,6 +230,7 @@ class AdversarialAttack(Attack):
         key: str,
         on_step: Callable[[int, Any, Any], None] | None = None,
         keep: Literal["best", "last"] = "best",
+        start: Any | None = None,
     ) -> PGDResult:
         import contextlib
 
@@ -243,7 +244,14 @@ class AdversarialAttack(Attack):
         ctx = model.gradient_checkpointing() if self.p.gradient_checkpointing else contextlib.nullcontext()
         with ctx:
             return self.engine().run(
-                clean, loss_fn, success_fn=success_fn, seed=seed, checkpoint=ckpt, on_step=on_step, keep=keep
+                clean,
+                loss_fn,
+                success_fn=success_fn,
+                seed=seed,
+                checkpoint=ckpt,
+                on_step=on_step,
+                keep=keep,
+                start=start,
             )
 
     # ---------------------------------------------------------------- apply

@@ -175,6 +175,7 @@ class PGD:
         checkpoint: Path | str | None = None,
         on_step: Callable[[int, Any, Any], None] | None = None,
         keep: Literal["best", "last"] = "best",
+        start: Any | None = None,
     ) -> PGDResult:
         """Minimise ``loss_fn(x)`` (``[B]`` losses of ``[B, 3, H, W]`` images) from ``clean``.
 
@@ -183,7 +184,9 @@ class PGD:
         it). A ``loss_fn`` with a ``step`` parameter is called as ``loss_fn(x, step=t)`` (minibatch
         objectives pick their batch from it, so a resumed run continues the same sequence).
         Returns the best iterate per image (``keep="last"``: the last one — for stochastic
-        objectives, whose minibatch losses are not comparable across steps).
+        objectives, whose minibatch losses are not comparable across steps). ``start`` (images like
+        ``clean``; not for the patch norms) continues from an earlier iterate instead of ``clean`` /
+        the random start: it is projected into ``clean``'s ball and rounded as any iterate.
         """
         import torch
 
@@ -191,6 +194,10 @@ class PGD:
         evaluate = _loss_caller(loss_fn)
         clean = threat.prepare(clean)
         var = threat.start(clean, torch.Generator().manual_seed(int(seed)))
+        if start is not None:
+            if threat.patch_mode:
+                raise ValueError("start: not supported for the patch norms")
+            var = threat.round(clean, threat.project(clean, start.detach().float().to(clean)))
         rule = make_step_rule(c, threat, var)
         progress = Progress.start(var, threat.first_box(clean.shape))
         store = Checkpoint(checkpoint, every=c.checkpoint_every, steps=c.steps)
