@@ -64,7 +64,6 @@ loop with the best so far (recorded as ``stopped``). (5) The judge is any mmsafe
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import ConfigDict, Field, field_validator
@@ -204,26 +203,21 @@ class BAP(UniversalCorpus):
 
     # --------------------------------------------------------------- apply
 
-    def apply_batch(
-        self, samples: Sequence[Sample], *, seeds: Sequence[int], target: ModelBackend | None = None
-    ) -> list[Prompt | Exception]:
+    def prompt_for(
+        self,
+        sample: Sample,
+        *,
+        seed: int,
+        image: Image,
+        meta: dict[str, Any],
+        model: Any,
+        target: ModelBackend | None,
+    ) -> Prompt:
         if target is None:
-            err = ConfigError(
+            raise ConfigError(
                 "bap: needs the model under test (apply(..., target=model)); the runner passes it"
             )
-            return [err] * len(samples)
-        try:
-            model = self.crafting_model(target)
-            image, meta = self.universal_image(model)
-        except Exception as exc:
-            return [exc] * len(samples)
-        out: list[Prompt | Exception] = []
-        for s, seed in zip(samples, seeds, strict=True):
-            try:
-                out.append(self._text_stage(s, seed, image, meta, target))
-            except Exception as exc:
-                out.append(exc)
-        return out
+        return self._text_stage(sample, seed, image, meta, target)
 
     def _text_stage(
         self, sample: Sample, seed: int, image: Image, image_meta: dict[str, Any], target: ModelBackend

@@ -399,6 +399,21 @@ class UniversalAttack(AdversarialAttack):
     def eval_prompt(self, sample: Sample, image: Image) -> Prompt:
         return self.with_image(sample, image)
 
+    def prompt_for(
+        self,
+        sample: Sample,
+        *,
+        seed: int,
+        image: Image,
+        meta: dict[str, Any],
+        model: WhiteBoxModel,
+        target: ModelBackend | None,
+    ) -> Prompt:
+        """The prompt for one sample, given the fitted universal image and its record (default: the sample's text
+        with the image; attacks that add text — a suffix, a steering prompt, a rewrite loop — override this)."""
+        prompt = self.eval_prompt(sample, image)
+        return prompt.model_copy(update={"attack_metadata": {**prompt.attack_metadata, **meta}})
+
     def apply_batch(
         self, samples: Sequence[Sample], *, seeds: Sequence[int], target: ModelBackend | None = None
     ) -> list[Prompt | Exception]:
@@ -408,10 +423,9 @@ class UniversalAttack(AdversarialAttack):
         except Exception as exc:
             return [exc] * len(samples)
         out: list[Prompt | Exception] = []
-        for s in samples:
+        for s, seed in zip(samples, seeds, strict=True):
             try:
-                prompt = self.eval_prompt(s, image)
-                out.append(prompt.model_copy(update={"attack_metadata": {**prompt.attack_metadata, **meta}}))
+                out.append(self.prompt_for(s, seed=seed, image=image, meta=meta, model=model, target=target))
             except Exception as exc:
                 out.append(exc)
         return out

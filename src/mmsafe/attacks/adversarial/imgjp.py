@@ -251,24 +251,19 @@ class ImgJP(UniversalAttack):
 
     # --------------------------------------------------------------- apply
 
-    def apply_batch(
-        self, samples: Sequence[Sample], *, seeds: Sequence[int], target: ModelBackend | None = None
-    ) -> list[Prompt | Exception]:
+    def prompt_for(
+        self,
+        sample: Sample,
+        *,
+        seed: int,
+        image: Image,
+        meta: dict[str, Any],
+        model: Any,
+        target: ModelBackend | None,
+    ) -> Prompt:
         if self.ip.variant == "imgjp":
-            return super().apply_batch(samples, seeds=seeds, target=target)
-        try:
-            model = self.crafting_model(target)
-            image, meta = self.universal_image(model)
-            delta = _exact_pixels(image) - GREY
-        except Exception as exc:
-            return [exc] * len(samples)
-        out: list[Prompt | Exception] = []
-        for s, seed in zip(samples, seeds, strict=True):
-            try:
-                out.append(self._with_delta(model, s, seed, delta, meta))
-            except Exception as exc:
-                out.append(exc)
-        return out
+            return super().prompt_for(sample, seed=seed, image=image, meta=meta, model=model, target=target)
+        return self._with_delta(model, sample, seed, _exact_pixels(image) - GREY, meta)
 
     def _with_delta(self, model: Any, sample: Sample, seed: int, delta: Any, meta: dict[str, Any]) -> Prompt:
         """The sample's own image (or the start image) plus the fitted δ, within the ε-ball."""

@@ -402,26 +402,22 @@ class JPS(UniversalAttack):
 
     # --------------------------------------------------------------- apply
 
-    def apply_batch(
-        self, samples: Sequence[Sample], *, seeds: Sequence[int], target: ModelBackend | None = None
-    ) -> list[Prompt | Exception]:
-        try:
-            model = self.crafting_model(target)
-            image, meta = self.universal_image(model)
-        except Exception as exc:
-            return [exc] * len(samples)
-        out: list[Prompt | Exception] = []
-        for s in samples:
-            try:
-                if not s.text.strip():
-                    raise ValueError(f"jps: sample {s.id} has no request text to steer")
-                text = self.request(meta["steer"], s.text, s.target)
-                prompt = self.with_image(s, image, text)
-                extra = {"queries": 0, "aux_calls": 0, "start_instruction": bool(s.target)}
-                out.append(prompt.model_copy(update={"attack_metadata": {**meta, **extra}}))
-            except Exception as exc:
-                out.append(exc)
-        return out
+    def prompt_for(
+        self,
+        sample: Sample,
+        *,
+        seed: int,
+        image: Image,
+        meta: dict[str, Any],
+        model: Any,
+        target: ModelBackend | None,
+    ) -> Prompt:
+        if not sample.text.strip():
+            raise ValueError(f"jps: sample {sample.id} has no request text to steer")
+        text = self.request(meta["steer"], sample.text, sample.target)
+        prompt = self.with_image(sample, image, text)
+        extra = {"queries": 0, "aux_calls": 0, "start_instruction": bool(sample.target)}
+        return prompt.model_copy(update={"attack_metadata": {**meta, **extra}})
 
 
 def _curve(result: Any) -> list[float]:

@@ -34,6 +34,7 @@ class Defense(Protocol):
 
     def transform_image(self, image: Image, *, seed: int) -> Image | None: ...
 
+
 __all__ = ["through_defense", "transformed"]
 
 

@@ -303,23 +303,19 @@ class UMK(UniversalAttack):
 
     # ---------------------------------------------------------------- apply
 
-    def apply_batch(
-        self, samples: Sequence[Sample], *, seeds: Sequence[int], target: ModelBackend | None = None
-    ) -> list[Prompt | Exception]:
-        try:
-            model = self.crafting_model(target)
-            image, meta = self.universal_image(model)
-        except Exception as exc:
-            return [exc] * len(samples)
-        out: list[Prompt | Exception] = []
-        for s in samples:
-            try:
-                text = f"{s.text}{meta['separator']}{meta['suffix']}" if s.text else meta["suffix"]
-                prompt = self.with_image(s, image, text=text)
-                out.append(prompt.model_copy(update={"attack_metadata": {**prompt.attack_metadata, **meta}}))
-            except Exception as exc:
-                out.append(exc)
-        return out
+    def prompt_for(
+        self,
+        sample: Sample,
+        *,
+        seed: int,
+        image: Image,
+        meta: dict[str, Any],
+        model: Any,
+        target: ModelBackend | None,
+    ) -> Prompt:
+        text = f"{sample.text}{meta['separator']}{meta['suffix']}" if sample.text else meta["suffix"]
+        prompt = self.with_image(sample, image, text=text)
+        return prompt.model_copy(update={"attack_metadata": {**prompt.attack_metadata, **meta}})
 
 
 class _Joint:
