@@ -23,7 +23,8 @@ fits the noise once per (model, corpus, ε, steps); at inference the noise is pr
 backend that takes images can be defended (the paper transfers a LLaVA-fitted guardrail to
 MiniGPT-4, InstructBLIP, Gemini and GPT-4o). The fitting model is ``fit_model`` (any white-box
 backend, ``{name, params}``) or, when that is unset, the defended model itself (it must then be
-white-box). Images are brought into the fitting model's pixel space — resized/cropped as its
+white-box: the defense then requires ``gradients``, and a grid refuses it on a black-box model
+before any compute; with ``fit_model`` it requires only ``images``). Images are brought into the fitting model's pixel space — resized/cropped as its
 processor does (:meth:`~mmsafe.models.base.WhiteBoxModel.to_pixels`) — the noise is added, the
 sum clipped and rounded to 8 bits and re-encoded losslessly (PNG), and the model is asked that
 image. No extra model calls per item.
@@ -209,7 +210,8 @@ class UniGuard(Defense):
     )
     Params: ClassVar[type[BaseModel]] = UniGuardParams
     example_params: ClassVar[dict[str, Any]] = {"steps": 2, "eps": 32 / 255, "step_size": 8 / 255}
-    requires: ClassVar[frozenset[str]] = frozenset({"images"})
+    #: the defended model fits the noise unless ``fit_model`` does: then any image-taking backend will do
+    requires: ClassVar[frozenset[str]] = frozenset({"images", "gradients"})
     #: the white-box model the noise is fitted on (None: the defended model), loaded on first use;
     #: read for gradients, so it stays out of the response cache
     fit_model: Any = SubModel("fit_model", cache=False, check=_gives_gradients)
@@ -218,6 +220,8 @@ class UniGuard(Defense):
         super().__init__(params, registry=registry, **kwargs)
         self._lock = threading.RLock()
         self._fitted: dict[str, tuple[Any, dict[str, Any]]] = {}
+        if self.p.fit_model is not None:  # the noise comes from another model: the defended one only takes images
+            self.requires = frozenset({"images"})  # type: ignore[misc]
 
     @property
     def p(self) -> UniGuardParams:
