@@ -57,7 +57,7 @@ def _summary(out: Path) -> dict[str, Any]:
 
     def strip(v: Any) -> Any:
         if isinstance(v, dict):
-            return {k: strip(x) for k, x in v.items() if k not in ("seconds_per_item", "seconds")}
+            return {k: strip(x) for k, x in v.items() if k not in ("seconds_per_item", "seconds_per_prompt", "seconds")}
         if isinstance(v, list):
             return [strip(x) for x in v]
         return v
