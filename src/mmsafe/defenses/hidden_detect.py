@@ -132,7 +132,17 @@ class HiddenDetect(Defense):
     # ------------------------------------------------------------------ the signal
 
     def refusal_vector(self, model: WhiteBoxModel) -> Any:
-        """The multi-hot refusal vector over ``model``'s vocabulary (the first token of each refusal word)."""
+        """The multi-hot refusal vector over ``model``'s vocabulary (the first token of each refusal word), built
+        once per model (its vocabulary size takes one forward pass)."""
+        cache: dict[int, tuple[Any, Any]] = self.__dict__.setdefault("_refusal_vectors", {})
+        hit = cache.get(id(model))
+        if hit is not None and hit[0] is model:
+            return hit[1]
+        vec = self._build_refusal_vector(model)
+        cache[id(model)] = (model, vec)
+        return vec
+
+    def _build_refusal_vector(self, model: WhiteBoxModel) -> Any:
         import torch
 
         tok = model.tokenizer

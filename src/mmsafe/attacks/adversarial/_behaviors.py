@@ -183,3 +183,9 @@ def downsample(values: Sequence[float], n: int = 100) -> list[float]:
         idx = [round(i * (len(vals) - 1) / (n - 1)) for i in range(n)]
         vals = [vals[i] for i in idx]
     return [round(float(v), 5) for v in vals]
+
+
+def behavior_split(behaviors_file: str | None, *, train: int, heldout: int, seed: int) -> BehaviorSplit:
+    """The user's behaviours (``behaviors_file``) or the built-in ones, split by :func:`split_behaviors`."""
+    pairs: Sequence[Behavior] = load_behaviors(behaviors_file) if behaviors_file else BUILTIN_BEHAVIORS
+    return split_behaviors(pairs, train=train, heldout=heldout, seed=seed)

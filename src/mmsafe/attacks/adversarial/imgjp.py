@@ -62,14 +62,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from mmsafe.attacks.adversarial._behaviors import (
-    BUILTIN_BEHAVIORS,
     Behavior,
     BehaviorSplit,
     behavior_prompt,
+    behavior_split,
     downsample,
     greedy_success,
-    load_behaviors,
-    split_behaviors,
 )
 from mmsafe.attacks.adversarial.base import AdversarialParams, UniversalAttack
 from mmsafe.plugin_meta import Paper
@@ -154,11 +152,9 @@ class ImgJP(UniversalAttack):
     # ---------------------------------------------------------------- data
 
     def behaviors(self) -> BehaviorSplit:
-        pairs: Sequence[Behavior] = (
-            load_behaviors(self.ip.behaviors_file) if self.ip.behaviors_file else BUILTIN_BEHAVIORS
-        )
-        return split_behaviors(
-            pairs, train=self.ip.train_behaviors, heldout=self.ip.test_behaviors, seed=self.ip.seed
+        p = self.ip
+        return behavior_split(
+            p.behaviors_file, train=p.train_behaviors, heldout=p.test_behaviors, seed=p.seed
         )
 
     def start(self) -> Image:

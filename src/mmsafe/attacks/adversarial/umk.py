@@ -69,14 +69,13 @@ from pydantic import ConfigDict, Field
 
 from mmsafe.attacks.adversarial import gcg
 from mmsafe.attacks.adversarial._behaviors import (
-    BUILTIN_BEHAVIORS,
     Behavior,
     BehaviorSplit,
     behavior_prompt,
+    behavior_split,
     downsample,
     greedy_success,
     load_behaviors,
-    split_behaviors,
 )
 from mmsafe.attacks.adversarial.base import AdversarialParams, UniversalAttack, cache_dir
 from mmsafe.attacks.adversarial.engine import Norm
@@ -198,11 +197,9 @@ class UMK(UniversalAttack):
         return self.up.seed
 
     def behaviors(self) -> BehaviorSplit:
-        pairs: Sequence[Behavior] = (
-            load_behaviors(self.up.behaviors_file) if self.up.behaviors_file else BUILTIN_BEHAVIORS
-        )
-        return split_behaviors(
-            pairs, train=self.up.train_behaviors, heldout=self.up.test_behaviors, seed=self.up.seed
+        p = self.up
+        return behavior_split(
+            p.behaviors_file, train=p.train_behaviors, heldout=p.test_behaviors, seed=p.seed
         )
 
     # ------------------------------------------------------------------ fit
