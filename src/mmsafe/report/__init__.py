@@ -62,6 +62,8 @@ class Summary(_SummaryOptional):
     judge_agreement: list[dict[str, Any]]
     effects: list[dict[str, Any]]
     defenses: list[dict[str, Any]]
+    #: per defense, the attack that got through most often, static and adaptive (:func:`strongest_attacks`)
+    strongest: list[dict[str, Any]]
     judges: list[dict[str, Any]]
     #: harm rates corrected for the judge's measured error (:func:`calibrated_rates`)
     calibrated: NotRequired[list[dict[str, Any]]]
@@ -192,6 +194,7 @@ def summarise_tally(
         "judge_agreement": judge_agreement(tally, labels) + ensemble_agreement(tally, labels),
         "effects": effects(tally, labels),
         "defenses": defense_summary(tally, labels),
+        "strongest": strongest_attacks(tally, labels),
         "judges": judge_notes(components.get("judge", {}), labels, judge_evals or {}),
     }
     constructs = {
@@ -201,6 +204,8 @@ def summarise_tally(
     for row in summary["rows"]:
         row["construct"] = constructs.get(row.get("judge", ""), "other")
         row["rate_name"] = rate_name(row["construct"])
+    for best in summary["strongest"]:
+        best["rate_name"] = rate_name(constructs.get(best["judge"], "other"))
     for note in summary["judges"]:
         note["construct"] = constructs.get(note["label"], "other")
         note["rate_name"] = rate_name(note["construct"])
@@ -464,6 +469,67 @@ def defense_summary(tally: Tally, labels: dict[tuple[str, str], str]) -> list[di
                 "actions": dict(use.actions),
                 "calls_per_item": sum(use.calls) / len(use.calls) if use.calls else None,
                 "seconds_per_item": sum(use.seconds) / len(use.seconds) if use.seconds else None,
+            }
+        )
+    return out
+
+
+#: attack params that make an attack adaptive (it sees the defense): a query search with the defended model in its
+#: loop (``adaptive``), a white-box optimisation through a defense's input transform (``through``) or against a
+#: detector's score (``evade``)
+ADAPTIVE_PARAMS = ("adaptive", "through", "evade")
+
+
+def is_adaptive(params: Mapping[str, Any]) -> bool:
+    """Whether an attack with these params is an adaptive attack (:data:`ADAPTIVE_PARAMS`)."""
+    return any(params.get(k) not in (None, False) for k in ADAPTIVE_PARAMS)
+
+
+def strongest_attacks(tally: Tally, labels: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
+    """Per model × benchmark × defense × judge run under two or more attacks: the attack that got through most
+    often (highest rate on must-refuse items, ties to the larger n), over all attacks, over static ones and over
+    adaptive ones (:func:`is_adaptive`), each with its rate and Wilson interval. A defense is as good as its number
+    under the strongest attack it was run against (Carlini et al., 2019, "On Evaluating Adversarial Robustness";
+    Tramèr et al., NeurIPS 2020). The interval is that one attack's: choosing the highest of several rates favours
+    the attacker, and the interval is not widened for that choice."""
+    from mmsafe.metrics.rates import rate
+    from mmsafe.types import Expected
+
+    attack_specs = tally.specs.get("attack", {})
+    groups: dict[tuple[str, str, str, str], list[tuple[str, bool, int, int]]] = {}
+    for (model, bench, attack, defense, judge), outcomes in tally.cells.items():
+        k = n = 0
+        for o in outcomes:
+            if o.expected == Expected.refuse and not o.error and o.success is not None:
+                n += 1
+                k += bool(o.success)
+        spec = attack_specs.get(attack)
+        adaptive = spec is not None and is_adaptive(spec.params or {})
+        groups.setdefault((model, bench, defense, judge), []).append((attack, adaptive, k, n))
+
+    def best(rows: list[tuple[str, bool, int, int]]) -> dict[str, Any] | None:
+        rows = [r for r in rows if r[3]]
+        if not rows:
+            return None
+        attack, adaptive, k, n = max(rows, key=lambda r: (r[2] / r[3], r[3], labels[("attack", r[0])]))
+        return {"attack": labels[("attack", attack)], "adaptive": adaptive, "rate": rate(k, n).as_dict()}
+
+    out = []
+    for (model, bench, defense, judge), rows in groups.items():
+        strongest = best(rows)
+        if len(rows) < 2 or strongest is None:  # one attack, or no must-refuse verdict: nothing to compare
+            continue
+        out.append(
+            {
+                "model": labels[("model", model)],
+                "benchmark": labels[("benchmark", bench)],
+                "defense": labels[("defense", defense)],
+                "judge": labels[("judge", judge)],
+                "attacks": len(rows),
+                "adaptive_attacks": sum(r[1] for r in rows),
+                "strongest": strongest,
+                "strongest_static": best([r for r in rows if not r[1]]),
+                "strongest_adaptive": best([r for r in rows if r[1]]),
             }
         )
     return out

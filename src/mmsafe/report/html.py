@@ -270,6 +270,48 @@ def _plane(ctx: _Ctx) -> str:
     return "".join(out) + "</div>"
 
 
+def _strongest(ctx: _Ctx) -> str:
+    """Per defense, the attack that got through most often, static and adaptive (``summary["strongest"]``)."""
+    rows = ctx.summary.get("strongest") or []
+    if not rows:
+        return ""
+
+    def which(best: Mapping[str, Any] | None) -> str:
+        return "–" if best is None else f"{esc(best['attack'])}: {pct(best['rate'])}"
+
+    head = (
+        "<h3>Strongest attack per defense</h3><p>For each defense (and for none) run under two or more attacks: the "
+        "attack with the highest rate on must-refuse items, among static attacks and among adaptive ones (they saw "
+        "the defense: a query search with the defended model in its loop, or a white-box optimisation through its "
+        "transform or against its detector). A defense is as strong as its number under the strongest attack. Each "
+        "interval is that one attack's; picking the highest of several rates favours the attacker and is not "
+        "corrected for.</p>"
+    )
+    return head + table(
+        [
+            "model",
+            "benchmark",
+            "defense",
+            "judge",
+            "rate",
+            "attacks (adaptive)",
+            "strongest static",
+            "strongest adaptive",
+            "strongest",
+        ],
+        [
+            [esc(r[k]) for k in ("model", "benchmark", "defense", "judge")]
+            + [esc(ctx.rate_name(r["judge"])), esc(f"{r['attacks']} ({r['adaptive_attacks']})")]
+            + [
+                which(r.get("strongest_static")),
+                which(r.get("strongest_adaptive")),
+                which(r.get("strongest")),
+            ]
+            for r in rows
+        ],
+    )
+
+
 def _cost(ctx: _Ctx) -> str:
     s = ctx.summary
     seen: dict[tuple[str, str, str, str], dict[str, Any]] = {}
@@ -426,7 +468,7 @@ def render_html(
         ("overview", "Overview", _overview(ctx, errors)),
         ("matrices", "Attack × defense", _matrices(ctx)),
         ("categories", "By category", _categories(ctx)),
-        ("plane", "Safety vs price", _plane(ctx)),
+        ("plane", "Safety vs price", _plane(ctx) + _strongest(ctx)),
         ("judges", "Judges", judges_section(summary)),
         ("cost", "Cost", _cost(ctx)),
         ("effects", "Effects", _effects(ctx)),

@@ -110,6 +110,7 @@ def render(
     lines += _calibrated(summary.get("calibrated") or [])
     lines += _effects(summary.get("effects") or [])
     lines += _defenses(summary.get("defenses") or [])
+    lines += _strongest(summary.get("strongest") or [])
     lines += _judges(summary.get("judges") or [], summary.get("judge_agreement") or [])
     lines += _attack_costs(summary.get("attacks") or [])
     lines += _adversarial(summary.get("adversarial") or [])
@@ -377,6 +378,51 @@ def _judges(notes: Sequence[dict[str, Any]], agreement: Sequence[dict[str, Any]]
                 for a in agreement
             ],
         )
+    return lines
+
+
+def _strongest(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Per defense (and for no defense), the attack that got through most often: static, adaptive, overall."""
+    if not rows:
+        return []
+
+    def which(best: dict[str, Any] | None) -> str:
+        return "–" if best is None else f"{md_cell(best['attack'])}: {_pct(best['rate'])}"
+
+    lines = [
+        "",
+        "## Strongest attack per defense",
+        "",
+        "For each defense (and for none) run under two or more attacks: the attack with the highest rate on "
+        "must-refuse items, among the static attacks and among the adaptive ones (they saw the defense: a query "
+        "search with the defended model in its loop, or a white-box optimisation through its transform or "
+        "against its detector). A defense is as strong as its number in the last column. Each interval is that "
+        "one attack's; picking the highest of several rates favours the attacker and is not corrected for.",
+        "",
+    ]
+    lines += _table(
+        [
+            "model",
+            "benchmark",
+            "defense",
+            "judge",
+            "rate",
+            "attacks (adaptive)",
+            "strongest static",
+            "strongest adaptive",
+            "strongest",
+        ],
+        [
+            [md_cell(str(r[c])) for c in ("model", "benchmark", "defense", "judge")]
+            + [md_cell(r.get("rate_name", "success rate")), f"{r['attacks']} ({r['adaptive_attacks']})"]
+            + [
+                which(r.get("strongest_static")),
+                which(r.get("strongest_adaptive")),
+                which(r.get("strongest")),
+            ]
+            for r in rows
+        ],
+    )
     return lines
 
 
