@@ -68,3 +68,48 @@ def test_an_adaptive_search_reads_what_the_defense_lets_through(tmp_path):
         else:  # every query met the guard's refusal: the search spent its whole budget and failed
             assert meta["success"] is False and meta["queries"] == 3, meta
             assert {h["response"] for h in meta["history"]} == {DEFAULT_REFUSAL}
+
+
+def test_a_rerun_replays_a_static_search_from_the_response_cache(tmp_path, monkeypatch):
+    """A static query attack asks the bare model through the run's response cache: after a crash (its records
+    lost), the rerun repeats the search from the store and sends no model anything again."""
+    import sqlite3
+
+    from mmsafe.models.scripted import ScriptedModel
+
+    sent: list[str] = []
+    plain = ScriptedModel.generate
+
+    def counting(self, prompts, *, seeds):
+        sent.extend(p.fingerprint() for p in prompts)
+        return plain(self, prompts, seeds=seeds)
+
+    monkeypatch.setattr(ScriptedModel, "generate", counting)
+    pair = {
+        "name": "pair",
+        "params": {
+            "attacker": ATTACKER,
+            "judge": {"name": "target-string", "params": {"targets": ["Sure"]}},
+            "n_iterations": 2,
+            "n_streams": 2,
+        },
+    }
+    overrides = {
+        "name": "replay",
+        "models": [TARGET],
+        "benchmarks": ["starter"],
+        "attacks": [pair],
+        "judges": [{"name": "target-string", "params": {"targets": ["Sure"]}}],
+        "limit": 2,
+    }
+    run(load_config(None, overrides=overrides), tmp_path, progress=False)
+    first = len(sent)
+    with Store(tmp_path) as s:
+        queries = sum(r.prompt["attack_metadata"]["queries"] for r in s.iter_records())
+    assert queries >= 2 and first > queries  # the searches' queries, the attacker's turns, the answers
+    with sqlite3.connect(tmp_path / "mmsafe.sqlite") as db:
+        db.execute("DELETE FROM records")
+    run(load_config(None, overrides=overrides), tmp_path, progress=False)
+    assert len(sent) == first, "the rerun sent requests again"
+    with Store(tmp_path) as s:
+        assert sum(1 for _ in s.iter_records()) == 2

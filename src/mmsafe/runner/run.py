@@ -150,6 +150,8 @@ class Runner:
         #: run only this part of the grid (:mod:`mmsafe.runner.shard`); None: all of it
         self.shard = shard
         self.grid: Grid = resolve(config, self.registry)  # every config / grid error surfaces here
+        #: each loaded model behind the run's response cache, by ``id`` of the model (:meth:`_attack_target`)
+        self._answer_caches: dict[int, ModelBackend] = {}
 
     # -- samples -----------------------------------------------------------------------------------
     def _samples(self, bench: Benchmark) -> Iterator[Sample]:
@@ -278,7 +280,9 @@ class Runner:
                 log.info("loading model %s", model.name)
                 model.load()
                 try:
-                    cached = CachedModel(model, store, limits=self.config.limits)
+                    cached = self._answer_caches[id(model)] = CachedModel(
+                        model, store, limits=self.config.limits
+                    )
                     cells = [
                         _Cell(bench=b, attack=a, defense=d, target=d.wrap(cached))
                         for b, a, d in owed[id(model)]
@@ -484,6 +488,15 @@ class Runner:
                 item.generation = res
                 item.timings["generate_s"] = per_item  # share of the batch's wall time
 
+    def _attack_target(self, attack: Attack, model: ModelBackend) -> ModelBackend:
+        """The undefended model a static attack is given. A query attack (one that offers ``adaptive``: it only
+        sends the model prompts) gets it behind the run's response cache, so a rerun after a crash replays the
+        searches' queries from the store instead of paying for them again; any other attack gets the model
+        itself (a white-box attack reads its gradients, image-scaling its processor)."""
+        if "adaptive" in type(attack.params).model_fields:
+            return self._answer_caches.get(id(model), model)
+        return model
+
     def _attack(self, items: list[_Item], model: ModelBackend) -> None:
         """Build each item's prompt: one ``apply_batch`` call per attack among ``items`` (so white-box
         attacks can optimise several images at once). An item whose sample did not load, or whose
@@ -500,7 +513,7 @@ class Runner:
                 )
         for todo in groups.values():
             attack = todo[0].cell.attack
-            target = todo[0].cell.target if attack.adaptive else model
+            target = todo[0].cell.target if attack.adaptive else self._attack_target(attack, model)
             t0 = time.perf_counter()
             try:
                 prompts = attack.apply_batch(
