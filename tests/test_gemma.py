@@ -91,7 +91,7 @@ def test_gemma_ocr_answers_a_question(gemma_ocr):
     assert "Paris" in g.text
     assert "\nUser:" not in g.text  # the dialogue is cut at the model's next invented user turn
     assert gemma_ocr.random_weights is False and "not how safe" in gemma_ocr.disclaimer()
-    assert gemma_ocr.capabilities == {"images", "system_prompt", "batched", "hidden_states"}
+    assert gemma_ocr.capabilities == {"images", "system_prompt", "batched", "hidden_states", "prefill"}
 
 
 def test_batched_answers_equal_one_at_a_time(gemma_ocr):

@@ -206,7 +206,7 @@ def test_a_gguf_without_a_chat_template_needs_one(model):
         (a,) = m.generate([_prompt(QUESTIONS[0])], seeds=[0])
         (b,) = model.generate([_prompt(QUESTIONS[0])], seeds=[0])
         assert a.text == b.text
-        assert m.capabilities == {"system_prompt"}
+        assert m.capabilities == {"system_prompt", "prefill"}
     finally:
         m.close()
 

@@ -107,7 +107,7 @@ def test_params_are_strict() -> None:
         TinyLlava(path="x")
     assert HFModel.summary().startswith("Local Hugging Face")
     assert TinyLlava.capabilities == frozenset(
-        {"images", "system_prompt", "batched", "gradients", "hidden_states"}
+        {"images", "system_prompt", "batched", "gradients", "hidden_states", "prefill"}
     )
 
 

@@ -29,6 +29,7 @@ class Capability(StrEnum):
     HIDDEN_STATES = "hidden_states"  #: white-box: residual-stream activations and decoder hooks
     ASYNC = "async"  #: answers through ``agenerate`` (I/O-bound backends)
     BATCHED = "batched"  #: ``generate`` gains from batches of prompts
+    PREFILL = "prefill"  #: continues a prompt's final assistant turn (:mod:`mmsafe.models.prefill`)
 
 
 #: every capability name, as plain strings

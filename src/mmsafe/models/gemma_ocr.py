@@ -83,7 +83,7 @@ class GemmaOCR(HFTextModel):
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = GemmaOCRParams
     capabilities: ClassVar[frozenset[str]] = frozenset(
-        {"images", "system_prompt", "batched", "hidden_states"}
+        {"images", "system_prompt", "batched", "hidden_states", "prefill"}
     )
     random_weights: bool = False
     #: where the converted weights live changes nothing they compute

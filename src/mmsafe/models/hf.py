@@ -29,6 +29,7 @@ from mmsafe.models._hf_util import (
 )
 from mmsafe.models.base import GenerationParams, WhiteBoxModel
 from mmsafe.models.families import family_for, pil_from_pixels
+from mmsafe.models.prefill import render_prefilled
 from mmsafe.types import Image, Prompt
 
 if TYPE_CHECKING:
@@ -284,6 +285,25 @@ class HFModel(BatchedHFGeneration, WhiteBoxModel):
         self._ensure_loaded()
         return self._processor.tokenizer
 
+    def _render(self, conversation: list[dict[str, Any]], images: Sequence[Any]) -> str:
+        """The family's prompt text for ``conversation``, continuing a final assistant turn
+        (:mod:`mmsafe.models.prefill`)."""
+        from transformers.processing_utils import ProcessorMixin
+
+        def render(turns: list[dict[str, Any]], generation_prompt: bool) -> str:
+            if generation_prompt:
+                return self._family.render(turns, images)
+            # ProcessorMixin's own method: some processors' overrides insist on a video processor
+            return str(
+                ProcessorMixin.apply_chat_template(
+                    self._processor, turns, add_generation_prompt=False, tokenize=False
+                )
+            )
+
+        if conversation and conversation[-1].get("role") == "assistant" and "prefill" not in self.capabilities:
+            raise ValueError(f"{self._family.name} models cannot continue an assistant turn (no prefill)")
+        return render_prefilled(conversation, render, chat_template=self._family.needs_chat_template)
+
     def render_answer(self, prompt: Prompt, answer: str) -> tuple[str, str]:
         """(prompt text, the text the model should write after it) for training on ``answer``.
 
@@ -296,7 +316,7 @@ class HFModel(BatchedHFGeneration, WhiteBoxModel):
         self._ensure_loaded()
         assert self._settings is not None
         conversation, images = to_conversation(prompt, system_prompt=self._settings.system_prompt)
-        text = self._family.render(conversation, images)
+        text = self._render(conversation, images)
         eos = self._processor.tokenizer.eos_token or ""
         if not self._family.needs_chat_template:
             sep = "" if not text or text[-1].isspace() else " "
@@ -317,7 +337,7 @@ class HFModel(BatchedHFGeneration, WhiteBoxModel):
     def _prepare(self, prompt: Prompt) -> tuple[str, list[Any]]:
         assert self._settings is not None
         conversation, images = to_conversation(prompt, system_prompt=self._settings.system_prompt)
-        return self._family.render(conversation, images), images
+        return self._render(conversation, images), images
 
     def _to_device(self, enc: Any) -> Any:
         import torch
@@ -365,7 +385,7 @@ class HFModel(BatchedHFGeneration, WhiteBoxModel):
                 raise ValueError(f"the prompt has {len(images)} image(s) but {len(pixels)} pixel tensor(s)")
             # Same size as the tensors, so the processor lays out the same number of image tokens.
             images = [pil_from_pixels(p) for p in pixels]
-        text = self._family.render(conversation, images)
+        text = self._render(conversation, images)
         enc = self._to_device(self._family.encode_whitebox([text], [images]))
         if pixels is not None:
             dtype = self._model.dtype
@@ -393,7 +413,7 @@ class HFModel(BatchedHFGeneration, WhiteBoxModel):
         the device; and how many images it holds."""
         assert self._settings is not None
         conversation, images = to_conversation(prompt, system_prompt=self._settings.system_prompt)
-        text = self._family.render(conversation, images)
+        text = self._render(conversation, images)
         return self._to_device(self._family.encode_whitebox([text], [images])), len(images)
 
     def teacher_forced(self, prompts: Sequence[Prompt], targets: Sequence[Any]) -> Any:

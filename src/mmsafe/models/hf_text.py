@@ -37,6 +37,7 @@ from mmsafe.models.ocr_prompt import (
     format_image_text,
     require_tesseract,
 )
+from mmsafe.models.prefill import prefill_of, render_prefilled
 from mmsafe.types import Prompt
 
 __all__ = ["IMAGE_TEXT_FORMAT", "NO_TEXT", "HFTextModel", "HFTextParams", "format_image_text"]
@@ -120,7 +121,9 @@ class HFTextModel(BatchedHFGeneration, WhiteBoxModel):
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = HFTextParams
     _log: ClassVar[logging.Logger] = log
-    capabilities: ClassVar[frozenset[str]] = frozenset({"system_prompt", "batched", "hidden_states"})
+    capabilities: ClassVar[frozenset[str]] = frozenset(
+        {"system_prompt", "batched", "hidden_states", "prefill"}
+    )
 
     def __init__(self, params: BaseModel | dict[str, Any] | None = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
@@ -226,7 +229,13 @@ class HFTextModel(BatchedHFGeneration, WhiteBoxModel):
         ``image_input="reject"``, a template that rejects the conversation.
         """
         messages, image_texts = self._messages(prompt)
-        text = self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        prefill_of(prompt)  # an assistant turn to continue holds text only
+        text = render_prefilled(
+            messages,
+            lambda turns, gen: self._tokenizer.apply_chat_template(
+                turns, tokenize=False, add_generation_prompt=gen
+            ),
+        )
         return text, image_texts
 
     def _messages(self, prompt: Prompt) -> tuple[list[dict[str, str]], list[str]]:

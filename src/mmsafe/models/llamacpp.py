@@ -34,6 +34,7 @@ from mmsafe.models.gemma_ocr import NOTE as GEMMA_NOTE
 from mmsafe.models.gguf_file import GGUFError, gguf_sha256, read_gguf_metadata
 from mmsafe.models.llama_server import LlamaServer, ServerOptions, ServerStartError
 from mmsafe.models.ocr_prompt import ImageInput, OCRFrontEnd, require_tesseract
+from mmsafe.models.prefill import prefill_of, render_prefilled
 from mmsafe.types import Generation, Prompt, Usage
 
 __all__ = ["BINDING", "LlamaCppModel", "LlamaCppParams", "physical_cores"]
@@ -221,7 +222,7 @@ class LlamaCppModel(ModelBackend):
     name: ClassVar[str] = "llamacpp"
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = LlamaCppParams
-    capabilities: ClassVar[frozenset[str]] = frozenset({"images", "system_prompt"})
+    capabilities: ClassVar[frozenset[str]] = frozenset({"images", "system_prompt", "prefill"})
     #: threads and where the GGUF is cached change how it runs, not what it computes
     runtime_params: ClassVar[frozenset[str]] = ModelBackend.runtime_params | {"n_threads", "cache_dir"}
 
@@ -400,8 +401,12 @@ class LlamaCppModel(ModelBackend):
         self._ensure_loaded()
         assert self._ocr is not None
         messages, image_texts = self._ocr.messages(prompt)
-        text = render_chat_template(
-            self._template, messages, add_generation_prompt=True, bos_token=self._bos_text, eos_token=self._eos_text
+        prefill_of(prompt)  # an assistant turn to continue holds text only
+        text = render_prefilled(
+            messages,
+            lambda turns, gen: render_chat_template(
+                self._template, turns, add_generation_prompt=gen, bos_token=self._bos_text, eos_token=self._eos_text
+            ),
         )
         return text, image_texts
 

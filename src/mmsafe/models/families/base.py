@@ -68,7 +68,7 @@ class Family:
 
     @classmethod
     def capabilities(cls) -> frozenset[str]:
-        caps = {"images", "batched", "gradients", "hidden_states"}
+        caps = {"images", "batched", "gradients", "hidden_states", "prefill"}
         if cls.system_prompt:
             caps.add("system_prompt")
         return frozenset(caps)

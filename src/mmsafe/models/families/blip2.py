@@ -46,7 +46,8 @@ class Blip2(Family):
 
     def instance_capabilities(self) -> frozenset[str]:
         caps = self.capabilities()
-        return caps - {"hidden_states"} if self.encoder_decoder else caps
+        # a T5 decoder starts from nothing: text in the encoder's input is not an answer it continues
+        return caps - {"hidden_states", "prefill"} if self.encoder_decoder else caps
 
     def decoder_layers(self) -> Sequence[Any]:
         if self.encoder_decoder:

@@ -28,6 +28,11 @@ class PaliGemma(Family):
     needs_chat_template: ClassVar[bool] = False
     sequence_fill: ClassVar[dict[str, int]] = {"attention_mask": 1, "token_type_ids": 1}
 
+    @classmethod
+    def capabilities(cls) -> frozenset[str]:
+        # a prefix-LM: text after the prompt would sit in the bidirectional prefix, not be continued as an answer
+        return super().capabilities() - {"prefill"}
+
     def render(self, conversation: list[dict[str, Any]], images: Sequence[Any]) -> str:
         texts = [part["text"] for turn in conversation for part in turn["content"] if part["type"] == "text"]
         # the processor inserts <bos> after the last <image> and appends the newline
