@@ -68,7 +68,7 @@ def test_a_capability_typo_fails_when_the_plugin_class_is_defined(base, attr, va
     msg = str(e.value)
     assert f"Typo.{attr}" in msg and bad in msg
     if "not the string" not in bad:
-        assert "allowed: async, batched, gradients, hidden_states, images, system_prompt" in msg
+        assert "allowed: async, batched, gradients, hidden_states, images, prefill, system_prompt" in msg
 
 
 #: built-ins whose module is still named otherwise; the files are owned by work in flight (the tiny

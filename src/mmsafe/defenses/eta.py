@@ -16,10 +16,11 @@ similarity weighted 1/i for sentence i; the best is kept and the search goes on 
 ends (at most 1024 new tokens).
 
 Threat model: the attacker writes the request (text and images) and sees only the final answer; the
-evaluators and their scores are hidden. Cost per item: 1 model call when the answer is kept, 1 +
-``n_candidates`` when it is aligned; the judges' own calls are not counted in ``calls``.
+evaluators and their scores are hidden. Cost per item: 1 model call when the answer is kept; when it is aligned,
+1 + ``n_candidates`` per sentence (sentence level) or 1 + ``n_candidates`` (response level); the judges' own calls
+are not counted in ``calls``.
 
-As implemented (a response-level variant; see the departures):
+As implemented:
 
 1. The model answers (1 call).
 2. ``post_judge`` (any judge; default ``harm``, mmsafe's shipped offline harm classifier) rates the
@@ -32,14 +33,23 @@ As implemented (a response-level variant; see the departures):
    for the answers the post stage found unsafe. Unsafe = ``success``, or ``score`` ≥ ``pre_threshold``
    when set (a CLIP-like similarity, as the paper). Safe → ``passed``. Without a pre judge the post
    stage decides alone (details say ``pre: skipped``).
-4. Both unsafe → aligned: ``n_candidates`` new answers are drawn with seeds derived from the item's
-   (``stable_hash([seed, "eta", k])``), each to the prompt with ``prefix_instruction`` (asking the
-   answer to begin with ``prefix``) added to the last user turn; an answer that does not begin with
-   ``prefix`` gets it put in front. The post judge rates every candidate (prefix included) and the
-   best is returned, ``rewritten``: candidates it finds safe before unsafe ones, then the lowest harm
-   (highest safety) score, then the first drawn. Details: both stages' scores, each candidate's
-   score and verdict, the index chosen, how many candidates were distinct and how many began with the
-   prefix on their own, and the first ``max_logged_chars`` of the original answer.
+4. Both unsafe → aligned. **On a model that declares ``prefill``** (``hf`` families, ``hf-text``, ``gemma-ocr``,
+   ``llamacpp``; :mod:`mmsafe.models.prefill`), as the paper: the answer starts as ``prefix`` in an assistant
+   turn the model continues (shallow), and is grown sentence by sentence (deep): each round draws
+   ``n_candidates`` continuations of the answer so far with seeds derived from the item's
+   (``stable_hash([seed, "eta", round, k])``), keeps the first sentence of each (up to ``.``, ``!``, ``?`` or a
+   line break), has the post judge rate the answer so far plus each sentence, and keeps the best (safe before
+   unsafe, then the lowest harm / highest safety score, then the first drawn), until the kept continuation ends
+   the answer or ``max_sentences`` rounds; the finished answer is judged once more (``chosen_score``). Details:
+   per round the candidate kept, its score and how many candidates were distinct. **On any other model**
+   (``openai``, ``scripted``): response level, by instruction — ``n_candidates`` new answers are drawn with
+   seeds ``stable_hash([seed, "eta", k])``, each to the prompt with ``prefix_instruction`` (asking the answer to
+   begin with ``prefix``) added to the last user turn; an answer that does not begin with ``prefix`` gets it put
+   in front; the post judge rates every candidate and the best is returned, ``rewritten``. ``shallow`` and
+   ``deep`` choose the modes by hand (``shallow: prefill, deep: response`` draws whole answers after the
+   prefilled prefix). Details on the response level: both stages' scores, each candidate's score and verdict,
+   the index chosen, how many candidates were distinct and how many began with the prefix on their own, and the
+   first ``max_logged_chars`` of the original answer.
 
 A judge that gives no verdict (an error, a raise, a missing ``success``, or no ``score`` when a
 threshold is set), by ``no_verdict``: ``pass`` (default) — the answer is kept, action ``flagged`` with
@@ -51,8 +61,10 @@ answer judged unsafe is not passed on).
 Parameters (default; the paper's value): ``post_judge`` (``harm``; ArmoRM), ``post_score``
 (``harm``; a reward is ``safety``), ``post_threshold`` (None = the judge's own verdict; 0.06 on
 ArmoRM's reward), ``pre_judge`` (None; CLIP ViT-L/14-336 against an unsafe-content description),
-``pre_threshold`` (None; 0.16), ``prefix`` ("As an AI assistant", the authors'), ``prefix_instruction``
-(our wording, below; must hold ``{prefix}``), ``n_candidates`` (5; 5), ``no_verdict`` (``pass``; the
+``pre_threshold`` (None; 0.16), ``prefix`` ("As an AI assistant", the authors'), ``shallow`` (``auto``:
+prefill when the model can; the paper prefills), ``deep`` (``auto``: sentence-level with prefill; the paper's),
+``max_sentences`` (16; the paper: up to 1024 new tokens), ``prefix_instruction`` (our wording, below; must hold
+``{prefix}``; used without prefill), ``n_candidates`` (5; 5), ``no_verdict`` (``pass``; the
 paper's evaluators always answer), ``max_logged_chars`` (200).
 
 Where we depart from the paper and the authors' code, and why:
@@ -64,18 +76,16 @@ Where we depart from the paper and the authors' code, and why:
   ``post_score: safety, post_threshold: 0.06``, to use the paper's rule. The pre stage rates the
   whole request (text and images); the paper scores the image alone (its code has no text-only path
   for the pre stage).
-- Shallow alignment by instruction, not prefill: mmsafe's backends always open a fresh assistant turn
-  (``add_generation_prompt``; no backend continues a final assistant message), so the model is asked
-  to begin with the prefix and the prefix is put in front of an answer that does not. A model that
-  ignores the instruction is not conditioned on the prefix as the paper's is; details count how many
-  candidates followed it.
-- Deep alignment at the response level, not the sentence level: sentence-level search needs the model
-  to continue a partial assistant turn, which the backends cannot; so N whole answers are drawn with
-  different seeds and the post judge picks one. The seeds only matter for a model that samples: a
-  greedy model gives N equal candidates (``distinct_candidates`` says so). The authors' top-k 5 at
-  temperature 1.5, the 70-token sentence cap and the 1024-token budget are the model's decoding
-  settings here, and the CLIP utility term of the sentence score is left out (no image–text scorer
-  ships, and whole answers have no sentence index).
+- Shallow and deep alignment need the model to continue a partial assistant turn. Where it can (``prefill``)
+  both are the paper's; the sentence ends at ``.`` as the authors' (also at ``!``, ``?`` and a line break, ours),
+  but after the model's own token budget rather than the authors' 70-token cap (a backend's budget is fixed per
+  model), so a long run-on sentence is kept whole; the paper's search runs to 1024 new tokens, ours to
+  ``max_sentences`` sentences. Where it cannot (hosted APIs), the model is *asked* to begin with the prefix and
+  whole answers are drawn: a model that ignores the instruction is not conditioned on the prefix as the paper's
+  is (details count how many candidates followed it), and a greedy model gives N equal candidates
+  (``distinct_candidates`` says so).
+- The CLIP utility term of the paper's sentence score is left out (no image–text scorer ships): sentences are
+  ranked by the post judge alone. The authors' top-k 5 at temperature 1.5 are the model's decoding settings here.
 - ``no_verdict`` and the ``flagged`` outcome are ours: the paper's evaluators cannot fail.
 """
 
@@ -107,6 +117,7 @@ __all__ = [
     "ETA",
     "ETAParams",
     "candidate_seeds",
+    "first_sentence",
     "with_prefix",
 ]
 
@@ -159,6 +170,23 @@ class ETAParams(BaseModel):
         min_length=1,
         max_length=5000,
         description="added to the last user turn of each aligned candidate; must hold {prefix}",
+    )
+    shallow: Literal["auto", "prefill", "instruction"] = Field(
+        "auto",
+        description="how an aligned answer is made to start with the prefix: prefill (the model continues an "
+        "assistant turn holding it, as the paper), instruction (asked to, in the user turn), auto (prefill when the "
+        "model declares it)",
+    )
+    deep: Literal["auto", "sentence", "response"] = Field(
+        "auto",
+        description="best-of-N per sentence (the paper; needs prefill) or per whole answer; auto: sentence when "
+        "the shallow stage prefills",
+    )
+    max_sentences: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="sentence-level search: at most this many sentences (the paper: until 1024 tokens)",
     )
     n_candidates: int = Field(5, ge=1, le=64, description="answers drawn when aligning (the paper's N: 5)")
     no_verdict: Literal["pass", "align", "fail"] = Field(
@@ -218,7 +246,7 @@ class ETA(Defense):
     """ETA (Ding et al., ICLR 2025): evaluate answer and input; if both unsafe, re-answer after a safety prefix, best of N."""
 
     name: ClassVar[str] = "eta"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
     paper: ClassVar[Paper | None] = Paper(
         title="ETA: Evaluating Then Aligning Safety of Vision Language Models at Inference Time",
         authors="Ding, Li, Zhang",
@@ -345,6 +373,22 @@ class ETA(Defense):
             return RuntimeError(f"eta: the {stage} judge gave no verdict: {error}")
         return mark(gen, "flagged", calls=1, **note, stage=stage, error=error)
 
+    def _modes(self, model: ModelBackend) -> tuple[bool, bool]:
+        """(prefill the prefix, search sentence by sentence) for ``model``; a mode the model cannot do raises."""
+        p = self.params
+        can = "prefill" in model.capabilities
+        prefill = can if p.shallow == "auto" else p.shallow == "prefill"
+        if prefill and not can:
+            raise ValueError(
+                f"eta: shallow: prefill, but model '{model.name}' cannot continue an assistant turn"
+            )
+        sentence = prefill if p.deep == "auto" else p.deep == "sentence"
+        if sentence and not prefill:
+            raise ValueError(
+                "eta: deep: sentence continues the answer sentence by sentence and needs prefill"
+            )
+        return prefill, sentence
+
     def _align(
         self,
         items: list[int],
@@ -358,11 +402,21 @@ class ETA(Defense):
         """Shallow (prefix) and deep (best of N by the post judge) alignment of ``items``, in place."""
         p = self.params
         n = p.n_candidates
+        try:
+            prefill, sentence = self._modes(model)
+        except ValueError as exc:
+            for i in items:
+                out[i] = exc
+            return
+        if sentence:
+            self._align_sentences(items, prompts, seeds, answers, notes, model, out)
+            return
         instruction = p.prefix_instruction.replace("{prefix}", p.prefix)
         asks: list[Prompt] = []
         ask_seeds: list[int] = []
         for i in items:
-            asks.extend([_instructed(prompts[i], instruction)] * n)
+            ask = _prefilled(prompts[i], p.prefix) if prefill else _instructed(prompts[i], instruction)
+            asks.extend([ask] * n)
             ask_seeds.extend(candidate_seeds(seeds[i], n))
         drawn = _generate(model, asks, ask_seeds)
 
@@ -376,7 +430,10 @@ class ETA(Defense):
                 if isinstance(c, Exception):
                     failed[i].append(f"{type(c).__name__}: {c}")
                     continue
-                text, followed = with_prefix(c.text, p.prefix)
+                if prefill:  # the answer is the prefix and what the model wrote after it
+                    text, followed = p.prefix + c.text, True
+                else:
+                    text, followed = with_prefix(c.text, p.prefix)
                 cands[i].append((k, c.model_copy(update={"text": text}), followed))
         flat = [(i, k, g) for i in items for k, g, _ in cands[i]]
         verdicts = self._post([(prompts[i], g) for i, _, g in flat])
@@ -401,6 +458,8 @@ class ETA(Defense):
                 for k, _, _ in cands[i]
             ]
             stats = {
+                "shallow": "prefill" if prefill else "instruction",
+                "deep": "response",
                 "candidates": table,
                 "distinct_candidates": len({g.text for _, g, _ in cands[i]}),
                 "prefix_followed": sum(1 for _, _, f in cands[i] if f),
@@ -430,6 +489,115 @@ class ETA(Defense):
                 chosen_score=rated[i, k][2].score,
                 chosen_unsafe=rated[i, k][0],
             )
+
+    def _align_sentences(
+        self,
+        items: list[int],
+        prompts: Sequence[Prompt],
+        seeds: Sequence[int],
+        answers: Sequence[Generation | Exception],
+        notes: dict[int, dict[str, Any]],
+        model: ModelBackend,
+        out: list[Generation | Exception],
+    ) -> None:
+        """Deep alignment as the paper: the answer starts as the prefix (prefilled); each round draws N
+        continuations of it, keeps the first sentence of each, has the post judge rate the answer so far plus each
+        sentence, and keeps the best (safe before unsafe, then the lowest harm score, then the first drawn), until
+        the kept continuation ends the answer or ``max_sentences``. All items of a batch go round by round together."""
+        p = self.params
+        n = p.n_candidates
+        text = {i: p.prefix for i in items}
+        rounds: dict[int, list[dict[str, Any]]] = {i: [] for i in items}
+        last: dict[int, Generation] = {}
+        calls = dict.fromkeys(items, 1)
+        live = list(items)
+        for r in range(p.max_sentences):
+            if not live:
+                break
+            asks: list[Prompt] = []
+            ask_seeds: list[int] = []
+            for i in live:
+                asks.extend([_prefilled(prompts[i], text[i])] * n)
+                ask_seeds.extend(int(stable_hash([seeds[i], "eta", r, k])[:8], 16) for k in range(n))
+            drawn = _generate(model, asks, ask_seeds)
+            pieces: list[tuple[int, int, str, bool, Generation]] = []  # item, k, sentence, ends, generation
+            failed: dict[int, str] = {}
+            for row, i in enumerate(live):
+                calls[i] += n
+                for k in range(n):
+                    c = drawn[row * n + k]
+                    if isinstance(c, Exception):
+                        failed.setdefault(i, f"{type(c).__name__}: {c}")
+                        continue
+                    piece, more = first_sentence(c.text)
+                    pieces.append((i, k, piece, not more and c.finish_reason != "length", c))
+            verdicts = self._post(
+                [(prompts[i], g.model_copy(update={"text": text[i] + piece})) for i, _, piece, _, g in pieces]
+            )
+            by_item: dict[
+                int, list[tuple[tuple[bool, float, int], int, str, bool, Generation, Judgement]]
+            ] = {}
+            for (i, k, piece, ends, g), (unsafe, _err, j) in zip(pieces, verdicts, strict=True):
+                key = (unsafe is not False, self._harm_key(j) if unsafe is not None else float("inf"), k)
+                by_item.setdefault(i, []).append((key, k, piece, ends, g, j))
+            still = []
+            for i in live:
+                got = by_item.get(i)
+                if not got:
+                    if not rounds[i]:
+                        out[i] = RuntimeError(
+                            f"eta: every aligned candidate failed ({failed.get(i, 'no answer')})"
+                        )
+                    continue  # keep what was built so far
+                _key, k, piece, ends, g, j = min(got, key=lambda t: t[0])
+                text[i] += piece
+                last[i] = g
+                rounds[i].append(
+                    {"k": k, "score": j.score, "candidates": len(got), "distinct": len({t[2] for t in got})}
+                )
+                if not ends and piece:
+                    still.append(i)
+            live = still
+        for i in items:
+            if isinstance(out[i], Exception) and i not in last:
+                continue
+            original = answers[i]
+            assert isinstance(original, Generation)
+            final = last[i].model_copy(update={"text": text[i]})
+            ((unsafe, error, j),) = self._post([(prompts[i], final)])
+            out[i] = mark(
+                final,
+                "rewritten",
+                calls=calls[i],
+                **notes[i],
+                original_text=original.text[: p.max_logged_chars],
+                shallow="prefill",
+                deep="sentence",
+                sentences=rounds[i],
+                chosen_score=j.score,
+                chosen_unsafe=unsafe,
+                **({"error": error} if error else {}),
+            )
+
+
+def first_sentence(text: str) -> tuple[str, bool]:
+    """The first sentence of ``text`` (up to and including its first ``.``, ``!`` or ``?`` followed by white space,
+    or a line break), and whether text followed it. The paper ends a sentence at ``.``; the others are ours."""
+    import re
+
+    m = re.search(r"[.!?](?=\s)|\n", text)
+    if m is None:
+        return text, False
+    end = m.end()
+    return text[:end], bool(text[end:].strip())
+
+
+def _prefilled(prompt: Prompt, answer: str) -> Prompt:
+    """``prompt`` with an assistant turn holding ``answer`` for the model to continue (:mod:`mmsafe.models.prefill`)."""
+    return Prompt(
+        messages=(*prompt.messages, Message(role="assistant", content=(TextPart(text=answer),))),
+        context=prompt.context,
+    )
 
 
 def _generate(model: ModelBackend, prompts: list[Prompt], seeds: list[int]) -> list[Generation | Exception]:
