@@ -49,7 +49,8 @@ As implemented:
    ``deep`` choose the modes by hand (``shallow: prefill, deep: response`` draws whole answers after the
    prefilled prefix). Details on the response level: both stages' scores, each candidate's score and verdict,
    the index chosen, how many candidates were distinct and how many began with the prefix on their own, and the
-   first ``max_logged_chars`` of the original answer.
+   first ``max_logged_chars`` of the original answer. A model that decodes greedily would give ``n_candidates``
+   equal answers to one prompt, so it is asked once per choice (the calls in the details say so).
 
 A judge that gives no verdict (an error, a raise, a missing ``success``, or no ``score`` when a
 threshold is set), by ``no_verdict``: ``pass`` (default) — the answer is kept, action ``flagged`` with
@@ -118,6 +119,7 @@ __all__ = [
     "ETAParams",
     "candidate_seeds",
     "first_sentence",
+    "n_draws",
     "with_prefix",
 ]
 
@@ -401,7 +403,7 @@ class ETA(Defense):
     ) -> None:
         """Shallow (prefix) and deep (best of N by the post judge) alignment of ``items``, in place."""
         p = self.params
-        n = p.n_candidates
+        n = n_draws(model, p.n_candidates)
         try:
             prefill, sentence = self._modes(model)
         except ValueError as exc:
@@ -505,7 +507,7 @@ class ETA(Defense):
         sentence, and keeps the best (safe before unsafe, then the lowest harm score, then the first drawn), until
         the kept continuation ends the answer or ``max_sentences``. All items of a batch go round by round together."""
         p = self.params
-        n = p.n_candidates
+        n = n_draws(model, p.n_candidates)
         text = {i: p.prefix for i in items}
         rounds: dict[int, list[dict[str, Any]]] = {i: [] for i in items}
         last: dict[int, Generation] = {}
@@ -578,6 +580,12 @@ class ETA(Defense):
                 chosen_unsafe=unsafe,
                 **({"error": error} if error else {}),
             )
+
+
+def n_draws(model: ModelBackend, n: int) -> int:
+    """Candidates to draw per choice: ``n``, or 1 for a model that decodes greedily (its ``n`` answers to one
+    prompt are equal, whatever the seed, so one call gives them all)."""
+    return 1 if model.generation.greedy else n
 
 
 def first_sentence(text: str) -> tuple[str, bool]:
