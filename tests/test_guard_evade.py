@@ -25,10 +25,12 @@ pytest.importorskip("transformers")
 from _tiny_guards import build_tiny_shieldgemma2, build_verdict_llava  # noqa: E402
 from mmsafe.defenses.base import Defense  # noqa: E402
 from mmsafe.defenses.guard_filter import GuardFilter  # noqa: E402
+from mmsafe.judges._gradients import whitebox_backend  # noqa: E402
 from mmsafe.judges.guard import GuardJudge  # noqa: E402
 from mmsafe.judges.llavaguard import RATING_PREFIX, LlavaGuardJudge  # noqa: E402
 from mmsafe.judges.shieldgemma2 import ShieldGemma2Judge  # noqa: E402
 from mmsafe.judges.target_string import TargetStringJudge  # noqa: E402
+from mmsafe.models.base import WrappedModel  # noqa: E402
 from mmsafe.models.scripted import ScriptedModel  # noqa: E402
 from mmsafe.types import Generation, Image, Message, Prompt, Sample  # noqa: E402
 
@@ -163,6 +165,7 @@ def test_generate_mode_margin_sign_is_the_greedy_verdict(generate_guards: dict[s
         x = _x(arr).requires_grad_(True)
         margin = judge.request_unsafe_margin(x, [_prompt(_png(x))])
         (g,) = torch.autograd.grad(margin.sum(), x)
+        margin = margin.detach()
         label = _label(judge, _png(x))
         print(f"{name} seed {seed}: margin {float(margin.detach()):+.3f}, verdict {label}")
         assert (float(margin) > 0) == (label == "unsafe")
@@ -196,6 +199,7 @@ def test_llavaguard_margin_is_the_ratings_log_odds_after_its_prefix(folders: dic
     x = _x(_noise(32, 3)).requires_grad_(True)
     margin = judge.request_unsafe_margin(x, [_prompt(_png(x))])
     (g,) = torch.autograd.grad(margin.sum(), x)
+    margin = margin.detach()
     ask = judge.request(Image.from_pil(_png(x)))
 
     def logp(verdict: str) -> float:
@@ -230,7 +234,7 @@ def test_guard_filter_detection_margin_is_its_input_judges_and_decides_its_block
     assert set(actions) == {"blocked", "passed"}
 
 
-def test_nothing_to_descend_is_a_clear_type_error(folders: dict[str, Path]):
+def test_nothing_to_descend_is_a_clear_type_error(folders: dict[str, Path], generate_guards: dict[str, Any]):
     x = _x(_noise(32, 0))
     prompts = [_prompt(_png(x))]
     vision = {"classify": "request", "family": "llama-guard-3-vision", "judge_model": "scripted"}
@@ -248,6 +252,8 @@ def test_nothing_to_descend_is_a_clear_type_error(folders: dict[str, Path]):
         TargetStringJudge(preset="instructions").request_unsafe_margin(x, prompts)
     with pytest.raises(TypeError, match="gives no gradients"):
         ShieldGemma2Judge(judge_model="scripted").request_unsafe_margin(x, prompts)
+    tiny = generate_guards["guard"].judge_model
+    assert whitebox_backend(WrappedModel(WrappedModel(tiny)), who="test") is tiny  # under the store's cache
     with pytest.raises(TypeError, match="rates answers"):
         GuardJudge(judge_model=_hf(folders["unsafe-safe"])).request_unsafe_margin(x, prompts)
     with pytest.raises(TypeError, match="not shown the request's images"):

@@ -229,8 +229,8 @@ class ShieldGemma2Judge(Judge):
     3's 896 px), then rescaled and normalised as the processor does — and replace the PIL-processed
     ``pixel_values`` of their rows; the prompts and the other images are the processor's own. Measured
     gap to :meth:`probabilities` on the same 8-bit image (``tests/test_guard_evade.py``, tiny random
-    checkpoint): none without a resize (|ΔP| < 1e-7), |ΔP| ≤ 3e-4 with one (24 and 48 px noise → 32 px);
-    PIL rounds its resized image to 8 bits and torch does not (≤ 1 grey level per pixel, measured on
+    checkpoint): none without a resize (|ΔP| < 1e-7); with one, |ΔP| ≤ 3e-4 (24 and 48 px noise → 32 px) and
+    8e-4 (100 px noise); PIL rounds its resized image to 8 bits and torch does not (≤ 1 grey level per pixel, measured on
     336 → 896 px). Generate path on a backend that runs in this process with gradients (``hf``,
     ``tiny``): the guard model's teacher-forced ``log P("Yes") − log P("No")`` as its answer to each
     (image, policy) request, the largest over them (> 0: "Yes" is the likelier of the two; greedy
