@@ -338,91 +338,11 @@ def test_both_are_request_classifiers():
 @pytest.fixture(scope="module")
 def tiny_shieldgemma2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random ShieldGemma2ForImageClassification + ShieldGemma2Processor saved like a checkpoint."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from _tiny_guards import build_tiny_shieldgemma2
 
-    from mmsafe.models.tiny import _fast_tokenizer, _ids
-
-    tok = _fast_tokenizer(
-        (
-            "<start_of_image>",
-            "<end_of_image>",
-            "<image_soft_token>",
-            "<start_of_turn>",
-            "<end_of_turn>",
-            "Yes",
-            "No",
-        ),
-        bos="<bos>",
-        eos="<eos>",
-        extra_special_tokens={
-            "boi_token": "<start_of_image>",
-            "eoi_token": "<end_of_image>",
-            "image_token": "<image_soft_token>",
-        },
-    )
-    template = (  # a stand-in for the checkpoint's template: the image, then the policy, then a question
-        "{%- for m in messages -%}<start_of_turn>{{ m['role'] }}\n{%- for part in m['content'] -%}"
-        "{%- if part['type'] == 'image' -%}<start_of_image>{%- else -%}Policy: {{ part['text'] }} Violated?"
-        "{%- endif -%}{%- endfor -%}<end_of_turn>\n{%- endfor -%}<start_of_turn>model\n"
-    )
-    processor = transformers.ShieldGemma2Processor(
-        image_processor=Gemma3ImageProcessorPil(size={"height": 32, "width": 32}),
-        tokenizer=tok,
-        chat_template=template,
-        image_seq_length=4,
-    )
-    pad, bos, eos, image, boi, eoi, yes, no = _ids(
-        tok,
-        "<pad>",
-        "<bos>",
-        "<eos>",
-        "<image_soft_token>",
-        "<start_of_image>",
-        "<end_of_image>",
-        "Yes",
-        "No",
-    )
-    config = transformers.ShieldGemma2Config(
-        text_config={
-            "model_type": "gemma3_text",
-            "vocab_size": len(tok),
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "head_dim": 16,
-            "max_position_embeddings": 512,
-            "sliding_window": 512,  # the last token must see the image at the start of the prompt
-            "bos_token_id": bos,
-            "eos_token_id": eos,
-            "pad_token_id": pad,
-        },
-        vision_config={
-            "model_type": "siglip_vision_model",
-            "image_size": 32,
-            "patch_size": 8,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-        },
-        mm_tokens_per_image=4,
-        boi_token_index=boi,
-        eoi_token_index=eoi,
-        image_token_index=image,
-    )
-    config.yes_token_index, config.no_token_index = yes, no
-    torch.manual_seed(0)
-    model = transformers.ShieldGemma2ForImageClassification(config).eval()
-    with torch.no_grad():  # Gemma 3 initialises the image projection to zeros: give it random weights
-        model.model.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, 1.0)
-    dest = tmp_path_factory.mktemp("tiny-shieldgemma2")
-    model.save_pretrained(dest)
-    processor.save_pretrained(dest)
-    return dest
+    return build_tiny_shieldgemma2(tmp_path_factory.mktemp("tiny-shieldgemma2"))
 
 
 def _direct(path: Path, pil_images: list, policies: list[str], custom: dict[str, str] | None = None) -> Any:

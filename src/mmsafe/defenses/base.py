@@ -59,6 +59,10 @@ class Defense(Component):
         """Answer ``prompts`` through ``model`` under this defense (see the module docstring)."""
         raise NotImplementedError
 
+    #: the defense gives ``detection_margin(model, x, prompts)`` → ``[B]``, differentiable in the image ``x``: > 0
+    #: it would block the input, ≤ 0 it passes. Adaptive white-box attacks descend it (issue 21).
+    evadable: ClassVar[bool] = False
+
     #: the defense transforms input images (:meth:`transform_image` is real): adaptive attacks may optimise through it
     transforms_images: ClassVar[bool] = False
 

@@ -31,6 +31,17 @@ is not counted. Details name the ``stage`` that decided (``input`` / ``output``)
 categories when it gave them. The judges' own model calls (an LLM guard asks its model once per item) are not counted
 in ``calls``; their wall time is in the defense's seconds.
 
+Adaptive attack (issue 21): with an input judge that runs its guard model in this process (``shieldgemma2`` with
+``path``; ``llavaguard``, ``shieldgemma2`` with ``judge_model``, or ``guard`` with ``classify: request`` and images shown,
+on an ``hf``/``tiny`` backend), the filter is ``evadable``: :meth:`GuardFilter.detection_margin` gives, differentiably in
+the attacker's image, the input judge's verdict as a margin in log-odds (> 0: the request would be blocked; the judge's
+own threshold), which a white-box attack adds to its objective — the adaptive attack of Athalye et al. (ICML 2018,
+arXiv:1802.00420) and Tramèr et al. ("On Adaptive Attacks to Adversarial Example Defenses", NeurIPS 2020,
+arXiv:2002.08347), as Mangaokar et al. (PRP, ACL 2024, arXiv:2402.15911) did against LLM guard-rails. Only the input side
+can be evaded so: the output judge rates the answer's text, which the attacker's image does not write (an attack on it
+works through the model, not through a gradient of the guard). A judge served over HTTP gives no gradients
+(``TypeError``): against it an attacker needs queries.
+
 Params: ``input_judge`` and ``output_judge`` ({name, params} of any judge; at least one), ``unsafe_when`` ("success"),
 ``no_verdict`` ("pass"), ``refusal_text`` (our wording), ``max_logged_chars`` (200).
 
@@ -146,6 +157,8 @@ class GuardFilter(Defense):
     }
     Params: ClassVar[type[BaseModel]] = GuardFilterParams
     params: GuardFilterParams
+    #: an image attack can descend ``detection_margin`` when the input judge runs a white-box guard
+    evadable: ClassVar[bool] = True
     input_judge: Judge | None = SubJudge("input_judge")  # type: ignore[assignment]
     output_judge: Judge | None = SubJudge("output_judge")  # type: ignore[assignment]
 
@@ -158,6 +171,27 @@ class GuardFilter(Defense):
                 f"guard-filter: input_judge '{judge.name}' rates answers, not requests; use a judge that rates "
                 "requests (guard with classify: request, llavaguard, shieldgemma2) or put it in output_judge"
             )
+
+    def detection_margin(self, model: Any, x: Any, prompts: Sequence[Prompt]) -> Any:
+        """``[B]``, differentiable in ``x`` (``[B, 3, H, W]`` in [0, 1], image ``i`` in place of the first image of
+        ``prompts[i]``): > 0 means the input judge would block the request, ≤ 0 that it passes, in log-odds of the
+        guard's unsafe score minus its threshold (:meth:`Judge.request_unsafe_margin
+        <mmsafe.judges.base.Judge.request_unsafe_margin>`). ``model`` (the attacker's crafting model) is not used:
+        the guard is a model of its own. ``TypeError`` when there is nothing an image can evade by gradient: no
+        input judge (the output judge rates the answer's text), ``unsafe_when: not-refused`` (the margin is the
+        judge's unsafe label), or an input judge whose model gives no gradients."""
+        if self.input_judge is None:
+            raise TypeError(
+                "guard-filter: no input_judge; its output_judge rates the answer's text, which an image attack "
+                "does not write, so there is no margin to descend"
+            )
+        if self.params.unsafe_when != "success":
+            raise TypeError(
+                "guard-filter: unsafe_when 'not-refused' reads the judge's refused field, not the unsafe rating "
+                "the margin measures"
+            )
+        with self._lock:
+            return self.input_judge.request_unsafe_margin(x, prompts)
 
     def _decide(self, j: Judgement) -> tuple[bool | None, str | None]:
         return unsafe_verdict(j, unsafe_when=self.params.unsafe_when)

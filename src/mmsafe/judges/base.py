@@ -46,6 +46,19 @@ class Judge(Component):
         """Whether this judge, with its params, rates requests rather than answers (see ``request_classifier``)."""
         return type(self).request_classifier
 
+    def request_unsafe_margin(self, x: Any, prompts: Sequence[Prompt]) -> Any:
+        """The verdict on requests as a number an image attack can descend: ``[B]`` float32, differentiable in
+        ``x`` (``[B, 3, H, W]`` in [0, 1]: image ``i`` in place of the first image of ``prompts[i]``). Greater than 0
+        means this judge would rate the request unsafe, ≤ 0 safe, in log-odds: the guard's unsafe score minus its
+        decision threshold (the ``guard-filter`` defense's ``detection_margin``).
+
+        Only a judge whose guard model runs in this process and gives gradients can; the default raises
+        ``TypeError``."""
+        raise TypeError(
+            f"judge '{self.name}' cannot give a differentiable verdict on the request's image (it is not a "
+            "request guard running a white-box model in this process)"
+        )
+
     @classmethod
     def construct_for(cls, params: Mapping[str, Any], *, registry: Any = None) -> str:
         """The construct of a judge with these params (a composite judge asks its members)."""
