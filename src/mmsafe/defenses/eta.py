@@ -273,6 +273,7 @@ class ETA(Defense):
             },
         },
         "n_candidates": 2,
+        "max_sentences": 3,
     }
     requires: ClassVar[frozenset[str]] = frozenset()
     Params: ClassVar[type[BaseModel]] = ETAParams
