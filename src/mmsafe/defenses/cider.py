@@ -601,6 +601,63 @@ class CIDER(Defense):
             details["empty_query"] = True
         return details
 
+    # ------------------------------------------------------------------ adaptive attack
+
+    evadable: ClassVar[bool] = True
+
+    def detection_margin(self, model: Any, x: Any, prompts: Sequence[Prompt]) -> Any:
+        """``[B]``: max_k drop_k − τ of image ``x[i]`` (the crafting ``model``'s pixel space) against the user text of
+        ``prompts[i]``, differentiable in ``x`` (see "Adaptive attack" in the module docstring). The forward value is
+        what :meth:`check` computes for that image as the prompt's first image (with item seed 0)."""
+        import numpy as np
+        import torch
+
+        from mmsafe.models.families import pil_from_pixels
+
+        p = self.params
+        enc = self.encoder_for(model)
+        path = self.path_for(enc)
+        if path != "vision":
+            raise ValueError(
+                f"cider: the {path} path gives no gradient (Tesseract's reading is not differentiable), so a "
+                "white-box attack cannot evade it; evaluate it under a query-based attack, or give cider a vision "
+                "encoder (params.encoder)"
+            )
+        tau, _ = self.threshold_for(model)
+
+        def tensor(pil: Any) -> Any:
+            arr = np.asarray(pil.convert("RGB"), dtype=np.float32) / 255.0
+            return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+        out = []
+        for i, prompt in enumerate(prompts):
+            xi = x[i].float()
+            seen = self.image_view(enc, path, Image.from_pil(pil_from_pixels(xi), source="adversarial.png"))
+            real = tensor(seen).to(xi.device)  # the encoder's own 8-bit view, as check() sees it
+            approx = xi
+            if tuple(real.shape) != tuple(xi.shape):  # another encoder: BPDA through its resize
+                approx = torch.nn.functional.interpolate(
+                    xi[None],
+                    size=tuple(real.shape[-2:]),
+                    mode="bilinear",
+                    antialias=True,
+                    align_corners=False,
+                )[0]
+            v0 = approx + (real - approx).detach()
+            denoised = self.denoise(seen, seed=int(stable_hash([0, "cider", 0])[:8], 16))[1:]
+            # BPDA: forward the real denoised views, backward the identity
+            views = [v0] + [v0 + (tensor(v).to(v0.device) - v0).detach() for v in denoised]
+            feats = enc.image_features(views, space="projected").float().mean(1)
+            query = self.embed_text(enc, _user_text(prompt)).to(feats.device)
+            sims = torch.nn.functional.cosine_similarity(feats, query[None].expand_as(feats), dim=-1)
+            drops = sims[0] - sims[1:]
+            if p.direction == "change":
+                drops = drops.abs()
+            out.append(drops.max() - tau)
+        return torch.stack(out)
+
+    # ------------------------------------------------------------------ defend
+
     def defend(
         self, prompts: Sequence[Prompt], seeds: Sequence[int], model: ModelBackend
     ) -> list[Generation | Exception]:

@@ -184,6 +184,33 @@ class HiddenDetect(Defense):
         s, e = self.span(len(f))
         return refusal_area(f[s : e + 1]), (s, e)
 
+    # ------------------------------------------------------------------ adaptive attack
+
+    evadable: ClassVar[bool] = True
+
+    def detection_margin(self, model: WhiteBoxModel, x: Any, prompts: Sequence[Prompt]) -> Any:
+        """``[B]``: the refusal area of ``prompts[i]`` with ``x[i]`` as its first image, minus ``threshold``,
+        differentiable in ``x`` (hidden states with gradients, the logit lens, the cosine and the trapezoid all in
+        torch). The forward value is :meth:`score`'s for that prompt (see "Adaptive attack" in the docstring)."""
+        import torch
+
+        if self.params.threshold is None:
+            raise ValueError(
+                "hidden-detect: no threshold (monitoring only), so there is nothing to evade; set one"
+            )
+        refusal = self.refusal_vector(model)
+        s, e = self.span(len(model.decoder_layers()))
+        layers = list(range(s, e + 1))
+        out = []
+        for i, prompt in enumerate(prompts):
+            others = [model.to_pixels(im) for im in prompt.images[1:]]
+            states = model.hidden_states(prompt, layers=layers, pixels=[x[i], *others])
+            logits = model.logit_lens(torch.stack([states[k][-1] for k in layers]))  # [layers, vocab]
+            ref = refusal.to(logits.device, logits.dtype).expand_as(logits)
+            f = torch.nn.functional.cosine_similarity(logits, ref, dim=-1)
+            out.append(((f[1:] + f[:-1]) / 2).sum() - self.params.threshold)
+        return torch.stack(out)
+
     # ------------------------------------------------------------------ calibration
 
     def calibrate(
