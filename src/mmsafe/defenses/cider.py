@@ -90,6 +90,19 @@ prompt keeps its original image (the authors' pipeline hands on the resized copy
 threshold is calibrated per encoder on built-in synthetic clean images rather than fixed, and
 ``direction: change`` is our addition for perturbations not aimed at the query.
 
+Adaptive attack (:meth:`CIDER.detection_margin`, used by an attack's ``evade`` param): the margin is CIDER's own
+statistic minus τ, ``max_k (s_0 − s_k) − τ`` (``change``: ``|s_0 − s_k|``), differentiable in the image. The denoiser
+(a PIL filter or a diffusion step on an 8-bit image) has no usable gradient, so it is handled with BPDA as Athalye,
+Carlini, Wagner (ICML 2018, §4.1) do for denoisers: forward, the real denoised views v_k of the real 8-bit view;
+backward, ``v_k ≈ v_0`` (the identity, their choice for a transform with ``g(x) ≈ x``). The alternative — the denoised
+embeddings as constants — lets the attacker lower only s_0, i.e. move the image *away* from the query, which works
+against the jailbreak itself; BPDA also lets it raise every s_k with s_0, which is what a denoising-robust
+perturbation does (Carlini & Wagner, AISec 2017, beat detectors this way, and Tramèr et al., NeurIPS 2020, recommend
+it for pre-processing detectors). When ``encoder`` is another model than the crafting one, the encoder's resize is
+BPDA'd too (its real view forward, a bilinear resize backward). The diffusion denoiser's noise is drawn with item
+seed 0 (an attacker does not know the item's seed; EOT over it is left for later). The OCR-text path has no
+gradient (Tesseract's reading is not differentiable) and raises: evaluate it under a query-based attack instead.
+
 Measured (2026-12-06, shared 2-core CPU). Tiny random LLaVA (``python benchmarks/calibrate_defenses.py
 --cider --skip-adashield --skip-jailguard``; 8 held-out clean images × 8 queries, and the same after a
 20-step PGD at L∞ 16/255 toward each query): τ at r = 90 / 95 / 99% is 0.012 / 0.016 / 0.022;

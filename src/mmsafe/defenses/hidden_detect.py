@@ -5,8 +5,8 @@ Large Vision-Language Models via Monitoring Hidden States", ACL 2025 (arXiv:2502
 github.com/leigest519/HiddenDetect (``code/test.py``, ``code/safety_aware_layers.py``, read at its first release).
 
 Threat model: the defender has the model's weights (white-box: hidden states, final norm, output head) and no
-training; the attacker writes the request (text and images) and does not adapt to the detector. Cost: one forward pass
-over the prompt (no generation) before the answer.
+training; the attacker writes the request (text and images) and, in the paper, does not adapt to the detector (an
+adaptive one: see "Adaptive attack" below). Cost: one forward pass over the prompt (no generation) before the answer.
 
 The algorithm, as the authors' code does it:
 
@@ -32,6 +32,15 @@ Departures: ``layers`` default to the second half of the decoder but the last tw
 for LLaVA-v1.6-Vicuna-7B is 50–91%); the authors' code hard-codes a 32,000-token vocabulary and CUDA, here the
 vocabulary and device are the model's; the refusal words are tokenised without special tokens and their first token
 taken, as theirs are (a word the tokenizer splits is represented by its first piece).
+
+Adaptive attack (:meth:`HiddenDetect.detection_margin`, used by an attack's ``evade`` param): the margin is the
+refusal area minus ``threshold`` in torch — hidden states with gradients to the pixels
+(:meth:`~mmsafe.models.base.WhiteBoxModel.hidden_states` with ``pixels``), the logit lens (differentiable when its
+input carries a gradient), the cosine with ``r`` and the trapezoid — so a white-box attacker lowers the score directly,
+as Carlini & Wagner (AISec 2017) lower a detector's logit and Tramèr et al. (NeurIPS 2020) recommend; nothing in it
+is non-differentiable, so no BPDA (Athalye et al., ICML 2018) is needed. Supported for ``hf``/``tiny-llava`` (any
+family with pixel gradients); ``hf-text``/``gemma-ocr`` read images through OCR and give no pixel gradient (they
+raise). Without a ``threshold`` (monitoring mode) there is nothing to evade, and it raises.
 
 Params: ``layers`` ([s, e], 0-based inclusive over decoder layers, or None for the default above), ``threshold``
 (required for the defense to act: without one every item is answered and ``flagged`` with its score — a monitoring

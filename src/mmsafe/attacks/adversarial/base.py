@@ -24,6 +24,22 @@ Shared behaviour:
   ``quantize`` — the default — that is exactly the optimised tensor), replaces the sample's first
   image; ``attack_metadata`` records steps, seconds, final loss, ε, norm, L∞/L2 norms, SSIM and
   PSNR against the clean image, success and the crafting model.
+
+Adaptive attack (a defense's number is reported under the strongest attack that knows it; Athalye, Carlini, Wagner,
+"Obfuscated Gradients Give a False Sense of Security", ICML 2018; Carlini & Wagner, "Adversarial Examples Are Not
+Easily Detected", AISec 2017; the methodology of Tramèr et al., "On Adaptive Attacks to Adversarial Example
+Defenses", NeurIPS 2020). Two params put the defense in the loop, alone or together:
+
+* ``through`` — an input-transforming defense (``purify``): the loss and the success test see its transformed image
+  (BPDA: the real transform forward, the identity backward; EOT over ``eot_samples`` draws), see
+  :mod:`~mmsafe.attacks.adversarial.through`.
+* ``evade`` — a detector defense that exposes a differentiable margin (``cider``, ``hidden-detect``: those with
+  ``evadable``): the loss becomes ``task + evade_weight · mean relu(margin + evade_kappa)`` (a Carlini–Wagner hinge)
+  and success also needs ``margin ≤ 0``; per-sample attacks give the detector the prompt the defended model will get
+  (:meth:`PerSampleAttack.eval_prompt`), universal ones the step's minibatch of fitting prompts. With both, the
+  margin is that of the transformed image. ``attack_metadata`` adds ``evade`` and ``final_margin``. See
+  :mod:`~mmsafe.attacks.adversarial.evade`. Defaults (λ = 1, κ = 0; the evade-less path is unchanged): λ is in the
+  task loss's units per unit of the defense's score, so set it per defense (tens for CIDER's cosine drops).
 """
 
 from __future__ import annotations

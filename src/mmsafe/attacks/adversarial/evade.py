@@ -2,24 +2,30 @@
 
 A detector defense (CIDER, HiddenDetect, a white-box guard) does not change the image; it decides whether the model
 may see it. An attacker who knows the detector optimises both at once, as Carlini & Wagner, "Adversarial Examples
-Are Not Easily Detected: Bypassing Ten Detection Methods" (AISec 2017), did against ten detectors, and as Tramèr,
-Carlini, Brendel, Madry, "On Adaptive Attacks to Adversarial Example Defenses" (NeurIPS 2020) recommend for every
-detector (their §4 and §5: fold the detector into one differentiable loss; a hinge term, not a constraint solver):
+Are Not Easily Detected: Bypassing Ten Detection Methods" (AISec 2017, arXiv:1705.07263), did against ten detectors
+(the classifier and the detector folded into one model whose loss is minimised), and as Tramèr, Carlini, Brendel,
+Madry, "On Adaptive Attacks to Adversarial Example Defenses" (NeurIPS 2020, arXiv:2002.08347) — the methodology
+reference — do for the detectors they re-evaluate: one differentiable loss covering the task and the detector:
 
     loss(x) = task_loss(x) + λ · mean_p relu(margin_p(x) + κ)
 
 ``margin_p(x)`` is the detector's own decision statistic for image ``x`` shown with prompt ``p`` minus its threshold
-(``> 0``: the defense would flag or block it; ``≤ 0``: it passes), mean over the prompts the image is optimised for
-(one for a per-sample attack; the step's minibatch for a universal one). The hinge is Carlini & Wagner's ``max(·, −κ)``
-(their 2017 S&P loss, f₆): once the detector passes the image with margin κ the term is zero and stops pulling, so the
-task loss has the whole budget again. Where the detector's statistic is not differentiable (a denoiser, a
-re-encoding), the defense uses BPDA (Athalye, Carlini, Wagner, ICML 2018, §4.1) inside its own
-:meth:`Detector.detection_margin` — the attack only sees a differentiable margin.
+(``> 0``: the defense would flag or block it; ``≤ 0``: it passes), averaged over the prompts the image is optimised
+for (one for a per-sample attack; the step's minibatch for a universal one). The hinge is Carlini & Wagner's
+``max(·, −κ)`` (objective f₆ of "Towards Evaluating the Robustness of Neural Networks", IEEE S&P 2017,
+arXiv:1608.04644): once the detector passes the image with margin κ the term is zero and stops pulling, so the task
+loss has the whole budget again. Where the detector's statistic is not differentiable (a denoiser, a re-encoding),
+the defense uses BPDA (Athalye, Carlini, Wagner, "Obfuscated Gradients Give a False Sense of Security", ICML 2018,
+§4.1) inside its own :meth:`Detector.detection_margin` — the attack only sees a differentiable margin. λ
+(``evade_weight``) converts the defense's units into the task loss's: a cosine drop of 0.005 (CIDER) needs a much
+larger λ than a refusal area of 0.1 (HiddenDetect) against a cross-entropy of a few nats.
 
 Success (when the attack has a success test) additionally requires ``max_p margin_p ≤ 0``: the image counts only if
 the detector passes it with every prompt. With ``through`` (an input transform in front of the model) the margin
 and the success test see the transformed image, as the defended model would. The attack records ``evade`` (the
-defense's name) and ``final_margin`` (per image, the max over its prompts) in ``attack_metadata``.
+defense's name) and ``final_margin`` (per image, the max over its prompts) in ``attack_metadata``. The margin is
+the detector's reading of the *crafting* model (or of its own encoder, e.g. CIDER's ``encoder``): with ``source``
+set, the detector is evaded on the source model and the result transfers, or not, to the evaluated one.
 """
 
 from __future__ import annotations
