@@ -152,6 +152,7 @@ def test_evade_passes_hidden_detect_where_the_static_image_is_flagged(model: Tin
             "evade_weight": 5.0,
         },
     )
+    assert "hidden_states" in attack.requires  # the grid check asks the model for what the detector reads
     adaptive = attack.apply(SAMPLE, seed=0, target=model)
     adaptive_margin = _score(model, hd, adaptive.images[0]) - tau
     losses = [_task_loss(model, im) for im in (_grey(), static.images[0], adaptive.images[0])]

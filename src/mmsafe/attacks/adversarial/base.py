@@ -164,6 +164,8 @@ class AdversarialAttack(Attack):
                     f"{self.name}: evade {what} is not an evadable detector; use a defense that exposes "
                     "a differentiable detection margin (cider, hidden-detect)"
                 )
+            if self.p.source is None:  # the detector reads the grid's model: the grid checks what it needs
+                self.requires = self.requires | frozenset(getattr(detector, "requires", ()))  # type: ignore[misc]
             if not self.supports_evade:
                 raise ConfigError(
                     f"{self.name}: evade is not supported by this attack (it runs its own optimiser)"
