@@ -270,3 +270,26 @@ def test_a_universal_image_evades_with_the_prompts_it_is_fitted_on(model: TinyLl
     assert adaptive.attack_metadata["final_margin"] == pytest.approx(adaptive_m, abs=1e-5)
     assert static_m > 0 and adaptive_m < static_m - 0.1
     assert adaptive.attack_metadata["corpus_loss_final"] < adaptive.attack_metadata["corpus_loss_clean"]
+
+
+def test_with_through_the_margin_is_that_of_the_image_the_defended_model_sees(model: TinyLlava):
+    """``through`` (3-bit purification) and ``evade`` together: the recorded margin is the detector's on the purified
+    image, not on the raw adversarial one."""
+    from mmsafe.attacks.adversarial.through import success_view
+    from mmsafe.defenses.purify import ImagePurification
+
+    hd = {"name": "hidden-detect", "params": {**HD_PARAMS, "threshold": -0.3}}
+    bits = {"name": "purify", "params": {"methods": ["bits"], "bits": 3}}
+    attack = Registry(entry_points=False).create(
+        "attack", "adv-target", {**ATTACK, "steps": 10, "through": bits, "evade": hd, "evade_weight": 5.0}
+    )
+    out = attack.apply(SAMPLE, seed=0, target=model)
+    detector = HiddenDetect(**HD_PARAMS, threshold=-0.3)
+    x = model.to_pixels(out.images[0])[None]
+    purified = success_view(ImagePurification(methods=["bits"], bits=3), x, seed=0)
+    with torch.no_grad():
+        seen = float(detector.detection_margin(model, purified, [out])[0])
+        raw = float(detector.detection_margin(model, x, [out])[0])
+    assert out.attack_metadata["through"] == "purify" and out.attack_metadata["evade"] == "hidden-detect"
+    assert out.attack_metadata["final_margin"] == pytest.approx(seen, abs=1e-5)
+    assert abs(seen - raw) > 1e-4  # the two views differ, so the test can tell which one was used
