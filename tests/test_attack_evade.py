@@ -293,3 +293,37 @@ def test_with_through_the_margin_is_that_of_the_image_the_defended_model_sees(mo
     assert out.attack_metadata["through"] == "purify" and out.attack_metadata["evade"] == "hidden-detect"
     assert out.attack_metadata["final_margin"] == pytest.approx(seen, abs=1e-5)
     assert abs(seen - raw) > 1e-4  # the two views differ, so the test can tell which one was used
+
+
+def test_evade_passes_a_white_box_guard_filter(model: TinyLlava, static: Prompt, tmp_path):
+    """The same protocol for ``guard-filter`` (its input judge a tiny random ShieldGemma 2 classifier; margin in
+    log-odds of its unsafe probability against its threshold): the static image is blocked, the adaptive one passes."""
+    from _tiny_guards import build_tiny_shieldgemma2
+
+    judge = {
+        "name": "shieldgemma2",
+        "params": {"path": str(build_tiny_shieldgemma2(tmp_path / "sg2")), "device": "cpu"},
+    }
+    guard = {
+        "name": "guard-filter",
+        "params": {"input_judge": {**judge, "params": {**judge["params"], "threshold": 0.5}}},
+    }
+    reg = Registry(entry_points=False)
+    defense = reg.create("defense", "guard-filter", guard["params"])
+
+    def margin(prompt: Prompt) -> float:
+        with torch.no_grad():
+            return float(
+                defense.detection_margin(model, model.to_pixels(prompt.images[0])[None], [prompt])[0]
+            )
+
+    adaptive = reg.create("attack", "adv-target", {**ATTACK, "evade": guard}).apply(
+        SAMPLE, seed=0, target=model
+    )
+    static_m, adaptive_m = margin(static), margin(adaptive)
+    print(
+        f"\nguard-filter (shieldgemma2, threshold 0.5): margin static {static_m:+.4f}, adaptive {adaptive_m:+.4f}"
+    )
+    assert static_m > 0 and adaptive_m <= 0
+    assert adaptive.attack_metadata["final_margin"] == pytest.approx(adaptive_m, abs=1e-5)
+    assert _task_loss(model, adaptive.images[0]) < _task_loss(model, _grey()) - 3.0

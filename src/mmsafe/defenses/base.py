@@ -72,9 +72,6 @@ class Defense(Component):
         (``through``: :mod:`mmsafe.attacks.adversarial.through`)."""
         return None
 
-    #: the defense is a detector with a differentiable :meth:`detection_margin`: adaptive attacks may evade it
-    evadable: ClassVar[bool] = False
-
     def detection_margin(self, model: Any, x: Any, prompts: Sequence[Prompt]) -> Any:
         """For a detector (``evadable``): ``[B]`` margins, differentiable in ``x`` (``[B, 3, H, W]`` in [0, 1], the
         white-box ``model``'s pixel space; ``prompts[i]`` is the prompt image ``i`` is shown with, its image slot

@@ -33,11 +33,12 @@ Defenses", NeurIPS 2020). Two params put the defense in the loop, alone or toget
 * ``through`` — an input-transforming defense (``purify``): the loss and the success test see its transformed image
   (BPDA: the real transform forward, the identity backward; EOT over ``eot_samples`` draws), see
   :mod:`~mmsafe.attacks.adversarial.through`.
-* ``evade`` — a detector defense that exposes a differentiable margin (``cider``, ``hidden-detect``: those with
-  ``evadable``): the loss becomes ``task + evade_weight · mean relu(margin + evade_kappa)`` (a Carlini–Wagner hinge)
-  and success also needs ``margin ≤ 0``; per-sample attacks give the detector the prompt the defended model will get
-  (:meth:`PerSampleAttack.eval_prompt`), universal ones the step's minibatch of fitting prompts. With both, the
-  margin is that of the transformed image. ``attack_metadata`` adds ``evade`` and ``final_margin``. See
+* ``evade`` — a detector defense that exposes a differentiable margin (``cider``, ``hidden-detect``,
+  ``guard-filter``: those with ``evadable``): the loss becomes ``task + evade_weight · mean relu(margin +
+  evade_kappa)`` (a Carlini–Wagner hinge) and success also needs ``margin ≤ 0``; per-sample attacks give the
+  detector the prompt the defended model will get (:meth:`PerSampleAttack.eval_prompt`), universal ones the step's
+  minibatch of fitting prompts (``umk`` runs its own two-stage optimiser and refuses ``evade``; ``imgjp``'s deltajp
+  variant too, its variable being δ). With both params, the margin is that of the transformed image. ``attack_metadata`` adds ``evade`` and ``final_margin``. See
   :mod:`~mmsafe.attacks.adversarial.evade`. Defaults (λ = 1, κ = 0; the evade-less path is unchanged): λ is in the
   task loss's units per unit of the defense's score, so set it per defense (tens for CIDER's cosine drops).
 """
@@ -162,7 +163,7 @@ class AdversarialAttack(Attack):
                 what = "a list" if isinstance(detector, list) else f"'{detector.name}'"
                 raise ConfigError(
                     f"{self.name}: evade {what} is not an evadable detector; use a defense that exposes "
-                    "a differentiable detection margin (cider, hidden-detect)"
+                    "a differentiable detection margin (cider, hidden-detect, guard-filter)"
                 )
             if self.p.source is None:  # the detector reads the grid's model: the grid checks what it needs
                 self.requires = self.requires | frozenset(getattr(detector, "requires", ()))  # type: ignore[misc]
