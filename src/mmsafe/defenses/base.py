@@ -72,6 +72,14 @@ class Defense(Component):
         (``through``: :mod:`mmsafe.attacks.adversarial.through`)."""
         return None
 
+    def detection_margin(self, model: Any, x: Any, prompts: Sequence[Prompt]) -> Any:
+        """For a detector (``evadable``): ``[B]`` margins, differentiable in ``x`` (``[B, 3, H, W]`` in [0, 1], the
+        white-box ``model``'s pixel space; ``prompts[i]`` is the prompt image ``i`` is shown with, its image slot
+        holding the clean image) — ``> 0`` this defense would flag or block the input, ``≤ 0`` it passes, in the
+        defense's own units (its score minus its threshold). An adaptive white-box attack adds a hinge on it to its
+        loss (``evade``: :mod:`mmsafe.attacks.adversarial.evade`)."""
+        raise NotImplementedError(f"defense '{self.name}' has no differentiable detection margin")
+
     def bind(self, store: Any) -> None:
         """Receive the run's store: declared sub-components are bound (:meth:`Component.bind
         <mmsafe.registry.Component.bind>`), and so is any judge the defense holds in an attribute of

@@ -90,6 +90,19 @@ prompt keeps its original image (the authors' pipeline hands on the resized copy
 threshold is calibrated per encoder on built-in synthetic clean images rather than fixed, and
 ``direction: change`` is our addition for perturbations not aimed at the query.
 
+Adaptive attack (:meth:`CIDER.detection_margin`, used by an attack's ``evade`` param): the margin is CIDER's own
+statistic minus τ, ``max_k (s_0 − s_k) − τ`` (``change``: ``|s_0 − s_k|``), differentiable in the image. The denoiser
+(a PIL filter or a diffusion step on an 8-bit image) has no usable gradient, so it is handled with BPDA as Athalye,
+Carlini, Wagner (ICML 2018, §4.1) do for denoisers: forward, the real denoised views v_k of the real 8-bit view;
+backward, ``v_k ≈ v_0`` (the identity, their choice for a transform with ``g(x) ≈ x``). The alternative — the denoised
+embeddings as constants — lets the attacker lower only s_0, i.e. move the image *away* from the query, which works
+against the jailbreak itself; BPDA also lets it raise every s_k with s_0, which is what a denoising-robust
+perturbation does (Carlini & Wagner, AISec 2017, beat detectors this way, and Tramèr et al., NeurIPS 2020, recommend
+it for pre-processing detectors). When ``encoder`` is another model than the crafting one, the encoder's resize is
+BPDA'd too (its real view forward, a bilinear resize backward). The diffusion denoiser's noise is drawn with item
+seed 0 (an attacker does not know the item's seed; EOT over it is left for later). The OCR-text path has no
+gradient (Tesseract's reading is not differentiable) and raises: evaluate it under a query-based attack instead.
+
 Measured (2026-12-06, shared 2-core CPU). Tiny random LLaVA (``python benchmarks/calibrate_defenses.py
 --cider --skip-adashield --skip-jailguard``; 8 held-out clean images × 8 queries, and the same after a
 20-step PGD at L∞ 16/255 toward each query): τ at r = 90 / 95 / 99% is 0.012 / 0.016 / 0.022;
@@ -600,6 +613,63 @@ class CIDER(Defense):
         if not text.strip():  # nothing to compare the image with: the check is weak (recorded)
             details["empty_query"] = True
         return details
+
+    # ------------------------------------------------------------------ adaptive attack
+
+    evadable: ClassVar[bool] = True
+
+    def detection_margin(self, model: Any, x: Any, prompts: Sequence[Prompt]) -> Any:
+        """``[B]``: max_k drop_k − τ of image ``x[i]`` (the crafting ``model``'s pixel space) against the user text of
+        ``prompts[i]``, differentiable in ``x`` (see "Adaptive attack" in the module docstring). The forward value is
+        what :meth:`check` computes for that image as the prompt's first image (with item seed 0)."""
+        import numpy as np
+        import torch
+
+        from mmsafe.models.families import pil_from_pixels
+
+        p = self.params
+        enc = self.encoder_for(model)
+        path = self.path_for(enc)
+        if path != "vision":
+            raise ValueError(
+                f"cider: the {path} path gives no gradient (Tesseract's reading is not differentiable), so a "
+                "white-box attack cannot evade it; evaluate it under a query-based attack, or give cider a vision "
+                "encoder (params.encoder)"
+            )
+        tau, _ = self.threshold_for(model)
+
+        def tensor(pil: Any) -> Any:
+            arr = np.asarray(pil.convert("RGB"), dtype=np.float32) / 255.0
+            return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+        out = []
+        for i, prompt in enumerate(prompts):
+            xi = x[i].float()
+            seen = self.image_view(enc, path, Image.from_pil(pil_from_pixels(xi), source="adversarial.png"))
+            real = tensor(seen).to(xi.device)  # the encoder's own 8-bit view, as check() sees it
+            approx = xi
+            if tuple(real.shape) != tuple(xi.shape):  # another encoder: BPDA through its resize
+                approx = torch.nn.functional.interpolate(
+                    xi[None],
+                    size=tuple(real.shape[-2:]),
+                    mode="bilinear",
+                    antialias=True,
+                    align_corners=False,
+                )[0]
+            v0 = approx + (real - approx).detach()
+            denoised = self.denoise(seen, seed=int(stable_hash([0, "cider", 0])[:8], 16))[1:]
+            # BPDA: forward the real denoised views, backward the identity
+            views = [v0] + [v0 + (tensor(v).to(v0.device) - v0).detach() for v in denoised]
+            feats = enc.image_features(views, space="projected").float().mean(1)
+            query = self.embed_text(enc, _user_text(prompt)).to(feats.device)
+            sims = torch.nn.functional.cosine_similarity(feats, query[None].expand_as(feats), dim=-1)
+            drops = sims[0] - sims[1:]
+            if p.direction == "change":
+                drops = drops.abs()
+            out.append(drops.max() - tau)
+        return torch.stack(out)
+
+    # ------------------------------------------------------------------ defend
 
     def defend(
         self, prompts: Sequence[Prompt], seeds: Sequence[int], model: ModelBackend

@@ -5,8 +5,8 @@ Large Vision-Language Models via Monitoring Hidden States", ACL 2025 (arXiv:2502
 github.com/leigest519/HiddenDetect (``code/test.py``, ``code/safety_aware_layers.py``, read at its first release).
 
 Threat model: the defender has the model's weights (white-box: hidden states, final norm, output head) and no
-training; the attacker writes the request (text and images) and does not adapt to the detector. Cost: one forward pass
-over the prompt (no generation) before the answer.
+training; the attacker writes the request (text and images) and, in the paper, does not adapt to the detector (an
+adaptive one: see "Adaptive attack" below). Cost: one forward pass over the prompt (no generation) before the answer.
 
 The algorithm, as the authors' code does it:
 
@@ -32,6 +32,15 @@ Departures: ``layers`` default to the second half of the decoder but the last tw
 for LLaVA-v1.6-Vicuna-7B is 50–91%); the authors' code hard-codes a 32,000-token vocabulary and CUDA, here the
 vocabulary and device are the model's; the refusal words are tokenised without special tokens and their first token
 taken, as theirs are (a word the tokenizer splits is represented by its first piece).
+
+Adaptive attack (:meth:`HiddenDetect.detection_margin`, used by an attack's ``evade`` param): the margin is the
+refusal area minus ``threshold`` in torch — hidden states with gradients to the pixels
+(:meth:`~mmsafe.models.base.WhiteBoxModel.hidden_states` with ``pixels``), the logit lens (differentiable when its
+input carries a gradient), the cosine with ``r`` and the trapezoid — so a white-box attacker lowers the score directly,
+as Carlini & Wagner (AISec 2017) lower a detector's logit and Tramèr et al. (NeurIPS 2020) recommend; nothing in it
+is non-differentiable, so no BPDA (Athalye et al., ICML 2018) is needed. Supported for ``hf``/``tiny-llava`` (any
+family with pixel gradients); ``hf-text``/``gemma-ocr`` read images through OCR and give no pixel gradient (they
+raise). Without a ``threshold`` (monitoring mode) there is nothing to evade, and it raises.
 
 Params: ``layers`` ([s, e], 0-based inclusive over decoder layers, or None for the default above), ``threshold``
 (required for the defense to act: without one every item is answered and ``flagged`` with its score — a monitoring
@@ -183,6 +192,33 @@ class HiddenDetect(Defense):
         f = self.strengths(model, prompt, refusal)
         s, e = self.span(len(f))
         return refusal_area(f[s : e + 1]), (s, e)
+
+    # ------------------------------------------------------------------ adaptive attack
+
+    evadable: ClassVar[bool] = True
+
+    def detection_margin(self, model: WhiteBoxModel, x: Any, prompts: Sequence[Prompt]) -> Any:
+        """``[B]``: the refusal area of ``prompts[i]`` with ``x[i]`` as its first image, minus ``threshold``,
+        differentiable in ``x`` (hidden states with gradients, the logit lens, the cosine and the trapezoid all in
+        torch). The forward value is :meth:`score`'s for that prompt (see "Adaptive attack" in the docstring)."""
+        import torch
+
+        if self.params.threshold is None:
+            raise ValueError(
+                "hidden-detect: no threshold (monitoring only), so there is nothing to evade; set one"
+            )
+        refusal = self.refusal_vector(model)
+        s, e = self.span(len(model.decoder_layers()))
+        layers = list(range(s, e + 1))
+        out = []
+        for i, prompt in enumerate(prompts):
+            others = [model.to_pixels(im) for im in prompt.images[1:]]
+            states = model.hidden_states(prompt, layers=layers, pixels=[x[i], *others])
+            logits = model.logit_lens(torch.stack([states[k][-1] for k in layers]))  # [layers, vocab]
+            ref = refusal.to(logits.device, logits.dtype).expand_as(logits)
+            f = torch.nn.functional.cosine_similarity(logits, ref, dim=-1)
+            out.append(((f[1:] + f[:-1]) / 2).sum() - self.params.threshold)
+        return torch.stack(out)
 
     # ------------------------------------------------------------------ calibration
 

@@ -467,7 +467,8 @@ class AdapterFields(BaseModel):
 def logit_lens(model: Any, layers: Sequence[Any], hidden: Any) -> Any:
     """``hidden`` (``[..., d]``) through ``model``'s final norm and output head: the norm is the one owned by the
     module that holds the decoder ``layers`` (``norm``, ``final_layer_norm`` or ``ln_f``), the head
-    ``model.get_output_embeddings()``. Computed in the head's dtype, returned as float32."""
+    ``model.get_output_embeddings()``. Computed in the head's dtype, returned as float32; differentiable when
+    ``hidden`` carries a gradient (an adaptive attack on a hidden-state detector), else without autograd."""
     import torch
 
     first = layers[0]
@@ -484,6 +485,6 @@ def logit_lens(model: Any, layers: Sequence[Any], hidden: Any) -> Any:
     head = model.get_output_embeddings()
     if owner is None or norm is None or head is None:
         raise NotImplementedError(f"cannot find the final norm and output head of {type(model).__name__}")
-    with torch.no_grad():
+    with torch.set_grad_enabled(torch.is_grad_enabled() and bool(hidden.requires_grad)):
         x = hidden.to(device=head.weight.device, dtype=head.weight.dtype)
         return head(norm(x)).float()

@@ -172,5 +172,7 @@ class WhiteBoxModel(ModelBackend):
     def logit_lens(self, hidden: Any) -> Any:
         """Vocabulary logits ``[..., vocab]`` of residual-stream states ``[..., hidden]`` (from
         :meth:`hidden_states`): the language model's final norm and output head applied to them, as
-        the last layer's are (the "logit lens"). HiddenDetect reads refusal this way at every layer."""
+        the last layer's are (the "logit lens"). HiddenDetect reads refusal this way at every layer.
+        Differentiable when ``hidden`` carries a gradient (states from :meth:`hidden_states` with ``pixels`` that
+        require grad), so an adaptive attack can push a hidden-state detector's score down."""
         raise NotImplementedError

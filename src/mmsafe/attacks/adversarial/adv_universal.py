@@ -98,8 +98,8 @@ class UniversalCorpus(UniversalAttack):
             return Image.from_path(self.up.init_image)
         return self.start_image(Sample(id="init", benchmark="", text=""), self.up.seed)
 
-    def objectives(self, model: Any, image: Image) -> list[Any]:
-        """Fixed minibatches of the shuffled corpus, each a teacher-forced objective encoded once."""
+    def minibatches(self, image: Image) -> list[tuple[list[Prompt], list[str]]]:
+        """Fixed minibatches of the shuffled corpus: (prompts with ``image``, targets) each."""
         import random
 
         pairs = self.corpus()
@@ -112,8 +112,12 @@ class UniversalCorpus(UniversalAttack):
                 Prompt(messages=(Message.user(self.up.prompt if p is None else p, [image]),))
                 for p, _ in chunk
             ]
-            out.append(model.teacher_forced(prompts, [t for _, t in chunk]))
+            out.append((prompts, [t for _, t in chunk]))
         return out
+
+    def objectives(self, model: Any, image: Image) -> list[Any]:
+        """Each minibatch as a teacher-forced objective encoded once."""
+        return [model.teacher_forced(prompts, targets) for prompts, targets in self.minibatches(image)]
 
     def fit(self, model: Any, seed: int) -> tuple[Image, dict[str, Any]]:
 
@@ -127,7 +131,16 @@ class UniversalCorpus(UniversalAttack):
             return objective([[x[0]]] * n).mean().reshape(1)
 
         key = "universal-ckpt-" + self.cache_key(model)[:24]
-        result = self.run_engine(model, clean, loss, success_fn=None, seed=seed, key=key, keep="last")
+        evade = None
+        if self.evade is not None:  # the detector judges the image with the step's minibatch of prompts
+            from mmsafe.attacks.adversarial.evade import EvadePrompts, unique_prompts
+
+            chunks = [unique_prompts(prompts) for prompts, _ in self.minibatches(image)]
+            every = unique_prompts([p for c in chunks for p in c])
+            evade = EvadePrompts(rows=[every], at=lambda step: [chunks[step % len(chunks)]])
+        result = self.run_engine(
+            model, clean, loss, success_fn=None, seed=seed, key=key, keep="last", evade_prompts=evade
+        )
         import torch
 
         with torch.no_grad():  # the whole corpus, before and after

@@ -24,6 +24,23 @@ Shared behaviour:
   ``quantize`` — the default — that is exactly the optimised tensor), replaces the sample's first
   image; ``attack_metadata`` records steps, seconds, final loss, ε, norm, L∞/L2 norms, SSIM and
   PSNR against the clean image, success and the crafting model.
+
+Adaptive attack (a defense's number is reported under the strongest attack that knows it; Athalye, Carlini, Wagner,
+"Obfuscated Gradients Give a False Sense of Security", ICML 2018; Carlini & Wagner, "Adversarial Examples Are Not
+Easily Detected", AISec 2017; the methodology of Tramèr et al., "On Adaptive Attacks to Adversarial Example
+Defenses", NeurIPS 2020). Two params put the defense in the loop, alone or together:
+
+* ``through`` — an input-transforming defense (``purify``): the loss and the success test see its transformed image
+  (BPDA: the real transform forward, the identity backward; EOT over ``eot_samples`` draws), see
+  :mod:`~mmsafe.attacks.adversarial.through`.
+* ``evade`` — a detector defense that exposes a differentiable margin (``cider``, ``hidden-detect``,
+  ``guard-filter``: those with ``evadable``): the loss becomes ``task + evade_weight · mean relu(margin +
+  evade_kappa)`` (a Carlini–Wagner hinge) and success also needs ``margin ≤ 0``; per-sample attacks give the
+  detector the prompt the defended model will get (:meth:`PerSampleAttack.eval_prompt`), universal ones the step's
+  minibatch of fitting prompts (``umk`` runs its own two-stage optimiser and refuses ``evade``; ``imgjp``'s deltajp
+  variant too, its variable being δ). With both params, the margin is that of the transformed image. ``attack_metadata`` adds ``evade`` and ``final_margin``. See
+  :mod:`~mmsafe.attacks.adversarial.evade`. Defaults (λ = 1, κ = 0; the evade-less path is unchanged): λ is in the
+  task loss's units per unit of the defense's score, so set it per defense (tens for CIDER's cosine drops).
 """
 
 from __future__ import annotations
@@ -46,6 +63,7 @@ from mmsafe.paths import default_cache_root
 from mmsafe.types import Image, Message, Prompt, Sample, stable_hash
 
 if TYPE_CHECKING:
+    from mmsafe.attacks.adversarial.evade import EvadePrompts
     from mmsafe.models.base import ModelBackend, WhiteBoxModel
     from mmsafe.registry import Registry
 
@@ -73,6 +91,15 @@ class AdversarialParams(PGDConfig):
     )
     eot_samples: int = Field(
         1, ge=1, le=64, description="draws of a random `through` transform averaged per step (EOT)"
+    )
+    evade: ComponentField | None = Field(
+        None,
+        description="adaptive: also evade this detector defense ({name, params}, e.g. cider, hidden-detect) — "
+        "loss + evade_weight * relu(margin + evade_kappa); success needs margin <= 0",
+    )
+    evade_weight: float = Field(1.0, ge=0.0, le=1e6, description="λ: weight of the detector's hinge term")
+    evade_kappa: float = Field(
+        0.0, ge=0.0, le=1e6, description="κ: margin (defense units) below the threshold to aim for"
     )
 
     def pgd(self) -> PGDConfig:
@@ -114,6 +141,10 @@ class AdversarialAttack(Attack):
     source: WhiteBoxModel | None = SubModel("source", cache=False, check=_gives_gradients)  # type: ignore[assignment]
     #: adaptive evaluation: the defense whose image transform the optimisation passes through (BPDA/EOT)
     through: Any = SubDefense("through")
+    #: adaptive evaluation: the detector defense the optimisation also evades (a hinge on its margin)
+    evade: Any = SubDefense("evade")
+    #: whether this attack passes the detector the prompts its image is optimised for (``evade``)
+    supports_evade: ClassVar[bool] = True
 
     def __init__(self, params: Any = None, /, *, registry: Registry | None = None, **kwargs: Any) -> None:
         super().__init__(params, registry=registry, **kwargs)
@@ -126,6 +157,20 @@ class AdversarialAttack(Attack):
                 f"{self.name}: through '{defense.name}' does not transform images; optimise through a defense "
                 "that does (purify)"
             )
+        detector = self.evade
+        if detector is not None:
+            if isinstance(detector, list) or not getattr(detector, "evadable", False):
+                what = "a list" if isinstance(detector, list) else f"'{detector.name}'"
+                raise ConfigError(
+                    f"{self.name}: evade {what} is not an evadable detector; use a defense that exposes "
+                    "a differentiable detection margin (cider, hidden-detect, guard-filter)"
+                )
+            if self.p.source is None:  # the detector reads the grid's model: the grid checks what it needs
+                self.requires = self.requires | frozenset(getattr(detector, "requires", ()))  # type: ignore[misc]
+            if not self.supports_evade:
+                raise ConfigError(
+                    f"{self.name}: evade is not supported by this attack (it runs its own optimiser)"
+                )
 
     @property
     def p(self) -> AdversarialParams:
@@ -213,6 +258,10 @@ class AdversarialAttack(Attack):
         if self.through is not None:  # adaptive: loss and success were those of the defended image
             meta["through"] = self.through.name
             meta["eot_samples"] = self.p.eot_samples
+        if self.evade is not None:  # adaptive: the detector's margin on the result (> 0: it would be flagged)
+            meta["evade"] = self.evade.name
+            margin = result.extra.get("evade_margin")
+            meta["final_margin"] = margin[i] if margin is not None else None
         image = Image.from_pil(pil_from_pixels(adv[i]), source=f"{self.name}.png")
         return image, meta
 
@@ -231,9 +280,27 @@ class AdversarialAttack(Attack):
         on_step: Callable[[int, Any, Any], None] | None = None,
         keep: Literal["best", "last"] = "best",
         start: Any | None = None,
+        evade_prompts: EvadePrompts | None = None,
     ) -> PGDResult:
+        """The engine on ``loss_fn`` from ``clean``, adapted to the attack's ``evade`` detector (its hinge added, its
+        margin part of success; ``evade_prompts`` say which prompts each image is shown with) and to ``through``
+        (everything evaluated on the transformed image), checkpointed under ``key``."""
         import contextlib
 
+        if self.evade is not None:  # adaptive: the detector's hinge joins the loss, its verdict success
+            from mmsafe.attacks.adversarial.evade import evading
+
+            if evade_prompts is None:
+                raise ValueError(f"attack '{self.name}' gives no prompts to evade '{self.evade.name}' with")
+            loss_fn, success_fn = evading(
+                self.evade,
+                model,
+                evade_prompts,
+                loss_fn,
+                success_fn,
+                weight=self.p.evade_weight,
+                kappa=self.p.evade_kappa,
+            )
         if self.through is not None:  # adaptive: the loss and the success test see the defended image
             from mmsafe.attacks.adversarial.through import through_defense
 
@@ -243,7 +310,7 @@ class AdversarialAttack(Attack):
         ckpt = cache_dir() / f"{key}.npz"
         ctx = model.gradient_checkpointing() if self.p.gradient_checkpointing else contextlib.nullcontext()
         with ctx:
-            return self.engine().run(
+            result = self.engine().run(
                 clean,
                 loss_fn,
                 success_fn=success_fn,
@@ -253,6 +320,25 @@ class AdversarialAttack(Attack):
                 keep=keep,
                 start=start,
             )
+        if self.evade is not None and evade_prompts is not None:
+            result.extra["evade_margin"] = self.final_margins(
+                model, result.adversarial, evade_prompts, seed=seed
+            )
+        return result
+
+    def final_margins(self, model: WhiteBoxModel, x: Any, prompts: EvadePrompts, *, seed: int) -> list[float]:
+        """Per image, the ``evade`` detector's largest margin over its prompts, on the view the success test sees
+        (after ``through``'s transform when there is one)."""
+        import torch
+
+        from mmsafe.attacks.adversarial.evade import margins
+
+        if self.through is not None:
+            from mmsafe.attacks.adversarial.through import success_view
+
+            x = success_view(self.through, x, seed=seed)
+        with torch.no_grad():
+            return [float(m.max()) for m in margins(self.evade, model, x, prompts.rows)]
 
     # ---------------------------------------------------------------- apply
 
@@ -307,6 +393,13 @@ class PerSampleAttack(AdversarialAttack):
     def eval_prompt(self, job: Job, image: Image) -> Prompt:
         return self.with_image(job.sample, image)
 
+    def evade_prompts(self, jobs: list[Job]) -> EvadePrompts:
+        """The prompt the ``evade`` detector judges each image with: the one the defended model will get
+        (:meth:`eval_prompt`), its image slot holding the clean image."""
+        from mmsafe.attacks.adversarial.evade import EvadePrompts
+
+        return EvadePrompts(rows=[[self.eval_prompt(j, j.prompts[0].images[0])] for j in jobs])
+
     def apply_batch(
         self, samples: Sequence[Sample], *, seeds: Sequence[int], target: ModelBackend | None = None
     ) -> list[Prompt | Exception]:
@@ -342,6 +435,7 @@ class PerSampleAttack(AdversarialAttack):
                         success_fn=success_fn,  # the engine stops early only if asked
                         seed=batch[0].seed,
                         key=key[:32],
+                        evade_prompts=self.evade_prompts(batch) if self.evade is not None else None,
                     )
                     for r, (i, j) in enumerate(zip(part, batch, strict=True)):
                         image, meta = self.output(

@@ -122,6 +122,11 @@ class ImgJPParams(AdversarialParams):
     def _deltajp_norm(self) -> ImgJPParams:
         if self.variant == "deltajp" and self.norm not in ("linf", "l2"):
             raise ValueError("variant 'deltajp' is an ε-bounded perturbation: norm must be 'linf' or 'l2'")
+        if self.variant == "deltajp" and self.evade is not None:
+            raise ValueError(
+                "variant 'deltajp' cannot evade a detector: its optimised variable is δ, not the image the "
+                "detector sees (use variant 'imgjp')"
+            )
         return self
 
 
@@ -194,7 +199,17 @@ class ImgJP(UniversalAttack):
 
         keep: Literal["best", "last"] = "best" if len(objectives) == 1 else "last"
         key = "imgjp-ckpt-" + self.cache_key(model)[:24]
-        result = self.run_engine(model, clean, loss, success_fn=None, seed=seed, key=key, keep=keep)
+        evade = None
+        if self.evade is not None:  # imgjp only (checked at construction): the detector sees x itself
+            from mmsafe.attacks.adversarial.evade import EvadePrompts
+
+            rows = [[behavior_prompt(b, images[0]) for b in chunk] for chunk in chunks]
+            evade = EvadePrompts(
+                rows=[[p for r in rows for p in r]], at=lambda step: [rows[step % len(rows)]]
+            )
+        result = self.run_engine(
+            model, clean, loss, success_fn=None, seed=seed, key=key, keep=keep, evade_prompts=evade
+        )
         adv = result.adversarial
         meta_image, meta = self.output(clean, adv, result, 0, model, tested=False)
         meta.pop("final_loss", None)

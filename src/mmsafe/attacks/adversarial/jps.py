@@ -332,7 +332,29 @@ class JPS(UniversalAttack):
             return (per.mean() * 0).reshape(1)  # every behaviour is below min_loss: no step
 
         key = "jps-ckpt-" + self.cache_key(model, rev, steer)[:24]
-        return self.run_engine(model, clean, loss, success_fn=None, seed=seed, key=key, keep="best", start=x0)
+        evade = None
+        if self.evade is not None:  # the detector judges the image with every training request (one batch)
+            from mmsafe.attacks.adversarial.evade import EvadePrompts
+
+            evade = EvadePrompts(
+                rows=[
+                    [
+                        Prompt(messages=(Message.user(self.request(steer, b.goal or "", b.target), [start]),))
+                        for b in train
+                    ]
+                ]
+            )
+        return self.run_engine(
+            model,
+            clean,
+            loss,
+            success_fn=None,
+            seed=seed,
+            key=key,
+            keep="best",
+            start=x0,
+            evade_prompts=evade,
+        )
 
     def _answer(
         self, model: Any, image: Image, train: list[Behavior], steer: str, seed: int, rev: int, log: CallLog

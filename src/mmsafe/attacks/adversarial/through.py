@@ -35,7 +35,7 @@ class Defense(Protocol):
     def transform_image(self, image: Image, *, seed: int) -> Image | None: ...
 
 
-__all__ = ["through_defense", "transformed"]
+__all__ = ["success_view", "through_defense", "transformed"]
 
 
 def transformed(defense: Defense, x: Any, *, seed: int) -> Any:
@@ -91,6 +91,11 @@ def through_defense(
     inner = success_fn
 
     def success(x: Any) -> list[bool]:
-        return inner(transformed(defense, x.detach(), seed=int(stable_hash([seed, "success"])[:8], 16)))
+        return inner(success_view(defense, x, seed=seed))
 
     return loss, success
+
+
+def success_view(defense: Defense, x: Any, *, seed: int = 0) -> Any:
+    """The transformed ``x`` the success test judges (one fixed draw per optimisation ``seed``)."""
+    return transformed(defense, x.detach(), seed=int(stable_hash([seed, "success"])[:8], 16))

@@ -172,6 +172,8 @@ class UMK(UniversalAttack):
     version: ClassVar[str] = "1"
     Params: ClassVar[type[UMKParams]] = UMKParams
     runtime_params: ClassVar[frozenset[str]] = UniversalAttack.runtime_params | {"candidate_batch"}
+    #: its two stages run the engine directly (image prefix, then image + GCG suffix): no detector hinge
+    supports_evade: ClassVar[bool] = False
     paper: ClassVar[Paper] = Paper(
         title="White-box Multimodal Jailbreaks Against Large Vision-Language Models",
         authors="Wang et al.",
