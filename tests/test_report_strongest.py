@@ -20,6 +20,16 @@ def _pair(adaptive: bool) -> dict:
     }
 
 
+def test_how_an_attack_sees_the_defense():
+    from mmsafe.report import adaptive_how
+
+    assert adaptive_how({"through": {"name": "purify", "params": {}}, "evade": {"name": "cider"}}) == (
+        "through purify, evade cider"
+    )
+    assert adaptive_how({"adaptive": True}) == "defense in the loop"
+    assert adaptive_how({"adaptive": False, "through": None}) is None
+
+
 def test_which_params_make_an_attack_adaptive():
     assert not is_adaptive({})
     assert not is_adaptive({"adaptive": False, "through": None, "evade": None})
@@ -52,6 +62,7 @@ def test_each_defense_gets_its_strongest_static_and_adaptive_attack(tmp_path):
     # undefended: both searches find the prompt the target complies with; no attack gets nothing
     assert bare["strongest"]["rate"]["k"] == n and bare["strongest"]["attack"].startswith("pair")
     assert bare["strongest_adaptive"]["adaptive"] is True and bare["strongest_adaptive"]["rate"]["k"] == n
+    assert bare["strongest_adaptive"]["how"] == "defense in the loop" and bare["strongest_static"]["how"] is None
     assert bare["strongest_static"]["adaptive"] is False and bare["strongest_static"]["rate"]["k"] == n
     # the guard blocks every "Sure": nothing gets through, static or adaptive
     for key in ("strongest", "strongest_static", "strongest_adaptive"):

@@ -485,6 +485,20 @@ def is_adaptive(params: Mapping[str, Any]) -> bool:
     return any(params.get(k) not in (None, False) for k in ADAPTIVE_PARAMS)
 
 
+def adaptive_how(params: Mapping[str, Any]) -> str | None:
+    """How an attack with these params sees the defense, in a few words (``through purify``, ``evade cider``,
+    ``defense in the loop``), or None for a static attack."""
+    parts = []
+    for key in ("through", "evade"):
+        value = params.get(key)
+        if value not in (None, False):
+            name = value.get("name") if isinstance(value, Mapping) else value
+            parts.append(f"{key} {name}")
+    if params.get("adaptive") not in (None, False):
+        parts.append("defense in the loop")
+    return ", ".join(parts) or None
+
+
 def strongest_attacks(tally: Tally, labels: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
     """Per model × benchmark × defense × judge run under two or more attacks: the attack that got through most
     often (highest rate on must-refuse items, ties to the larger n), over all attacks, over static ones and over
@@ -512,7 +526,9 @@ def strongest_attacks(tally: Tally, labels: dict[tuple[str, str], str]) -> list[
         if not rows:
             return None
         attack, adaptive, k, n = max(rows, key=lambda r: (r[2] / r[3], r[3], labels[("attack", r[0])]))
-        return {"attack": labels[("attack", attack)], "adaptive": adaptive, "rate": rate(k, n).as_dict()}
+        spec = attack_specs.get(attack)
+        how = adaptive_how(spec.params or {}) if spec is not None else None
+        return {"attack": labels[("attack", attack)], "adaptive": adaptive, "how": how, "rate": rate(k, n).as_dict()}
 
     out = []
     for (model, bench, defense, judge), rows in groups.items():

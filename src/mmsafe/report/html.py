@@ -277,7 +277,10 @@ def _strongest(ctx: _Ctx) -> str:
         return ""
 
     def which(best: Mapping[str, Any] | None) -> str:
-        return "–" if best is None else f"{esc(best['attack'])}: {pct(best['rate'])}"
+        if best is None:
+            return "–"
+        how = f" ({esc(best['how'])})" if best.get("how") else ""
+        return f"{esc(best['attack'])}{how}: {pct(best['rate'])}"
 
     head = (
         "<h3>Strongest attack per defense</h3><p>For each defense (and for none) run under two or more attacks: the "

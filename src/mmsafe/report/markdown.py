@@ -387,7 +387,10 @@ def _strongest(rows: Sequence[dict[str, Any]]) -> list[str]:
         return []
 
     def which(best: dict[str, Any] | None) -> str:
-        return "–" if best is None else f"{md_cell(best['attack'])}: {_pct(best['rate'])}"
+        if best is None:
+            return "–"
+        how = f" ({md_cell(best['how'])})" if best.get("how") else ""
+        return f"{md_cell(best['attack'])}{how}: {_pct(best['rate'])}"
 
     lines = [
         "",
