@@ -17,7 +17,7 @@ Per item, as implemented:
    paper's DiffPure: a local diffusers DDPM folder (``diffusion_path``), the image noised to timestep
    ``diffusion_t`` (authors' default 400 of 1000) and denoised by the reverse DDPM chain
    (``diffusion_mode: ddpm``, ``diffusion_t`` UNet calls) or, cheaper, by one x_0 prediction
-   (``one-shot``) (:class:`mmsafe.denoise.DiffusionDenoiser`, shared with ``cider``). ``gaussian``
+   (``one-shot``) (:class:`mmsafe.render.denoise.DiffusionDenoiser`, shared with ``cider``). ``gaussian``
    (default), ``median`` and ``jpeg`` are offline classical stand-ins (no diffusion weights ship
    here), recorded as ``stand_in`` in the details; ``none`` skips it (recorded).
 2. *Textual purifier* — ``text_purifier`` (any model backend, a declared sub-model; answers cached in
@@ -71,6 +71,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mmsafe import papers
 from mmsafe.components import SubModel
 from mmsafe.config import ComponentField
 from mmsafe.defenses._bluesuffix import (
@@ -88,20 +89,10 @@ from mmsafe.models.base import ModelBackend
 from mmsafe.plugin_meta import Paper
 from mmsafe.types import Generation, Image, Prompt, stable_hash
 
-__all__ = ["BLUESUFFIX_PAPER", "BlueSuffix", "BlueSuffixParams"]
+__all__ = ["BlueSuffix", "BlueSuffixParams"]
 
 ImagePurifier = Literal["diffusion", "gaussian", "median", "jpeg", "none"]
 STAND_INS = frozenset({"gaussian", "median", "jpeg"})
-
-BLUESUFFIX_PAPER = Paper(
-    title="BlueSuffix: Reinforced Blue Teaming for Vision-Language Models Against Jailbreak Attacks",
-    authors="Zhao, Zheng, Luo, Li, Ma, Jiang",
-    year=2025,
-    url="https://arxiv.org/abs/2410.20971",
-    threat_model="black-box target VLM; the attacker writes text and image; the defender purifies both and "
-    "appends a suffix from an RL-trained generator, using only the target's answers",
-)
-
 
 def _template(v: str) -> str:
     if "{query}" not in v:
@@ -171,7 +162,10 @@ class BlueSuffix(Defense):
 
     name: ClassVar[str] = "bluesuffix"
     version: ClassVar[str] = "1"
-    paper: ClassVar[Paper | None] = BLUESUFFIX_PAPER
+    paper: ClassVar[Paper | None] = papers.BLUESUFFIX.threat(
+        "black-box target VLM; the attacker writes text and image; the defender purifies both and appends a "
+        "suffix from an RL-trained generator, using only the target's answers"
+    )
     #: offline: a scripted purifier, and the tiny random LLaVA writing (random) 6-token suffixes
     example_params: ClassVar[dict[str, Any]] = {
         "generator": {"name": "tiny-llava", "params": {"generation": {"max_new_tokens": 6}}},
@@ -189,7 +183,7 @@ class BlueSuffix(Defense):
         super().__init__(params, **kwargs)
         self._denoiser: Any = None
         if self.params.image_purifier == "diffusion":  # a missing package fails here, naming the extra
-            from mmsafe.denoise import DiffusionDenoiser
+            from mmsafe.render.denoise import DiffusionDenoiser
             from mmsafe.errors import require
 
             require("diffusers", extra="diffusion", purpose="the bluesuffix image purifier")
@@ -201,7 +195,7 @@ class BlueSuffix(Defense):
     # ------------------------------------------------------------------ visual purifier
     def transform_image(self, image: Image, *, seed: int) -> Image:
         """``image`` purified (PNG), or unchanged with ``image_purifier: none``."""
-        from mmsafe.denoise import classical_denoise
+        from mmsafe.render.denoise import classical_denoise
 
         p = self.params
         if p.image_purifier == "none":

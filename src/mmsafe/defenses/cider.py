@@ -48,7 +48,7 @@ Denoisers (``denoiser``):
   The noise is seeded by the item's seed. Needs ``pip install 'mmsafe[diffusion]'``.
 * ``gaussian`` (default), ``median``, ``jpeg`` — offline classical stand-ins (no weights ship
   anywhere here): v_k is v_{k−1} after a Gaussian blur of ``blur_radius`` px, a ``median_size``
-  median filter, or a JPEG re-encode at ``jpeg_quality`` (:func:`mmsafe.denoise.classical_denoise`),
+  median filter, or a JPEG re-encode at ``jpeg_quality`` (:func:`mmsafe.render.denoise.classical_denoise`),
   so v_k is k filter passes. Recorded as ``stand_in`` in the details. They remove high-frequency
   perturbations much as a low-noise diffusion step does, but they also blur real detail: calibrate
   them, never reuse a threshold measured with another denoiser.
@@ -380,7 +380,7 @@ class CIDER(Defense):
 
     def denoise(self, view: Any, *, seed: int) -> list[Any]:
         """``[v_0, v_1, …, v_steps]``: ``view`` (PIL RGB) and its denoised copies (see the docstring)."""
-        from mmsafe.denoise import classical_denoise
+        from mmsafe.render.denoise import classical_denoise
 
         p = self.params
         views = [view.convert("RGB")]
@@ -398,7 +398,7 @@ class CIDER(Defense):
     def _pipeline(self) -> Any:
         with self._lock:
             if self._diffusion is None:
-                from mmsafe.denoise import DiffusionDenoiser
+                from mmsafe.render.denoise import DiffusionDenoiser
 
                 self._diffusion = DiffusionDenoiser(
                     str(self.params.diffusion_path), device=self.params.diffusion_device,

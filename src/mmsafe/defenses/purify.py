@@ -99,7 +99,7 @@ def reduce_bits(pil: Any, bits: int) -> Any:
 
 
 def _jpeg(pil: Any, quality: int) -> Any:
-    from mmsafe.denoise import jpeg_roundtrip
+    from mmsafe.render.denoise import jpeg_roundtrip
 
     return jpeg_roundtrip(pil, quality)
 

@@ -73,7 +73,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mmsafe.components import SubJudge, SubModel
+from mmsafe import papers
+from mmsafe.components import SubAttack, SubJudge, SubModel
 from mmsafe.config import ComponentConfig, ComponentField
 from mmsafe.defenses._bluesuffix import (
     PURIFIER_PROMPT,
@@ -82,7 +83,8 @@ from mmsafe.defenses._bluesuffix import (
     join_suffix,
     purify_texts,
 )
-from mmsafe.defenses.bluesuffix import BLUESUFFIX_PAPER
+from mmsafe.defenses.edit import replace_user_text
+from mmsafe.defenses.output_guard import query_text
 from mmsafe.errors import ConfigError
 from mmsafe.lora import LoraSettings, adapters_enabled, inject
 from mmsafe.plugin_meta import Paper
@@ -92,10 +94,11 @@ from mmsafe.training.text import Encoded, answer_token_logprobs, peak_rss_mb
 from mmsafe.types import Expected, Judgement, Message, Prompt, Sample
 
 if TYPE_CHECKING:
+    from mmsafe.attacks.base import Attack
     from mmsafe.judges.base import Judge
     from mmsafe.models.base import ModelBackend
 
-__all__ = ["BlueSuffixTrainParams", "BlueSuffixTrainer", "Rollout", "ppo_loss", "reward"]
+__all__ = ["BlueSuffixTrainParams", "BlueSuffixTrainer", "Item", "Rollout", "ppo_loss", "reward"]
 
 
 class BlueSuffixTrainParams(BaseModel):
@@ -108,6 +111,9 @@ class BlueSuffixTrainParams(BaseModel):
     judge: ComponentField = Field(
         default_factory=lambda: ComponentConfig(name="refusal"),
         description="the reward judge: {name, params} of any judge (harmful: no success; benign: no refusal)",
+    )
+    attack: ComponentField | None = Field(
+        None, description="an mmsafe attack applied to every request first: the jailbreak prompts trained against"
     )
     text_purifier: ComponentField | None = Field(None, description="the text purifier: any model backend (None: none)")
     prompt: str = Field(PURIFIER_PROMPT, min_length=8, max_length=20000, description="the purifier's template")
@@ -143,10 +149,19 @@ class BlueSuffixTrainParams(BaseModel):
 
 
 @dataclass(frozen=True)
+class Item:
+    """A request as the target receives it before the suffix: the (attacked) prompt and its purified text."""
+
+    example: Example
+    base: Prompt
+    text: str
+
+
+@dataclass(frozen=True)
 class Rollout:
     """One sampled suffix: the generator's prompt + suffix tokens, its text, and its reward."""
 
-    example: Example
+    item: Item
     encoded: Encoded
     suffix: str
     reward: float
@@ -222,7 +237,9 @@ class BlueSuffixTrainer(Trainer):
     """BlueSuffix's blue-team suffix generator (Zhao et al., ICLR 2025), trained by clipped PPO on a judge's reward."""
 
     name: ClassVar[str] = "bluesuffix"
-    paper: ClassVar[Paper | None] = BLUESUFFIX_PAPER
+    paper: ClassVar[Paper | None] = papers.BLUESUFFIX.threat(
+        "none at training time: the defender tunes its suffix generator against a black-box target (answers only)"
+    )
     example_params: ClassVar[dict[str, Any]] = {"model": "scripted", "target": "scripted"}
     version: ClassVar[str] = "1"
     Params: ClassVar[type[BaseModel]] = BlueSuffixTrainParams
@@ -235,17 +252,34 @@ class BlueSuffixTrainer(Trainer):
     judge: Judge = SubJudge("judge")  # type: ignore[assignment]
     #: the optional text purifier
     text_purifier: ModelBackend | None = SubModel("text_purifier", early=True)  # type: ignore[assignment]
+    #: the optional attack that turns each request into a jailbreak prompt
+    attack: Attack | None = SubAttack("attack")  # type: ignore[assignment]
 
     # ------------------------------------------------------------------ pieces
-    def purified(self, examples: Sequence[Example]) -> tuple[list[Example], list[str], int]:
-        """(the examples kept, their purified texts, how many failed purification)."""
+    def items(self, examples: Sequence[Example]) -> tuple[list[Item], int]:
+        """Each request as the target would get it — the attack's prompt (if any), its text purified (if
+        a purifier is set) — and how many failed (attack or purifier error: skipped, counted)."""
         p = self.params
+        bases: list[Prompt | None] = []
+        for i, e in enumerate(examples):
+            if self.attack is None:
+                bases.append(Prompt(messages=(Message.user(e.request),)))
+                continue
+            try:
+                bases.append(self.attack.apply(_sample(e, i), seed=p.seed))
+            except Exception:
+                bases.append(None)
+        texts = [query_text(b) if b is not None else "" for b in bases]
         if p.text_purifier is None:
-            return list(examples), [e.request for e in examples], 0
-        outs = purify_texts(self, "text_purifier", [e.request for e in examples], template=p.prompt,
-                            on_unparsed=p.on_unparsed)  # fmt: skip
-        kept = [(e, r[0]) for e, r in zip(examples, outs, strict=True) if not isinstance(r, Exception)]
-        return [e for e, _ in kept], [t for _, t in kept], len(examples) - len(kept)
+            outs: list[tuple[str, str] | Exception] = [(t, "skipped") for t in texts]
+        else:
+            outs = purify_texts(self, "text_purifier", texts, template=p.prompt, on_unparsed=p.on_unparsed)
+        kept = [
+            Item(e, b, r[0])
+            for e, b, r in zip(examples, bases, outs, strict=True)
+            if b is not None and not isinstance(r, Exception)
+        ]
+        return kept, len(examples) - len(kept)
 
     def generator_ids(self, backend: Any, text: str) -> list[int]:
         """The generator's prompt tokens for ``text``, rendered as hf-text renders it at inference."""
@@ -270,20 +304,20 @@ class BlueSuffixTrainer(Trainer):
         out = generate_seeded(module, enc, greedy=greedy, seed=seed, device=device, generation_config=cfg)
         return [row[len(ids) :].tolist() for row in out]
 
-    def answers(
-        self, examples: Sequence[Example], texts: Sequence[str], suffixes: Sequence[str], *, seed: int
-    ) -> list[float | None]:
-        """The reward of the target's answer to each (text + suffix); an empty suffix: the text alone."""
+    def answers(self, items: Sequence[Item], suffixes: Sequence[str], *, seed: int) -> list[float | None]:
+        """The reward of the target's answer to each item's prompt with its text + suffix (an empty
+        suffix: the purified text alone)."""
         from mmsafe import aio
 
         p = self.params
         prompts = [
-            Prompt(messages=(Message.user(join_suffix(t, s, how=p.suffix_join) if s else t),))
-            for t, s in zip(texts, suffixes, strict=True)
+            replace_user_text(it.base, join_suffix(it.text, s, how=p.suffix_join) if s else it.text)
+            for it, s in zip(items, suffixes, strict=True)
         ]
         gens = aio.generate_all(self.target, prompts, [seed] * len(prompts))
         batch = [
-            (_sample(e, i), pr, g) for i, (e, pr, g) in enumerate(zip(examples, prompts, gens, strict=True))
+            (_sample(it.example, i), pr, g)
+            for i, (it, pr, g) in enumerate(zip(items, prompts, gens, strict=True))
             if not isinstance(g, Exception)
         ]
         try:
@@ -293,17 +327,22 @@ class BlueSuffixTrainer(Trainer):
         if len(verdicts) != len(batch):
             verdicts = [Judgement(error="judge miscounted")] * len(batch)
         it = iter(verdicts)
-        return [None if isinstance(g, Exception) else reward(e.kind, next(it)) for e, g in zip(examples, gens, strict=True)]
+        return [
+            None if isinstance(g, Exception) else reward(item.example.kind, next(it))
+            for item, g in zip(items, gens, strict=True)
+        ]
 
-    def evaluate(self, backend: Any, examples: Sequence[Example], texts: Sequence[str], *, base: bool) -> dict[str, Any]:
+    def evaluate(self, backend: Any, items: Sequence[Item], *, base: bool) -> dict[str, Any]:
         """Held-out rates with greedy suffixes from the base (LoRA off) or trained generator."""
         tok = backend.tokenizer
         suffixes = []
         with adapters_enabled(backend.module, not base):
-            for t in texts:
-                (ids,) = self.sample_suffixes(backend, self.generator_ids(backend, t), n=1, seed=0, greedy=True)
-                suffixes.append(tok.decode(ids, skip_special_tokens=True))
-        rewards = self.answers(examples, texts, suffixes, seed=self.params.seed)
+            for it in items:
+                ids = self.generator_ids(backend, it.text)
+                (out,) = self.sample_suffixes(backend, ids, n=1, seed=0, greedy=True)
+                suffixes.append(tok.decode(out, skip_special_tokens=True))
+        rewards = self.answers(items, suffixes, seed=self.params.seed)
+        examples = [it.example for it in items]
         return {**_rates(examples, rewards), "suffix_examples": [" ".join(s.split()) for s in suffixes[:3]]}
 
     # ------------------------------------------------------------------ training
@@ -347,10 +386,12 @@ class BlueSuffixTrainer(Trainer):
         skipped = n_rollouts = 0
         try:
             module.eval()
-            held_kept, held_texts, held_failed = self.purified(held)
-            no_suffix = _rates(held_kept, self.answers(held_kept, held_texts, [""] * len(held_kept), seed=p.seed))
-            before = self.evaluate(backend, held_kept, held_texts, base=True)
-            log_fn(f"bluesuffix: held out {len(held_kept)} ({sorted(p.held_out_categories)}); before {before}")
+            held_items, held_failed = self.items(held)
+            no_suffix = _rates(
+                [it.example for it in held_items], self.answers(held_items, [""] * len(held_items), seed=p.seed)
+            )
+            before = self.evaluate(backend, held_items, base=True)
+            log_fn(f"bluesuffix: held out {len(held_items)} ({sorted(p.held_out_categories)}); before {before}")
             order: list[Example] = []
             for step in range(1, p.steps + 1):
                 batch: list[Example] = []
@@ -359,21 +400,21 @@ class BlueSuffixTrainer(Trainer):
                         order = list(train)
                         rng.shuffle(order)
                     batch.append(order.pop())
-                kept, texts, failed = self.purified(batch)
+                kept, failed = self.items(batch)
                 skipped += failed
                 if not kept:
                     history.append({"step": step, "skipped": failed})
                     continue
                 module.eval()
                 rollouts: list[Rollout] = []
-                for g, (e, t) in enumerate(zip(kept, texts, strict=True)):
-                    ids = self.generator_ids(backend, t)
+                for g, item in enumerate(kept):
+                    ids = self.generator_ids(backend, item.text)
                     sampled = self.sample_suffixes(backend, ids, n=p.group_size, seed=p.seed * 100003 + step * 101 + g)
                     sufs = [tok.decode(s, skip_special_tokens=True) for s in sampled]
-                    rs = self.answers([e] * len(sufs), [t] * len(sufs), sufs, seed=p.seed + step)
+                    rs = self.answers([item] * len(sufs), sufs, seed=p.seed + step)
                     for s_ids, s, r in zip(sampled, sufs, rs, strict=True):
                         enc = Encoded(tuple(ids) + tuple(s_ids), len(ids))
-                        rollouts.append(Rollout(e, enc, s, 0.0 if r is None else r, r is not None, g))
+                        rollouts.append(Rollout(item, enc, s, 0.0 if r is None else r, r is not None, g))
                 means = {g: sum(r.reward for r in rollouts if r.group == g) / p.group_size for g in range(len(kept))}
                 adv = torch.tensor([r.reward - means[r.group] for r in rollouts], device=device)
                 encs = [r.encoded for r in rollouts]
@@ -396,8 +437,8 @@ class BlueSuffixTrainer(Trainer):
                     opt.step()
                     losses.append(float(loss.detach()))
                 module.eval()
-                harm = [r.reward for r in rollouts if r.example.kind == "harmful"]
-                ben = [r.reward for r in rollouts if r.example.kind == "benign"]
+                harm = [r.reward for r in rollouts if r.item.example.kind == "harmful"]
+                ben = [r.reward for r in rollouts if r.item.example.kind == "benign"]
                 rec = {
                     "step": step,
                     "reward": round(sum(r.reward for r in rollouts) / len(rollouts), 4),
@@ -412,7 +453,7 @@ class BlueSuffixTrainer(Trainer):
                 history.append(rec)
                 if step == 1 or step % max(1, p.steps // 10) == 0 or step == p.steps:
                     log_fn(f"bluesuffix step {step}/{p.steps} reward {rec['reward']} kl {rec['kl']} loss {rec['loss']}")
-            after = self.evaluate(backend, held_kept, held_texts, base=False)
+            after = self.evaluate(backend, held_items, base=False)
             log_fn(f"bluesuffix: after {after}")
         finally:
             self.close()
@@ -424,14 +465,15 @@ class BlueSuffixTrainer(Trainer):
                 "sha256": data_sha,
                 "n_train_requests": len(train),
                 "n_train_harmful": sum(e.kind == "harmful" for e in train),
-                "n_held_out_evaluated": len(held_kept),
-                "n_held_out_purification_failed": held_failed,
+                "n_held_out_evaluated": len(held_items),
+                "n_held_out_failed": held_failed,
                 "train_categories": sorted({e.category for e in train}),
                 "held_out_split": f"by category: {sorted(p.held_out_categories)} never trained on",
             },
             "seed": p.seed,
             "target": {"name": p.target.name, "params": dict(p.target.params)},
             "judge": {"name": p.judge.name, "params": dict(p.judge.params)},
+            "attack": None if p.attack is None else {"name": p.attack.name, "params": dict(p.attack.params)},
             "text_purifier": None if p.text_purifier is None else {"name": p.text_purifier.name, "params": dict(p.text_purifier.params)},
             "inference": {
                 "generator_prompt": p.generator_prompt,
