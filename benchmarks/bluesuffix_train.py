@@ -67,7 +67,11 @@ def main() -> int:
         "lr": args.lr,
     }  # fmt: skip
     t0 = time.perf_counter()
-    card = Registry().create("trainer", "bluesuffix", params).run(out, log_fn=lambda m: print(m, file=sys.stderr))
+    card = (
+        Registry()
+        .create("trainer", "bluesuffix", params)
+        .run(out, log_fn=lambda m: print(m, file=sys.stderr))
+    )
     wall = time.perf_counter() - t0
     m = card["metrics"]
     print(f"bluesuffix on Gemma-3-270M vs gemma-ocr-safe, judge {args.judge}: {args.steps} steps × "
@@ -83,7 +87,10 @@ def main() -> int:
     t = card["training"]
     print(f"training reward first/last fifth: {t['reward_first']} → {t['reward_last']}; "
           f"KL at the last step {t['history'][-1].get('kl')}")  # fmt: skip
-    print("suffixes (trained):", json.dumps(m["held_out_trained_generator"].get("suffix_examples"), ensure_ascii=False))
+    print(
+        "suffixes (trained):",
+        json.dumps(m["held_out_trained_generator"].get("suffix_examples"), ensure_ascii=False),
+    )
     print(f"adapter and card: {out}")
     return 0
 

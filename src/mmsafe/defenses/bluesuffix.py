@@ -94,6 +94,7 @@ __all__ = ["BlueSuffix", "BlueSuffixParams"]
 ImagePurifier = Literal["diffusion", "gaussian", "median", "jpeg", "none"]
 STAND_INS = frozenset({"gaussian", "median", "jpeg"})
 
+
 def _template(v: str) -> str:
     if "{query}" not in v:
         raise ValueError("the template must contain {query} (where the user's text goes)")
@@ -113,7 +114,10 @@ class BlueSuffixParams(BaseModel):
         None, description="the text purifier: {name, params} of any model backend (None: skipped, recorded)"
     )
     prompt: str = Field(
-        PURIFIER_PROMPT, min_length=8, max_length=20000, description="the purifier's template ({query}: the text)"
+        PURIFIER_PROMPT,
+        min_length=8,
+        max_length=20000,
+        description="the purifier's template ({query}: the text)",
     )
     on_unparsed: Literal["fail", "keep"] = Field(
         "fail", description="purifier answer without an @@ question: fail the item, or keep the original text"
@@ -122,7 +126,9 @@ class BlueSuffixParams(BaseModel):
         "gaussian", description="diffusion (DiffPure) | gaussian, median, jpeg (stand-ins) | none"
     )
     diffusion_path: str | None = Field(None, description="diffusion: local diffusers DDPM pipeline folder")
-    diffusion_t: int = Field(400, ge=1, le=1000, description="diffusion: noise timestep (authors: 400 of 1000)")
+    diffusion_t: int = Field(
+        400, ge=1, le=1000, description="diffusion: noise timestep (authors: 400 of 1000)"
+    )
     diffusion_mode: Literal["ddpm", "one-shot"] = Field(
         "ddpm", description="diffusion: reverse DDPM chain (t UNet calls; DiffPure) or one x0 prediction"
     )
@@ -153,7 +159,9 @@ class BlueSuffixParams(BaseModel):
     @model_validator(mode="after")
     def _diffusion(self) -> BlueSuffixParams:
         if self.image_purifier == "diffusion" and not self.diffusion_path:
-            raise ValueError("image_purifier 'diffusion' needs diffusion_path (a local diffusers DDPM folder)")
+            raise ValueError(
+                "image_purifier 'diffusion' needs diffusion_path (a local diffusers DDPM folder)"
+            )
         return self
 
 
@@ -169,7 +177,10 @@ class BlueSuffix(Defense):
     #: offline: a scripted purifier, and the tiny random LLaVA writing (random) 6-token suffixes
     example_params: ClassVar[dict[str, Any]] = {
         "generator": {"name": "tiny-llava", "params": {"generation": {"max_new_tokens": 6}}},
-        "text_purifier": {"name": "scripted", "params": {"default": "Checked. @@What does the picture show?@@"}},
+        "text_purifier": {
+            "name": "scripted",
+            "params": {"default": "Checked. @@What does the picture show?@@"},
+        },
     }
     Params: ClassVar[type[BaseModel]] = BlueSuffixParams
     params: BlueSuffixParams
@@ -183,12 +194,13 @@ class BlueSuffix(Defense):
         super().__init__(params, **kwargs)
         self._denoiser: Any = None
         if self.params.image_purifier == "diffusion":  # a missing package fails here, naming the extra
-            from mmsafe.render.denoise import DiffusionDenoiser
             from mmsafe.errors import require
+            from mmsafe.render.denoise import DiffusionDenoiser
 
             require("diffusers", extra="diffusion", purpose="the bluesuffix image purifier")
             self._denoiser = DiffusionDenoiser(
-                str(self.params.diffusion_path), device=self.params.diffusion_device,
+                str(self.params.diffusion_path),
+                device=self.params.diffusion_device,
                 purpose="the bluesuffix image purifier",
             )
 
@@ -209,7 +221,10 @@ class BlueSuffix(Defense):
                 out = self._denoiser.one_shot(pil, t=p.diffusion_t - 1, seed=noise_seed)
         else:
             out = classical_denoise(
-                pil, p.image_purifier, blur_radius=p.blur_radius, median_size=p.median_size,
+                pil,
+                p.image_purifier,
+                blur_radius=p.blur_radius,
+                median_size=p.median_size,
                 jpeg_quality=p.jpeg_quality,
             )
         return Image.from_pil(out, source=f"{image.source or 'image'}#bluesuffix-purified")
@@ -232,7 +247,9 @@ class BlueSuffix(Defense):
                 out.append(RuntimeError(f"bluesuffix: suffix generator failed: {type(g).__name__}: {g}"))
                 continue
             suffix = clean_suffix(g.text, max_chars=p.max_suffix_chars)
-            out.append(suffix if suffix else ValueError("bluesuffix: the suffix generator wrote an empty suffix"))
+            out.append(
+                suffix if suffix else ValueError("bluesuffix: the suffix generator wrote an empty suffix")
+            )
         return out
 
     def defend(

@@ -80,7 +80,9 @@ class DiffusionDenoiser:
                 path = Path(str(self.path)).expanduser()
                 if not path.is_dir():
                     raise ValueError(f"diffusion_path {str(path)!r} is not a folder")
-                unet = diffusers.UNet2DModel.from_pretrained(str(path), subfolder="unet", local_files_only=True)
+                unet = diffusers.UNet2DModel.from_pretrained(
+                    str(path), subfolder="unet", local_files_only=True
+                )
                 sched = diffusers.DDPMScheduler.from_pretrained(
                     str(path), subfolder="scheduler", local_files_only=True
                 )
@@ -97,7 +99,9 @@ class DiffusionDenoiser:
         import torch
         from PIL import Image as PILImage
 
-        x = np.asarray(view.convert("RGB").resize((size, size), PILImage.Resampling.BICUBIC), dtype=np.float32)
+        x = np.asarray(
+            view.convert("RGB").resize((size, size), PILImage.Resampling.BICUBIC), dtype=np.float32
+        )
         return torch.from_numpy(x / 127.5 - 1.0).permute(2, 0, 1)[None].to(self.device)
 
     @staticmethod

@@ -113,12 +113,21 @@ class BlueSuffixTrainParams(BaseModel):
         description="the reward judge: {name, params} of any judge (harmful: no success; benign: no refusal)",
     )
     attack: ComponentField | None = Field(
-        None, description="an mmsafe attack applied to every request first: the jailbreak prompts trained against"
+        None,
+        description="an mmsafe attack applied to every request first: the jailbreak prompts trained against",
     )
-    text_purifier: ComponentField | None = Field(None, description="the text purifier: any model backend (None: none)")
-    prompt: str = Field(PURIFIER_PROMPT, min_length=8, max_length=20000, description="the purifier's template")
-    on_unparsed: Literal["fail", "keep"] = Field("fail", description="purifier answer without @@: skip the request, or keep its text")
-    generator_prompt: str = Field("{query}", min_length=7, max_length=5000, description="the generator's input")
+    text_purifier: ComponentField | None = Field(
+        None, description="the text purifier: any model backend (None: none)"
+    )
+    prompt: str = Field(
+        PURIFIER_PROMPT, min_length=8, max_length=20000, description="the purifier's template"
+    )
+    on_unparsed: Literal["fail", "keep"] = Field(
+        "fail", description="purifier answer without @@: skip the request, or keep its text"
+    )
+    generator_prompt: str = Field(
+        "{query}", min_length=7, max_length=5000, description="the generator's input"
+    )
     suffix_join: SuffixJoin = Field("question", description="how the suffix joins the text (as the defense)")
     data: str = Field("builtin", description="builtin (mmsafe's written set) or a JSONL file with category")
     held_out_categories: tuple[str, ...] = Field(
@@ -286,7 +295,9 @@ class BlueSuffixTrainer(Trainer):
         rendered, _ = backend.render(generator_query(self.params.generator_prompt, text))
         return list(backend._token_ids(rendered))
 
-    def sample_suffixes(self, backend: Any, ids: Sequence[int], *, n: int, seed: int, greedy: bool = False) -> list[list[int]]:
+    def sample_suffixes(
+        self, backend: Any, ids: Sequence[int], *, n: int, seed: int, greedy: bool = False
+    ) -> list[list[int]]:
         """``n`` suffixes of exactly ``suffix_tokens`` tokens from the generator as it is now."""
         import torch
 
@@ -388,10 +399,13 @@ class BlueSuffixTrainer(Trainer):
             module.eval()
             held_items, held_failed = self.items(held)
             no_suffix = _rates(
-                [it.example for it in held_items], self.answers(held_items, [""] * len(held_items), seed=p.seed)
+                [it.example for it in held_items],
+                self.answers(held_items, [""] * len(held_items), seed=p.seed),
             )
             before = self.evaluate(backend, held_items, base=True)
-            log_fn(f"bluesuffix: held out {len(held_items)} ({sorted(p.held_out_categories)}); before {before}")
+            log_fn(
+                f"bluesuffix: held out {len(held_items)} ({sorted(p.held_out_categories)}); before {before}"
+            )
             order: list[Example] = []
             for step in range(1, p.steps + 1):
                 batch: list[Example] = []
@@ -409,13 +423,18 @@ class BlueSuffixTrainer(Trainer):
                 rollouts: list[Rollout] = []
                 for g, item in enumerate(kept):
                     ids = self.generator_ids(backend, item.text)
-                    sampled = self.sample_suffixes(backend, ids, n=p.group_size, seed=p.seed * 100003 + step * 101 + g)
+                    sampled = self.sample_suffixes(
+                        backend, ids, n=p.group_size, seed=p.seed * 100003 + step * 101 + g
+                    )
                     sufs = [tok.decode(s, skip_special_tokens=True) for s in sampled]
                     rs = self.answers([item] * len(sufs), sufs, seed=p.seed + step)
                     for s_ids, s, r in zip(sampled, sufs, rs, strict=True):
                         enc = Encoded(tuple(ids) + tuple(s_ids), len(ids))
                         rollouts.append(Rollout(item, enc, s, 0.0 if r is None else r, r is not None, g))
-                means = {g: sum(r.reward for r in rollouts if r.group == g) / p.group_size for g in range(len(kept))}
+                means = {
+                    g: sum(r.reward for r in rollouts if r.group == g) / p.group_size
+                    for g in range(len(kept))
+                }
                 adv = torch.tensor([r.reward - means[r.group] for r in rollouts], device=device)
                 encs = [r.encoded for r in rollouts]
                 n_rollouts += len(rollouts)
@@ -428,7 +447,9 @@ class BlueSuffixTrainer(Trainer):
                 losses = []
                 for epoch in range(p.ppo_epochs):
                     new, _ = answer_token_logprobs(module, encs, pad_id=pad, device=device)
-                    loss, stats = ppo_loss(new, old, ref, mask, adv, clip_range=p.clip_range, kl_coef=p.kl_coef)
+                    loss, stats = ppo_loss(
+                        new, old, ref, mask, adv, clip_range=p.clip_range, kl_coef=p.kl_coef
+                    )
                     if epoch == 0:
                         first = stats
                     opt.zero_grad(set_to_none=True)
@@ -452,7 +473,9 @@ class BlueSuffixTrainer(Trainer):
                 }
                 history.append(rec)
                 if step == 1 or step % max(1, p.steps // 10) == 0 or step == p.steps:
-                    log_fn(f"bluesuffix step {step}/{p.steps} reward {rec['reward']} kl {rec['kl']} loss {rec['loss']}")
+                    log_fn(
+                        f"bluesuffix step {step}/{p.steps} reward {rec['reward']} kl {rec['kl']} loss {rec['loss']}"
+                    )
             after = self.evaluate(backend, held_items, base=False)
             log_fn(f"bluesuffix: after {after}")
         finally:
@@ -474,7 +497,9 @@ class BlueSuffixTrainer(Trainer):
             "target": {"name": p.target.name, "params": dict(p.target.params)},
             "judge": {"name": p.judge.name, "params": dict(p.judge.params)},
             "attack": None if p.attack is None else {"name": p.attack.name, "params": dict(p.attack.params)},
-            "text_purifier": None if p.text_purifier is None else {"name": p.text_purifier.name, "params": dict(p.text_purifier.params)},
+            "text_purifier": None
+            if p.text_purifier is None
+            else {"name": p.text_purifier.name, "params": dict(p.text_purifier.params)},
             "inference": {
                 "generator_prompt": p.generator_prompt,
                 "suffix_join": p.suffix_join,
