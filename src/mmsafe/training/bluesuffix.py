@@ -11,9 +11,12 @@ only its generation is used, never its weights or gradients.
 
 What one step does (``steps`` times):
 
-1. takes ``prompts_per_step`` training requests (a seeded pass over the shuffled pool), each through
-   the text purifier when one is configured (``text_purifier``, any model backend; same template and
-   parsing as the defense; a request whose purification fails is skipped and counted);
+1. takes ``prompts_per_step`` training requests (a seeded pass over the shuffled pool), each made a
+   jailbreak prompt by ``attack`` when one is set (any black-box mmsafe attack, applied once per request
+   with the trainer's seed; the authors train on jailbreak prompts; its images, if any, reach the target
+   unpurified) and its text then rewritten by the text purifier when one is set (``text_purifier``, any
+   model backend; the defense's template and parsing); a request whose attack or purification fails is
+   skipped and counted;
 2. samples ``group_size`` suffixes per request from the generator π_θ (the ``model``: an hf-text base
    plus LoRA; exactly ``suffix_tokens`` new tokens, temperature ``temperature``, nucleus ``top_p``, no
    top-k, as the authors' ``generation_kwargs``), its input being ``generator_prompt`` rendered exactly
@@ -42,7 +45,8 @@ MOSSBench, MMSafeAware): the builtin data is disjoint from them (``scripts/check
 
 Parameters (default; the authors' code): ``model`` (required: hf-text; GPT-2), ``target`` (required;
 LLaVA / MiniGPT-4 / Gemini), ``judge`` (refusal; GPT-4o with their harmfulness template),
-``text_purifier`` (None; GPT-4o), ``prompt`` / ``on_unparsed`` (as the defense), ``generator_prompt``
+``attack`` (None; their jailbreak prompts), ``text_purifier`` (None; GPT-4o), ``prompt`` /
+``on_unparsed`` (as the defense), ``generator_prompt``
 ("{query}"), ``suffix_join`` (question; theirs), ``data`` (builtin), ``held_out_categories`` (fraud,
 privacy, history), ``benign`` (true; —), ``max_train_prompts`` (None), ``eval_prompts`` (16),
 ``steps`` (40; 500), ``prompts_per_step`` (4; batch 32), ``group_size`` (4; 1), ``ppo_epochs`` (4; 4),
@@ -59,7 +63,8 @@ minibatch per step (theirs: batch 32, minibatches of 8); any hf-text LM rather t
 through its chat template (give a plain ``chat_template`` to feed raw text as they do); benign requests
 with a reward for not refusing are an mmsafe addition against over-refusal (the authors train on
 jailbreak prompts only); the reward judge is any mmsafe judge rather than GPT-4o; training requests are
-text only (the authors pair them with purified images). Confirmed from ``ppo_blue_team.py``: the
+text, or the attack's prompt with its images unpurified (the authors pair jailbreak text with purified
+images). Confirmed from ``ppo_blue_team.py``: the
 generation settings, LoRA r/α, PPO epochs, learning rate, KL coefficient, the 0/1 reward and the suffix
 join. Not confirmed (paper text not read here): anything else.
 """
