@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from mmsafe.plugin_meta import Paper
 
-__all__ = ["FIGSTEP", "HARMBENCH", "LLAMA_GUARD", "MM_SAFETYBENCH"]
+__all__ = ["BLUESUFFIX", "FIGSTEP", "HARMBENCH", "LLAMA_GUARD", "MM_SAFETYBENCH"]
 
 FIGSTEP = Paper(
     title="FigStep: Jailbreaking Large Vision-Language Models via Typographic Visual Prompts",
@@ -34,5 +34,12 @@ LLAMA_GUARD = Paper(
     authors="Inan et al.",
     year=2023,
     url="https://arxiv.org/abs/2312.06674",
+    threat_model="",
+)
+BLUESUFFIX = Paper(
+    title="BlueSuffix: Reinforced Blue Teaming for Vision-Language Models Against Jailbreak Attacks",
+    authors="Zhao, Zheng, Luo, Li, Ma, Jiang",
+    year=2025,
+    url="https://arxiv.org/abs/2410.20971",
     threat_model="",
 )

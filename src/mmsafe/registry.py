@@ -125,6 +125,7 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "cider": "mmsafe.defenses.cider:CIDER",
         "eta": "mmsafe.defenses.eta:ETA",
         "uniguard": "mmsafe.defenses.uniguard:UniGuard",
+        "bluesuffix": "mmsafe.defenses.bluesuffix:BlueSuffix",
     },
     "judge": {
         "refusal": "mmsafe.judges.refusal:RefusalJudge",
@@ -150,6 +151,7 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "protector-detoxifier": "mmsafe.training.protector_detoxifier:ProtectorDetoxifier",
         "protector-detector": "mmsafe.training.protector_detector:ProtectorDetector",
         "sft-vision": "mmsafe.training.sft_vision:VisionSafetySFT",
+        "bluesuffix": "mmsafe.training.bluesuffix:BlueSuffixTrainer",
     },
 }
 

@@ -48,7 +48,7 @@ Denoisers (``denoiser``):
   The noise is seeded by the item's seed. Needs ``pip install 'mmsafe[diffusion]'``.
 * ``gaussian`` (default), ``median``, ``jpeg`` — offline classical stand-ins (no weights ship
   anywhere here): v_k is v_{k−1} after a Gaussian blur of ``blur_radius`` px, a ``median_size``
-  median filter, or a JPEG re-encode at ``jpeg_quality`` (:func:`mmsafe.defenses.purify.purify_pil`),
+  median filter, or a JPEG re-encode at ``jpeg_quality`` (:func:`mmsafe.render.denoise.classical_denoise`),
   so v_k is k filter passes. Recorded as ``stand_in`` in the details. They remove high-frequency
   perturbations much as a low-noise diffusion step does, but they also blur real detail: calibrate
   them, never reuse a threshold measured with another denoiser.
@@ -380,80 +380,44 @@ class CIDER(Defense):
 
     def denoise(self, view: Any, *, seed: int) -> list[Any]:
         """``[v_0, v_1, …, v_steps]``: ``view`` (PIL RGB) and its denoised copies (see the docstring)."""
-        from PIL import ImageFilter
-
-        from mmsafe.defenses.purify import ImagePurificationParams, purify_pil
+        from mmsafe.render.denoise import classical_denoise
 
         p = self.params
         views = [view.convert("RGB")]
         if p.denoiser == "diffusion":
             return views + self._diffuse(views[0], seed=seed)
         for _ in range(p.steps):
-            prev = views[-1]
-            if p.denoiser == "gaussian":
-                nxt = prev.filter(ImageFilter.GaussianBlur(radius=p.blur_radius))
-            elif p.denoiser == "median":
-                nxt = purify_pil(
-                    prev, ImagePurificationParams(methods=("median",), median_size=p.median_size), seed=0
+            views.append(
+                classical_denoise(
+                    views[-1], p.denoiser, blur_radius=p.blur_radius, median_size=p.median_size,
+                    jpeg_quality=p.jpeg_quality,
                 )
-            else:
-                nxt = purify_pil(
-                    prev, ImagePurificationParams(methods=("jpeg",), jpeg_quality=p.jpeg_quality), seed=0
-                )
-            views.append(nxt)
+            )
         return views
 
     def _pipeline(self) -> Any:
         with self._lock:
             if self._diffusion is None:
-                from mmsafe.errors import require
+                from mmsafe.render.denoise import DiffusionDenoiser
 
-                diffusers = require("diffusers", extra="diffusion", purpose="the cider diffusion denoiser")
-                path = Path(str(self.params.diffusion_path)).expanduser()
-                if not path.is_dir():
-                    raise ValueError(f"cider: diffusion_path {str(path)!r} is not a folder")
-                unet = diffusers.UNet2DModel.from_pretrained(
-                    str(path), subfolder="unet", local_files_only=True
+                self._diffusion = DiffusionDenoiser(
+                    str(self.params.diffusion_path), device=self.params.diffusion_device,
+                    purpose="the cider diffusion denoiser",
                 )
-                sched = diffusers.DDPMScheduler.from_pretrained(
-                    str(path), subfolder="scheduler", local_files_only=True
-                )
-                unet.to(self.params.diffusion_device).eval()
-                self._diffusion = (unet, sched)
             return self._diffusion
 
     def _diffuse(self, view: Any, *, seed: int) -> list[Any]:
         """One-shot diffusion denoising at timesteps step_size·k, k = 1…steps, each from ``view``."""
-        import numpy as np
-        import torch
-        from PIL import Image as PILImage
-
-        unet, sched = self._pipeline()
         p = self.params
-        dev = torch.device(p.diffusion_device)
-        size = unet.config.sample_size
-        size = size if isinstance(size, int) else int(size[0])
-        w, h = view.size
-        x = np.asarray(view.resize((size, size), PILImage.Resampling.BICUBIC), dtype=np.float32) / 127.5 - 1.0
-        x0 = torch.from_numpy(x).permute(2, 0, 1)[None].to(dev)
-        acp = sched.alphas_cumprod.to(dev)
-        out = []
-        for k in range(1, p.steps + 1):
-            t = min(p.diffusion_step_size * k, len(acp) - 1)
-            gen = torch.Generator(device="cpu").manual_seed(
-                int(stable_hash([seed, "cider-noise", k])[:8], 16)
+        den = self._pipeline()
+        n = len(den.load()[1].alphas_cumprod)
+        return [
+            den.one_shot(
+                view, t=min(p.diffusion_step_size * k, n - 1),
+                seed=int(stable_hash([seed, "cider-noise", k])[:8], 16),
             )
-            noise = torch.randn(x0.shape, generator=gen).to(dev)
-            a = acp[t]
-            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-            with torch.no_grad():
-                eps = unet(xt, torch.tensor([t], device=dev)).sample[:, :3]
-            pred = ((xt - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
-            arr = (
-                ((pred[0].permute(1, 2, 0).cpu().numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
-            )
-            out.append(PILImage.fromarray(arr, mode="RGB").resize((w, h), PILImage.Resampling.BICUBIC))
-        return out
+            for k in range(1, p.steps + 1)
+        ]
 
     # ------------------------------------------------------------------ embeddings
 

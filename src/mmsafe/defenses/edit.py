@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from mmsafe.types import Image, ImagePart, Message, Prompt, TextPart
 
-__all__ = ["map_images", "with_user_text"]
+__all__ = ["map_images", "replace_user_text", "with_user_text"]
 
 
 def with_user_text(prompt: Prompt, text: str, *, position: str = "after") -> Prompt:
@@ -43,4 +43,24 @@ def map_images(prompt: Prompt, fn: Callable[[Image], Image]) -> Prompt:
     for m in prompt.messages:
         parts = tuple(ImagePart(image=fn(p.image)) if isinstance(p, ImagePart) else p for p in m.content)
         messages.append(m.model_copy(update={"content": parts}))
+    return prompt.model_copy(update={"messages": tuple(messages)})
+
+
+def replace_user_text(prompt: Prompt, text: str) -> Prompt:
+    """``prompt`` with the text of its last user turn replaced by ``text`` (one text part, where the
+    turn's first text part was, or after its images when it had none); images and other turns kept."""
+    messages = list(prompt.messages)
+    idx = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
+    if idx is None:
+        messages.append(Message.user(text))
+        return prompt.model_copy(update={"messages": tuple(messages)})
+    parts = list(messages[idx].content)
+    first = next((i for i, p in enumerate(parts) if isinstance(p, TextPart)), len(parts))
+    kept = [p for i, p in enumerate(parts) if not isinstance(p, TextPart) or i == first]
+    pos = sum(1 for i, p in enumerate(parts) if i < first and not isinstance(p, TextPart))
+    if first < len(parts):
+        kept[pos] = TextPart(text=text)
+    else:
+        kept.append(TextPart(text=text))
+    messages[idx] = messages[idx].model_copy(update={"content": tuple(kept)})
     return prompt.model_copy(update={"messages": tuple(messages)})

@@ -35,7 +35,6 @@ Parameters: ``methods`` (ordered list among ``jpeg``, ``resize``, ``bits``, ``no
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from functools import partial
 from typing import Any, ClassVar, Literal
@@ -100,13 +99,9 @@ def reduce_bits(pil: Any, bits: int) -> Any:
 
 
 def _jpeg(pil: Any, quality: int) -> Any:
-    from PIL import Image as PILImage
+    from mmsafe.render.denoise import jpeg_roundtrip
 
-    buf = io.BytesIO()
-    pil.save(buf, format="JPEG", quality=quality)
-    buf.seek(0)
-    with PILImage.open(buf) as out:
-        return out.convert("RGB")
+    return jpeg_roundtrip(pil, quality)
 
 
 def _resize(pil: Any, factor: float) -> Any:

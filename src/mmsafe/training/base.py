@@ -37,8 +37,7 @@ class Trainer(Component):
     trains: ClassVar[frozenset[str]] = frozenset({"hf-text", "gemma-ocr"})
 
     def __init__(self, params: Any = None, /, *, registry: Registry | None = None, **kwargs: Any) -> None:
-        super().__init__(params, **kwargs)
-        self.registry = registry
+        super().__init__(params, registry=registry, **kwargs)  # declared sub-components come from it
 
     def fit(self, backend: Any, *, log_fn: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
         """Train ``backend`` (loaded); return (the LoRA settings used, card fields: data, metrics, …)."""

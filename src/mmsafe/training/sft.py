@@ -65,6 +65,8 @@ class Example:
     rejected: str = ""
     title: str | None = None
     id: str = ""
+    #: the harm (or benign topic) category, when the data names one (held-out splits by category)
+    category: str = ""
 
 
 def load_examples(data: str, *, held_out_fraction: float, seed: int) -> tuple[list[Example], list[Example], str]:
@@ -76,7 +78,7 @@ def load_examples(data: str, *, held_out_fraction: float, seed: int) -> tuple[li
         train, held = split_items(items, held_out_fraction=held_out_fraction, seed=seed)
 
         def conv(rows: Sequence[Any]) -> list[Example]:
-            return [Example(r.request, r.target, r.kind, r.rejected, r.title, r.id) for r in rows]
+            return [Example(r.request, r.target, r.kind, r.rejected, r.title, r.id, r.category) for r in rows]
 
         return conv(train), conv(held), safety_items_sha256()
     path = Path(data).expanduser()
@@ -95,7 +97,7 @@ def load_examples(data: str, *, held_out_fraction: float, seed: int) -> tuple[li
             rows.append(
                 Example(
                     str(obj["request"]), str(obj["answer"]), kind, str(obj.get("rejected", "")),
-                    obj.get("title"), str(obj.get("id", n)),
+                    obj.get("title"), str(obj.get("id", n)), str(obj.get("category", "")),
                 )
             )
         except (ValueError, KeyError, TypeError) as exc:

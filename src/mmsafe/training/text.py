@@ -27,6 +27,7 @@ __all__ = [
     "StepStats",
     "answer_logprobs",
     "answer_nll",
+    "answer_token_logprobs",
     "encode",
     "nll_loss",
     "peak_rss_mb",
@@ -74,8 +75,9 @@ def encode(
     return Encoded(tuple(prompt_ids) + tuple(answer_ids), len(prompt_ids))
 
 
-def answer_logprobs(module: Any, batch: Sequence[Encoded], *, pad_id: int, device: Any) -> tuple[Any, Any]:
-    """(summed log-probability of each example's answer tokens ``[B]``, answer token counts ``[B]``)."""
+def _answer_ce(module: Any, batch: Sequence[Encoded], *, pad_id: int, device: Any) -> tuple[Any, Any, int]:
+    """(cross-entropy of each scored position ``[B, K]``, which positions are answer tokens ``[B, K]``,
+    the sequence position of column 0) for a right-padded batch."""
     import torch
 
     width = max(len(e.ids) for e in batch)
@@ -100,8 +102,30 @@ def answer_logprobs(module: Any, batch: Sequence[Encoded], *, pad_id: int, devic
     ce = torch.nn.functional.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none"
     ).view(target.shape)
-    valid = target != -100
+    return ce, target != -100, width - logits.shape[1]
+
+
+def answer_logprobs(module: Any, batch: Sequence[Encoded], *, pad_id: int, device: Any) -> tuple[Any, Any]:
+    """(summed log-probability of each example's answer tokens ``[B]``, answer token counts ``[B]``)."""
+    ce, valid, _ = _answer_ce(module, batch, pad_id=pad_id, device=device)
     return -(ce * valid).sum(-1), valid.sum(-1)
+
+
+def answer_token_logprobs(module: Any, batch: Sequence[Encoded], *, pad_id: int, device: Any) -> tuple[Any, Any]:
+    """(log-probability of each answer token ``[B, A]``, A the longest answer, left-aligned at the
+    answer's first token and padded with 0; the mask of real answer tokens ``[B, A]``): the per-token
+    terms a policy-gradient loss weighs (:mod:`mmsafe.training.bluesuffix`)."""
+    import torch
+
+    ce, valid, first = _answer_ce(module, batch, pad_id=pad_id, device=device)
+    width = max(e.n_answer for e in batch)
+    lp = torch.zeros((len(batch), width), dtype=ce.dtype, device=ce.device)
+    mask = torch.zeros((len(batch), width), dtype=torch.bool, device=ce.device)
+    for i, e in enumerate(batch):
+        start = e.n_prompt - first
+        lp[i, : e.n_answer] = -ce[i, start : start + e.n_answer]
+        mask[i, : e.n_answer] = valid[i, start : start + e.n_answer]
+    return lp, mask
 
 
 def answer_nll(
