@@ -202,3 +202,33 @@ def test_diffusion_denoiser_runs_a_diffusers_folder_deterministically(tmp_path, 
     assert np.abs(arr[1] - arr[0]).mean() > 1
     info = d.check(model, _prompt(_clean()), seed=0)
     assert info["denoiser"] == "diffusion" and "stand_in" not in info and len(info["similarities"][0]) == 3
+
+
+def test_a_calibration_is_kept_for_the_next_process(model, tmp_path, monkeypatch):
+    """A fresh CIDER (another process: nothing in memory) reuses the kept threshold instead of calibrating; another
+    spec or another calibration folder calibrates anew."""
+    monkeypatch.setenv("MMSAFE_CACHE_DIR", str(tmp_path / "cache"))
+    first = CIDER(steps=2, calibration_images=4)
+    tau, how = first.threshold_for(model)
+    assert how == "calibrated" and list((tmp_path / "cache" / "cider").glob("*.json"))
+
+    def no_calibration(self, *a, **k):
+        raise AssertionError("calibrated again")
+
+    monkeypatch.setattr(CIDER, "calibrate", no_calibration)
+    again = CIDER(steps=2, calibration_images=4)
+    assert again.threshold_for(model) == (tau, "calibrated")
+    with pytest.raises(AssertionError, match="calibrated again"):
+        CIDER(steps=2, calibration_images=5).threshold_for(model)  # another spec
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, pil in enumerate(clean_images(2, size=32)):
+        pil.save(folder / f"{i}.png")
+    monkeypatch.undo()
+    monkeypatch.setenv("MMSAFE_CACHE_DIR", str(tmp_path / "cache"))
+    mine = CIDER(steps=2, calibration_images=2, calibration_dir=str(folder))
+    mine.threshold_for(model)
+    (folder / "0.png").write_bytes((folder / "1.png").read_bytes() + b"\0")  # the folder changed
+    monkeypatch.setattr(CIDER, "calibrate", no_calibration)
+    with pytest.raises(AssertionError, match="calibrated again"):
+        CIDER(steps=2, calibration_images=2, calibration_dir=str(folder)).threshold_for(model)

@@ -62,7 +62,10 @@ with their diffusion denoiser). ``threshold: null`` (default) calibrates on firs
 (``calibration_dir``) or the built-in synthetic set (:func:`clean_images`: smooth shape scenes and
 benign sign-like text renders drawn here, never from any evaluation set) — against
 ``calibration_queries`` (harmful-style requests of our own wording), and takes the ``pass_rate``
-percentile of the pooled drops, as the paper does. Because an image is flagged when *any* step
+percentile of the pooled drops, as the paper does. The calibration is kept under
+``$MMSAFE_CACHE_DIR/cider/`` (a JSON report, keyed by this defense's spec, the encoder's spec and the calibration
+folder's file names, sizes and times), so later processes — a resumed run, each shard, the next grid — reuse it
+instead of calibrating again (about a minute on the default model). Because an image is flagged when *any* step
 exceeds τ, fewer than ``pass_rate`` of clean images pass; :meth:`calibrate` reports that per-image
 pass rate too. ``benchmarks/calibrate_defenses.py --cider`` prints the drops of clean and perturbed
 images and the threshold for a model. Calibration data must be clean, benign images — never the
@@ -532,15 +535,52 @@ class CIDER(Defense):
         spec = getattr(enc, "spec", None)
         return str(getattr(spec, "key", None) or id(enc))
 
+    def _kept_path(self, enc: Any) -> Path | None:
+        """Where the calibration for encoder ``enc`` is kept between processes, or None (an encoder without a spec,
+        a calibration folder that cannot be listed)."""
+        from mmsafe.paths import default_cache_root
+
+        spec = getattr(enc, "spec", None)
+        if getattr(spec, "key", None) is None:
+            return None
+        folder: list[Any] = []
+        if self.params.calibration_dir:
+            try:
+                root = Path(self.params.calibration_dir).expanduser()
+                folder = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in root.iterdir() if f.is_file())
+            except OSError:
+                return None
+        key = stable_hash([self.name, self.version, self.spec.key, spec.key, folder])  # type: ignore[union-attr]
+        return default_cache_root() / "cider" / f"{key}.json"
+
     def threshold_for(self, model: Any) -> tuple[float, str]:
-        """(τ, ``param`` | ``calibrated``) for ``model``: the param, else calibrated once per encoder."""
+        """(τ, ``param`` | ``calibrated``) for ``model``: the param, else calibrated once per encoder (kept on disk
+        for later processes: :meth:`_kept_path`)."""
+        import json
+
         if self.params.threshold is not None:
             return self.params.threshold, "param"
         enc = self.encoder_for(model)
         with self._lock:
             report = self._calibrated.get(self._key(enc))
             if report is None:
-                report = self.calibrate(model)
+                path = self._kept_path(enc)
+                try:
+                    kept = json.loads(path.read_text(encoding="utf-8")) if path is not None else None
+                except (OSError, ValueError):
+                    kept = None
+                if isinstance(kept, dict) and isinstance(kept.get("threshold"), (int, float)):
+                    report = self._calibrated[self._key(enc)] = {**kept, "kept": True}
+                else:
+                    report = self.calibrate(model)
+                    if path is not None:
+                        try:
+                            path.parent.mkdir(parents=True, exist_ok=True)
+                            tmp = path.with_suffix(".tmp")
+                            tmp.write_text(json.dumps(report), encoding="utf-8")
+                            tmp.replace(path)
+                        except OSError:
+                            pass  # not kept: the next process calibrates again
         return float(report["threshold"]), "calibrated"
 
     # ------------------------------------------------------------------ defend
