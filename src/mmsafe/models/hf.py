@@ -138,7 +138,7 @@ class HFModel(BatchedHFGeneration, WhiteBoxModel):
     runtime_params: ClassVar[frozenset[str]] = WhiteBoxModel.runtime_params | {"max_memory"}
     #: before the family is known (a hub id not yet loaded): what most families offer
     capabilities: ClassVar[frozenset[str]] = frozenset(
-        {"images", "system_prompt", "batched", "gradients", "hidden_states"}
+        {"images", "system_prompt", "batched", "gradients", "hidden_states", "prefill"}
     )
 
     def __init__(self, params: BaseModel | dict[str, Any] | None = None, /, **kwargs: Any) -> None:
