@@ -87,6 +87,7 @@ from mmsafe.defenses.edit import map_images, replace_user_text
 from mmsafe.defenses.output_guard import query_text
 from mmsafe.models.base import ModelBackend
 from mmsafe.plugin_meta import Paper
+from mmsafe.render.denoise import MedianSize
 from mmsafe.types import Generation, Image, Prompt, stable_hash
 
 __all__ = ["BlueSuffix", "BlueSuffixParams"]
@@ -134,7 +135,7 @@ class BlueSuffixParams(BaseModel):
     )
     diffusion_device: str = Field("cpu", pattern=r"^(cpu|mps|cuda(:\d+)?)$")
     blur_radius: float = Field(1.0, gt=0.0, le=20.0, description="gaussian stand-in: blur radius, px")
-    median_size: int = Field(3, ge=3, le=15, description="median stand-in: window (odd)")
+    median_size: MedianSize = Field(3, description="median stand-in: window (odd)")
     jpeg_quality: int = Field(50, ge=1, le=95, description="jpeg stand-in: quality")
     generator_prompt: str = Field(
         "{query}", min_length=7, max_length=5000, description="the generator's input ({query}: purified text)"
@@ -149,12 +150,6 @@ class BlueSuffixParams(BaseModel):
     def _has_query(cls, v: str) -> str:
         return _template(v)
 
-    @field_validator("median_size")
-    @classmethod
-    def _odd(cls, v: int) -> int:
-        if v % 2 == 0:
-            raise ValueError("median_size must be odd")
-        return v
 
     @model_validator(mode="after")
     def _diffusion(self) -> BlueSuffixParams:

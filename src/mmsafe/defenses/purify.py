@@ -45,6 +45,7 @@ from mmsafe.defenses.base import Defense, mark
 from mmsafe.defenses.edit import map_images
 from mmsafe.models.base import ModelBackend
 from mmsafe.plugin_meta import Paper
+from mmsafe.render.denoise import MedianSize
 from mmsafe.types import Generation, Image, Prompt
 
 __all__ = [
@@ -68,7 +69,7 @@ class ImagePurificationParams(BaseModel):
     resize_factor: float = Field(0.5, gt=0.0, lt=1.0, description="down-scale factor of the resize step")
     bits: int = Field(4, ge=1, le=7, description="bits per channel kept by the bits step")
     noise_std: float = Field(4 / 255, ge=0.0, le=1.0, description="Gaussian noise std, [0, 1] pixel units")
-    median_size: int = Field(3, ge=3, le=15, description="median filter window (odd)")
+    median_size: MedianSize = Field(3, description="median filter window (odd)")
 
     @field_validator("noise_std", mode="before")
     @classmethod
@@ -79,12 +80,6 @@ class ImagePurificationParams(BaseModel):
             return float(num) / float(den)
         return v
 
-    @field_validator("median_size")
-    @classmethod
-    def _odd(cls, v: int) -> int:
-        if v % 2 == 0:
-            raise ValueError("median_size must be odd")
-        return v
 
 
 def reduce_bits(pil: Any, bits: int) -> Any:

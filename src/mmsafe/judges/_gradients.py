@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from mmsafe.models.base import WhiteBoxModel
 
 __all__ = [
+    "check_batch",
     "first_image_replaced",
     "log_odds",
     "max_by_owner",
@@ -45,6 +46,12 @@ __all__ = [
 
 #: PIL resampling filters (``PIL.Image.Resampling`` values) that torch's antialiased interpolation reproduces
 _TORCH_MODE = {2: "bilinear", 3: "bicubic"}
+
+
+def check_batch(x: Any, prompts: Sequence[Any]) -> None:
+    """``x`` must be ``[B, 3, H, W]`` with one prompt per image (``ValueError`` otherwise)."""
+    if x.dim() != 4 or x.shape[0] != len(prompts):
+        raise ValueError(f"x must be [B, 3, H, W] with B = {len(prompts)} prompts, got {tuple(x.shape)}")
 
 
 def log_odds(p: float) -> float:

@@ -127,6 +127,7 @@ class GuardJudge(Judge):
         ``judge_model`` that runs in this process and gives gradients (else ``TypeError``). ``x[i]`` (``[3, H, W]``
         in [0, 1]) replaces the first image of ``prompts[i]``."""
         from mmsafe.judges._gradients import (
+            check_batch,
             first_image_replaced,
             placeholder,
             verdict_margins,
@@ -142,8 +143,7 @@ class GuardJudge(Judge):
                 f"guard: family {self.params.family} is not shown the request's images (show_images), so the "
                 "image cannot move its verdict"
             )
-        if x.dim() != 4 or x.shape[0] != len(prompts):
-            raise ValueError(f"x must be [B, 3, H, W] with B = {len(prompts)} prompts, got {tuple(x.shape)}")
+        check_batch(x, prompts)
         guard = whitebox_backend(self.judge_model, who="guard")
         asks = []
         for i, prompt in enumerate(prompts):

@@ -310,6 +310,7 @@ class LlavaGuardJudge(Judge):
         on a ``judge_model`` that runs in this process and gives gradients (else ``TypeError``). ``x[i]``
         (``[3, H, W]`` in [0, 1]) replaces the first image of ``prompts[i]``."""
         from mmsafe.judges._gradients import (
+            check_batch,
             first_image_replaced,
             max_by_owner,
             placeholder,
@@ -317,8 +318,7 @@ class LlavaGuardJudge(Judge):
             whitebox_backend,
         )
 
-        if x.dim() != 4 or x.shape[0] != len(prompts):
-            raise ValueError(f"x must be [B, 3, H, W] with B = {len(prompts)} prompts, got {tuple(x.shape)}")
+        check_batch(x, prompts)
         guard = whitebox_backend(self.judge_model, who="llavaguard")
         asks: list[Prompt] = []
         slots: list[int | None] = []

@@ -347,6 +347,7 @@ class ShieldGemma2Judge(Judge):
         0); > 0 means the verdict is unsafe. ``x[i]`` (``[3, H, W]`` in [0, 1]) replaces the first image of
         ``prompts[i]``; the others are rated as they are. See the class docstring, "Adaptive attack"."""
         from mmsafe.judges._gradients import (
+            check_batch,
             first_image_replaced,
             max_by_owner,
             placeholder,
@@ -354,8 +355,7 @@ class ShieldGemma2Judge(Judge):
             whitebox_backend,
         )
 
-        if x.dim() != 4 or x.shape[0] != len(prompts):
-            raise ValueError(f"x must be [B, 3, H, W] with B = {len(prompts)} prompts, got {tuple(x.shape)}")
+        check_batch(x, prompts)
         if self.params.mode == "generate":
             guard = whitebox_backend(self.judge_model, who="shieldgemma2")
             asks: list[Prompt] = []

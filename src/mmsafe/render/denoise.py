@@ -26,9 +26,22 @@ from __future__ import annotations
 import io
 import threading
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-__all__ = ["ClassicalDenoiser", "DiffusionDenoiser", "classical_denoise", "jpeg_roundtrip"]
+from pydantic import AfterValidator, Field
+
+__all__ = ["ClassicalDenoiser", "DiffusionDenoiser", "MedianSize", "classical_denoise", "jpeg_roundtrip"]
+
+
+
+def _odd(v: int) -> int:
+    if v % 2 == 0:
+        raise ValueError("a median window must be odd")
+    return v
+
+
+#: a median filter's window as a param: odd, 3–15 pixels (``purify``, ``bluesuffix``)
+MedianSize = Annotated[int, Field(ge=3, le=15), AfterValidator(_odd)]
 
 ClassicalDenoiser = Literal["gaussian", "median", "jpeg"]
 
