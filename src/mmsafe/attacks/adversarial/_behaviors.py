@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mmsafe.types import Image, Prompt
 
-__all__ = ["BUILTIN_BEHAVIORS", "Behavior", "BehaviorSplit", "load_behaviors", "split_behaviors"]
+__all__ = ["BUILTIN_BEHAVIORS", "Behavior", "BehaviorSplit", "load_behaviors", "split_behaviors", "split_scores"]
 
 _GOAL_KEYS = ("goal", "prompt", "behavior", "behaviour", "text", "query")
 
@@ -174,6 +174,33 @@ def greedy_success(
     wanted = [t.strip() for t in targets]
     answers = greedy_answers(model, prompts, pixels, max_new_tokens=_budget(model, wanted))
     return [a.strip().startswith(w) for a, w in zip(answers, wanted, strict=True)]
+
+
+def split_scores(
+    model: Any,
+    split: BehaviorSplit,
+    shown: Callable[[Sequence[Behavior], str], tuple[list[Prompt], list[Any], list[str]]],
+    *,
+    evaluate: bool,
+) -> dict[str, Any]:
+    """A universal attack's record of how it did, on the training and the held-out behaviours of ``split``: the
+    mean teacher-forced target loss at the start (``clean``) and after fitting (``final``), and, with ``evaluate``,
+    how many greedy answers to the fitted prompts start with their target. ``shown(part, label)`` gives the
+    prompts, one pixel tensor per prompt and the targets of ``part`` for ``label`` (``clean`` | ``final``)."""
+    out: dict[str, Any] = {"train_size": len(split.train), "heldout_size": len(split.heldout)}
+    for name, part in (("train", split.train), ("heldout", split.heldout)):
+        out[f"{name}_success"] = None
+        if not part:
+            out[f"{name}_loss_clean"] = out[f"{name}_loss_final"] = None
+            continue
+        for label in ("clean", "final"):
+            prompts, pixels, targets = shown(part, label)
+            losses = model.teacher_forced(prompts, targets)([[px] for px in pixels])
+            out[f"{name}_loss_{label}"] = round(float(losses.mean()), 5)
+        if evaluate:
+            ok = greedy_success(model, prompts, pixels, targets)  # the final prompts, from the loop's last turn
+            out[f"{name}_success"] = {"k": sum(ok), "n": len(ok)}
+    return out
 
 
 def downsample(values: Sequence[float], n: int = 100) -> list[float]:

@@ -67,7 +67,7 @@ from mmsafe.attacks.adversarial._behaviors import (
     behavior_prompt,
     behavior_split,
     downsample,
-    greedy_success,
+    split_scores,
 )
 from mmsafe.attacks.adversarial.base import AdversarialParams, UniversalAttack
 from mmsafe.plugin_meta import Paper
@@ -241,24 +241,14 @@ class ImgJP(UniversalAttack):
         self, model: Any, images: list[Image], split: BehaviorSplit, clean: Any, adv: Any
     ) -> dict[str, Any]:
         """Mean target loss (start vs fitted) and greedy success on the training and held-out splits."""
-        out: dict[str, Any] = {"train_size": len(split.train), "heldout_size": len(split.heldout)}
-        for name, part in (("train", split.train), ("heldout", split.heldout)):
-            if not part:
-                out[f"{name}_loss_clean"] = out[f"{name}_loss_final"] = None
-                out[f"{name}_success"] = None
-                continue
-            objective, n = self._objective(model, images, part)
-            for label, px in (("clean", clean), ("final", adv)):
-                losses = objective([[px[k]] for k in range(px.shape[0]) for _ in range(n)])
-                out[f"{name}_loss_{label}"] = round(float(losses.mean()), 5)
-            if self.ip.evaluate:
-                prompts = [behavior_prompt(b, im) for im in images for b in part]
-                pixels = [adv[k] for k in range(adv.shape[0]) for _ in range(n)]
-                ok = greedy_success(model, prompts, pixels, [b.target for _ in images for b in part])
-                out[f"{name}_success"] = {"k": sum(ok), "n": len(ok)}
-            else:
-                out[f"{name}_success"] = None
-        return out
+
+        def shown(part: Sequence[Behavior], label: str) -> tuple[list[Prompt], list[Any], list[str]]:
+            px = clean if label == "clean" else adv
+            prompts = [behavior_prompt(b, im) for im in images for b in part]
+            pixels = [px[k] for k in range(px.shape[0]) for _ in part]
+            return prompts, pixels, [b.target for _ in images for b in part]
+
+        return split_scores(model, split, shown, evaluate=self.ip.evaluate)
 
     # --------------------------------------------------------------- apply
 

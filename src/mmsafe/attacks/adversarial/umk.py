@@ -74,8 +74,8 @@ from mmsafe.attacks.adversarial._behaviors import (
     behavior_prompt,
     behavior_split,
     downsample,
-    greedy_success,
     load_behaviors,
+    split_scores,
 )
 from mmsafe.attacks.adversarial.base import AdversarialParams, UniversalAttack, cache_dir
 from mmsafe.attacks.adversarial.engine import Norm
@@ -282,23 +282,15 @@ class UMK(UniversalAttack):
     def _scores(
         self, model: Any, split: BehaviorSplit, start: Image, clean: Any, init: str, adv: Any, final: str
     ) -> dict[str, Any]:
-        out: dict[str, Any] = {"train_size": len(split.train), "heldout_size": len(split.heldout)}
+        """Mean target loss (start image and suffix vs fitted) and greedy success on both splits."""
         sep = self.up.separator
-        for name, part in (("train", split.train), ("heldout", split.heldout)):
-            if not part:
-                out[f"{name}_loss_clean"] = out[f"{name}_loss_final"] = out[f"{name}_success"] = None
-                continue
-            targets = [b.target for b in part]
-            for label, px, sfx in (("clean", clean, init), ("final", adv, final)):
-                prompts = [behavior_prompt(b, start, suffix=sfx, separator=sep) for b in part]
-                losses = model.teacher_forced(prompts, targets)([[px[0]]] * len(prompts))
-                out[f"{name}_loss_{label}"] = round(float(losses.mean()), 5)
-            out[f"{name}_success"] = None
-            if self.up.evaluate:
-                prompts = [behavior_prompt(b, start, suffix=final, separator=sep) for b in part]
-                ok = greedy_success(model, prompts, [adv[0]] * len(prompts), targets)
-                out[f"{name}_success"] = {"k": sum(ok), "n": len(ok)}
-        return out
+
+        def shown(part: Sequence[Behavior], label: str) -> tuple[list[Prompt], list[Any], list[str]]:
+            px, sfx = (clean, init) if label == "clean" else (adv, final)
+            prompts = [behavior_prompt(b, start, suffix=sfx, separator=sep) for b in part]
+            return prompts, [px[0]] * len(prompts), [b.target for b in part]
+
+        return split_scores(model, split, shown, evaluate=self.up.evaluate)
 
     # ---------------------------------------------------------------- apply
 
